@@ -1,1 +1,14 @@
-//! placeholder
+//! Disk images for the vmtools: raw and qcow2, with QEMU-compatible locks
+//! and one [`Block`] interface shared by vm-img and the VMM's virtio-blk.
+
+mod block;
+mod error;
+mod format;
+mod image;
+pub mod lock;
+pub mod qcow2;
+
+pub use block::{Alignment, Block};
+pub use error::{Error, Result};
+pub use format::Format;
+pub use image::{file_len, resolve_backing, Extent, Image, Layer, OpenOptions};

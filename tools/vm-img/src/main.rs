@@ -1,1 +1,16 @@
-fn main() {}
+//! vm-img: disk images, compatible with qemu-img.
+
+use clap::Parser;
+
+fn main() {
+    let cli = match vm_img::cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // qemu-img exits 1 on usage errors; help and version exit 0.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    std::process::exit(vm_img::run(&cli));
+}

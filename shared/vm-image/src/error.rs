@@ -1,0 +1,53 @@
+//! Typed errors for image access. Every message is a complete clause the
+//! tools can print after the image's name.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Unsupported { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Locked { path: PathBuf, message: String },
+    #[error("could not open backing file: {path}: {message}")]
+    Backing { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn unsupported(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Unsupported {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    /// True when a backing file is missing or unreadable (qemu-img's compare
+    /// and check report these with their own exit codes).
+    pub fn is_backing(&self) -> bool {
+        matches!(self, Self::Backing { .. })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,481 @@
+//! An opened image: raw or qcow2, with its backing chain, locks and the
+//! [`Block`] interface. qcow2 data goes through imago; the header and the
+//! chain are ours, so every layer is checked and locked before imago sees it.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use imago::file::File as ImagoFile;
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, StorageOpenOptions};
+use vm_memory::VolatileSlice;
+
+use crate::block::{Alignment, Block};
+use crate::lock::{ImageLock, LockMode};
+use crate::qcow2::header::Header;
+use crate::{Error, Format, Result};
+
+/// qemu-img refuses chains deeper than this too.
+const MAX_CHAIN: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// `None` probes the format (vm-img only; never for a VM's disks).
+    pub format: Option<Format>,
+    pub write: bool,
+    /// Take QEMU-compatible locks (qemu-img's default); `false` is `-U`.
+    pub lock: bool,
+    /// O_DIRECT on every layer.
+    pub direct: bool,
+    /// Open the backing chain; without it unallocated clusters read as zero.
+    pub backing: bool,
+    /// Probe a backing file whose format the header does not name.
+    pub probe_backing: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            format: None,
+            write: false,
+            lock: true,
+            direct: false,
+            backing: true,
+            probe_backing: true,
+        }
+    }
+}
+
+/// One layer of a chain, top first.
+#[derive(Debug)]
+pub struct Layer {
+    pub path: PathBuf,
+    pub format: Format,
+    pub header: Option<Header>,
+    /// Our own descriptor, for SEEK_DATA and the file's size.
+    pub file: File,
+}
+
+#[derive(Debug)]
+pub struct Image {
+    access: FormatAccess<ImagoFile>,
+    layers: Vec<Layer>,
+    read_only: bool,
+    _locks: Vec<ImageLock>,
+}
+
+/// How a guest range is stored, as `qemu-img map` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub start: u64,
+    pub length: u64,
+    /// The chain layer that decides the content (0 = top).
+    pub depth: u32,
+    /// Allocated in some layer (false: reads as zero from nowhere).
+    pub present: bool,
+    pub zero: bool,
+    pub data: bool,
+    pub compressed: bool,
+    /// Host offset in layer `depth`'s file, where there is one.
+    pub offset: Option<u64>,
+}
+
+/// Resolves a backing file name as QEMU does: relative to the folder of the
+/// image that names it.
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new("")).join(p)
+    }
+}
+
+fn open_file(path: &Path, write: bool, direct: bool) -> Result<File> {
+    let mut o = FsOpenOptions::new();
+    o.read(true).write(write);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads up to one cluster of the file's start (2 MiB at most) for probing
+/// and header parsing, through a buffered descriptor (O_DIRECT-safe).
+fn read_head(path: &Path) -> Result<(Vec<u8>, u64)> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file_len(&f).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; len.min(2 << 20) as usize];
+    f.read_exact_at(&mut buf, 0)
+        .map_err(|e| Error::io(path, e))?;
+    Ok((buf, len))
+}
+
+/// Size of a regular file or a block device.
+pub fn file_len(f: &File) -> io::Result<u64> {
+    let md = f.metadata()?;
+    if md.file_type().is_file() {
+        return Ok(md.len());
+    }
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass, which
+    // lives for the call; the fd is open.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_1272, &raw mut size) };
+    if r < 0 {
+        return Ok(md.len());
+    }
+    Ok(size)
+}
+
+impl Image {
+    /// Opens `path` and (unless told not to) its whole backing chain.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
+        let mut seen = HashSet::new();
+        let mut layers = Vec::new();
+        let mut locks = Vec::new();
+        let access = open_layer(
+            path,
+            opts.format,
+            opts,
+            true,
+            &mut seen,
+            &mut layers,
+            &mut locks,
+        )?;
+        Ok(Self {
+            access,
+            layers,
+            read_only: !opts.write,
+            _locks: locks,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.layers[0].path
+    }
+    pub fn format(&self) -> Format {
+        self.layers[0].format
+    }
+    /// The chain, top first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+    pub fn header(&self) -> Option<&Header> {
+        self.layers[0].header.as_ref()
+    }
+    pub fn access(&self) -> &FormatAccess<ImagoFile> {
+        &self.access
+    }
+
+    /// Grows or shrinks the guest-visible size.
+    pub fn resize(&mut self, new_size: u64) -> io::Result<()> {
+        self.access
+            .resize(new_size, imago::format::PreallocateMode::None)
+    }
+
+    /// Makes `[offset, offset + len)` unallocated in the top layer, so it
+    /// reads from the backing file again (commit's "empty the overlay").
+    pub fn discard_to_backing(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.access.discard_to_backing(offset, len)
+    }
+
+    /// How `[start, start + len)` is stored, one extent per run of equal
+    /// kind (adjacent data extents merge when their host offsets continue).
+    pub fn map(&self, start: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = start.saturating_add(len).min(self.size());
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let e = self.extent_at(pos, end - pos)?;
+            if e.length == 0 {
+                break;
+            }
+            pos += e.length;
+            if let Some(last) = out.last_mut() {
+                let contiguous = match (last.offset, e.offset) {
+                    (Some(a), Some(b)) => a + last.length == b,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if last.depth == e.depth
+                    && last.present == e.present
+                    && last.zero == e.zero
+                    && last.data == e.data
+                    && last.compressed == e.compressed
+                    && contiguous
+                {
+                    last.length += e.length;
+                    continue;
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn extent_at(&self, pos: u64, max: u64) -> io::Result<Extent> {
+        let mut layer: &FormatAccess<ImagoFile> = &self.access;
+        let mut off = pos;
+        let mut max = max;
+        let mut depth = 0usize;
+        let mk = |depth: usize, length: u64| Extent {
+            start: pos,
+            length,
+            depth: depth as u32,
+            present: true,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+        };
+        loop {
+            let (m, len) = layer.get_shallow_mapping(off, max)?;
+            let len = len.min(max);
+            match m {
+                imago::ShallowMapping::Raw { offset, .. } => {
+                    let info = &self.layers[depth.min(self.layers.len() - 1)];
+                    let (is_data, run) = if info.format == Format::Raw {
+                        data_or_hole(&info.file, offset, len)?
+                    } else {
+                        (true, len)
+                    };
+                    return Ok(Extent {
+                        zero: !is_data,
+                        data: is_data,
+                        offset: Some(offset),
+                        ..mk(depth, run)
+                    });
+                }
+                imago::ShallowMapping::Indirect {
+                    layer: l, offset, ..
+                } => {
+                    layer = l;
+                    off = offset;
+                    max = len;
+                    depth += 1;
+                }
+                imago::ShallowMapping::Zero { explicit, .. } => {
+                    return Ok(Extent {
+                        present: explicit,
+                        zero: true,
+                        ..mk(depth, len)
+                    });
+                }
+                imago::ShallowMapping::Eof { .. } => {
+                    // A backing file shorter than its overlay reads as zeroes.
+                    return Ok(Extent {
+                        present: false,
+                        zero: true,
+                        ..mk(depth, if depth == 0 { 0 } else { max })
+                    });
+                }
+                imago::ShallowMapping::Special { .. } => {
+                    return Ok(Extent {
+                        data: true,
+                        compressed: true,
+                        ..mk(depth, len)
+                    });
+                }
+                _ => return Err(io::Error::other("unknown mapping kind")),
+            }
+        }
+    }
+}
+
+/// For a raw file: whether `offset` starts data or a hole, and how long that
+/// run is (at most `len`), from SEEK_DATA / SEEK_HOLE.
+fn data_or_hole(f: &File, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+    let fd = f.as_raw_fd();
+    let Ok(off) = i64::try_from(offset) else {
+        return Ok((true, len));
+    };
+    // SAFETY: lseek only moves this descriptor's position; no memory is passed.
+    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // No data after offset: a hole to the end.
+            Some(libc::ENXIO) => Ok((false, len)),
+            // No SEEK_DATA support (or a device): all data.
+            _ => Ok((true, len)),
+        };
+    }
+    if data > off {
+        return Ok((false, ((data - off) as u64).min(len)));
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
+    if hole <= off {
+        return Ok((true, len));
+    }
+    Ok((true, ((hole - off) as u64).min(len)))
+}
+
+fn open_layer(
+    path: &Path,
+    format: Option<Format>,
+    opts: &OpenOptions,
+    top: bool,
+    seen: &mut HashSet<PathBuf>,
+    layers: &mut Vec<Layer>,
+    locks: &mut Vec<ImageLock>,
+) -> Result<FormatAccess<ImagoFile>> {
+    let write = top && opts.write;
+    let canonical = path.canonicalize().map_err(|e| {
+        if top {
+            Error::io(path, e)
+        } else {
+            Error::Backing {
+                path: path.into(),
+                message: e.to_string(),
+            }
+        }
+    })?;
+    if !seen.insert(canonical) {
+        return Err(Error::corrupt(
+            path,
+            "backing chain loops back to this image",
+        ));
+    }
+    if layers.len() >= MAX_CHAIN {
+        return Err(Error::corrupt(path, "backing chain is too deep"));
+    }
+    if opts.lock {
+        let mode = if write {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        };
+        locks.push(ImageLock::acquire(path, mode)?);
+    }
+    let (head, len) = read_head(path)?;
+    let format = format.unwrap_or_else(|| Format::probe(&head));
+    let header = match format {
+        Format::Qcow2 => Some(Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?),
+        Format::Raw => None,
+    };
+    let file = open_file(path, write, opts.direct)?;
+    let own = file.try_clone().map_err(|e| Error::io(path, e))?;
+    let storage_opts = StorageOpenOptions::new()
+        .filename(path)
+        .write(write)
+        .direct(opts.direct);
+    let storage = ImagoFile::from_open_file(file, storage_opts).map_err(|e| Error::io(path, e))?;
+    let backing_name = header.as_ref().and_then(|h| h.backing_file.clone());
+    let backing_fmt = header.as_ref().and_then(|h| h.backing_format.clone());
+    layers.push(Layer {
+        path: path.to_path_buf(),
+        format,
+        header,
+        file: own,
+    });
+    match format {
+        Format::Raw => {
+            let raw = Raw::builder(storage)
+                .write(write)
+                .open(DenyImplicitOpenGate::default())
+                .map_err(|e| Error::io(path, e))?;
+            Ok(FormatAccess::new(raw))
+        }
+        Format::Qcow2 => {
+            let backing = match backing_name {
+                Some(name) if opts.backing => {
+                    let bpath = resolve_backing(path, &name);
+                    let bfmt = match backing_fmt.as_deref() {
+                        Some(f) => Some(f.parse::<Format>().map_err(|m| Error::Backing {
+                            path: bpath.clone(),
+                            message: m,
+                        })?),
+                        None if opts.probe_backing => None,
+                        None => {
+                            return Err(Error::Backing {
+                                path: bpath,
+                                message: "the image does not name its backing format".into(),
+                            })
+                        }
+                    };
+                    let sub = OpenOptions {
+                        write: false,
+                        ..opts.clone()
+                    };
+                    Some(
+                        open_layer(&bpath, bfmt, &sub, false, seen, layers, locks).map_err(
+                            |e| match e {
+                                Error::Io { path, source } => Error::Backing {
+                                    path,
+                                    message: source.to_string(),
+                                },
+                                other => other,
+                            },
+                        )?,
+                    )
+                }
+                _ => None,
+            };
+            let q = Qcow2::<ImagoFile>::builder(storage)
+                .write(write)
+                .backing(backing)
+                .open(DenyImplicitOpenGate::default())
+                .map_err(|e| Error::corrupt(path, e.to_string()))?;
+            Ok(FormatAccess::new(q))
+        }
+    }
+}
+
+impl Block for Image {
+    fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    fn alignment(&self) -> Alignment {
+        Alignment {
+            request: self.access.req_align(),
+            memory: self.access.mem_align(),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+        let (v, _guard) = IoVectorMut::from_volatile_slice(bufs);
+        self.access.readv(v, offset)
+    }
+
+    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "image is read-only",
+            ));
+        }
+        let (v, _guard) = IoVector::from_volatile_slice(bufs);
+        self.access.writev(v, offset)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.access.write_zeroes(offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Discarded ranges read as zeroes here, which the guest may rely on
+        // only after write-zeroes; it is what QEMU does with unmap=on too.
+        self.access.write_zeroes(offset, len)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.access.flush()
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.access.flush()?;
+        self.access.sync()
+    }
+}

@@ -1,0 +1,446 @@
+//! `check`: rebuild every cluster's reference count from the tables and
+//! compare it with the stored refcounts, as qemu-img check does. Optionally
+//! repair leaks (stored > real) and, with `all`, under-counted clusters and
+//! wrong COPIED flags.
+
+use std::os::unix::fs::FileExt;
+
+use super::header::{COPIED, OFFSET_MASK};
+use super::meta::{decode_refblock, encode_refcount, L2Entry, Meta};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    None,
+    Leaks,
+    All,
+}
+
+/// The result of a check, with qemu-img's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub check_errors: u64,
+    pub corruptions_fixed: u64,
+    pub leaks_fixed: u64,
+    pub total_clusters: u64,
+    pub allocated_clusters: u64,
+    pub fragmented_clusters: u64,
+    pub compressed_clusters: u64,
+    pub image_end_offset: u64,
+    /// One line per problem, in qemu-img's words.
+    pub messages: Vec<String>,
+}
+
+struct Counter<'a> {
+    meta: &'a Meta,
+    counts: Vec<u32>,
+    report: CheckReport,
+}
+
+impl Counter<'_> {
+    /// Adds a reference to every cluster in `[offset, offset + len)`.
+    fn add(&mut self, what: &str, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let cs = self.meta.cluster_size();
+        let first = offset / cs;
+        let last = (offset + len - 1) / cs;
+        for c in first..=last {
+            match self.counts.get_mut(c as usize) {
+                Some(n) => *n = n.saturating_add(1),
+                None => {
+                    self.report.corruptions += 1;
+                    self.report.messages.push(format!(
+                        "ERROR {what} at offset 0x{:x} is beyond the end of the image",
+                        c * cs
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn aligned(&mut self, what: &str, offset: u64) -> bool {
+        if offset % self.meta.cluster_size() == 0 {
+            return true;
+        }
+        self.report.corruptions += 1;
+        self.report.messages.push(format!(
+            "ERROR {what} offset=0x{offset:x} is not cluster aligned"
+        ));
+        false
+    }
+
+    /// Counts an L1 table, its L2 tables and their data clusters.
+    fn walk_l1(&mut self, l1: &[u64], active: bool) -> Result<()> {
+        let cs = self.meta.cluster_size();
+        let mut next_contiguous = 0u64;
+        for &l1e in l1 {
+            let l2_off = l1e & OFFSET_MASK;
+            if l2_off == 0 {
+                continue;
+            }
+            if !self.aligned("L2 table", l2_off) {
+                continue;
+            }
+            self.add("L2 table", l2_off, cs);
+            if !self.meta.cluster_in_file(l2_off) {
+                continue;
+            }
+            for entry in self.meta.read_l2(l2_off)? {
+                match entry {
+                    L2Entry::Unallocated | L2Entry::Zero { host: None } => {}
+                    L2Entry::Zero { host: Some(h) } => {
+                        if self.aligned("zero cluster", h) {
+                            self.add("zero cluster", h, cs);
+                        }
+                    }
+                    L2Entry::Data { host, .. } => {
+                        if !self.aligned("data cluster", host) {
+                            continue;
+                        }
+                        self.add("data cluster", host, cs);
+                        if active {
+                            self.report.allocated_clusters += 1;
+                            if next_contiguous != 0 && host != next_contiguous {
+                                self.report.fragmented_clusters += 1;
+                            }
+                            next_contiguous = host + cs;
+                        }
+                    }
+                    L2Entry::Compressed { host, len } => {
+                        self.add("compressed cluster", host, len);
+                        if active {
+                            self.report.allocated_clusters += 1;
+                            self.report.compressed_clusters += 1;
+                            // Compressed clusters are fragmented by nature.
+                            self.report.fragmented_clusters += 1;
+                            next_contiguous = 0;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_bitmaps(&mut self) -> Result<()> {
+        let meta = self.meta;
+        let Some(ext) = meta
+            .header
+            .other_extensions
+            .iter()
+            .find(|e| e.kind == super::header::EXT_BITMAPS)
+        else {
+            return Ok(());
+        };
+        if ext.data.len() < 24 {
+            self.report.corruptions += 1;
+            self.report
+                .messages
+                .push("ERROR bitmaps extension is too short".into());
+            return Ok(());
+        }
+        let nb = u32::from_be_bytes(ext.data[0..4].try_into().expect("4"));
+        let dir_size = u64::from_be_bytes(ext.data[8..16].try_into().expect("8"));
+        let dir_off = u64::from_be_bytes(ext.data[16..24].try_into().expect("8"));
+        if dir_size > 64 << 20
+            || dir_off
+                .checked_add(dir_size)
+                .is_none_or(|e| e > meta.file_len)
+        {
+            self.report.corruptions += 1;
+            self.report
+                .messages
+                .push("ERROR bitmap directory lies past the end".into());
+            return Ok(());
+        }
+        self.add("bitmap directory", dir_off, dir_size);
+        let mut dir = vec![0u8; dir_size as usize];
+        super::meta::read_exact_at(&meta.file, &meta.path, &mut dir, dir_off)?;
+        let mut at = 0usize;
+        for _ in 0..nb {
+            let Some(e) = dir.get(at..at + 24) else { break };
+            let table_off = u64::from_be_bytes(e[0..8].try_into().expect("8"));
+            let table_size = u64::from(u32::from_be_bytes(e[8..12].try_into().expect("4")));
+            let name_size = usize::from(u16::from_be_bytes([e[18], e[19]]));
+            let extra = u32::from_be_bytes(e[20..24].try_into().expect("4")) as usize;
+            at += (24 + extra + name_size).div_ceil(8) * 8;
+            if !self.aligned("bitmap table", table_off) {
+                continue;
+            }
+            self.add("bitmap table", table_off, table_size * 8);
+            if table_size * 8 > 64 << 20 {
+                continue;
+            }
+            let Ok(table) = meta.read_table(table_off, table_size) else {
+                continue;
+            };
+            for t in table {
+                let off = t & OFFSET_MASK;
+                if off != 0 && self.aligned("bitmap data", off) {
+                    self.add("bitmap data", off, meta.cluster_size());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the check, and repairs when asked. The file must be open for
+/// writing when `repair` is not [`Repair::None`].
+pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
+    let cs = meta.cluster_size();
+    let nb_clusters = meta.file_len.div_ceil(cs);
+    if nb_clusters > (1 << 32) {
+        return Err(Error::unsupported(
+            &meta.path,
+            "image file is too large to check",
+        ));
+    }
+    let mut c = Counter {
+        meta,
+        counts: vec![0u32; nb_clusters as usize],
+        report: CheckReport {
+            total_clusters: meta.header.size.div_ceil(cs),
+            ..CheckReport::default()
+        },
+    };
+    c.add("header", 0, cs);
+    c.add(
+        "L1 table",
+        meta.header.l1_table_offset,
+        u64::from(meta.header.l1_size) * 8,
+    );
+    c.walk_l1(&meta.l1, true)?;
+    let snapshots = meta.snapshots()?;
+    if !snapshots.is_empty() {
+        let table_len: u64 = snapshots.iter().map(|s| s.entry_len).sum();
+        c.add("snapshot table", meta.header.snapshots_offset, table_len);
+    }
+    for s in &snapshots {
+        if !c.aligned("snapshot L1 table", s.l1_table_offset) {
+            continue;
+        }
+        c.add(
+            "snapshot L1 table",
+            s.l1_table_offset,
+            u64::from(s.l1_size) * 8,
+        );
+        match meta.read_table(s.l1_table_offset, u64::from(s.l1_size)) {
+            Ok(l1) => c.walk_l1(&l1, false)?,
+            Err(e) => {
+                c.report.corruptions += 1;
+                c.report
+                    .messages
+                    .push(format!("ERROR snapshot {}: {e}", s.id));
+            }
+        }
+    }
+    c.walk_bitmaps()?;
+    c.add(
+        "refcount table",
+        meta.header.refcount_table_offset,
+        u64::from(meta.header.refcount_table_clusters) * cs,
+    );
+    for &rb in &meta.reftable {
+        let off = rb & OFFSET_MASK;
+        if off != 0 && c.aligned("refcount block", off) {
+            c.add("refcount block", off, cs);
+        }
+    }
+
+    let Counter {
+        counts, mut report, ..
+    } = c;
+    report.image_end_offset = counts
+        .iter()
+        .rposition(|&n| n > 0)
+        .map_or(cs, |i| (i as u64 + 1) * cs);
+    compare_refcounts(meta, &counts, repair, &mut report)?;
+    check_copied(meta, repair, &mut report)?;
+    if repair != Repair::None && (report.leaks_fixed > 0 || report.corruptions_fixed > 0) {
+        meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))?;
+    }
+    Ok(report)
+}
+
+fn compare_refcounts(
+    meta: &Meta,
+    counts: &[u32],
+    repair: Repair,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let cs = meta.cluster_size();
+    let per_block = meta.refblock_entries();
+    let order = meta.header.refcount_order;
+    let max_ref = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    let nb_clusters = counts.len() as u64;
+    for (bi, &rbe) in meta.reftable.iter().enumerate() {
+        let first = bi as u64 * per_block;
+        let block_off = rbe & OFFSET_MASK;
+        if block_off == 0 || !meta.cluster_in_file(block_off) {
+            // Every cluster this block should describe is unrecorded.
+            for cl in first..(first + per_block).min(nb_clusters) {
+                let real = u64::from(counts[cl as usize]);
+                if real > 0 {
+                    report.corruptions += 1;
+                    report
+                        .messages
+                        .push(format!("ERROR cluster {cl} refcount=0 reference={real}"));
+                }
+            }
+            if block_off != 0 {
+                report.corruptions += 1;
+                report.messages.push(format!(
+                    "ERROR refcount block {bi} at 0x{block_off:x} is outside the image"
+                ));
+            }
+            continue;
+        }
+        let mut raw = vec![0u8; cs as usize];
+        super::meta::read_exact_at(&meta.file, &meta.path, &mut raw, block_off)?;
+        let stored = decode_refblock(&raw, order);
+        let mut dirty = false;
+        for (i, &have) in stored.iter().enumerate() {
+            let cl = first + i as u64;
+            let real = counts.get(cl as usize).map_or(0, |&n| u64::from(n));
+            if have == real {
+                continue;
+            }
+            let fix = if have > real {
+                report.leaks += 1;
+                report.messages.push(format!(
+                    "Leaked cluster {cl} refcount={have} reference={real}"
+                ));
+                repair != Repair::None
+            } else {
+                report.corruptions += 1;
+                report.messages.push(format!(
+                    "ERROR cluster {cl} refcount={have} reference={real}"
+                ));
+                repair == Repair::All && real <= max_ref
+            };
+            if fix {
+                encode_refcount(&mut raw, order, i, real);
+                dirty = true;
+                if have > real {
+                    report.leaks_fixed += 1;
+                } else {
+                    report.corruptions_fixed += 1;
+                }
+            }
+        }
+        if dirty {
+            meta.file
+                .write_all_at(&raw, block_off)
+                .map_err(|e| Error::io(&meta.path, e))?;
+        }
+    }
+    // Clusters past the last refcount block have no refcount at all.
+    let covered = meta.reftable.len() as u64 * per_block;
+    for cl in covered..nb_clusters {
+        let real = counts[cl as usize];
+        if real > 0 {
+            report.corruptions += 1;
+            report
+                .messages
+                .push(format!("ERROR cluster {cl} refcount=0 reference={real}"));
+        }
+    }
+    Ok(())
+}
+
+/// The COPIED flag must be set exactly on L1/L2 entries whose cluster has
+/// refcount 1 (qemu-img's OFLAG_COPIED check), in the active tables.
+fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result<()> {
+    if meta.header.lazy_refcounts() && meta.header.dirty() {
+        // Refcounts are rebuilt on the next writable open; flags follow them.
+        return Ok(());
+    }
+    let cs = meta.cluster_size();
+    let per_block = meta.refblock_entries();
+    let mut block_cache: Option<(u64, Vec<u64>)> = None;
+    let mut refcount = |off: u64| -> Option<u64> {
+        let cl = off / cs;
+        let bi = (cl / per_block) as usize;
+        let block = meta.reftable.get(bi)? & OFFSET_MASK;
+        if block == 0 {
+            return Some(0);
+        }
+        if block_cache.as_ref().is_none_or(|(b, _)| *b != block) {
+            block_cache = Some((block, meta.read_refblock(block).ok()?));
+        }
+        block_cache
+            .as_ref()?
+            .1
+            .get((cl % per_block) as usize)
+            .copied()
+    };
+    let mut l1_fixed = false;
+    let mut l1 = meta.l1.clone();
+    for l1e in &mut l1 {
+        let l2_off = *l1e & OFFSET_MASK;
+        if l2_off == 0 || !meta.cluster_in_file(l2_off) {
+            continue;
+        }
+        let rc = refcount(l2_off);
+        let want = rc == Some(1);
+        if want != (*l1e & COPIED != 0) && rc.is_some() {
+            report.corruptions += 1;
+            report.messages.push(format!(
+                "ERROR OFLAG_COPIED L2 cluster: l1_entry={:x} refcount={}",
+                *l1e,
+                rc.unwrap_or(0)
+            ));
+            if repair == Repair::All {
+                *l1e ^= COPIED;
+                l1_fixed = true;
+                report.corruptions_fixed += 1;
+            }
+        }
+        let mut l2_raw = meta.read_table(l2_off, cs / 8)?;
+        let step = (meta.header.l2_entry_size() / 8) as usize;
+        let mut l2_fixed = false;
+        for e in l2_raw.iter_mut().step_by(step) {
+            let host = match meta.decode_l2(*e) {
+                L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => host,
+                _ => continue,
+            };
+            let Some(rc) = refcount(host) else { continue };
+            let want = rc == 1;
+            if want != (*e & COPIED != 0) && rc != 0 {
+                report.corruptions += 1;
+                report.messages.push(format!(
+                    "ERROR OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                    *e
+                ));
+                if repair == Repair::All {
+                    *e ^= COPIED;
+                    l2_fixed = true;
+                    report.corruptions_fixed += 1;
+                }
+            }
+        }
+        if l2_fixed {
+            let bytes: Vec<u8> = l2_raw.iter().flat_map(|v| v.to_be_bytes()).collect();
+            meta.file
+                .write_all_at(&bytes, l2_off)
+                .map_err(|e| Error::io(&meta.path, e))?;
+        }
+    }
+    if l1_fixed {
+        let bytes: Vec<u8> = l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+        meta.file
+            .write_all_at(&bytes, meta.header.l1_table_offset)
+            .map_err(|e| Error::io(&meta.path, e))?;
+    }
+    Ok(())
+}

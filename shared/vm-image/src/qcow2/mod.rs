@@ -1,0 +1,35 @@
+//! qcow2 metadata: the header, tables, refcounts, check/repair, and a
+//! streaming writer for new images.
+
+pub mod check;
+pub mod compress;
+pub mod header;
+pub mod meta;
+pub mod writer;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Rewrites the backing file name and format in a qcow2 header (the whole
+/// first cluster, which holds nothing else), then syncs. `None` removes the
+/// backing file. The caller holds the image's write lock.
+pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = meta::Meta::open(path, file)?;
+    let mut h = meta.header.clone();
+    h.backing_file = name.map(str::to_string);
+    h.backing_format = name.and(format).map(str::to_string);
+    let mut buf = h.serialize().map_err(|e| Error::io(path, e))?;
+    buf.resize(h.cluster_size() as usize, 0);
+    meta.file
+        .write_all_at(&buf, 0)
+        .and_then(|()| meta.file.sync_all())
+        .map_err(|e| Error::io(path, e))
+}

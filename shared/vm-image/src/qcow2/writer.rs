@@ -1,0 +1,344 @@
+//! A streaming qcow2 writer for new images (`create` and `convert`).
+//!
+//! Guest clusters arrive in increasing order and are appended; each L2 table
+//! is appended once the stream moves past its range; refcounts, the L1
+//! table and the header are written at the end. Nothing is shared and
+//! nothing is rewritten, so the result has refcount 1 everywhere except
+//! where compressed clusters share a host cluster. The caller writes into a
+//! temporary file and renames it once `finish` and an fsync succeed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use super::header::{CompressionType, Header, COMPAT_LAZY_REFCOUNTS, COMPRESSED, COPIED, ZERO};
+use super::meta::encode_refcount;
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub size: u64,
+    pub cluster_bits: u32,
+    /// 2 (compat=0.10) or 3 (compat=1.1).
+    pub version: u32,
+    pub lazy_refcounts: bool,
+    pub refcount_order: u32,
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            cluster_bits: 16,
+            version: 3,
+            lazy_refcounts: false,
+            refcount_order: 4,
+            backing_file: None,
+            backing_format: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Qcow2Writer {
+    file: File,
+    header: Header,
+    /// Next free byte; cluster-aligned except while packing compressed data.
+    next: u64,
+    refcounts: Vec<u64>,
+    l1: Vec<u64>,
+    l2: Option<(usize, Vec<u64>)>,
+    last_guest: Option<u64>,
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+impl Qcow2Writer {
+    /// Starts an image in `file`, which should be empty.
+    pub fn new(file: File, o: &CreateOptions) -> io::Result<Self> {
+        if !(9..=21).contains(&o.cluster_bits) {
+            return Err(invalid(
+                "Cluster size must be a power of two between 512 and 2048k",
+            ));
+        }
+        if o.version != 2 && o.version != 3 {
+            return Err(invalid("compat must be 0.10 or 1.1"));
+        }
+        if o.version == 2 && o.lazy_refcounts {
+            return Err(invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+        }
+        if o.version == 2 && o.refcount_order != 4 {
+            return Err(invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+        }
+        if o.refcount_order > 6 {
+            return Err(invalid(
+                "Refcount width must be a power of two and may not exceed 64 bits",
+            ));
+        }
+        let cs = 1u64 << o.cluster_bits;
+        let mut header = Header {
+            version: o.version,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits: o.cluster_bits,
+            size: o.size,
+            crypt_method: 0,
+            l1_size: 0,
+            l1_table_offset: cs,
+            refcount_table_offset: 0,
+            refcount_table_clusters: 0,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible_features: 0,
+            compatible_features: if o.lazy_refcounts {
+                COMPAT_LAZY_REFCOUNTS
+            } else {
+                0
+            },
+            autoclear_features: 0,
+            refcount_order: o.refcount_order,
+            header_length: if o.version == 3 { 112 } else { 72 },
+            compression_type: CompressionType::Zlib,
+            backing_file: o.backing_file.clone(),
+            backing_format: o.backing_format.clone(),
+            data_file: None,
+            other_extensions: Vec::new(),
+        };
+        let l1_entries = header.l1_entries_for(o.size);
+        if l1_entries * 8 > super::header::MAX_L1_BYTES || o.size > super::header::MAX_VIRTUAL_SIZE
+        {
+            return Err(invalid("Image size is too large for this cluster size"));
+        }
+        header.l1_size = l1_entries as u32;
+        // The header (with its extensions) must fit the first cluster.
+        header.serialize()?;
+        let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+        let mut refcounts = vec![1u64; 1 + l1_clusters as usize];
+        refcounts.reserve(1024);
+        Ok(Self {
+            file,
+            next: (1 + l1_clusters) * cs,
+            header,
+            refcounts,
+            l1: vec![0; l1_entries as usize],
+            l2: None,
+            last_guest: None,
+        })
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    fn cs(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    /// Reference every cluster touched by `[off, off + len)`.
+    fn reference(&mut self, off: u64, len: u64) {
+        let cs = self.cs();
+        for c in off / cs..=(off + len - 1) / cs {
+            let c = c as usize;
+            if c >= self.refcounts.len() {
+                self.refcounts.resize(c + 1, 0);
+            }
+            self.refcounts[c] += 1;
+        }
+    }
+
+    fn align_next(&mut self) {
+        let cs = self.cs();
+        self.next = self.next.div_ceil(cs) * cs;
+    }
+
+    /// Allocates `n` whole clusters at the end of the file.
+    fn alloc_clusters(&mut self, n: u64) -> u64 {
+        self.align_next();
+        let off = self.next;
+        self.next += n * self.cs();
+        self.reference(off, n * self.cs());
+        off
+    }
+
+    fn check_order(&mut self, guest: u64) -> io::Result<()> {
+        if self.last_guest.is_some_and(|g| guest <= g) {
+            return Err(invalid("clusters must be written in increasing order"));
+        }
+        if guest >= self.header.size.div_ceil(self.cs()) {
+            return Err(invalid("cluster beyond the image size"));
+        }
+        self.last_guest = Some(guest);
+        Ok(())
+    }
+
+    /// The L2 slot for `guest`, flushing the previous table when the stream
+    /// crosses into a new one.
+    fn l2_slot(&mut self, guest: u64) -> io::Result<&mut u64> {
+        let per_l2 = self.header.l2_entries();
+        let l1_idx = (guest / per_l2) as usize;
+        if self.l2.as_ref().is_some_and(|(i, _)| *i != l1_idx) {
+            self.flush_l2()?;
+        }
+        let (_, table) = self
+            .l2
+            .get_or_insert_with(|| (l1_idx, vec![0u64; per_l2 as usize]));
+        Ok(&mut table[(guest % per_l2) as usize])
+    }
+
+    fn flush_l2(&mut self) -> io::Result<()> {
+        if let Some((idx, table)) = self.l2.take() {
+            let off = self.alloc_clusters(1);
+            let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.file.write_all_at(&bytes, off)?;
+            self.l1[idx] = off | COPIED;
+        }
+        Ok(())
+    }
+
+    /// Writes consecutive guest clusters starting at `first` from `data`
+    /// (whole clusters; the last may be short at the end of the image).
+    pub fn write_clusters(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
+        let cs = self.cs();
+        let n = data.len().div_ceil(cs as usize) as u64;
+        let per_l2 = self.header.l2_entries();
+        let mut i = 0u64;
+        while i < n {
+            // Up to the end of this L2 table's range, one contiguous write.
+            let guest = first + i;
+            let run = (per_l2 - guest % per_l2).min(n - i);
+            for g in guest..guest + run {
+                self.check_order(g)?;
+            }
+            // Make sure the L2 table exists before allocating (it may flush
+            // the previous one, which must not split our run).
+            self.l2_slot(guest)?;
+            let host = self.alloc_clusters(run);
+            let lo = (i * cs) as usize;
+            let hi = ((i + run) * cs).min(data.len() as u64) as usize;
+            self.file.write_all_at(&data[lo..hi], host)?;
+            for k in 0..run {
+                *self.l2_slot(guest + k)? = (host + k * cs) | COPIED;
+            }
+            i += run;
+        }
+        Ok(())
+    }
+
+    /// Writes one guest cluster as compressed bytes (from `compress_cluster`).
+    pub fn write_compressed(&mut self, guest: u64, cdata: &[u8]) -> io::Result<()> {
+        self.check_order(guest)?;
+        self.l2_slot(guest)?;
+        let cb = self.header.cluster_bits;
+        let off = self.next;
+        let sectors = ((off & 511) + cdata.len() as u64).div_ceil(512);
+        if cdata.is_empty() || sectors > 1u64 << (cb - 8) {
+            return Err(invalid("compressed cluster is too large"));
+        }
+        self.file.write_all_at(cdata, off)?;
+        self.reference(off, cdata.len() as u64);
+        self.next = off + cdata.len() as u64;
+        let shift = 62 - (cb - 8);
+        *self.l2_slot(guest)? = COMPRESSED | ((sectors - 1) << shift) | off;
+        Ok(())
+    }
+
+    /// Marks a guest cluster as reading zeroes without allocating it (v3), so
+    /// it hides the backing file's data.
+    pub fn write_zero(&mut self, guest: u64) -> io::Result<()> {
+        if self.header.version < 3 {
+            return Err(invalid("zero clusters need compat=1.1"));
+        }
+        self.check_order(guest)?;
+        *self.l2_slot(guest)? = ZERO;
+        Ok(())
+    }
+
+    /// Allocates host clusters for every guest cluster without writing them
+    /// (preallocation=metadata; the file stays sparse).
+    pub fn preallocate_metadata(&mut self) -> io::Result<()> {
+        let cs = self.cs();
+        let n = self.header.size.div_ceil(cs);
+        let per_l2 = self.header.l2_entries();
+        let mut g = 0;
+        while g < n {
+            let run = (per_l2 - g % per_l2).min(n - g);
+            for k in g..g + run {
+                self.check_order(k)?;
+            }
+            self.l2_slot(g)?;
+            let host = self.alloc_clusters(run);
+            for k in 0..run {
+                *self.l2_slot(g + k)? = (host + k * cs) | COPIED;
+            }
+            g += run;
+        }
+        Ok(())
+    }
+
+    /// Writes the remaining L2 table, refcounts, L1 and header. The caller
+    /// fsyncs (or not, for `-t unsafe`).
+    pub fn finish(mut self) -> io::Result<File> {
+        self.flush_l2()?;
+        self.align_next();
+        let cs = self.cs();
+        let used = self.next / cs;
+        let per_block = cs * 8 / u64::from(self.header.refcount_bits());
+        // The refcount structures must count themselves too.
+        let (mut rb, mut rt) = (0u64, 0u64);
+        loop {
+            let total = used + rb + rt;
+            let nrb = total.div_ceil(per_block);
+            let nrt = (nrb * 8).div_ceil(cs).max(1);
+            if (nrb, nrt) == (rb, rt) {
+                break;
+            }
+            (rb, rt) = (nrb, nrt);
+        }
+        let rb_start = self.next;
+        let rt_start = rb_start + rb * cs;
+        self.refcounts.resize((used + rb + rt) as usize, 0);
+        for c in used..used + rb + rt {
+            self.refcounts[c as usize] = 1;
+        }
+        let max = if self.header.refcount_order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << self.header.refcount_bits()) - 1
+        };
+        let mut table = vec![0u8; (rt * cs) as usize];
+        for b in 0..rb {
+            let mut block = vec![0u8; cs as usize];
+            let first = b * per_block;
+            for i in 0..per_block {
+                let c = (first + i) as usize;
+                match self.refcounts.get(c) {
+                    Some(&v) => encode_refcount(
+                        &mut block,
+                        self.header.refcount_order,
+                        i as usize,
+                        v.min(max),
+                    ),
+                    None => break,
+                }
+            }
+            let off = rb_start + b * cs;
+            self.file.write_all_at(&block, off)?;
+            table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&off.to_be_bytes());
+        }
+        self.file.write_all_at(&table, rt_start)?;
+        let l1: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        if !l1.is_empty() {
+            self.file.write_all_at(&l1, self.header.l1_table_offset)?;
+        }
+        self.header.refcount_table_offset = rt_start;
+        self.header.refcount_table_clusters = rt as u32;
+        let mut h = self.header.serialize()?;
+        h.resize(cs as usize, 0);
+        self.file.write_all_at(&h, 0)?;
+        self.file.set_len(rt_start + rt * cs)?;
+        Ok(self.file)
+    }
+}

@@ -1,0 +1,294 @@
+//! vm-img's command line, with qemu-img's subcommands, options and meanings.
+//! The man pages and completions are generated from these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-img",
+    version,
+    about = "Create, inspect, check, resize and convert disk images (qemu-img compatible)",
+    long_about = "vm-img manages raw and qcow2 disk images with qemu-img's subcommands, \
+options, output and exit codes, so scripts written for qemu-img keep working.\n\n\
+Exit codes: 0 success, 1 error (usage errors too). check: 0 clean, 1 not \
+checked, 2 corruptions, 3 leaks only, 63 the format has no check. compare: 0 \
+identical, 1 different, 2 an image could not be opened, 3 allocation check \
+error, 4 read error.",
+    after_help = "Sizes take K, M, G, T, P, E (powers of 1024, also KiB, MiB...); a bare number is bytes."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RepairMode {
+    Leaks,
+    All,
+}
+
+/// Cache modes for the output image, as qemu-img's -t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    None,
+    Writeback,
+    Writethrough,
+    Directsync,
+    Unsafe,
+}
+
+impl CacheArg {
+    /// Whether the command ends with an fsync.
+    pub fn syncs(self) -> bool {
+        self != Self::Unsafe
+    }
+    pub fn direct(self) -> bool {
+        matches!(self, Self::None | Self::Directsync)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Image format (raw, qcow2); probed from the contents when left out.
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+    /// Quiet: no progress or informational messages.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new image.
+    Create(CreateArgs),
+    /// Describe an image.
+    Info(InfoArgs),
+    /// Check a qcow2 image for leaks and corruptions, optionally repairing them.
+    Check(CheckArgs),
+    /// Change an image's virtual size.
+    Resize(ResizeArgs),
+    /// Copy an image to another file, changing format or compressing.
+    Convert(ConvertArgs),
+    /// Compare the guest-visible contents of two images.
+    Compare(CompareArgs),
+    /// Show how an image's guest ranges are stored.
+    Map(MapArgs),
+    /// Write an overlay's changes into its backing file.
+    Commit(CommitArgs),
+    /// Change an image's backing file.
+    Rebase(RebaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Format options: backing_file, backing_fmt, cluster_size, preallocation,
+    /// lazy_refcounts, compat, refcount_bits, size (comma separated, key=value).
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Backing file (qcow2 only).
+    #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
+    pub backing: Option<String>,
+    /// Backing file format.
+    #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
+    /// Do not open the backing file (the size must then be given).
+    #[arg(short = 'u')]
+    pub unsafe_backing: bool,
+    pub filename: PathBuf,
+    /// Virtual size, e.g. 4G; defaults to the backing file's size.
+    pub size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(
+        long = "output",
+        value_enum,
+        default_value = "human",
+        value_name = "FMT"
+    )]
+    pub output: OutputFormat,
+    /// Describe every image of the backing chain.
+    #[arg(long = "backing-chain")]
+    pub backing_chain: bool,
+    /// Read without locks (force share), as for an image in use.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(
+        long = "output",
+        value_enum,
+        default_value = "human",
+        value_name = "FMT"
+    )]
+    pub output: OutputFormat,
+    /// Repair leaks, or all errors that can be repaired.
+    #[arg(short = 'r', long = "repair", value_enum, value_name = "leaks|all")]
+    pub repair: Option<RepairMode>,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Allow shrinking (data past the new end is lost).
+    #[arg(long = "shrink")]
+    pub shrink: bool,
+    pub filename: PathBuf,
+    /// New size: absolute (24G), or relative (+20G, -1G).
+    #[arg(allow_hyphen_values = true)]
+    pub size: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Source format; probed when left out.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format (default raw).
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Compress the output (qcow2), on every core.
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Output format options, as for create.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Cache mode for the output: writeback (default) ends with one fsync,
+    /// unsafe skips it, none/directsync write with O_DIRECT.
+    #[arg(
+        short = 't',
+        value_enum,
+        value_name = "CACHE",
+        default_value = "writeback"
+    )]
+    pub cache: CacheArg,
+    /// Cache mode for the source (accepted for compatibility).
+    #[arg(short = 'T', value_enum, value_name = "SRC_CACHE")]
+    pub src_cache: Option<CacheArg>,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    pub source: PathBuf,
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// First image's format.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format1: Option<String>,
+    /// Second image's format.
+    #[arg(short = 'F', value_name = "FMT")]
+    pub format2: Option<String>,
+    /// Strict: images of different sizes, or allocated in one and not the
+    /// other, differ even where both read the same.
+    #[arg(short = 's')]
+    pub strict: bool,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    pub progress: bool,
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    pub image1: PathBuf,
+    pub image2: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(
+        long = "output",
+        value_enum,
+        default_value = "human",
+        value_name = "FMT"
+    )]
+    pub output: OutputFormat,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// Start of the range to map.
+    #[arg(short = 's', long = "start-offset", value_name = "OFFSET")]
+    pub start: Option<String>,
+    /// Length of the range to map.
+    #[arg(short = 'l', long = "max-length", value_name = "LENGTH")]
+    pub length: Option<String>,
+    pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(
+        short = 't',
+        value_enum,
+        value_name = "CACHE",
+        default_value = "writeback"
+    )]
+    pub cache: CacheArg,
+    /// Commit into this image of the chain (default: the backing file).
+    #[arg(short = 'b', value_name = "BASE")]
+    pub base: Option<PathBuf>,
+    /// Keep the overlay's data (do not empty it).
+    #[arg(short = 'd')]
+    pub keep: bool,
+    #[arg(short = 'p')]
+    pub progress: bool,
+    pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(
+        short = 't',
+        value_enum,
+        value_name = "CACHE",
+        default_value = "writeback"
+    )]
+    pub cache: CacheArg,
+    /// Unsafe: only rewrite the backing file name, copy nothing.
+    #[arg(short = 'u')]
+    pub unsafe_mode: bool,
+    /// The new backing file; "" removes it (the image becomes standalone).
+    #[arg(short = 'b', value_name = "BACKING_FILE", required = true)]
+    pub backing: String,
+    /// The new backing file's format.
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
+    #[arg(short = 'p')]
+    pub progress: bool,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: PathBuf,
+}

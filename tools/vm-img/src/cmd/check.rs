@@ -1,0 +1,160 @@
+//! `vm-img check`: exit 0 clean, 1 not checked, 2 corruptions, 3 leaks
+//! only, 63 no check for this format (qemu-img's codes).
+
+use std::fs::OpenOptions as FsOpen;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Map, Value};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::check::{check, CheckReport, Repair};
+use vm_image::qcow2::meta::Meta;
+use vm_image::{Format, Image, OpenOptions};
+
+use crate::cli::{CheckArgs, OutputFormat, RepairMode};
+use crate::util;
+
+pub const NO_CHECK: i32 = 63;
+
+pub fn run(a: &CheckArgs) -> Result<i32> {
+    let path = &a.filename;
+    let repair = match a.repair {
+        None => Repair::None,
+        Some(RepairMode::Leaks) => Repair::Leaks,
+        Some(RepairMode::All) => Repair::All,
+    };
+    // Open the whole chain first: a missing or broken backing file means the
+    // image cannot be checked (exit 1), as with qemu-img.
+    let opts = OpenOptions {
+        format: util::parse_format(a.common.format.as_deref())?,
+        lock: false,
+        ..OpenOptions::default()
+    };
+    let _lock = if a.force_share {
+        None
+    } else {
+        let mode = if repair == Repair::None {
+            LockMode::Read
+        } else {
+            LockMode::Write
+        };
+        Some(
+            ImageLock::acquire(path, mode)
+                .with_context(|| format!("Could not open '{}'", path.display()))?,
+        )
+    };
+    let img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    if img.format() != Format::Qcow2 {
+        eprintln!("vm-img: error: This image format does not support checks");
+        return Ok(NO_CHECK);
+    }
+    drop(img);
+    let file = FsOpen::new()
+        .read(true)
+        .write(repair != Repair::None)
+        .open(path)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    let meta = Meta::open(path, file)?;
+    let first = check(&meta, repair).map_err(|e| anyhow!(e))?;
+    let report = if repair != Repair::None && (first.leaks_fixed > 0 || first.corruptions_fixed > 0)
+    {
+        if !a.common.quiet && a.output == OutputFormat::Human {
+            println!(
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
+                first.leaks_fixed, first.corruptions_fixed
+            );
+        }
+        let file = FsOpen::new().read(true).open(path)?;
+        let meta = Meta::open(path, file)?;
+        let mut again = check(&meta, Repair::None).map_err(|e| anyhow!(e))?;
+        again.leaks_fixed = first.leaks_fixed;
+        again.corruptions_fixed = first.corruptions_fixed;
+        again
+    } else {
+        first
+    };
+    match a.output {
+        OutputFormat::Json => println!("{}", crate::json::pretty(&to_json(&report, path, "qcow2"))),
+        OutputFormat::Human => {
+            if !a.common.quiet {
+                print_human(&report);
+            }
+        }
+    }
+    Ok(exit_code(&report))
+}
+
+fn exit_code(r: &CheckReport) -> i32 {
+    if r.check_errors > 0 {
+        1
+    } else if r.corruptions > 0 {
+        2
+    } else if r.leaks > 0 {
+        3
+    } else {
+        0
+    }
+}
+
+fn to_json(r: &CheckReport, path: &std::path::Path, format: &str) -> Value {
+    let mut m = Map::new();
+    m.insert("image-end-offset".into(), json!(r.image_end_offset));
+    m.insert("total-clusters".into(), json!(r.total_clusters));
+    m.insert("check-errors".into(), json!(r.check_errors));
+    for (k, v) in [
+        ("allocated-clusters", r.allocated_clusters),
+        ("fragmented-clusters", r.fragmented_clusters),
+        ("compressed-clusters", r.compressed_clusters),
+        ("corruptions", r.corruptions),
+        ("leaks", r.leaks),
+        ("corruptions-fixed", r.corruptions_fixed),
+        ("leaks-fixed", r.leaks_fixed),
+    ] {
+        if v > 0 {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    m.insert("filename".into(), json!(path.display().to_string()));
+    m.insert("format".into(), json!(format));
+    Value::Object(m)
+}
+
+fn print_human(r: &CheckReport) {
+    for line in &r.messages {
+        eprintln!("{line}");
+    }
+    if r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0 {
+        println!("No errors were found on the image.");
+    } else {
+        if r.corruptions > 0 {
+            println!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.",
+                r.corruptions
+            );
+        }
+        if r.leaks > 0 {
+            println!(
+                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.",
+                r.leaks
+            );
+        }
+    }
+    if r.total_clusters > 0 {
+        let pct = |n: u64, d: u64| {
+            if d == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / d as f64
+            }
+        };
+        println!(
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+            r.allocated_clusters,
+            r.total_clusters,
+            pct(r.allocated_clusters, r.total_clusters),
+            pct(r.fragmented_clusters, r.allocated_clusters),
+            pct(r.compressed_clusters, r.allocated_clusters),
+        );
+    }
+    println!("Image end offset: {}", r.image_end_offset);
+}

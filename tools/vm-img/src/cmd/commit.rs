@@ -1,0 +1,126 @@
+//! `vm-img commit`: write an overlay's data into its backing file (or a
+//! deeper base with -b), then empty the overlay unless -d.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::{Block, Image, OpenOptions};
+
+use crate::cli::CommitArgs;
+use crate::util;
+
+const CHUNK: u64 = 2 << 20;
+
+pub fn run(a: &CommitArgs) -> Result<i32> {
+    let path = &a.filename;
+    let fmt = util::parse_format(a.common.format.as_deref())?;
+    let top = Image::open(
+        path,
+        &OpenOptions {
+            format: fmt,
+            lock: false,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("Could not open '{}'", path.display()))?;
+    if top.layers().len() < 2 {
+        bail!("Image '{}' does not have a backing file", path.display());
+    }
+    let base_depth = match &a.base {
+        None => 1,
+        Some(b) => find_layer(&top, b)?,
+    };
+    // -b leaves the images between top and base invalid, so (as qemu-img)
+    // the top keeps its data to stay valid.
+    let empty = !a.keep && a.base.is_none();
+    let mut locks = Vec::new();
+    for (i, l) in top.layers().iter().enumerate() {
+        let mode = if i == base_depth || (i == 0 && empty) {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        };
+        locks.push(
+            ImageLock::acquire(&l.path, mode)
+                .with_context(|| format!("Could not open '{}'", l.path.display()))?,
+        );
+    }
+    let base_layer = &top.layers()[base_depth];
+    let mut base = Image::open(
+        &base_layer.path,
+        &OpenOptions {
+            format: Some(base_layer.format),
+            write: true,
+            lock: false,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("Could not open base '{}'", base_layer.path.display()))?;
+    let size = top.size();
+    if base.size() < size {
+        base.resize(size).context("Could not grow the base image")?;
+    }
+    let bar = util::progress(a.progress && !a.common.quiet, size);
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(CHUNK);
+        for e in top.map(pos, len)? {
+            if e.depth as usize >= base_depth || !e.present {
+                continue;
+            }
+            if e.data {
+                let b = &mut buf[..e.length as usize];
+                top.read_at(b, e.start)?;
+                base.write_at(b, e.start)?;
+            } else {
+                base.write_zeroes(e.start, e.length)?;
+            }
+        }
+        pos += len;
+        bar.set_position(pos);
+    }
+    if a.cache.syncs() {
+        base.sync()
+    } else {
+        base.flush()
+    }
+    .with_context(|| format!("Could not write '{}'", base_layer.path.display()))?;
+    drop(base);
+    drop(top);
+    if empty {
+        let mut t = Image::open(
+            path,
+            &OpenOptions {
+                format: fmt,
+                write: true,
+                lock: false,
+                backing: false,
+                ..OpenOptions::default()
+            },
+        )?;
+        let size = t.size();
+        t.discard_to_backing(0, size)
+            .and_then(|()| if a.cache.syncs() { t.sync() } else { t.flush() })
+            .with_context(|| format!("Could not empty '{}'", path.display()))?;
+    }
+    bar.finish_and_clear();
+    if !a.common.quiet {
+        println!("Image committed.");
+    }
+    Ok(0)
+}
+
+fn find_layer(top: &Image, base: &Path) -> Result<usize> {
+    let want: PathBuf = base
+        .canonicalize()
+        .with_context(|| format!("Could not open base '{}'", base.display()))?;
+    top.layers()
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, l)| l.path.canonicalize().ok().as_ref() == Some(&want))
+        .map(|(i, _)| i)
+        .ok_or_else(|| anyhow!("Base '{}' not found in the backing chain", base.display()))
+}

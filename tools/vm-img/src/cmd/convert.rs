@@ -1,0 +1,234 @@
+//! `vm-img convert`: copy an image to raw or qcow2, skipping what reads as
+//! zero, compressing on every core with `-c`. The output is written beside
+//! its final name and renamed into place after one fsync.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{mpsc, Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::ProgressBar;
+use vm_image::qcow2::compress::compress_cluster;
+use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
+use vm_image::{Block, Format, Image};
+
+use super::options;
+use crate::cli::ConvertArgs;
+use crate::util::{self, is_zero, AtomicOutput};
+
+/// Bytes read per step: large enough for long sequential I/O, small enough
+/// to keep several in flight per core when compressing.
+const CHUNK: u64 = 2 << 20;
+/// qemu-img's default granularity for finding zeroes in raw output (-S 4k).
+const ZERO_BLOCK: usize = 4096;
+
+pub fn run(a: &ConvertArgs) -> Result<i32> {
+    let src = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
+    let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
+    let o = options::parse(&a.options)?;
+    if o.qcow2.backing_file.is_some() {
+        bail!("convert cannot give the output a backing file (-o backing_file)");
+    }
+    if a.compress && out_fmt != Format::Qcow2 {
+        bail!("Compression not supported for this file format");
+    }
+    if out_fmt == Format::Raw && o.cluster_size_given {
+        bail!("Invalid parameter 'cluster_size' for format 'raw'");
+    }
+    let size = src.size();
+    let bar = util::progress(a.progress && !a.quiet, size);
+    let out = AtomicOutput::create(&a.output, false)?;
+    let what = || format!("Could not write '{}'", a.output.display());
+    match out_fmt {
+        Format::Raw => to_raw(&src, &out.file, size, &bar).with_context(what)?,
+        Format::Qcow2 => {
+            let opts = CreateOptions {
+                size: size.div_ceil(512) * 512,
+                ..o.qcow2.clone()
+            };
+            let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
+            let w = if a.compress {
+                to_qcow2_compressed(&src, w, size, &bar)
+            } else {
+                to_qcow2(&src, w, size, &bar)
+            }
+            .with_context(what)?;
+            w.finish().with_context(what)?;
+        }
+    }
+    bar.finish_and_clear();
+    out.commit(a.cache.syncs())?;
+    Ok(0)
+}
+
+/// Reads `[pos, pos + buf.len())` into `buf`, touching only ranges that
+/// hold data; returns false when the whole range reads as zero.
+fn read_chunk(src: &Image, pos: u64, buf: &mut [u8]) -> Result<bool> {
+    let extents = src.map(pos, buf.len() as u64)?;
+    if extents.iter().all(|e| !e.data) {
+        return Ok(false);
+    }
+    buf.fill(0);
+    for e in extents.iter().filter(|e| e.data) {
+        let lo = (e.start - pos) as usize;
+        let hi = lo + e.length as usize;
+        src.read_at(&mut buf[lo..hi], e.start)
+            .with_context(|| format!("Error while reading offset {}", e.start))?;
+    }
+    Ok(true)
+}
+
+fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar) -> Result<()> {
+    out.set_len(size)?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(CHUNK) as usize;
+        if read_chunk(src, pos, &mut buf[..len])? {
+            // Write runs of non-zero blocks; zero blocks stay holes.
+            let blocks: Vec<&[u8]> = buf[..len].chunks(ZERO_BLOCK).collect();
+            let mut i = 0;
+            while i < blocks.len() {
+                if is_zero(blocks[i]) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < blocks.len() && !is_zero(blocks[i]) {
+                    i += 1;
+                }
+                let lo = start * ZERO_BLOCK;
+                let hi = (i * ZERO_BLOCK).min(len);
+                out.write_all_at(&buf[lo..hi], pos + lo as u64)?;
+            }
+        }
+        pos += len as u64;
+        bar.set_position(pos);
+    }
+    Ok(())
+}
+
+fn to_qcow2(src: &Image, mut w: Qcow2Writer, size: u64, bar: &ProgressBar) -> Result<Qcow2Writer> {
+    let cs = w.cluster_size();
+    let chunk = CHUNK.max(cs);
+    let mut buf = vec![0u8; chunk as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(chunk) as usize;
+        let padded = (len as u64).div_ceil(cs) * cs;
+        let b = &mut buf[..padded as usize];
+        if read_chunk(src, pos, &mut b[..len])? {
+            b[len..].fill(0);
+            let clusters: Vec<&[u8]> = b.chunks(cs as usize).collect();
+            let first = pos / cs;
+            let mut i = 0;
+            while i < clusters.len() {
+                if is_zero(clusters[i]) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < clusters.len() && !is_zero(clusters[i]) {
+                    i += 1;
+                }
+                let lo = start * cs as usize;
+                w.write_clusters(first + start as u64, &b[lo..i * cs as usize])?;
+            }
+        }
+        pos += len as u64;
+        bar.set_position(pos);
+    }
+    Ok(w)
+}
+
+/// A chunk of clusters on its way through the compressing workers.
+struct Chunk {
+    index: u64,
+    first_cluster: u64,
+    data: Vec<u8>,
+    /// Per cluster: None = zero (skip), Some(None) = store plain,
+    /// Some(Some(bytes)) = store compressed.
+    out: Vec<Option<Option<Vec<u8>>>>,
+}
+
+fn to_qcow2_compressed(
+    src: &Image,
+    mut w: Qcow2Writer,
+    size: u64,
+    bar: &ProgressBar,
+) -> Result<Qcow2Writer> {
+    let cs = w.cluster_size();
+    let chunk = CHUNK.max(cs);
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    std::thread::scope(|s| -> Result<Qcow2Writer> {
+        for _ in 0..workers {
+            let rx = Arc::clone(&job_rx);
+            let tx = done_tx.clone();
+            s.spawn(move || loop {
+                let job = rx.lock().map(|r| r.recv());
+                let Ok(Ok(mut c)) = job else { break };
+                c.out = c
+                    .data
+                    .chunks(cs as usize)
+                    .map(|cl| (!is_zero(cl)).then(|| compress_cluster(cl)))
+                    .collect();
+                if tx.send(c).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        // The writer runs here, on this thread's scope; reading runs on its own thread.
+        let reader = s.spawn(move || -> Result<()> {
+            let mut pos = 0;
+            let mut index = 0;
+            while pos < size {
+                let len = (size - pos).min(chunk) as usize;
+                let padded = (len as u64).div_ceil(cs) * cs;
+                let mut data = vec![0u8; padded as usize];
+                if read_chunk(src, pos, &mut data[..len])? {
+                    let c = Chunk {
+                        index,
+                        first_cluster: pos / cs,
+                        data,
+                        out: Vec::new(),
+                    };
+                    if job_tx.send(c).is_err() {
+                        break;
+                    }
+                    index += 1;
+                }
+                pos += len as u64;
+            }
+            Ok(())
+        });
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        for c in done_rx {
+            pending.insert(c.index, c);
+            while let Some(c) = pending.remove(&next) {
+                for (i, slot) in c.out.iter().enumerate() {
+                    let guest = c.first_cluster + i as u64;
+                    match slot {
+                        None => {}
+                        Some(Some(z)) => w.write_compressed(guest, z)?,
+                        Some(None) => {
+                            let lo = i * cs as usize;
+                            w.write_clusters(guest, &c.data[lo..lo + cs as usize])?;
+                        }
+                    }
+                }
+                bar.set_position(((c.first_cluster + c.out.len() as u64) * cs).min(size));
+                next += 1;
+            }
+        }
+        reader
+            .join()
+            .map_err(|_| anyhow!("the reading thread failed"))??;
+        Ok(w)
+    })
+}

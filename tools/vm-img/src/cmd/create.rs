@@ -1,0 +1,170 @@
+//! `vm-img create`.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::qcow2::writer::Qcow2Writer;
+use vm_image::{resolve_backing, Block, Format};
+use vm_spec::{parse_size, BareNumber};
+
+use super::options::{self, Prealloc};
+use crate::cli::CreateArgs;
+use crate::util::{self, AtomicOutput};
+
+pub fn run(a: &CreateArgs) -> Result<i32> {
+    let fmt = util::parse_format(a.common.format.as_deref())?.unwrap_or(Format::Raw);
+    let mut o = options::parse(&a.options)?;
+    if let Some(b) = &a.backing {
+        o.qcow2.backing_file = Some(b.clone());
+    }
+    if let Some(f) = &a.backing_format {
+        o.qcow2.backing_format = Some(f.clone());
+    }
+    let mut size = match &a.size {
+        Some(s) => Some(
+            parse_size(s, BareNumber::Bytes)
+                .map_err(|e| anyhow!("Invalid image size specified. {e}"))?,
+        ),
+        None => o.size,
+    };
+    let name = a.filename.display().to_string();
+    if fmt == Format::Raw {
+        if o.qcow2.backing_file.is_some() {
+            bail!("{name}: Backing file not supported for file format 'raw'");
+        }
+        if o.cluster_size_given {
+            bail!("{name}: Invalid parameter 'cluster_size' for format 'raw'");
+        }
+    }
+    if let Some(b) = o.qcow2.backing_file.clone() {
+        let Some(bfmt) = o.qcow2.backing_format.clone() else {
+            bail!("{name}: Backing file specified without backing format");
+        };
+        let bfmt: Format = bfmt.parse().map_err(|m: String| anyhow!(m))?;
+        if !a.unsafe_backing {
+            let path = resolve_backing(&a.filename, &b);
+            let img = util::open_read(&path, Some(bfmt.as_str()), true)
+                .with_context(|| format!("{name}: Could not open backing image"))?;
+            size.get_or_insert(img.size());
+        }
+    }
+    let size = size.ok_or_else(|| anyhow!("Image creation needs a size parameter"))?;
+    let prealloc = o.prealloc.unwrap_or(Prealloc::Off);
+    if fmt == Format::Raw && prealloc == Prealloc::Metadata {
+        bail!("Unsupported preallocation mode 'metadata' for format 'raw'");
+    }
+    if !a.common.quiet {
+        println!("{}", describe(&name, fmt, size, &o, prealloc));
+    }
+    let out = AtomicOutput::create(&a.filename, false)?;
+    let file = match fmt {
+        Format::Raw => {
+            out.file.set_len(size).context("Could not resize file")?;
+            out.file.try_clone()?
+        }
+        Format::Qcow2 => {
+            o.qcow2.size = size;
+            let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)
+                .with_context(|| format!("{name}: Could not create image"))?;
+            if prealloc != Prealloc::Off {
+                w.preallocate_metadata()?;
+            }
+            w.finish()?
+        }
+    };
+    match prealloc {
+        Prealloc::Falloc => {
+            let len = file.metadata()?.len().max(size);
+            // SAFETY: fallocate on an open descriptor; no memory is passed.
+            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as i64) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error()).context("Could not preallocate data");
+            }
+        }
+        Prealloc::Full => fill_zeroes(&file, fmt, size)?,
+        Prealloc::Off | Prealloc::Metadata => {}
+    }
+    out.commit(true)?;
+    Ok(0)
+}
+
+/// preallocation=full: every byte written (for qcow2, the data area the
+/// metadata preallocation mapped, which ends where the file ends).
+fn fill_zeroes(file: &std::fs::File, fmt: Format, size: u64) -> Result<()> {
+    let end = match fmt {
+        Format::Raw => size,
+        Format::Qcow2 => file.metadata()?.len(),
+    };
+    let buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    // qcow2 metadata is already in place; zero only what is a hole.
+    while off < end {
+        let n = (end - off).min(buf.len() as u64);
+        if fmt == Format::Raw {
+            file.write_all_at(&buf[..n as usize], off)?;
+        } else {
+            // SAFETY: lseek moves only this descriptor's offset; no memory is passed.
+            let data = unsafe { libc::lseek(file.as_raw_fd(), off as i64, libc::SEEK_HOLE) };
+            if data < 0 || data as u64 >= end {
+                break;
+            }
+            let hole = data as u64;
+            // SAFETY: as above.
+            let next = unsafe { libc::lseek(file.as_raw_fd(), hole as i64, libc::SEEK_DATA) };
+            let stop = if next < 0 {
+                end
+            } else {
+                (next as u64).min(end)
+            };
+            let mut p = hole;
+            while p < stop {
+                let k = (stop - p).min(buf.len() as u64);
+                file.write_all_at(&buf[..k as usize], p)?;
+                p += k;
+            }
+            off = stop;
+            continue;
+        }
+        off += n;
+    }
+    Ok(())
+}
+
+fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: Prealloc) -> String {
+    let prealloc = match p {
+        Prealloc::Off => "off",
+        Prealloc::Metadata => "metadata",
+        Prealloc::Falloc => "falloc",
+        Prealloc::Full => "full",
+    };
+    match fmt {
+        Format::Raw => format!("Formatting '{name}', fmt=raw size={size}"),
+        Format::Qcow2 => {
+            let mut s = format!(
+                "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
+                1u64 << o.qcow2.cluster_bits
+            );
+            if o.qcow2.version == 2 {
+                s.push_str(" compat=0.10");
+            }
+            if p != Prealloc::Off {
+                s.push_str(&format!(" preallocation={prealloc}"));
+            }
+            s.push_str(" compression_type=zlib");
+            s.push_str(&format!(" size={size}"));
+            if let Some(b) = &o.qcow2.backing_file {
+                s.push_str(&format!(" backing_file={b}"));
+            }
+            if let Some(b) = &o.qcow2.backing_format {
+                s.push_str(&format!(" backing_fmt={b}"));
+            }
+            s.push_str(&format!(
+                " lazy_refcounts={} refcount_bits={}",
+                if o.qcow2.lazy_refcounts { "on" } else { "off" },
+                1u32 << o.qcow2.refcount_order
+            ));
+            s
+        }
+    }
+}

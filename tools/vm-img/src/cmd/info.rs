@@ -1,0 +1,230 @@
+//! `vm-img info`: qemu-img's fields and names, human or JSON.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+use vm_image::qcow2::header::{CompressionType, Header};
+use vm_image::qcow2::meta::Meta;
+use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
+
+use crate::cli::{InfoArgs, OutputFormat};
+use crate::util::{self, human_size};
+
+pub fn run(a: &InfoArgs) -> Result<i32> {
+    let mut infos = Vec::new();
+    let mut path = a.filename.clone();
+    let mut fmt = a.common.format.clone();
+    loop {
+        let info = describe(&path, fmt.as_deref(), a.force_share)?;
+        let next = info
+            .get("full-backing-filename")
+            .and_then(Value::as_str)
+            .map(PathBuf::from);
+        let next_fmt = info
+            .get("backing-filename-format")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        infos.push(info);
+        match next {
+            Some(n) if a.backing_chain => {
+                if infos.len() > 64 {
+                    anyhow::bail!(
+                        "Backing chain of '{}' is too deep or loops",
+                        a.filename.display()
+                    );
+                }
+                path = n;
+                fmt = next_fmt;
+            }
+            _ => break,
+        }
+    }
+    match a.output {
+        OutputFormat::Json => {
+            let doc = if a.backing_chain {
+                Value::Array(infos)
+            } else {
+                infos.pop().expect("one image")
+            };
+            println!("{}", crate::json::pretty(&doc));
+        }
+        OutputFormat::Human => {
+            for (i, info) in infos.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", human(info));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// One image's description, without opening its backing file (as qemu-img).
+pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<Value> {
+    let opts = OpenOptions {
+        format: util::parse_format(format)?,
+        lock: !force_share,
+        backing: false,
+        ..OpenOptions::default()
+    };
+    let img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let mut m = Map::new();
+    m.insert("filename".into(), json!(path.display().to_string()));
+    m.insert("format".into(), json!(img.format().as_str()));
+    m.insert("virtual-size".into(), json!(img.size()));
+    m.insert("actual-size".into(), json!(util::allocated_bytes(path)));
+    let dirty = img.header().is_some_and(Header::dirty);
+    m.insert("dirty-flag".into(), json!(dirty));
+    if let Some(h) = img.header() {
+        m.insert("cluster-size".into(), json!(h.cluster_size()));
+        if let Some(b) = &h.backing_file {
+            m.insert("backing-filename".into(), json!(b));
+            m.insert(
+                "full-backing-filename".into(),
+                json!(resolve_backing(path, b).display().to_string()),
+            );
+        }
+        if let Some(f) = &h.backing_format {
+            m.insert("backing-filename-format".into(), json!(f));
+        }
+        let mut data = Map::new();
+        data.insert(
+            "compat".into(),
+            json!(if h.version >= 3 { "1.1" } else { "0.10" }),
+        );
+        data.insert(
+            "compression-type".into(),
+            json!(match h.compression_type {
+                CompressionType::Zlib => "zlib",
+                CompressionType::Zstd => "zstd",
+            }),
+        );
+        data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+        if h.version >= 3 {
+            data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
+            data.insert("corrupt".into(), json!(h.corrupt()));
+            data.insert("extended-l2".into(), json!(h.extended_l2()));
+        }
+        m.insert(
+            "format-specific".into(),
+            json!({"type": "qcow2", "data": data}),
+        );
+        if h.nb_snapshots > 0 {
+            let file = std::fs::File::open(path)?;
+            let meta = Meta::open(path, file)?;
+            let snaps: Vec<Value> = meta
+                .snapshots()?
+                .into_iter()
+                .map(|s| {
+                    let mut v = json!({
+                        "id": s.id, "name": s.name,
+                        "vm-state-size": s.vm_state_size,
+                        "date-sec": s.date_sec, "date-nsec": s.date_nsec,
+                        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
+                        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+                    });
+                    if let Some(ic) = s.icount {
+                        v["icount"] = json!(ic);
+                    }
+                    v
+                })
+                .collect();
+            m.insert("snapshots".into(), Value::Array(snaps));
+        }
+    } else if img.format() == Format::Raw {
+        // qemu-img prints no cluster size for raw.
+    }
+    Ok(Value::Object(m))
+}
+
+fn human(v: &Value) -> String {
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
+    let mut out = String::new();
+    out += &format!("image: {}\n", s("filename"));
+    out += &format!("file format: {}\n", s("format"));
+    out += &format!(
+        "virtual size: {} ({} bytes)\n",
+        human_size(n("virtual-size")),
+        n("virtual-size")
+    );
+    out += &format!("disk size: {}\n", human_size(n("actual-size")));
+    if v.get("cluster-size").is_some() {
+        out += &format!("cluster_size: {}\n", n("cluster-size"));
+    }
+    if v.get("backing-filename").is_some() {
+        let b = s("backing-filename");
+        let full = s("full-backing-filename");
+        if b == full {
+            out += &format!("backing file: {b}\n");
+        } else {
+            out += &format!("backing file: {b} (actual path: {full})\n");
+        }
+    }
+    if v.get("backing-filename-format").is_some() {
+        out += &format!("backing file format: {}\n", s("backing-filename-format"));
+    }
+    if v.get("dirty-flag").and_then(Value::as_bool) == Some(true) {
+        out += "cleanly shut down: no\n";
+    }
+    if let Some(snaps) = v.get("snapshots").and_then(Value::as_array) {
+        out += "Snapshot list:\n";
+        out += &format!(
+            "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}\n",
+            "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+        );
+        for sn in snaps {
+            let g = |k: &str| sn.get(k).and_then(Value::as_u64).unwrap_or_default();
+            let secs = g("vm-clock-sec");
+            let clock = format!(
+                "{:04}:{:02}:{:02}.{:03}",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                g("vm-clock-nsec") / 1_000_000
+            );
+            out += &format!(
+                "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}\n",
+                sn["id"].as_str().unwrap_or_default(),
+                sn["name"].as_str().unwrap_or_default(),
+                human_size(g("vm-state-size")),
+                crate::json::utc_time(g("date-sec")),
+                clock,
+                sn.get("icount")
+                    .and_then(Value::as_u64)
+                    .map_or("--".to_string(), |i| i.to_string()),
+            );
+        }
+    }
+    if let Some(data) = v
+        .pointer("/format-specific/data")
+        .and_then(Value::as_object)
+    {
+        out += "Format specific information:\n";
+        for key in [
+            "compat",
+            "compression-type",
+            "lazy-refcounts",
+            "refcount-bits",
+            "corrupt",
+            "extended-l2",
+        ] {
+            if let Some(val) = data.get(key) {
+                let text = match val {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out += &format!("    {}: {text}\n", key.replace('-', " "));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,61 @@
+//! `vm-img map`: which layer and host offset holds each guest range.
+
+use anyhow::{anyhow, Result};
+use vm_spec::{parse_size, BareNumber};
+
+use crate::cli::{MapArgs, OutputFormat};
+use crate::util;
+
+pub fn run(a: &MapArgs) -> Result<i32> {
+    let img = util::open_read(&a.filename, a.common.format.as_deref(), a.force_share)?;
+    let num = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
+        s.as_deref()
+            .map(|v| parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Invalid {what}: {e}")))
+            .transpose()
+    };
+    let start = num(&a.start, "start offset")?.unwrap_or(0);
+    let len = num(&a.length, "max length")?.unwrap_or(u64::MAX);
+    let extents = img.map(start, len)?;
+    match a.output {
+        OutputFormat::Json => {
+            let lines: Vec<String> = extents
+                .iter()
+                .map(|e| {
+                    let mut s = format!(
+                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+                        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+                    );
+                    if let Some(o) = e.offset {
+                        s += &format!(", \"offset\": {o}");
+                    }
+                    s + "}"
+                })
+                .collect();
+            println!("[{}]", lines.join(",\n"));
+        }
+        OutputFormat::Human => {
+            println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
+            for e in extents.iter().filter(|e| e.data && e.present) {
+                if let Some(o) = e.offset {
+                    let file = img.layers()[e.depth as usize].path.display();
+                    println!(
+                        "{:<16}{:<16}{:<16}{file}",
+                        hex(e.start),
+                        hex(e.length),
+                        hex(o)
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// printf's `%#x`: zero has no prefix.
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}

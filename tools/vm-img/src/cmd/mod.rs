@@ -1,0 +1,12 @@
+//! One module per subcommand.
+
+pub mod check;
+pub mod commit;
+pub mod compare;
+pub mod convert;
+pub mod create;
+pub mod info;
+pub mod map;
+pub mod options;
+pub mod rebase;
+pub mod resize;

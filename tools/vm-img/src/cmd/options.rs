@@ -1,0 +1,102 @@
+//! `-o key=value,...` format options, as qemu-img takes them.
+
+use anyhow::{anyhow, bail, Result};
+use vm_image::qcow2::writer::CreateOptions;
+use vm_spec::{parse_size, BareNumber};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prealloc {
+    Off,
+    Metadata,
+    Falloc,
+    Full,
+}
+
+#[derive(Debug, Default)]
+pub struct FormatOptions {
+    pub qcow2: CreateOptions,
+    pub prealloc: Option<Prealloc>,
+    pub size: Option<u64>,
+    pub cluster_size_given: bool,
+}
+
+/// Parses all `-o` arguments (each may hold several comma-separated pairs).
+pub fn parse(opts: &[String]) -> Result<FormatOptions> {
+    let mut out = FormatOptions::default();
+    for arg in opts {
+        for item in arg.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;
+            apply(&mut out, k.trim(), v.trim())?;
+        }
+    }
+    Ok(out)
+}
+
+fn on_off(k: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => bail!("Parameter '{k}' expects 'on' or 'off'"),
+    }
+}
+
+fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
+    match k {
+        "backing_file" => o.qcow2.backing_file = Some(v.to_string()),
+        "backing_fmt" => o.qcow2.backing_format = Some(v.to_string()),
+        "size" => {
+            o.size = Some(
+                parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Parameter 'size': {e}"))?,
+            )
+        }
+        "cluster_size" => {
+            let cs = parse_size(v, BareNumber::Bytes)
+                .map_err(|e| anyhow!("Parameter 'cluster_size': {e}"))?;
+            if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+                bail!("Cluster size must be a power of two between 512 and 2048k");
+            }
+            o.qcow2.cluster_bits = cs.trailing_zeros();
+            o.cluster_size_given = true;
+        }
+        "preallocation" => {
+            o.prealloc = Some(match v {
+                "off" => Prealloc::Off,
+                "metadata" => Prealloc::Metadata,
+                "falloc" => Prealloc::Falloc,
+                "full" => Prealloc::Full,
+                _ => bail!("Invalid preallocation mode: '{v}'"),
+            });
+        }
+        "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
+        "compat" => {
+            o.qcow2.version = match v {
+                "0.10" | "v2" => 2,
+                "1.1" | "v3" => 3,
+                _ => bail!("Invalid compatibility level: '{v}'"),
+            };
+        }
+        "refcount_bits" => {
+            let bits: u32 = v
+                .parse()
+                .map_err(|_| anyhow!("Invalid refcount_bits '{v}'"))?;
+            if !bits.is_power_of_two() || bits > 64 {
+                bail!("Refcount width must be a power of two and may not exceed 64 bits");
+            }
+            o.qcow2.refcount_order = bits.trailing_zeros();
+        }
+        "extended_l2" => {
+            if on_off(k, v)? {
+                bail!("extended_l2=on is not supported");
+            }
+        }
+        "compression_type" => {
+            if v != "zlib" {
+                bail!("compression_type={v} is not supported (zlib only)");
+            }
+        }
+        _ => bail!("Invalid parameter '{k}'"),
+    }
+    Ok(())
+}

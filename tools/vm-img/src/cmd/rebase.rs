@@ -1,0 +1,126 @@
+//! `vm-img rebase`: change an image's backing file. Safe mode copies into
+//! the image every cluster where the old and new backing files differ, so
+//! the guest sees the same data; `-u` only rewrites the name.
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
+
+use crate::cli::RebaseArgs;
+use crate::util;
+
+pub fn run(a: &RebaseArgs) -> Result<i32> {
+    let path = &a.filename;
+    let fmt = util::parse_format(a.common.format.as_deref())?;
+    let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
+    let mut new_fmt = util::parse_format(a.backing_format.as_deref())?;
+    let _lock = ImageLock::acquire(path, LockMode::Write)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    if a.unsafe_mode {
+        let top = Image::open(
+            path,
+            &OpenOptions {
+                format: fmt,
+                lock: false,
+                backing: false,
+                ..OpenOptions::default()
+            },
+        )
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+        if top.format() != Format::Qcow2 {
+            bail!(
+                "Could not change the backing file of '{}': raw images have none",
+                path.display()
+            );
+        }
+        drop(top);
+        if let (Some(n), None) = (new_name, new_fmt) {
+            // Probe the new backing file when it is there, as qemu-img does.
+            let p = resolve_backing(path, n);
+            new_fmt = util::open_read(&p, None, true).ok().map(|i| i.format());
+        }
+        vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
+        return Ok(0);
+    }
+    let top = Image::open(
+        path,
+        &OpenOptions {
+            format: fmt,
+            write: true,
+            lock: false,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("Could not open '{}'", path.display()))?;
+    if top.format() != Format::Qcow2 {
+        bail!(
+            "Could not change the backing file of '{}': raw images have none",
+            path.display()
+        );
+    }
+    let new = match new_name {
+        Some(n) => {
+            let p = resolve_backing(path, n);
+            let img = util::open_read(&p, new_fmt.map(Format::as_str), false)
+                .with_context(|| format!("Could not open new backing file '{}'", p.display()))?;
+            new_fmt = Some(img.format());
+            Some(img)
+        }
+        None => None,
+    };
+    let cs = top
+        .header()
+        .map_or(65536, vm_image::qcow2::header::Header::cluster_size);
+    let size = top.size();
+    let bar = util::progress(a.progress && !a.common.quiet, size);
+    let chunk = (2u64 << 20).max(cs);
+    let mut old_buf = vec![0u8; chunk as usize];
+    let mut new_buf = vec![0u8; chunk as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(chunk);
+        for e in top.map(pos, len)? {
+            if e.depth == 0 && e.present {
+                continue; // the image's own data hides both backing files
+            }
+            // Whole clusters, so no write has to merge with backing data.
+            let lo = e.start / cs * cs;
+            let hi = (e.start + e.length).div_ceil(cs) * cs;
+            let hi = hi.min(size);
+            let n = (hi - lo) as usize;
+            let (old, newb) = (&mut old_buf[..n], &mut new_buf[..n]);
+            top.read_at(old, lo)?;
+            read_backing(new.as_ref(), newb, lo)?;
+            for (i, (o, nw)) in old
+                .chunks(cs as usize)
+                .zip(newb.chunks(cs as usize))
+                .enumerate()
+            {
+                if o != nw {
+                    top.write_at(o, lo + (i as u64) * cs)?;
+                }
+            }
+        }
+        pos += len;
+        bar.set_position(pos);
+    }
+    top.sync()
+        .with_context(|| format!("Could not write '{}'", path.display()))?;
+    drop(top);
+    vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
+    bar.finish_and_clear();
+    Ok(0)
+}
+
+/// Reads from the new backing file; past its end (or without one) zeroes.
+fn read_backing(img: Option<&Image>, buf: &mut [u8], pos: u64) -> Result<()> {
+    buf.fill(0);
+    let Some(img) = img else { return Ok(()) };
+    let size = img.size();
+    if pos >= size {
+        return Ok(());
+    }
+    let n = ((size - pos) as usize).min(buf.len());
+    img.read_at(&mut buf[..n], pos)
+        .map_err(|e| anyhow!("Error reading the new backing file at offset {pos}: {e}"))
+}

@@ -1,0 +1,43 @@
+//! `vm-img resize`: absolute or relative sizes; shrinking needs --shrink.
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::{Block, Format, Image, OpenOptions};
+use vm_spec::{BareNumber, SizeChange};
+
+use crate::cli::ResizeArgs;
+use crate::util;
+
+pub fn run(a: &ResizeArgs) -> Result<i32> {
+    let change = SizeChange::parse(&a.size, BareNumber::Bytes)
+        .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
+    let opts = OpenOptions {
+        format: util::parse_format(a.common.format.as_deref())?,
+        write: true,
+        backing: false,
+        ..OpenOptions::default()
+    };
+    let path = &a.filename;
+    let mut img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let current = img.size();
+    let new = change
+        .apply(current)
+        .ok_or_else(|| anyhow!("New image size must be positive"))?;
+    if new == 0 && change != SizeChange::Absolute(0) {
+        bail!("New image size must be positive");
+    }
+    if new < current && !a.shrink {
+        bail!("Use the --shrink option to perform a shrink operation.\nvm-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
+    }
+    if img.format() == Format::Qcow2 && new % 512 != 0 {
+        bail!("The new size must be a multiple of 512");
+    }
+    img.resize(new)
+        .with_context(|| format!("Error resizing image '{}'", path.display()))?;
+    img.sync()
+        .with_context(|| format!("Could not sync '{}'", path.display()))?;
+    if !a.common.quiet {
+        println!("Image resized.");
+    }
+    Ok(0)
+}

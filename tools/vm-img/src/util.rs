@@ -1,0 +1,207 @@
+//! Helpers shared by the subcommands: formats, human sizes, progress,
+//! atomic output files.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use vm_image::{Format, Image, OpenOptions};
+
+pub fn parse_format(f: Option<&str>) -> Result<Option<Format>> {
+    f.map(|s| s.parse::<Format>().map_err(|m| anyhow!(m)))
+        .transpose()
+}
+
+/// Opens an image for reading, with locks unless `force_share`.
+pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result<Image> {
+    let opts = OpenOptions {
+        format: parse_format(format)?,
+        lock: !force_share,
+        ..OpenOptions::default()
+    };
+    Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// qemu-img's human sizes: three significant digits and a binary unit,
+/// "4 GiB", "196 KiB", "1.5 MiB".
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    // Pick the unit that keeps the number under 1000.
+    let scaled = bytes as f64 * 1.024;
+    let exp = if scaled < 1.0 {
+        0
+    } else {
+        scaled.log2().floor() as usize
+    };
+    let i = (exp / 10).min(6);
+    let v = bytes as f64 / (1u64 << (10 * i)) as f64;
+    // printf's %0.3g: three significant digits, trailing zeros dropped.
+    let decimals = if v == 0.0 {
+        0
+    } else {
+        (2 - v.log10().floor() as i32).max(0) as usize
+    };
+    let text = trim_zeros(&format!("{v:.decimals$}"));
+    format!("{text} {}B", UNITS[i])
+}
+
+fn trim_zeros(s: &str) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Bytes the file occupies on disk (st_blocks), as qemu-img's disk size.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+pub fn progress(enabled: bool, total: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "    ({percent:>3}.00/100%) [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// An output file written beside its final name and renamed into place
+/// only when complete, so a failed or killed command never leaves a
+/// half-written image where the user's file was. Block devices and other
+/// special files are written in place.
+#[derive(Debug)]
+pub struct AtomicOutput {
+    pub file: File,
+    final_path: PathBuf,
+    temp: Option<PathBuf>,
+}
+
+impl AtomicOutput {
+    pub fn create(path: &Path, direct: bool) -> Result<Self> {
+        let special = fs::metadata(path)
+            .map(|m| m.file_type().is_block_device() || m.file_type().is_char_device())
+            .unwrap_or(false);
+        let mut o = fs::OpenOptions::new();
+        o.read(true).write(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        if special {
+            let file = o
+                .open(path)
+                .with_context(|| format!("Could not open '{}'", path.display()))?;
+            return Ok(Self {
+                file,
+                final_path: path.into(),
+                temp: None,
+            });
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("'{}' is not a file name", path.display()))?;
+        let temp = dir.join(format!(
+            ".{}.vm-img-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        o.create_new(true).mode(0o644);
+        let file = o
+            .open(&temp)
+            .with_context(|| format!("Could not create '{}'", path.display()))?;
+        Ok(Self {
+            file,
+            final_path: path.into(),
+            temp: Some(temp),
+        })
+    }
+
+    /// The path being written now (the temporary one until `commit`).
+    pub fn working_path(&self) -> &Path {
+        self.temp.as_deref().unwrap_or(&self.final_path)
+    }
+
+    /// Makes the file durable (unless `sync` is false) and moves it into place.
+    pub fn commit(mut self, sync: bool) -> Result<()> {
+        if sync {
+            self.file
+                .sync_all()
+                .with_context(|| format!("Could not sync '{}'", self.final_path.display()))?;
+        }
+        if let Some(temp) = self.temp.take() {
+            fs::rename(&temp, &self.final_path)
+                .with_context(|| format!("Could not create '{}'", self.final_path.display()))?;
+            if sync {
+                let dir = self
+                    .final_path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                File::open(dir).and_then(|d| d.sync_all()).ok();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicOutput {
+    fn drop(&mut self) {
+        if let Some(t) = &self.temp {
+            let _ = fs::remove_file(t);
+        }
+    }
+}
+
+/// True when every byte is zero (word at a time).
+pub fn is_zero(buf: &[u8]) -> bool {
+    // SAFETY: align_to only reinterprets the aligned middle as u128, which
+    // has no invalid bit patterns.
+    let (head, mid, tail) = unsafe { buf.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+pub fn io_context(e: io::Error, what: &str) -> anyhow::Error {
+    anyhow::Error::new(e).context(what.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_like_qemu_img() {
+        assert_eq!(human_size(4 << 30), "4 GiB");
+        assert_eq!(human_size(24 << 30), "24 GiB");
+        assert_eq!(human_size(200_704), "196 KiB");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1536 << 10), "1.5 MiB");
+        assert_eq!(human_size(1000), "0.977 KiB");
+    }
+
+    #[test]
+    fn zero_detection() {
+        let mut b = vec![0u8; 65537];
+        assert!(is_zero(&b));
+        b[65536] = 1;
+        assert!(!is_zero(&b));
+        b[65536] = 0;
+        b[3] = 1;
+        assert!(!is_zero(&b));
+    }
+}
