@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -19,6 +20,7 @@ use vm_memory::VolatileSlice;
 use crate::block::{Alignment, Block};
 use crate::lock::{ImageLock, LockMode};
 use crate::qcow2::header::Header;
+use crate::qcow2::meta::{L2Entry, Meta};
 use crate::{Error, Format, Result};
 
 /// qemu-img refuses chains deeper than this too.
@@ -60,6 +62,31 @@ pub struct Layer {
     pub header: Option<Header>,
     /// Our own descriptor, for SEEK_DATA and the file's size.
     pub file: File,
+    /// qcow2 tables, read on first need (map's zero clusters).
+    meta: OnceLock<Option<Meta>>,
+}
+
+impl Layer {
+    /// For a qcow2 zero cluster that keeps a preallocated host cluster: the
+    /// host offset of `guest` and the bytes left in its cluster.
+    fn zero_host(&self, guest: u64) -> Option<(u64, u64)> {
+        let meta = self
+            .meta
+            .get_or_init(|| {
+                let f = self.file.try_clone().ok()?;
+                Meta::open(&self.path, f).ok()
+            })
+            .as_ref()?;
+        let cs = meta.cluster_size();
+        let per_l2 = meta.header.l2_entries();
+        let cluster = guest / cs;
+        let l1e = *meta.l1.get((cluster / per_l2) as usize)?;
+        let l2 = meta.read_l2(l1e & crate::qcow2::header::OFFSET_MASK).ok()?;
+        match l2.get((cluster % per_l2) as usize)? {
+            L2Entry::Zero { host: Some(h) } => Some((h + guest % cs, cs - guest % cs)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -261,6 +288,16 @@ impl Image {
                     depth += 1;
                 }
                 imago::ShallowMapping::Zero { explicit, .. } => {
+                    let layer_info = &self.layers[depth.min(self.layers.len() - 1)];
+                    if explicit && layer_info.format == Format::Qcow2 {
+                        if let Some((host, left)) = layer_info.zero_host(off) {
+                            return Ok(Extent {
+                                zero: true,
+                                offset: Some(host),
+                                ..mk(depth, len.min(left))
+                            });
+                        }
+                    }
                     return Ok(Extent {
                         present: explicit,
                         zero: true,
@@ -374,6 +411,7 @@ fn open_layer(
         format,
         header,
         file: own,
+        meta: OnceLock::new(),
     });
     match format {
         Format::Raw => {

@@ -179,7 +179,9 @@ pub struct ConvertArgs {
     #[arg(short = 'p')]
     pub progress: bool,
     /// Cache mode for the output: writeback (default) ends with one fsync,
-    /// unsafe skips it, none/directsync write with O_DIRECT.
+    /// unsafe skips it; none, writethrough and directsync are accepted and
+    /// behave as writeback (the output is new, so one fsync at the end gives
+    /// the same durability).
     #[arg(
         short = 't',
         value_enum,

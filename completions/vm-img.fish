@@ -1,0 +1,131 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_vm_img_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_vm_img_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_vm_img_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_vm_img_using_subcommand
+    set -l cmd (__fish_vm_img_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c vm-img -n "__fish_vm_img_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c vm-img -n "__fish_vm_img_needs_command" -s V -l version -d 'Print version'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "create" -d 'Create a new image'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "info" -d 'Describe an image'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "resize" -d 'Change an image\'s virtual size'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "compare" -d 'Compare the guest-visible contents of two images'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s b -l backing -d 'Backing file (qcow2 only)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s F -l backing-format -d 'Backing file format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s u -d 'Do not open the backing file (the size must then be given)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l output -r -f -a "human\t''
+json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l backing-chain -d 'Describe every image of the backing chain'
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s U -l force-share -d 'Read without locks (force share), as for an image in use'
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -l output -r -f -a "human\t''
+json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s r -l repair -d 'Repair leaks, or all errors that can be repaired' -r -f -a "leaks\t''
+all\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s U -l force-share
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l shrink -d 'Allow shrinking (data past the new end is lost)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s f -d 'Source format; probed when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s O -d 'Output format (default raw)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s o -d 'Output format options, as for create' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s t -d 'Cache mode for the output: writeback (default) ends with one fsync, unsafe skips it; none, writethrough and directsync are accepted and behave as writeback (the output is new, so one fsync at the end gives the same durability)' -r -f -a "none\t''
+writeback\t''
+writethrough\t''
+directsync\t''
+unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s T -d 'Cache mode for the source (accepted for compatibility)' -r -f -a "none\t''
+writeback\t''
+writethrough\t''
+directsync\t''
+unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s c -d 'Compress the output (qcow2), on every core'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s p -d 'Show a progress bar'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s U -l force-share
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s q -d 'Quiet'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s f -d 'First image\'s format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s F -d 'Second image\'s format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s s -d 'Strict: images of different sizes, or allocated in one and not the other, differ even where both read the same'
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s U -l force-share
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s p -d 'Show a progress bar'
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s q
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l output -r -f -a "human\t''
+json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s s -l start-offset -d 'Start of the range to map' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s l -l max-length -d 'Length of the range to map' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s U -l force-share
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s t -r -f -a "none\t''
+writeback\t''
+writethrough\t''
+directsync\t''
+unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s b -d 'Commit into this image of the chain (default: the backing file)' -r -F
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s d -d 'Keep the overlay\'s data (do not empty it)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s p
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s t -r -f -a "none\t''
+writeback\t''
+writethrough\t''
+directsync\t''
+unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s b -d 'The new backing file; "" removes it (the image becomes standalone)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s F -d 'The new backing file\'s format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s u -d 'Unsafe: only rewrite the backing file name, copy nothing'
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s p
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s U -l force-share
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "create" -d 'Create a new image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "info" -d 'Describe an image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "resize" -d 'Change an image\'s virtual size'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
