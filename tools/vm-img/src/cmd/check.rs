@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::check::{check, CheckReport, Repair};
 use vm_image::qcow2::meta::Meta;
-use vm_image::{Format, Image, OpenOptions};
+use vm_image::{resolve_backing, Format, Image, OpenOptions};
 
 use crate::cli::{CheckArgs, OutputFormat, RepairMode};
 use crate::util;
@@ -21,13 +21,6 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         None => Repair::None,
         Some(RepairMode::Leaks) => Repair::Leaks,
         Some(RepairMode::All) => Repair::All,
-    };
-    // Open the whole chain first: a missing or broken backing file means the
-    // image cannot be checked (exit 1), as with qemu-img.
-    let opts = OpenOptions {
-        format: util::parse_format(a.common.format.as_deref())?,
-        lock: false,
-        ..OpenOptions::default()
     };
     let _lock = if a.force_share {
         None
@@ -42,19 +35,35 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
                 .with_context(|| format!("Could not open '{}'", path.display()))?,
         )
     };
-    let img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
-    if img.format() != Format::Qcow2 {
+    let format = match util::parse_format(a.common.format.as_deref())? {
+        Some(f) => f,
+        None => util::open_read(path, None, true)
+            .map(|i| i.format())
+            .or_else(|_| probe(path))?,
+    };
+    if format != Format::Qcow2 {
         eprintln!("vm-img: error: This image format does not support checks");
         return Ok(NO_CHECK);
     }
-    drop(img);
     let file = FsOpen::new()
         .read(true)
         .write(repair != Repair::None)
         .open(path)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
-    let meta = Meta::open(path, file)?;
+    let meta =
+        Meta::open(path, file).with_context(|| format!("Could not open '{}'", path.display()))?;
+    // A missing or broken backing file means the image cannot be checked
+    // (exit 1), as with qemu-img. The image's own tables are ours to judge.
+    if let Some(name) = &meta.header.backing_file {
+        let bpath = resolve_backing(path, name);
+        let opts = OpenOptions {
+            format: util::parse_format(meta.header.backing_format.as_deref())?,
+            lock: !a.force_share,
+            ..OpenOptions::default()
+        };
+        Image::open(&bpath, &opts)
+            .with_context(|| format!("Could not open backing file '{}'", bpath.display()))?;
+    }
     let first = check(&meta, repair).map_err(|e| anyhow!(e))?;
     let report = if repair != Repair::None && (first.leaks_fixed > 0 || first.corruptions_fixed > 0)
     {
@@ -157,4 +166,14 @@ fn print_human(r: &CheckReport) {
         );
     }
     println!("Image end offset: {}", r.image_end_offset);
+}
+
+/// The format from the magic alone, for images too broken to open.
+fn probe(path: &std::path::Path) -> Result<Format> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    Ok(Format::probe(&magic[..n]))
 }
