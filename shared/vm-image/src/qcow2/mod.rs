@@ -33,3 +33,4 @@ pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Res
         .and_then(|()| meta.file.sync_all())
         .map_err(|e| Error::io(path, e))
 }
+pub mod l2prep;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
-use vm_image::{Block, Image, OpenOptions};
+use vm_image::qcow2::l2prep::prepare_l2_tables;
+use vm_image::{Block, Format, Image, OpenOptions};
 
 use crate::cli::CommitArgs;
 use crate::util;
@@ -47,6 +48,18 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         );
     }
     let base_layer = &top.layers()[base_depth];
+    let size = top.size();
+    // The ranges we are about to write into the base.
+    let ranges: Vec<(u64, u64)> = top
+        .map(0, size)?
+        .iter()
+        .filter(|e| (e.depth as usize) < base_depth && e.present)
+        .map(|e| (e.start, e.length))
+        .collect();
+    if base_layer.format == Format::Qcow2 {
+        prepare_l2_tables(&base_layer.path, &ranges)
+            .with_context(|| format!("Could not prepare '{}'", base_layer.path.display()))?;
+    }
     let mut base = Image::open(
         &base_layer.path,
         &OpenOptions {
@@ -57,7 +70,6 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         },
     )
     .with_context(|| format!("Could not open base '{}'", base_layer.path.display()))?;
-    let size = top.size();
     if base.size() < size {
         base.resize(size).context("Could not grow the base image")?;
     }

@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::l2prep::prepare_l2_tables;
 use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
 
 use crate::cli::RebaseArgs;
@@ -41,6 +42,27 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
         }
         vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
         return Ok(0);
+    }
+    // Clusters we may copy in are the ones the image does not have yet.
+    let probe = Image::open(
+        path,
+        &OpenOptions {
+            format: fmt,
+            lock: false,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("Could not open '{}'", path.display()))?;
+    if probe.format() == Format::Qcow2 {
+        let ranges: Vec<(u64, u64)> = probe
+            .map(0, probe.size())?
+            .iter()
+            .filter(|e| !(e.depth == 0 && e.present))
+            .map(|e| (e.start, e.length))
+            .collect();
+        drop(probe);
+        prepare_l2_tables(path, &ranges)
+            .with_context(|| format!("Could not prepare '{}'", path.display()))?;
     }
     let top = Image::open(
         path,
