@@ -5,6 +5,8 @@ mod block;
 mod error;
 mod format;
 mod image;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lock;
 pub mod qcow2;
 

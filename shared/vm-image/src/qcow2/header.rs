@@ -251,7 +251,10 @@ impl Header {
             if h.backing_file_size == 0 || h.backing_file_size > MAX_BACKING_NAME {
                 return Err("backing file name is too long or empty".into());
             }
-            let end = h.backing_file_offset + u64::from(h.backing_file_size);
+            let end = h
+                .backing_file_offset
+                .checked_add(u64::from(h.backing_file_size))
+                .unwrap_or(u64::MAX);
             if end > cs || end > buf.len() as u64 {
                 return Err("backing file name lies outside the first cluster".into());
             }
