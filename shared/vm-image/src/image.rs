@@ -268,7 +268,7 @@ impl Image {
                 imago::ShallowMapping::Raw { offset, .. } => {
                     let info = &self.layers[depth.min(self.layers.len() - 1)];
                     let (is_data, run) = if info.format == Format::Raw {
-                        data_or_hole(&info.file, offset, len)?
+                        data_or_hole(&info.file, offset, len)
                     } else {
                         (true, len)
                     };
@@ -327,10 +327,10 @@ impl Image {
 
 /// For a raw file: whether `offset` starts data or a hole, and how long that
 /// run is (at most `len`), from SEEK_DATA / SEEK_HOLE.
-fn data_or_hole(f: &File, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+fn data_or_hole(f: &File, offset: u64, len: u64) -> (bool, u64) {
     let fd = f.as_raw_fd();
     let Ok(off) = i64::try_from(offset) else {
-        return Ok((true, len));
+        return (true, len);
     };
     // SAFETY: lseek only moves this descriptor's position; no memory is passed.
     let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
@@ -338,20 +338,20 @@ fn data_or_hole(f: &File, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
             // No data after offset: a hole to the end.
-            Some(libc::ENXIO) => Ok((false, len)),
+            Some(libc::ENXIO) => (false, len),
             // No SEEK_DATA support (or a device): all data.
-            _ => Ok((true, len)),
+            _ => (true, len),
         };
     }
     if data > off {
-        return Ok((false, ((data - off) as u64).min(len)));
+        return (false, ((data - off) as u64).min(len));
     }
     // SAFETY: as above.
     let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
     if hole <= off {
-        return Ok((true, len));
+        return (true, len);
     }
-    Ok((true, ((hole - off) as u64).min(len)))
+    (true, ((hole - off) as u64).min(len))
 }
 
 fn open_layer(

@@ -4,9 +4,9 @@
 mod block;
 mod error;
 mod format;
-mod image;
 #[doc(hidden)]
 pub mod fuzzing;
+mod image;
 pub mod lock;
 pub mod qcow2;
 

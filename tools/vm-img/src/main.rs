@@ -7,7 +7,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             // qemu-img exits 1 on usage errors; help and version exit 0.
-            let code = if e.use_stderr() { 1 } else { 0 };
+            let code = i32::from(e.use_stderr());
             let _ = e.print();
             std::process::exit(code);
         }

@@ -91,8 +91,7 @@ pub struct AtomicOutput {
 impl AtomicOutput {
     pub fn create(path: &Path, direct: bool) -> Result<Self> {
         let special = fs::metadata(path)
-            .map(|m| m.file_type().is_block_device() || m.file_type().is_char_device())
-            .unwrap_or(false);
+            .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
         let mut o = fs::OpenOptions::new();
         o.read(true).write(true);
         if direct {
@@ -164,6 +163,17 @@ impl Drop for AtomicOutput {
         if let Some(t) = &self.temp {
             let _ = fs::remove_file(t);
         }
+    }
+}
+
+/// Starts writeback of the file's dirty pages without waiting for it, so
+/// the disk works while we read on and the final fsync has little left.
+pub fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on an open descriptor; no memory is passed.
+    // Failure only means the final fsync does all the work.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -25,7 +25,10 @@ fn qemu_io_holding(img: &std::path::Path, read_only: bool) -> Child {
         .expect("qemu-io starts");
     let start = Instant::now();
     while ImageLock::holders(img).unwrap().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "qemu-io took no lock");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "qemu-io took no lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child
@@ -75,8 +78,12 @@ fn our_locks_stop_qemu() {
             .args(["-f", "qcow2", "-c", "write 0 512", &s])
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success() || text.contains("lock"), "qemu-io must not write: {text}");
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() || text.contains("lock"),
+            "qemu-io must not write: {text}"
+        );
     }
     // A read-only qemu-io lets us read but not write.
     let mut q = qemu_io_holding(&img, true);

@@ -49,16 +49,15 @@ impl Counter<'_> {
         let first = offset / cs;
         let last = (offset + len - 1) / cs;
         for c in first..=last {
-            match self.counts.get_mut(c as usize) {
-                Some(n) => *n = n.saturating_add(1),
-                None => {
-                    self.report.corruptions += 1;
-                    self.report.messages.push(format!(
-                        "ERROR {what} at offset 0x{:x} is beyond the end of the image",
-                        c * cs
-                    ));
-                    return;
-                }
+            if let Some(n) = self.counts.get_mut(c as usize) {
+                *n = n.saturating_add(1)
+            } else {
+                self.report.corruptions += 1;
+                self.report.messages.push(format!(
+                    "ERROR {what} at offset 0x{:x} is beyond the end of the image",
+                    c * cs
+                ));
+                return;
             }
         }
     }
@@ -410,9 +409,10 @@ fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result
         let step = (meta.header.l2_entry_size() / 8) as usize;
         let mut l2_fixed = false;
         for e in l2_raw.iter_mut().step_by(step) {
-            let host = match meta.decode_l2(*e) {
-                L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => host,
-                _ => continue,
+            let (L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) }) =
+                meta.decode_l2(*e)
+            else {
+                continue;
             };
             let Some(rc) = refcount(host) else { continue };
             let want = rc == 1;

@@ -253,8 +253,7 @@ impl Header {
             }
             let end = h
                 .backing_file_offset
-                .checked_add(u64::from(h.backing_file_size))
-                .unwrap_or(u64::MAX);
+                .saturating_add(u64::from(h.backing_file_size));
             if end > cs || end > buf.len() as u64 {
                 return Err("backing file name lies outside the first cluster".into());
             }

@@ -13,11 +13,11 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
     let open = |p, f: &Option<String>| util::open_read(p, f.as_deref(), a.force_share);
     let img1 = match open(&a.image1, &a.format1) {
         Ok(i) => i,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return Ok(fail(&e, 2)),
     };
     let img2 = match open(&a.image2, &a.format2) {
         Ok(i) => i,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return Ok(fail(&e, 2)),
     };
     let (s1, s2) = (img1.size(), img2.size());
     if a.strict && s1 != s2 {
@@ -48,10 +48,10 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         let zero = |m: &[Extent]| m.iter().all(|e| !e.data);
         if !(zero(&m1) && zero(&m2)) {
             if let Err(e) = img1.read_at(&mut buf1[..len as usize], pos) {
-                return read_error(&a.image1, pos, &e);
+                return Ok(read_error(&a.image1, pos, &e));
             }
             if let Err(e) = img2.read_at(&mut buf2[..len as usize], pos) {
-                return read_error(&a.image2, pos, &e);
+                return Ok(read_error(&a.image2, pos, &e));
             }
             if let Some(i) = first_difference(&buf1[..len as usize], &buf2[..len as usize]) {
                 say(
@@ -71,7 +71,7 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         (&img2, &a.image2)
     };
     if s1 != s2 {
-        if let Some(code) = tail_zero(a, longer, path, common, s1.max(s2), &mut buf1)? {
+        if let Some(code) = tail_zero(a, longer, path, common, s1.max(s2), &mut buf1) {
             return Ok(code);
         }
         say(a, "Warning: Image size mismatch!");
@@ -88,29 +88,26 @@ fn tail_zero(
     from: u64,
     to: u64,
     buf: &mut [u8],
-) -> Result<Option<i32>> {
+) -> Option<i32> {
     let mut pos = from;
     while pos < to {
         let len = (to - pos).min(CHUNK);
-        let data = img
-            .map(pos, len)
-            .map(|m| m.iter().any(|e| e.data))
-            .unwrap_or(true);
+        let data = img.map(pos, len).map_or(true, |m| m.iter().any(|e| e.data));
         if data {
             if let Err(e) = img.read_at(&mut buf[..len as usize], pos) {
-                return read_error(path, pos, &e).map(Some);
+                return Some(read_error(path, pos, &e));
             }
             if let Some(i) = buf[..len as usize].iter().position(|&b| b != 0) {
                 say(
                     a,
                     &format!("Content mismatch at offset {}!", pos + i as u64),
                 );
-                return Ok(Some(1));
+                return Some(1);
             }
         }
         pos += len;
     }
-    Ok(None)
+    None
 }
 
 /// Allocation as strict mode compares it: allocated ranges, by offset.
@@ -138,15 +135,15 @@ fn say(a: &CompareArgs, msg: &str) {
     }
 }
 
-fn fail(e: &anyhow::Error, code: i32) -> Result<i32> {
-    eprintln!("vm-img: error: {e:#}");
-    Ok(code)
+fn fail(e: &anyhow::Error, code: i32) -> i32 {
+    eprintln!("vm-img: error: {}", crate::one_line(e));
+    code
 }
 
-fn read_error(path: &std::path::Path, pos: u64, e: &std::io::Error) -> Result<i32> {
+fn read_error(path: &std::path::Path, pos: u64, e: &std::io::Error) -> i32 {
     eprintln!(
         "vm-img: error: Error while reading offset {pos} of {}: {e}",
         path.display()
     );
-    Ok(4)
+    4
 }

@@ -20,6 +20,27 @@ use crate::util::{self, is_zero, AtomicOutput};
 /// Bytes read per step: large enough for long sequential I/O, small enough
 /// to keep several in flight per core when compressing.
 const CHUNK: u64 = 2 << 20;
+/// Start writeback after this many bytes of output (see `start_writeback`).
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Starts writeback of the output every `WRITEBACK_EVERY` bytes read, when
+/// the command will end with an fsync anyway.
+struct Writeback<'a> {
+    file: Option<&'a File>,
+    next: u64,
+}
+
+impl Writeback<'_> {
+    fn progress(&mut self, pos: u64) {
+        if let Some(f) = self.file {
+            if pos >= self.next {
+                util::start_writeback(f);
+                self.next = pos + WRITEBACK_EVERY;
+            }
+        }
+    }
+}
+
 /// qemu-img's default granularity for finding zeroes in raw output (-S 4k).
 const ZERO_BLOCK: usize = 4096;
 
@@ -40,8 +61,12 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     let bar = util::progress(a.progress && !a.quiet, size);
     let out = AtomicOutput::create(&a.output, false)?;
     let what = || format!("Could not write '{}'", a.output.display());
+    let mut wb = Writeback {
+        file: a.cache.syncs().then_some(&out.file),
+        next: WRITEBACK_EVERY,
+    };
     match out_fmt {
-        Format::Raw => to_raw(&src, &out.file, size, &bar).with_context(what)?,
+        Format::Raw => to_raw(&src, &out.file, size, &bar, &mut wb).with_context(what)?,
         Format::Qcow2 => {
             let opts = CreateOptions {
                 size: size.div_ceil(512) * 512,
@@ -49,9 +74,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             };
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
             let w = if a.compress {
-                to_qcow2_compressed(&src, w, size, &bar)
+                to_qcow2_compressed(&src, w, size, &bar, &mut wb)
             } else {
-                to_qcow2(&src, w, size, &bar)
+                to_qcow2(&src, w, size, &bar, &mut wb)
             }
             .with_context(what)?;
             w.finish().with_context(what)?;
@@ -79,7 +104,7 @@ fn read_chunk(src: &Image, pos: u64, buf: &mut [u8]) -> Result<bool> {
     Ok(true)
 }
 
-fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar) -> Result<()> {
+fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeback) -> Result<()> {
     out.set_len(size)?;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -105,11 +130,18 @@ fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar) -> Result<()> {
         }
         pos += len as u64;
         bar.set_position(pos);
+        wb.progress(pos);
     }
     Ok(())
 }
 
-fn to_qcow2(src: &Image, mut w: Qcow2Writer, size: u64, bar: &ProgressBar) -> Result<Qcow2Writer> {
+fn to_qcow2(
+    src: &Image,
+    mut w: Qcow2Writer,
+    size: u64,
+    bar: &ProgressBar,
+    wb: &mut Writeback,
+) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
     let chunk = CHUNK.max(cs);
     let mut buf = vec![0u8; chunk as usize];
@@ -138,6 +170,7 @@ fn to_qcow2(src: &Image, mut w: Qcow2Writer, size: u64, bar: &ProgressBar) -> Re
         }
         pos += len as u64;
         bar.set_position(pos);
+        wb.progress(pos);
     }
     Ok(w)
 }
@@ -147,9 +180,16 @@ struct Chunk {
     index: u64,
     first_cluster: u64,
     data: Vec<u8>,
-    /// Per cluster: None = zero (skip), Some(None) = store plain,
-    /// Some(Some(bytes)) = store compressed.
-    out: Vec<Option<Option<Vec<u8>>>>,
+    out: Vec<Slot>,
+}
+
+/// What becomes of one cluster of a chunk.
+enum Slot {
+    /// All zero: left unallocated.
+    Zero,
+    /// Does not compress: stored as it is.
+    Plain,
+    Compressed(Vec<u8>),
 }
 
 fn to_qcow2_compressed(
@@ -157,6 +197,7 @@ fn to_qcow2_compressed(
     mut w: Qcow2Writer,
     size: u64,
     bar: &ProgressBar,
+    wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
     let chunk = CHUNK.max(cs);
@@ -174,7 +215,13 @@ fn to_qcow2_compressed(
                 c.out = c
                     .data
                     .chunks(cs as usize)
-                    .map(|cl| (!is_zero(cl)).then(|| compress_cluster(cl)))
+                    .map(|cl| {
+                        if is_zero(cl) {
+                            Slot::Zero
+                        } else {
+                            compress_cluster(cl).map_or(Slot::Plain, Slot::Compressed)
+                        }
+                    })
                     .collect();
                 if tx.send(c).is_err() {
                     break;
@@ -214,15 +261,17 @@ fn to_qcow2_compressed(
                 for (i, slot) in c.out.iter().enumerate() {
                     let guest = c.first_cluster + i as u64;
                     match slot {
-                        None => {}
-                        Some(Some(z)) => w.write_compressed(guest, z)?,
-                        Some(None) => {
+                        Slot::Zero => {}
+                        Slot::Compressed(z) => w.write_compressed(guest, z)?,
+                        Slot::Plain => {
                             let lo = i * cs as usize;
                             w.write_clusters(guest, &c.data[lo..lo + cs as usize])?;
                         }
                     }
                 }
-                bar.set_position(((c.first_cluster + c.out.len() as u64) * cs).min(size));
+                let pos = ((c.first_cluster + c.out.len() as u64) * cs).min(size);
+                bar.set_position(pos);
+                wb.progress(pos);
                 next += 1;
             }
         }

@@ -1,5 +1,6 @@
 //! `vm-img create`.
 
+use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
@@ -149,21 +150,22 @@ fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: P
                 s.push_str(" compat=0.10");
             }
             if p != Prealloc::Off {
-                s.push_str(&format!(" preallocation={prealloc}"));
+                let _ = write!(s, " preallocation={prealloc}");
             }
             s.push_str(" compression_type=zlib");
-            s.push_str(&format!(" size={size}"));
+            let _ = write!(s, " size={size}");
             if let Some(b) = &o.qcow2.backing_file {
-                s.push_str(&format!(" backing_file={b}"));
+                let _ = write!(s, " backing_file={b}");
             }
             if let Some(b) = &o.qcow2.backing_format {
-                s.push_str(&format!(" backing_fmt={b}"));
+                let _ = write!(s, " backing_fmt={b}");
             }
-            s.push_str(&format!(
+            let _ = write!(
+                s,
                 " lazy_refcounts={} refcount_bits={}",
                 if o.qcow2.lazy_refcounts { "on" } else { "off" },
                 1u32 << o.qcow2.refcount_order
-            ));
+            );
             s
         }
     }

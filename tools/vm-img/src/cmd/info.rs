@@ -1,5 +1,6 @@
 //! `vm-img info`: qemu-img's fields and names, human or JSON.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -149,36 +150,38 @@ fn human(v: &Value) -> String {
     };
     let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
     let mut out = String::new();
-    out += &format!("image: {}\n", s("filename"));
-    out += &format!("file format: {}\n", s("format"));
-    out += &format!(
-        "virtual size: {} ({} bytes)\n",
+    let _ = writeln!(out, "image: {}", s("filename"));
+    let _ = writeln!(out, "file format: {}", s("format"));
+    let _ = writeln!(
+        out,
+        "virtual size: {} ({} bytes)",
         human_size(n("virtual-size")),
         n("virtual-size")
     );
-    out += &format!("disk size: {}\n", human_size(n("actual-size")));
+    let _ = writeln!(out, "disk size: {}", human_size(n("actual-size")));
     if v.get("cluster-size").is_some() {
-        out += &format!("cluster_size: {}\n", n("cluster-size"));
+        let _ = writeln!(out, "cluster_size: {}", n("cluster-size"));
     }
     if v.get("backing-filename").is_some() {
         let b = s("backing-filename");
         let full = s("full-backing-filename");
         if b == full {
-            out += &format!("backing file: {b}\n");
+            let _ = writeln!(out, "backing file: {b}");
         } else {
-            out += &format!("backing file: {b} (actual path: {full})\n");
+            let _ = writeln!(out, "backing file: {b} (actual path: {full})");
         }
     }
     if v.get("backing-filename-format").is_some() {
-        out += &format!("backing file format: {}\n", s("backing-filename-format"));
+        let _ = writeln!(out, "backing file format: {}", s("backing-filename-format"));
     }
     if v.get("dirty-flag").and_then(Value::as_bool) == Some(true) {
         out += "cleanly shut down: no\n";
     }
     if let Some(snaps) = v.get("snapshots").and_then(Value::as_array) {
         out += "Snapshot list:\n";
-        out += &format!(
-            "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}\n",
+        let _ = writeln!(
+            out,
+            "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}",
             "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
         );
         for sn in snaps {
@@ -191,8 +194,9 @@ fn human(v: &Value) -> String {
                 secs % 60,
                 g("vm-clock-nsec") / 1_000_000
             );
-            out += &format!(
-                "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}\n",
+            let _ = writeln!(
+                out,
+                "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}",
                 sn["id"].as_str().unwrap_or_default(),
                 sn["name"].as_str().unwrap_or_default(),
                 human_size(g("vm-state-size")),
@@ -222,7 +226,7 @@ fn human(v: &Value) -> String {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                out += &format!("    {}: {text}\n", key.replace('-', " "));
+                let _ = writeln!(out, "    {}: {text}", key.replace('-', " "));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `vm-img map`: which layer and host offset holds each guest range.
 
 use anyhow::{anyhow, Result};
+use std::fmt::Write as _;
 use vm_spec::{parse_size, BareNumber};
 
 use crate::cli::{MapArgs, OutputFormat};
@@ -26,7 +27,7 @@ pub fn run(a: &MapArgs) -> Result<i32> {
                         e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
                     );
                     if let Some(o) = e.offset {
-                        s += &format!(", \"offset\": {o}");
+                        let _ = write!(s, ", \"offset\": {o}");
                     }
                     s + "}"
                 })

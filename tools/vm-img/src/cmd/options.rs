@@ -49,7 +49,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         "size" => {
             o.size = Some(
                 parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Parameter 'size': {e}"))?,
-            )
+            );
         }
         "cluster_size" => {
             let cs = parse_size(v, BareNumber::Bytes)

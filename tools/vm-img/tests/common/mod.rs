@@ -94,7 +94,13 @@ pub fn qemu_clean(img: &Path) {
 /// `qemu-img compare` must call the two images identical.
 pub fn qemu_same(a: &Path, b: &Path) {
     let (code, out, err) = qemu_img(&["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
-    assert_eq!(code, 0, "qemu-img compare {a:?} {b:?}: {out}{err}");
+    assert_eq!(
+        code,
+        0,
+        "qemu-img compare {} {}: {out}{err}",
+        a.display(),
+        b.display()
+    );
 }
 
 pub struct Dir(pub tempfile::TempDir);

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# vm-img against qemu-img on the same inputs, with the same durability
+# (vm-img's default ends with one fsync, as qemu-img's -t writeback), in one
+# run: each case alternates the two tools RUNS times and keeps the best
+# wall time of each. Prints one line per case with the ratio vm-img/qemu-img
+# (below 1.0: vm-img is faster).
+#
+#   bench/vm-img.sh [RUNS] [WORKDIR]     (defaults: 5, a temp dir)
+set -euo pipefail
+runs=${1:-5}
+work=${2:-$(mktemp -d)}
+root=$(cd "$(dirname "$0")/.." && pwd)
+vm=${VM_IMG:-$root/target/release/vm-img}
+[ -x "$vm" ] || cargo build --release -q -p vm-img --manifest-path "$root/Cargo.toml"
+command -v qemu-img >/dev/null || { echo "SKIP: qemu-img is not installed"; exit 0; }
+mkdir -p "$work"
+cd "$work"
+
+# 1 GiB raw: 512 MiB of random data, then 512 MiB of holes.
+if [ ! -f src.raw ]; then
+  head -c 512M /dev/urandom > src.raw
+  truncate -s 1G src.raw
+fi
+# A qcow2 with all of 1 GiB allocated, for check.
+if [ ! -f full.qcow2 ]; then
+  head -c 1G /dev/urandom > full.raw
+  qemu-img convert -O qcow2 full.raw full.qcow2
+  rm -f full.raw
+fi
+qemu-img convert -O qcow2 src.raw src.qcow2
+
+now() { date +%s%N; }
+best() { # best time in ms of a command run once, after running $prep
+  local t0 t1
+  t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
+  echo $(( (t1 - t0) / 1000000 ))
+}
+
+case_run() {
+  local name=$1 out=$2; shift 2
+  local vm_cmd=() q_cmd=() sep=0
+  for a in "$@"; do
+    if [ "$a" = "--" ]; then sep=1; continue; fi
+    if [ $sep = 0 ]; then vm_cmd+=("$a"); else q_cmd+=("$a"); fi
+  done
+  local bv=999999999 bq=999999999 t
+  for _ in $(seq "$runs"); do
+    rm -f "$out"; sync
+    t=$(best "${vm_cmd[@]}"); [ "$t" -lt "$bv" ] && bv=$t
+    rm -f "$out"; sync
+    t=$(best "${q_cmd[@]}"); [ "$t" -lt "$bq" ] && bq=$t
+  done
+  rm -f "$out"
+  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$name" "$bv" "$bq" \
+    "$(awk -v a="$bv" -v b="$bq" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
+}
+
+echo "vm-img $("$vm" --version | cut -d' ' -f2) vs $(qemu-img --version | head -1); best of $runs, $(nproc) cores"
+case_run "convert raw -> qcow2 (1 GiB)" out.qcow2 \
+  "$vm" convert -O qcow2 src.raw out.qcow2 -- qemu-img convert -t writeback -O qcow2 src.raw out.qcow2
+case_run "convert qcow2 -> raw (1 GiB)" out.raw \
+  "$vm" convert -O raw src.qcow2 out.raw -- qemu-img convert -t writeback -O raw src.qcow2 out.raw
+case_run "convert -c raw -> qcow2 (1 GiB)" outc.qcow2 \
+  "$vm" convert -c -O qcow2 src.raw outc.qcow2 -- qemu-img convert -c -t writeback -O qcow2 src.raw outc.qcow2
+case_run "check qcow2 (1 GiB allocated)" none \
+  "$vm" check full.qcow2 -- qemu-img check full.qcow2
