@@ -50,7 +50,7 @@ impl Counter<'_> {
         let last = (offset + len - 1) / cs;
         for c in first..=last {
             if let Some(n) = self.counts.get_mut(c as usize) {
-                *n = n.saturating_add(1)
+                *n = n.saturating_add(1);
             } else {
                 self.report.corruptions += 1;
                 self.report.messages.push(format!(

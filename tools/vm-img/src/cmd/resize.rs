@@ -27,7 +27,9 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         bail!("New image size must be positive");
     }
     if new < current && !a.shrink {
-        bail!("Use the --shrink option to perform a shrink operation.\nvm-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
+        bail!(
+            "Use the --shrink option to perform a shrink operation (data past the new end is lost)"
+        );
     }
     if img.format() == Format::Qcow2 && new % 512 != 0 {
         bail!("The new size must be a multiple of 512");
