@@ -466,6 +466,24 @@ fn open_layer(
     }
 }
 
+impl Image {
+    /// Refuses requests that reach past the end of the disk (imago would
+    /// read zeroes there; a guest must get an error).
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.access.size() => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("request at {offset} + {len} is past the end of the disk"),
+            )),
+        }
+    }
+}
+
+fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
+    bufs.iter().map(|b| b.len() as u64).sum()
+}
+
 impl Block for Image {
     fn size(&self) -> u64 {
         self.access.size()
@@ -483,6 +501,7 @@ impl Block for Image {
     }
 
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+        self.check_range(offset, total_len(bufs))?;
         let (v, _guard) = IoVectorMut::from_volatile_slice(bufs);
         self.access.readv(v, offset)
     }
@@ -494,17 +513,20 @@ impl Block for Image {
                 "image is read-only",
             ));
         }
+        self.check_range(offset, total_len(bufs))?;
         let (v, _guard) = IoVector::from_volatile_slice(bufs);
         self.access.writev(v, offset)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_range(offset, len)?;
         self.access.write_zeroes(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         // Discarded ranges read as zeroes here, which the guest may rely on
         // only after write-zeroes; it is what QEMU does with unmap=on too.
+        self.check_range(offset, len)?;
         self.access.write_zeroes(offset, len)
     }
 
