@@ -104,6 +104,23 @@ fn read_chunk(src: &Image, pos: u64, buf: &mut [u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// The byte ranges of `buf` made of consecutive non-zero blocks of `block`
+/// bytes (the last block may be short).
+fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, b) in buf.chunks(block).enumerate() {
+        if is_zero(b) {
+            continue;
+        }
+        let (lo, hi) = (i * block, i * block + b.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == lo => last.1 = hi,
+            _ => runs.push((lo, hi)),
+        }
+    }
+    runs
+}
+
 fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeback) -> Result<()> {
     out.set_len(size)?;
     let mut buf = vec![0u8; CHUNK as usize];
@@ -111,20 +128,8 @@ fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeb
     while pos < size {
         let len = (size - pos).min(CHUNK) as usize;
         if read_chunk(src, pos, &mut buf[..len])? {
-            // Write runs of non-zero blocks; zero blocks stay holes.
-            let blocks: Vec<&[u8]> = buf[..len].chunks(ZERO_BLOCK).collect();
-            let mut i = 0;
-            while i < blocks.len() {
-                if is_zero(blocks[i]) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < blocks.len() && !is_zero(blocks[i]) {
-                    i += 1;
-                }
-                let lo = start * ZERO_BLOCK;
-                let hi = (i * ZERO_BLOCK).min(len);
+            // Zero blocks stay holes.
+            for (lo, hi) in data_runs(&buf[..len], ZERO_BLOCK) {
                 out.write_all_at(&buf[lo..hi], pos + lo as u64)?;
             }
         }
@@ -152,20 +157,9 @@ fn to_qcow2(
         let b = &mut buf[..padded as usize];
         if read_chunk(src, pos, &mut b[..len])? {
             b[len..].fill(0);
-            let clusters: Vec<&[u8]> = b.chunks(cs as usize).collect();
-            let first = pos / cs;
-            let mut i = 0;
-            while i < clusters.len() {
-                if is_zero(clusters[i]) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < clusters.len() && !is_zero(clusters[i]) {
-                    i += 1;
-                }
-                let lo = start * cs as usize;
-                w.write_clusters(first + start as u64, &b[lo..i * cs as usize])?;
+            // Zero clusters stay unallocated.
+            for (lo, hi) in data_runs(b, cs as usize) {
+                w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
             }
         }
         pos += len as u64;
@@ -280,4 +274,21 @@ fn to_qcow2_compressed(
             .map_err(|_| anyhow!("the reading thread failed"))??;
         Ok(w)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_runs;
+
+    #[test]
+    fn runs_of_data_blocks() {
+        let mut b = vec![0u8; 10];
+        assert!(data_runs(&b, 2).is_empty());
+        b[2] = 1;
+        b[5] = 1;
+        b[9] = 1;
+        assert_eq!(data_runs(&b, 2), [(2, 6), (8, 10)]);
+        assert_eq!(data_runs(&b, 4), [(0, 10)]);
+        assert_eq!(data_runs(&b[..9], 4), [(0, 8)]);
+    }
 }

@@ -2,6 +2,8 @@
 //! the image every cluster where the old and new backing files differ, so
 //! the guest sees the same data; `-u` only rewrites the name.
 
+use std::path::Path;
+
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::l2prep::prepare_l2_tables;
@@ -18,23 +20,7 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     let _lock = ImageLock::acquire(path, LockMode::Write)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
     if a.unsafe_mode {
-        let top = Image::open(
-            path,
-            &OpenOptions {
-                format: fmt,
-                lock: false,
-                backing: false,
-                ..OpenOptions::default()
-            },
-        )
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
-        if top.format() != Format::Qcow2 {
-            bail!(
-                "Could not change the backing file of '{}': raw images have none",
-                path.display()
-            );
-        }
-        drop(top);
+        open_qcow2(path, fmt, false, false)?;
         if let (Some(n), None) = (new_name, new_fmt) {
             // Probe the new backing file when it is there, as qemu-img does.
             let p = resolve_backing(path, n);
@@ -44,42 +30,17 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
         return Ok(0);
     }
     // Clusters we may copy in are the ones the image does not have yet.
-    let probe = Image::open(
-        path,
-        &OpenOptions {
-            format: fmt,
-            lock: false,
-            ..OpenOptions::default()
-        },
-    )
-    .with_context(|| format!("Could not open '{}'", path.display()))?;
-    if probe.format() == Format::Qcow2 {
-        let ranges: Vec<(u64, u64)> = probe
-            .map(0, probe.size())?
-            .iter()
-            .filter(|e| !(e.depth == 0 && e.present))
-            .map(|e| (e.start, e.length))
-            .collect();
-        drop(probe);
-        prepare_l2_tables(path, &ranges)
-            .with_context(|| format!("Could not prepare '{}'", path.display()))?;
-    }
-    let top = Image::open(
-        path,
-        &OpenOptions {
-            format: fmt,
-            write: true,
-            lock: false,
-            ..OpenOptions::default()
-        },
-    )
-    .with_context(|| format!("Could not open '{}'", path.display()))?;
-    if top.format() != Format::Qcow2 {
-        bail!(
-            "Could not change the backing file of '{}': raw images have none",
-            path.display()
-        );
-    }
+    let probe = open_qcow2(path, fmt, false, true)?;
+    let ranges: Vec<(u64, u64)> = probe
+        .map(0, probe.size())?
+        .iter()
+        .filter(|e| !(e.depth == 0 && e.present))
+        .map(|e| (e.start, e.length))
+        .collect();
+    drop(probe);
+    prepare_l2_tables(path, &ranges)
+        .with_context(|| format!("Could not prepare '{}'", path.display()))?;
+    let top = open_qcow2(path, fmt, true, true)?;
     let new = match new_name {
         Some(n) => {
             let p = resolve_backing(path, n);
@@ -145,4 +106,25 @@ fn read_backing(img: Option<&Image>, buf: &mut [u8], pos: u64) -> Result<()> {
     let n = ((size - pos) as usize).min(buf.len());
     img.read_at(&mut buf[..n], pos)
         .map_err(|e| anyhow!("Error reading the new backing file at offset {pos}: {e}"))
+}
+
+/// Opens the image being rebased (its lock is already held); only qcow2
+/// images have a backing file to change.
+fn open_qcow2(path: &Path, format: Option<Format>, write: bool, backing: bool) -> Result<Image> {
+    let opts = OpenOptions {
+        format,
+        write,
+        lock: false,
+        backing,
+        ..OpenOptions::default()
+    };
+    let img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    if img.format() != Format::Qcow2 {
+        bail!(
+            "Could not change the backing file of '{}': raw images have none",
+            path.display()
+        );
+    }
+    Ok(img)
 }
