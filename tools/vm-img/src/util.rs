@@ -90,6 +90,12 @@ pub struct AtomicOutput {
 
 impl AtomicOutput {
     pub fn create(path: &Path, direct: bool) -> Result<Self> {
+        // Replacing an image that a VM or another tool is using would leave
+        // it on the old file while the user thinks it has the new one.
+        if path.exists() {
+            vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write)
+                .with_context(|| format!("Could not create '{}'", path.display()))?;
+        }
         let special = fs::metadata(path)
             .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
         let mut o = fs::OpenOptions::new();

@@ -42,6 +42,7 @@ fn qemu_io_writer_stops_vm_img() {
     let d = Dir::new();
     let img = d.s("busy.qcow2");
     ok(&["create", "-q", "-f", "qcow2", &img, "8M"]);
+    ok(&["create", "-q", "-f", "raw", &d.s("o.raw"), "1M"]);
     let mut q = qemu_io_holding(&d.path("busy.qcow2"), false);
     let (code, _, err) = run(&["info", &img]);
     assert_eq!(code, 1, "{err}");
@@ -50,6 +51,12 @@ fn qemu_io_writer_stops_vm_img() {
     assert_eq!(run(&["resize", &img, "+1M"]).0, 1);
     assert_eq!(run(&["check", &img]).0, 1);
     assert_eq!(run(&["convert", "-O", "raw", &img, &d.s("o.raw")]).0, 1);
+    // Nor is an image in use replaced by a new one.
+    let (code, _, err) = run(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lock"), "{err}");
+    let (code, _, _) = run(&["convert", "-O", "qcow2", &d.s("o.raw"), &img]);
+    assert_eq!(code, 1);
     q.kill().unwrap();
     q.wait().unwrap();
     assert_eq!(run(&["info", &img]).0, 0, "free again once qemu-io is gone");
