@@ -87,8 +87,12 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
         pos += len;
         bar.set_position(pos);
     }
-    top.sync()
-        .with_context(|| format!("Could not write '{}'", path.display()))?;
+    if a.cache.syncs() {
+        top.sync()
+    } else {
+        top.flush()
+    }
+    .with_context(|| format!("Could not write '{}'", path.display()))?;
     drop(top);
     vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
     bar.finish_and_clear();
