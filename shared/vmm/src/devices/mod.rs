@@ -1,0 +1,71 @@
+//! Port I/O devices: the 16550 serial port, our i8042, and the rule that
+//! unknown ports read as all ones and ignore writes.
+
+pub mod i8042;
+pub mod serial;
+
+use std::io;
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub use i8042::I8042;
+pub use serial::{SerialOut, SerialPort};
+
+/// What a device asks of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// The guest pulsed the reset line (i8042 command 0xfe).
+    Reset,
+}
+
+/// An interrupt line wired to KVM through an irqfd.
+#[derive(Debug)]
+pub struct IrqLine(pub EventFd);
+
+impl IrqLine {
+    pub fn new() -> io::Result<Self> {
+        EventFd::new(libc::EFD_NONBLOCK).map(Self)
+    }
+    pub fn raise(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+impl vm_superio::Trigger for IrqLine {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.raise()
+    }
+}
+
+const COM1: u16 = 0x3f8;
+const I8042_DATA: u16 = 0x60;
+const I8042_CMD: u16 = 0x64;
+
+/// The legacy devices on the port I/O bus.
+#[derive(Debug)]
+pub struct PioBus {
+    pub serial: SerialPort,
+    pub i8042: I8042,
+}
+
+impl PioBus {
+    pub fn read(&mut self, port: u16, data: &mut [u8]) {
+        match port {
+            COM1..=0x3ff if data.len() == 1 => data[0] = self.serial.read((port - COM1) as u8),
+            I8042_DATA | I8042_CMD if data.len() == 1 => data[0] = self.i8042.read(port),
+            _ => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&mut self, port: u16, data: &[u8]) -> Option<DeviceEvent> {
+        match port {
+            COM1..=0x3ff if data.len() == 1 => {
+                self.serial.write((port - COM1) as u8, data[0]);
+                None
+            }
+            I8042_DATA | I8042_CMD if data.len() == 1 => self.i8042.write(port, data[0]),
+            _ => None,
+        }
+    }
+}

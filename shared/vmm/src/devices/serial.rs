@@ -1,0 +1,91 @@
+//! COM1: vm-superio's 16550, its interrupt on an irqfd, its output to
+//! stdout, a file (written through at every line), or nowhere.
+
+use std::fs::File;
+use std::io::{self, Write};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::Serial;
+
+use super::IrqLine;
+
+/// Where the guest's console output goes.
+#[derive(Debug)]
+pub enum SerialOut {
+    Stdout,
+    File(File),
+    Null,
+}
+
+/// Writes through: every newline (and every write to a file) reaches the
+/// kernel, so readers see the console while the VM runs.
+#[derive(Debug)]
+pub struct ConsoleWriter {
+    out: SerialOut,
+    line: Vec<u8>,
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.out {
+            SerialOut::Null => Ok(buf.len()),
+            SerialOut::File(f) => f.write(buf),
+            SerialOut::Stdout => {
+                self.line.extend_from_slice(buf);
+                if buf.contains(&b'\n') || self.line.len() >= 4096 {
+                    self.flush()?;
+                }
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let SerialOut::Stdout = self.out {
+            let mut so = io::stdout().lock();
+            so.write_all(&self.line)?;
+            so.flush()?;
+            self.line.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ConsoleWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+#[derive(Debug)]
+pub struct SerialPort {
+    inner: Serial<IrqLine, NoEvents, ConsoleWriter>,
+}
+
+impl SerialPort {
+    pub fn new(irq: IrqLine, out: SerialOut) -> Self {
+        Self {
+            inner: Serial::new(
+                irq,
+                ConsoleWriter {
+                    out,
+                    line: Vec::new(),
+                },
+            ),
+        }
+    }
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.inner.read(offset)
+    }
+    pub fn write(&mut self, offset: u8, value: u8) {
+        // A failed console write must not stop the guest.
+        let _ = self.inner.write(offset, value);
+    }
+    /// Bytes typed at the console.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner
+            .enqueue_raw_bytes(bytes)
+            .map(|_| ())
+            .map_err(|e| io::Error::other(format!("{e:?}")))
+    }
+}

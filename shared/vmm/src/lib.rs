@@ -1,0 +1,15 @@
+//! The vmtools machine monitor: KVM with the in-kernel irqchip and PIT,
+//! memfd-backed guest memory, firmware-less boot (PVH, 64-bit ELF,
+//! bzImage), legacy devices and one thread per vCPU.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+mod error;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+mod vm;
+
+pub use error::{Error, Result};
+pub use vm::{Vm, VmConfig};

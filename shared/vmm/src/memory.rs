@@ -1,0 +1,61 @@
+//! Guest memory: one memfd, mapped through vm-memory with a FileOffset per
+//! region, so the same mapping later serves mbind, save (write the file),
+//! restore (map a saved file) and migration.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::ram_ranges;
+use crate::{Error, Result};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// Total RAM of the host, to refuse a guest that cannot fit.
+pub fn host_memory() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
+}
+
+/// Creates `size` bytes of guest memory backed by a new memfd named after
+/// the VM. Pages are allocated by the kernel on first touch.
+pub fn create(name: &str, size: u64) -> Result<(GuestMemory, File)> {
+    let available = host_memory();
+    if size > available {
+        return Err(Error::MemoryTooLarge {
+            requested: size,
+            available,
+        });
+    }
+    let cname =
+        CString::new(format!("vmtools-{name}")).map_err(|e| Error::Memory(e.to_string()))?;
+    // SAFETY: memfd_create reads the NUL-terminated name we pass, which lives
+    // for the call; on success we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io("memfd_create")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(Error::io("sizing guest memory"))?;
+    let mut ranges = Vec::new();
+    let mut file_off = 0u64;
+    for (start, len) in ram_ranges(size) {
+        let f = file.try_clone().map_err(Error::io("guest memory fd"))?;
+        ranges.push((
+            GuestAddress(start),
+            len as usize,
+            Some(FileOffset::new(f, file_off)),
+        ));
+        file_off += len;
+    }
+    let mem = GuestMemoryMmap::from_ranges_with_files(ranges)
+        .map_err(|e| Error::Memory(e.to_string()))?;
+    Ok((mem, file))
+}

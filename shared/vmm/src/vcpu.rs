@@ -1,0 +1,276 @@
+//! vCPU threads: a small state machine (running, paused, exiting) around
+//! KVM_RUN. Another thread stops a vCPU by setting the wanted state and
+//! kicking the thread with a signal whose handler sets `immediate_exit`,
+//! so even a guest in `cli; hlt`, which never leaves KVM_RUN on its own,
+//! stops at once (the way Firecracker does it).
+
+use std::cell::Cell;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::devices::{DeviceEvent, PioBus};
+
+/// The signal that kicks a vCPU out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's kvm_run page, for the kick signal's handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping,
+            // set before KVM_RUN is first called and valid while the vCPU
+            // fd lives (the thread owns it); a volatile byte store is
+            // async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    Run,
+    Pause,
+    Exit,
+}
+
+/// Why a vCPU stopped the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest asked for a reset (i8042).
+    Reset,
+    /// The guest asked to power off (a KVM system event).
+    PowerOff,
+    /// Triple fault, KVM internal error, failed entry: the guest crashed.
+    Crash(String),
+    /// Our side failed.
+    Failed(String),
+}
+
+/// Shared between a vCPU thread and the VM.
+#[derive(Debug)]
+pub struct Control {
+    state: Mutex<(Wanted, bool)>,
+    cond: Condvar,
+}
+
+impl Control {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((Wanted::Run, false)),
+            cond: Condvar::new(),
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Wanted, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+pub struct Vcpu {
+    pub index: u8,
+    thread: Option<JoinHandle<()>>,
+    pthread: libc::pthread_t,
+    tid: u32,
+    control: Arc<Control>,
+}
+
+impl Vcpu {
+    /// Starts the thread `vcpu{index}` running `fd`.
+    pub fn spawn(
+        index: u8,
+        fd: VcpuFd,
+        bus: Arc<Mutex<PioBus>>,
+        events: Sender<VcpuEvent>,
+    ) -> std::io::Result<Self> {
+        let control = Arc::new(Control::new());
+        let c = Arc::clone(&control);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                // SAFETY: gettid and pthread_self have no preconditions.
+                let ids = unsafe { (libc::gettid() as u32, libc::pthread_self()) };
+                let _ = ready_tx.send(ids);
+                run_loop(fd, &bus, &events, &c);
+            })?;
+        let (tid, pthread) = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
+        Ok(Self {
+            index,
+            thread: Some(thread),
+            pthread,
+            tid,
+            control,
+        })
+    }
+
+    /// The thread id, for affinity and /proc.
+    pub fn tid(&self) -> u32 {
+        self.tid
+    }
+
+    fn kick(&self) {
+        // SAFETY: the thread is alive until joined (we join only in
+        // `exit`, after the last kick), so its pthread_t is valid.
+        unsafe { libc::pthread_kill(self.pthread, kick_signal()) };
+    }
+
+    pub fn set_wanted(&self, w: Wanted) {
+        let mut s = self.control.lock();
+        s.0 = w;
+        if w == Wanted::Run {
+            s.1 = false;
+        }
+        self.control.cond.notify_all();
+        drop(s);
+        if w != Wanted::Run {
+            self.kick();
+        }
+    }
+
+    /// Waits until the thread has acknowledged a pause.
+    pub fn wait_paused(&self) {
+        let mut s = self.control.lock();
+        while s.0 == Wanted::Pause && !s.1 {
+            let (g, timeout) = self
+                .control
+                .cond
+                .wait_timeout(s, std::time::Duration::from_millis(20))
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s = g;
+            if timeout.timed_out() {
+                // The first kick may have landed before KVM_RUN: kick again.
+                drop(s);
+                self.kick();
+                s = self.control.lock();
+            }
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn exit(mut self) {
+        self.set_wanted(Wanted::Exit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &Sender<VcpuEvent>, control: &Control) {
+    let run_ptr: *mut kvm_run = fd.get_kvm_run();
+    KVM_RUN.with(|p| p.set(run_ptr));
+    let lock_bus = || {
+        bus.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut stopped = false;
+    loop {
+        {
+            let mut s = control.lock();
+            loop {
+                match s.0 {
+                    Wanted::Exit => {
+                        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+                        return;
+                    }
+                    Wanted::Pause => {
+                        s.1 = true;
+                        control.cond.notify_all();
+                        s = control
+                            .cond
+                            .wait(s)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    Wanted::Run if stopped => {
+                        // After a terminal event, only Exit matters.
+                        s = control
+                            .cond
+                            .wait(s)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    Wanted::Run => break,
+                }
+            }
+        }
+        fd.set_kvm_immediate_exit(0);
+        let event = match fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => lock_bus()
+                .write(port, data)
+                .map(|DeviceEvent::Reset| VcpuEvent::Reset),
+            Ok(VcpuExit::IoIn(port, data)) => {
+                lock_bus().read(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                data.fill(0xff);
+                None
+            }
+            Ok(
+                VcpuExit::MmioWrite(..) | VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen,
+            ) => None,
+            Ok(VcpuExit::Shutdown) => Some(VcpuEvent::Crash("triple fault".into())),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
+                other => VcpuEvent::Crash(format!("system event {other}")),
+            }),
+            Ok(VcpuExit::InternalError) => Some(VcpuEvent::Crash(internal_error(&mut fd))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(format!(
+                "VM entry failed (hardware reason 0x{reason:x}, cpu {cpu})"
+            ))),
+            Ok(other) => Some(VcpuEvent::Crash(format!("unexpected exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VcpuEvent::Failed(format!("KVM_RUN: {e}"))),
+        };
+        if let Some(ev) = event {
+            stopped = true;
+            let _ = events.send(ev);
+        }
+    }
+}
+
+/// KVM's internal-error details: the suberror and its data words.
+fn internal_error(fd: &mut VcpuFd) -> String {
+    let run = fd.get_kvm_run();
+    // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the
+    // active member of the exit union.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    let data: Vec<String> = internal.data[..n]
+        .iter()
+        .map(|d| format!("0x{d:x}"))
+        .collect();
+    let what = match internal.suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exception",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    };
+    format!(
+        "KVM internal error {} ({what}) [{}]",
+        internal.suberror,
+        data.join(" ")
+    )
+}

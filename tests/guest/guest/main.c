@@ -1,0 +1,134 @@
+/* vmtools test guest. Its command line picks a mode:
+ *   hello      print a greeting, then end (default)
+ *   crash      triple fault
+ *   reboot     print, then reset through the i8042 only (no 0xf4)
+ *   heartbeat  program the PIT, print "tick N" five times a second, until
+ *              Ctrl-Alt-Del arrives on the keyboard
+ *   cli-hlt    print, then halt with interrupts off, forever
+ * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
+ * the i8042 reset, so both QEMU microvm and vm-run stop. */
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+static u32 ticks, beats;
+extern void irq0_entry(void);
+extern void irq1_entry(void);
+extern void idle(void) __attribute__((noreturn));
+
+static void putc(char c) { outb(0x3f8, (u8)c); }
+static void puts(const char *s) { while (*s) putc(*s++); }
+static void putu(u32 v) {
+    char b[11];
+    int i = 10;
+    b[i] = 0;
+    do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+    puts(b + i);
+}
+
+static int starts(const char *s, const char *p) {
+    while (*p) if (*s++ != *p++) return 0;
+    return 1;
+}
+
+/* Finds "mode=" on the command line (or a bare mode word). */
+static const char *mode_of(const char *cmdline) {
+    const char *p = cmdline;
+    if (!p) return "hello";
+    while (*p) {
+        if (starts(p, "mode=")) return p + 5;
+        while (*p && *p != ' ') p++;
+        while (*p == ' ') p++;
+    }
+    return "hello";
+}
+
+static void end(u8 code) {
+    outb(0xf4, code);          /* QEMU isa-debug-exit */
+    outb(0x64, 0xfe);          /* i8042: pulse reset */
+    for (;;) __asm__ volatile("cli; hlt");
+}
+
+struct idt_entry { u16 lo, sel; u8 zero, type; u16 hi; } __attribute__((packed));
+static struct idt_entry idt[256];
+struct idt_ptr { u16 limit; u32 base; } __attribute__((packed));
+
+static void set_gate(int vector, void (*handler)(void)) {
+    u32 h = (u32)handler;
+    idt[vector].lo = (u16)h;
+    idt[vector].hi = (u16)(h >> 16);
+    idt[vector].sel = 0x08;
+    idt[vector].type = 0x8e;
+}
+
+/* Timer interrupt (20 Hz): a heartbeat line every fourth tick. */
+void on_tick(void) {
+    if (++ticks % 4 == 0) {
+        puts("tick ");
+        putu(++beats);
+        putc('\n');
+    }
+}
+
+/* Keyboard interrupt: Ctrl-Alt-Del (its Del make code, 0xe0 0x53) powers
+ * the guest off the way a PC answers it, through the reset line. */
+static u8 last_key;
+void on_key(void) {
+    while (inb(0x64) & 1) {
+        u8 k = inb(0x60);
+        if (last_key == 0xe0 && k == 0x53) {
+            puts("ctrl-alt-del: going down\n");
+            end(0);
+        }
+        last_key = k;
+    }
+}
+
+static void __attribute__((noreturn)) heartbeat(void) {
+    set_gate(0x20, irq0_entry);
+    set_gate(0x21, irq1_entry);
+    struct idt_ptr p = { sizeof(idt) - 1, (u32)idt };
+    __asm__ volatile("lidt %0" : : "m"(p));
+    /* 8259: vectors 0x20.. and 0x28.., only IRQ0 and IRQ1 unmasked. */
+    outb(0x20, 0x11); outb(0xa0, 0x11);
+    outb(0x21, 0x20); outb(0xa1, 0x28);
+    outb(0x21, 0x04); outb(0xa1, 0x02);
+    outb(0x21, 0x01); outb(0xa1, 0x01);
+    outb(0x21, 0xfc); outb(0xa1, 0xff);
+    /* PIT channel 0, rate generator, 20 Hz. */
+    outb(0x43, 0x34);
+    outb(0x40, 59659 & 0xff);
+    outb(0x40, 59659 >> 8);
+    idle();
+}
+
+void guest_main(u32 start_info) {
+    /* hvm_start_info: magic at 0, cmdline_paddr at 24. */
+    const u32 *si = (const u32 *)start_info;
+    const char *cmdline = si && si[0] == 0x336ec578 ? (const char *)si[6] : 0;
+    const char *mode = mode_of(cmdline);
+    puts("vmtools test guest: ");
+    if (starts(mode, "crash")) {
+        puts("crashing\n");
+        struct idt_ptr p = { 0, 0 };
+        __asm__ volatile("lidt %0; int3" : : "m"(p));
+    } else if (starts(mode, "reboot")) {
+        puts("rebooting\n");
+        outb(0x64, 0xfe);
+        for (;;) __asm__ volatile("cli; hlt");
+    } else if (starts(mode, "heartbeat")) {
+        puts("heartbeat\n");
+        heartbeat();
+    } else if (starts(mode, "cli-hlt")) {
+        puts("halting\n");
+        for (;;) __asm__ volatile("cli; hlt");
+    }
+    puts("hello\n");
+    (void)inb(0x64);
+    end(0);
+}

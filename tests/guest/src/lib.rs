@@ -1,0 +1,60 @@
+//! Test support for KVM tests: the test guest's path, a lock that runs
+//! guests one at a time (each takes a whole core under emulation), and the
+//! /dev/kvm check.
+//!
+//! The guest is a PVH ELF built from `guest/` at build time. Its command
+//! line picks a mode (`mode=hello`, `crash`, `reboot`, `heartbeat`,
+//! `cli-hlt`); see `guest/main.c`.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Absolute path of the built guest.
+pub const GUEST_ELF: &str = env!("TEST_GUEST_ELF");
+
+/// Held while a test runs guests; dropping it (closing the file) lets the
+/// next test go.
+#[derive(Debug)]
+pub struct KvmLock {
+    _file: File,
+}
+
+/// Waits for the machine-wide KVM test lock (an flock on a file in the
+/// temp folder, so separate test binaries take turns too).
+pub fn kvm_lock() -> KvmLock {
+    let path = std::env::temp_dir().join("vmtools-kvm-tests.lock");
+    let f = File::create(path).expect("create the KVM test lock file");
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    let r = unsafe { libc_flock(f.as_raw_fd()) };
+    assert_eq!(r, 0, "flock on the KVM test lock failed");
+    KvmLock { _file: f }
+}
+
+extern "C" {
+    fn flock(fd: i32, op: i32) -> i32;
+}
+
+unsafe fn libc_flock(fd: i32) -> i32 {
+    const LOCK_EX: i32 = 2;
+    // SAFETY: the caller passes an open descriptor.
+    unsafe { flock(fd, LOCK_EX) }
+}
+
+/// True when /dev/kvm opens. When it does not, a test prints SKIP and
+/// passes, unless VMTOOLS_REQUIRE names `kvm` (CI), where it fails.
+pub fn have_kvm() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
+        assert!(
+            !required.split(',').any(|r| r.trim() == "kvm"),
+            "/dev/kvm is required (VMTOOLS_REQUIRE) but not usable"
+        );
+        eprintln!("SKIP: /dev/kvm is not usable here");
+    }
+    ok
+}
