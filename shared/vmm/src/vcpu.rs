@@ -64,6 +64,21 @@ pub enum VcpuEvent {
     Failed(String),
 }
 
+/// Where vCPU threads report: a channel, and an eventfd that wakes the
+/// VM's main loop (which polls it with its other descriptors).
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    pub tx: Sender<VcpuEvent>,
+    pub wake: Arc<vmm_sys_util::eventfd::EventFd>,
+}
+
+impl EventSink {
+    fn send(&self, ev: VcpuEvent) {
+        let _ = self.tx.send(ev);
+        let _ = self.wake.write(1);
+    }
+}
+
 /// Shared between a vCPU thread and the VM.
 #[derive(Debug)]
 pub struct Control {
@@ -100,7 +115,7 @@ impl Vcpu {
         index: u8,
         fd: VcpuFd,
         bus: Arc<Mutex<PioBus>>,
-        events: Sender<VcpuEvent>,
+        events: EventSink,
     ) -> std::io::Result<Self> {
         let control = Arc::new(Control::new());
         let c = Arc::clone(&control);
@@ -177,7 +192,7 @@ impl Vcpu {
     }
 }
 
-fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &Sender<VcpuEvent>, control: &Control) {
+fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &EventSink, control: &Control) {
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     KVM_RUN.with(|p| p.set(run_ptr));
     let lock_bus = || {
@@ -245,7 +260,7 @@ fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &Sender<VcpuEvent>, con
         };
         if let Some(ev) = event {
             stopped = true;
-            let _ = events.send(ev);
+            events.send(ev);
         }
     }
 }

@@ -13,7 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, BootConfig};
 use crate::devices::{IrqLine, PioBus, SerialOut, SerialPort, I8042};
 use crate::memory::{self, GuestMemory};
-use crate::vcpu::{Vcpu, VcpuEvent, Wanted};
+use crate::vcpu::{EventSink, Vcpu, VcpuEvent, Wanted};
 use crate::{cpu, layout, Error, Result};
 
 const COM1_GSI: u32 = 4;
@@ -38,6 +38,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     bus: Arc<Mutex<PioBus>>,
     events: Receiver<VcpuEvent>,
+    wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
 
 /// Opens /dev/kvm and checks what we rely on.
@@ -118,6 +119,14 @@ impl Vm {
 
         let base_cpuid = cpu::base_cpuid(&kvm)?;
         let (tx, rx) = channel();
+        let wake = Arc::new(
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(Error::io("event eventfd"))?,
+        );
+        let sink = EventSink {
+            tx,
+            wake: Arc::clone(&wake),
+        };
         let mut fds = Vec::new();
         for id in 0..cfg.vcpus {
             let fd = vm_fd
@@ -141,7 +150,7 @@ impl Vm {
         let mut vcpus = Vec::new();
         for (id, fd) in fds.into_iter().enumerate() {
             vcpus.push(
-                Vcpu::spawn(id as u8, fd, Arc::clone(&bus), tx.clone())
+                Vcpu::spawn(id as u8, fd, Arc::clone(&bus), sink.clone())
                     .map_err(Error::io("starting a vCPU thread"))?,
             );
         }
@@ -153,7 +162,20 @@ impl Vm {
             vcpus,
             bus,
             events: rx,
+            wake,
         })
+    }
+
+    /// A descriptor that becomes readable when a vCPU event is pending
+    /// (read it with `take_events`).
+    pub fn event_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.wake.as_ref())
+    }
+
+    /// Every pending event, without waiting.
+    pub fn take_events(&self) -> Vec<VcpuEvent> {
+        let _ = self.wake.read();
+        self.events.try_iter().collect()
     }
 
     /// Waits for the next vCPU event, up to `timeout` (None: forever).

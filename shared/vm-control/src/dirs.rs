@@ -1,0 +1,179 @@
+//! Where VMs live: the runtime directory (`$VMTOOLS_RUN_DIR`, else
+//! `$XDG_RUNTIME_DIR/vmtools` for a user, else `/run/vmtools`) with one
+//! 0700 folder per VM, and the definitions folder (`$VMTOOLS_CONFIG_DIR`,
+//! else `/etc/vmtools/vms` for root, else `~/.config/vmtools/vms`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use vm_spec::VmState;
+
+use crate::{Error, Result};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn run_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMTOOLS_RUN_DIR") {
+        return d.into();
+    }
+    if !is_root() {
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+            return PathBuf::from(d).join("vmtools");
+        }
+    }
+    PathBuf::from("/run/vmtools")
+}
+
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMTOOLS_CONFIG_DIR") {
+        return d.into();
+    }
+    if is_root() {
+        return PathBuf::from("/etc/vmtools/vms");
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config"),
+        PathBuf::from,
+    );
+    base.join("vmtools/vms")
+}
+
+/// The VM's runtime folder, created 0700 (and its parent) when `create`.
+pub fn vm_dir(name: &str, create: bool) -> Result<PathBuf> {
+    let dir = run_dir().join(name);
+    if create {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        // An existing folder keeps its mode: make sure it is private.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(Error::io(format!("securing {}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
+pub fn defined_spec_path(name: &str) -> PathBuf {
+    config_dir().join(format!("{name}.json"))
+}
+
+/// Replaces `path` with `data` through a temporary file and a rename
+/// (readers see the old or the new file, never half of one); no fsync.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_with(path, data, mode, false)
+}
+
+/// As `write_atomic`, and the data and the rename are on disk on return.
+pub fn write_durable(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_with(path, data, mode, true)
+}
+
+fn write_with(path: &Path, data: &[u8], mode: u32, sync: bool) -> Result<()> {
+    let what = || format!("writing {}", path.display());
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(Error::io(what()))?;
+    f.write_all(data).map_err(Error::io(what()))?;
+    if sync {
+        f.sync_all().map_err(Error::io(what()))?;
+    }
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(what())(e)
+    })?;
+    if sync {
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::io(what()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn write_state(dir: &Path, state: &VmState) -> Result<()> {
+    let mut text =
+        serde_json::to_string_pretty(state).map_err(|e| Error::Protocol(e.to_string()))?;
+    text.push('\n');
+    write_atomic(&dir.join("state.json"), text.as_bytes(), 0o600)
+}
+
+pub fn read_state(dir: &Path) -> Result<VmState> {
+    let path = dir.join("state.json");
+    let text =
+        fs::read_to_string(&path).map_err(Error::io(format!("reading {}", path.display())))?;
+    VmState::from_json(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
+}
+
+/// Removes a VM's runtime folder and what is in it.
+pub fn remove_runtime(dir: &Path) {
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Whether a recorded process still runs. PID 1 here reaps orphans late, so
+/// a zombie counts as dead; the start time guards against a reused pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+}
+
+impl Liveness {
+    pub fn of(pid: u32) -> Self {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                // The state letter follows the parenthesised command name.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next());
+                if matches!(state, Some('Z' | 'X') | None) {
+                    Self::Dead
+                } else {
+                    Self::Alive
+                }
+            }
+            Err(_) => Self::Dead,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_durable(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn liveness_from_proc() {
+        assert_eq!(Liveness::of(std::process::id()), Liveness::Alive);
+        assert_eq!(Liveness::of(u32::MAX - 1), Liveness::Dead);
+    }
+}

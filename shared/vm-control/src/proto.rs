@@ -1,0 +1,65 @@
+//! The control protocol: `{"cmd":"pause"}` in, `{"ok":true,...}` or
+//! `{"ok":false,"error":"..."}` out, one line each.
+
+use serde::{Deserialize, Serialize};
+use vm_spec::VmState;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Pause,
+    Resume,
+    /// Ask the guest to power off (Ctrl-Alt-Del).
+    Shutdown,
+    /// Stop the VM at once (virsh destroy).
+    Kill,
+    /// Reset the guest.
+    Reboot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Box<VmState>>,
+}
+
+impl Reply {
+    pub fn ok(state: Option<VmState>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            state: state.map(Box::new),
+        }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            state: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Pause).unwrap(),
+            r#"{"cmd":"pause"}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"shutdown"}"#).unwrap();
+        assert_eq!(r, Request::Shutdown);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Reply::err("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! vm-run's command line: virsh's verbs for the VM lifecycle.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-run",
+    version,
+    about = "Run KVM virtual machines and manage their lifecycle",
+    long_about = "vm-run is the vmtools machine monitor. `start` runs a VM from a spec \
+file or a defined name, in the foreground or detached; the other verbs act on a \
+running VM through its control socket.\n\n\
+A VM is named by its name, the path of its spec or state file, or `-` for a JSON \
+document (spec or state) on stdin. Records are printed as JSON when stdout is not a \
+terminal, as text on a terminal; --json forces JSON.\n\n\
+Exit codes: 0 ok, 1 error, 2 usage error, 3 the guest crashed (foreground start \
+under on_crash=destroy)."
+)]
+pub struct Cli {
+    /// Print JSON even on a terminal.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct VmArg {
+    /// VM name, spec or state file, or - for JSON on stdin.
+    pub vm: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a VM from a spec file or a defined name.
+    Start(StartArgs),
+    /// Store a spec as a defined VM (with absolute paths).
+    Define {
+        /// Spec file, or - for stdin.
+        spec: String,
+    },
+    /// Remove a defined VM's definition.
+    Undefine(VmArg),
+    /// Edit a defined VM's spec with $VISUAL or $EDITOR; saved only if valid.
+    Edit(VmArg),
+    /// List running VMs (with --all, defined ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Describe a VM (virsh dominfo).
+    #[command(alias = "info")]
+    Status(VmArg),
+    /// Print a VM's state (virsh domstate).
+    State {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Also print why it is in that state.
+        #[arg(long)]
+        reason: bool,
+    },
+    /// Pause every vCPU.
+    Pause(VmArg),
+    /// Resume a paused VM.
+    Resume(VmArg),
+    /// Ask the guest to power off (Ctrl-Alt-Del) and wait for it.
+    Shutdown {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Seconds to wait for the guest.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Kill the VM if the guest has not gone down in time.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop a VM at once (virsh destroy).
+    #[command(alias = "destroy")]
+    Kill(VmArg),
+    /// Reset the guest.
+    Reboot(VmArg),
+    /// Follow the VM's serial console output.
+    Console(VmArg),
+    /// Wait until the VM has stopped.
+    Wait(VmArg),
+    #[command(hide = true)]
+    Serve,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Spec file, defined name, or - for a spec on stdin.
+    pub vm: String,
+    /// Run in the background; print the VM's state once the guest runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Serial console file for a detached VM (default: console.log in its state folder).
+    #[arg(long, value_name = "PATH")]
+    pub console: Option<PathBuf>,
+}

@@ -1,0 +1,286 @@
+//! The verbs that act on a VM that runs (or is defined).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_control::{Liveness, Request};
+use vm_spec::{RunState, VmSpec, VmState};
+
+use crate::output;
+
+/// A running VM's recorded state; a VM whose process died reads as
+/// crashed.
+pub fn current_state(name: &str) -> Result<VmState> {
+    let dir = vm_control::vm_dir(name, false)?;
+    let mut st = vm_control::read_state(&dir).map_err(|_| {
+        if vm_control::defined_spec_path(name).exists() {
+            anyhow!("VM '{name}' is not running")
+        } else {
+            anyhow!("no VM named '{name}'")
+        }
+    })?;
+    if Liveness::of(st.pid) == Liveness::Dead {
+        st.state = RunState::Crashed;
+        st.reason = "the VM process died".into();
+    }
+    Ok(st)
+}
+
+fn running_state(name: &str) -> Result<VmState> {
+    let st = current_state(name)?;
+    if st.state == RunState::Crashed && st.reason == "the VM process died" {
+        bail!(
+            "VM '{name}' is not running: its process (pid {}) died",
+            st.pid
+        );
+    }
+    Ok(st)
+}
+
+/// Sends one request to the VM and returns its new state.
+pub fn request(name: &str, req: &Request) -> Result<Option<VmState>> {
+    let st = running_state(name)?;
+    let reply = vm_control::call(&st.control_socket, req, Duration::from_secs(30))?;
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "the VM refused".into()));
+    }
+    Ok(reply.state.map(|b| *b))
+}
+
+pub fn simple(vm: &str, req: &Request, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    if let Some(st) = request(&name, req)? {
+        output::print_state(&st, json);
+    }
+    Ok(0)
+}
+
+pub fn status(vm: &str, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    output::print_state(&current_state(&name)?, json);
+    Ok(0)
+}
+
+pub fn state(vm: &str, reason: bool, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let (s, why) = match current_state(&name) {
+        Ok(st) => (st.state.to_string(), st.reason),
+        Err(_) if vm_control::defined_spec_path(&name).exists() => {
+            ("shut off".into(), "defined".into())
+        }
+        Err(e) => return Err(e),
+    };
+    if output::json_wanted(json) {
+        println!(
+            "{}",
+            serde_json::json!({"name": name, "state": s, "reason": why})
+        );
+    } else if reason {
+        println!("{s} ({why})");
+    } else {
+        println!("{s}");
+    }
+    Ok(0)
+}
+
+pub fn shutdown(vm: &str, timeout: u64, force: bool, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    request(&name, &Request::Shutdown)?;
+    if wait_gone(st.pid, Duration::from_secs(timeout)) {
+        if output::json_wanted(json) {
+            println!(
+                "{}",
+                serde_json::json!({"name": name, "state": "shutoff", "reason": "shutdown"})
+            );
+        }
+        return Ok(0);
+    }
+    if force {
+        let _ = request(&name, &Request::Kill);
+        if !wait_gone(st.pid, Duration::from_secs(10)) {
+            // SAFETY: kill(2) with a pid we recorded; no memory involved.
+            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+        }
+        return Ok(0);
+    }
+    bail!("VM '{name}' did not shut down within {timeout} s (use --force to kill it)")
+}
+
+pub fn kill(vm: &str, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = current_state(&name)?;
+    match request(&name, &Request::Kill) {
+        Ok(Some(s)) => {
+            wait_gone(st.pid, Duration::from_secs(10));
+            output::print_state(&s, json);
+        }
+        _ => {
+            // The VM cannot answer: end the process, clear its state.
+            if Liveness::of(st.pid) == Liveness::Alive {
+                // SAFETY: kill(2) with a pid we recorded; no memory involved.
+                unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+                wait_gone(st.pid, Duration::from_secs(10));
+            }
+            vm_control::remove_runtime(&vm_control::vm_dir(&name, false)?);
+        }
+    }
+    Ok(0)
+}
+
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while Liveness::of(pid) == Liveness::Alive {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+pub fn wait(vm: &str) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    wait_gone(st.pid, Duration::MAX);
+    Ok(0)
+}
+
+pub fn list(all: bool, json: bool) -> Result<i32> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(vm_control::run_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Ok(st) = current_state(&name) {
+                rows.push((name.clone(), st.pid.to_string(), st.state.to_string()));
+                seen.insert(name);
+            }
+        }
+    }
+    if all {
+        if let Ok(entries) = std::fs::read_dir(vm_control::config_dir()) {
+            for e in entries.flatten() {
+                let f = e.file_name().to_string_lossy().to_string();
+                if let Some(name) = f.strip_suffix(".json") {
+                    if !seen.contains(name) {
+                        rows.push((name.to_string(), "-".into(), "shut off".into()));
+                    }
+                }
+            }
+        }
+    }
+    rows.sort();
+    if output::json_wanted(json) {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, p, s)| serde_json::json!({"name": n, "pid": p.parse::<u32>().ok(), "state": s}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!(" {:<8} {:<24} State", "PID", "Name");
+        println!("{}", "-".repeat(44));
+        for (n, p, s) in rows {
+            println!(" {p:<8} {n:<24} {s}");
+        }
+    }
+    Ok(0)
+}
+
+/// Follows the console file of a running VM until it stops.
+pub fn console(vm: &str) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    let path = st.console.clone().ok_or_else(|| {
+        anyhow!(
+            "VM '{name}' has no console file (its serial goes to {})",
+            "stdio or nowhere"
+        )
+    })?;
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = [0u8; 4096];
+    let mut out = std::io::stdout();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n > 0 {
+            std::io::Write::write_all(&mut out, &buf[..n])?;
+            std::io::Write::flush(&mut out)?;
+            continue;
+        }
+        if Liveness::of(st.pid) == Liveness::Dead {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = f.seek(SeekFrom::Current(0));
+    }
+}
+
+pub fn define(reference: &str, json: bool) -> Result<i32> {
+    let spec = crate::resolve::load_spec(reference)?;
+    save_definition(&spec)?;
+    if output::json_wanted(json) {
+        println!("{}", serde_json::to_string(&spec)?);
+    } else {
+        println!("VM {} defined from {reference}", spec.name);
+    }
+    Ok(0)
+}
+
+fn save_definition(spec: &VmSpec) -> Result<()> {
+    let dir = vm_control::config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = spec.to_json_pretty() + "\n";
+    vm_control::write_durable(
+        &vm_control::defined_spec_path(spec.name.as_str()),
+        text.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+pub fn undefine(vm: &str) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let p = vm_control::defined_spec_path(&name);
+    std::fs::remove_file(&p).map_err(|_| anyhow!("no VM named '{name}' is defined"))?;
+    println!("VM {name} undefined");
+    Ok(0)
+}
+
+pub fn edit(vm: &str) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let p = vm_control::defined_spec_path(&name);
+    let original =
+        std::fs::read_to_string(&p).map_err(|_| anyhow!("no VM named '{name}' is defined"))?;
+    let tmp = std::env::temp_dir().join(format!("vm-run-edit-{name}-{}.json", std::process::id()));
+    std::fs::write(&tmp, &original)?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&tmp)
+        .status()
+        .with_context(|| format!("running {editor}"))?;
+    let edited = std::fs::read_to_string(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    if !status.success() {
+        bail!("{editor} failed; {} is unchanged", p.display());
+    }
+    if edited == original {
+        println!("VM {name} unchanged");
+        return Ok(0);
+    }
+    let mut spec = VmSpec::from_json(&edited).map_err(|e| anyhow!("not saved: {e}"))?;
+    if spec.name.as_str() != name {
+        bail!("not saved: the name cannot change in edit (define the VM anew)");
+    }
+    spec.resolve_paths(Path::new("/"));
+    save_definition(&spec)?;
+    println!("VM {name} saved");
+    Ok(0)
+}

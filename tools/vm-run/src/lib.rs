@@ -1,0 +1,58 @@
+//! vm-run: the VM process and the lifecycle verbs, as a library the binary
+//! is a thin shell over.
+
+pub mod cli;
+pub mod commands;
+pub mod monitor;
+pub mod output;
+pub mod resolve;
+pub mod start;
+pub mod timefmt;
+
+use cli::{Cli, Command};
+use vm_control::Request;
+
+/// Runs one parsed command line; returns the process exit code.
+pub fn run(cli: &Cli) -> i32 {
+    let j = cli.json;
+    let result = match &cli.command {
+        Command::Start(a) => start::run(a, j),
+        Command::Serve => return start::serve().unwrap_or(1),
+        Command::Define { spec } => commands::define(spec, j),
+        Command::Undefine(v) => commands::undefine(&v.vm),
+        Command::Edit(v) => commands::edit(&v.vm),
+        Command::List { all } => commands::list(*all, j),
+        Command::Status(v) => commands::status(&v.vm, j),
+        Command::State { vm, reason } => commands::state(&vm.vm, *reason, j),
+        Command::Pause(v) => commands::simple(&v.vm, &Request::Pause, j),
+        Command::Resume(v) => commands::simple(&v.vm, &Request::Resume, j),
+        Command::Reboot(v) => commands::simple(&v.vm, &Request::Reboot, j),
+        Command::Shutdown { vm, timeout, force } => commands::shutdown(&vm.vm, *timeout, *force, j),
+        Command::Kill(v) => commands::kill(&v.vm, j),
+        Command::Console(v) => commands::console(&v.vm),
+        Command::Wait(v) => commands::wait(&v.vm),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vm-run: error: {}", one_line(&e));
+            1
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeats.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}

@@ -1,0 +1,434 @@
+//! The VM process: starts the machine, publishes its state and control
+//! socket, and serves requests and guest events until the VM ends.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_control::{Listener, Liveness, Reply, Request};
+use vm_spec::{Action, Feature, RunState, SerialMode, VmSpec, VmState};
+use vmm::boot::BootConfig;
+use vmm::devices::SerialOut;
+use vmm::vcpu::VcpuEvent;
+use vmm::{Vm, VmConfig};
+
+use crate::timefmt::{log, now_secs};
+
+/// Exit status when the guest crashed (foreground, on_crash = destroy).
+pub const EXIT_CRASHED: i32 = 3;
+
+/// What vm-run can give effect to today; other spec fields are refused
+/// with a message naming them.
+const SUPPORTED: &[Feature] = &[Feature::Initrd];
+
+/// Where the serial console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    Stdio,
+    File(PathBuf),
+    Null,
+}
+
+/// Runs `spec` to the end. `detached` picks the console default and
+/// `ready` (a pipe) receives the VmState line once the guest runs.
+pub fn run(
+    spec: VmSpec,
+    detached: bool,
+    console: Option<PathBuf>,
+    ready: Option<File>,
+) -> Result<i32> {
+    spec.require_supported("vm-run", SUPPORTED)
+        .map_err(|e| anyhow!("{e}"))?;
+    let name = spec.name.to_string();
+    let dir = vm_control::vm_dir(&name, false)?;
+    claim(&dir, &name)?;
+    let guard = DirGuard(dir.clone());
+    vm_control::vm_dir(&name, true)?;
+    let console = match (&spec.serial, console) {
+        (_, Some(p)) => Console::File(p),
+        (Some(s), None) => match s.mode {
+            SerialMode::File => Console::File(s.path.clone().expect("validated: file has a path")),
+            SerialMode::Null => Console::Null,
+            SerialMode::Stdio if !detached => Console::Stdio,
+            _ => Console::File(dir.join("console.log")),
+        },
+        (None, None) if detached => Console::File(dir.join("console.log")),
+        (None, None) => Console::Stdio,
+    };
+    let mut machine = Machine::start(spec, console)?;
+    let listener = Listener::bind(&dir.join("control.sock"))?;
+    let mut state = machine.state(&dir, RunState::Running, "booted");
+    vm_control::write_state(&dir, &state)?;
+    log(&format!("started VM {name} (pid {})", std::process::id()));
+    if let Some(mut r) = ready {
+        let line = serde_json::to_string(&state)? + "\n";
+        r.write_all(line.as_bytes())
+            .context("reporting readiness")?;
+    }
+    let stop = install_stop_signals()?;
+    let code = serve(&mut machine, &listener, &dir, &mut state, stop);
+    machine.vm.take().map(Vm::destroy);
+    drop(listener);
+    drop(guard);
+    code
+}
+
+/// Refuses a second start of a running name; clears a dead VM's leftovers.
+fn claim(dir: &Path, name: &str) -> Result<()> {
+    if let Ok(st) = vm_control::read_state(dir) {
+        if Liveness::of(st.pid) == Liveness::Alive && st.pid != std::process::id() {
+            bail!("VM '{name}' is already running (pid {})", st.pid);
+        }
+        vm_control::remove_runtime(dir);
+    }
+    Ok(())
+}
+
+/// Removes the VM's runtime folder when the VM process is done with it.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        vm_control::remove_runtime(&self.0);
+    }
+}
+
+struct Machine {
+    spec: VmSpec,
+    console: Console,
+    vm: Option<Vm>,
+    uuid: uuid::Uuid,
+    started: u64,
+    shutdown_requested: bool,
+}
+
+impl Machine {
+    fn config(spec: &VmSpec) -> Result<VmConfig> {
+        let vcpus = u8::try_from(spec.vcpus).map_err(|_| anyhow!("vcpus: at most 255"))?;
+        let (threads, cores) = spec
+            .cpu
+            .as_ref()
+            .and_then(|c| c.topology)
+            .map_or((1, vcpus), |t| (t.threads as u8, t.cores as u8));
+        Ok(VmConfig {
+            name: spec.name.to_string(),
+            vcpus,
+            threads_per_core: threads,
+            cores_per_socket: cores,
+            memory: spec.memory.bytes(),
+            boot: BootConfig {
+                kernel: spec.boot.kernel.clone(),
+                initrd: spec.boot.initrd.clone(),
+                cmdline: spec.boot.cmdline.clone().unwrap_or_default(),
+                vcpus,
+            },
+        })
+    }
+
+    fn serial(console: &Console) -> Result<SerialOut> {
+        Ok(match console {
+            Console::Stdio => SerialOut::Stdout,
+            Console::Null => SerialOut::Null,
+            Console::File(p) => SerialOut::File(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("serial console {}", p.display()))?,
+            ),
+        })
+    }
+
+    fn start(spec: VmSpec, console: Console) -> Result<Self> {
+        let cfg = Self::config(&spec)?;
+        let vm = Vm::start(&cfg, Self::serial(&console)?)?;
+        Ok(Self {
+            uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
+            spec,
+            console,
+            vm: Some(vm),
+            started: now_secs(),
+            shutdown_requested: false,
+        })
+    }
+
+    /// Tears the machine down and boots it again (reboot, on_*: restart).
+    fn restart(&mut self) -> Result<()> {
+        if let Some(vm) = self.vm.take() {
+            vm.destroy();
+        }
+        let cfg = Self::config(&self.spec)?;
+        self.vm = Some(Vm::start(&cfg, Self::serial(&self.console)?)?);
+        self.shutdown_requested = false;
+        Ok(())
+    }
+
+    fn vm(&self) -> &Vm {
+        self.vm.as_ref().expect("the machine runs while served")
+    }
+
+    fn state(&self, dir: &Path, state: RunState, reason: &str) -> VmState {
+        VmState {
+            name: self.spec.name.to_string(),
+            uuid: self.uuid,
+            pid: std::process::id(),
+            state,
+            reason: reason.into(),
+            control_socket: dir.join("control.sock"),
+            spec: self.spec.clone(),
+            vcpu_threads: self.vm.as_ref().map(Vm::vcpu_tids).unwrap_or_default(),
+            iothread_threads: Vec::new(),
+            console: match &self.console {
+                Console::File(p) => Some(p.clone()),
+                _ => None,
+            },
+            disks: Vec::new(),
+            nets: Vec::new(),
+            started: self.started,
+        }
+    }
+}
+
+/// The stop signals (TERM, INT, HUP) land on this eventfd.
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    let fd = STOP_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) on an eventfd with an 8-byte buffer that lives
+        // for the call; async-signal-safe.
+        unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+    }
+}
+
+fn install_stop_signals() -> Result<RawFd> {
+    // SAFETY: eventfd has no memory preconditions; we own the result.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("eventfd");
+    }
+    STOP_FD.store(fd, Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: installs an async-signal-safe handler (it only writes to
+        // an eventfd).
+        unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
+    }
+    Ok(fd)
+}
+
+enum Next {
+    Continue,
+    Exit(i32),
+}
+
+fn serve(
+    m: &mut Machine,
+    listener: &Listener,
+    dir: &Path,
+    state: &mut VmState,
+    stop: RawFd,
+) -> Result<i32> {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.inner.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: m.vm().event_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll reads and writes the three pollfd structs we pass.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e).context("poll");
+        }
+        if fds[2].revents != 0 {
+            log("stopping on a signal");
+            return Ok(0);
+        }
+        if fds[1].revents != 0 {
+            for ev in m.vm().take_events() {
+                if let Next::Exit(code) = on_guest_event(m, dir, state, &ev)? {
+                    return Ok(code);
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            while let Ok((stream, _)) = listener.inner.accept() {
+                if let Next::Exit(code) = on_client(m, dir, state, stream)? {
+                    return Ok(code);
+                }
+            }
+        }
+    }
+}
+
+fn set_state(
+    m: &Machine,
+    dir: &Path,
+    state: &mut VmState,
+    s: RunState,
+    reason: &str,
+) -> Result<()> {
+    *state = m.state(dir, s, reason);
+    vm_control::write_state(dir, state)?;
+    log(&format!("state {s}: {reason}"));
+    Ok(())
+}
+
+fn apply(
+    m: &mut Machine,
+    dir: &Path,
+    state: &mut VmState,
+    action: Action,
+    what: &str,
+    crash: bool,
+) -> Result<Next> {
+    match action {
+        Action::Destroy => {
+            log(&format!("guest {what}: stopping"));
+            Ok(Next::Exit(if crash {
+                crate::monitor::EXIT_CRASHED
+            } else {
+                0
+            }))
+        }
+        Action::Restart => {
+            log(&format!("guest {what}: restarting"));
+            m.restart()?;
+            set_state(m, dir, state, RunState::Running, "restarted")?;
+            Ok(Next::Continue)
+        }
+        Action::Preserve => {
+            let s = if crash {
+                RunState::Crashed
+            } else {
+                RunState::Paused
+            };
+            set_state(m, dir, state, s, what)?;
+            Ok(Next::Continue)
+        }
+    }
+}
+
+fn on_guest_event(
+    m: &mut Machine,
+    dir: &Path,
+    state: &mut VmState,
+    ev: &VcpuEvent,
+) -> Result<Next> {
+    match ev {
+        VcpuEvent::Reset if m.shutdown_requested => {
+            apply(m, dir, state, Action::Destroy, "shut down", false)
+        }
+        VcpuEvent::Reset => {
+            let a = m.spec.on_reboot;
+            apply(m, dir, state, a, "rebooted", false)
+        }
+        VcpuEvent::PowerOff => {
+            let a = m.spec.on_poweroff;
+            apply(m, dir, state, a, "powered off", false)
+        }
+        VcpuEvent::Crash(why) => {
+            log(&format!("guest crashed: {why}"));
+            let a = m.spec.on_crash;
+            apply(m, dir, state, a, "crashed", true)
+        }
+        VcpuEvent::Failed(why) => {
+            log(&format!("VMM failure: {why}"));
+            Err(anyhow!("{why}"))
+        }
+    }
+}
+
+fn on_client(
+    m: &mut Machine,
+    dir: &Path,
+    state: &mut VmState,
+    stream: std::os::unix::net::UnixStream,
+) -> Result<Next> {
+    if !vm_control::peer_allowed(&stream) {
+        log("refused a control connection from another user");
+        return Ok(Next::Continue);
+    }
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    if BufReader::new(&stream).read_line(&mut line).is_err() {
+        return Ok(Next::Continue);
+    }
+    let (reply, next) = match serde_json::from_str::<Request>(&line) {
+        Err(e) => (Reply::err(format!("bad request: {e}")), Next::Continue),
+        Ok(req) => handle(m, dir, state, &req)?,
+    };
+    let mut text = serde_json::to_string(&reply)?;
+    text.push('\n');
+    let _ = (&stream).write_all(text.as_bytes());
+    Ok(next)
+}
+
+fn handle(
+    m: &mut Machine,
+    dir: &Path,
+    state: &mut VmState,
+    req: &Request,
+) -> Result<(Reply, Next)> {
+    let next = match req {
+        Request::Status => Next::Continue,
+        Request::Pause => {
+            if state.state == RunState::Running {
+                m.vm().pause();
+                set_state(m, dir, state, RunState::Paused, "user")?;
+            }
+            Next::Continue
+        }
+        Request::Resume => {
+            if state.state == RunState::Paused {
+                m.vm().resume();
+                set_state(m, dir, state, RunState::Running, "unpaused")?;
+            }
+            Next::Continue
+        }
+        Request::Shutdown => {
+            m.shutdown_requested = true;
+            if state.state == RunState::Paused {
+                m.vm().resume();
+                set_state(m, dir, state, RunState::Running, "unpaused for shutdown")?;
+            }
+            m.vm().ctrl_alt_del();
+            log("shutdown requested: Ctrl-Alt-Del sent");
+            Next::Continue
+        }
+        Request::Kill => {
+            log("destroyed by request");
+            let mut s = state.clone();
+            s.state = RunState::Shutoff;
+            s.reason = "destroyed".into();
+            return Ok((Reply::ok(Some(s)), Next::Exit(0)));
+        }
+        Request::Reboot => {
+            m.restart()?;
+            set_state(m, dir, state, RunState::Running, "rebooted by request")?;
+            Next::Continue
+        }
+    };
+    Ok((Reply::ok(Some(state.clone())), next))
+}

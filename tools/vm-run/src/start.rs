@@ -1,0 +1,113 @@
+//! `vm-run start`: in the foreground the VM lives in this process; with
+//! --detach a copy of vm-run serves it in the background (its own session,
+//! stderr to vm.log) and this process returns once the guest runs,
+//! printing the VM's state.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_control::Liveness;
+use vm_spec::{VmSpec, VmState};
+
+use crate::cli::StartArgs;
+use crate::{monitor, output};
+
+pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
+    let spec = crate::resolve::load_spec(&a.vm)?;
+    if !a.detach {
+        return monitor::run(spec, false, a.console.clone(), None);
+    }
+    detach(&spec, a.console.clone(), json)
+}
+
+fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
+    let name = spec.name.to_string();
+    let dir = vm_control::vm_dir(&name, false)?;
+    if let Ok(st) = vm_control::read_state(&dir) {
+        if Liveness::of(st.pid) == Liveness::Alive {
+            bail!("VM '{name}' is already running (pid {})", st.pid);
+        }
+    }
+    vm_control::vm_dir(&name, true)?;
+    let log_path = dir.join("vm.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding vm-run's own executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    if let Some(c) = console {
+        cmd.env("VMTOOLS_SERVE_CONSOLE", c);
+    }
+    // SAFETY: setsid in the child before exec only detaches it from our
+    // session and terminal; it touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the VM process")?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(serde_json::to_string(spec)?.as_bytes())?;
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    if line.trim().is_empty() {
+        let _ = child.wait();
+        let mut why = String::new();
+        std::fs::File::open(&log_path)
+            .and_then(|mut f| f.read_to_string(&mut why))
+            .ok();
+        let last = why
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no reason given");
+        let last = last.split_once("error: ").map_or(last, |(_, m)| m);
+        vm_control::remove_runtime(&dir);
+        return Err(anyhow!("the VM did not start: {last}"));
+    }
+    let state = VmState::from_json(line.trim())
+        .map_err(|e| anyhow!("bad state from the VM process: {e}"))?;
+    output::print_state(&state, json);
+    Ok(0)
+}
+
+/// The background VM process: the spec arrives on stdin, the state line
+/// goes to stdout once the guest runs.
+pub fn serve() -> Result<i32> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let spec = VmSpec::from_json(&text).map_err(|e| anyhow!("{e}"))?;
+    let console = std::env::var_os("VMTOOLS_SERVE_CONSOLE").map(PathBuf::from);
+    // SAFETY: dup-ing our stdout keeps the readiness pipe; the original fd
+    // 1 is then pointed at /dev/null so nothing else writes into the pipe.
+    let ready = unsafe {
+        let fd = libc::dup(1);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup");
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let r = monitor::run(spec, true, console, Some(ready));
+    if let Err(e) = &r {
+        eprintln!("vm-run: error: {}", crate::one_line(e));
+    }
+    r
+}
