@@ -73,24 +73,36 @@ pub fn peer_allowed(stream: &UnixStream) -> bool {
 /// Sends one request and reads one reply.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
     let what = || format!("control socket {}", socket.display());
+    let refused = || {
+        Error::Refused(format!(
+            "{}: the VM refused the connection (only its owner and root may control it)",
+            socket.display()
+        ))
+    };
+    // A refused peer sees its connection closed: EPIPE, ECONNRESET or EOF.
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        )
+    };
     let stream = UnixStream::connect(socket).map_err(Error::io(what()))?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(Error::io(what()))?;
     let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
     line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .map_err(Error::io(what()))?;
+    match (&stream).write_all(line.as_bytes()) {
+        Err(e) if closed(&e) => return Err(refused()),
+        Err(e) => return Err(Error::io(what())(e)),
+        Ok(()) => {}
+    }
     let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(Error::io(what()))?;
-    if reply.is_empty() {
-        return Err(Error::Refused(format!(
-            "{}: the VM closed the connection (not allowed?)",
-            socket.display()
-        )));
+    match BufReader::new(&stream).read_line(&mut reply) {
+        Err(e) if closed(&e) => return Err(refused()),
+        Err(e) => return Err(Error::io(what())(e)),
+        Ok(0) => return Err(refused()),
+        Ok(_) => {}
     }
     serde_json::from_str(&reply).map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}")))
 }

@@ -62,6 +62,11 @@ fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
     }
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        let _ = child.wait();
+        vm_control::remove_runtime(&dir);
+        return Err(anyhow!("{}", msg.trim()));
+    }
     if line.trim().is_empty() {
         let _ = child.wait();
         let mut why = String::new();
@@ -105,9 +110,14 @@ pub fn serve() -> Result<i32> {
         }
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
     };
+    // A second handle on the pipe reports a failure before readiness to
+    // the waiting `start --detach` (after it, nobody reads: EPIPE is fine).
+    let mut report = ready.try_clone().context("dup")?;
     let r = monitor::run(spec, true, console, Some(ready));
     if let Err(e) = &r {
-        eprintln!("vm-run: error: {}", crate::one_line(e));
+        let msg = crate::one_line(e);
+        eprintln!("vm-run: error: {msg}");
+        let _ = report.write_all(format!("ERROR {msg}\n").as_bytes());
     }
     r
 }

@@ -1,0 +1,393 @@
+//! vm-run end to end on the real /dev/kvm with the test guest: foreground
+//! exits, the detached lifecycle, stale state, bad input and security.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vm-run"));
+        c.env("VMTOOLS_RUN_DIR", self.run_dir())
+            .env("VMTOOLS_CONFIG_DIR", self.dir.path().join("defs"));
+        c
+    }
+    fn vm_run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).stdin(Stdio::null()).output().unwrap();
+        decode(&out)
+    }
+    /// Writes a spec for the test guest in `mode`, with `extra` fields.
+    fn spec(&self, name: &str, mode: &str, extra: serde_json::Value) -> String {
+        let mut v = serde_json::json!({
+            "name": name, "vcpus": 1, "memory": "64MiB",
+            "boot": {"kernel": GUEST_ELF, "cmdline": format!("mode={mode}")},
+            "on_reboot": "destroy"
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        let p = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+    fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.run_dir().join(name).join("console.log")).unwrap_or_default()
+    }
+    fn ticks(&self, name: &str) -> usize {
+        self.console(name).matches("tick").count()
+    }
+    fn wait_ticks(&self, name: &str, n: usize) {
+        let t0 = Instant::now();
+        while self.ticks(name) < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "heartbeat stalled at {}",
+                self.ticks(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn decode(out: &Output) -> (i32, String, String) {
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!r.2.contains("panicked"), "vm-run panicked: {}", r.2);
+    r
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn error_line(err: &str) -> String {
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("vm-run: error: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn foreground_exit_codes_follow_the_spec() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    for vcpus in [1, 2] {
+        let s = e.spec("hello", "hello", serde_json::json!({"vcpus": vcpus}));
+        let (code, out, err) = e.vm_run(&["start", &s]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("vmtools test guest: hello"),
+            "serial on stdout: {out}"
+        );
+    }
+    let s = e.spec("crash", "crash", serde_json::json!({}));
+    let (code, out, _) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 3, "a crash under on_crash=destroy exits 3");
+    assert!(out.contains("crashing"));
+    // on_reboot=restart: the guest comes back; a signal then ends vm-run.
+    let s = e.spec("rb", "reboot", serde_json::json!({"on_reboot": "restart"}));
+    let child = e
+        .cmd()
+        .args(["start", &s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (code, out, err) = decode(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.matches("rebooting").count() >= 2, "restarted: {out}");
+    assert!(err.contains("restarting"), "{err}");
+    assert!(!e.run_dir().join("rb").exists(), "runtime state removed");
+}
+
+#[test]
+fn detached_lifecycle() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let s = e.spec("hb", "heartbeat", serde_json::json!({"vcpus": 2}));
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let st = json(&out);
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["vcpu_threads"].as_array().unwrap().len(), 2);
+    let pid = st["pid"].as_u64().unwrap();
+    // Threads are named for ps/top.
+    let tid = st["vcpu_threads"][1].as_u64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "vcpu1");
+    // State files and modes.
+    let dir = e.run_dir().join("hb");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("control.sock")), 0o600);
+    assert!(std::fs::read_to_string(dir.join("vm.log"))
+        .unwrap()
+        .contains("started VM hb"));
+    // A second start of the same name is refused.
+    let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("already running"));
+    // list and status.
+    let l = json(&e.vm_run(&["list"]).1);
+    assert_eq!(l[0]["name"], "hb");
+    assert_eq!(json(&e.vm_run(&["status", "hb"]).1)["reason"], "booted");
+    // pause stops the heartbeat, resume starts it again.
+    e.wait_ticks("hb", 2);
+    assert_eq!(json(&e.vm_run(&["pause", "hb"]).1)["state"], "paused");
+    let at = e.ticks("hb");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(e.ticks("hb"), at, "no heartbeat while paused");
+    assert_eq!(
+        e.vm_run(&["state", "--reason", "hb"]).1.trim(),
+        r#"{"name":"hb","reason":"user","state":"paused"}"#
+    );
+    // The state record on stdin names the VM, as a pipeline passes it.
+    let mut c = e.cmd();
+    let mut child = c
+        .args(["resume", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), out.as_bytes()).unwrap();
+    let (code, rout, _) = decode(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0);
+    assert_eq!(json(&rout)["state"], "running");
+    e.wait_ticks("hb", at + 2);
+    // shutdown: Ctrl-Alt-Del, the guest goes down, the process exits.
+    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "60", "hb"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!dir.exists(), "runtime folder removed after shutdown");
+    assert_eq!(json(&e.vm_run(&["list"]).1), serde_json::json!([]));
+
+    // kill (destroy) a guest that never leaves KVM_RUN.
+    let s = e.spec("spin", "cli-hlt", serde_json::json!({}));
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    let (code, _, err) = e.vm_run(&["kill", "spin"]);
+    assert_eq!(code, 0, "{err}");
+    let pid = st["pid"].as_u64().unwrap();
+    assert!(vm_control::Liveness::of(pid as u32) == vm_control::Liveness::Dead);
+    assert!(!e.run_dir().join("spin").exists());
+}
+
+#[test]
+fn a_vm_whose_process_died_reads_as_crashed() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let s = e.spec("doomed", "heartbeat", serde_json::json!({}));
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the VM process we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    while vm_control::Liveness::of(pid as u32) == vm_control::Liveness::Alive {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(json(&e.vm_run(&["list"]).1)[0]["state"], "crashed");
+    let status = json(&e.vm_run(&["status", "doomed"]).1);
+    assert_eq!(status["state"], "crashed");
+    assert_eq!(status["reason"], "the VM process died");
+    let (code, _, err) = e.vm_run(&["pause", "doomed"]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("died"));
+    // Starting again clears the stale state.
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["state"], "running");
+    assert_eq!(e.vm_run(&["kill", "doomed"]).0, 0);
+}
+
+#[test]
+fn definitions() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let s = e.spec("def", "hello", serde_json::json!({}));
+    assert_eq!(e.vm_run(&["define", &s]).0, 0);
+    let stored = json(&std::fs::read_to_string(e.dir.path().join("defs/def.json")).unwrap());
+    assert_eq!(
+        stored["boot"]["kernel"], GUEST_ELF,
+        "stored with absolute paths"
+    );
+    assert_eq!(
+        json(&e.vm_run(&["list", "--all"]).1)[0]["state"],
+        "shut off"
+    );
+    let (code, out, _) = e.vm_run(&["start", "def"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("hello"));
+    // edit: a valid change is saved, an invalid one refused.
+    let mut c = e.cmd();
+    c.env("EDITOR", "sed -i s/64MiB/32MiB/")
+        .args(["edit", "def"]);
+    assert!(c.status().unwrap().success());
+    assert!(std::fs::read_to_string(e.dir.path().join("defs/def.json"))
+        .unwrap()
+        .contains("32MiB"));
+    let mut c = e.cmd();
+    let out = c
+        .env("EDITOR", "sed -i s/32MiB/32/")
+        .args(["edit", "def"])
+        .output()
+        .unwrap();
+    let (code, _, err) = decode(&out);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no unit"), "{err}");
+    assert!(std::fs::read_to_string(e.dir.path().join("defs/def.json"))
+        .unwrap()
+        .contains("32MiB"));
+    assert_eq!(e.vm_run(&["undefine", "def"]).0, 0);
+    assert_eq!(e.vm_run(&["start", "def"]).0, 1);
+}
+
+#[test]
+fn bad_input_leaves_nothing_behind() {
+    let e = Env::new();
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            serde_json::json!({"colour": "red"}),
+            "unknown field `colour`",
+        ),
+        (
+            serde_json::json!({"boot": {"kernel": "/nonexistent/vmlinux"}}),
+            "/nonexistent/vmlinux",
+        ),
+        (serde_json::json!({"memory": "64TiB"}), "more than the host"),
+        (
+            serde_json::json!({"disks": [{"id": "vda", "path": "x.img", "format": "raw"}]}),
+            "disks: disks (virtio-blk) is not supported yet by vm-run",
+        ),
+    ];
+    for (extra, want) in cases {
+        let s = e.spec("bad", "hello", extra.clone());
+        let (code, _, err) = e.vm_run(&["start", &s]);
+        assert_eq!(code, 1, "{extra}: {err}");
+        assert!(error_line(&err).contains(want), "{extra}: {err}");
+        let left: Vec<_> = std::fs::read_dir(e.run_dir())
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{extra}: left behind {left:?}");
+        let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+        assert_eq!(code, 1, "detached {extra}: {err}");
+        assert!(error_line(&err).contains(want), "detached {extra}: {err}");
+        let left: Vec<_> = std::fs::read_dir(e.run_dir())
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "detached {extra}: left behind {left:?}");
+    }
+    let (code, _, _) = e.vm_run(&["start"]);
+    assert_eq!(code, 2, "usage errors exit 2");
+    let (code, _, err) = e.vm_run(&["pause", "nosuchvm"]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no VM named 'nosuchvm'"));
+}
+
+fn nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    c
+}
+
+fn can_switch_user() -> bool {
+    let ok = nobody().arg("true").status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: cannot run as another user here (needs root and setpriv)");
+    }
+    ok
+}
+
+#[test]
+fn other_users_are_kept_out() {
+    if !have_kvm() || !can_switch_user() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let s = e.spec("guarded", "heartbeat", serde_json::json!({}));
+    assert_eq!(e.vm_run(&["start", "--detach", &s]).0, 0);
+    let dir = e.run_dir().join("guarded");
+    // Open the file modes, so only the SO_PEERCRED check stands.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [e.dir.path().to_path_buf(), e.run_dir(), dir.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("control.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.join("state.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = nobody()
+        .env("VMTOOLS_RUN_DIR", e.run_dir())
+        .arg(env!("CARGO_BIN_EXE_vm-run"))
+        .args(["pause", "guarded"])
+        .output()
+        .unwrap();
+    let (code, _, err) = decode(&out);
+    assert_eq!(code, 1, "another user is refused: {err}");
+    assert!(error_line(&err).contains("refused the connection"), "{err}");
+    assert_eq!(
+        json(&e.vm_run(&["status", "guarded"]).1)["state"],
+        "running",
+        "and changes nothing"
+    );
+    assert!(std::fs::read_to_string(dir.join("vm.log"))
+        .unwrap()
+        .contains("refused a control connection"));
+    assert_eq!(e.vm_run(&["kill", "guarded"]).0, 0);
+
+    // Without permission on /dev/kvm: one clear line, nothing left behind.
+    let runs = e.dir.path().join("nobody-run");
+    std::fs::create_dir(&runs).unwrap();
+    std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = nobody()
+        .env("VMTOOLS_RUN_DIR", &runs)
+        .arg(env!("CARGO_BIN_EXE_vm-run"))
+        .args(["start", &s])
+        .output()
+        .unwrap();
+    let (code, _, err) = decode(&out);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("/dev/kvm"), "{err}");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+}
