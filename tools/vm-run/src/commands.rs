@@ -1,6 +1,6 @@
 //! The verbs that act on a VM that runs (or is defined).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -112,20 +112,17 @@ pub fn shutdown(vm: &str, timeout: u64, force: bool, json: bool) -> Result<i32> 
 pub fn kill(vm: &str, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = current_state(&name)?;
-    match request(&name, &Request::Kill) {
-        Ok(Some(s)) => {
+    if let Ok(Some(s)) = request(&name, &Request::Kill) {
+        wait_gone(st.pid, Duration::from_secs(10));
+        output::print_state(&s, json);
+    } else {
+        // The VM cannot answer: end the process, clear its state.
+        if Liveness::of(st.pid) == Liveness::Alive {
+            // SAFETY: kill(2) with a pid we recorded; no memory involved.
+            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
             wait_gone(st.pid, Duration::from_secs(10));
-            output::print_state(&s, json);
         }
-        _ => {
-            // The VM cannot answer: end the process, clear its state.
-            if Liveness::of(st.pid) == Liveness::Alive {
-                // SAFETY: kill(2) with a pid we recorded; no memory involved.
-                unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
-                wait_gone(st.pid, Duration::from_secs(10));
-            }
-            vm_control::remove_runtime(&vm_control::vm_dir(&name, false)?);
-        }
+        vm_control::remove_runtime(&vm_control::vm_dir(&name, false)?);
     }
     Ok(0)
 }
@@ -214,7 +211,7 @@ pub fn console(vm: &str) -> Result<i32> {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(50));
-        let _ = f.seek(SeekFrom::Current(0));
+        let _ = f.stream_position();
     }
 }
 

@@ -71,7 +71,9 @@ pub fn run(
     }
     let stop = install_stop_signals()?;
     let code = serve(&mut machine, &listener, &dir, &mut state, stop);
-    machine.vm.take().map(Vm::destroy);
+    if let Some(a) = machine.vm.take() {
+        Vm::destroy(a)
+    }
     drop(listener);
     drop(guard);
     code
@@ -273,7 +275,7 @@ fn serve(
         }
         if fds[0].revents != 0 {
             while let Ok((stream, _)) = listener.inner.accept() {
-                if let Next::Exit(code) = on_client(m, dir, state, stream)? {
+                if let Next::Exit(code) = on_client(m, dir, state, &stream)? {
                     return Ok(code);
                 }
             }
@@ -363,16 +365,16 @@ fn on_client(
     m: &mut Machine,
     dir: &Path,
     state: &mut VmState,
-    stream: std::os::unix::net::UnixStream,
+    stream: &std::os::unix::net::UnixStream,
 ) -> Result<Next> {
-    if !vm_control::peer_allowed(&stream) {
+    if !vm_control::peer_allowed(stream) {
         log("refused a control connection from another user");
         return Ok(Next::Continue);
     }
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
-    if BufReader::new(&stream).read_line(&mut line).is_err() {
+    if BufReader::new(stream).read_line(&mut line).is_err() {
         return Ok(Next::Continue);
     }
     let (reply, next) = match serde_json::from_str::<Request>(&line) {
@@ -381,7 +383,7 @@ fn on_client(
     };
     let mut text = serde_json::to_string(&reply)?;
     text.push('\n');
-    let _ = (&stream).write_all(text.as_bytes());
+    let _ = (&*stream).write_all(text.as_bytes());
     Ok(next)
 }
 

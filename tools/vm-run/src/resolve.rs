@@ -43,7 +43,11 @@ pub fn load_spec(reference: &str) -> Result<VmSpec> {
 
 /// True when `s` names a file rather than a VM.
 fn looks_like_path(s: &str) -> bool {
-    s.contains('/') || s.ends_with(".json") || Path::new(s).is_file()
+    let p = Path::new(s);
+    s.contains('/')
+        || p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || p.is_file()
 }
 
 /// The name of the VM a reference points at.

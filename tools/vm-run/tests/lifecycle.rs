@@ -1,6 +1,7 @@
 //! vm-run end to end on the real /dev/kvm with the test guest: foreground
 //! exits, the detached lifecycle, stale state, bad input and security.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ impl Env {
         decode(&out)
     }
     /// Writes a spec for the test guest in `mode`, with `extra` fields.
-    fn spec(&self, name: &str, mode: &str, extra: serde_json::Value) -> String {
+    fn spec(&self, name: &str, mode: &str, extra: &serde_json::Value) -> String {
         let mut v = serde_json::json!({
             "name": name, "vcpus": 1, "memory": "64MiB",
             "boot": {"kernel": GUEST_ELF, "cmdline": format!("mode={mode}")},
@@ -94,7 +95,7 @@ fn foreground_exit_codes_follow_the_spec() {
     let _l = kvm_lock();
     let e = Env::new();
     for vcpus in [1, 2] {
-        let s = e.spec("hello", "hello", serde_json::json!({"vcpus": vcpus}));
+        let s = e.spec("hello", "hello", &serde_json::json!({"vcpus": vcpus}));
         let (code, out, err) = e.vm_run(&["start", &s]);
         assert_eq!(code, 0, "{err}");
         assert!(
@@ -102,12 +103,12 @@ fn foreground_exit_codes_follow_the_spec() {
             "serial on stdout: {out}"
         );
     }
-    let s = e.spec("crash", "crash", serde_json::json!({}));
+    let s = e.spec("crash", "crash", &serde_json::json!({}));
     let (code, out, _) = e.vm_run(&["start", &s]);
     assert_eq!(code, 3, "a crash under on_crash=destroy exits 3");
     assert!(out.contains("crashing"));
     // on_reboot=restart: the guest comes back; a signal then ends vm-run.
-    let s = e.spec("rb", "reboot", serde_json::json!({"on_reboot": "restart"}));
+    let s = e.spec("rb", "reboot", &serde_json::json!({"on_reboot": "restart"}));
     let child = e
         .cmd()
         .args(["start", &s])
@@ -133,7 +134,7 @@ fn detached_lifecycle() {
     }
     let _l = kvm_lock();
     let e = Env::new();
-    let s = e.spec("hb", "heartbeat", serde_json::json!({"vcpus": 2}));
+    let s = e.spec("hb", "heartbeat", &serde_json::json!({"vcpus": 2}));
     let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
     assert_eq!(code, 0, "{err}");
     let st = json(&out);
@@ -146,7 +147,6 @@ fn detached_lifecycle() {
     assert_eq!(comm.trim(), "vcpu1");
     // State files and modes.
     let dir = e.run_dir().join("hb");
-    use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("control.sock")), 0o600);
@@ -165,7 +165,7 @@ fn detached_lifecycle() {
     e.wait_ticks("hb", 2);
     assert_eq!(json(&e.vm_run(&["pause", "hb"]).1)["state"], "paused");
     let at = e.ticks("hb");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(e.ticks("hb"), at, "no heartbeat while paused");
     assert_eq!(
         e.vm_run(&["state", "--reason", "hb"]).1.trim(),
@@ -191,7 +191,7 @@ fn detached_lifecycle() {
     assert_eq!(json(&e.vm_run(&["list"]).1), serde_json::json!([]));
 
     // kill (destroy) a guest that never leaves KVM_RUN.
-    let s = e.spec("spin", "cli-hlt", serde_json::json!({}));
+    let s = e.spec("spin", "cli-hlt", &serde_json::json!({}));
     let st = json(&e.vm_run(&["start", "--detach", &s]).1);
     let (code, _, err) = e.vm_run(&["kill", "spin"]);
     assert_eq!(code, 0, "{err}");
@@ -207,7 +207,7 @@ fn a_vm_whose_process_died_reads_as_crashed() {
     }
     let _l = kvm_lock();
     let e = Env::new();
-    let s = e.spec("doomed", "heartbeat", serde_json::json!({}));
+    let s = e.spec("doomed", "heartbeat", &serde_json::json!({}));
     let st = json(&e.vm_run(&["start", "--detach", &s]).1);
     let pid = st["pid"].as_i64().unwrap() as i32;
     // SAFETY: killing the VM process we started.
@@ -238,7 +238,7 @@ fn definitions() {
     }
     let _l = kvm_lock();
     let e = Env::new();
-    let s = e.spec("def", "hello", serde_json::json!({}));
+    let s = e.spec("def", "hello", &serde_json::json!({}));
     assert_eq!(e.vm_run(&["define", &s]).0, 0);
     let stored = json(&std::fs::read_to_string(e.dir.path().join("defs/def.json")).unwrap());
     assert_eq!(
@@ -295,7 +295,7 @@ fn bad_input_leaves_nothing_behind() {
         ),
     ];
     for (extra, want) in cases {
-        let s = e.spec("bad", "hello", extra.clone());
+        let s = e.spec("bad", "hello", &extra);
         let (code, _, err) = e.vm_run(&["start", &s]);
         assert_eq!(code, 1, "{extra}: {err}");
         assert!(error_line(&err).contains(want), "{extra}: {err}");
@@ -339,11 +339,10 @@ fn other_users_are_kept_out() {
     }
     let _l = kvm_lock();
     let e = Env::new();
-    let s = e.spec("guarded", "heartbeat", serde_json::json!({}));
+    let s = e.spec("guarded", "heartbeat", &serde_json::json!({}));
     assert_eq!(e.vm_run(&["start", "--detach", &s]).0, 0);
     let dir = e.run_dir().join("guarded");
     // Open the file modes, so only the SO_PEERCRED check stands.
-    use std::os::unix::fs::PermissionsExt;
     for p in [e.dir.path().to_path_buf(), e.run_dir(), dir.clone()] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
     }

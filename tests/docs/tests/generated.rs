@@ -1,6 +1,6 @@
-//! Man pages and shell completions are generated from the clap definitions
-//! and committed; this test fails when they are stale. Regenerate with
-//! `VMTOOLS_REGENERATE=1 cargo test -p vm-img --test generated`.
+//! Man pages and shell completions are generated from every tool's clap
+//! definitions and committed; this test fails when they are stale.
+//! Regenerate with `VMTOOLS_REGENERATE=1 cargo test -p docs-check`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,10 +15,17 @@ fn root() -> PathBuf {
 /// Every file that should exist, with its contents.
 fn expected() -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    let cmd = vm_img::cli::Cli::command();
+    for cmd in [vm_img::cli::Cli::command(), vm_run::cli::Cli::command()] {
+        out.extend(for_tool(&cmd));
+    }
+    out
+}
+
+fn for_tool(cmd: &clap::Command) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
     let name = cmd.get_name().to_string();
     let mut pages = vec![(name.clone(), cmd.clone())];
-    for sub in cmd.get_subcommands() {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let sub_name = format!("{name}-{}", sub.get_name());
         pages.push((sub_name.clone(), sub.clone().name(sub_name)));
     }
@@ -59,6 +66,6 @@ fn man_pages_and_completions_are_fresh() {
     }
     assert!(
         stale.is_empty(),
-        "stale generated files (run VMTOOLS_REGENERATE=1 cargo test -p vm-img --test generated): {stale:?}"
+        "stale generated files (run VMTOOLS_REGENERATE=1 cargo test -p docs-check): {stale:?}"
     );
 }

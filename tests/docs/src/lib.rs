@@ -1,0 +1,1 @@
+//! Nothing here: the check is `tests/generated.rs`.
