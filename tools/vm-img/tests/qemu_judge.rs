@@ -286,7 +286,9 @@ fn images_made_by_qemu_img_read_correctly() {
             "backing-filename-format",
             "format-specific",
         ] {
-            assert_eq!(q.get(key), v.get(key), "{name}: info field {key}");
+            if q.get(key).is_some() {
+                assert_eq!(q.get(key), v.get(key), "{name}: info field {key}");
+            }
         }
         if let Some(qs) = q.get("snapshots") {
             let vs = &v["snapshots"];
@@ -305,7 +307,18 @@ fn images_made_by_qemu_img_read_correctly() {
         // map JSON: same extents as qemu-img's.
         let qm: Value = serde_json::from_str(&qemu_ok(&["map", "--output", "json", &img])).unwrap();
         let vm: Value = serde_json::from_str(&ok(&["map", "--output", "json", &img])).unwrap();
-        assert_eq!(qm, vm, "{name}: map");
+        // Every field qemu-img prints (older versions lack "compressed").
+        let (qm, vm) = (qm.as_array().unwrap(), vm.as_array().unwrap());
+        assert_eq!(
+            qm.len(),
+            vm.len(),
+            "{name}: map extents\nqemu: {qm:?}\nours: {vm:?}"
+        );
+        for (q, v) in qm.iter().zip(vm) {
+            for (k, val) in q.as_object().unwrap() {
+                assert_eq!(Some(val), v.get(k), "{name}: map field {k} of {q}");
+            }
+        }
     }
     // The chain as a whole.
     let chain: Value = serde_json::from_str(&ok(&[

@@ -71,11 +71,13 @@ pub fn run(
     }
     let stop = install_stop_signals()?;
     let code = serve(&mut machine, &listener, &dir, &mut state, stop);
-    if let Some(a) = machine.vm.take() {
-        Vm::destroy(a)
-    }
     drop(listener);
     drop(guard);
+    // The process ends right after this: the kernel tears the VM down in
+    // exit, after the address space is gone, which is much faster here than
+    // closing the VM fd first (14 ms on this machine). The vCPU threads are
+    // parked and end with the process.
+    std::mem::forget(machine);
     code
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# vm-run against QEMU microvm on the same test guest and memory size, in
+# one run: launch to exit (wall), VMM CPU time (user + sys) and peak RSS,
+# best of RUNS alternating runs. Ratios below 1.0: vm-run is better.
+#
+#   bench/vm-run.sh [RUNS]      (default 9)
+set -euo pipefail
+runs=${1:-9}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
+vm=$root/target/release/vm-run
+guest=$(find "$root/target/release/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$root/target/release/build" -name guest.elf | head -1)
+command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
+command -v python3 >/dev/null || { echo "SKIP: python3 (for getrusage) is not installed"; exit 0; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/hello.json" <<JSON
+{"name":"bench","vcpus":1,"memory":"64MiB","boot":{"kernel":"$guest","cmdline":"mode=hello"},
+ "serial":{"mode":"null"},"on_reboot":"destroy"}
+JSON
+export VMTOOLS_RUN_DIR=$work/run
+measure() { # prints "wall_ms cpu_ms rss_kib" for one run of the command
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t0 = time.perf_counter()
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+wall = (time.perf_counter() - t0) * 1000
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.1f} {(ru.ru_utime + ru.ru_stime) * 1000:.1f} {ru.ru_maxrss}")
+PY
+}
+best() { sort -g | head -1; }
+: > "$work/vm"; : > "$work/q"
+for _ in $(seq "$runs"); do
+  measure "$vm" start "$work/hello.json" >> "$work/vm"
+  measure qemu-system-x86_64 -M microvm,acpi=off -accel kvm -nodefaults -no-user-config \
+    -nographic -m 64M -serial none -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    -kernel "$guest" -append mode=hello >> "$work/q"
+done
+col() { awk -v c="$1" '{ print $c }' "$2" | best; }
+# Memory: a heartbeat guest left running for a second; peak RSS from
+# /proc, and for vm-run the part that is not guest memory (its guest RAM is
+# a memfd, counted as RssShmem).
+cat > "$work/hb.json" <<JSON
+{"name":"benchhb","vcpus":1,"memory":"64MiB","boot":{"kernel":"$guest","cmdline":"mode=heartbeat"},
+ "serial":{"mode":"null"}}
+JSON
+kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$2/status"; }
+pid=$("$vm" start --detach --json "$work/hb.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+sleep 1
+vm_hwm=$(kib VmHWM "$pid"); vm_guest=$(kib RssShmem "$pid")
+"$vm" kill benchhb >/dev/null
+qemu-system-x86_64 -M microvm,acpi=off -accel kvm -nodefaults -no-user-config -nographic -m 64M \
+  -serial none -kernel "$guest" -append mode=heartbeat >/dev/null 2>&1 &
+qpid=$!
+sleep 1
+q_hwm=$(kib VmHWM "$qpid")
+kill "$qpid"; wait "$qpid" 2>/dev/null || true
+
+echo "vm-run vs $(qemu-system-x86_64 --version | head -1); test guest, 64 MiB, best of $runs"
+for c in 1 2; do
+  name=$(echo "launch-to-exit-ms VMM-CPU-ms" | cut -d' ' -f$c)
+  a=$(col $c "$work/vm"); b=$(col $c "$work/q")
+  printf '%-18s vm-run %7s   qemu %7s   ratio %s\n' "$name" "$a" "$b" \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+done
+printf '%-18s vm-run %7s   qemu %7s   ratio %s\n' "peak-RSS-KiB" "$vm_hwm" "$q_hwm" \
+  "$(awk -v a="$vm_hwm" -v b="$q_hwm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+printf '%-18s vm-run %7s   (peak RSS minus the %s KiB of guest memory it touched)\n' \
+  "VMM-overhead-KiB" "$((vm_hwm - vm_guest))" "$vm_guest"
