@@ -64,6 +64,21 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test must not leave VMs running: kill what is left.
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.run_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Ok(st) = vm_control::read_state(&e.path()) {
+                // SAFETY: killing a VM process this test started.
+                unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 fn decode(out: &Output) -> (i32, String, String) {
     let r = (
         out.status.code().unwrap_or(-1),
