@@ -8,6 +8,7 @@ pub mod devices;
 mod error;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 mod vm;
 

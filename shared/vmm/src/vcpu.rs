@@ -116,6 +116,7 @@ impl Vcpu {
         fd: VcpuFd,
         bus: Arc<Mutex<PioBus>>,
         events: EventSink,
+        drop_capabilities: bool,
     ) -> std::io::Result<Self> {
         let control = Arc::new(Control::new());
         let c = Arc::clone(&control);
@@ -123,6 +124,12 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                if drop_capabilities {
+                    if let Err(e) = vm_host::capabilities::drop_all() {
+                        events.send(VcpuEvent::Failed(e.to_string()));
+                        return;
+                    }
+                }
                 // SAFETY: gettid and pthread_self have no preconditions.
                 let ids = unsafe { (libc::gettid() as u32, libc::pthread_self()) };
                 let _ = ready_tx.send(ids);

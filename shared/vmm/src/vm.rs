@@ -27,6 +27,9 @@ pub struct VmConfig {
     pub cores_per_socket: u8,
     pub memory: u64,
     pub boot: BootConfig,
+    /// Each vCPU thread drops every capability before it first runs the
+    /// guest (the caller drops the main thread's).
+    pub drop_capabilities: bool,
 }
 
 #[derive(Debug)]
@@ -150,8 +153,14 @@ impl Vm {
         let mut vcpus = Vec::new();
         for (id, fd) in fds.into_iter().enumerate() {
             vcpus.push(
-                Vcpu::spawn(id as u8, fd, Arc::clone(&bus), sink.clone())
-                    .map_err(Error::io("starting a vCPU thread"))?,
+                Vcpu::spawn(
+                    id as u8,
+                    fd,
+                    Arc::clone(&bus),
+                    sink.clone(),
+                    cfg.drop_capabilities,
+                )
+                .map_err(Error::io("starting a vCPU thread"))?,
             );
         }
         Ok(Self {

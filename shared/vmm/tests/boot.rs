@@ -23,6 +23,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
             cmdline: cmdline.into(),
             vcpus,
         },
+        drop_capabilities: false,
     }
 }
 

@@ -70,6 +70,8 @@ pub fn run(
             .context("reporting readiness")?;
     }
     let stop = install_stop_signals()?;
+    // Last step of setup: from here on, syscalls a VMM never needs fail.
+    vmm::seccomp::install_all_threads()?;
     let code = serve(&mut machine, &listener, &dir, &mut state, stop);
     drop(listener);
     drop(guard);
@@ -130,6 +132,7 @@ impl Machine {
                 cmdline: spec.boot.cmdline.clone().unwrap_or_default(),
                 vcpus,
             },
+            drop_capabilities: true,
         })
     }
 
@@ -150,6 +153,9 @@ impl Machine {
     fn start(spec: VmSpec, console: Console) -> Result<Self> {
         let cfg = Self::config(&spec)?;
         let vm = Vm::start(&cfg, Self::serial(&console)?)?;
+        // The machine is built: this thread needs no privilege any more
+        // (the vCPU threads dropped theirs as they started).
+        vm_host::capabilities::drop_all()?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
             spec,

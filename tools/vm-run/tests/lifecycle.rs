@@ -160,6 +160,27 @@ fn detached_lifecycle() {
     let tid = st["vcpu_threads"][1].as_u64().unwrap();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
     assert_eq!(comm.trim(), "vcpu1");
+    // Every thread runs without capabilities and under the seccomp filter.
+    let mut tasks = vec![pid];
+    tasks.extend(
+        st["vcpu_threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap()),
+    );
+    for t in tasks {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap();
+        assert!(
+            status.contains("CapEff:\t0000000000000000"),
+            "thread {t}: {status}"
+        );
+        assert!(
+            status.contains("CapPrm:\t0000000000000000"),
+            "thread {t}: {status}"
+        );
+        assert!(status.contains("Seccomp:\t2"), "thread {t}: {status}");
+    }
     // State files and modes.
     let dir = e.run_dir().join("hb");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -1,0 +1,3 @@
+//! Host plumbing shared by several tools.
+
+pub mod capabilities;
