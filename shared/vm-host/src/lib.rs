@@ -1,3 +1,4 @@
 //! Host plumbing shared by several tools.
 
 pub mod capabilities;
+pub mod cgroup;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_control::{Listener, Liveness, Reply, Request};
+use vm_host::cgroup::{Hierarchy, VmCgroup};
 use vm_spec::{Action, Feature, RunState, SerialMode, VmSpec, VmState};
 use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
@@ -60,6 +61,10 @@ pub fn run(
         (None, None) => Console::Stdio,
     };
     let mut machine = Machine::start(spec, console)?;
+    machine.cgroup = place_in_cgroup(&name, machine.vm());
+    // The machine is built and placed: this thread needs no privilege any
+    // more (the vCPU threads dropped theirs as they started).
+    vm_host::capabilities::drop_all()?;
     let listener = Listener::bind(&dir.join("control.sock"))?;
     let mut state = machine.state(&dir, RunState::Running, "booted");
     vm_control::write_state(&dir, &state)?;
@@ -81,6 +86,40 @@ pub fn run(
     // parked and end with the process.
     std::mem::forget(machine);
     code
+}
+
+/// Puts the process in its per-VM cgroup (the main thread in `emulator`,
+/// each vCPU thread in `vcpuN`), after removing dead VMs' groups. Without
+/// cgroups (or the right to make them) the VM runs unplaced, with a line
+/// in its log.
+fn place_in_cgroup(name: &str, vm: &Vm) -> Option<VmCgroup> {
+    let h = Hierarchy::detect()?;
+    vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
+    let pid = std::process::id();
+    let vcpus = vm.vcpu_tids().len() as u8;
+    let placed = VmCgroup::create(h, name, pid, vcpus).and_then(|cg| {
+        cg.attach_process(pid)?;
+        cg.attach_thread("emulator", pid)?;
+        Ok(cg)
+    });
+    match placed {
+        Ok(cg) => {
+            attach_vcpus(&cg, vm);
+            Some(cg)
+        }
+        Err(e) => {
+            log(&format!("running without a cgroup: {e}"));
+            None
+        }
+    }
+}
+
+fn attach_vcpus(cg: &VmCgroup, vm: &Vm) {
+    for (i, tid) in vm.vcpu_tids().into_iter().enumerate() {
+        if let Err(e) = cg.attach_thread(&format!("vcpu{i}"), tid) {
+            log(&format!("vcpu{i} stays outside its cgroup: {e}"));
+        }
+    }
 }
 
 /// Refuses a second start of a running name; clears a dead VM's leftovers.
@@ -110,6 +149,7 @@ struct Machine {
     uuid: uuid::Uuid,
     started: u64,
     shutdown_requested: bool,
+    cgroup: Option<VmCgroup>,
 }
 
 impl Machine {
@@ -153,9 +193,6 @@ impl Machine {
     fn start(spec: VmSpec, console: Console) -> Result<Self> {
         let cfg = Self::config(&spec)?;
         let vm = Vm::start(&cfg, Self::serial(&console)?)?;
-        // The machine is built: this thread needs no privilege any more
-        // (the vCPU threads dropped theirs as they started).
-        vm_host::capabilities::drop_all()?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
             spec,
@@ -163,6 +200,7 @@ impl Machine {
             vm: Some(vm),
             started: now_secs(),
             shutdown_requested: false,
+            cgroup: None,
         })
     }
 
@@ -174,6 +212,9 @@ impl Machine {
         let cfg = Self::config(&self.spec)?;
         self.vm = Some(Vm::start(&cfg, Self::serial(&self.console)?)?);
         self.shutdown_requested = false;
+        if let Some(cg) = &self.cgroup {
+            attach_vcpus(cg, self.vm());
+        }
         Ok(())
     }
 

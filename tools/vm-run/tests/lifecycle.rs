@@ -79,6 +79,23 @@ impl Drop for Env {
     }
 }
 
+/// cgroup v1 with the cpu controller, as on the development machine; other
+/// hierarchies skip the placement checks with a note.
+fn vm_host_has_v1_cpu() -> bool {
+    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains(" - cgroup ")
+                && l.split(',')
+                    .any(|o| o.trim() == "cpu" || o.ends_with(",cpu"))
+        });
+    if !v1 {
+        eprintln!("SKIP (cgroup placement check): no cgroup v1 cpu controller here");
+    }
+    v1
+}
+
 fn decode(out: &Output) -> (i32, String, String) {
     let r = (
         out.status.code().unwrap_or(-1),
@@ -160,6 +177,33 @@ fn detached_lifecycle() {
     let tid = st["vcpu_threads"][1].as_u64().unwrap();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
     assert_eq!(comm.trim(), "vcpu1");
+    // The process sits in its own cgroup: the main thread in emulator,
+    // each vCPU thread in its vcpuN group.
+    let cgroup_of =
+        |t: u64| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/cgroup")).unwrap();
+    if vm_host_has_v1_cpu() {
+        let group = format!("/vmtools/hb.{pid}");
+        assert!(
+            cgroup_of(pid).contains(&format!(":cpu:{group}/emulator")),
+            "{}",
+            cgroup_of(pid)
+        );
+        assert!(
+            cgroup_of(tid).contains(&format!(":cpu:{group}/vcpu1")),
+            "{}",
+            cgroup_of(tid)
+        );
+        assert!(
+            cgroup_of(tid).contains(&format!(":cpuset:{group}/vcpu1")),
+            "{}",
+            cgroup_of(tid)
+        );
+        assert!(
+            cgroup_of(pid).contains(&format!(":memory:{group}")),
+            "{}",
+            cgroup_of(pid)
+        );
+    }
     // Every thread runs without capabilities and under the seccomp filter.
     let mut tasks = vec![pid];
     tasks.extend(
@@ -260,10 +304,13 @@ fn a_vm_whose_process_died_reads_as_crashed() {
     let (code, _, err) = e.vm_run(&["pause", "doomed"]);
     assert_eq!(code, 1);
     assert!(error_line(&err).contains("died"));
-    // Starting again clears the stale state.
+    // Starting again clears the stale state, and the dead VM's cgroup.
     let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["state"], "running");
+    if vm_host_has_v1_cpu() {
+        assert!(!Path::new(&format!("/sys/fs/cgroup/cpu/vmtools/doomed.{pid}")).exists());
+    }
     assert_eq!(e.vm_run(&["kill", "doomed"]).0, 0);
 }
 

@@ -1,0 +1,277 @@
+//! The per-VM cgroup: `vmtools/<name>.<pid>` with an `emulator` child for
+//! the main thread and `vcpuN` children for the vCPU threads, so vm-pin
+//! can set shares, quotas and CPU sets per thread group as libvirt does.
+//!
+//! cgroup v1 (one mount per controller, as on this machine): the groups
+//! are made in the cpu and cpuset hierarchies, and the VM as a whole in
+//! the memory hierarchy (memory is charged per process). cgroup v2 (one
+//! unified hierarchy): the VM group is a domain with threaded children.
+//! The pid in the name lets same-named VMs in different run folders
+//! coexist (a local migration); a dead VM's groups are removed by the next
+//! start, since a process cannot remove the group it is still in.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cgroup {path}: {source}")]
+pub struct CgroupError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the controllers we use are mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// v1 mounts of the cpu, cpuset and memory controllers.
+    V1 {
+        cpu: Option<PathBuf>,
+        cpuset: Option<PathBuf>,
+        memory: Option<PathBuf>,
+    },
+    /// The v2 mount.
+    V2(PathBuf),
+}
+
+impl Hierarchy {
+    /// Reads /proc/self/mountinfo. v1 controllers win where both exist
+    /// (a hybrid setup leaves v2 without controllers).
+    pub fn detect() -> Option<Self> {
+        let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let (mut cpu, mut cpuset, mut memory, mut v2) = (None, None, None, None);
+        for line in info.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount = pre.split_whitespace().nth(4).map(PathBuf::from);
+            let mut fields = post.split_whitespace();
+            let fstype = fields.next().unwrap_or_default();
+            let opts = fields.nth(1).unwrap_or_default();
+            match fstype {
+                "cgroup" => {
+                    for o in opts.split(',') {
+                        match o {
+                            "cpu" => cpu.clone_from(&mount),
+                            "cpuset" => cpuset.clone_from(&mount),
+                            "memory" => memory.clone_from(&mount),
+                            _ => {}
+                        }
+                    }
+                }
+                "cgroup2" => v2 = mount,
+                _ => {}
+            }
+        }
+        if cpu.is_some() || cpuset.is_some() || memory.is_some() {
+            Some(Self::V1 {
+                cpu,
+                cpuset,
+                memory,
+            })
+        } else {
+            v2.map(Self::V2)
+        }
+    }
+}
+
+/// A VM's groups.
+#[derive(Debug, Clone)]
+pub struct VmCgroup {
+    pub hierarchy: Hierarchy,
+    /// The VM's group in each hierarchy where threads are placed (cpu and
+    /// cpuset for v1; the one group for v2).
+    pub thread_groups: Vec<PathBuf>,
+    /// The VM's group in the memory hierarchy (v1).
+    pub memory_group: Option<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(err(path))
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(path)(e)),
+    }
+}
+
+/// cpuset v1 groups start with empty CPU and node sets: inherit them.
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let parent = dir.parent().unwrap_or(dir);
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let v = fs::read_to_string(parent.join(f)).map_err(err(&parent.join(f)))?;
+        write(&dir.join(f), v.trim())?;
+    }
+    Ok(())
+}
+
+/// The group name for a VM: `<name>.<pid>`.
+pub fn group_name(vm: &str, pid: u32) -> String {
+    format!("{vm}.{pid}")
+}
+
+impl VmCgroup {
+    /// Makes the VM's groups with `emulator` and `vcpu0..vcpus` children.
+    pub fn create(
+        hierarchy: Hierarchy,
+        vm: &str,
+        pid: u32,
+        vcpus: u8,
+    ) -> Result<Self, CgroupError> {
+        let name = group_name(vm, pid);
+        let children: Vec<String> = std::iter::once("emulator".to_string())
+            .chain((0..vcpus).map(|i| format!("vcpu{i}")))
+            .collect();
+        let mut thread_groups = Vec::new();
+        let mut memory_group = None;
+        match &hierarchy {
+            Hierarchy::V1 {
+                cpu,
+                cpuset,
+                memory,
+            } => {
+                for (mount, is_cpuset) in [(cpu, false), (cpuset, true)] {
+                    let Some(m) = mount else { continue };
+                    let top = m.join("vmtools");
+                    mkdir(&top)?;
+                    let vmdir = top.join(&name);
+                    if is_cpuset {
+                        inherit_cpuset(&top)?;
+                    }
+                    mkdir(&vmdir)?;
+                    if is_cpuset {
+                        inherit_cpuset(&vmdir)?;
+                    }
+                    for c in &children {
+                        let d = vmdir.join(c);
+                        mkdir(&d)?;
+                        if is_cpuset {
+                            inherit_cpuset(&d)?;
+                        }
+                    }
+                    thread_groups.push(vmdir);
+                }
+                if let Some(m) = memory {
+                    let top = m.join("vmtools");
+                    mkdir(&top)?;
+                    let vmdir = top.join(&name);
+                    mkdir(&vmdir)?;
+                    memory_group = Some(vmdir);
+                }
+            }
+            Hierarchy::V2(root) => {
+                let top = root.join("vmtools");
+                mkdir(&top)?;
+                // Hand the cpu and cpuset controllers down where offered.
+                let offered =
+                    fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                let enable: Vec<String> = ["cpu", "cpuset"]
+                    .iter()
+                    .filter(|c| offered.split_whitespace().any(|o| o == **c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
+                let vmdir = top.join(&name);
+                mkdir(&vmdir)?;
+                for c in &children {
+                    let d = vmdir.join(c);
+                    mkdir(&d)?;
+                    write(&d.join("cgroup.type"), "threaded")?;
+                }
+                for dir in [root.as_path(), top.as_path(), vmdir.as_path()] {
+                    for e in &enable {
+                        // Best effort: a controller held elsewhere stays off.
+                        let _ = fs::write(dir.join("cgroup.subtree_control"), e);
+                    }
+                }
+                thread_groups.push(vmdir);
+            }
+        }
+        Ok(Self {
+            hierarchy,
+            thread_groups,
+            memory_group,
+        })
+    }
+
+    /// Puts the whole process in the VM's group (memory, and v2's domain).
+    pub fn attach_process(&self, pid: u32) -> Result<(), CgroupError> {
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                if let Some(m) = &self.memory_group {
+                    write(&m.join("cgroup.procs"), &pid.to_string())?;
+                }
+            }
+            Hierarchy::V2(_) => {
+                for g in &self.thread_groups {
+                    write(&g.join("cgroup.procs"), &pid.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts one thread in `child` (`emulator`, `vcpuN`) of every thread group.
+    pub fn attach_thread(&self, child: &str, tid: u32) -> Result<(), CgroupError> {
+        let file = match self.hierarchy {
+            Hierarchy::V1 { .. } => "tasks",
+            Hierarchy::V2(_) => "cgroup.threads",
+        };
+        for g in &self.thread_groups {
+            write(&g.join(child).join(file), &tid.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the groups of VMs whose process is gone (`<name>.<pid>` with a
+/// dead pid), children first.
+pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
+    let tops: Vec<PathBuf> = match hierarchy {
+        Hierarchy::V1 {
+            cpu,
+            cpuset,
+            memory,
+        } => [cpu, cpuset, memory]
+            .into_iter()
+            .flatten()
+            .map(|m| m.join("vmtools"))
+            .collect(),
+        Hierarchy::V2(root) => vec![root.join("vmtools")],
+    };
+    for top in tops {
+        let Ok(entries) = fs::read_dir(&top) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(pid) = name
+                .rsplit_once('.')
+                .and_then(|(_, p)| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if alive(pid) {
+                continue;
+            }
+            if let Ok(children) = fs::read_dir(e.path()) {
+                for c in children.flatten() {
+                    if c.path().is_dir() {
+                        let _ = fs::remove_dir(c.path());
+                    }
+                }
+            }
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
