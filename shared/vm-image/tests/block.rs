@@ -9,16 +9,7 @@ use vm_image::{Block, Format, Image, OpenOptions};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok();
-    if !ok {
-        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
-        assert!(
-            !required.split(',').any(|r| r == "qemu-img"),
-            "qemu-img is required"
-        );
-        eprintln!("SKIP: qemu-img is not installed");
-    }
-    ok
+    test_guest::have_tool("qemu-img", "qemu-img")
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod name;
 mod size;
 mod spec;
 mod state;
+pub mod text;
 
 pub use cpulist::{CpuList, CpuListError, MAX_CPUS};
 pub use mac::{MacAddr, MacError};

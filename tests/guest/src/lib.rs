@@ -40,21 +40,36 @@ unsafe fn libc_flock(fd: i32) -> i32 {
     unsafe { flock(fd, LOCK_EX) }
 }
 
-/// True when /dev/kvm opens. When it does not, a test prints SKIP and
-/// passes, unless VMTOOLS_REQUIRE names `kvm` (CI), where it fails.
+/// Whether a test can use `what`: when `present` is false the test prints
+/// SKIP and passes, unless VMTOOLS_REQUIRE names `what` (CI), where it
+/// fails instead of passing as a skip.
+pub fn available(what: &str, present: bool) -> bool {
+    if !present {
+        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
+        assert!(
+            !required.split(',').any(|r| r.trim() == what),
+            "{what} is required (VMTOOLS_REQUIRE) but not usable here"
+        );
+        eprintln!("SKIP: {what} is not usable here");
+    }
+    present
+}
+
+/// True when /dev/kvm opens (see `available`).
 pub fn have_kvm() -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if !ok {
-        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
-        assert!(
-            !required.split(',').any(|r| r.trim() == "kvm"),
-            "/dev/kvm is required (VMTOOLS_REQUIRE) but not usable"
-        );
-        eprintln!("SKIP: /dev/kvm is not usable here");
-    }
-    ok
+    available("kvm", ok)
+}
+
+/// True when `tool` runs (`tool --version`); `name` is its VMTOOLS_REQUIRE word.
+pub fn have_tool(name: &str, tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    available(name, ok)
 }

@@ -3,23 +3,7 @@
 
 use std::process::Command;
 
-use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
-
-fn have_qemu() -> bool {
-    let ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !ok {
-        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
-        assert!(
-            !required.split(',').any(|r| r.trim() == "qemu-system"),
-            "qemu-system-x86_64 is required (VMTOOLS_REQUIRE) but not installed"
-        );
-        eprintln!("SKIP: qemu-system-x86_64 is not installed");
-    }
-    ok
-}
+use test_guest::{have_kvm, have_tool, kvm_lock, GUEST_ELF};
 
 /// QEMU's command line for the guest, as the benchmark uses it too.
 fn microvm(cmdline: &str) -> Command {
@@ -48,7 +32,7 @@ fn microvm(cmdline: &str) -> Command {
 
 #[test]
 fn guest_boots_in_qemu_microvm() {
-    if !have_kvm() || !have_qemu() {
+    if !have_kvm() || !have_tool("qemu-system", "qemu-system-x86_64") {
         return;
     }
     let _l = kvm_lock();

@@ -41,18 +41,7 @@ pub fn run(cli: &Cli) -> i32 {
     }
 }
 
-/// The error and its causes on one line, without repeats.
+/// The error and its causes on one line (DESIGN.md's error contract).
 pub fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out.replace('\n', " ")
+    vm_spec::text::one_line(e.as_ref())
 }

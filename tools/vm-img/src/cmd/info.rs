@@ -200,7 +200,7 @@ fn human(v: &Value) -> String {
                 sn["id"].as_str().unwrap_or_default(),
                 sn["name"].as_str().unwrap_or_default(),
                 human_size(g("vm-state-size")),
-                crate::json::utc_time(g("date-sec")),
+                vm_spec::text::date_time(g("date-sec")),
                 clock,
                 sn.get("icount")
                     .and_then(Value::as_u64)

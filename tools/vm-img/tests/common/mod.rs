@@ -36,22 +36,10 @@ pub fn decode(out: &Output) -> (i32, String, String) {
     )
 }
 
-/// True when `tool` is on PATH. When it is not, a test skips with a printed
-/// reason, unless VMTOOLS_REQUIRE names it (CI), where it fails.
+/// True when `tool` runs; otherwise the test skips with a printed reason,
+/// unless VMTOOLS_REQUIRE names it (CI), where it fails.
 pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        let required = std::env::var("VMTOOLS_REQUIRE").unwrap_or_default();
-        assert!(
-            !required.split(',').any(|r| r.trim() == tool),
-            "{tool} is required (VMTOOLS_REQUIRE) but not installed"
-        );
-        eprintln!("SKIP: {tool} is not installed");
-    }
-    found
+    test_guest::have_tool(tool, tool)
 }
 
 pub fn qemu_img(args: &[&str]) -> (i32, String, String) {
