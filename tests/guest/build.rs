@@ -16,7 +16,7 @@ fn run(cmd: &mut Command) {
 fn main() {
     let src = Path::new("guest");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    for f in ["main.c", "start.S", "guest.ld"] {
+    for f in ["main.c", "start.S", "guest.ld", "start64.S", "guest64.ld"] {
         println!("cargo:rerun-if-changed=guest/{f}");
     }
     let cc = |input: &str, obj: &str| {
@@ -59,4 +59,25 @@ fn main() {
         .arg(out.join("guest32.elf"))
         .arg(&elf));
     println!("cargo:rustc-env=TEST_GUEST_ELF={}", elf.display());
+
+    // The 64-bit entry guest: assembly only.
+    run(Command::new("gcc")
+        .args(["-m64", "-c"])
+        .arg(src.join("start64.S"))
+        .arg("-o")
+        .arg(out.join("start64.o")));
+    let elf64 = out.join("guest64.elf");
+    run(Command::new("ld")
+        .args([
+            "-m",
+            "elf_x86_64",
+            "-nostdlib",
+            "--no-warn-rwx-segments",
+            "-T",
+        ])
+        .arg(src.join("guest64.ld"))
+        .arg("-o")
+        .arg(&elf64)
+        .arg(out.join("start64.o")));
+    println!("cargo:rustc-env=TEST_GUEST64_ELF={}", elf64.display());
 }

@@ -55,6 +55,26 @@ fn hello_then_reset() {
     }
 }
 
+/// The long-mode path: a 64-bit ELF without a PVH note starts in long mode
+/// on our page tables and GDT.
+#[test]
+fn elf64_entry_boots_in_long_mode() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    let mut cfg = config("", 1);
+    cfg.boot.kernel = PathBuf::from(test_guest::GUEST64_ELF);
+    let vm = Vm::start(&cfg, SerialOut::File(std::fs::File::create(&log).unwrap())).unwrap();
+    let ev = vm.wait_event(Some(Duration::from_secs(30)));
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(ev, Some(VcpuEvent::Reset), "console: {out}");
+    assert_eq!(out, "vmtools test guest (64-bit entry): hello\n");
+    vm.destroy();
+}
+
 #[test]
 fn triple_fault_is_a_crash() {
     if !have_kvm() {

@@ -12,6 +12,10 @@ use std::os::fd::AsRawFd;
 /// Absolute path of the built guest.
 pub const GUEST_ELF: &str = env!("TEST_GUEST_ELF");
 
+/// A second guest with a plain 64-bit ELF entry (no PVH note), for the
+/// VMM's long-mode boot path: it prints one line and ends.
+pub const GUEST64_ELF: &str = env!("TEST_GUEST64_ELF");
+
 /// Held while a test runs guests; dropping it (closing the file) lets the
 /// next test go.
 #[derive(Debug)]
