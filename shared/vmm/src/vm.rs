@@ -220,6 +220,16 @@ impl Vm {
             .ctrl_alt_del();
     }
 
+    /// Feeds console input to the serial port; returns how many bytes its
+    /// receive FIFO took.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.bus
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .serial
+            .enqueue_input(bytes)
+    }
+
     /// Thread ids of the vCPUs, in order.
     pub fn vcpu_tids(&self) -> Vec<u32> {
         self.vcpus.iter().map(Vcpu::tid).collect()

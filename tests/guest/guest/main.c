@@ -4,6 +4,7 @@
  *   reboot     print, then reset through the i8042 only (no 0xf4)
  *   heartbeat  program the PIT, print "tick N" five times a second, until
  *              Ctrl-Alt-Del arrives on the keyboard
+ *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
  * the i8042 reset, so both QEMU microvm and vm-run stop. */
@@ -124,6 +125,19 @@ void guest_main(u32 start_info) {
     } else if (starts(mode, "heartbeat")) {
         puts("heartbeat\n");
         heartbeat();
+    } else if (starts(mode, "echo")) {
+        /* Serial input comes back out; 'q' ends the run. */
+        puts("echo\n");
+        for (;;) {
+            if (inb(0x3fd) & 1) {
+                char c = (char)inb(0x3f8);
+                if (c == 'q') {
+                    puts("bye\n");
+                    end(0);
+                }
+                putc(c);
+            }
+        }
     } else if (starts(mode, "cli-hlt")) {
         puts("halting\n");
         for (;;) __asm__ volatile("cli; hlt");

@@ -1,6 +1,6 @@
 //! The verbs that act on a VM that runs (or is defined).
 
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -186,18 +186,29 @@ pub fn list(all: bool, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// Follows the console file of a running VM until it stops.
+/// Attaches to a running VM's console: a pty or socket interactively
+/// (Ctrl-] leaves), a console file by following it until the VM stops.
 pub fn console(vm: &str) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = running_state(&name)?;
     let path = st.console.clone().ok_or_else(|| {
-        anyhow!(
-            "VM '{name}' has no console file (its serial goes to {})",
-            "stdio or nowhere"
-        )
+        anyhow!("VM '{name}' has no console to attach to (its serial goes to stdio or nowhere)")
     })?;
-    let mut f =
-        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match st.spec.serial.as_ref().map(|s| s.mode) {
+        Some(vm_spec::SerialMode::Pty) => {
+            let (r, w) = crate::console::open_client(&path, false)?;
+            crate::console::attach(r, w, st.pid)
+        }
+        Some(vm_spec::SerialMode::Socket) => {
+            let (r, w) = crate::console::open_client(&path, true)?;
+            crate::console::attach(r, w, st.pid)
+        }
+        _ => follow(&path, st.pid),
+    }
+}
+
+fn follow(path: &Path, pid: u32) -> Result<i32> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = [0u8; 4096];
     let mut out = std::io::stdout();
     loop {
@@ -207,11 +218,10 @@ pub fn console(vm: &str) -> Result<i32> {
             std::io::Write::flush(&mut out)?;
             continue;
         }
-        if Liveness::of(st.pid) == Liveness::Dead {
+        if Liveness::of(pid) == Liveness::Dead {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(50));
-        let _ = f.stream_position();
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod monitor;
 pub mod output;
 pub mod resolve;

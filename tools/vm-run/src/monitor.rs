@@ -17,6 +17,7 @@ use vmm::devices::SerialOut;
 use vmm::vcpu::VcpuEvent;
 use vmm::{Vm, VmConfig};
 
+use crate::console::{self, Endpoint, Pending};
 use crate::timefmt::{log, now_secs};
 
 /// Exit status when the guest crashed (foreground, on_crash = destroy).
@@ -24,7 +25,7 @@ pub const EXIT_CRASHED: i32 = 3;
 
 /// What vm-run can give effect to today; other spec fields are refused
 /// with a message naming them.
-const SUPPORTED: &[Feature] = &[Feature::Initrd];
+const SUPPORTED: &[Feature] = &[Feature::Initrd, Feature::SerialPty, Feature::SerialSocket];
 
 /// Where the serial console goes.
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub enum Console {
     Stdio,
     File(PathBuf),
     Null,
+    /// A pty, linked as `console` in the VM's folder.
+    Pty,
+    /// A unix socket at this path.
+    Socket(PathBuf),
 }
 
 /// Runs `spec` to the end. `detached` picks the console default and
@@ -54,13 +59,22 @@ pub fn run(
         (Some(s), None) => match s.mode {
             SerialMode::File => Console::File(s.path.clone().expect("validated: file has a path")),
             SerialMode::Null => Console::Null,
+            SerialMode::Pty => Console::Pty,
+            SerialMode::Socket => {
+                Console::Socket(s.path.clone().expect("validated: socket has a path"))
+            }
             SerialMode::Stdio if !detached => Console::Stdio,
-            _ => Console::File(dir.join("console.log")),
+            SerialMode::Stdio => Console::File(dir.join("console.log")),
         },
         (None, None) if detached => Console::File(dir.join("console.log")),
         (None, None) => Console::Stdio,
     };
-    let mut machine = Machine::start(spec, console)?;
+    let endpoint = match &console {
+        Console::Pty => Endpoint::pty(&dir.join("console"))?,
+        Console::Socket(p) => Endpoint::socket(p)?,
+        _ => Endpoint::None,
+    };
+    let mut machine = Machine::start(spec, console, endpoint)?;
     machine.cgroup = place_in_cgroup(&name, machine.vm());
     // The machine is built and placed: this thread needs no privilege any
     // more (the vCPU threads dropped theirs as they started).
@@ -84,6 +98,7 @@ pub fn run(
     // exit, after the address space is gone, which is much faster here than
     // closing the VM fd first (14 ms on this machine). The vCPU threads are
     // parked and end with the process.
+    drop(std::mem::take(&mut machine.endpoint));
     std::mem::forget(machine);
     code
 }
@@ -150,6 +165,8 @@ struct Machine {
     started: u64,
     shutdown_requested: bool,
     cgroup: Option<VmCgroup>,
+    endpoint: Endpoint,
+    pending: Pending,
 }
 
 impl Machine {
@@ -176,10 +193,14 @@ impl Machine {
         })
     }
 
-    fn serial(console: &Console) -> Result<SerialOut> {
+    fn serial(console: &Console, endpoint: &Endpoint) -> Result<SerialOut> {
+        if let Some(w) = endpoint.writer() {
+            return Ok(SerialOut::Shared(w));
+        }
         Ok(match console {
             Console::Stdio => SerialOut::Stdout,
-            Console::Null => SerialOut::Null,
+            // Pty and socket consoles always have an endpoint writer.
+            Console::Null | Console::Pty | Console::Socket(_) => SerialOut::Null,
             Console::File(p) => SerialOut::File(
                 OpenOptions::new()
                     .create(true)
@@ -190,9 +211,9 @@ impl Machine {
         })
     }
 
-    fn start(spec: VmSpec, console: Console) -> Result<Self> {
+    fn start(spec: VmSpec, console: Console, endpoint: Endpoint) -> Result<Self> {
         let cfg = Self::config(&spec)?;
-        let vm = Vm::start(&cfg, Self::serial(&console)?)?;
+        let vm = Vm::start(&cfg, Self::serial(&console, &endpoint)?)?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
             spec,
@@ -201,6 +222,8 @@ impl Machine {
             started: now_secs(),
             shutdown_requested: false,
             cgroup: None,
+            endpoint,
+            pending: Pending::new(),
         })
     }
 
@@ -210,7 +233,10 @@ impl Machine {
             vm.destroy();
         }
         let cfg = Self::config(&self.spec)?;
-        self.vm = Some(Vm::start(&cfg, Self::serial(&self.console)?)?);
+        self.vm = Some(Vm::start(
+            &cfg,
+            Self::serial(&self.console, &self.endpoint)?,
+        )?);
         self.shutdown_requested = false;
         if let Some(cg) = &self.cgroup {
             attach_vcpus(cg, self.vm());
@@ -234,8 +260,9 @@ impl Machine {
             vcpu_threads: self.vm.as_ref().map(Vm::vcpu_tids).unwrap_or_default(),
             iothread_threads: Vec::new(),
             console: match &self.console {
-                Console::File(p) => Some(p.clone()),
-                _ => None,
+                Console::File(p) | Console::Socket(p) => Some(p.clone()),
+                Console::Pty => Some(dir.join("console")),
+                Console::Stdio | Console::Null => None,
             },
             disks: Vec::new(),
             nets: Vec::new(),
@@ -284,26 +311,23 @@ fn serve(
     state: &mut VmState,
     stop: RawFd,
 ) -> Result<i32> {
+    let pollin = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listener.inner.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: m.vm().event_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+        let mut fds = vec![
+            pollin(listener.inner.as_raw_fd()),
+            pollin(m.vm().event_fd()),
+            pollin(stop),
         ];
-        // SAFETY: poll reads and writes the three pollfd structs we pass.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+        let console = m.endpoint.fds();
+        fds.extend(console.iter().map(|&fd| pollin(fd)));
+        // Input the serial FIFO could not take yet is retried shortly.
+        let timeout = if m.pending.is_empty() { -1 } else { 10 };
+        // SAFETY: poll reads and writes the pollfd structs of the vector.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
@@ -328,6 +352,14 @@ fn serve(
                     return Ok(code);
                 }
             }
+        }
+        for p in &fds[3..] {
+            if p.revents != 0 {
+                m.endpoint.on_ready(p.fd, &mut m.pending);
+            }
+        }
+        if let Some(vm) = m.vm.as_ref() {
+            console::feed(vm, &mut m.pending);
         }
     }
 }

@@ -304,7 +304,12 @@ fn a_vm_whose_process_died_reads_as_crashed() {
     let (code, _, err) = e.vm_run(&["pause", "doomed"]);
     assert_eq!(code, 1);
     assert!(error_line(&err).contains("died"));
-    // Starting again clears the stale state, and the dead VM's cgroup.
+    // Starting again clears the stale state, and the dead VM's cgroup (once
+    // the zombie is reaped: until then the kernel keeps the group busy, and
+    // PID 1 here reaps late).
+    wait_for("the zombie to be reaped", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
     let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["state"], "running");
@@ -472,4 +477,87 @@ fn other_users_are_kept_out() {
     assert_eq!(code, 1);
     assert!(error_line(&err).contains("/dev/kvm"), "{err}");
     assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn interactive_consoles_on_a_pty_and_a_socket() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    // A pty: `vm-run console` carries our input to the guest and its
+    // answer back, until the guest ends the run.
+    let s = e.spec(
+        "tty",
+        "echo",
+        &serde_json::json!({"serial": {"mode": "pty"}}),
+    );
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    let link = e.run_dir().join("tty/console");
+    assert_eq!(st["console"], link.to_str().unwrap());
+    assert!(std::fs::read_link(&link).unwrap().starts_with("/dev/pts"));
+    let mut child = e
+        .cmd()
+        .args(["console", "tty"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"ping").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"q").unwrap();
+    drop(child.stdin.take());
+    let (code, out, _) = decode(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ping") && out.contains("bye"),
+        "console output: {out:?}"
+    );
+    let pid = st["pid"].as_u64().unwrap() as u32;
+    wait_for("the VM to end", || {
+        vm_control::Liveness::of(pid) == vm_control::Liveness::Dead
+    });
+
+    // A socket: one client, both directions.
+    let sock = e.dir.path().join("con.sock");
+    let s = e.spec(
+        "sock",
+        "echo",
+        &serde_json::json!({"serial": {"mode": "socket", "path": sock.to_str().unwrap()}}),
+    );
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut c, b"abc").unwrap();
+    let mut got = Vec::new();
+    wait_for("the echo", || {
+        let mut b = [0u8; 64];
+        if let Ok(n) = std::io::Read::read(&mut c, &mut b) {
+            got.extend_from_slice(&b[..n]);
+        }
+        got.ends_with(b"abc")
+    });
+    std::io::Write::write_all(&mut c, b"q").unwrap();
+    let pid = st["pid"].as_u64().unwrap() as u32;
+    wait_for("the VM to end", || {
+        vm_control::Liveness::of(pid) == vm_control::Liveness::Dead
+    });
+    assert!(!sock.exists(), "the console socket is removed with the VM");
 }

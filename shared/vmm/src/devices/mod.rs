@@ -9,7 +9,7 @@ use std::io;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use i8042::I8042;
-pub use serial::{SerialOut, SerialPort};
+pub use serial::{SerialOut, SerialPort, SharedWriter};
 
 /// What a device asks of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

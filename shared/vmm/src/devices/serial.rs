@@ -9,12 +9,29 @@ use vm_superio::Serial;
 
 use super::IrqLine;
 
+/// A console endpoint whose writer the VM's owner can change while the
+/// guest runs (a pty master, or the client of a console socket); output
+/// with nobody attached, or that the reader does not take, is dropped, as
+/// on a serial line with no one listening.
+pub type SharedWriter = std::sync::Arc<std::sync::Mutex<Option<Box<dyn Write + Send>>>>;
+
 /// Where the guest's console output goes.
-#[derive(Debug)]
 pub enum SerialOut {
     Stdout,
     File(File),
     Null,
+    Shared(SharedWriter),
+}
+
+impl std::fmt::Debug for SerialOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stdout => "Stdout",
+            Self::File(_) => "File",
+            Self::Null => "Null",
+            Self::Shared(_) => "Shared",
+        })
+    }
 }
 
 /// Writes through: every newline (and every write to a file) reaches the
@@ -30,6 +47,17 @@ impl Write for ConsoleWriter {
         match &mut self.out {
             SerialOut::Null => Ok(buf.len()),
             SerialOut::File(f) => f.write(buf),
+            SerialOut::Shared(w) => {
+                let mut slot = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(out) = slot.as_mut() {
+                    if let Err(e) = out.write_all(buf) {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            *slot = None;
+                        }
+                    }
+                }
+                Ok(buf.len())
+            }
             SerialOut::Stdout => {
                 self.line.extend_from_slice(buf);
                 if buf.contains(&b'\n') || self.line.len() >= 4096 {
@@ -81,11 +109,13 @@ impl SerialPort {
         // A failed console write must not stop the guest.
         let _ = self.inner.write(offset, value);
     }
-    /// Bytes typed at the console.
-    pub fn enqueue_input(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.inner
-            .enqueue_raw_bytes(bytes)
-            .map(|_| ())
-            .map_err(|e| io::Error::other(format!("{e:?}")))
+    /// Bytes typed at the console: as many as the receive FIFO takes
+    /// (returned); the caller keeps the rest for later.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.inner.fifo_capacity());
+        if n > 0 && self.inner.enqueue_raw_bytes(&bytes[..n]).is_err() {
+            return 0;
+        }
+        n
     }
 }

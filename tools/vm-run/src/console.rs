@@ -1,0 +1,326 @@
+//! Interactive consoles: the serial port on a pty (`<name>/console` links
+//! to it) or on a unix socket (one client at a time), with input going to
+//! the guest; and `vm-run console`, which attaches a terminal to either.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context, Result};
+use vmm::devices::SharedWriter;
+use vmm::Vm;
+
+/// Input bytes waiting for room in the serial FIFO.
+pub type Pending = VecDeque<u8>;
+
+/// The VM side of an interactive console.
+#[derive(Default)]
+pub enum Endpoint {
+    #[default]
+    None,
+    Pty {
+        master: File,
+        /// Held open so the master never reads EIO between clients.
+        _slave: File,
+        writer: SharedWriter,
+    },
+    Socket {
+        listener: UnixListener,
+        path: PathBuf,
+        client: Option<UnixStream>,
+        writer: SharedWriter,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Pty { .. } => "Pty",
+            Self::Socket { .. } => "Socket",
+        })
+    }
+}
+
+fn cvt(r: libc::c_int, what: &str) -> Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error()).with_context(|| what.to_string())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Puts a terminal in raw mode (no echo, no line editing, no signals).
+fn make_raw(fd: RawFd) -> Result<libc::termios> {
+    // SAFETY: tcgetattr fills the termios we pass; zeroed is a valid start.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; fd is an open terminal.
+    cvt(unsafe { libc::tcgetattr(fd, &raw mut t) }, "tcgetattr")?;
+    let saved = t;
+    // SAFETY: cfmakeraw only edits the struct we own.
+    unsafe { libc::cfmakeraw(&raw mut t) };
+    // SAFETY: tcsetattr reads the struct we pass.
+    let r = unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const t) };
+    cvt(r, "tcsetattr")?;
+    Ok(saved)
+}
+
+impl Endpoint {
+    /// A new pty; the link `link` points at its terminal.
+    pub fn pty(link: &Path) -> Result<Self> {
+        // SAFETY: posix_openpt returns a new descriptor we then own.
+        let fd = cvt(
+            unsafe {
+                libc::posix_openpt(
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            },
+            "posix_openpt",
+        )?;
+        // SAFETY: fd is ours from here on.
+        let master = unsafe { File::from_raw_fd(fd) };
+        // SAFETY: grantpt/unlockpt on the master we own.
+        cvt(unsafe { libc::grantpt(fd) }, "grantpt")?;
+        // SAFETY: as above.
+        cvt(unsafe { libc::unlockpt(fd) }, "unlockpt")?;
+        let mut name = [0 as libc::c_char; 64];
+        // SAFETY: ptsname_r writes at most name.len() bytes into our buffer.
+        let r = unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) };
+        cvt(r, "ptsname_r")?;
+        // SAFETY: ptsname_r wrote a NUL-terminated string.
+        let pts = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags_noctty()
+            .open(&pts)
+            .with_context(|| format!("opening {pts}"))?;
+        make_raw(slave.as_raw_fd())?;
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(&pts, link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        let out: Box<dyn Write + Send> = Box::new(master.try_clone()?);
+        Ok(Self::Pty {
+            master,
+            _slave: slave,
+            writer: Arc::new(Mutex::new(Some(out))),
+        })
+    }
+
+    /// A listening console socket at `path` (0600).
+    pub fn socket(path: &Path) -> Result<Self> {
+        let _ = std::fs::remove_file(path);
+        // SAFETY: umask only changes this process's creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above, restoring it.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("console socket {}", path.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self::Socket {
+            listener,
+            path: path.to_path_buf(),
+            client: None,
+            writer: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn writer(&self) -> Option<SharedWriter> {
+        match self {
+            Self::None => None,
+            Self::Pty { writer, .. } | Self::Socket { writer, .. } => Some(Arc::clone(writer)),
+        }
+    }
+
+    /// Descriptors to poll for input (or a new client).
+    pub fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Self::None => vec![],
+            Self::Pty { master, .. } => vec![master.as_raw_fd()],
+            Self::Socket {
+                listener, client, ..
+            } => {
+                let mut v = vec![listener.as_raw_fd()];
+                if let Some(c) = client {
+                    v.push(c.as_raw_fd());
+                }
+                v
+            }
+        }
+    }
+
+    /// Handles a readable descriptor: input goes to `pending`.
+    pub fn on_ready(&mut self, fd: RawFd, pending: &mut Pending) {
+        let mut buf = [0u8; 256];
+        match self {
+            Self::None => {}
+            Self::Pty { master, .. } => {
+                if let Ok(n) = master.read(&mut buf) {
+                    pending.extend(&buf[..n]);
+                }
+            }
+            Self::Socket {
+                listener,
+                client,
+                writer,
+                ..
+            } => {
+                if fd == listener.as_raw_fd() {
+                    if let Ok((c, _)) = listener.accept() {
+                        if !vm_control::peer_allowed(&c) {
+                            crate::timefmt::log("refused a console connection from another user");
+                            return;
+                        }
+                        let _ = c.set_nonblocking(true);
+                        if let Ok(w) = c.try_clone() {
+                            *writer
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(Box::new(w));
+                        }
+                        *client = Some(c);
+                    }
+                } else if let Some(c) = client.as_mut() {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            *client = None;
+                            *writer
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                        }
+                        Ok(n) => pending.extend(&buf[..n]),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        match self {
+            Self::Socket { path, .. } => {
+                let _ = std::fs::remove_file(path);
+            }
+            Self::Pty { _slave: slave, .. } => {
+                // Closing the master hangs the terminal up and discards what
+                // an attached console has not read yet: give it a moment
+                // (at most 250 ms) to take the guest's last words.
+                for _ in 0..50 {
+                    let mut unread: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes one int through the pointer.
+                    let r =
+                        unsafe { libc::ioctl(slave.as_raw_fd(), libc::FIONREAD, &raw mut unread) };
+                    if r < 0 || unread == 0 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            Self::None => {}
+        }
+    }
+}
+
+/// Moves what the serial FIFO takes from `pending` into the guest.
+pub fn feed(vm: &Vm, pending: &mut Pending) {
+    if pending.is_empty() {
+        return;
+    }
+    let bytes: Vec<u8> = pending.iter().copied().collect();
+    let n = vm.serial_input(&bytes);
+    pending.drain(..n);
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+
+impl NoCtty for std::fs::OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NOCTTY | libc::O_CLOEXEC)
+    }
+}
+
+/// `vm-run console` for a pty or socket console: the terminal in raw mode,
+/// both directions copied until Ctrl-] or the end of the VM.
+pub fn attach(
+    stream_r: Box<dyn Read + Send>,
+    mut stream_w: Box<dyn Write + Send>,
+    pid: u32,
+) -> Result<i32> {
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    // SAFETY: isatty has no memory preconditions.
+    let saved = if unsafe { libc::isatty(stdin_fd) } == 1 {
+        Some(make_raw(stdin_fd)?)
+    } else {
+        None
+    };
+    eprint!("Connected to the console; escape character is ^]\r\n");
+    let reader = std::thread::spawn(move || {
+        let mut r = stream_r;
+        let mut buf = [0u8; 4096];
+        let mut out = std::io::stdout();
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let mut stdin = std::io::stdin();
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(i) = buf[..n].iter().position(|&b| b == 0x1d) {
+            let _ = stream_w.write_all(&buf[..i]);
+            break;
+        }
+        if stream_w.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if vm_control::Liveness::of(pid) == vm_control::Liveness::Dead {
+            break;
+        }
+    }
+    if let Some(t) = saved {
+        // SAFETY: restoring the terminal settings we saved.
+        unsafe { libc::tcsetattr(stdin_fd, libc::TCSANOW, &raw const t) };
+    }
+    // Without a terminal (a pipe), wait for the guest's answer to what was
+    // sent until the VM ends.
+    if saved.is_none() {
+        let _ = reader.join();
+    }
+    Ok(0)
+}
+
+/// Opens the console endpoint of a running VM for `attach`.
+pub fn open_client(
+    console: &Path,
+    socket: bool,
+) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+    if socket {
+        let s = UnixStream::connect(console)
+            .with_context(|| format!("console socket {}", console.display()))?;
+        let w = s.try_clone()?;
+        Ok((Box::new(s), Box::new(w)))
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags_noctty()
+            .open(console)
+            .map_err(|e| anyhow!("console {}: {e}", console.display()))?;
+        let w = f.try_clone()?;
+        Ok((Box::new(f), Box::new(w)))
+    }
+}
