@@ -561,3 +561,53 @@ fn interactive_consoles_on_a_pty_and_a_socket() {
     });
     assert!(!sock.exists(), "the console socket is removed with the VM");
 }
+
+#[test]
+fn reboot_wait_and_forced_shutdown() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    // reboot: the guest starts over (its banner twice), the VM stays up.
+    let s = e.spec("rb2", "heartbeat", &serde_json::json!({}));
+    let pid = json(&e.vm_run(&["start", "--detach", &s]).1)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    e.wait_ticks("rb2", 1);
+    let (code, out, err) = e.vm_run(&["reboot", "rb2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["reason"], "rebooted by request");
+    wait_for("the second boot", || {
+        e.console("rb2").matches("test guest: heartbeat").count() == 2
+    });
+    // wait: returns once the VM is gone.
+    let waiter = e
+        .cmd()
+        .args(["wait", "rb2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.vm_run(&["kill", "rb2"]).0, 0);
+    let (code, _, _) = decode(&waiter.wait_with_output().unwrap());
+    assert_eq!(code, 0);
+    assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Dead);
+
+    // A guest that ignores Ctrl-Alt-Del: shutdown times out (exit 1, the VM
+    // still runs), --force then kills it.
+    let s = e.spec("deaf", "cli-hlt", &serde_json::json!({}));
+    let pid = json(&e.vm_run(&["start", "--detach", &s]).1)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "1", "deaf"]);
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&err).contains("did not shut down within 1 s"),
+        "{err}"
+    );
+    assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Alive);
+    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "1", "--force", "deaf"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Dead);
+}
