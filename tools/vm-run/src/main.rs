@@ -3,6 +3,10 @@
 use clap::Parser;
 
 fn main() {
+    // One malloc arena: the VM's threads allocate little, and an arena per
+    // thread would add its first pages to the VMM's resident set.
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = match vm_run::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -75,15 +75,29 @@ pub fn run(
         _ => Endpoint::None,
     };
     let mut machine = Machine::start(spec, console, endpoint)?;
-    machine.cgroup = place_in_cgroup(&name, machine.vm());
-    // The machine is built and placed: this thread needs no privilege any
-    // more (the vCPU threads dropped theirs as they started).
+    // Moving threads between cgroups waits for an RCU grace period per
+    // write (4-17 ms each here): a helper thread does it while the guest
+    // already runs, instead of holding up the boot.
+    let tids = machine.vm().vcpu_tids();
+    let vm_name = name.clone();
+    machine.cgroup = Placement::Pending(
+        std::thread::Builder::new()
+            .name("cgroup".into())
+            .stack_size(256 << 10)
+            .spawn(move || place_in_cgroup(&vm_name, &tids))
+            .context("starting the cgroup thread")?,
+    );
+    // The machine is built: this thread needs no privilege any more (the
+    // vCPU threads dropped theirs as they started; cgroup files need none).
     vm_host::capabilities::drop_all()?;
     let listener = Listener::bind(&dir.join("control.sock"))?;
     let mut state = machine.state(&dir, RunState::Running, "booted");
     vm_control::write_state(&dir, &state)?;
     log(&format!("started VM {name} (pid {})", std::process::id()));
     if let Some(mut r) = ready {
+        // A detached VM is reported only once it is placed, so vm-pin and
+        // friends find it in its cgroup.
+        machine.cgroup();
         let line = serde_json::to_string(&state)? + "\n";
         r.write_all(line.as_bytes())
             .context("reporting readiness")?;
@@ -107,11 +121,11 @@ pub fn run(
 /// each vCPU thread in `vcpuN`), after removing dead VMs' groups. Without
 /// cgroups (or the right to make them) the VM runs unplaced, with a line
 /// in its log.
-fn place_in_cgroup(name: &str, vm: &Vm) -> Option<VmCgroup> {
+fn place_in_cgroup(name: &str, vcpu_tids: &[u32]) -> Option<VmCgroup> {
     let h = Hierarchy::detect()?;
     vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
     let pid = std::process::id();
-    let vcpus = vm.vcpu_tids().len() as u8;
+    let vcpus = vcpu_tids.len() as u8;
     let placed = VmCgroup::create(h, name, pid, vcpus).and_then(|cg| {
         cg.attach_process(pid)?;
         cg.attach_thread("emulator", pid)?;
@@ -119,7 +133,7 @@ fn place_in_cgroup(name: &str, vm: &Vm) -> Option<VmCgroup> {
     });
     match placed {
         Ok(cg) => {
-            attach_vcpus(&cg, vm);
+            attach_vcpus(&cg, vcpu_tids);
             Some(cg)
         }
         Err(e) => {
@@ -129,12 +143,18 @@ fn place_in_cgroup(name: &str, vm: &Vm) -> Option<VmCgroup> {
     }
 }
 
-fn attach_vcpus(cg: &VmCgroup, vm: &Vm) {
-    for (i, tid) in vm.vcpu_tids().into_iter().enumerate() {
+fn attach_vcpus(cg: &VmCgroup, vcpu_tids: &[u32]) {
+    for (i, &tid) in vcpu_tids.iter().enumerate() {
         if let Err(e) = cg.attach_thread(&format!("vcpu{i}"), tid) {
             log(&format!("vcpu{i} stays outside its cgroup: {e}"));
         }
     }
+}
+
+/// The per-VM cgroup, being made by a helper thread or done.
+enum Placement {
+    Pending(std::thread::JoinHandle<Option<VmCgroup>>),
+    Done(Option<VmCgroup>),
 }
 
 /// Refuses a second start of a running name; clears a dead VM's leftovers.
@@ -164,7 +184,7 @@ struct Machine {
     uuid: uuid::Uuid,
     started: u64,
     shutdown_requested: bool,
-    cgroup: Option<VmCgroup>,
+    cgroup: Placement,
     endpoint: Endpoint,
     pending: Pending,
 }
@@ -221,7 +241,7 @@ impl Machine {
             vm: Some(vm),
             started: now_secs(),
             shutdown_requested: false,
-            cgroup: None,
+            cgroup: Placement::Done(None),
             endpoint,
             pending: Pending::new(),
         })
@@ -238,10 +258,27 @@ impl Machine {
             Self::serial(&self.console, &self.endpoint)?,
         )?);
         self.shutdown_requested = false;
-        if let Some(cg) = &self.cgroup {
-            attach_vcpus(cg, self.vm());
+        let tids = self.vm().vcpu_tids();
+        if let Some(cg) = self.cgroup() {
+            attach_vcpus(cg, &tids);
         }
         Ok(())
+    }
+
+    /// The VM's cgroup, once placed (waits for the placement).
+    fn cgroup(&mut self) -> Option<&VmCgroup> {
+        if let Placement::Pending(_) = self.cgroup {
+            let Placement::Pending(job) =
+                std::mem::replace(&mut self.cgroup, Placement::Done(None))
+            else {
+                unreachable!("checked above")
+            };
+            self.cgroup = Placement::Done(job.join().unwrap_or(None));
+        }
+        match &self.cgroup {
+            Placement::Done(cg) => cg.as_ref(),
+            Placement::Pending(_) => None,
+        }
     }
 
     fn vm(&self) -> &Vm {
