@@ -76,17 +76,6 @@ impl Vm {
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..kvm_pit_config::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-
         let (mem, mem_file) = memory::create(&cfg.name, cfg.memory)?;
         for (slot, region) in mem.iter().enumerate() {
             let host = region
@@ -104,6 +93,20 @@ impl Vm {
             unsafe { vm_fd.set_user_memory_region(r) }
                 .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
+
+        // The irqchip and PIT come after the memory slots: registering a
+        // slot once an irqchip exists waits for an SRCU grace period (5-7 ms
+        // here), and tearing such a VM down takes 16 ms instead of 7.
+        vm_fd
+            .create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..kvm_pit_config::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let entry = boot::load(&mem, cfg.memory, &cfg.boot)?;
 
