@@ -3,6 +3,7 @@
 //! (one JSON request per line, one JSON reply per line).
 
 mod dirs;
+mod naming;
 mod proto;
 mod socket;
 
@@ -10,6 +11,7 @@ pub use dirs::{
     config_dir, defined_spec_path, read_state, remove_runtime, run_dir, vm_dir, write_atomic,
     write_durable, write_state, Liveness,
 };
+pub use naming::{looks_like_path, vm_name};
 pub use proto::{Reply, Request};
 pub use socket::{call, peer_allowed, Listener};
 

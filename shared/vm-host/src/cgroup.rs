@@ -275,3 +275,158 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
         }
     }
 }
+
+/// CPU bandwidth and weight of one group, in cgroup v1's units (v2 files
+/// are translated: cpu.weight from shares, cpu.max from period and quota).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTuning {
+    pub shares: Option<u64>,
+    pub period: Option<u64>,
+    /// Negative: unlimited.
+    pub quota: Option<i64>,
+}
+
+fn read_trim(p: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .map_err(err(p))
+}
+
+impl VmCgroup {
+    /// The groups of a running VM (`<name>.<pid>`), if they exist.
+    pub fn find(vm: &str, pid: u32) -> Option<Self> {
+        let hierarchy = Hierarchy::detect()?;
+        let name = group_name(vm, pid);
+        let (thread_groups, memory_group) = match &hierarchy {
+            Hierarchy::V1 {
+                cpu,
+                cpuset,
+                memory,
+            } => (
+                [cpu, cpuset]
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m.join("vmtools").join(&name))
+                    .filter(|p| p.is_dir())
+                    .collect::<Vec<_>>(),
+                memory
+                    .as_ref()
+                    .map(|m| m.join("vmtools").join(&name))
+                    .filter(|p| p.is_dir()),
+            ),
+            Hierarchy::V2(root) => (
+                vec![root.join("vmtools").join(&name)]
+                    .into_iter()
+                    .filter(|p| p.is_dir())
+                    .collect(),
+                None,
+            ),
+        };
+        if thread_groups.is_empty() {
+            return None;
+        }
+        Some(Self {
+            hierarchy,
+            thread_groups,
+            memory_group,
+        })
+    }
+
+    /// The group where the cpu controller's files are: the VM's group
+    /// (`child` None) or one of its children.
+    fn cpu_dir(&self, child: Option<&str>) -> Option<PathBuf> {
+        let base = match &self.hierarchy {
+            Hierarchy::V1 { cpu: Some(m), .. } => self
+                .thread_groups
+                .iter()
+                .find(|g| g.starts_with(m))?
+                .clone(),
+            Hierarchy::V1 { cpu: None, .. } => return None,
+            Hierarchy::V2(_) => self.thread_groups.first()?.clone(),
+        };
+        Some(child.map_or(base.clone(), |c| base.join(c)))
+    }
+
+    /// Reads the tuning of the VM group (`None`) or of a child.
+    pub fn cpu_tuning(&self, child: Option<&str>) -> Result<CpuTuning, CgroupError> {
+        let dir = self.cpu_dir(child).ok_or_else(|| CgroupError {
+            path: PathBuf::from("cpu"),
+            source: io::Error::new(io::ErrorKind::NotFound, "no cpu controller"),
+        })?;
+        let num = |f: &str| -> Result<Option<i64>, CgroupError> {
+            let p = dir.join(f);
+            if !p.exists() {
+                return Ok(None);
+            }
+            Ok(read_trim(&p)?.parse().ok())
+        };
+        Ok(match self.hierarchy {
+            Hierarchy::V1 { .. } => CpuTuning {
+                shares: num("cpu.shares")?.map(|v| v as u64),
+                period: num("cpu.cfs_period_us")?.map(|v| v as u64),
+                quota: num("cpu.cfs_quota_us")?,
+            },
+            Hierarchy::V2(_) => {
+                let weight = num("cpu.weight")?;
+                let max = read_trim(&dir.join("cpu.max")).unwrap_or_default();
+                let mut it = max.split_whitespace();
+                let quota = it.next().map(|q| {
+                    if q == "max" {
+                        -1
+                    } else {
+                        q.parse().unwrap_or(-1)
+                    }
+                });
+                let period = it.next().and_then(|p| p.parse().ok());
+                CpuTuning {
+                    // Inverse of the weight mapping below.
+                    shares: weight.map(|w| ((w as u64 - 1) * 262_142 / 9999) + 2),
+                    period,
+                    quota,
+                }
+            }
+        })
+    }
+
+    /// Writes whatever `t` sets, to the VM group or a child.
+    pub fn set_cpu_tuning(&self, child: Option<&str>, t: CpuTuning) -> Result<(), CgroupError> {
+        let Some(dir) = self.cpu_dir(child) else {
+            return Err(CgroupError {
+                path: PathBuf::from("cpu"),
+                source: io::Error::new(io::ErrorKind::NotFound, "no cpu controller"),
+            });
+        };
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                if let Some(s) = t.shares {
+                    write(&dir.join("cpu.shares"), &s.to_string())?;
+                }
+                if let Some(p) = t.period {
+                    write(&dir.join("cpu.cfs_period_us"), &p.to_string())?;
+                }
+                if let Some(q) = t.quota {
+                    write(&dir.join("cpu.cfs_quota_us"), &q.max(-1).to_string())?;
+                }
+            }
+            Hierarchy::V2(_) => {
+                if let Some(s) = t.shares {
+                    // libvirt's mapping of shares (2..262144) to weight (1..10000).
+                    let w = 1 + (s.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                    write(&dir.join("cpu.weight"), &w.to_string())?;
+                }
+                if t.period.is_some() || t.quota.is_some() {
+                    let cur = self.cpu_tuning(child)?;
+                    let period = t.period.or(cur.period).unwrap_or(100_000);
+                    let quota = t.quota.or(cur.quota).unwrap_or(-1);
+                    let q = if quota < 0 {
+                        "max".to_string()
+                    } else {
+                        quota.to_string()
+                    };
+                    write(&dir.join("cpu.max"), &format!("{q} {period}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,4 +1,5 @@
 //! Host plumbing shared by several tools.
 
+pub mod affinity;
 pub mod capabilities;
 pub mod cgroup;

@@ -15,7 +15,11 @@ fn root() -> PathBuf {
 /// Every file that should exist, with its contents.
 fn expected() -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    for cmd in [vm_img::cli::Cli::command(), vm_run::cli::Cli::command()] {
+    for cmd in [
+        vm_img::cli::Cli::command(),
+        vm_run::cli::Cli::command(),
+        vm_pin::cli::Cli::command(),
+    ] {
         out.extend(for_tool(&cmd));
     }
     out

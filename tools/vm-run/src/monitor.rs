@@ -25,7 +25,15 @@ pub const EXIT_CRASHED: i32 = 3;
 
 /// What vm-run can give effect to today; other spec fields are refused
 /// with a message naming them.
-const SUPPORTED: &[Feature] = &[Feature::Initrd, Feature::SerialPty, Feature::SerialSocket];
+const SUPPORTED: &[Feature] = &[
+    Feature::Initrd,
+    Feature::SerialPty,
+    Feature::SerialSocket,
+    Feature::VcpuPinning,
+    Feature::EmulatorPinning,
+    Feature::CpuShares,
+    Feature::CpuQuota,
+];
 
 /// Where the serial console goes.
 #[derive(Debug, Clone)]
@@ -79,12 +87,18 @@ pub fn run(
     // write (4-17 ms each here): a helper thread does it while the guest
     // already runs, instead of holding up the boot.
     let tids = machine.vm().vcpu_tids();
+    apply_affinity(&machine.spec, &tids)?;
     let vm_name = name.clone();
+    let tune = machine.spec.cputune.clone().unwrap_or_default();
     machine.cgroup = Placement::Pending(
         std::thread::Builder::new()
             .name("cgroup".into())
             .stack_size(256 << 10)
-            .spawn(move || place_in_cgroup(&vm_name, &tids))
+            .spawn(move || {
+                let cg = place_in_cgroup(&vm_name, &tids)?;
+                apply_cpu_tuning(&cg, &tune, tids.len());
+                Some(cg)
+            })
             .context("starting the cgroup thread")?,
     );
     // The machine is built: this thread needs no privilege any more (the
@@ -145,6 +159,63 @@ fn attach_vcpus(cg: &VmCgroup, vcpu_tids: &[u32]) {
     for (i, &tid) in vcpu_tids.iter().enumerate() {
         if let Err(e) = cg.attach_thread(&format!("vcpu{i}"), tid) {
             log(&format!("vcpu{i} stays outside its cgroup: {e}"));
+        }
+    }
+}
+
+/// The spec's vcpupin and emulatorpin, checked against the host's online
+/// CPUs (a spec may be written for a bigger host: it fails here, at start).
+fn apply_affinity(spec: &VmSpec, vcpu_tids: &[u32]) -> Result<()> {
+    let Some(t) = &spec.cputune else {
+        return Ok(());
+    };
+    for (&vcpu, list) in &t.vcpupin {
+        vm_host::affinity::check_online(list)
+            .map_err(|m| anyhow!("cputune.vcpupin.{vcpu}: {m}"))?;
+        let tid = vcpu_tids[vcpu as usize];
+        vm_host::affinity::set(tid, list).with_context(|| format!("pinning vcpu{vcpu}"))?;
+    }
+    if let Some(list) = &t.emulatorpin {
+        vm_host::affinity::check_online(list).map_err(|m| anyhow!("cputune.emulatorpin: {m}"))?;
+        vm_host::affinity::set(std::process::id(), list).context("pinning the emulator thread")?;
+    }
+    Ok(())
+}
+
+/// The spec's shares and CPU bandwidth on the VM's cgroups.
+fn apply_cpu_tuning(cg: &VmCgroup, t: &vm_spec::CpuTune, vcpus: usize) {
+    use vm_host::cgroup::CpuTuning;
+    let mut results = Vec::new();
+    if t.shares.is_some() {
+        results.push(cg.set_cpu_tuning(
+            None,
+            CpuTuning {
+                shares: t.shares,
+                ..CpuTuning::default()
+            },
+        ));
+    }
+    let vcpu = CpuTuning {
+        shares: None,
+        period: t.vcpu_period,
+        quota: t.vcpu_quota,
+    };
+    if vcpu != CpuTuning::default() {
+        for i in 0..vcpus {
+            results.push(cg.set_cpu_tuning(Some(&format!("vcpu{i}")), vcpu));
+        }
+    }
+    let emu = CpuTuning {
+        shares: None,
+        period: t.emulator_period,
+        quota: t.emulator_quota,
+    };
+    if emu != CpuTuning::default() {
+        results.push(cg.set_cpu_tuning(Some("emulator"), emu));
+    }
+    for r in results {
+        if let Err(e) = r {
+            log(&format!("CPU tuning not applied: {e}"));
         }
     }
 }
@@ -257,6 +328,9 @@ impl Machine {
         )?);
         self.shutdown_requested = false;
         let tids = self.vm().vcpu_tids();
+        if let Err(e) = apply_affinity(&self.spec, &tids) {
+            log(&format!("after restart: {e}"));
+        }
         if let Some(cg) = self.cgroup() {
             attach_vcpus(cg, &tids);
         }

@@ -1,0 +1,42 @@
+//! Naming a VM on the command line: its name, the path of its spec or
+//! state file, or `-` for a JSON document (spec or state) on stdin.
+
+use std::io::Read;
+use std::path::Path;
+
+use vm_spec::{VmName, VmSpec, VmState};
+
+use crate::{Error, Result};
+
+/// True when `s` names a file rather than a VM.
+pub fn looks_like_path(s: &str) -> bool {
+    let p = Path::new(s);
+    s.contains('/')
+        || p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || p.is_file()
+}
+
+/// The name of the VM a reference points at.
+pub fn vm_name(reference: &str) -> Result<String> {
+    let text = if reference == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .map_err(Error::io("reading stdin"))?;
+        t
+    } else if looks_like_path(reference) {
+        std::fs::read_to_string(reference).map_err(Error::io(format!("cannot read {reference}")))?
+    } else {
+        let name: VmName = reference
+            .parse()
+            .map_err(|e| Error::Protocol(format!("{e}")))?;
+        return Ok(name.to_string());
+    };
+    if let Ok(state) = VmState::from_json(&text) {
+        return Ok(state.name);
+    }
+    VmSpec::from_json(&text)
+        .map(|spec| spec.name.to_string())
+        .map_err(|e| Error::Protocol(format!("{reference}: neither a VM state nor a spec: {e}")))
+}

@@ -1,0 +1,382 @@
+//! vm-pin: placement of a VM's threads.
+
+pub mod cli;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cli::{Cli, Command, Scope};
+use vm_control::Liveness;
+use vm_host::cgroup::{CpuTuning, VmCgroup};
+use vm_spec::{CpuList, CpuTune, VmSpec, VmState};
+
+pub fn run(cli: &Cli) -> i32 {
+    let json = cli.json || !std::io::stdout().is_terminal();
+    let r = match &cli.command {
+        Command::Vcpu {
+            vm,
+            vcpu,
+            cpulist,
+            scope,
+        } => vcpu_cmd(vm, *vcpu, cpulist.as_deref(), *scope, json),
+        Command::Emulator { vm, cpulist, scope } => {
+            emulator_cmd(vm, cpulist.as_deref(), *scope, json)
+        }
+        Command::Sched { vm, set, scope } => sched_cmd(vm, set.as_deref(), *scope, json),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vm-pin: error: {}", vm_spec::text::one_line(e.as_ref()));
+            1
+        }
+    }
+}
+
+/// A VM as vm-pin sees it: its running state (if it runs) and definition.
+struct Target {
+    name: String,
+    running: Option<VmState>,
+    defined: Option<VmSpec>,
+}
+
+fn target(reference: &str) -> Result<Target> {
+    let name = vm_control::vm_name(reference)?;
+    let running = vm_control::read_state(&vm_control::vm_dir(&name, false)?)
+        .ok()
+        .filter(|s| Liveness::of(s.pid) == Liveness::Alive);
+    let defined = std::fs::read_to_string(vm_control::defined_spec_path(&name))
+        .ok()
+        .map(|t| VmSpec::from_json(&t).map_err(|e| anyhow!("definition of {name}: {e}")))
+        .transpose()?;
+    if running.is_none() && defined.is_none() {
+        bail!("no VM named '{name}' is running or defined");
+    }
+    Ok(Target {
+        name,
+        running,
+        defined,
+    })
+}
+
+/// (live, config) as virsh decides them: neither flag = the running VM if
+/// it runs, else its definition.
+fn scope(t: &Target, s: Scope) -> Result<(bool, bool)> {
+    let (live, config) = if s.live || s.config {
+        (s.live, s.config)
+    } else {
+        (t.running.is_some(), t.running.is_none())
+    };
+    if live && t.running.is_none() {
+        bail!("VM '{}' is not running (--live)", t.name);
+    }
+    if config && t.defined.is_none() {
+        bail!(
+            "VM '{}' was started from a file and never defined: there is no definition to change (vm-run define)",
+            t.name
+        );
+    }
+    Ok((live, config))
+}
+
+fn parse_list(text: &str) -> Result<CpuList> {
+    let list: CpuList = text
+        .parse()
+        .map_err(|e| anyhow!("invalid CPU list '{text}': {e}"))?;
+    vm_host::affinity::check_online(&list)
+        .map_err(|m| anyhow!("invalid CPU list '{text}': {m}"))?;
+    Ok(list)
+}
+
+fn save_definition(spec: &VmSpec) -> Result<()> {
+    let text = spec.to_json_pretty() + "\n";
+    vm_control::write_durable(
+        &vm_control::defined_spec_path(spec.name.as_str()),
+        text.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+fn vcpu_cmd(vm: &str, vcpu: Option<u32>, list: Option<&str>, s: Scope, json: bool) -> Result<()> {
+    let t = target(vm)?;
+    let spec = t
+        .running
+        .as_ref()
+        .map(|r| &r.spec)
+        .or(t.defined.as_ref())
+        .expect("one exists");
+    let vcpus = spec.vcpus;
+    match (vcpu, list) {
+        (Some(v), Some(text)) => {
+            if v >= vcpus {
+                bail!("vCPU {v} does not exist (the VM has {vcpus})");
+            }
+            let list = parse_list(text)?;
+            let (live, config) = scope(&t, s)?;
+            if live {
+                let st = t.running.as_ref().expect("checked");
+                let tid = *st
+                    .vcpu_threads
+                    .get(v as usize)
+                    .ok_or_else(|| anyhow!("no thread for vCPU {v}"))?;
+                vm_host::affinity::set(tid, &list).with_context(|| format!("pinning vCPU {v}"))?;
+            }
+            if config {
+                let mut d = t.defined.clone().expect("checked");
+                d.cputune
+                    .get_or_insert_with(CpuTune::default)
+                    .vcpupin
+                    .insert(v, list);
+                save_definition(&d)?;
+            }
+            Ok(())
+        }
+        (None, Some(_)) => bail!("give both a vCPU and a CPU list"),
+        (v, None) => {
+            let (live, _) = scope(&t, s)?;
+            let mut rows = Vec::new();
+            for i in 0..vcpus {
+                if v.is_some_and(|v| v != i) {
+                    continue;
+                }
+                let cpus = if live {
+                    let st = t.running.as_ref().expect("checked");
+                    vm_host::affinity::get(st.vcpu_threads[i as usize])?.to_string()
+                } else {
+                    pinned(t.defined.as_ref(), |c| c.vcpupin.get(&i).cloned())
+                };
+                rows.push((i.to_string(), cpus));
+            }
+            print_table(
+                &["VCPU", "CPU Affinity"],
+                &rows,
+                json,
+                |(v, c)| serde_json::json!({"vcpu": v.parse::<u32>().unwrap_or(0), "cpus": c}),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A pin from the definition, or every online CPU when there is none.
+fn pinned(spec: Option<&VmSpec>, f: impl Fn(&CpuTune) -> Option<CpuList>) -> String {
+    spec.and_then(|s| s.cputune.as_ref())
+        .and_then(f)
+        .map(|l| l.to_string())
+        .or_else(|| vm_host::affinity::online_cpus().ok().map(|l| l.to_string()))
+        .unwrap_or_default()
+}
+
+fn print_table(
+    head: &[&str; 2],
+    rows: &[(String, String)],
+    json: bool,
+    to_json: impl Fn(&(String, String)) -> serde_json::Value,
+) {
+    if json {
+        let v: Vec<_> = rows.iter().map(to_json).collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, " {:<6} {}", head[0], head[1]);
+    let _ = writeln!(out, "{}", "-".repeat(22));
+    for (a, b) in rows {
+        let _ = writeln!(out, " {a:<6} {b}");
+    }
+    print!("{out}");
+}
+
+fn emulator_cmd(vm: &str, list: Option<&str>, s: Scope, json: bool) -> Result<()> {
+    let t = target(vm)?;
+    let (live, config) = scope(&t, s)?;
+    if let Some(text) = list {
+        let list = parse_list(text)?;
+        if live {
+            let pid = t.running.as_ref().expect("checked").pid;
+            vm_host::affinity::set(pid, &list).context("pinning the emulator thread")?;
+        }
+        if config {
+            let mut d = t.defined.clone().expect("checked");
+            d.cputune.get_or_insert_with(CpuTune::default).emulatorpin = Some(list);
+            save_definition(&d)?;
+        }
+    } else {
+        let cpus = if live {
+            vm_host::affinity::get(t.running.as_ref().expect("checked").pid)?.to_string()
+        } else {
+            pinned(t.defined.as_ref(), |c| c.emulatorpin.clone())
+        };
+        print_table(
+            &["", "CPU Affinity"],
+            &[("*".into(), cpus)],
+            json,
+            |(_, c)| serde_json::json!({"emulator": c}),
+        );
+    }
+    Ok(())
+}
+
+const SCHED_KEYS: [&str; 5] = [
+    "cpu_shares",
+    "vcpu_period",
+    "vcpu_quota",
+    "emulator_period",
+    "emulator_quota",
+];
+
+fn parse_sched(text: &str) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("'{item}': expected key=value"))?;
+        if !SCHED_KEYS.contains(&k) {
+            bail!(
+                "unknown scheduler parameter '{k}' (known: {})",
+                SCHED_KEYS.join(", ")
+            );
+        }
+        let v: i64 = v.parse().map_err(|_| anyhow!("'{item}': not a number"))?;
+        out.insert(k.to_string(), v);
+    }
+    Ok(out)
+}
+
+fn sched_cmd(vm: &str, set: Option<&str>, s: Scope, json: bool) -> Result<()> {
+    let t = target(vm)?;
+    let (live, config) = scope(&t, s)?;
+    if let Some(text) = set {
+        let changes = parse_sched(text)?;
+        // Validate through the spec's own rules before touching anything.
+        let base = t
+            .running
+            .as_ref()
+            .map(|r| r.spec.clone())
+            .or(t.defined.clone())
+            .expect("one exists");
+        let mut probe = base.clone();
+        apply_to_spec(probe.cputune.get_or_insert_with(CpuTune::default), &changes);
+        probe.validate().map_err(|e| anyhow!("{e}"))?;
+        if live {
+            let st = t.running.as_ref().expect("checked");
+            let cg = VmCgroup::find(&t.name, st.pid)
+                .ok_or_else(|| anyhow!("VM '{}' has no cgroup (see its vm.log)", t.name))?;
+            let get = |k: &str| changes.get(k).copied();
+            if let Some(sh) = get("cpu_shares") {
+                cg.set_cpu_tuning(
+                    None,
+                    CpuTuning {
+                        shares: Some(sh as u64),
+                        ..CpuTuning::default()
+                    },
+                )?;
+            }
+            let vt = CpuTuning {
+                shares: None,
+                period: get("vcpu_period").map(|v| v as u64),
+                quota: get("vcpu_quota"),
+            };
+            if vt != CpuTuning::default() {
+                for i in 0..st.vcpu_threads.len() {
+                    cg.set_cpu_tuning(Some(&format!("vcpu{i}")), vt)?;
+                }
+            }
+            let et = CpuTuning {
+                shares: None,
+                period: get("emulator_period").map(|v| v as u64),
+                quota: get("emulator_quota"),
+            };
+            if et != CpuTuning::default() {
+                cg.set_cpu_tuning(Some("emulator"), et)?;
+            }
+        }
+        if config {
+            let mut d = t.defined.clone().expect("checked");
+            apply_to_spec(d.cputune.get_or_insert_with(CpuTune::default), &changes);
+            save_definition(&d)?;
+        }
+        return Ok(());
+    }
+    let values: Vec<(String, String)> = if live {
+        let st = t.running.as_ref().expect("checked");
+        let cg = VmCgroup::find(&t.name, st.pid)
+            .ok_or_else(|| anyhow!("VM '{}' has no cgroup (see its vm.log)", t.name))?;
+        let vm = cg.cpu_tuning(None)?;
+        let vc = cg.cpu_tuning(Some("vcpu0"))?;
+        let em = cg.cpu_tuning(Some("emulator"))?;
+        vec![
+            (
+                "cpu_shares".into(),
+                vm.shares.map_or("-".into(), |v| v.to_string()),
+            ),
+            (
+                "vcpu_period".into(),
+                vc.period.map_or("-".into(), |v| v.to_string()),
+            ),
+            (
+                "vcpu_quota".into(),
+                vc.quota.map_or("-".into(), |v| v.to_string()),
+            ),
+            (
+                "emulator_period".into(),
+                em.period.map_or("-".into(), |v| v.to_string()),
+            ),
+            (
+                "emulator_quota".into(),
+                em.quota.map_or("-".into(), |v| v.to_string()),
+            ),
+        ]
+    } else {
+        let c = t
+            .defined
+            .as_ref()
+            .and_then(|d| d.cputune.clone())
+            .unwrap_or_default();
+        let show = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+        vec![
+            ("cpu_shares".into(), show(c.shares.map(|v| v as i64))),
+            ("vcpu_period".into(), show(c.vcpu_period.map(|v| v as i64))),
+            ("vcpu_quota".into(), show(c.vcpu_quota)),
+            (
+                "emulator_period".into(),
+                show(c.emulator_period.map(|v| v as i64)),
+            ),
+            ("emulator_quota".into(), show(c.emulator_quota)),
+        ]
+    };
+    if json {
+        let mut m = serde_json::Map::new();
+        m.insert("scheduler".into(), serde_json::json!("posix"));
+        for (k, v) in &values {
+            m.insert(
+                k.clone(),
+                v.parse::<i64>()
+                    .map_or(serde_json::Value::Null, |n| serde_json::json!(n)),
+            );
+        }
+        println!("{}", serde_json::Value::Object(m));
+    } else {
+        println!("{:<15}: posix", "Scheduler");
+        for (k, v) in values {
+            println!("{k:<15}: {v}");
+        }
+    }
+    Ok(())
+}
+
+fn apply_to_spec(c: &mut CpuTune, changes: &BTreeMap<String, i64>) {
+    for (k, &v) in changes {
+        match k.as_str() {
+            "cpu_shares" => c.shares = Some(v as u64),
+            "vcpu_period" => c.vcpu_period = Some(v as u64),
+            "vcpu_quota" => c.vcpu_quota = Some(v),
+            "emulator_period" => c.emulator_period = Some(v as u64),
+            "emulator_quota" => c.emulator_quota = Some(v),
+            _ => {}
+        }
+    }
+}
