@@ -22,6 +22,12 @@ _vm__pin() {
             vm__pin,help)
                 cmd="vm__pin__subcmd__help"
                 ;;
+            vm__pin,host)
+                cmd="vm__pin__subcmd__host"
+                ;;
+            vm__pin,iothread)
+                cmd="vm__pin__subcmd__iothread"
+                ;;
             vm__pin,sched)
                 cmd="vm__pin__subcmd__sched"
                 ;;
@@ -34,11 +40,41 @@ _vm__pin() {
             vm__pin__subcmd__help,help)
                 cmd="vm__pin__subcmd__help__subcmd__help"
                 ;;
+            vm__pin__subcmd__help,host)
+                cmd="vm__pin__subcmd__help__subcmd__host"
+                ;;
+            vm__pin__subcmd__help,iothread)
+                cmd="vm__pin__subcmd__help__subcmd__iothread"
+                ;;
             vm__pin__subcmd__help,sched)
                 cmd="vm__pin__subcmd__help__subcmd__sched"
                 ;;
             vm__pin__subcmd__help,vcpu)
                 cmd="vm__pin__subcmd__help__subcmd__vcpu"
+                ;;
+            vm__pin__subcmd__help__subcmd__host,halt-poll)
+                cmd="vm__pin__subcmd__help__subcmd__host__subcmd__halt__subcmd__poll"
+                ;;
+            vm__pin__subcmd__help__subcmd__host,kworker-mask)
+                cmd="vm__pin__subcmd__help__subcmd__host__subcmd__kworker__subcmd__mask"
+                ;;
+            vm__pin__subcmd__host,halt-poll)
+                cmd="vm__pin__subcmd__host__subcmd__halt__subcmd__poll"
+                ;;
+            vm__pin__subcmd__host,help)
+                cmd="vm__pin__subcmd__host__subcmd__help"
+                ;;
+            vm__pin__subcmd__host,kworker-mask)
+                cmd="vm__pin__subcmd__host__subcmd__kworker__subcmd__mask"
+                ;;
+            vm__pin__subcmd__host__subcmd__help,halt-poll)
+                cmd="vm__pin__subcmd__host__subcmd__help__subcmd__halt__subcmd__poll"
+                ;;
+            vm__pin__subcmd__host__subcmd__help,help)
+                cmd="vm__pin__subcmd__host__subcmd__help__subcmd__help"
+                ;;
+            vm__pin__subcmd__host__subcmd__help,kworker-mask)
+                cmd="vm__pin__subcmd__host__subcmd__help__subcmd__kworker__subcmd__mask"
                 ;;
             *)
                 ;;
@@ -47,7 +83,7 @@ _vm__pin() {
 
     case "${cmd}" in
         vm__pin)
-            opts="-h -V --json --help --version vcpu emulator sched help"
+            opts="-h -V --json --help --version vcpu emulator iothread host sched help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -75,7 +111,7 @@ _vm__pin() {
             return 0
             ;;
         vm__subcmd__pin__subcmd__help)
-            opts="vcpu emulator sched help"
+            opts="vcpu emulator iothread host sched help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -116,6 +152,62 @@ _vm__pin() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__pin__subcmd__help__subcmd__host)
+            opts="halt-poll kworker-mask"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__help__subcmd__host__subcmd__halt__subcmd__poll)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__help__subcmd__host__subcmd__kworker__subcmd__mask)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__help__subcmd__iothread)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__pin__subcmd__help__subcmd__sched)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -133,6 +225,118 @@ _vm__pin() {
         vm__subcmd__pin__subcmd__help__subcmd__vcpu)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host)
+            opts="-h --json --help halt-poll kworker-mask help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__halt__subcmd__poll)
+            opts="-h --dry-run --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__help)
+            opts="halt-poll kworker-mask help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__help__subcmd__halt__subcmd__poll)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__help__subcmd__kworker__subcmd__mask)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__host__subcmd__kworker__subcmd__mask)
+            opts="-h --dry-run --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__iothread)
+            opts="-h --live --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -51,6 +51,17 @@ pub enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Show or set iothread affinity (virsh iothreadpin).
+    Iothread {
+        vm: String,
+        id: Option<u32>,
+        cpulist: Option<String>,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Host tuning from the guide: KVM halt polling, kworker CPUs.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Show or set CPU shares and bandwidth (virsh schedinfo).
     Sched {
         vm: String,
@@ -59,5 +70,24 @@ pub enum Command {
         set: Option<String>,
         #[command(flatten)]
         scope: Scope,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Show or set /sys/module/kvm/parameters/halt_poll_ns.
+    HaltPoll {
+        /// Nanoseconds a vCPU polls before it sleeps (0: no polling).
+        ns: Option<u64>,
+        /// Print what would be written, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show or set the CPUs unbound kworkers may use
+    /// (/sys/devices/virtual/workqueue/cpumask).
+    KworkerMask {
+        cpulist: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
     },
 }

@@ -1,6 +1,7 @@
 //! vm-pin: placement of a VM's threads.
 
 pub mod cli;
+mod host;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +26,10 @@ pub fn run(cli: &Cli) -> i32 {
             emulator_cmd(vm, cpulist.as_deref(), *scope, json)
         }
         Command::Sched { vm, set, scope } => sched_cmd(vm, set.as_deref(), *scope, json),
+        Command::Iothread { vm, .. } => Err(anyhow!(
+            "VM '{vm}' has no iothreads: iothreads come with virtio-blk (not supported yet)"
+        )),
+        Command::Host(h) => host::run(h, json),
     };
     match r {
         Ok(()) => 0,
