@@ -28,6 +28,9 @@ _vm__pin() {
             vm__pin,iothread)
                 cmd="vm__pin__subcmd__iothread"
                 ;;
+            vm__pin,numa)
+                cmd="vm__pin__subcmd__numa"
+                ;;
             vm__pin,sched)
                 cmd="vm__pin__subcmd__sched"
                 ;;
@@ -45,6 +48,9 @@ _vm__pin() {
                 ;;
             vm__pin__subcmd__help,iothread)
                 cmd="vm__pin__subcmd__help__subcmd__iothread"
+                ;;
+            vm__pin__subcmd__help,numa)
+                cmd="vm__pin__subcmd__help__subcmd__numa"
                 ;;
             vm__pin__subcmd__help,sched)
                 cmd="vm__pin__subcmd__help__subcmd__sched"
@@ -83,7 +89,7 @@ _vm__pin() {
 
     case "${cmd}" in
         vm__pin)
-            opts="-h -V --json --help --version vcpu emulator iothread host sched help"
+            opts="-h -V --json --help --version vcpu emulator iothread numa host sched help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -111,7 +117,7 @@ _vm__pin() {
             return 0
             ;;
         vm__subcmd__pin__subcmd__help)
-            opts="vcpu emulator iothread host sched help"
+            opts="vcpu emulator iothread numa host sched help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -195,6 +201,20 @@ _vm__pin() {
             return 0
             ;;
         vm__subcmd__pin__subcmd__help__subcmd__iothread)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__help__subcmd__numa)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -341,6 +361,28 @@ _vm__pin() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__pin__subcmd__numa)
+            opts="-h --mode --nodeset --live --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nodeset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -72,3 +72,26 @@ pub fn set(tid: u32, list: &CpuList) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// NUMA nodes the host has online (`/sys/devices/system/node/online`;
+/// a host without that file has node 0 only).
+pub fn online_nodes() -> CpuList {
+    std::fs::read_to_string("/sys/devices/system/node/online")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| CpuList::from_cpus([0]))
+}
+
+/// Refuses a node set naming nodes the host does not have online.
+pub fn check_nodes_online(nodes: &CpuList) -> Result<(), String> {
+    let online = online_nodes();
+    let missing: Vec<u32> = nodes.iter().filter(|n| !online.contains(*n)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "NUMA node {} is not online (online: {online})",
+            CpuList::from_cpus(missing)
+        ))
+    }
+}

@@ -430,3 +430,59 @@ impl VmCgroup {
         Ok(())
     }
 }
+
+impl VmCgroup {
+    /// The cpuset groups (the VM's and its children's), v1 or v2.
+    fn cpuset_dirs(&self) -> Vec<PathBuf> {
+        let base = match &self.hierarchy {
+            Hierarchy::V1 {
+                cpuset: Some(m), ..
+            } => self
+                .thread_groups
+                .iter()
+                .find(|g| g.starts_with(m))
+                .cloned(),
+            Hierarchy::V1 { cpuset: None, .. } => None,
+            Hierarchy::V2(_) => self.thread_groups.first().cloned(),
+        };
+        let Some(base) = base else { return Vec::new() };
+        let mut dirs = vec![base.clone()];
+        if let Ok(entries) = fs::read_dir(&base) {
+            dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        dirs
+    }
+
+    /// The memory nodes the VM may use (cpuset.mems of its group).
+    pub fn mems(&self) -> Result<String, CgroupError> {
+        let dirs = self.cpuset_dirs();
+        let first = dirs.first().ok_or_else(|| CgroupError {
+            path: PathBuf::from("cpuset"),
+            source: io::Error::new(io::ErrorKind::NotFound, "no cpuset controller"),
+        })?;
+        let f = match self.hierarchy {
+            Hierarchy::V1 { .. } => "cpuset.mems",
+            Hierarchy::V2(_) => "cpuset.mems.effective",
+        };
+        read_trim(&first.join(f))
+    }
+
+    /// Moves the VM's memory to `nodes` (cpuset.mems, with page migration
+    /// on in v1), the way libvirt changes numatune live.
+    pub fn set_mems(&self, nodes: &str) -> Result<(), CgroupError> {
+        let dirs = self.cpuset_dirs();
+        if dirs.is_empty() {
+            return Err(CgroupError {
+                path: PathBuf::from("cpuset"),
+                source: io::Error::new(io::ErrorKind::NotFound, "no cpuset controller"),
+            });
+        }
+        for d in &dirs {
+            if let Hierarchy::V1 { .. } = self.hierarchy {
+                write(&d.join("cpuset.memory_migrate"), "1")?;
+            }
+            write(&d.join("cpuset.mems"), nodes)?;
+        }
+        Ok(())
+    }
+}

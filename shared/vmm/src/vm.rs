@@ -30,6 +30,8 @@ pub struct VmConfig {
     /// Each vCPU thread drops every capability before it first runs the
     /// guest (the caller drops the main thread's).
     pub drop_capabilities: bool,
+    /// Host NUMA policy for guest memory (numatune).
+    pub numa: Option<(memory::NumaPolicy, Vec<u32>)>,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,9 @@ impl Vm {
             .set_tss_address(layout::KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
         let (mem, mem_file) = memory::create(&cfg.name, cfg.memory)?;
+        if let Some((policy, nodes)) = &cfg.numa {
+            memory::bind(&mem, *policy, nodes)?;
+        }
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))

@@ -24,6 +24,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
             vcpus,
         },
         drop_capabilities: false,
+        numa: None,
     }
 }
 

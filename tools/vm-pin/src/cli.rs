@@ -59,6 +59,18 @@ pub enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Show or set the host NUMA policy of guest memory (virsh numatune).
+    Numa {
+        vm: String,
+        /// strict, preferred or interleave (at start; not live).
+        #[arg(long)]
+        mode: Option<String>,
+        /// NUMA nodes, e.g. 0 or 0-1.
+        #[arg(long)]
+        nodeset: Option<String>,
+        #[command(flatten)]
+        scope: Scope,
+    },
     /// Host tuning from the guide: KVM halt polling, kworker CPUs.
     #[command(subcommand)]
     Host(HostCommand),

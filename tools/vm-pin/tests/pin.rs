@@ -264,3 +264,50 @@ fn host_knobs_read_dry_run_and_write() {
         }
     }
 }
+
+#[test]
+fn numa_policy_applies_at_start_and_moves_live() {
+    if !usable() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env(tempfile::tempdir().unwrap());
+    let spec = |name: &str, nodes: &str| {
+        let v = serde_json::json!({"name": name, "vcpus": 1, "memory": "64MiB",
+            "boot": {"kernel": GUEST_ELF, "cmdline": "mode=heartbeat"},
+            "numatune": {"mode": "strict", "nodeset": nodes}});
+        let p = e.0.path().join(format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (code, _, err) = e.vm_run(&["start", "--detach", &spec("pinned", "3")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("numatune.nodeset: NUMA node 3 is not online"),
+        "{err}"
+    );
+    let (code, out, err) = e.vm_run(&["start", "--detach", &spec("pinned", "0")]);
+    assert_eq!(code, 0, "{err}");
+    let pid = json(&out)["pid"].as_u64().unwrap();
+    // The policy was set on the guest memory mapping before its first touch.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    let guest = maps
+        .lines()
+        .find(|l| l.contains("memfd:vmtools-pinned"))
+        .expect("guest memory mapping");
+    assert!(guest.contains(" bind:0 "), "{guest}");
+    let shown = json(&e.pin(&["numa", "pinned"]).1);
+    assert_eq!(shown["numa_mode"], "strict");
+    let (code, _, err) = e.pin(&["numa", "pinned", "--nodeset", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let mems = format!("/sys/fs/cgroup/cpuset/vmtools/pinned.{pid}/cpuset.mems");
+    if let Ok(m) = std::fs::read_to_string(&mems) {
+        assert_eq!(m.trim(), "0");
+    }
+    let (code, _, err) = e.pin(&["numa", "pinned", "--nodeset", "5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not online"), "{err}");
+    let (code, _, err) = e.pin(&["numa", "pinned", "--mode", "interleave"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot change while the VM runs"), "{err}");
+}

@@ -33,6 +33,7 @@ const SUPPORTED: &[Feature] = &[
     Feature::EmulatorPinning,
     Feature::CpuShares,
     Feature::CpuQuota,
+    Feature::NumaTune,
 ];
 
 /// Where the serial console goes.
@@ -82,6 +83,10 @@ pub fn run(
         Console::Socket(p) => Endpoint::socket(p)?,
         _ => Endpoint::None,
     };
+    if let Some(n) = &spec.numatune {
+        vm_host::affinity::check_nodes_online(&n.nodeset)
+            .map_err(|m| anyhow!("numatune.nodeset: {m}"))?;
+    }
     let mut machine = Machine::start(spec, console, endpoint)?;
     // Moving threads between cgroups waits for an RCU grace period per
     // write (4-17 ms each here): a helper thread does it while the guest
@@ -279,6 +284,14 @@ impl Machine {
                 vcpus,
             },
             drop_capabilities: true,
+            numa: spec.numatune.as_ref().map(|n| {
+                let policy = match n.mode {
+                    vm_spec::NumaMode::Strict => vmm::memory::NumaPolicy::Strict,
+                    vm_spec::NumaMode::Preferred => vmm::memory::NumaPolicy::Preferred,
+                    vm_spec::NumaMode::Interleave => vmm::memory::NumaPolicy::Interleave,
+                };
+                (policy, n.nodeset.iter().collect())
+            }),
         })
     }
 
