@@ -22,9 +22,56 @@ pub fn host_memory() -> u64 {
     (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
 }
 
+/// Free pages in the host's pool of `page`-byte huge pages.
+pub fn free_hugepages(page: u64) -> u64 {
+    let path = format!(
+        "/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
+        page / 1024
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Creates `size` bytes of guest memory backed by a new memfd named after
-/// the VM. Pages are allocated by the kernel on first touch.
+/// the VM: from the hugepage pool when `hugepages` names a page size (the
+/// pool must hold all of it: a short pool is an error now rather than a
+/// SIGBUS later), else normal pages with transparent huge pages advised.
+/// Pages are allocated by the kernel on first touch.
+pub fn create_with(name: &str, size: u64, hugepages: Option<u64>) -> Result<(GuestMemory, File)> {
+    if let Some(page) = hugepages {
+        let need = size.div_ceil(page);
+        let free = free_hugepages(page);
+        if free < need {
+            return Err(Error::Memory(format!(
+                "hugepages: {need} pages of {} KiB needed, the pool has {free} free \
+                 (raise /sys/kernel/mm/hugepages/hugepages-{}kB/nr_hugepages)",
+                page / 1024,
+                page / 1024
+            )));
+        }
+    }
+    let (mem, file) = create_inner(name, size, hugepages)?;
+    if hugepages.is_none() {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        for region in mem.iter() {
+            if let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+                // SAFETY: advice on a mapping we own, of its own length; it
+                // changes no contents.
+                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+            }
+        }
+    }
+    Ok((mem, file))
+}
+
+/// Creates `size` bytes of guest memory (normal pages).
 pub fn create(name: &str, size: u64) -> Result<(GuestMemory, File)> {
+    create_with(name, size, None)
+}
+
+fn create_inner(name: &str, size: u64, hugepages: Option<u64>) -> Result<(GuestMemory, File)> {
     let available = host_memory();
     if size > available {
         return Err(Error::MemoryTooLarge {
@@ -34,9 +81,14 @@ pub fn create(name: &str, size: u64) -> Result<(GuestMemory, File)> {
     }
     let cname =
         CString::new(format!("vmtools-{name}")).map_err(|e| Error::Memory(e.to_string()))?;
+    let flags = match hugepages {
+        // MFD_HUGE_SHIFT = 26: the page size's log2 goes in bits 26..31.
+        Some(page) => libc::MFD_CLOEXEC | libc::MFD_HUGETLB | (page.trailing_zeros() << 26),
+        None => libc::MFD_CLOEXEC,
+    };
     // SAFETY: memfd_create reads the NUL-terminated name we pass, which lives
     // for the call; on success we own the returned descriptor.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
     if fd < 0 {
         return Err(Error::io("memfd_create")(std::io::Error::last_os_error()));
     }

@@ -32,6 +32,8 @@ pub struct VmConfig {
     pub drop_capabilities: bool,
     /// Host NUMA policy for guest memory (numatune).
     pub numa: Option<(memory::NumaPolicy, Vec<u32>)>,
+    /// Back guest memory with huge pages of this size.
+    pub hugepages: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,7 @@ impl Vm {
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        let (mem, mem_file) = memory::create(&cfg.name, cfg.memory)?;
+        let (mem, mem_file) = memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
         if let Some((policy, nodes)) = &cfg.numa {
             memory::bind(&mem, *policy, nodes)?;
         }

@@ -25,6 +25,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
         },
         drop_capabilities: false,
         numa: None,
+        hugepages: None,
     }
 }
 

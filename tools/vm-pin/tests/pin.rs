@@ -311,3 +311,57 @@ fn numa_policy_applies_at_start_and_moves_live() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot change while the VM runs"), "{err}");
 }
+
+/// Restores the hugepage pool size when the test ends.
+struct Pool(String, String);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, &self.1);
+    }
+}
+
+#[test]
+fn hugepages_back_guest_memory_or_fail_clearly() {
+    if !usable() {
+        return;
+    }
+    let _l = kvm_lock();
+    let pool_file = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let Ok(before) = std::fs::read_to_string(pool_file) else {
+        eprintln!("SKIP: no 2 MiB hugepage pool here");
+        return;
+    };
+    let _restore = Pool(pool_file.into(), before.trim().into());
+    if std::fs::write(pool_file, "0").is_err() {
+        eprintln!("SKIP: cannot size the hugepage pool (needs root)");
+        return;
+    }
+    let e = Env(tempfile::tempdir().unwrap());
+    let v = serde_json::json!({"name": "pinned", "vcpus": 1, "memory": "64MiB", "hugepages": "2M",
+        "boot": {"kernel": GUEST_ELF, "cmdline": "mode=heartbeat"}});
+    let p = e.0.path().join("huge.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let spec = p.to_str().unwrap();
+    let (code, _, err) = e.vm_run(&["start", "--detach", spec]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("hugepages: 32 pages of 2048 KiB needed, the pool has 0 free"),
+        "{err}"
+    );
+    std::fs::write(pool_file, "40").unwrap();
+    if std::fs::read_to_string(pool_file).unwrap().trim() != "40" {
+        eprintln!("SKIP: the host could not reserve 40 huge pages");
+        return;
+    }
+    let (code, out, err) = e.vm_run(&["start", "--detach", spec]);
+    assert_eq!(code, 0, "{err}");
+    let pid = json(&out)["pid"].as_u64().unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let at = smaps
+        .find("memfd:vmtools-pinned")
+        .expect("guest memory mapping");
+    let block: String = smaps[at..].lines().take(20).collect::<Vec<_>>().join("\n");
+    assert!(block.contains("KernelPageSize:     2048 kB"), "{block}");
+    let _ = e.vm_run(&["kill", "pinned"]);
+}

@@ -34,6 +34,7 @@ const SUPPORTED: &[Feature] = &[
     Feature::CpuShares,
     Feature::CpuQuota,
     Feature::NumaTune,
+    Feature::Hugepages,
 ];
 
 /// Where the serial console goes.
@@ -292,6 +293,7 @@ impl Machine {
                 };
                 (policy, n.nodeset.iter().collect())
             }),
+            hugepages: spec.hugepages.map(vm_spec::Size::bytes),
         })
     }
 
