@@ -55,9 +55,17 @@ struct Target {
 
 fn target(reference: &str) -> Result<Target> {
     let name = vm_control::vm_name(reference)?;
-    let running = vm_control::read_state(&vm_control::vm_dir(&name, false)?)
-        .ok()
-        .filter(|s| Liveness::of(s.pid) == Liveness::Alive);
+    let dir = vm_control::vm_dir(&name, false)?;
+    let running = match vm_control::read_state(&dir) {
+        Ok(s) => Some(s).filter(|s| Liveness::of(s.pid) == Liveness::Alive),
+        // A VM folder we may not read belongs to someone else: say so.
+        Err(vm_control::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            bail!("VM '{name}': permission denied (only its owner and root may place it)")
+        }
+        Err(_) => None,
+    };
     let defined = std::fs::read_to_string(vm_control::defined_spec_path(&name))
         .ok()
         .map(|t| VmSpec::from_json(&t).map_err(|e| anyhow!("definition of {name}: {e}")))

@@ -365,3 +365,49 @@ fn hugepages_back_guest_memory_or_fail_clearly() {
     assert!(block.contains("KernelPageSize:     2048 kB"), "{block}");
     let _ = e.vm_run(&["kill", "pinned"]);
 }
+
+#[test]
+fn other_users_get_one_line_and_change_nothing() {
+    if !usable() {
+        return;
+    }
+    let ok = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: cannot run as another user here (needs root and setpriv)");
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env(tempfile::tempdir().unwrap());
+    // The test's own folders must be reachable for the other user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(e.0.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, out, err) = e.vm_run(&["start", "--detach", &e.spec("pinned")]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::set_permissions(
+        e.0.path().join("run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let st = json(&out);
+    let (pid, t0) = (
+        st["pid"].as_u64().unwrap(),
+        st["vcpu_threads"][0].as_u64().unwrap(),
+    );
+    let before = allowed(pid, t0);
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_vm-pin"))
+        .args(["vcpu", "pinned", "0", "0"])
+        .env("VMTOOLS_RUN_DIR", e.0.path().join("run"))
+        .env("VMTOOLS_CONFIG_DIR", e.0.path().join("defs"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(allowed(pid, t0), before, "nothing changed");
+}
