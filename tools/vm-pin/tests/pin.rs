@@ -2,6 +2,7 @@
 //! thread asked for, bad lists change nothing, --config survives a restart,
 //! shares and quotas land in the cgroup files, table and JSON agree.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -382,7 +383,6 @@ fn other_users_get_one_line_and_change_nothing() {
     let _l = kvm_lock();
     let e = Env(tempfile::tempdir().unwrap());
     // The test's own folders must be reachable for the other user.
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(e.0.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (code, out, err) = e.vm_run(&["start", "--detach", &e.spec("pinned")]);
     assert_eq!(code, 0, "{err}");
