@@ -149,6 +149,18 @@ impl Liveness {
     }
 }
 
+/// Stores `spec` as a defined VM (`<config dir>/<name>.json`), durably.
+pub fn save_definition(spec: &vm_spec::VmSpec) -> Result<()> {
+    let dir = config_dir();
+    fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let text = spec.to_json_pretty() + "\n";
+    write_durable(
+        &defined_spec_path(spec.name.as_str()),
+        text.as_bytes(),
+        0o644,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ mod proto;
 mod socket;
 
 pub use dirs::{
-    config_dir, defined_spec_path, read_state, remove_runtime, run_dir, vm_dir, write_atomic,
-    write_durable, write_state, Liveness,
+    config_dir, defined_spec_path, read_state, remove_runtime, run_dir, save_definition, vm_dir,
+    write_atomic, write_durable, write_state, Liveness,
 };
 pub use naming::{looks_like_path, vm_name};
 pub use proto::{Reply, Request};

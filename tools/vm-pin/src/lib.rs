@@ -109,16 +109,6 @@ fn parse_list(text: &str) -> Result<CpuList> {
     Ok(list)
 }
 
-fn save_definition(spec: &VmSpec) -> Result<()> {
-    let text = spec.to_json_pretty() + "\n";
-    vm_control::write_durable(
-        &vm_control::defined_spec_path(spec.name.as_str()),
-        text.as_bytes(),
-        0o644,
-    )?;
-    Ok(())
-}
-
 fn vcpu_cmd(vm: &str, vcpu: Option<u32>, list: Option<&str>, s: Scope, json: bool) -> Result<()> {
     let t = target(vm)?;
     let spec = t
@@ -149,7 +139,7 @@ fn vcpu_cmd(vm: &str, vcpu: Option<u32>, list: Option<&str>, s: Scope, json: boo
                     .get_or_insert_with(CpuTune::default)
                     .vcpupin
                     .insert(v, list);
-                save_definition(&d)?;
+                vm_control::save_definition(&d)?;
             }
             Ok(())
         }
@@ -221,7 +211,7 @@ fn emulator_cmd(vm: &str, list: Option<&str>, s: Scope, json: bool) -> Result<()
         if config {
             let mut d = t.defined.clone().expect("checked");
             d.cputune.get_or_insert_with(CpuTune::default).emulatorpin = Some(list);
-            save_definition(&d)?;
+            vm_control::save_definition(&d)?;
         }
     } else {
         let cpus = if live {
@@ -316,7 +306,7 @@ fn sched_cmd(vm: &str, set: Option<&str>, s: Scope, json: bool) -> Result<()> {
         if config {
             let mut d = t.defined.clone().expect("checked");
             apply_to_spec(d.cputune.get_or_insert_with(CpuTune::default), &changes);
-            save_definition(&d)?;
+            vm_control::save_definition(&d)?;
         }
         return Ok(());
     }
@@ -476,7 +466,7 @@ fn numa_cmd(
             .or(cur.map(|c| c.nodeset))
             .ok_or_else(|| anyhow!("give --nodeset for a VM without numatune"))?;
         d.numatune = Some(vm_spec::NumaTune { mode, nodeset });
-        save_definition(&d)?;
+        vm_control::save_definition(&d)?;
     }
     Ok(())
 }

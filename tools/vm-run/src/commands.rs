@@ -227,25 +227,13 @@ fn follow(path: &Path, pid: u32) -> Result<i32> {
 
 pub fn define(reference: &str, json: bool) -> Result<i32> {
     let spec = crate::resolve::load_spec(reference)?;
-    save_definition(&spec)?;
+    vm_control::save_definition(&spec)?;
     if output::json_wanted(json) {
         println!("{}", serde_json::to_string(&spec)?);
     } else {
         println!("VM {} defined from {reference}", spec.name);
     }
     Ok(0)
-}
-
-fn save_definition(spec: &VmSpec) -> Result<()> {
-    let dir = vm_control::config_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let text = spec.to_json_pretty() + "\n";
-    vm_control::write_durable(
-        &vm_control::defined_spec_path(spec.name.as_str()),
-        text.as_bytes(),
-        0o644,
-    )?;
-    Ok(())
 }
 
 pub fn undefine(vm: &str) -> Result<i32> {
@@ -287,7 +275,7 @@ pub fn edit(vm: &str) -> Result<i32> {
         bail!("not saved: the name cannot change in edit (define the VM anew)");
     }
     spec.resolve_paths(Path::new("/"));
-    save_definition(&spec)?;
+    vm_control::save_definition(&spec)?;
     println!("VM {name} saved");
     Ok(0)
 }
