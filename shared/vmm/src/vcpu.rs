@@ -5,6 +5,7 @@
 //! stops at once (the way Firecracker does it).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -84,6 +85,9 @@ impl EventSink {
 pub struct Control {
     state: Mutex<(Wanted, bool)>,
     cond: Condvar,
+    /// `state.0 == Run`, readable without the lock: the vCPU loop checks it
+    /// on every exit and takes the lock only when there is something to do.
+    running: AtomicBool,
 }
 
 impl Control {
@@ -91,6 +95,7 @@ impl Control {
         Self {
             state: Mutex::new((Wanted::Run, false)),
             cond: Condvar::new(),
+            running: AtomicBool::new(true),
         }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, (Wanted, bool)> {
@@ -161,6 +166,9 @@ impl Vcpu {
     pub fn set_wanted(&self, w: Wanted) {
         let mut s = self.control.lock();
         s.0 = w;
+        self.control
+            .running
+            .store(w == Wanted::Run, Ordering::Release);
         if w == Wanted::Run {
             s.1 = false;
         }
@@ -208,7 +216,11 @@ fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &EventSink, control: &C
     };
     let mut stopped = false;
     loop {
-        {
+        // Cleared before the check: a kick that lands after it sets the flag
+        // again, so a change made just after the check still stops the next
+        // KVM_RUN at once.
+        fd.set_kvm_immediate_exit(0);
+        if stopped || !control.running.load(Ordering::Acquire) {
             let mut s = control.lock();
             loop {
                 match s.0 {
@@ -235,7 +247,6 @@ fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &EventSink, control: &C
                 }
             }
         }
-        fd.set_kvm_immediate_exit(0);
         let event = match fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => lock_bus()
                 .write(port, data)
