@@ -22,6 +22,9 @@ _vm__run() {
             vm__run,define)
                 cmd="vm__run__subcmd__define"
                 ;;
+            vm__run,disks)
+                cmd="vm__run__subcmd__disks"
+                ;;
             vm__run,edit)
                 cmd="vm__run__subcmd__edit"
                 ;;
@@ -55,6 +58,9 @@ _vm__run() {
             vm__run,state)
                 cmd="vm__run__subcmd__state"
                 ;;
+            vm__run,stats)
+                cmd="vm__run__subcmd__stats"
+                ;;
             vm__run,status)
                 cmd="vm__run__subcmd__status"
                 ;;
@@ -69,6 +75,9 @@ _vm__run() {
                 ;;
             vm__run__subcmd__help,define)
                 cmd="vm__run__subcmd__help__subcmd__define"
+                ;;
+            vm__run__subcmd__help,disks)
+                cmd="vm__run__subcmd__help__subcmd__disks"
                 ;;
             vm__run__subcmd__help,edit)
                 cmd="vm__run__subcmd__help__subcmd__edit"
@@ -103,6 +112,9 @@ _vm__run() {
             vm__run__subcmd__help,state)
                 cmd="vm__run__subcmd__help__subcmd__state"
                 ;;
+            vm__run__subcmd__help,stats)
+                cmd="vm__run__subcmd__help__subcmd__stats"
+                ;;
             vm__run__subcmd__help,status)
                 cmd="vm__run__subcmd__help__subcmd__status"
                 ;;
@@ -119,7 +131,7 @@ _vm__run() {
 
     case "${cmd}" in
         vm__run)
-            opts="-h -V --json --help --version start define undefine edit list status state pause resume shutdown kill reboot console wait serve help"
+            opts="-h -V --json --help --version start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +172,20 @@ _vm__run() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__run__subcmd__disks)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__run__subcmd__edit)
             opts="-h --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -175,7 +201,7 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__help)
-            opts="start define undefine edit list status state pause resume shutdown kill reboot console wait serve help"
+            opts="start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,6 +229,20 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__help__subcmd__define)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__run__subcmd__help__subcmd__disks)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -357,6 +397,20 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__help__subcmd__state)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__run__subcmd__help__subcmd__stats)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -539,6 +593,24 @@ _vm__run() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__run__subcmd__stats)
+            opts="-h --disk --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -16,7 +16,15 @@ fn run(cmd: &mut Command) {
 fn main() {
     let src = Path::new("guest");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    for f in ["main.c", "start.S", "guest.ld", "start64.S", "guest64.ld"] {
+    for f in [
+        "main.c",
+        "blk.c",
+        "guest.h",
+        "start.S",
+        "guest.ld",
+        "start64.S",
+        "guest64.ld",
+    ] {
         println!("cargo:rerun-if-changed=guest/{f}");
     }
     let cc = |input: &str, obj: &str| {
@@ -39,6 +47,7 @@ fn main() {
             .arg(out.join(obj)));
     };
     cc("main.c", "main.o");
+    cc("blk.c", "blk.o");
     cc("start.S", "start.o");
     run(Command::new("ld")
         .args([
@@ -52,7 +61,8 @@ fn main() {
         .arg("-o")
         .arg(out.join("guest32.elf"))
         .arg(out.join("start.o"))
-        .arg(out.join("main.o")));
+        .arg(out.join("main.o"))
+        .arg(out.join("blk.o")));
     let elf = out.join("guest.elf");
     run(Command::new("objcopy")
         .args(["-O", "elf64-x86-64"])

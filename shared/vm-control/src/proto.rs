@@ -16,6 +16,29 @@ pub enum Request {
     Kill,
     /// Reset the guest.
     Reboot,
+    /// Device counters (virsh domblkstat).
+    Stats,
+}
+
+/// One disk's counters, named as `virsh domblkstat` names them; times are
+/// nanoseconds summed over requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    pub id: String,
+    pub rd_req: u64,
+    pub rd_bytes: u64,
+    pub wr_req: u64,
+    pub wr_bytes: u64,
+    pub flush_operations: u64,
+    pub rd_total_times: u64,
+    pub wr_total_times: u64,
+    pub flush_total_times: u64,
+    pub errs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub disks: Vec<DiskStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +48,8 @@ pub struct Reply {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Box<VmState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
 }
 
 impl Reply {
@@ -33,6 +58,7 @@ impl Reply {
             ok: true,
             error: None,
             state: state.map(Box::new),
+            stats: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -40,6 +66,7 @@ impl Reply {
             ok: false,
             error: Some(msg.into()),
             state: None,
+            stats: None,
         }
     }
 }

@@ -128,10 +128,12 @@ impl VmCgroup {
         vm: &str,
         pid: u32,
         vcpus: u8,
+        iothreads: u32,
     ) -> Result<Self, CgroupError> {
         let name = group_name(vm, pid);
         let children: Vec<String> = std::iter::once("emulator".to_string())
             .chain((0..vcpus).map(|i| format!("vcpu{i}")))
+            .chain((1..=iothreads).map(|i| format!("iothread{i}")))
             .collect();
         let mut thread_groups = Vec::new();
         let mut memory_group = None;

@@ -23,6 +23,11 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit MMIO hole below 4 GiB (virtio-mmio devices, IOAPIC, LAPIC).
 pub const MMIO_HOLE_START: u64 = 3 << 30;
 pub const MMIO_HOLE_END: u64 = 4 << 30;
+/// virtio-mmio windows, one page each, from here up.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Their interrupt lines: IOAPIC pins 5..=23 (below are the ISA devices').
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// KVM needs three pages for the TSS on Intel, below 4 GiB, outside RAM.

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod cpu;
 pub mod devices;
 mod error;
+pub mod io_loop;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
@@ -13,4 +14,4 @@ pub mod vcpu;
 mod vm;
 
 pub use error::{Error, Result};
-pub use vm::{Vm, VmConfig};
+pub use vm::{DiskConfig, Vm, VmConfig};

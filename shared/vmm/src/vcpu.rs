@@ -14,7 +14,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::devices::{DeviceEvent, PioBus};
+use crate::devices::{DeviceEvent, MmioBus, PioBus};
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -120,6 +120,7 @@ impl Vcpu {
         index: u8,
         fd: VcpuFd,
         bus: Arc<Mutex<PioBus>>,
+        mmio: Arc<MmioBus>,
         events: EventSink,
         drop_capabilities: bool,
     ) -> std::io::Result<Self> {
@@ -138,7 +139,7 @@ impl Vcpu {
                 // SAFETY: gettid and pthread_self have no preconditions.
                 let ids = unsafe { (libc::gettid() as u32, libc::pthread_self()) };
                 let _ = ready_tx.send(ids);
-                run_loop(fd, &bus, &events, &c);
+                run_loop(fd, &bus, &mmio, &events, &c);
             })?;
         let (tid, pthread) = ready_rx
             .recv()
@@ -207,7 +208,13 @@ impl Vcpu {
     }
 }
 
-fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &EventSink, control: &Control) {
+fn run_loop(
+    mut fd: VcpuFd,
+    bus: &Mutex<PioBus>,
+    mmio: &MmioBus,
+    events: &EventSink,
+    control: &Control,
+) {
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     KVM_RUN.with(|p| p.set(run_ptr));
     let lock_bus = || {
@@ -255,13 +262,15 @@ fn run_loop(mut fd: VcpuFd, bus: &Mutex<PioBus>, events: &EventSink, control: &C
                 lock_bus().read(port, data);
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                data.fill(0xff);
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                mmio.read(addr, data);
                 None
             }
-            Ok(
-                VcpuExit::MmioWrite(..) | VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen,
-            ) => None,
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen) => None,
             Ok(VcpuExit::Shutdown) => Some(VcpuEvent::Crash("triple fault".into())),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,

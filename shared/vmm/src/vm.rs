@@ -1,17 +1,22 @@
 //! The machine: a KVM VM with the in-kernel irqchip and PIT, guest memory,
 //! the legacy devices and one thread per vCPU.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootConfig};
-use crate::devices::{IrqLine, PioBus, SerialOut, SerialPort, I8042};
+use crate::devices::virtio::blk::{BlockCounters, BlockStats, CachePolicy, VirtioBlk};
+use crate::devices::virtio::mmio::MMIO_WINDOW;
+use crate::devices::{IrqLine, MmioBus, MmioTransport, PioBus, SerialOut, SerialPort, I8042};
+use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{EventSink, Vcpu, VcpuEvent, Wanted};
 use crate::{cpu, layout, Error, Result};
@@ -34,6 +39,36 @@ pub struct VmConfig {
     pub numa: Option<(memory::NumaPolicy, Vec<u32>)>,
     /// Back guest memory with huge pages of this size.
     pub hugepages: Option<u64>,
+    /// virtio-blk disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// How many iothreads to start (`iothread1`..); disks name theirs.
+    pub iothreads: u32,
+}
+
+/// One virtio-blk disk: an opened image and how to serve it.
+#[derive(Clone)]
+pub struct DiskConfig {
+    pub id: String,
+    pub image: Arc<dyn vm_image::Block>,
+    pub read_only: bool,
+    pub cache: CachePolicy,
+    /// What GET_ID returns (up to 20 bytes).
+    pub serial: String,
+    /// Served by this iothread; `None`: by the emulator thread's loop.
+    pub iothread: Option<u32>,
+}
+
+impl std::fmt::Debug for DiskConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskConfig")
+            .field("id", &self.id)
+            .field("size", &self.image.size())
+            .field("read_only", &self.read_only)
+            .field("cache", &self.cache)
+            .field("serial", &self.serial)
+            .field("iothread", &self.iothread)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +79,9 @@ pub struct Vm {
     _mem_file: File,
     vcpus: Vec<Vcpu>,
     bus: Arc<Mutex<PioBus>>,
+    io: IoLoop,
+    iothreads: Vec<IoThread>,
+    disks: Vec<(String, Arc<BlockCounters>)>,
     events: Receiver<VcpuEvent>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
@@ -115,7 +153,9 @@ impl Vm {
             .create_pit2(pit)
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
-        let entry = boot::load(&mem, cfg.memory, &cfg.boot)?;
+        let mut boot_cfg = cfg.boot.clone();
+        let (mmio, io, iothreads, disks) = add_disks(&vm_fd, &mem, cfg, &mut boot_cfg.cmdline)?;
+        let entry = boot::load(&mem, cfg.memory, &boot_cfg)?;
 
         let com1 = IrqLine::new().map_err(Error::io("serial irq eventfd"))?;
         vm_fd
@@ -167,6 +207,7 @@ impl Vm {
                     id as u8,
                     fd,
                     Arc::clone(&bus),
+                    Arc::clone(&mmio),
                     sink.clone(),
                     cfg.drop_capabilities,
                 )
@@ -180,6 +221,9 @@ impl Vm {
             _mem_file: mem_file,
             vcpus,
             bus,
+            io,
+            iothreads,
+            disks,
             events: rx,
             wake,
         })
@@ -245,10 +289,138 @@ impl Vm {
         self.vcpus.iter().map(Vcpu::tid).collect()
     }
 
-    /// Stops every vCPU thread and frees the machine.
+    /// Thread ids of the iothreads, with their numbers.
+    pub fn iothread_tids(&self) -> Vec<(u32, u32)> {
+        self.iothreads.iter().map(|t| (t.id, t.tid())).collect()
+    }
+
+    /// Readable when a queue the emulator thread serves has work; then
+    /// call `service_io`. `None` when it serves none.
+    pub fn io_fd(&self) -> Option<std::os::fd::RawFd> {
+        (!self.io.is_empty()).then(|| self.io.fd())
+    }
+
+    /// Serves the emulator thread's ready queues without waiting.
+    pub fn service_io(&self) -> std::io::Result<()> {
+        self.io.run_once(0).map(|_| ())
+    }
+
+    /// Each disk's id and counters so far.
+    pub fn disk_stats(&self) -> Vec<(String, BlockStats)> {
+        self.disks
+            .iter()
+            .map(|(id, c)| (id.clone(), c.snapshot()))
+            .collect()
+    }
+
+    /// Stops every vCPU thread and iothread and frees the machine.
     pub fn destroy(self) {
         for v in self.vcpus {
             v.exit();
         }
+        for t in self.iothreads {
+            t.stop();
+        }
     }
+}
+
+type Disks = (
+    Arc<MmioBus>,
+    IoLoop,
+    Vec<IoThread>,
+    Vec<(String, Arc<BlockCounters>)>,
+);
+
+/// Puts each disk behind a virtio-mmio window with its own interrupt line,
+/// wires its queue notifier (ioeventfd) to the loop that serves it, starts
+/// the iothreads and announces the devices on the kernel command line.
+fn add_disks(
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    cfg: &VmConfig,
+    cmdline: &mut String,
+) -> Result<Disks> {
+    let max = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
+    if cfg.disks.len() > max {
+        return Err(Error::Boot(format!(
+            "{} virtio devices, at most {max} fit",
+            cfg.disks.len()
+        )));
+    }
+    let mut bus = MmioBus::default();
+    let mut main = IoLoop::new().map_err(Error::io("creating the I/O loop"))?;
+    let mut loops = Vec::new();
+    for id in 1..=cfg.iothreads {
+        loops.push((
+            id,
+            IoLoop::new().map_err(Error::io("creating an iothread loop"))?,
+        ));
+    }
+    let mut counters = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
+        let gsi = layout::VIRTIO_IRQ_FIRST + i as u32;
+        let irq = IrqLine::new().map_err(Error::io("virtio irq eventfd"))?;
+        vm_fd
+            .register_irqfd(&irq.0, gsi)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let c = Arc::new(BlockCounters::default());
+        let blk = VirtioBlk::new(
+            Arc::clone(&d.image),
+            d.read_only,
+            d.cache,
+            &d.serial,
+            Arc::clone(&c),
+        );
+        let dev = Arc::new(Mutex::new(MmioTransport::new(
+            Box::new(blk),
+            mem.clone(),
+            irq,
+        )));
+        let io = match d.iothread {
+            None => &mut main,
+            Some(n) => match loops.iter_mut().find(|(id, _)| *id == n) {
+                Some((_, l)) => l,
+                None => {
+                    return Err(Error::Boot(format!(
+                        "disk {} names iothread {n}, but the VM has {}",
+                        d.id, cfg.iothreads
+                    )))
+                }
+            },
+        };
+        let queues = crate::devices::lock(&dev).queue_count();
+        for q in 0..queues {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("queue eventfd"))?;
+            vm_fd
+                .register_ioevent(
+                    &fd,
+                    &IoEventAddress::Mmio(
+                        base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY),
+                    ),
+                    q as u32,
+                )
+                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+            io.add(fd, Arc::clone(&dev), q)
+                .map_err(Error::io("adding a queue to its loop"))?;
+        }
+        bus.add(base, dev);
+        counters.push((d.id.clone(), c));
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        let _ = write!(
+            cmdline,
+            "virtio_mmio.device={}K@0x{base:x}:{gsi}",
+            MMIO_WINDOW / 1024
+        );
+    }
+    let mut threads = Vec::new();
+    for (id, l) in loops {
+        threads.push(
+            IoThread::spawn(id, l, cfg.drop_capabilities)
+                .map_err(Error::io("starting an iothread"))?,
+        );
+    }
+    Ok((Arc::new(bus), main, threads, counters))
 }

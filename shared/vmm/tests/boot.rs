@@ -26,6 +26,8 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
         drop_capabilities: false,
         numa: None,
         hugepages: None,
+        disks: Vec::new(),
+        iothreads: 0,
     }
 }
 

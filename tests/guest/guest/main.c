@@ -6,25 +6,23 @@
  *              Ctrl-Alt-Del arrives on the keyboard
  *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
+ *   blk-*      virtio-blk checks (blk.c)
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
  * the i8042 reset, so both QEMU microvm and vm-run stop. */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+#include "guest.h"
 
 static u32 ticks, beats;
 extern void irq0_entry(void);
 extern void irq1_entry(void);
 extern void idle(void) __attribute__((noreturn));
 
-static void putc(char c) { outb(0x3f8, (u8)c); }
-static void puts(const char *s) { while (*s) putc(*s++); }
-static void putu(u32 v) {
+void putc(char c) { outb(0x3f8, (u8)c); }
+void puts(const char *s) { while (*s) putc(*s++); }
+void puthex(u32 v) {
+    for (int i = 28; i >= 0; i -= 4) putc("0123456789abcdef"[(v >> i) & 15]);
+}
+void putu(u32 v) {
     char b[11];
     int i = 10;
     b[i] = 0;
@@ -32,24 +30,41 @@ static void putu(u32 v) {
     puts(b + i);
 }
 
-static int starts(const char *s, const char *p) {
+int starts(const char *s, const char *p) {
     while (*p) if (*s++ != *p++) return 0;
     return 1;
 }
 
-/* Finds "mode=" on the command line (or a bare mode word). */
-static const char *mode_of(const char *cmdline) {
+const char *arg(const char *cmdline, const char *key) {
     const char *p = cmdline;
-    if (!p) return "hello";
+    if (!p) return 0;
     while (*p) {
-        if (starts(p, "mode=")) return p + 5;
+        const char *k = key, *q = p;
+        while (*k && *q == *k) { q++; k++; }
+        if (!*k && *q == '=') return q + 1;
         while (*p && *p != ' ') p++;
         while (*p == ' ') p++;
     }
-    return "hello";
+    return 0;
 }
 
-static void end(u8 code) {
+/* Decimal, or hexadecimal after 0x. */
+u32 arg_u32(const char *cmdline, const char *key, u32 fallback) {
+    const char *v = arg(cmdline, key);
+    u32 n = 0;
+    if (!v) return fallback;
+    if (v[0] == '0' && v[1] == 'x') {
+        for (v += 2;; v++) {
+            if (*v >= '0' && *v <= '9') n = n * 16 + (u32)(*v - '0');
+            else if (*v >= 'a' && *v <= 'f') n = n * 16 + (u32)(*v - 'a' + 10);
+            else return n;
+        }
+    }
+    while (*v >= '0' && *v <= '9') n = n * 10 + (u32)(*v++ - '0');
+    return n;
+}
+
+void end(u8 code) {
     outb(0xf4, code);          /* QEMU isa-debug-exit */
     outb(0x64, 0xfe);          /* i8042: pulse reset */
     for (;;) __asm__ volatile("cli; hlt");
@@ -112,7 +127,8 @@ void guest_main(u32 start_info) {
     /* hvm_start_info: magic at 0, cmdline_paddr at 24. */
     const u32 *si = (const u32 *)start_info;
     const char *cmdline = si && si[0] == 0x336ec578 ? (const char *)si[6] : 0;
-    const char *mode = mode_of(cmdline);
+    const char *mode = arg(cmdline, "mode");
+    if (!mode) mode = "hello";
     puts("vmtools test guest: ");
     if (starts(mode, "crash")) {
         puts("crashing\n");
@@ -138,6 +154,8 @@ void guest_main(u32 start_info) {
                 putc(c);
             }
         }
+    } else if (starts(mode, "blk-")) {
+        blk_mode(mode, cmdline);
     } else if (starts(mode, "cli-hlt")) {
         puts("halting\n");
         for (;;) __asm__ volatile("cli; hlt");

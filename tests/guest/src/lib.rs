@@ -4,7 +4,7 @@
 //!
 //! The guest is a PVH ELF built from `guest/` at build time. Its command
 //! line picks a mode (`mode=hello`, `crash`, `reboot`, `heartbeat`,
-//! `cli-hlt`); see `guest/main.c`.
+//! `cli-hlt`, and the `blk-*` virtio-blk modes); see `guest/main.c` and `guest/blk.c`.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -76,4 +76,20 @@ pub fn have_tool(name: &str, tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     available(name, ok)
+}
+
+/// The checksum the guest's blk modes print: FNV-1a over little-endian
+/// 32-bit words.
+pub fn fnv(data: &[u8]) -> u32 {
+    data.chunks_exact(4).fold(0x811c_9dc5, |h, w| {
+        (h ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(16_777_619)
+    })
+}
+
+/// The data the guest's `blk-write` (and `blk-crash`) modes write: word i
+/// of the buffer is `seed ^ (i * 2654435761)`.
+pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len / 4)
+        .flat_map(|i| (seed ^ (i as u32).wrapping_mul(2_654_435_761)).to_le_bytes())
+        .collect()
 }

@@ -85,6 +85,16 @@ pub enum Command {
     Console(VmArg),
     /// Wait until the VM has stopped.
     Wait(VmArg),
+    /// Print a running VM's disk counters (virsh domblkstat).
+    Stats {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Only this disk.
+        #[arg(long, value_name = "ID")]
+        disk: Option<String>,
+    },
+    /// List a VM's disks (virsh domblklist).
+    Disks(VmArg),
     #[command(hide = true)]
     Serve,
 }

@@ -279,3 +279,84 @@ pub fn edit(vm: &str) -> Result<i32> {
     println!("VM {name} saved");
     Ok(0)
 }
+
+/// virsh domblkstat: each disk's counters, `ID name value` per line.
+pub fn stats(vm: &str, disk: Option<&str>, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    let reply = vm_control::call(&st.control_socket, &Request::Stats, Duration::from_secs(30))?;
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "the VM refused".into()));
+    }
+    let mut stats = reply.stats.unwrap_or_default();
+    if let Some(id) = disk {
+        stats.disks.retain(|d| d.id == id);
+        if stats.disks.is_empty() {
+            bail!("VM '{name}' has no disk '{id}'");
+        }
+    }
+    if output::json_wanted(json) {
+        println!("{}", serde_json::to_string(&stats)?);
+        return Ok(0);
+    }
+    for d in &stats.disks {
+        let v = serde_json::to_value(d)?;
+        for key in [
+            "rd_req",
+            "rd_bytes",
+            "wr_req",
+            "wr_bytes",
+            "flush_operations",
+            "rd_total_times",
+            "wr_total_times",
+            "flush_total_times",
+            "errs",
+        ] {
+            println!("{} {key} {}", d.id, v[key]);
+        }
+    }
+    Ok(0)
+}
+
+/// virsh domblklist: a running VM's disks with their current top image,
+/// or a defined VM's from its spec.
+pub fn disks(vm: &str, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let spec = match current_state(&name) {
+        Ok(st) => {
+            let mut spec = st.spec;
+            for (d, s) in spec.disks.iter_mut().zip(&st.disks) {
+                d.path.clone_from(&s.top);
+            }
+            spec
+        }
+        Err(e) => {
+            let path = vm_control::defined_spec_path(&name);
+            if !path.exists() {
+                return Err(e);
+            }
+            VmSpec::from_json(&std::fs::read_to_string(&path)?).map_err(|e| anyhow!("{e}"))?
+        }
+    };
+    if output::json_wanted(json) {
+        let rows: Vec<_> = spec
+            .disks
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id, "source": d.path, "format": d.format.as_str(),
+                    "readonly": d.readonly, "cache": d.cache.as_str(),
+                    "iothread": d.iothread, "serial": d.serial,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(0);
+    }
+    println!(" {:<8} Source", "Target");
+    println!("{}", "-".repeat(48));
+    for d in &spec.disks {
+        println!(" {:<8} {}", d.id, d.path.display());
+    }
+    Ok(0)
+}

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod console;
+pub mod disks;
 pub mod monitor;
 pub mod output;
 pub mod resolve;
@@ -32,6 +33,8 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Kill(v) => commands::kill(&v.vm, j),
         Command::Console(v) => commands::console(&v.vm),
         Command::Wait(v) => commands::wait(&v.vm),
+        Command::Stats { vm, disk } => commands::stats(&vm.vm, disk.as_deref(), j),
+        Command::Disks(v) => commands::disks(&v.vm, j),
     };
     match result {
         Ok(code) => code,

@@ -18,6 +18,7 @@ use vmm::vcpu::VcpuEvent;
 use vmm::{Vm, VmConfig};
 
 use crate::console::{self, Endpoint, Pending};
+use crate::disks::OpenDisk;
 use crate::timefmt::{log, now_secs};
 
 /// Exit status when the guest crashed (foreground, on_crash = destroy).
@@ -35,6 +36,9 @@ const SUPPORTED: &[Feature] = &[
     Feature::CpuQuota,
     Feature::NumaTune,
     Feature::Hugepages,
+    Feature::Disks,
+    Feature::Iothreads,
+    Feature::IothreadPinning,
 ];
 
 /// Where the serial console goes.
@@ -92,7 +96,7 @@ pub fn run(
     // Moving threads between cgroups waits for an RCU grace period per
     // write (4-17 ms each here): a helper thread does it while the guest
     // already runs, instead of holding up the boot.
-    let tids = machine.vm().vcpu_tids();
+    let tids = Threads::of(machine.vm());
     apply_affinity(&machine.spec, &tids)?;
     let vm_name = name.clone();
     let tune = machine.spec.cputune.clone().unwrap_or_default();
@@ -102,7 +106,7 @@ pub fn run(
             .stack_size(256 << 10)
             .spawn(move || {
                 let cg = place_in_cgroup(&vm_name, &tids)?;
-                apply_cpu_tuning(&cg, &tune, tids.len());
+                apply_cpu_tuning(&cg, &tune, tids.vcpus.len());
                 Some(cg)
             })
             .context("starting the cgroup thread")?,
@@ -135,23 +139,40 @@ pub fn run(
     code
 }
 
+/// The machine's threads: vCPUs in order, iothreads with their numbers.
+#[derive(Debug, Clone)]
+struct Threads {
+    vcpus: Vec<u32>,
+    iothreads: Vec<(u32, u32)>,
+}
+
+impl Threads {
+    fn of(vm: &Vm) -> Self {
+        Self {
+            vcpus: vm.vcpu_tids(),
+            iothreads: vm.iothread_tids(),
+        }
+    }
+}
+
 /// Puts the process in its per-VM cgroup (the main thread in `emulator`,
-/// each vCPU thread in `vcpuN`), after removing dead VMs' groups. Without
-/// cgroups (or the right to make them) the VM runs unplaced, with a line
-/// in its log.
-fn place_in_cgroup(name: &str, vcpu_tids: &[u32]) -> Option<VmCgroup> {
+/// each vCPU thread in `vcpuN`, each iothread in `iothreadN`), after
+/// removing dead VMs' groups. Without cgroups (or the right to make them)
+/// the VM runs unplaced, with a line in its log.
+fn place_in_cgroup(name: &str, tids: &Threads) -> Option<VmCgroup> {
     let h = Hierarchy::detect()?;
     vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
     let pid = std::process::id();
-    let vcpus = vcpu_tids.len() as u8;
-    let placed = VmCgroup::create(h, name, pid, vcpus).and_then(|cg| {
+    let vcpus = tids.vcpus.len() as u8;
+    let iothreads = tids.iothreads.len() as u32;
+    let placed = VmCgroup::create(h, name, pid, vcpus, iothreads).and_then(|cg| {
         cg.attach_process(pid)?;
         cg.attach_thread("emulator", pid)?;
         Ok(cg)
     });
     match placed {
         Ok(cg) => {
-            attach_vcpus(&cg, vcpu_tids);
+            attach_threads(&cg, tids);
             Some(cg)
         }
         Err(e) => {
@@ -161,25 +182,43 @@ fn place_in_cgroup(name: &str, vcpu_tids: &[u32]) -> Option<VmCgroup> {
     }
 }
 
-fn attach_vcpus(cg: &VmCgroup, vcpu_tids: &[u32]) {
-    for (i, &tid) in vcpu_tids.iter().enumerate() {
-        if let Err(e) = cg.attach_thread(&format!("vcpu{i}"), tid) {
-            log(&format!("vcpu{i} stays outside its cgroup: {e}"));
+fn attach_threads(cg: &VmCgroup, tids: &Threads) {
+    let named = tids
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (format!("vcpu{i}"), t))
+        .chain(
+            tids.iothreads
+                .iter()
+                .map(|&(n, t)| (format!("iothread{n}"), t)),
+        );
+    for (group, tid) in named {
+        if let Err(e) = cg.attach_thread(&group, tid) {
+            log(&format!("{group} stays outside its cgroup: {e}"));
         }
     }
 }
 
-/// The spec's vcpupin and emulatorpin, checked against the host's online
-/// CPUs (a spec may be written for a bigger host: it fails here, at start).
-fn apply_affinity(spec: &VmSpec, vcpu_tids: &[u32]) -> Result<()> {
+/// The spec's vcpupin, iothreadpin and emulatorpin, checked against the
+/// host's online CPUs (a spec may be written for a bigger host: it fails
+/// here, at start).
+fn apply_affinity(spec: &VmSpec, tids: &Threads) -> Result<()> {
     let Some(t) = &spec.cputune else {
         return Ok(());
     };
     for (&vcpu, list) in &t.vcpupin {
         vm_host::affinity::check_online(list)
             .map_err(|m| anyhow!("cputune.vcpupin.{vcpu}: {m}"))?;
-        let tid = vcpu_tids[vcpu as usize];
+        let tid = tids.vcpus[vcpu as usize];
         vm_host::affinity::set(tid, list).with_context(|| format!("pinning vcpu{vcpu}"))?;
+    }
+    for (&n, list) in &t.iothreadpin {
+        vm_host::affinity::check_online(list)
+            .map_err(|m| anyhow!("cputune.iothreadpin.{n}: {m}"))?;
+        if let Some(&(_, tid)) = tids.iothreads.iter().find(|(id, _)| *id == n) {
+            vm_host::affinity::set(tid, list).with_context(|| format!("pinning iothread{n}"))?;
+        }
     }
     if let Some(list) = &t.emulatorpin {
         vm_host::affinity::check_online(list).map_err(|m| anyhow!("cputune.emulatorpin: {m}"))?;
@@ -262,10 +301,12 @@ struct Machine {
     cgroup: Placement,
     endpoint: Endpoint,
     pending: Pending,
+    /// Opened (and locked) once; a reboot keeps them.
+    disks: Vec<OpenDisk>,
 }
 
 impl Machine {
-    fn config(spec: &VmSpec) -> Result<VmConfig> {
+    fn config(spec: &VmSpec, disks: &[OpenDisk]) -> Result<VmConfig> {
         let vcpus = u8::try_from(spec.vcpus).map_err(|_| anyhow!("vcpus: at most 255"))?;
         let (threads, cores) = spec
             .cpu
@@ -294,6 +335,8 @@ impl Machine {
                 (policy, n.nodeset.iter().collect())
             }),
             hugepages: spec.hugepages.map(vm_spec::Size::bytes),
+            disks: disks.iter().map(|d| d.config.clone()).collect(),
+            iothreads: spec.iothreads,
         })
     }
 
@@ -316,7 +359,8 @@ impl Machine {
     }
 
     fn start(spec: VmSpec, console: Console, endpoint: Endpoint) -> Result<Self> {
-        let cfg = Self::config(&spec)?;
+        let disks = crate::disks::open_all(&spec)?;
+        let cfg = Self::config(&spec, &disks)?;
         let vm = Vm::start(&cfg, Self::serial(&console, &endpoint)?)?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
@@ -328,6 +372,7 @@ impl Machine {
             cgroup: Placement::Done(None),
             endpoint,
             pending: Pending::new(),
+            disks,
         })
     }
 
@@ -336,18 +381,18 @@ impl Machine {
         if let Some(vm) = self.vm.take() {
             vm.destroy();
         }
-        let cfg = Self::config(&self.spec)?;
+        let cfg = Self::config(&self.spec, &self.disks)?;
         self.vm = Some(Vm::start(
             &cfg,
             Self::serial(&self.console, &self.endpoint)?,
         )?);
         self.shutdown_requested = false;
-        let tids = self.vm().vcpu_tids();
+        let tids = Threads::of(self.vm());
         if let Err(e) = apply_affinity(&self.spec, &tids) {
             log(&format!("after restart: {e}"));
         }
         if let Some(cg) = self.cgroup() {
-            attach_vcpus(cg, &tids);
+            attach_threads(cg, &tids);
         }
         Ok(())
     }
@@ -368,6 +413,27 @@ impl Machine {
         }
     }
 
+    fn stats(&self) -> vm_control::Stats {
+        let disks = self
+            .vm()
+            .disk_stats()
+            .into_iter()
+            .map(|(id, s)| vm_control::DiskStats {
+                id,
+                rd_req: s.rd_req,
+                rd_bytes: s.rd_bytes,
+                wr_req: s.wr_req,
+                wr_bytes: s.wr_bytes,
+                flush_operations: s.flush_operations,
+                rd_total_times: s.rd_total_times,
+                wr_total_times: s.wr_total_times,
+                flush_total_times: s.flush_total_times,
+                errs: s.errs,
+            })
+            .collect();
+        vm_control::Stats { disks }
+    }
+
     fn vm(&self) -> &Vm {
         self.vm.as_ref().expect("the machine runs while served")
     }
@@ -382,13 +448,17 @@ impl Machine {
             control_socket: dir.join("control.sock"),
             spec: self.spec.clone(),
             vcpu_threads: self.vm.as_ref().map(Vm::vcpu_tids).unwrap_or_default(),
-            iothread_threads: Vec::new(),
+            iothread_threads: self
+                .vm
+                .as_ref()
+                .map(|vm| vm.iothread_tids().into_iter().map(|(_, t)| t).collect())
+                .unwrap_or_default(),
             console: match &self.console {
                 Console::File(p) | Console::Socket(p) => Some(p.clone()),
                 Console::Pty => Some(dir.join("console")),
                 Console::Stdio | Console::Null => None,
             },
-            disks: Vec::new(),
+            disks: self.disks.iter().map(|d| d.state.clone()).collect(),
             nets: Vec::new(),
             started: self.started,
         }
@@ -446,6 +516,9 @@ fn serve(
             pollin(m.vm().event_fd()),
             pollin(stop),
         ];
+        // The queues the emulator thread serves (disks without an iothread).
+        let io = m.vm().io_fd();
+        fds.push(pollin(io.unwrap_or(-1)));
         let console = m.endpoint.fds();
         fds.extend(console.iter().map(|&fd| pollin(fd)));
         // Input the serial FIFO could not take yet is retried shortly.
@@ -463,6 +536,9 @@ fn serve(
             log("stopping on a signal");
             return Ok(0);
         }
+        if fds[3].revents != 0 {
+            m.vm().service_io().context("serving disk queues")?;
+        }
         if fds[1].revents != 0 {
             for ev in m.vm().take_events() {
                 if let Next::Exit(code) = on_guest_event(m, dir, state, &ev)? {
@@ -477,7 +553,7 @@ fn serve(
                 }
             }
         }
-        for p in &fds[3..] {
+        for p in &fds[4..] {
             if p.revents != 0 {
                 m.endpoint.on_ready(p.fd, &mut m.pending);
             }
@@ -635,6 +711,11 @@ fn handle(
             m.restart()?;
             set_state(m, dir, state, RunState::Running, "rebooted by request")?;
             Next::Continue
+        }
+        Request::Stats => {
+            let mut reply = Reply::ok(None);
+            reply.stats = Some(m.stats());
+            return Ok((reply, Next::Continue));
         }
     };
     Ok((Reply::ok(Some(state.clone())), next))

@@ -28,7 +28,7 @@ pub enum Prepared {
 }
 
 /// Makes sure an L2 table exists for every guest range in `ranges`
-/// (offset, length) of the qcow2 image at `path`. The caller holds the
+/// (offset, length; clipped to the disk) of the qcow2 image at `path`. The caller holds the
 /// image's write lock and no other handle has it open for writing.
 pub fn prepare_l2_tables(path: &Path, ranges: &[(u64, u64)]) -> Result<Prepared> {
     let file = OpenOptions::new()
@@ -44,7 +44,7 @@ pub fn prepare_l2_tables(path: &Path, ranges: &[(u64, u64)]) -> Result<Prepared>
         if len == 0 {
             continue;
         }
-        let end = (off + len).min(meta.header.size);
+        let end = off.saturating_add(len).min(meta.header.size);
         for i in off / per_l2..end.div_ceil(per_l2) {
             let i = i as usize;
             if i < meta.l1.len() && meta.l1[i] & OFFSET_MASK == 0 {

@@ -3,13 +3,16 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
 pub use i8042::I8042;
 pub use serial::{SerialOut, SerialPort, SharedWriter};
+pub use virtio::MmioTransport;
 
 /// What a device asks of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,4 +71,45 @@ impl PioBus {
             _ => None,
         }
     }
+}
+
+/// The virtio-mmio devices, each in its own window of the MMIO hole. Fixed
+/// once the VM starts, so vCPUs look devices up without a lock.
+#[derive(Debug, Default)]
+pub struct MmioBus {
+    devices: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl MmioBus {
+    pub fn add(&mut self, base: u64, dev: Arc<Mutex<MmioTransport>>) {
+        self.devices.push((base, dev));
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+        self.devices.iter().find_map(|(base, d)| {
+            let off = addr.checked_sub(*base)?;
+            (off < virtio::mmio::MMIO_WINDOW).then_some((off, d.as_ref()))
+        })
+    }
+
+    /// A guest read; addresses with no device read as all ones.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((off, d)) => lock(d).read(off, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// A guest write; addresses with no device ignore it.
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        if let Some((off, d)) = self.find(addr) {
+            lock(d).write(off, data);
+        }
+    }
+}
+
+/// Locks a device; a panic elsewhere (impossible with panic=abort, but
+/// tests unwind) does not make it unusable.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,0 +1,250 @@
+//! The virtio-mmio register block (virtio 1.x, section 4.2.2).
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES,
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL, VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS,
+    VIRTIO_MMIO_INT_VRING, VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+    VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW,
+    VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_NUM_MAX,
+    VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH,
+    VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
+};
+use virtio_queue::{Queue, QueueT};
+
+use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::IrqLine;
+use crate::memory::GuestMemory;
+
+/// Size of one device's register window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+/// "virt" in little-endian.
+const MAGIC: u32 = 0x7472_6976;
+/// "VMTL": who made the device, for drivers that care.
+const VENDOR: u32 = 0x4c54_4d56;
+
+#[derive(Debug)]
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    irq: IrqLine,
+    queues: Vec<Queue>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, irq: IrqLine) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            // Queue::new fails only for sizes that are not powers of two,
+            // which our devices never declare.
+            .map(|&max| Queue::new(max).expect("queue sizes are powers of two"))
+            .collect();
+        Self {
+            device,
+            mem,
+            irq,
+            queues,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// A guest read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        // Registers are 32 bits wide and accessed whole.
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        let q = self.queues.get(self.queue_sel as usize);
+        let v = match offset as u32 {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => 2,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// A guest write at `offset` in the window. Config space is read-only
+    /// for our devices; writes there are ignored.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        let v = u32::from_le_bytes(bytes);
+        // Queue layout may change only while the queue is not ready and the
+        // driver has not finished setting up (virtio 1.x, 4.2.2.3).
+        let setup = self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
+        match offset as u32 {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES if self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v);
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32);
+                    }
+                    _ => {}
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NUM if setup => {
+                if let Some(q) = self.queue() {
+                    // A size the queue cannot take leaves it unchanged; the
+                    // queue then fails validation at DRIVER_OK.
+                    let _ = q.try_set_size(v as u16);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_READY if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_desc_table_address(Some(v), None);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_HIGH if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_desc_table_address(None, Some(v));
+                }
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_avail_ring_address(Some(v), None);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_avail_ring_address(None, Some(v));
+                }
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_used_ring_address(Some(v), None);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_USED_HIGH if setup => {
+                if let Some(q) = self.queue() {
+                    q.set_used_ring_address(None, Some(v));
+                }
+            }
+            // Reaches us only when no ioeventfd took it.
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.queue_notified(v as usize),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
+            VIRTIO_MMIO_STATUS => self.set_status(v),
+            _ => {}
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let mut v = v;
+        if v & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            // Features the device never offered, or a legacy driver: the
+            // handshake fails and the driver sees FEATURES_OK unset.
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                v &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            }
+        }
+        if v & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            let mem = &self.mem;
+            if v & VIRTIO_CONFIG_S_FEATURES_OK == 0
+                || self.queues.iter().any(|q| q.ready() && !q.is_valid(mem))
+            {
+                v |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            }
+        }
+        self.status = v;
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device.reset();
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+    }
+
+    /// Serves queue `index` after the driver notified it; raises the
+    /// interrupt when the device asks for it.
+    pub fn queue_notified(&mut self, index: usize) {
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+            || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0
+        {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.device.process_queue(index, queue, &self.mem) {
+            self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
+            // A failed eventfd write means a full counter: the guest has
+            // an interrupt pending anyway.
+            let _ = self.irq.raise();
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! virtio devices on the virtio-mmio transport (version 2, the modern one).
+//!
+//! A device only knows its own queues and configuration space; the
+//! transport owns the registers, the feature handshake and the interrupt.
+//! Queue notifications arrive on ioeventfds (the vCPU never leaves KVM for
+//! them) and interrupts leave through irqfds.
+
+pub mod blk;
+pub mod blk_request;
+pub mod mmio;
+
+use virtio_queue::Queue;
+
+use crate::memory::GuestMemory;
+
+pub use mmio::MmioTransport;
+
+/// Bit 32: the device speaks virtio 1.x (required by the modern transport).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// What a transport needs from the device behind it.
+pub trait VirtioDevice: Send + std::fmt::Debug {
+    /// The virtio device ID (2 = block, 1 = network).
+    fn device_type(&self) -> u32;
+    /// Feature bits offered to the driver, VERSION_1 included.
+    fn features(&self) -> u64;
+    /// The largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space; bytes past its end
+    /// read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Serves everything the driver made available on queue `index`;
+    /// returns whether the driver wants an interrupt.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver reset the device (status 0).
+    fn reset(&mut self) {}
+}
+
+/// Copies the part of `config` that `offset..offset + data.len()` covers;
+/// the rest reads as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}

@@ -1,0 +1,121 @@
+//! Helpers shared by vm-run's integration tests: a private run and config
+//! folder per test, running vm-run, and reading its output.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_guest::GUEST_ELF;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vm-run"));
+        c.env("VMTOOLS_RUN_DIR", self.run_dir())
+            .env("VMTOOLS_CONFIG_DIR", self.dir.path().join("defs"));
+        c
+    }
+    pub fn vm_run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).stdin(Stdio::null()).output().unwrap();
+        decode(&out)
+    }
+    /// Writes a spec for the test guest in `mode`, with `extra` fields.
+    pub fn spec(&self, name: &str, mode: &str, extra: &serde_json::Value) -> String {
+        let mut v = serde_json::json!({
+            "name": name, "vcpus": 1, "memory": "64MiB",
+            "boot": {"kernel": GUEST_ELF, "cmdline": format!("mode={mode}")},
+            "on_reboot": "destroy"
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        let p = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+    pub fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.run_dir().join(name).join("console.log")).unwrap_or_default()
+    }
+    pub fn ticks(&self, name: &str) -> usize {
+        self.console(name).matches("tick").count()
+    }
+    pub fn wait_ticks(&self, name: &str, n: usize) {
+        let t0 = Instant::now();
+        while self.ticks(name) < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "heartbeat stalled at {}",
+                self.ticks(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Env {
+    /// A failed test must not leave VMs running: kill what is left.
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.run_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Ok(st) = vm_control::read_state(&e.path()) {
+                // SAFETY: killing a VM process this test started.
+                unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// cgroup v1 with the cpu controller, as on the development machine; other
+/// hierarchies skip the placement checks with a note.
+pub fn vm_host_has_v1_cpu() -> bool {
+    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains(" - cgroup ")
+                && l.split(',')
+                    .any(|o| o.trim() == "cpu" || o.ends_with(",cpu"))
+        });
+    if !v1 {
+        eprintln!("SKIP (cgroup placement check): no cgroup v1 cpu controller here");
+    }
+    v1
+}
+
+pub fn decode(out: &Output) -> (i32, String, String) {
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!r.2.contains("panicked"), "vm-run panicked: {}", r.2);
+    r
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+pub fn error_line(err: &str) -> String {
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("vm-run: error: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    lines[0].to_string()
+}

@@ -1,0 +1,540 @@
+//! virtio-blk end to end: the test guest's polling driver reads and writes
+//! disks under vm-run on the real /dev/kvm, and qemu-img judges the images
+//! afterwards.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use test_guest::{fnv, have_kvm, have_tool, kvm_lock, pattern};
+
+mod common;
+
+use common::{error_line, json as parse_json, Env};
+
+const DISK_SIZE: usize = 1 << 20;
+const SECTOR: usize = 512;
+
+fn ready() -> bool {
+    have_kvm() && have_tool("qemu-img", "qemu-img")
+}
+
+/// A raw disk whose every sector differs, so a wrong offset shows.
+fn base_data() -> Vec<u8> {
+    pattern(0x00ba_5e00, DISK_SIZE)
+}
+
+fn qemu_img(args: &[&str]) -> (i32, String) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn disk(id: &str, path: &Path, format: &str, extra: &serde_json::Value) -> serde_json::Value {
+    let mut d = json!({"id": id, "path": path, "format": format});
+    for (k, v) in extra.as_object().unwrap() {
+        d[k] = v.clone();
+    }
+    d
+}
+
+/// Runs the guest in `mode` (with arguments) in the foreground with
+/// `disks`; returns the guest's line for the mode.
+fn run_guest(e: &Env, mode: &str, disks: &serde_json::Value, extra: &serde_json::Value) -> String {
+    let mut fields = json!({"disks": disks});
+    for (k, v) in extra.as_object().unwrap() {
+        fields[k] = v.clone();
+    }
+    let s = e.spec("blk", mode, &fields);
+    let (code, out, err) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 0, "{mode}: {err}");
+    let word = mode.split(' ').next().unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("vmtools test guest: "))
+        .filter(|l| l.starts_with(word))
+        .unwrap_or_else(|| panic!("no {word} line from the guest: {out}{err}"))
+        .to_string()
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// The guest's checksum of `count` sectors from `sector` of `data`.
+fn sum_of(data: &[u8], sector: usize, count: usize) -> String {
+    format!(
+        "{:08x}",
+        fnv(&data[sector * SECTOR..(sector + count) * SECTOR])
+    )
+}
+
+/// `data` with the guest's blk-write pattern applied.
+fn written(mut data: Vec<u8>, seed: u32, sector: usize, count: usize) -> Vec<u8> {
+    data[sector * SECTOR..(sector + count) * SECTOR]
+        .copy_from_slice(&pattern(seed, count * SECTOR));
+    data
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap();
+}
+
+/// A qcow2 overlay on a raw base, with one range the overlay changed
+/// (written by qemu-io, so the overlay holds data of its own).
+fn overlay(e: &Env, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let base = e.dir.path().join(format!("{name}-base.raw"));
+    write_file(&base, &base_data());
+    let top = e.dir.path().join(format!("{name}.qcow2"));
+    let (code, out) = qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "raw",
+        top.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let mut expected = base_data();
+    if have_tool("qemu-io", "qemu-io") {
+        let st = Command::new("qemu-io")
+            .args(["-c", "write -P 0xab 4096 8192", top.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        expected[4096..12288].fill(0xab);
+    }
+    (base, top, expected)
+}
+
+#[test]
+fn the_guest_reads_what_the_test_wrote() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let raw = e.dir.path().join("disk.raw");
+    write_file(&raw, &base_data());
+    let line = run_guest(
+        &e,
+        "blk-read sector=100 count=64",
+        &json!([disk("vda", &raw, "raw", &json!({"serial": "vmtools-0001"}))]),
+        &json!({}),
+    );
+    assert_eq!(field(&line, "status"), "0");
+    assert_eq!(field(&line, "sum"), sum_of(&base_data(), 100, 64));
+    assert_eq!(field(&line, "capacity"), (DISK_SIZE / SECTOR).to_string());
+    assert_eq!(field(&line, "serial"), "vmtools-0001");
+    assert_eq!(field(&line, "ro"), "0");
+
+    // qcow2 over a raw backing file: the guest sees the overlay's own data
+    // where it has some and the base elsewhere.
+    let (_, top, expected) = overlay(&e, "read");
+    let line = run_guest(
+        &e,
+        "blk-read sector=0 count=64",
+        &json!([disk("vda", &top, "qcow2", &json!({}))]),
+        &json!({}),
+    );
+    assert_eq!(field(&line, "sum"), sum_of(&expected, 0, 64));
+    // The guest's last sector, served by the base.
+    let line = run_guest(
+        &e,
+        &format!("blk-read sector={} count=1", DISK_SIZE / SECTOR - 1),
+        &json!([disk("vda", &top, "qcow2", &json!({}))]),
+        &json!({}),
+    );
+    assert_eq!(
+        field(&line, "sum"),
+        sum_of(&expected, DISK_SIZE / SECTOR - 1, 1)
+    );
+}
+
+#[test]
+fn guest_writes_are_judged_by_qemu_img_in_every_cache_mode() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    for (i, cache) in ["none", "writeback", "writethrough", "directsync", "unsafe"]
+        .iter()
+        .enumerate()
+    {
+        let seed = 0x1000 + i as u32;
+        let raw = e.dir.path().join(format!("w-{cache}.raw"));
+        write_file(&raw, &base_data());
+        let line = run_guest(
+            &e,
+            &format!("blk-write sector=8 count=64 seed={seed}"),
+            &json!([disk("vda", &raw, "raw", &json!({"cache": cache}))]),
+            &json!({}),
+        );
+        assert_eq!(field(&line, "status"), "0", "{cache}: {line}");
+        assert_eq!(field(&line, "flush"), "0", "{cache}: {line}");
+        assert_eq!(field(&line, "verify"), "ok", "{cache}: {line}");
+        let want = e.dir.path().join(format!("want-{cache}.raw"));
+        write_file(&want, &written(base_data(), seed, 8, 64));
+        let (code, out) = qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            raw.to_str().unwrap(),
+            want.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "cache={cache}: {out}");
+    }
+
+    // qcow2 with a backing file: the writes land in the overlay, the base
+    // is untouched, and the image checks clean.
+    for cache in ["none", "writeback"] {
+        let (base, top, expected) = overlay(&e, &format!("q-{cache}"));
+        let line = run_guest(
+            &e,
+            "blk-write sector=200 count=64 seed=77",
+            &json!([disk("vda", &top, "qcow2", &json!({"cache": cache}))]),
+            &json!({}),
+        );
+        assert_eq!(field(&line, "verify"), "ok", "{line}");
+        let want = e.dir.path().join(format!("want-q-{cache}.raw"));
+        write_file(&want, &written(expected, 77, 200, 64));
+        let (code, out) = qemu_img(&[
+            "compare",
+            "-F",
+            "raw",
+            top.to_str().unwrap(),
+            want.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "qcow2 cache={cache}: {out}");
+        let (code, out) = qemu_img(&["check", top.to_str().unwrap()]);
+        assert_eq!(code, 0, "qemu-img check after the guest's writes: {out}");
+        assert_eq!(std::fs::read(&base).unwrap(), base_data(), "base changed");
+    }
+}
+
+#[test]
+fn write_zeroes_and_a_read_only_disk() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let raw = e.dir.path().join("z.raw");
+    write_file(&raw, &base_data());
+    let line = run_guest(
+        &e,
+        "blk-zero sector=16 count=8",
+        &json!([disk("vda", &raw, "raw", &json!({}))]),
+        &json!({}),
+    );
+    assert_eq!(field(&line, "status"), "0", "{line}");
+    let mut want = base_data();
+    want[16 * SECTOR..24 * SECTOR].fill(0);
+    assert!(std::fs::read(&raw).unwrap() == want, "write-zeroes result");
+
+    // A read-only disk: the guest is told (VIRTIO_BLK_F_RO), and a write it
+    // sends anyway fails with IOERR and changes nothing.
+    let ro = e.dir.path().join("ro.raw");
+    write_file(&ro, &base_data());
+    let before = std::fs::metadata(&ro).unwrap().modified().unwrap();
+    let line = run_guest(
+        &e,
+        "blk-ro sector=0",
+        &json!([disk("vda", &ro, "raw", &json!({"readonly": true}))]),
+        &json!({}),
+    );
+    assert_eq!(field(&line, "ro"), "1");
+    assert_eq!(field(&line, "status"), "1", "IOERR expected: {line}");
+    assert!(
+        std::fs::read(&ro).unwrap() == base_data(),
+        "read-only disk changed"
+    );
+    assert_eq!(std::fs::metadata(&ro).unwrap().modified().unwrap(), before);
+}
+
+/// Keeps `qemu-io` running with `path` open for writing until dropped.
+struct QemuIo(Child);
+
+impl QemuIo {
+    fn hold(path: &Path) -> Self {
+        let mut c = Command::new("qemu-io")
+            .args(["-f", "raw", path.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Once it answers a command, the image is open (and locked).
+        let stdin = c.stdin.as_mut().unwrap();
+        stdin.write_all(b"read 0 512\n").unwrap();
+        let mut out = c.stdout.take().unwrap();
+        let mut buf = [0u8; 256];
+        let t0 = Instant::now();
+        let mut seen = String::new();
+        while !seen.contains("read 512/512") {
+            let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+            assert!(
+                n > 0 && t0.elapsed() < Duration::from_secs(30),
+                "qemu-io: {seen}"
+            );
+            seen += &String::from_utf8_lossy(&buf[..n]);
+        }
+        Self(c)
+    }
+}
+
+impl Drop for QemuIo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn images_in_use_or_missing_are_refused_at_start() {
+    if !ready() || !have_tool("qemu-io", "qemu-io") {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let nothing_left = |e: &Env| {
+        let left: Vec<_> = std::fs::read_dir(e.run_dir())
+            .map(|r| r.flatten().map(|x| x.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    };
+
+    let missing = e.dir.path().join("missing.qcow2");
+    let s = e.spec(
+        "missing",
+        "blk-read",
+        &json!({"disks": [disk("vda", &missing, "qcow2", &json!({}))]}),
+    );
+    let (code, _, err) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 1);
+    let line = error_line(&err);
+    assert!(
+        line.contains("vda") && line.contains("does not exist"),
+        "{line}"
+    );
+    nothing_left(&e);
+
+    // qemu-io holds the image: we are refused, as QEMU would be.
+    let raw = e.dir.path().join("held.raw");
+    write_file(&raw, &base_data());
+    {
+        let _q = QemuIo::hold(&raw);
+        let s = e.spec(
+            "held",
+            "blk-read",
+            &json!({"disks": [disk("vda", &raw, "raw", &json!({}))]}),
+        );
+        let (code, _, err) = e.vm_run(&["start", &s]);
+        assert_eq!(code, 1);
+        let line = error_line(&err);
+        assert!(line.contains("lock"), "{line}");
+        nothing_left(&e);
+    }
+
+    // A running VM holds it: a second VM, and qemu-io writing, are refused;
+    // qemu-img -U may still look.
+    let s = e.spec(
+        "owner",
+        "blk-bench count=1 kib=4 rounds=1",
+        &json!({"disks": [disk("vda", &raw, "raw", &json!({}))]}),
+    );
+    let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let s2 = e.spec(
+        "second",
+        "blk-read",
+        &json!({"disks": [disk("vda", &raw, "raw", &json!({}))]}),
+    );
+    let (code, _, err) = e.vm_run(&["start", &s2]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("lock"), "{err}");
+    let w = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 512", raw.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&w.stdout).into_owned() + &String::from_utf8_lossy(&w.stderr);
+    assert!(
+        !text.contains("wrote 512/512"),
+        "qemu-io wrote to a running VM's disk: {text}"
+    );
+    assert!(text.contains("lock"), "{text}");
+    let (code, out) = qemu_img(&["info", "-U", "--output=json", raw.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = e.vm_run(&["kill", "owner"]);
+    assert_eq!(code, 0, "{err}");
+    // Released with the VM.
+    let (code, out) = qemu_img(&["info", raw.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
+
+fn wait_console(e: &Env, name: &str, what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let c = e.console(name);
+        if c.contains(what) {
+            return c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no '{what}' in the console: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stats_disks_and_an_iothread() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let raw = e.dir.path().join("s.raw");
+    write_file(&raw, &base_data());
+    let (_, top, _) = overlay(&e, "s");
+    let s = e.spec(
+        "st",
+        "blk-bench op=read count=3 kib=64 rounds=2",
+        &json!({
+            "iothreads": 1,
+            "disks": [
+                disk("vda", &raw, "raw", &json!({"iothread": 1})),
+                disk("vdb", &top, "qcow2", &json!({"readonly": true})),
+            ]
+        }),
+    );
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let st = parse_json(&out);
+    wait_console(&e, "st", "bench done");
+
+    let (code, out, err) = e.vm_run(&["stats", "st", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let stats = parse_json(&out);
+    let vda = &stats["disks"][0];
+    assert_eq!(vda["id"], "vda");
+    assert_eq!(vda["rd_req"], 6);
+    assert_eq!(vda["rd_bytes"], 6 * 64 * 1024);
+    assert_eq!(vda["wr_req"], 0);
+    assert_eq!(vda["errs"], 0);
+    assert!(vda["rd_total_times"].as_u64().unwrap() > 0);
+    assert_eq!(stats["disks"][1]["rd_req"], 0);
+    let (code, out, _) = e.vm_run(&["stats", "st", "--disk", "vdb"]);
+    assert_eq!(code, 0);
+    let only = parse_json(&out);
+    assert_eq!(only["disks"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(only["disks"][0]["id"], "vdb");
+    let (code, _, err) = e.vm_run(&["stats", "st", "--disk", "vdz"]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("vdz"));
+
+    // domblklist, from the running VM's state.
+    let (code, out, _) = e.vm_run(&["disks", "st", "--json"]);
+    assert_eq!(code, 0);
+    let list = parse_json(&out);
+    assert_eq!(list[0]["source"], raw.to_str().unwrap());
+    assert_eq!(list[1]["id"], "vdb");
+    assert_eq!(list[1]["format"], "qcow2");
+    assert_eq!(list[1]["readonly"], true);
+
+    // The iothread: named, in state.json, without capabilities.
+    let pid = st["pid"].as_u64().unwrap();
+    let io = st["iothread_threads"].as_array().unwrap();
+    assert_eq!(io.len(), 1, "{st}");
+    let tid = io[0].as_u64().unwrap();
+    let task = format!("/proc/{pid}/task/{tid}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{task}/comm"))
+            .unwrap()
+            .trim(),
+        "iothread1"
+    );
+    let status = std::fs::read_to_string(format!("{task}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l.starts_with("Seccomp:\t2")),
+        "{status}"
+    );
+    assert_eq!(st["disks"][0]["top"], raw.to_str().unwrap());
+    let (code, _, err) = e.vm_run(&["kill", "st"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn kill_9_while_the_guest_writes_keeps_flushed_data() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let img = e.dir.path().join("crash.qcow2");
+    let (code, out) = qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"]);
+    assert_eq!(code, 0, "{out}");
+    let s = e.spec(
+        "crash",
+        "blk-crash",
+        &json!({"disks": [disk("vda", &img, "qcow2", &json!({"cache": "none"}))]}),
+    );
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let pid = parse_json(&out)["pid"].as_u64().unwrap() as i32;
+    wait_console(&e, "crash", "flushed 40\n");
+    // SAFETY: killing the VM process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    while vm_control::Liveness::of(pid as u32) == vm_control::Liveness::Alive {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let console = e.console("crash");
+    let last: usize = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("flushed "))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap();
+    assert!(last >= 40);
+    // Leaks are allowed after a crash (exit 3), corruption is not.
+    let (code, out) = qemu_img(&["check", img.to_str().unwrap()]);
+    assert!(
+        code == 0 || code == 3,
+        "qemu-img check after kill -9: {out}"
+    );
+    let raw = e.dir.path().join("crash.raw");
+    let (code, out) = qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        img.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let data = std::fs::read(&raw).unwrap();
+    for i in 0..=last {
+        let want = pattern(0xc0de_0000 + i as u32, SECTOR);
+        assert!(
+            data[i * SECTOR..(i + 1) * SECTOR] == want[..],
+            "sector {i} was flushed (last flushed {last}) but is not intact"
+        );
+    }
+}
