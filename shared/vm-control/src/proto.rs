@@ -34,6 +34,10 @@ pub struct DiskStats {
     pub wr_total_times: u64,
     pub flush_total_times: u64,
     pub errs: u64,
+    /// Time from each notification's first request to its last completion,
+    /// summed (not a virsh counter: the basis of bench/vm-blk.sh).
+    #[serde(default)]
+    pub busy_ns: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,7 +80,11 @@ impl IoLoop {
                 // Reading resets the counter; notifications that arrive
                 // while we serve fire the descriptor again.
                 let _ = h.fd.read();
-                lock(&h.device).queue_notified(h.queue);
+                if lock(&h.device).queue_notified(h.queue) {
+                    // More than a ring's worth: come back after the other
+                    // descriptors had their turn.
+                    let _ = h.fd.write(1);
+                }
             }
         }
         Ok(true)

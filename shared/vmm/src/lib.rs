@@ -6,6 +6,8 @@ pub mod boot;
 pub mod cpu;
 pub mod devices;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io_loop;
 pub mod layout;
 pub mod memory;

@@ -21,14 +21,17 @@ pub fn run(cli: &Cli) -> i32 {
             vcpu,
             cpulist,
             scope,
-        } => vcpu_cmd(vm, *vcpu, cpulist.as_deref(), *scope, json),
+        } => pin_cmd(Kind::Vcpu, vm, *vcpu, cpulist.as_deref(), *scope, json),
         Command::Emulator { vm, cpulist, scope } => {
             emulator_cmd(vm, cpulist.as_deref(), *scope, json)
         }
         Command::Sched { vm, set, scope } => sched_cmd(vm, set.as_deref(), *scope, json),
-        Command::Iothread { vm, .. } => Err(anyhow!(
-            "VM '{vm}' has no iothreads: iothreads come with virtio-blk (not supported yet)"
-        )),
+        Command::Iothread {
+            vm,
+            id,
+            cpulist,
+            scope,
+        } => pin_cmd(Kind::Iothread, vm, *id, cpulist.as_deref(), *scope, json),
         Command::Host(h) => host::run(h, json),
         Command::Numa {
             vm,
@@ -109,7 +112,56 @@ fn parse_list(text: &str) -> Result<CpuList> {
     Ok(list)
 }
 
-fn vcpu_cmd(vm: &str, vcpu: Option<u32>, list: Option<&str>, s: Scope, json: bool) -> Result<()> {
+/// The per-thread pins: vCPUs (numbered from 0) and iothreads (from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Vcpu,
+    Iothread,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Vcpu => "vCPU",
+            Self::Iothread => "iothread",
+        }
+    }
+    /// The valid numbers for `spec`.
+    fn ids(self, spec: &VmSpec) -> std::ops::Range<u32> {
+        match self {
+            Self::Vcpu => 0..spec.vcpus,
+            Self::Iothread => 1..spec.iothreads + 1,
+        }
+    }
+    fn tid(self, st: &VmState, id: u32) -> Option<u32> {
+        match self {
+            Self::Vcpu => st.vcpu_threads.get(id as usize).copied(),
+            Self::Iothread => st.iothread_threads.get(id as usize - 1).copied(),
+        }
+    }
+    fn pins(self, t: &CpuTune) -> &BTreeMap<u32, CpuList> {
+        match self {
+            Self::Vcpu => &t.vcpupin,
+            Self::Iothread => &t.iothreadpin,
+        }
+    }
+    fn pins_mut(self, t: &mut CpuTune) -> &mut BTreeMap<u32, CpuList> {
+        match self {
+            Self::Vcpu => &mut t.vcpupin,
+            Self::Iothread => &mut t.iothreadpin,
+        }
+    }
+}
+
+/// vcpupin / iothreadpin: print the table, or pin one thread.
+fn pin_cmd(
+    kind: Kind,
+    vm: &str,
+    id: Option<u32>,
+    list: Option<&str>,
+    s: Scope,
+    json: bool,
+) -> Result<()> {
     let t = target(vm)?;
     let spec = t
         .running
@@ -117,53 +169,66 @@ fn vcpu_cmd(vm: &str, vcpu: Option<u32>, list: Option<&str>, s: Scope, json: boo
         .map(|r| &r.spec)
         .or(t.defined.as_ref())
         .expect("one exists");
-    let vcpus = spec.vcpus;
-    match (vcpu, list) {
+    let ids = kind.ids(spec);
+    let what = kind.label();
+    if ids.is_empty() {
+        bail!("VM '{}' has no {what}s", t.name);
+    }
+    match (id, list) {
         (Some(v), Some(text)) => {
-            if v >= vcpus {
-                bail!("vCPU {v} does not exist (the VM has {vcpus})");
+            if !ids.contains(&v) {
+                bail!(
+                    "{what} {v} does not exist (the VM has {}-{})",
+                    ids.start,
+                    ids.end - 1
+                );
             }
             let list = parse_list(text)?;
             let (live, config) = scope(&t, s)?;
             if live {
                 let st = t.running.as_ref().expect("checked");
-                let tid = *st
-                    .vcpu_threads
-                    .get(v as usize)
-                    .ok_or_else(|| anyhow!("no thread for vCPU {v}"))?;
-                vm_host::affinity::set(tid, &list).with_context(|| format!("pinning vCPU {v}"))?;
+                let tid = kind
+                    .tid(st, v)
+                    .ok_or_else(|| anyhow!("no thread for {what} {v}"))?;
+                vm_host::affinity::set(tid, &list)
+                    .with_context(|| format!("pinning {what} {v}"))?;
             }
             if config {
                 let mut d = t.defined.clone().expect("checked");
-                d.cputune
-                    .get_or_insert_with(CpuTune::default)
-                    .vcpupin
+                kind.pins_mut(d.cputune.get_or_insert_with(CpuTune::default))
                     .insert(v, list);
                 vm_control::save_definition(&d)?;
             }
             Ok(())
         }
-        (None, Some(_)) => bail!("give both a vCPU and a CPU list"),
+        (None, Some(_)) => bail!("give both a {what} number and a CPU list"),
         (v, None) => {
             let (live, _) = scope(&t, s)?;
             let mut rows = Vec::new();
-            for i in 0..vcpus {
+            for i in ids {
                 if v.is_some_and(|v| v != i) {
                     continue;
                 }
                 let cpus = if live {
                     let st = t.running.as_ref().expect("checked");
-                    vm_host::affinity::get(st.vcpu_threads[i as usize])?.to_string()
+                    let tid = kind
+                        .tid(st, i)
+                        .ok_or_else(|| anyhow!("no thread for {what} {i}"))?;
+                    vm_host::affinity::get(tid)?.to_string()
                 } else {
-                    pinned(t.defined.as_ref(), |c| c.vcpupin.get(&i).cloned())
+                    pinned(t.defined.as_ref(), |c| kind.pins(c).get(&i).cloned())
                 };
                 rows.push((i.to_string(), cpus));
             }
+            let (head, key) = match kind {
+                Kind::Vcpu => ("VCPU", "vcpu"),
+                Kind::Iothread => ("IOThread ID", "iothread"),
+            };
             print_table(
-                &["VCPU", "CPU Affinity"],
+                &[head, "CPU Affinity"],
                 &rows,
                 json,
-                |(v, c)| serde_json::json!({"vcpu": v.parse::<u32>().unwrap_or(0), "cpus": c}),
+                |(v, c)| serde_json::json!({key: v.parse::<u32>().unwrap_or(0), "cpus": c}),
             );
             Ok(())
         }
@@ -191,10 +256,11 @@ fn print_table(
         return;
     }
     let mut out = String::new();
-    let _ = writeln!(out, " {:<6} {}", head[0], head[1]);
-    let _ = writeln!(out, "{}", "-".repeat(22));
+    let w = head[0].len().max(6);
+    let _ = writeln!(out, " {:<w$} {}", head[0], head[1]);
+    let _ = writeln!(out, "{}", "-".repeat(16 + w));
     for (a, b) in rows {
-        let _ = writeln!(out, " {a:<6} {b}");
+        let _ = writeln!(out, " {a:<w$} {b}");
     }
     print!("{out}");
 }

@@ -215,6 +215,74 @@ fn config_changes_survive_a_restart() {
 }
 
 #[test]
+fn iothreads_pin_at_start_and_live() {
+    if !usable() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env(tempfile::tempdir().unwrap());
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .unwrap()
+        .trim()
+        .to_string();
+    let v = serde_json::json!({"name": "pinned", "vcpus": 1, "memory": "64MiB",
+        "boot": {"kernel": GUEST_ELF, "cmdline": "mode=heartbeat"},
+        "iothreads": 2, "cputune": {"iothreadpin": {"2": "0"}}});
+    let spec = e.0.path().join("io.json");
+    std::fs::write(&spec, v.to_string()).unwrap();
+    let (code, out, err) = e.vm_run(&["start", "--detach", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let st = json(&out);
+    let pid = st["pid"].as_u64().unwrap();
+    let io: Vec<u64> = st["iothread_threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(io.len(), 2, "{st}");
+    let vcpu = st["vcpu_threads"][0].as_u64().unwrap();
+    assert_eq!(allowed(pid, io[1]), "0", "iothreadpin applied at start");
+    assert_eq!(allowed(pid, io[0]), online);
+    let (code, _, err) = e.pin(&["iothread", "pinned", "1", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(allowed(pid, io[0]), "1");
+    assert_eq!(allowed(pid, vcpu), online, "only the iothread changed");
+    let rows = json(&e.pin(&["iothread", "pinned"]).1);
+    assert_eq!(
+        rows,
+        serde_json::json!([{"iothread": 1, "cpus": "1"}, {"iothread": 2, "cpus": "0"}])
+    );
+    let (code, _, err) = e.pin(&["iothread", "pinned", "3", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("iothread 3 does not exist"), "{err}");
+    let (code, _, err) = e.pin(&["iothread", "pinned", "0", "0"]);
+    assert_eq!(code, 1, "iothreads count from 1: {err}");
+    // Each iothread sits in its own cgroup under the VM's.
+    let group = format!("/sys/fs/cgroup/cpu/vmtools/pinned.{pid}/iothread2/tasks");
+    if std::path::Path::new("/sys/fs/cgroup/cpu/vmtools").exists() {
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(&group)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == io[1].to_string())
+        {
+            assert!(t0.elapsed().as_secs() < 10, "iothread2 not in {group}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    } else {
+        eprintln!("SKIP (iothread cgroup check): no cgroup v1 cpu hierarchy");
+    }
+    assert_eq!(e.vm_run(&["kill", "pinned"]).0, 0);
+    // A VM without iothreads says so.
+    let (code, _, _) = e.vm_run(&["start", "--detach", &e.spec("pinned")]);
+    assert_eq!(code, 0);
+    let (code, _, err) = e.pin(&["iothread", "pinned"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no iothreads"), "{err}");
+}
+
+#[test]
 fn host_knobs_read_dry_run_and_write() {
     let e = Env(tempfile::tempdir().unwrap());
     let mask_path = "/sys/devices/virtual/workqueue/cpumask";

@@ -429,6 +429,7 @@ impl Machine {
                 wr_total_times: s.wr_total_times,
                 flush_total_times: s.flush_total_times,
                 errs: s.errs,
+                busy_ns: s.busy_ns,
             })
             .collect();
         vm_control::Stats { disks }

@@ -16,7 +16,7 @@ use vm_image::Block;
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 
 use super::blk_request::{segments, Request, RequestType, SECTOR_SIZE};
-use super::{read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -52,6 +52,9 @@ pub struct BlockCounters {
     pub wr_total_times: AtomicU64,
     pub flush_total_times: AtomicU64,
     pub errs: AtomicU64,
+    /// Nanoseconds from each notification's first request to its last
+    /// completion, summed: the device's own view of its throughput.
+    pub busy_ns: AtomicU64,
 }
 
 /// A snapshot of [`BlockCounters`].
@@ -66,6 +69,7 @@ pub struct BlockStats {
     pub wr_total_times: u64,
     pub flush_total_times: u64,
     pub errs: u64,
+    pub busy_ns: u64,
 }
 
 impl BlockCounters {
@@ -81,6 +85,7 @@ impl BlockCounters {
             wr_total_times: g(&self.wr_total_times),
             flush_total_times: g(&self.flush_total_times),
             errs: g(&self.errs),
+            busy_ns: g(&self.busy_ns),
         }
     }
 }
@@ -301,9 +306,14 @@ impl VirtioDevice for VirtioBlk {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        let mut served = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> Served {
+        let mut served = 0;
+        let budget = queue.size();
+        let start = Instant::now();
+        while served < budget {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let used = if let Ok(req) = Request::parse(&chain) {
                 let (status, len) = self.execute(&req, mem);
@@ -324,8 +334,14 @@ impl VirtioDevice for VirtioBlk {
             if queue.add_used(mem, head, used).is_err() {
                 break;
             }
-            served = true;
+            served += 1;
         }
-        served && queue.needs_notification(mem).unwrap_or(true)
+        if served > 0 {
+            add(&self.counters.busy_ns, start.elapsed().as_nanos() as u64);
+        }
+        Served {
+            interrupt: served > 0 && queue.needs_notification(mem).unwrap_or(true),
+            more: served == budget,
+        }
     }
 }

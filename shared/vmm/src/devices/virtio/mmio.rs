@@ -179,7 +179,9 @@ impl MmioTransport {
                 }
             }
             // Reaches us only when no ioeventfd took it.
-            VIRTIO_MMIO_QUEUE_NOTIFY => self.queue_notified(v as usize),
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                let _ = self.queue_notified(v as usize);
+            }
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
             VIRTIO_MMIO_STATUS => self.set_status(v),
             _ => {}
@@ -227,24 +229,27 @@ impl MmioTransport {
     }
 
     /// Serves queue `index` after the driver notified it; raises the
-    /// interrupt when the device asks for it.
-    pub fn queue_notified(&mut self, index: usize) {
+    /// interrupt when the device asks for it. Returns true when requests
+    /// are left for another pass.
+    pub fn queue_notified(&mut self, index: usize) -> bool {
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
             || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0
         {
-            return;
+            return false;
         }
         let Some(queue) = self.queues.get_mut(index) else {
-            return;
+            return false;
         };
         if !queue.ready() {
-            return;
+            return false;
         }
-        if self.device.process_queue(index, queue, &self.mem) {
+        let served = self.device.process_queue(index, queue, &self.mem);
+        if served.interrupt {
             self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
             // A failed eventfd write means a full counter: the guest has
             // an interrupt pending anyway.
             let _ = self.irq.raise();
         }
+        served.more
     }
 }

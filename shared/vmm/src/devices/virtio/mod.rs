@@ -29,11 +29,21 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// Reads the device-specific configuration space; bytes past its end
     /// read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Serves everything the driver made available on queue `index`;
-    /// returns whether the driver wants an interrupt.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// Serves what the driver made available on queue `index`, up to one
+    /// ring's worth (a guest whose rings overlap could otherwise keep the
+    /// device busy forever).
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> Served;
     /// The driver reset the device (status 0).
     fn reset(&mut self) {}
+}
+
+/// What one pass over a queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Served {
+    /// The driver wants an interrupt.
+    pub interrupt: bool,
+    /// The budget ran out with requests left: serve the queue again.
+    pub more: bool,
 }
 
 /// Copies the part of `config` that `offset..offset + data.len()` covers;

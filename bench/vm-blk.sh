@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# virtio-blk throughput against the host's own dd, in one run. The test
+# guest keeps COUNT requests of 1 MiB in flight (blk-bench mode) until it
+# has moved SIZE MiB; vm-run times each batch from its notification to its
+# last completion (the disk's busy_ns counter). dd moves the same bytes in
+# the same direction with the same block size on the host: O_DIRECT for
+# cache=none, through a warm page cache for cache=writeback. qcow2 images
+# are fully allocated (converted from the raw one), so writes overwrite.
+# Best of RUNS alternating runs; ratios are vm-run / dd (1.0 = host speed).
+#
+#   bench/vm-blk.sh [RUNS] [SIZE_MIB]      (default 3 runs, 256 MiB)
+set -euo pipefail
+runs=${1:-3}
+size=${2:-256}
+count=16
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
+vm=$root/target/release/vm-run
+guest=$(find "$root/target/release/build" -name guest.elf -newer "$root/tests/guest/guest/blk.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$root/target/release/build" -name guest.elf | head -1)
+command -v qemu-img >/dev/null || { echo "SKIP: qemu-img is not installed"; exit 0; }
+work=$(mktemp -d "$root/target/bench-blk.XXXXXX")
+trap '"$vm" kill blkbench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+export VMTOOLS_RUN_DIR=$work/run VMTOOLS_CONFIG_DIR=$work/defs
+dd if=/dev/urandom of="$work/disk.raw" bs=1M count="$size" status=none
+qemu-img convert -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
+
+# MB/s of one guest run: blk-bench, then the disk's counters.
+guest_run() { # format cache op
+  local img=$work/disk.$1
+  [ "$2" = writeback ] && cat "$img" > /dev/null
+  cat > "$work/spec.json" <<JSON
+{"name":"blkbench","vcpus":1,"memory":"64MiB",
+ "boot":{"kernel":"$guest","cmdline":"mode=blk-bench op=$3 count=$count kib=1024 rounds=$((size / count))"},
+ "serial":{"mode":"file","path":"$work/console.log"},
+ "disks":[{"id":"vda","path":"$img","format":"$1","cache":"$2"}]}
+JSON
+  : > "$work/console.log"
+  "$vm" start --detach "$work/spec.json" > /dev/null
+  for _ in $(seq 600); do
+    grep -q "bench done" "$work/console.log" && break
+    grep -q "blk: error" "$work/console.log" && { cat "$work/console.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  "$vm" stats blkbench --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["disks"][0]
+moved = d["rd_bytes"] + d["wr_bytes"]
+busy = d["busy_ns"]
+print(f"{moved / busy * 1000:.1f}")'
+  "$vm" kill blkbench > /dev/null
+}
+
+# MB/s of dd doing the same.
+host_run() { # cache op
+  local img=$work/disk.raw flag=()
+  if [ "$1" = none ]; then
+    [ "$2" = read ] && flag=(iflag=direct) || flag=(oflag=direct)
+  else
+    cat "$img" > /dev/null
+  fi
+  if [ "$2" = read ]; then
+    dd if="$img" of=/dev/null bs=1M count="$size" "${flag[@]}" 2>&1
+  else
+    dd if=/dev/zero of="$img" bs=1M count="$size" conv=notrunc "${flag[@]}" 2>&1
+  fi | python3 -c '
+import re, sys
+text = sys.stdin.read()
+m = re.search(r"(\d+) bytes .* copied, ([0-9.]+) s", text)
+print(f"{int(m.group(1)) / float(m.group(2)) / 1e6:.1f}")'
+}
+
+best() { sort -g | tail -1; }
+printf "%-7s %-10s %-6s %10s %10s %6s\n" format cache op "vm MB/s" "dd MB/s" ratio
+for fmt in raw qcow2; do
+  for cache in none writeback; do
+    for op in read write; do
+      : > "$work/g"; : > "$work/h"
+      for _ in $(seq "$runs"); do
+        guest_run "$fmt" "$cache" "$op" >> "$work/g"
+        host_run "$cache" "$op" >> "$work/h"
+      done
+      g=$(best < "$work/g"); h=$(best < "$work/h")
+      printf "%-7s %-10s %-6s %10s %10s %6.2f\n" "$fmt" "$cache" "$op" "$g" "$h" \
+        "$(python3 -c "print($g / $h)")"
+    done
+  done
+done
