@@ -56,6 +56,9 @@ pub struct DiskConfig {
     pub serial: String,
     /// Served by this iothread; `None`: by the emulator thread's loop.
     pub iothread: Option<u32>,
+    /// Reads and writes through io_uring on this file (a raw image opened
+    /// with the same flags as `image`).
+    pub uring_file: Option<Arc<File>>,
 }
 
 impl std::fmt::Debug for DiskConfig {
@@ -67,6 +70,7 @@ impl std::fmt::Debug for DiskConfig {
             .field("cache", &self.cache)
             .field("serial", &self.serial)
             .field("iothread", &self.iothread)
+            .field("io_uring", &self.uring_file.is_some())
             .finish()
     }
 }
@@ -365,13 +369,19 @@ fn add_disks(
             .register_irqfd(&irq.0, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))?;
         let c = Arc::new(BlockCounters::default());
-        let blk = VirtioBlk::new(
+        let mut blk = VirtioBlk::new(
             Arc::clone(&d.image),
             d.read_only,
             d.cache,
             &d.serial,
             Arc::clone(&c),
         );
+        if let Some(f) = &d.uring_file {
+            blk = f
+                .try_clone()
+                .and_then(|f| blk.with_uring(f))
+                .map_err(Error::io(format!("disk {}: io_uring", d.id)))?;
+        }
         let dev = Arc::new(Mutex::new(MmioTransport::new(
             Box::new(blk),
             mem.clone(),

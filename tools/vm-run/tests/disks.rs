@@ -166,23 +166,31 @@ fn guest_writes_are_judged_by_qemu_img_in_every_cache_mode() {
     }
     let _l = kvm_lock();
     let e = Env::new();
-    for (i, cache) in ["none", "writeback", "writethrough", "directsync", "unsafe"]
-        .iter()
-        .enumerate()
-    {
+    let modes = [
+        ("none", "threads"),
+        ("writeback", "threads"),
+        ("writethrough", "threads"),
+        ("directsync", "threads"),
+        ("unsafe", "threads"),
+        ("none", "io_uring"),
+        ("writeback", "native"),
+        ("writethrough", "io_uring"),
+    ];
+    for (i, (cache, io)) in modes.iter().enumerate() {
         let seed = 0x1000 + i as u32;
-        let raw = e.dir.path().join(format!("w-{cache}.raw"));
+        let label = &format!("cache={cache} io={io}");
+        let raw = e.dir.path().join(format!("w-{i}.raw"));
         write_file(&raw, &base_data());
         let line = run_guest(
             &e,
             &format!("blk-write sector=8 count=64 seed={seed}"),
-            &json!([disk("vda", &raw, "raw", &json!({"cache": cache}))]),
+            &json!([disk("vda", &raw, "raw", &json!({"cache": cache, "io": io}))]),
             &json!({}),
         );
-        assert_eq!(field(&line, "status"), "0", "{cache}: {line}");
-        assert_eq!(field(&line, "flush"), "0", "{cache}: {line}");
-        assert_eq!(field(&line, "verify"), "ok", "{cache}: {line}");
-        let want = e.dir.path().join(format!("want-{cache}.raw"));
+        assert_eq!(field(&line, "status"), "0", "{label}: {line}");
+        assert_eq!(field(&line, "flush"), "0", "{label}: {line}");
+        assert_eq!(field(&line, "verify"), "ok", "{label}: {line}");
+        let want = e.dir.path().join(format!("want-{i}.raw"));
         write_file(&want, &written(base_data(), seed, 8, 64));
         let (code, out) = qemu_img(&[
             "compare",
@@ -193,7 +201,7 @@ fn guest_writes_are_judged_by_qemu_img_in_every_cache_mode() {
             raw.to_str().unwrap(),
             want.to_str().unwrap(),
         ]);
-        assert_eq!(code, 0, "cache={cache}: {out}");
+        assert_eq!(code, 0, "{label}: {out}");
     }
 
     // qcow2 with a backing file: the writes land in the overlay, the base
@@ -415,7 +423,7 @@ fn stats_disks_and_an_iothread() {
         &json!({
             "iothreads": 1,
             "disks": [
-                disk("vda", &raw, "raw", &json!({"iothread": 1})),
+                disk("vda", &raw, "raw", &json!({"iothread": 1, "io": "io_uring"})),
                 disk("vdb", &top, "qcow2", &json!({"readonly": true})),
             ]
         }),

@@ -279,8 +279,8 @@ fn bad_input_leaves_nothing_behind() {
             "disk vda: image",
         ),
         (
-            serde_json::json!({"disks": [{"id": "vda", "path": "x.img", "format": "raw", "io": "native"}]}),
-            "io_uring",
+            serde_json::json!({"disks": [{"id": "vda", "path": "x.img", "format": "qcow2", "io": "native"}]}),
+            "io_uring (native) is for raw images",
         ),
     ];
     for (extra, want) in cases {

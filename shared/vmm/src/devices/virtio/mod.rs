@@ -8,6 +8,7 @@
 pub mod blk;
 pub mod blk_request;
 pub mod mmio;
+pub mod uring;
 
 use virtio_queue::Queue;
 
