@@ -66,6 +66,14 @@ fn allowed(pid: u64, tid: u64) -> String {
         .to_string()
 }
 
+/// The host's online CPUs, as the kernel lists them.
+fn online() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -88,10 +96,7 @@ fn affinity_lands_on_one_thread_and_bad_lists_change_nothing() {
     }
     let _l = kvm_lock();
     let e = Env(tempfile::tempdir().unwrap());
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .unwrap()
-        .trim()
-        .to_string();
+    let online = online();
     let (code, out, err) = e.vm_run(&["start", "--detach", &e.spec("pinned")]);
     assert_eq!(code, 0, "{err}");
     let st = json(&out);
@@ -203,10 +208,7 @@ fn config_changes_survive_a_restart() {
     // --config while running: the live thread keeps its pin until restart.
     assert_eq!(e.pin(&["vcpu", "defd", "1", "1", "--config"]).0, 0);
     let t1 = st["vcpu_threads"][1].as_u64().unwrap();
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .unwrap()
-        .trim()
-        .to_string();
+    let online = online();
     assert_eq!(allowed(pid, t1), online);
     assert_eq!(e.vm_run(&["kill", "defd"]).0, 0);
     let st = json(&e.vm_run(&["start", "--detach", "defd"]).1);
@@ -221,10 +223,7 @@ fn iothreads_pin_at_start_and_live() {
     }
     let _l = kvm_lock();
     let e = Env(tempfile::tempdir().unwrap());
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .unwrap()
-        .trim()
-        .to_string();
+    let online = online();
     let v = serde_json::json!({"name": "pinned", "vcpus": 1, "memory": "64MiB",
         "boot": {"kernel": GUEST_ELF, "cmdline": "mode=heartbeat"},
         "iothreads": 2, "cputune": {"iothreadpin": {"2": "0"}}});
@@ -295,10 +294,7 @@ fn host_knobs_read_dry_run_and_write() {
         json(&e.pin(&["host", "kworker-mask"]).1)["kworker_cpumask"],
         mask
     );
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .unwrap()
-        .trim()
-        .to_string();
+    let online = online();
     let (code, out, _) = e.pin(&["host", "kworker-mask", &online, "--dry-run"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("would write"), "{out}");

@@ -253,3 +253,131 @@ impl MmioTransport {
         served.more
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::virtio::Served;
+
+    #[derive(Debug)]
+    struct Dummy {
+        served: usize,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1 << 9
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemory) -> Served {
+            self.served += 1;
+            Served {
+                interrupt: true,
+                more: false,
+            }
+        }
+    }
+
+    fn transport() -> MmioTransport {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        MmioTransport::new(Box::new(Dummy { served: 0 }), mem, IrqLine::new().unwrap())
+    }
+
+    fn rd(t: &MmioTransport, off: u32) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(u64::from(off), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u32, v: u32) {
+        t.write(u64::from(off), &v.to_le_bytes());
+    }
+
+    /// Negotiates `features` and sets queue 0 up at 0x1000 / 0x2000 / 0x3000.
+    fn bring_up(t: &mut MmioTransport, features: u64) {
+        wr(t, VIRTIO_MMIO_STATUS, 3);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        wr(t, VIRTIO_MMIO_STATUS, 11);
+        wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        wr(t, VIRTIO_MMIO_STATUS, 15);
+    }
+
+    #[test]
+    fn identity_and_config() {
+        let t = transport();
+        assert_eq!(rd(&t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(rd(&t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(rd(&t, VIRTIO_MMIO_DEVICE_ID), 2);
+        assert_eq!(rd(&t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+        assert_eq!(rd(&t, VIRTIO_MMIO_DEVICE_FEATURES), 1 << 9);
+        let mut b = [0u8; 2];
+        t.read(u64::from(VIRTIO_MMIO_CONFIG) + 2, &mut b);
+        assert_eq!(b, [3, 4]);
+        t.read(u64::from(VIRTIO_MMIO_CONFIG) + 3, &mut b);
+        assert_eq!(b, [4, 0], "past the config space reads zero");
+    }
+
+    #[test]
+    fn a_legacy_driver_or_unknown_features_fail_the_handshake() {
+        for bad in [1u64 << 9, VIRTIO_F_VERSION_1 | 1 << 20] {
+            let mut t = transport();
+            bring_up(&mut t, bad);
+            assert_eq!(rd(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+            assert!(!t.queue_notified(0));
+            assert_eq!(
+                rd(&t, VIRTIO_MMIO_INTERRUPT_STATUS),
+                0,
+                "{bad:x}: nothing served"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ready_queue_is_served_and_interrupts() {
+        let mut t = transport();
+        bring_up(&mut t, VIRTIO_F_VERSION_1 | 1 << 9);
+        assert_eq!(rd(&t, VIRTIO_MMIO_STATUS), 15);
+        t.queue_notified(0);
+        assert_eq!(rd(&t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+        assert_eq!(t.irq.0.read().unwrap(), 1, "the irqfd fired");
+        wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+        assert_eq!(rd(&t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        // The queue's place cannot move once the driver is running.
+        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+        assert_eq!(t.queues[0].desc_table(), 0x1000);
+        // Reset: everything back to the start.
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(rd(&t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(rd(&t, VIRTIO_MMIO_QUEUE_READY), 0);
+        assert!(!t.queue_notified(0));
+    }
+
+    #[test]
+    fn a_queue_outside_memory_needs_reset() {
+        let mut t = transport();
+        wr(&mut t, VIRTIO_MMIO_QUEUE_USED_HIGH, 1);
+        bring_up(&mut t, VIRTIO_F_VERSION_1);
+        // bring_up wrote only the low half: the used ring is at 4 GiB + 0x3000.
+        assert_ne!(rd(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        t.queue_notified(0);
+        assert_eq!(rd(&t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+}
