@@ -6,12 +6,13 @@
 # the same direction with the same block size on the host: O_DIRECT for
 # cache=none, through a warm page cache for cache=writeback. qcow2 images
 # are fully allocated (converted from the raw one), so writes overwrite.
-# Best of RUNS alternating runs; ratios are vm-run / dd (1.0 = host speed).
+# Best of RUNS alternating runs, and the median of each pair's ratio;
+# ratios are vm-run / dd (1.0 = host speed, above 1.0 faster than dd).
 #
-#   bench/vm-blk.sh [RUNS] [SIZE_MIB]      (default 3 runs, 256 MiB)
+#   bench/vm-blk.sh [RUNS] [SIZE_MIB]      (default 5 runs, 1024 MiB)
 set -euo pipefail
-runs=${1:-3}
-size=${2:-256}
+runs=${1:-5}
+size=${2:-1024}
 count=16
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
@@ -26,14 +27,14 @@ dd if=/dev/urandom of="$work/disk.raw" bs=1M count="$size" status=none
 qemu-img convert -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
 
 # MB/s of one guest run: blk-bench, then the disk's counters.
-guest_run() { # format cache op
+guest_run() { # format cache op io
   local img=$work/disk.$1
   [ "$2" = writeback ] && cat "$img" > /dev/null
   cat > "$work/spec.json" <<JSON
 {"name":"blkbench","vcpus":1,"memory":"64MiB",
  "boot":{"kernel":"$guest","cmdline":"mode=blk-bench op=$3 count=$count kib=1024 rounds=$((size / count))"},
  "serial":{"mode":"file","path":"$work/console.log"},
- "disks":[{"id":"vda","path":"$img","format":"$1","cache":"$2"}]}
+ "disks":[{"id":"vda","path":"$img","format":"$1","cache":"$2","io":"$4"}]}
 JSON
   : > "$work/console.log"
   "$vm" start --detach "$work/spec.json" > /dev/null
@@ -71,18 +72,24 @@ print(f"{int(m.group(1)) / float(m.group(2)) / 1e6:.1f}")'
 }
 
 best() { sort -g | tail -1; }
-printf "%-7s %-10s %-6s %10s %10s %6s\n" format cache op "vm MB/s" "dd MB/s" ratio
-for fmt in raw qcow2; do
+printf "%-7s %-9s %-10s %-6s %10s %10s %6s %6s\n" format io cache op "vm MB/s" "dd MB/s" best median
+for setup in raw:threads raw:io_uring qcow2:threads; do
+  fmt=${setup%:*} io=${setup#*:}
   for cache in none writeback; do
     for op in read write; do
       : > "$work/g"; : > "$work/h"
       for _ in $(seq "$runs"); do
-        guest_run "$fmt" "$cache" "$op" >> "$work/g"
+        guest_run "$fmt" "$cache" "$op" "$io" >> "$work/g"
         host_run "$cache" "$op" >> "$work/h"
       done
       g=$(best < "$work/g"); h=$(best < "$work/h")
-      printf "%-7s %-10s %-6s %10s %10s %6.2f\n" "$fmt" "$cache" "$op" "$g" "$h" \
-        "$(python3 -c "print($g / $h)")"
+      # Each guest run and the dd run after it form a pair; the median of
+      # the pairs' ratios shrugs off the disk's swings better than bests do.
+      m=$(paste "$work/g" "$work/h" | python3 -c '
+import statistics, sys
+print(statistics.median(float(a) / float(b) for a, b in (l.split() for l in sys.stdin)))')
+      printf "%-7s %-9s %-10s %-6s %10s %10s %6.2f %6.2f\n" "$fmt" "$io" "$cache" "$op" "$g" "$h" \
+        "$(python3 -c "print($g / $h)")" "$m"
     done
   done
 done
