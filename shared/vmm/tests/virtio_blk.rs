@@ -105,6 +105,15 @@ fn get_id_write_zeroes_and_unknown_types() {
     assert_eq!(status(&h), 1);
     assert_eq!(disk(&h), d);
 
+    // DISCARD: the range reads back as zeroes here.
+    h.disk.data.lock().unwrap()[512..1024].fill(0x33);
+    h.mem.write_obj(1u64, GuestAddress(DATA)).unwrap();
+    h.mem.write_obj(1u32, GuestAddress(DATA + 8)).unwrap();
+    request(&h, 11, 0, 16, false);
+    serve(&mut h);
+    assert_eq!(status(&h), 0);
+    assert!(disk(&h)[512..1024].iter().all(|&b| b == 0));
+
     request(&h, 99, 0, 512, true);
     serve(&mut h);
     assert_eq!(status(&h), 2, "UNSUPP");

@@ -546,3 +546,55 @@ fn kill_9_while_the_guest_writes_keeps_flushed_data() {
         );
     }
 }
+
+/// A loop device over `file`, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Option<Self> {
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || dev.is_empty() {
+            eprintln!(
+                "SKIP (block device disk): losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(dev))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_as_a_disk() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let backing = e.dir.path().join("loop.img");
+    write_file(&backing, &base_data());
+    let Some(dev) = Loop::attach(&backing) else {
+        return;
+    };
+    let path = PathBuf::from(&dev.0);
+    let d = json!([disk("vda", &path, "raw", &json!({"cache": "none"}))]);
+    let line = run_guest(&e, "blk-read sector=2040 count=8", &d, &json!({}));
+    // The device's size comes from BLKGETSIZE64, not the node's length.
+    assert_eq!(field(&line, "capacity"), (DISK_SIZE / SECTOR).to_string());
+    assert_eq!(field(&line, "sum"), sum_of(&base_data(), 2040, 8));
+    let line = run_guest(&e, "blk-write sector=30 count=16 seed=5", &d, &json!({}));
+    assert_eq!(field(&line, "verify"), "ok", "{line}");
+    drop(dev);
+    assert!(std::fs::read(&backing).unwrap() == written(base_data(), 5, 30, 16));
+}
