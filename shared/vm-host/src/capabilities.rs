@@ -28,6 +28,11 @@ pub fn drop_all() -> Result<(), CapsError> {
     Ok(())
 }
 
+/// Whether the calling thread may configure the network (CAP_NET_ADMIN).
+pub fn has_net_admin() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
+}
+
 /// True when the calling thread has no effective capability left.
 pub fn none_effective() -> bool {
     caps::read(None, CapSet::Effective).is_ok_and(|s| s.is_empty())

@@ -3,3 +3,5 @@
 pub mod affinity;
 pub mod capabilities;
 pub mod cgroup;
+pub mod netlink;
+pub mod tap;

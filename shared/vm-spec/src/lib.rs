@@ -14,7 +14,7 @@ mod state;
 pub mod text;
 
 pub use cpulist::{CpuList, CpuListError, MAX_CPUS};
-pub use mac::{MacAddr, MacError};
+pub use mac::{MacAddr, MacError, GENERATED_PREFIX};
 pub use name::{check_ifname, IfNameError, NameError, VmName};
 pub use size::{parse_size, BareNumber, Size, SizeChange, SizeError};
 pub use spec::{

@@ -56,6 +56,33 @@ impl Serialize for MacAddr {
     }
 }
 
+/// QEMU's and libvirt's prefix for generated addresses (locally
+/// administered, unicast).
+pub const GENERATED_PREFIX: [u8; 3] = [0x52, 0x54, 0x00];
+
+impl MacAddr {
+    /// The same address every time for NIC `index` of VM `vm`: the prefix
+    /// and three bytes of an FNV-1a hash (stable across releases, unlike
+    /// std's hasher).
+    pub fn for_nic(vm: &str, index: u32) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in vm.bytes().chain([0]).chain(index.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let t = h.to_le_bytes();
+        let p = GENERATED_PREFIX;
+        Self([p[0], p[1], p[2], t[0], t[1], t[2]])
+    }
+
+    /// A fresh random address with the generated prefix.
+    pub fn random() -> std::io::Result<Self> {
+        let mut t = [0u8; 3];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut t)?;
+        let p = GENERATED_PREFIX;
+        Ok(Self([p[0], p[1], p[2], t[0], t[1], t[2]]))
+    }
+}
+
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -66,6 +93,18 @@ impl<'de> Deserialize<'de> for MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_addresses() {
+        let a = MacAddr::for_nic("web", 0);
+        assert_eq!(a, MacAddr::for_nic("web", 0), "stable");
+        assert_ne!(a, MacAddr::for_nic("web", 1));
+        assert_ne!(a, MacAddr::for_nic("db", 0));
+        assert_eq!(a.0[..3], GENERATED_PREFIX);
+        let r = MacAddr::random().unwrap();
+        assert_eq!(r.0[..3], GENERATED_PREFIX);
+        assert!(r.to_string().parse::<MacAddr>().is_ok(), "unicast");
+    }
 
     #[test]
     fn parse_and_print() {

@@ -19,6 +19,7 @@ fn expected() -> Vec<(PathBuf, Vec<u8>)> {
         vm_img::cli::Cli::command(),
         vm_run::cli::Cli::command(),
         vm_pin::cli::Cli::command(),
+        vm_net::cli::Cli::command(),
     ] {
         out.extend(for_tool(&cmd));
     }
