@@ -31,6 +31,9 @@ _vm__run() {
             vm__run,help)
                 cmd="vm__run__subcmd__help"
                 ;;
+            vm__run,ifaces)
+                cmd="vm__run__subcmd__ifaces"
+                ;;
             vm__run,kill)
                 cmd="vm__run__subcmd__kill"
                 ;;
@@ -85,6 +88,9 @@ _vm__run() {
             vm__run__subcmd__help,help)
                 cmd="vm__run__subcmd__help__subcmd__help"
                 ;;
+            vm__run__subcmd__help,ifaces)
+                cmd="vm__run__subcmd__help__subcmd__ifaces"
+                ;;
             vm__run__subcmd__help,kill)
                 cmd="vm__run__subcmd__help__subcmd__kill"
                 ;;
@@ -131,7 +137,7 @@ _vm__run() {
 
     case "${cmd}" in
         vm__run)
-            opts="-h -V --json --help --version start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks serve help"
+            opts="-h -V --json --help --version start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,7 +207,7 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__help)
-            opts="start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks serve help"
+            opts="start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -271,6 +277,20 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__run__subcmd__help__subcmd__ifaces)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -466,6 +486,20 @@ _vm__run() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__run__subcmd__ifaces)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__run__subcmd__kill)
             opts="-h --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -601,13 +635,17 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__stats)
-            opts="-h --disk --json --help"
+            opts="-h --disk --iface --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --iface)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

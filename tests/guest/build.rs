@@ -19,6 +19,7 @@ fn main() {
     for f in [
         "main.c",
         "blk.c",
+        "net.c",
         "guest.h",
         "start.S",
         "guest.ld",
@@ -48,6 +49,7 @@ fn main() {
     };
     cc("main.c", "main.o");
     cc("blk.c", "blk.o");
+    cc("net.c", "net.o");
     cc("start.S", "start.o");
     run(Command::new("ld")
         .args([
@@ -62,7 +64,8 @@ fn main() {
         .arg(out.join("guest32.elf"))
         .arg(out.join("start.o"))
         .arg(out.join("main.o"))
-        .arg(out.join("blk.o")));
+        .arg(out.join("blk.o"))
+        .arg(out.join("net.o")));
     let elf = out.join("guest.elf");
     run(Command::new("objcopy")
         .args(["-O", "elf64-x86-64"])

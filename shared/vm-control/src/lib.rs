@@ -12,7 +12,7 @@ pub use dirs::{
     write_atomic, write_durable, write_state, Liveness,
 };
 pub use naming::{looks_like_path, vm_name};
-pub use proto::{DiskStats, Reply, Request, Stats};
+pub use proto::{DiskStats, NetStats, Reply, Request, Stats};
 pub use socket::{call, peer_allowed, Listener};
 
 #[derive(Debug, thiserror::Error)]

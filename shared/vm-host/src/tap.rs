@@ -10,6 +10,9 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -77,7 +80,9 @@ fn ioctl(f: &File, req: libc::c_ulong, arg: libc::c_ulong, name: &str) -> Result
 }
 
 /// Opens (creating it if needed) tap `name`: one descriptor per queue.
-pub fn open(name: &str, queues: usize, flags: TapFlags) -> Result<Vec<File>, TapError> {
+/// A name with `%d` (`vnet%d`) makes the kernel pick a free one; the name
+/// it picked comes back.
+pub fn open(name: &str, queues: usize, flags: TapFlags) -> Result<(String, Vec<File>), TapError> {
     let mut f = IFF_TAP | IFF_NO_PI;
     if flags.vnet_hdr {
         f |= IFF_VNET_HDR;
@@ -86,43 +91,66 @@ pub fn open(name: &str, queues: usize, flags: TapFlags) -> Result<Vec<File>, Tap
         f |= IFF_MULTI_QUEUE;
     }
     let mut out = Vec::new();
+    let mut name = name.to_string();
     for _ in 0..queues.max(1) {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/net/tun")
             .map_err(|source| TapError::Io {
-                name: name.into(),
+                name: name.clone(),
                 source,
             })?;
-        let mut req = ifreq(name, f)?;
+        let mut req = ifreq(&name, f)?;
         // SAFETY: TUNSETIFF reads and writes the ifreq we pass, which lives
         // for the call.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) };
         if r < 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::EBUSY) {
-                TapError::Busy(name.into())
+                TapError::Busy(name)
             } else {
-                TapError::Io {
-                    name: name.into(),
-                    source: e,
-                }
+                TapError::Io { name, source: e }
             });
         }
+        let end = req.name.iter().position(|&b| b == 0).unwrap_or(16);
+        name = String::from_utf8_lossy(&req.name[..end]).into_owned();
         out.push(file);
     }
-    Ok(out)
+    Ok((name, out))
 }
 
 /// Makes tap `name` persistent (it outlives this process), owned by `owner`.
 pub fn create_persistent(name: &str, owner: Option<u32>, flags: TapFlags) -> Result<(), TapError> {
-    let files = open(name, 1, flags)?;
+    let (_, files) = open(name, 1, flags)?;
     let f = &files[0];
     if let Some(uid) = owner {
         ioctl(f, TUNSETOWNER, libc::c_ulong::from(uid), name)?;
     }
     ioctl(f, TUNSETPERSIST, 1, name)
+}
+
+/// Attaches or detaches one queue of a multiqueue tap: the kernel spreads
+/// frames over attached queues only.
+pub fn set_queue_enabled(f: &File, name: &str, enabled: bool) -> Result<(), TapError> {
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: if enabled {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        },
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNSETQUEUE reads the ifreq we pass, which lives for the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETQUEUE, &raw mut req) };
+    if r < 0 {
+        return Err(TapError::Io {
+            name: name.into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// Tells the kernel which offloads the reader of `f` handles, and the size

@@ -17,10 +17,20 @@ use crate::devices::{lock, MmioTransport};
 const STOP: u64 = u64::MAX;
 
 #[derive(Debug)]
-struct Handler {
-    fd: EventFd,
-    device: Arc<Mutex<MmioTransport>>,
-    queue: usize,
+enum Handler {
+    /// A queue's notifier (ioeventfd).
+    Queue {
+        fd: EventFd,
+        device: Arc<Mutex<MmioTransport>>,
+        queue: usize,
+    },
+    /// A device's host descriptor (a tap queue), watched edge-triggered:
+    /// the device reads until it would block, or until the guest has no
+    /// buffers left (it reads on when the guest adds some).
+    Backend {
+        device: Arc<Mutex<MmioTransport>>,
+        token: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -50,7 +60,24 @@ impl IoLoop {
             fd.as_raw_fd(),
             EpollEvent::new(EventSet::IN, data),
         )?;
-        self.handlers.push(Handler { fd, device, queue });
+        self.handlers.push(Handler::Queue { fd, device, queue });
+        Ok(())
+    }
+
+    /// Tells `device` whenever `fd` (which it owns) becomes readable.
+    pub fn add_backend(
+        &mut self,
+        fd: RawFd,
+        device: Arc<Mutex<MmioTransport>>,
+        token: usize,
+    ) -> io::Result<()> {
+        let data = self.handlers.len() as u64;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, data),
+        )?;
+        self.handlers.push(Handler::Backend { device, token });
         Ok(())
     }
 
@@ -76,15 +103,21 @@ impl IoLoop {
             if ev.data() == STOP {
                 return Ok(false);
             }
-            if let Some(h) = self.handlers.get(ev.data() as usize) {
-                // Reading resets the counter; notifications that arrive
-                // while we serve fire the descriptor again.
-                let _ = h.fd.read();
-                if lock(&h.device).queue_notified(h.queue) {
-                    // More than a ring's worth: come back after the other
-                    // descriptors had their turn.
-                    let _ = h.fd.write(1);
+            match self.handlers.get(ev.data() as usize) {
+                Some(Handler::Queue { fd, device, queue }) => {
+                    // Reading resets the counter; notifications that
+                    // arrive while we serve fire the descriptor again.
+                    let _ = fd.read();
+                    if lock(device).queue_notified(*queue) {
+                        // More than a ring's worth: come back after the
+                        // other descriptors had their turn.
+                        let _ = fd.write(1);
+                    }
                 }
+                Some(Handler::Backend { device, token }) => {
+                    while lock(device).backend_ready(*token) {}
+                }
+                None => {}
             }
         }
         Ok(true)

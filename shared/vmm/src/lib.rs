@@ -16,4 +16,4 @@ pub mod vcpu;
 mod vm;
 
 pub use error::{Error, Result};
-pub use vm::{DiskConfig, Vm, VmConfig};
+pub use vm::{DiskConfig, NetConfig, Vm, VmConfig};

@@ -15,6 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootConfig};
 use crate::devices::virtio::blk::{BlockCounters, BlockStats, CachePolicy, VirtioBlk};
 use crate::devices::virtio::mmio::MMIO_WINDOW;
+use crate::devices::virtio::net::{NetCounters, NetStats, VirtioNet};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{IrqLine, MmioBus, MmioTransport, PioBus, SerialOut, SerialPort, I8042};
 use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::{self, GuestMemory};
@@ -41,6 +43,8 @@ pub struct VmConfig {
     pub hugepages: Option<u64>,
     /// virtio-blk disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks.
+    pub nets: Vec<NetConfig>,
     /// How many iothreads to start (`iothread1`..); disks name theirs.
     pub iothreads: u32,
 }
@@ -59,6 +63,18 @@ pub struct DiskConfig {
     /// Reads and writes through io_uring on this file (a raw image opened
     /// with the same flags as `image`).
     pub uring_file: Option<Arc<File>>,
+    /// Counters that outlive reboots (the device is rebuilt, they are not).
+    pub counters: Arc<BlockCounters>,
+}
+
+/// One virtio-net NIC on a tap.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub id: String,
+    /// One tap descriptor per queue pair.
+    pub taps: Vec<Arc<File>>,
+    pub mac: [u8; 6],
+    pub counters: Arc<NetCounters>,
 }
 
 impl std::fmt::Debug for DiskConfig {
@@ -71,7 +87,7 @@ impl std::fmt::Debug for DiskConfig {
             .field("serial", &self.serial)
             .field("iothread", &self.iothread)
             .field("io_uring", &self.uring_file.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,6 +102,7 @@ pub struct Vm {
     io: IoLoop,
     iothreads: Vec<IoThread>,
     disks: Vec<(String, Arc<BlockCounters>)>,
+    nets: Vec<(String, Arc<NetCounters>)>,
     events: Receiver<VcpuEvent>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
@@ -158,7 +175,8 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let mut boot_cfg = cfg.boot.clone();
-        let (mmio, io, iothreads, disks) = add_disks(&vm_fd, &mem, cfg, &mut boot_cfg.cmdline)?;
+        let devices = add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.cmdline)?;
+        let mmio = devices.bus;
         let entry = boot::load(&mem, cfg.memory, &boot_cfg)?;
 
         let com1 = IrqLine::new().map_err(Error::io("serial irq eventfd"))?;
@@ -225,9 +243,10 @@ impl Vm {
             _mem_file: mem_file,
             vcpus,
             bus,
-            io,
-            iothreads,
-            disks,
+            io: devices.main,
+            iothreads: devices.threads,
+            disks: devices.disks,
+            nets: devices.nets,
             events: rx,
             wake,
         })
@@ -309,6 +328,14 @@ impl Vm {
         self.io.run_once(0).map(|_| ())
     }
 
+    /// Each NIC's id and counters so far.
+    pub fn net_stats(&self) -> Vec<(String, NetStats)> {
+        self.nets
+            .iter()
+            .map(|(id, c)| (id.clone(), c.snapshot()))
+            .collect()
+    }
+
     /// Each disk's id and counters so far.
     pub fn disk_stats(&self) -> Vec<(String, BlockStats)> {
         self.disks
@@ -328,27 +355,67 @@ impl Vm {
     }
 }
 
-type Disks = (
-    Arc<MmioBus>,
-    IoLoop,
-    Vec<IoThread>,
-    Vec<(String, Arc<BlockCounters>)>,
-);
+/// The virtio devices of a VM and what serves them.
+struct Devices {
+    bus: Arc<MmioBus>,
+    main: IoLoop,
+    threads: Vec<IoThread>,
+    disks: Vec<(String, Arc<BlockCounters>)>,
+    nets: Vec<(String, Arc<NetCounters>)>,
+}
 
-/// Puts each disk behind a virtio-mmio window with its own interrupt line,
-/// wires its queue notifier (ioeventfd) to the loop that serves it, starts
-/// the iothreads and announces the devices on the kernel command line.
-fn add_disks(
+/// A device with its id and the iothread that serves it.
+type Built = (String, Option<u32>, Box<dyn VirtioDevice>);
+
+/// Builds the virtio-blk devices, then the virtio-net ones.
+fn build_devices(cfg: &VmConfig) -> Result<Vec<Built>> {
+    let mut out: Vec<Built> = Vec::new();
+    for d in &cfg.disks {
+        let mut blk = VirtioBlk::new(
+            Arc::clone(&d.image),
+            d.read_only,
+            d.cache,
+            &d.serial,
+            Arc::clone(&d.counters),
+        );
+        if let Some(f) = &d.uring_file {
+            blk = f
+                .try_clone()
+                .and_then(|f| blk.with_uring(f))
+                .map_err(Error::io(format!("disk {}: io_uring", d.id)))?;
+        }
+        out.push((d.id.clone(), d.iothread, Box::new(blk)));
+    }
+    for n in &cfg.nets {
+        let taps = n
+            .taps
+            .iter()
+            .map(|t| t.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(Error::io(format!("net {}: tap", n.id)))?;
+        let net = VirtioNet::new(taps, n.mac, Arc::clone(&n.counters))
+            .map_err(Error::io(format!("net {}: tap", n.id)))?;
+        out.push((n.id.clone(), None, Box::new(net)));
+    }
+    Ok(out)
+}
+
+/// Puts each device behind a virtio-mmio window with its own interrupt
+/// line, wires its queue notifiers (ioeventfds) and host descriptors to
+/// the loop that serves it, starts the iothreads and announces the devices
+/// on the kernel command line.
+fn add_devices(
     vm_fd: &VmFd,
     mem: &GuestMemory,
     cfg: &VmConfig,
     cmdline: &mut String,
-) -> Result<Disks> {
+) -> Result<Devices> {
+    let devices = build_devices(cfg)?;
     let max = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
-    if cfg.disks.len() > max {
+    if devices.len() > max {
         return Err(Error::Boot(format!(
             "{} virtio devices, at most {max} fit",
-            cfg.disks.len()
+            devices.len()
         )));
     }
     let mut bus = MmioBus::default();
@@ -360,41 +427,23 @@ fn add_disks(
             IoLoop::new().map_err(Error::io("creating an iothread loop"))?,
         ));
     }
-    let mut counters = Vec::new();
-    for (i, d) in cfg.disks.iter().enumerate() {
+    for (i, (id, iothread, device)) in devices.into_iter().enumerate() {
         let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
         let gsi = layout::VIRTIO_IRQ_FIRST + i as u32;
         let irq = IrqLine::new().map_err(Error::io("virtio irq eventfd"))?;
         vm_fd
             .register_irqfd(&irq.0, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))?;
-        let c = Arc::new(BlockCounters::default());
-        let mut blk = VirtioBlk::new(
-            Arc::clone(&d.image),
-            d.read_only,
-            d.cache,
-            &d.serial,
-            Arc::clone(&c),
-        );
-        if let Some(f) = &d.uring_file {
-            blk = f
-                .try_clone()
-                .and_then(|f| blk.with_uring(f))
-                .map_err(Error::io(format!("disk {}: io_uring", d.id)))?;
-        }
-        let dev = Arc::new(Mutex::new(MmioTransport::new(
-            Box::new(blk),
-            mem.clone(),
-            irq,
-        )));
-        let io = match d.iothread {
+        let backends = device.backend_fds();
+        let dev = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq)));
+        let io = match iothread {
             None => &mut main,
-            Some(n) => match loops.iter_mut().find(|(id, _)| *id == n) {
+            Some(n) => match loops.iter_mut().find(|(t, _)| *t == n) {
                 Some((_, l)) => l,
                 None => {
                     return Err(Error::Boot(format!(
-                        "disk {} names iothread {n}, but the VM has {}",
-                        d.id, cfg.iothreads
+                        "{id} names iothread {n}, but the VM has {}",
+                        cfg.iothreads
                     )))
                 }
             },
@@ -414,8 +463,11 @@ fn add_disks(
             io.add(fd, Arc::clone(&dev), q)
                 .map_err(Error::io("adding a queue to its loop"))?;
         }
+        for (fd, token) in backends {
+            io.add_backend(fd, Arc::clone(&dev), token)
+                .map_err(Error::io("adding a tap to its loop"))?;
+        }
         bus.add(base, dev);
-        counters.push((d.id.clone(), c));
         if !cmdline.is_empty() {
             cmdline.push(' ');
         }
@@ -432,5 +484,19 @@ fn add_disks(
                 .map_err(Error::io("starting an iothread"))?,
         );
     }
-    Ok((Arc::new(bus), main, threads, counters))
+    Ok(Devices {
+        bus: Arc::new(bus),
+        main,
+        threads,
+        disks: cfg
+            .disks
+            .iter()
+            .map(|d| (d.id.clone(), Arc::clone(&d.counters)))
+            .collect(),
+        nets: cfg
+            .nets
+            .iter()
+            .map(|n| (n.id.clone(), Arc::clone(&n.counters)))
+            .collect(),
+    })
 }

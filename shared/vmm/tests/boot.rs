@@ -27,6 +27,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
         numa: None,
         hugepages: None,
         disks: Vec::new(),
+        nets: Vec::new(),
         iothreads: 0,
     }
 }

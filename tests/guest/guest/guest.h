@@ -21,7 +21,8 @@ const char *arg(const char *cmdline, const char *key);
 u32 arg_u32(const char *cmdline, const char *key, u32 fallback);
 void end(u8 code) __attribute__((noreturn));
 
-/* The virtio-blk modes (blk.c). */
+/* The virtio-blk modes (blk.c) and virtio-net modes (net.c). */
 void blk_mode(const char *mode, const char *cmdline) __attribute__((noreturn));
+void net_mode(const char *mode, const char *cmdline) __attribute__((noreturn));
 
 #endif

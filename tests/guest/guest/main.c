@@ -7,6 +7,7 @@
  *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
  *   blk-*      virtio-blk checks (blk.c)
+ *   net-*      virtio-net checks (net.c)
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
  * the i8042 reset, so both QEMU microvm and vm-run stop. */
 
@@ -156,6 +157,8 @@ void guest_main(u32 start_info) {
         }
     } else if (starts(mode, "blk-")) {
         blk_mode(mode, cmdline);
+    } else if (starts(mode, "net-")) {
+        net_mode(mode, cmdline);
     } else if (starts(mode, "cli-hlt")) {
         puts("halting\n");
         for (;;) __asm__ volatile("cli; hlt");

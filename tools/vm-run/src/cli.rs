@@ -85,16 +85,21 @@ pub enum Command {
     Console(VmArg),
     /// Wait until the VM has stopped.
     Wait(VmArg),
-    /// Print a running VM's disk counters (virsh domblkstat).
+    /// Print a running VM's disk and NIC counters (virsh domblkstat, domifstat).
     Stats {
         #[command(flatten)]
         vm: VmArg,
         /// Only this disk.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "iface")]
         disk: Option<String>,
+        /// Only this network interface (its id in the spec).
+        #[arg(long, value_name = "ID")]
+        iface: Option<String>,
     },
     /// List a VM's disks (virsh domblklist).
     Disks(VmArg),
+    /// List a running VM's network interfaces (virsh domiflist).
+    Ifaces(VmArg),
     #[command(hide = true)]
     Serve,
 }

@@ -280,8 +280,9 @@ pub fn edit(vm: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// virsh domblkstat: each disk's counters, `ID name value` per line.
-pub fn stats(vm: &str, disk: Option<&str>, json: bool) -> Result<i32> {
+/// virsh domblkstat and domifstat: each device's counters, `ID name value`
+/// per line.
+pub fn stats(vm: &str, disk: Option<&str>, iface: Option<&str>, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = running_state(&name)?;
     let reply = vm_control::call(&st.control_socket, &Request::Stats, Duration::from_secs(30))?;
@@ -291,8 +292,16 @@ pub fn stats(vm: &str, disk: Option<&str>, json: bool) -> Result<i32> {
     let mut stats = reply.stats.unwrap_or_default();
     if let Some(id) = disk {
         stats.disks.retain(|d| d.id == id);
+        stats.nets.clear();
         if stats.disks.is_empty() {
             bail!("VM '{name}' has no disk '{id}'");
+        }
+    }
+    if let Some(id) = iface {
+        stats.nets.retain(|n| n.id == id);
+        stats.disks.clear();
+        if stats.nets.is_empty() {
+            bail!("VM '{name}' has no network interface '{id}'");
         }
     }
     if output::json_wanted(json) {
@@ -314,6 +323,64 @@ pub fn stats(vm: &str, disk: Option<&str>, json: bool) -> Result<i32> {
         ] {
             println!("{} {key} {}", d.id, v[key]);
         }
+    }
+    for n in &stats.nets {
+        let v = serde_json::to_value(n)?;
+        for key in [
+            "rx_bytes",
+            "rx_packets",
+            "rx_errs",
+            "rx_drop",
+            "tx_bytes",
+            "tx_packets",
+            "tx_errs",
+            "tx_drop",
+        ] {
+            println!("{} {key} {}", n.id, v[key]);
+        }
+    }
+    Ok(0)
+}
+
+/// virsh domiflist: a running VM's NICs with their taps and MACs.
+pub fn ifaces(vm: &str, json: bool) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    let rows: Vec<_> = st
+        .spec
+        .nets
+        .iter()
+        .zip(&st.nets)
+        .map(|(n, s)| {
+            serde_json::json!({
+                "id": n.id,
+                "interface": s.tap,
+                "type": if n.bridge.is_some() { "bridge" } else { "ethernet" },
+                "source": n.bridge,
+                "model": "virtio",
+                "mac": s.mac.to_string(),
+                "queues": n.queues,
+            })
+        })
+        .collect();
+    if output::json_wanted(json) {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(0);
+    }
+    println!(
+        " {:<10} {:<9} {:<10} {:<7} MAC",
+        "Interface", "Type", "Source", "Model"
+    );
+    println!("{}", "-".repeat(64));
+    for r in &rows {
+        println!(
+            " {:<10} {:<9} {:<10} {:<7} {}",
+            r["interface"].as_str().unwrap_or(""),
+            r["type"].as_str().unwrap_or(""),
+            r["source"].as_str().unwrap_or("-"),
+            "virtio",
+            r["mac"].as_str().unwrap_or("")
+        );
     }
     Ok(0)
 }

@@ -101,6 +101,7 @@ fn open(d: &Disk) -> Result<OpenDisk> {
             serial: d.serial.clone().unwrap_or_default(),
             iothread: d.iothread,
             uring_file: uring_file(d)?.map(Arc::new),
+            counters: Arc::default(),
         },
         state: DiskState {
             id: d.id.clone(),

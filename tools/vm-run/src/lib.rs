@@ -6,6 +6,7 @@ pub mod commands;
 pub mod console;
 pub mod disks;
 pub mod monitor;
+pub mod nets;
 pub mod output;
 pub mod resolve;
 pub mod start;
@@ -33,8 +34,11 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Kill(v) => commands::kill(&v.vm, j),
         Command::Console(v) => commands::console(&v.vm),
         Command::Wait(v) => commands::wait(&v.vm),
-        Command::Stats { vm, disk } => commands::stats(&vm.vm, disk.as_deref(), j),
+        Command::Stats { vm, disk, iface } => {
+            commands::stats(&vm.vm, disk.as_deref(), iface.as_deref(), j)
+        }
         Command::Disks(v) => commands::disks(&v.vm, j),
+        Command::Ifaces(v) => commands::ifaces(&v.vm, j),
     };
     match result {
         Ok(code) => code,

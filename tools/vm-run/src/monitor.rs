@@ -19,6 +19,7 @@ use vmm::{Vm, VmConfig};
 
 use crate::console::{self, Endpoint, Pending};
 use crate::disks::OpenDisk;
+use crate::nets::OpenNet;
 use crate::timefmt::{log, now_secs};
 
 /// Exit status when the guest crashed (foreground, on_crash = destroy).
@@ -37,6 +38,7 @@ const SUPPORTED: &[Feature] = &[
     Feature::NumaTune,
     Feature::Hugepages,
     Feature::Disks,
+    Feature::Nets,
     Feature::Iothreads,
     Feature::IothreadPinning,
 ];
@@ -303,10 +305,12 @@ struct Machine {
     pending: Pending,
     /// Opened (and locked) once; a reboot keeps them.
     disks: Vec<OpenDisk>,
+    /// Taps opened once; a reboot keeps them.
+    nets: Vec<OpenNet>,
 }
 
 impl Machine {
-    fn config(spec: &VmSpec, disks: &[OpenDisk]) -> Result<VmConfig> {
+    fn config(spec: &VmSpec, disks: &[OpenDisk], nets: &[OpenNet]) -> Result<VmConfig> {
         let vcpus = u8::try_from(spec.vcpus).map_err(|_| anyhow!("vcpus: at most 255"))?;
         let (threads, cores) = spec
             .cpu
@@ -336,6 +340,7 @@ impl Machine {
             }),
             hugepages: spec.hugepages.map(vm_spec::Size::bytes),
             disks: disks.iter().map(|d| d.config.clone()).collect(),
+            nets: nets.iter().map(|n| n.config.clone()).collect(),
             iothreads: spec.iothreads,
         })
     }
@@ -360,7 +365,8 @@ impl Machine {
 
     fn start(spec: VmSpec, console: Console, endpoint: Endpoint) -> Result<Self> {
         let disks = crate::disks::open_all(&spec)?;
-        let cfg = Self::config(&spec, &disks)?;
+        let nets = crate::nets::open_all(&spec)?;
+        let cfg = Self::config(&spec, &disks, &nets)?;
         let vm = Vm::start(&cfg, Self::serial(&console, &endpoint)?)?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
@@ -373,6 +379,7 @@ impl Machine {
             endpoint,
             pending: Pending::new(),
             disks,
+            nets,
         })
     }
 
@@ -381,7 +388,7 @@ impl Machine {
         if let Some(vm) = self.vm.take() {
             vm.destroy();
         }
-        let cfg = Self::config(&self.spec, &self.disks)?;
+        let cfg = Self::config(&self.spec, &self.disks, &self.nets)?;
         self.vm = Some(Vm::start(
             &cfg,
             Self::serial(&self.console, &self.endpoint)?,
@@ -432,7 +439,23 @@ impl Machine {
                 busy_ns: s.busy_ns,
             })
             .collect();
-        vm_control::Stats { disks }
+        let nets = self
+            .vm()
+            .net_stats()
+            .into_iter()
+            .map(|(id, s)| vm_control::NetStats {
+                id,
+                rx_bytes: s.rx_bytes,
+                rx_packets: s.rx_packets,
+                rx_errs: s.rx_errs,
+                rx_drop: s.rx_drop,
+                tx_bytes: s.tx_bytes,
+                tx_packets: s.tx_packets,
+                tx_errs: s.tx_errs,
+                tx_drop: s.tx_drop,
+            })
+            .collect();
+        vm_control::Stats { disks, nets }
     }
 
     fn vm(&self) -> &Vm {
@@ -460,7 +483,7 @@ impl Machine {
                 Console::Stdio | Console::Null => None,
             },
             disks: self.disks.iter().map(|d| d.state.clone()).collect(),
-            nets: Vec::new(),
+            nets: self.nets.iter().map(|n| n.state.clone()).collect(),
             started: self.started,
         }
     }

@@ -210,6 +210,8 @@ impl MmioTransport {
                 || self.queues.iter().any(|q| q.ready() && !q.is_valid(mem))
             {
                 v |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            } else {
+                self.device.activate(self.driver_features);
             }
         }
         self.status = v;
@@ -228,13 +230,38 @@ impl MmioTransport {
         self.interrupt_status = 0;
     }
 
+    fn running(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
+    }
+
+    fn interrupt(&mut self) {
+        self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
+        // A failed eventfd write means a full counter: the guest has an
+        // interrupt pending anyway.
+        let _ = self.irq.raise();
+    }
+
+    /// Host input for the device (its backend descriptor `token` is
+    /// readable); returns true when there is more to do.
+    pub fn backend_ready(&mut self, token: usize) -> bool {
+        if !self.running() {
+            return false;
+        }
+        let served = self
+            .device
+            .backend_ready(token, &mut self.queues, &self.mem);
+        if served.interrupt {
+            self.interrupt();
+        }
+        served.more
+    }
+
     /// Serves queue `index` after the driver notified it; raises the
     /// interrupt when the device asks for it. Returns true when requests
     /// are left for another pass.
     pub fn queue_notified(&mut self, index: usize) -> bool {
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
-            || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0
-        {
+        if !self.running() {
             return false;
         }
         let Some(queue) = self.queues.get_mut(index) else {
@@ -245,10 +272,7 @@ impl MmioTransport {
         }
         let served = self.device.process_queue(index, queue, &self.mem);
         if served.interrupt {
-            self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
-            // A failed eventfd write means a full counter: the guest has
-            // an interrupt pending anyway.
-            let _ = self.irq.raise();
+            self.interrupt();
         }
         served.more
     }

@@ -8,6 +8,7 @@
 pub mod blk;
 pub mod blk_request;
 pub mod mmio;
+pub mod net;
 pub mod uring;
 
 use virtio_queue::Queue;
@@ -34,6 +35,22 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// ring's worth (a guest whose rings overlap could otherwise keep the
     /// device busy forever).
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> Served;
+    /// The driver finished setting up (DRIVER_OK) with these features.
+    fn activate(&mut self, _features: u64) {}
+    /// A host descriptor the device serves (a tap queue) has input;
+    /// `token` says which one.
+    fn backend_ready(
+        &mut self,
+        _token: usize,
+        _queues: &mut [Queue],
+        _mem: &GuestMemory,
+    ) -> Served {
+        Served::default()
+    }
+    /// Host descriptors to watch for input, with their tokens.
+    fn backend_fds(&self) -> Vec<(std::os::fd::RawFd, usize)> {
+        Vec::new()
+    }
     /// The driver reset the device (status 0).
     fn reset(&mut self) {}
 }

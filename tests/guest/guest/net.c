@@ -1,0 +1,287 @@
+/* A polling virtio-net driver on virtio-mmio (version 2), and the modes
+ * that use it. The device is the first virtio_mmio.device on the command
+ * line whose device ID is 1. Frames carry the local-experimental EtherType
+ * 0x88b5 so the host's own chatter (IPv6 neighbour discovery and the like)
+ * is told apart and skipped.
+ *   net-send   send `count` broadcast frames ("vmtools frame N from MAC")
+ *   net-recv   wait for one 0x88b5 frame, print its source and text
+ *   net-ping   broadcast "ping from MAC", wait for a "pong" frame, print it
+ *   net-pong   answer every "ping" frame with "pong from MAC" to its
+ *              sender, printing each, until the VM is stopped
+ *   net-flood  send `count` frames of `size` bytes, 16 in flight at a time */
+
+#include "guest.h"
+
+#define QSZ 16
+#define F_NEXT 1
+#define F_WRITE 2
+#define HDR 12
+#define BUF 1536
+#define ETHERTYPE 0x88b5
+
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+struct avail { u16 flags; u16 idx; u16 ring[QSZ]; u16 used_event; };
+struct used_elem { u32 id; u32 len; };
+struct used { u16 flags; u16 idx; struct used_elem ring[QSZ]; u16 avail_event; };
+struct vq {
+    struct desc desc[QSZ] __attribute__((aligned(16)));
+    struct avail avail __attribute__((aligned(4)));
+    struct used used __attribute__((aligned(4096)));
+    u16 last_used;
+};
+
+static struct vq rxq, txq;
+static u8 rxbuf[QSZ][HDR + BUF] __attribute__((aligned(16)));
+static u8 txbuf[QSZ][HDR + BUF] __attribute__((aligned(16)));
+static volatile u32 *mmio;
+static u8 mac[6];
+
+static u32 rd(u32 off) { return mmio[off / 4]; }
+static void wr(u32 off, u32 v) { mmio[off / 4] = v; }
+
+static void __attribute__((noreturn)) fail(const char *what) {
+    puts("net: error ");
+    puts(what);
+    putc('\n');
+    end(1);
+}
+
+static u32 hex(const char **p) {
+    u32 n = 0;
+    for (;; (*p)++) {
+        char c = **p;
+        if (c >= '0' && c <= '9') n = n * 16 + (u32)(c - '0');
+        else if (c >= 'a' && c <= 'f') n = n * 16 + (u32)(c - 'a' + 10);
+        else return n;
+    }
+}
+
+/* The first virtio-mmio device with device ID 1 (network). */
+static u32 find_net(const char *cmdline) {
+    const char *p = cmdline;
+    while (p && *p) {
+        if (starts(p, "virtio_mmio.device=")) {
+            const char *v = p;
+            while (*v && *v != '@') v++;
+            if (starts(v, "@0x")) {
+                v += 3;
+                u32 base = hex(&v);
+                volatile u32 *m = (volatile u32 *)base;
+                if (m[0] == 0x74726976 && m[2] == 1) return base;
+            }
+        }
+        while (*p && *p != ' ') p++;
+        while (*p == ' ') p++;
+    }
+    return 0;
+}
+
+static void setup_queue(u32 index, struct vq *q) {
+    wr(0x030, index);
+    if (rd(0x034) < QSZ) fail("queue too small");
+    wr(0x038, QSZ);
+    wr(0x080, (u32)q->desc); wr(0x084, 0);
+    wr(0x090, (u32)&q->avail); wr(0x094, 0);
+    wr(0x0a0, (u32)&q->used); wr(0x0a4, 0);
+    wr(0x044, 1);
+}
+
+static void offer(struct vq *q, u16 id) {
+    q->avail.ring[q->avail.idx % QSZ] = id;
+    barrier();
+    q->avail.idx++;
+}
+
+/* The next used entry of `q`, or -1 when there is none yet. */
+static int take(struct vq *q, u32 *len) {
+    if (*(volatile u16 *)&q->used.idx == q->last_used) return -1;
+    barrier();
+    struct used_elem e = q->used.ring[q->last_used % QSZ];
+    q->last_used++;
+    *len = e.len;
+    return (int)e.id;
+}
+
+static void init(const char *cmdline) {
+    u32 base = find_net(cmdline);
+    if (!base) fail("no virtio-net device on the command line");
+    mmio = (volatile u32 *)base;
+    if (rd(0x004) != 2) fail("not a virtio-mmio v2 device");
+    wr(0x070, 0);
+    wr(0x070, 1);
+    wr(0x070, 3);
+    wr(0x014, 1);
+    if (!(rd(0x010) & 1)) fail("device lacks VERSION_1");
+    wr(0x024, 1);
+    wr(0x020, 1);                       /* VERSION_1 */
+    wr(0x024, 0);
+    wr(0x020, 1u << 5);                 /* MAC */
+    wr(0x070, 11);
+    if (!(rd(0x070) & 8)) fail("features refused");
+    for (int i = 0; i < 6; i++) mac[i] = ((volatile u8 *)mmio)[0x100 + i];
+    setup_queue(0, &rxq);
+    setup_queue(1, &txq);
+    for (u16 i = 0; i < QSZ; i++) {
+        rxq.desc[i].addr = (u32)rxbuf[i];
+        rxq.desc[i].len = HDR + BUF;
+        rxq.desc[i].flags = F_WRITE;
+        offer(&rxq, i);
+    }
+    wr(0x070, 15);
+    barrier();
+    wr(0x050, 0);
+}
+
+static void put_mac(const u8 *m) {
+    for (int i = 0; i < 6; i++) {
+        putc("0123456789abcdef"[m[i] >> 4]);
+        putc("0123456789abcdef"[m[i] & 15]);
+        if (i < 5) putc(':');
+    }
+}
+
+/* Builds a frame in tx slot `slot`: destination, our source, 0x88b5, text
+ * (padded to `size` bytes of frame when larger). Returns its length. */
+static u32 frame(int slot, const u8 *dst, const char *text, u32 n, u32 size) {
+    u8 *b = txbuf[slot];
+    for (int i = 0; i < HDR; i++) b[i] = 0;
+    u8 *f = b + HDR;
+    for (int i = 0; i < 6; i++) { f[i] = dst[i]; f[6 + i] = mac[i]; }
+    f[12] = ETHERTYPE >> 8;
+    f[13] = ETHERTYPE & 0xff;
+    u32 len = 14;
+    while (*text && len < BUF) f[len++] = (u8)*text++;
+    if (n != 0xffffffffu) {
+        char d[11];
+        int i = 10;
+        d[i] = 0;
+        do { d[--i] = (char)('0' + n % 10); n /= 10; } while (n);
+        for (const char *p = d + i; *p && len < BUF; p++) f[len++] = (u8)*p;
+    }
+    if (size > len && size <= BUF) {
+        for (; len < size; len++) f[len] = 0;
+    }
+    while (len < 60) f[len++] = 0;
+    return len;
+}
+
+static void send_slots(u32 n, const u32 *lens) {
+    for (u32 i = 0; i < n; i++) {
+        txq.desc[i].addr = (u32)txbuf[i];
+        txq.desc[i].len = HDR + lens[i];
+        txq.desc[i].flags = 0;
+        offer(&txq, (u16)i);
+    }
+    barrier();
+    wr(0x050, 1);
+    u32 got = 0, len;
+    while (got < n) {
+        if (take(&txq, &len) >= 0) got++;
+        else __asm__ volatile("pause");
+    }
+}
+
+static const u8 broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+/* Waits for a 0x88b5 frame whose text starts with `prefix`; copies its
+ * source; prints it after `label`. */
+static void wait_frame(const char *label, const char *prefix, u8 *src) {
+    for (;;) {
+        u32 len;
+        int id = take(&rxq, &len);
+        if (id < 0) { __asm__ volatile("pause"); continue; }
+        u8 *f = rxbuf[id] + HDR;
+        u32 flen = len > HDR ? len - HDR : 0;
+        int ok = flen > 14 && f[12] == (ETHERTYPE >> 8) && f[13] == (ETHERTYPE & 0xff)
+                 && starts((const char *)f + 14, prefix);
+        if (ok) {
+            for (int i = 0; i < 6; i++) src[i] = f[6 + i];
+            puts(label);
+            puts(" src=");
+            put_mac(src);
+            puts(" text=");
+            for (u32 i = 14; i < flen && f[i] >= 0x20 && f[i] < 0x7f; i++) putc((char)f[i]);
+            putc('\n');
+        }
+        offer(&rxq, (u16)id);
+        barrier();
+        wr(0x050, 0);
+        if (ok) return;
+    }
+}
+
+void net_mode(const char *mode, const char *cmdline) {
+    init(cmdline);
+    static char text[64];
+    char *t = text;
+    for (const char *p = " from "; *p; p++) *t++ = *p;
+    for (int i = 0; i < 6; i++) {
+        *t++ = "0123456789abcdef"[mac[i] >> 4];
+        *t++ = "0123456789abcdef"[mac[i] & 15];
+        if (i < 5) *t++ = ':';
+    }
+    *t++ = ' ';
+    *t = 0;
+    u8 src[6];
+    if (starts(mode, "net-send")) {
+        u32 count = arg_u32(cmdline, "count", 1);
+        for (u32 i = 0; i < count; i++) {
+            static char msg[80];
+            char *m = msg;
+            for (const char *p = "vmtools frame"; *p; p++) *m++ = *p;
+            for (const char *p = text; *p; p++) *m++ = *p;
+            *m = 0;
+            u32 len = frame(0, broadcast, msg, i, 0);
+            send_slots(1, &len);
+        }
+        puts("net-send mac=");
+        put_mac(mac);
+        puts(" sent=");
+        putu(count);
+        putc('\n');
+        end(0);
+    } else if (starts(mode, "net-recv")) {
+        puts("net-recv mac=");
+        put_mac(mac);
+        putc('\n');
+        wait_frame("net-recv got", "", src);
+        end(0);
+    } else if (starts(mode, "net-ping")) {
+        static char msg[80] = "ping";
+        char *m = msg + 4;
+        for (const char *p = text; *p; p++) *m++ = *p;
+        *m = 0;
+        u32 len = frame(0, broadcast, msg, 0xffffffffu, 0);
+        send_slots(1, &len);
+        wait_frame("net-ping got", "pong", src);
+        end(0);
+    } else if (starts(mode, "net-pong")) {
+        puts("net-pong ready mac=");
+        put_mac(mac);
+        putc('\n');
+        static char msg[80] = "pong";
+        char *m = msg + 4;
+        for (const char *p = text; *p; p++) *m++ = *p;
+        *m = 0;
+        for (;;) {
+            wait_frame("net-pong got", "ping", src);
+            u32 len = frame(0, src, msg, 0xffffffffu, 0);
+            send_slots(1, &len);
+        }
+    } else if (starts(mode, "net-flood")) {
+        u32 count = arg_u32(cmdline, "count", 1000);
+        u32 size = arg_u32(cmdline, "size", 60);
+        static u32 lens[QSZ];
+        for (int i = 0; i < QSZ; i++) lens[i] = frame(i, broadcast, "flood", 0xffffffffu, size);
+        for (u32 sent = 0; sent < count;) {
+            u32 n = count - sent < QSZ ? count - sent : QSZ;
+            send_slots(n, lens);
+            sent += n;
+        }
+        puts("net-flood sent=");
+        putu(count);
+        putc('\n');
+        end(0);
+    }
+    fail("unknown net mode");
+}
