@@ -271,8 +271,8 @@ fn bad_input_leaves_nothing_behind() {
         ),
         (serde_json::json!({"memory": "64TiB"}), "more than the host"),
         (
-            serde_json::json!({"nets": [{"id": "net0", "tap": "vnet0"}]}),
-            "nets: network interfaces (virtio-net) is not supported yet by vm-run",
+            serde_json::json!({"cpu": {"numa": [{"id": 0, "cpus": "0", "memory": "64MiB"}]}}),
+            "cpu.numa: guest NUMA cells (needs ACPI tables) is not supported yet by vm-run",
         ),
         (
             serde_json::json!({"disks": [{"id": "vda", "path": "x.img", "format": "raw"}]}),
