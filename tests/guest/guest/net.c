@@ -8,7 +8,8 @@
  *   net-ping   broadcast "ping from MAC", wait for a "pong" frame, print it
  *   net-pong   answer every "ping" frame with "pong from MAC" to its
  *              sender, printing each, until the VM is stopped
- *   net-flood  send `count` frames of `size` bytes, 16 in flight at a time */
+ *   net-flood  send `count` frames of `size` bytes, 16 in flight at a time
+ *              (with halt=1, halt afterwards instead of ending) */
 
 #include "guest.h"
 
@@ -281,6 +282,9 @@ void net_mode(const char *mode, const char *cmdline) {
         puts("net-flood sent=");
         putu(count);
         putc('\n');
+        /* halt=1: stay up, so the host can read the VMM's counters. */
+        if (arg_u32(cmdline, "halt", 0))
+            for (;;) __asm__ volatile("cli; hlt");
         end(0);
     }
     fail("unknown net mode");
