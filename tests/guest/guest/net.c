@@ -8,6 +8,8 @@
  *   net-ping   broadcast "ping from MAC", wait for a "pong" frame, print it
  *   net-pong   answer every "ping" frame with "pong from MAC" to its
  *              sender, printing each, until the VM is stopped
+ *   net-hdr    wait for an IPv4 UDP frame, print its virtio-net header's
+ *              flags and gso_type (csum=1 takes GUEST_CSUM first)
  *   net-flood  send `count` frames of `size` bytes, 16 in flight at a time
  *              (with halt=1, halt afterwards instead of ending) */
 
@@ -103,6 +105,8 @@ static int take(struct vq *q, u32 *len) {
     return (int)e.id;
 }
 
+static u32 offloads;
+
 static void init(const char *cmdline) {
     u32 base = find_net(cmdline);
     if (!base) fail("no virtio-net device on the command line");
@@ -116,7 +120,10 @@ static void init(const char *cmdline) {
     wr(0x024, 1);
     wr(0x020, 1);                       /* VERSION_1 */
     wr(0x024, 0);
-    wr(0x020, 1u << 5);                 /* MAC */
+    /* MAC; with csum=1 also GUEST_CSUM, so the host may hand us frames
+     * whose checksum is left to finish (the header says so). */
+    offloads = arg_u32(cmdline, "csum", 0) ? (1u << 1) : 0;
+    wr(0x020, (1u << 5) | offloads);
     wr(0x070, 11);
     if (!(rd(0x070) & 8)) fail("features refused");
     for (int i = 0; i < 6; i++) mac[i] = ((volatile u8 *)mmio)[0x100 + i];
@@ -268,6 +275,31 @@ void net_mode(const char *mode, const char *cmdline) {
             wait_frame("net-pong got", "ping", src);
             u32 len = frame(0, src, msg, 0xffffffffu, 0);
             send_slots(1, &len);
+        }
+    } else if (starts(mode, "net-hdr")) {
+        puts("net-hdr ready mac=");
+        put_mac(mac);
+        putc('\n');
+        for (;;) {
+            u32 len;
+            int id = take(&rxq, &len);
+            if (id < 0) { __asm__ volatile("pause"); continue; }
+            u8 *h = rxbuf[id];
+            u8 *f = h + HDR;
+            if (len > HDR + 34 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 17) {
+                puts("net-hdr flags=");
+                putu(h[0]);
+                puts(" gso=");
+                putu(h[1]);
+                puts(" csum_start=");
+                putu((u32)h[6] | (u32)h[7] << 8);
+                putc('\n');
+                /* Stay up: the host reads the console, then stops us. */
+                for (;;) __asm__ volatile("cli; hlt");
+            }
+            offer(&rxq, (u16)id);
+            barrier();
+            wr(0x050, 0);
         }
     } else if (starts(mode, "net-flood")) {
         u32 count = arg_u32(cmdline, "count", 1000);

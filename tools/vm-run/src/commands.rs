@@ -346,13 +346,20 @@ pub fn stats(vm: &str, disk: Option<&str>, iface: Option<&str>, json: bool) -> R
 pub fn ifaces(vm: &str, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = running_state(&name)?;
+    // The tap's state as the host sees it (this network namespace's).
+    let mut nl = vm_host::netlink::Netlink::open().ok();
     let rows: Vec<_> = st
         .spec
         .nets
         .iter()
         .zip(&st.nets)
         .map(|(n, s)| {
+            let state = nl
+                .as_mut()
+                .and_then(|nl| nl.link(&s.tap).ok().flatten())
+                .map_or_else(|| "unknown".to_string(), |l| l.oper_state.to_lowercase());
             serde_json::json!({
+                "state": state,
                 "id": n.id,
                 "interface": s.tap,
                 "type": if n.bridge.is_some() { "bridge" } else { "ethernet" },

@@ -199,6 +199,7 @@ fn two_guests_on_a_bridge_exchange_frames() {
         (i["interface"].as_str(), i["source"].as_str()),
         (Some(tap.as_str()), Some("br0"))
     );
+    assert_eq!(i["state"], "up", "{i}");
 
     // The tap vm-run made goes away with the VM, even on kill -9.
     let pid = st["pid"].as_i64().unwrap() as i32;
@@ -277,6 +278,71 @@ fn a_frame_on_the_tap_reaches_the_guest_and_its_answer_is_captured() {
     assert_eq!(ns.vm_run(&["kill", "echo"]).0, 0);
     // A persistent tap stays for the next VM.
     assert!(ns.link("tap0").is_some());
+}
+
+/// Sends one UDP datagram to 10.9.0.2 (port 9) from the namespace.
+const SEND_UDP: &str = r#"
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x" * 100, ("10.9.0.2", 9))
+"#;
+
+#[test]
+fn checksum_offload_reaches_the_guest_only_when_it_takes_it() {
+    let Some(ns) = Ns::new() else { return };
+    if !have_tool("python3", "python3") {
+        return;
+    }
+    let _l = kvm_lock();
+    assert!(ns
+        .ip(&["tuntap", "add", "dev", "tapo", "mode", "tap", "vnet_hdr"])
+        .status
+        .success());
+    assert!(ns
+        .ip(&["addr", "add", "10.9.0.1/24", "dev", "tapo"])
+        .status
+        .success());
+    // (csum argument, the header flags the guest must see): with
+    // GUEST_CSUM taken, the tap hands over the host's UDP datagram with its
+    // checksum left to finish (VIRTIO_NET_HDR_F_NEEDS_CSUM); without it,
+    // the kernel finishes the checksum itself.
+    for (csum, flags) in [(1, "1"), (0, "0")] {
+        let s = ns.spec(
+            "hdr",
+            &format!("net-hdr csum={csum}"),
+            &json!([{"id": "net0", "tap": "tapo"}]),
+        );
+        let (code, out, err) = ns.vm_run(&["start", "--detach", &s]);
+        assert_eq!(code, 0, "{err}");
+        let mac = json_of(&out)["nets"][0]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ns.wait_console("hdr", "net-hdr ready");
+        let _ = ns.ip(&["neigh", "del", "10.9.0.2", "dev", "tapo"]);
+        assert!(ns
+            .ip(&[
+                "neigh",
+                "add",
+                "10.9.0.2",
+                "lladdr",
+                &mac,
+                "dev",
+                "tapo",
+                "nud",
+                "permanent"
+            ])
+            .status
+            .success());
+        let o = ns.in_ns("python3").args(["-c", SEND_UDP]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let c = ns.wait_console("hdr", "net-hdr flags=");
+        let line = c.lines().find(|l| l.contains("net-hdr flags=")).unwrap();
+        assert!(
+            line.contains(&format!("flags={flags} ")),
+            "csum={csum}: {line}"
+        );
+        let _ = ns.vm_run(&["kill", "hdr"]);
+    }
 }
 
 #[test]
