@@ -57,6 +57,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// Has a carrier (IFF_LOWER_UP): for a tap, someone holds it open.
+    pub lower_up: bool,
     /// The kernel's operational state: UP, DOWN, UNKNOWN, ...
     pub oper_state: String,
     pub mac: Option<[u8; 6]>,
@@ -282,6 +284,7 @@ fn link_of(m: &LinkMessage) -> Link {
         kind: None,
         master: None,
         up: m.header.flags.contains(LinkFlags::Up),
+        lower_up: m.header.flags.contains(LinkFlags::LowerUp),
         oper_state: "UNKNOWN".into(),
         mac: None,
         mtu: None,

@@ -346,7 +346,8 @@ pub fn stats(vm: &str, disk: Option<&str>, iface: Option<&str>, json: bool) -> R
 pub fn ifaces(vm: &str, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = running_state(&name)?;
-    // The tap's state as the host sees it (this network namespace's).
+    // The tap's state as the host sees it (this network namespace's):
+    // taps report no operational state, so up means up with a carrier.
     let mut nl = vm_host::netlink::Netlink::open().ok();
     let rows: Vec<_> = st
         .spec
@@ -357,7 +358,11 @@ pub fn ifaces(vm: &str, json: bool) -> Result<i32> {
             let state = nl
                 .as_mut()
                 .and_then(|nl| nl.link(&s.tap).ok().flatten())
-                .map_or_else(|| "unknown".to_string(), |l| l.oper_state.to_lowercase());
+                .map_or("unknown", |l| match (l.up, l.lower_up) {
+                    (true, true) => "up",
+                    (true, false) => "no-carrier",
+                    (false, _) => "down",
+                });
             serde_json::json!({
                 "state": state,
                 "id": n.id,
