@@ -6,6 +6,8 @@
 //! line picks a mode (`mode=hello`, `crash`, `reboot`, `heartbeat`,
 //! `cli-hlt`, and the `blk-*` virtio-blk modes); see `guest/main.c` and `guest/blk.c`.
 
+pub mod netns;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 

@@ -171,17 +171,7 @@ fn bridge(b: &Bridge, json: bool) -> Result<()> {
             }
             show(&mut nl, name, json)
         }
-        Bridge::Del { name, if_exists } => {
-            check_name(name)?;
-            need_net_admin()?;
-            let mut nl = netlink()?;
-            match nl.link(name)? {
-                None if *if_exists => Ok(()),
-                None => bail!("no bridge named '{name}'"),
-                Some(l) if !is_bridge(&l) => bail!("'{name}' is not a bridge"),
-                Some(l) => Ok(nl.delete_link(l.index, name)?),
-            }
-        }
+        Bridge::Del { name, if_exists } => delete(name, *if_exists, "bridge", is_bridge),
         Bridge::List => {
             let mut nl = netlink()?;
             let all = nl.links()?;
@@ -307,17 +297,20 @@ fn tap_cmd(t: &Tap, json: bool) -> Result<()> {
             }
             show(&mut nl, name, json)
         }
-        Tap::Del { name, if_exists } => {
-            check_name(name)?;
-            need_net_admin()?;
-            let mut nl = netlink()?;
-            match nl.link(name)? {
-                None if *if_exists => Ok(()),
-                None => bail!("no tap named '{name}'"),
-                Some(l) if !is_tap(&l) => bail!("'{name}' is not a tap"),
-                Some(l) => Ok(nl.delete_link(l.index, name)?),
-            }
-        }
+        Tap::Del { name, if_exists } => delete(name, *if_exists, "tap", is_tap),
+    }
+}
+
+/// Removes link `name` if it is of the kind `is_kind` accepts.
+fn delete(name: &str, if_exists: bool, kind: &str, is_kind: fn(&Link) -> bool) -> Result<()> {
+    check_name(name)?;
+    need_net_admin()?;
+    let mut nl = netlink()?;
+    match nl.link(name)? {
+        None if if_exists => Ok(()),
+        None => bail!("no {kind} named '{name}'"),
+        Some(l) if !is_kind(&l) => bail!("'{name}' is not a {kind}"),
+        Some(l) => Ok(nl.delete_link(l.index, name)?),
     }
 }
 

@@ -3,61 +3,29 @@
 //! private ovsdb-server and ovs-vswitchd on the userspace datapath.
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use test_guest::{available, have_tool};
+use test_guest::have_tool;
+use test_guest::netns::Netns;
 
-/// A network namespace, removed (with everything in it) when dropped.
-struct Ns(String);
+/// A network namespace for vm-net.
+struct Ns(Netns);
 
 impl Ns {
     fn new() -> Option<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "vmt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        available("netns", ok).then(|| Self(name))
+        Netns::new("vmt").map(Self)
     }
     fn exec(&self, prog: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, prog])
-            .args(args)
-            .output()
-            .unwrap()
+        self.0.exec(prog).args(args).output().unwrap()
     }
     /// vm-net in this namespace: (exit code, stdout, stderr).
     fn net(&self, args: &[&str]) -> (i32, String, String) {
         decode(&self.exec(env!("CARGO_BIN_EXE_vm-net"), args))
     }
-    /// `ip -j -d link show NAME`, or None when there is no such link.
     fn link(&self, name: &str) -> Option<serde_json::Value> {
-        let o = self.exec("ip", &["-j", "-d", "link", "show", name]);
-        if !o.status.success() {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        Some(v[0].clone())
+        self.0.link(name)
     }
     fn names(&self) -> Vec<String> {
-        let o = self.exec("ip", &["-j", "link", "show"]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        self.0.link_names()
     }
 }
 
@@ -316,37 +284,27 @@ impl Ovs {
             );
         };
         sh(Command::new("ovsdb-tool").args(["create", &format!("{d}/conf.db"), schema]));
-        sh(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                "ovsdb-server",
-                &format!("{d}/conf.db"),
-            ])
-            .args([
-                &format!("--remote=punix:{d}/db.sock"),
-                &format!("--pidfile={d}/ovsdb.pid"),
-                "--detach",
-                &format!("--log-file={d}/ovsdb.log"),
-            ]));
+        sh(ns.0.exec("ovsdb-server").arg(format!("{d}/conf.db")).args([
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb.pid"),
+            "--detach",
+            &format!("--log-file={d}/ovsdb.log"),
+        ]));
         sh(Command::new("ovs-vsctl").args(["--no-wait", "init"]));
-        sh(Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ovs-vswitchd"])
-            .args([
-                &format!("--pidfile={d}/vswitchd.pid"),
-                "--detach",
-                &format!("--log-file={d}/vswitchd.log"),
-            ]));
+        sh(ns.0.exec("ovs-vswitchd").args([
+            &format!("--pidfile={d}/vswitchd.pid"),
+            "--detach",
+            &format!("--log-file={d}/vswitchd.log"),
+        ]));
         Some(Self { dir })
     }
     fn net(&self, ns: &Ns, args: &[&str]) -> (i32, String, String) {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_vm-net")])
-            .args(args)
-            .env("OVS_RUNDIR", self.dir.path())
-            .output()
-            .unwrap();
+        let o =
+            ns.0.exec(env!("CARGO_BIN_EXE_vm-net"))
+                .args(args)
+                .env("OVS_RUNDIR", self.dir.path())
+                .output()
+                .unwrap();
         decode(&o)
     }
 }

@@ -4,39 +4,26 @@
 //! vm-run made for a bridge goes away with its VM, bad input is refused.
 
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use test_guest::{available, have_kvm, have_tool, kvm_lock, GUEST_ELF};
+use test_guest::netns::Netns;
+use test_guest::{have_kvm, have_tool, kvm_lock, GUEST_ELF};
 
-/// A network namespace with its own run folder, removed when dropped
-/// (after the VMs in it are killed).
+/// A network namespace with its own run folder and a bridge; the VMs in
+/// it are killed when it is dropped, then the namespace goes.
 struct Ns {
-    name: String,
+    ns: Netns,
     dir: tempfile::TempDir,
 }
 
 impl Ns {
     fn new() -> Option<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
         if !have_kvm() {
             return None;
         }
-        let name = format!(
-            "vmtn-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !available("netns", ok) {
-            return None;
-        }
         let ns = Self {
-            name,
+            ns: Netns::new("vmtn")?,
             dir: tempfile::tempdir().unwrap(),
         };
         // A bridge, up, as the guide's host has.
@@ -48,18 +35,11 @@ impl Ns {
         Some(ns)
     }
     fn ip(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .unwrap()
+        self.ns.ip(args)
     }
-    /// `prog` in the namespace, ended after two minutes whatever happens.
     fn in_ns(&self, prog: &str) -> Command {
-        let mut c = Command::new("timeout");
-        c.args(["120", "ip", "netns", "exec", &self.name, prog])
-            .env("VMTOOLS_RUN_DIR", self.dir.path().join("run"))
+        let mut c = self.ns.exec(prog);
+        c.env("VMTOOLS_RUN_DIR", self.dir.path().join("run"))
             .env("VMTOOLS_CONFIG_DIR", self.dir.path().join("defs"))
             .stdin(Stdio::null());
         c
@@ -105,19 +85,10 @@ impl Ns {
         }
     }
     fn link(&self, name: &str) -> Option<serde_json::Value> {
-        let o = self.ip(&["-j", "-d", "link", "show", name]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()[0].clone())
+        self.ns.link(name)
     }
     fn link_names(&self) -> Vec<String> {
-        let o = self.ip(&["-j", "link", "show"]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
+        self.ns.link_names()
     }
 }
 
@@ -131,9 +102,7 @@ impl Drop for Ns {
                 }
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        // The namespace itself goes when `ns` drops, after this.
     }
 }
 
