@@ -124,6 +124,13 @@ impl IoLoop {
     }
 }
 
+/// The calling thread's id. Through the raw syscall: a statically linked
+/// glibc leaves its gettid() wrapper unresolved.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
 /// A thread serving one loop until told to stop.
 #[derive(Debug)]
 pub struct IoThread {
@@ -153,8 +160,7 @@ impl IoThread {
                         return;
                     }
                 }
-                // SAFETY: gettid has no preconditions.
-                let _ = tx.send(Ok(unsafe { libc::gettid() } as u32));
+                let _ = tx.send(Ok(gettid()));
                 while let Ok(true) = io.run_once(-1) {}
             })?;
         let tid = rx

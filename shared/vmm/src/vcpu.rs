@@ -136,8 +136,8 @@ impl Vcpu {
                         return;
                     }
                 }
-                // SAFETY: gettid and pthread_self have no preconditions.
-                let ids = unsafe { (libc::gettid() as u32, libc::pthread_self()) };
+                // SAFETY: pthread_self has no preconditions.
+                let ids = (crate::io_loop::gettid(), unsafe { libc::pthread_self() });
                 let _ = ready_tx.send(ids);
                 run_loop(fd, &bus, &mmio, &events, &c);
             })?;
