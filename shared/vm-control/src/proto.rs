@@ -20,38 +20,21 @@ pub enum Request {
     Stats,
 }
 
-/// One disk's counters, named as `virsh domblkstat` names them; times are
-/// nanoseconds summed over requests.
+/// One disk's counters with its id (the counters' names at the top level
+/// of the JSON object, as before).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStats {
     pub id: String,
-    pub rd_req: u64,
-    pub rd_bytes: u64,
-    pub wr_req: u64,
-    pub wr_bytes: u64,
-    pub flush_operations: u64,
-    pub rd_total_times: u64,
-    pub wr_total_times: u64,
-    pub flush_total_times: u64,
-    pub errs: u64,
-    /// Time from each notification's first request to its last completion,
-    /// summed (not a virsh counter: the basis of bench/vm-blk.sh).
-    #[serde(default)]
-    pub busy_ns: u64,
+    #[serde(flatten)]
+    pub stats: vm_spec::BlockStats,
 }
 
-/// One NIC's counters, named as `virsh domifstat` names them.
+/// One NIC's counters with its id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetStats {
     pub id: String,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errs: u64,
-    pub rx_drop: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errs: u64,
-    pub tx_drop: u64,
+    #[serde(flatten)]
+    pub stats: vm_spec::NetStats,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ mod name;
 mod size;
 mod spec;
 mod state;
+mod stats;
 pub mod text;
 
 pub use cpulist::{CpuList, CpuListError, MAX_CPUS};
@@ -22,3 +23,4 @@ pub use spec::{
     NumaMode, NumaTune, Serial, SerialMode, SpecError, Topology, VmSpec,
 };
 pub use state::{DiskState, NetState, RunState, VmState};
+pub use stats::{BlockStats, NetStats};

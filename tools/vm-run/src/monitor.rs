@@ -421,41 +421,19 @@ impl Machine {
     }
 
     fn stats(&self) -> vm_control::Stats {
-        let disks = self
-            .vm()
-            .disk_stats()
-            .into_iter()
-            .map(|(id, s)| vm_control::DiskStats {
-                id,
-                rd_req: s.rd_req,
-                rd_bytes: s.rd_bytes,
-                wr_req: s.wr_req,
-                wr_bytes: s.wr_bytes,
-                flush_operations: s.flush_operations,
-                rd_total_times: s.rd_total_times,
-                wr_total_times: s.wr_total_times,
-                flush_total_times: s.flush_total_times,
-                errs: s.errs,
-                busy_ns: s.busy_ns,
-            })
-            .collect();
-        let nets = self
-            .vm()
-            .net_stats()
-            .into_iter()
-            .map(|(id, s)| vm_control::NetStats {
-                id,
-                rx_bytes: s.rx_bytes,
-                rx_packets: s.rx_packets,
-                rx_errs: s.rx_errs,
-                rx_drop: s.rx_drop,
-                tx_bytes: s.tx_bytes,
-                tx_packets: s.tx_packets,
-                tx_errs: s.tx_errs,
-                tx_drop: s.tx_drop,
-            })
-            .collect();
-        vm_control::Stats { disks, nets }
+        let vm = self.vm();
+        vm_control::Stats {
+            disks: vm
+                .disk_stats()
+                .into_iter()
+                .map(|(id, stats)| vm_control::DiskStats { id, stats })
+                .collect(),
+            nets: vm
+                .net_stats()
+                .into_iter()
+                .map(|(id, stats)| vm_control::NetStats { id, stats })
+                .collect(),
+        }
     }
 
     fn vm(&self) -> &Vm {

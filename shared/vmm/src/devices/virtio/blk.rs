@@ -14,6 +14,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::{Queue, QueueT};
 use vm_image::Block;
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
+pub use vm_spec::BlockStats;
 
 use super::blk_request::{segments, Request, RequestType, SECTOR_SIZE};
 use super::uring::Uring;
@@ -56,21 +57,6 @@ pub struct BlockCounters {
     /// Nanoseconds from each notification's first request to its last
     /// completion, summed: the device's own view of its throughput.
     pub busy_ns: AtomicU64,
-}
-
-/// A snapshot of [`BlockCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BlockStats {
-    pub rd_req: u64,
-    pub rd_bytes: u64,
-    pub wr_req: u64,
-    pub wr_bytes: u64,
-    pub flush_operations: u64,
-    pub rd_total_times: u64,
-    pub wr_total_times: u64,
-    pub flush_total_times: u64,
-    pub errs: u64,
-    pub busy_ns: u64,
 }
 
 impl BlockCounters {

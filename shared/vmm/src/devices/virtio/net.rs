@@ -18,6 +18,7 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_host::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
 use vm_memory::{Address, Bytes, GuestMemoryBackend};
+pub use vm_spec::NetStats;
 
 use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
@@ -39,18 +40,6 @@ pub struct NetCounters {
     pub tx_packets: AtomicU64,
     pub tx_errs: AtomicU64,
     pub tx_drop: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetStats {
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errs: u64,
-    pub rx_drop: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errs: u64,
-    pub tx_drop: u64,
 }
 
 impl NetCounters {
