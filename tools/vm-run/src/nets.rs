@@ -53,6 +53,10 @@ fn open(nl: &mut Netlink, vm: &str, index: u32, n: &Net) -> Result<OpenNet> {
             tap::open(t, queues, flags)
         }
         (None, Some(b)) => {
+            // Said before anything is tried, as vm-net does.
+            if !vm_host::capabilities::has_net_admin() {
+                bail!("making a tap on bridge {b} needs CAP_NET_ADMIN (run as root, or name a tap made with vm-net tap add --owner)");
+            }
             let br = nl
                 .link(b)?
                 .ok_or_else(|| anyhow!("no bridge named '{b}'"))?;

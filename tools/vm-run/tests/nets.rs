@@ -353,4 +353,28 @@ fn missing_taps_and_bridges_are_refused() {
         assert!(lines[0].contains(want), "{nets}: {err}");
         assert_eq!(ns.link_names(), before, "{nets}: nothing made");
     }
+    // Root without CAP_NET_ADMIN: one line, and no tap.
+    let s = ns.spec(
+        "nocap",
+        "net-send",
+        &json!([{"id": "net0", "bridge": "br0"}]),
+    );
+    let o = ns
+        .in_ns("setpriv")
+        .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .args([env!("CARGO_BIN_EXE_vm-run"), "start", &s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("vm-run: error: ") && l.contains("needs CAP_NET_ADMIN")),
+        "{err}"
+    );
+    assert_eq!(
+        ns.link_names(),
+        before,
+        "nothing made without the capability"
+    );
 }
