@@ -16,9 +16,9 @@ size=${2:-1024}
 count=16
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
-vm=$root/target/release/vm-run
-guest=$(find "$root/target/release/build" -name guest.elf -newer "$root/tests/guest/guest/blk.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$root/target/release/build" -name guest.elf | head -1)
+vm=$root/target/x86_64-unknown-linux-gnu/release/vm-run
+guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf -newer "$root/tests/guest/guest/blk.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf | head -1)
 command -v qemu-img >/dev/null || { echo "SKIP: qemu-img is not installed"; exit 0; }
 work=$(mktemp -d "$root/target/bench-blk.XXXXXX")
 trap '"$vm" kill blkbench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

@@ -10,7 +10,7 @@ set -euo pipefail
 runs=${1:-5}
 work=${2:-$(mktemp -d)}
 root=$(cd "$(dirname "$0")/.." && pwd)
-vm=${VM_IMG:-$root/target/release/vm-img}
+vm=${VM_IMG:-$root/target/x86_64-unknown-linux-gnu/release/vm-img}
 [ -x "$vm" ] || cargo build --release -q -p vm-img --manifest-path "$root/Cargo.toml"
 command -v qemu-img >/dev/null || { echo "SKIP: qemu-img is not installed"; exit 0; }
 mkdir -p "$work"

@@ -14,9 +14,9 @@ runs=${1:-3}
 count=${2:-20000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
-vm=$root/target/release/vm-run
-guest=$(find "$root/target/release/build" -name guest.elf -newer "$root/tests/guest/guest/net.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$root/target/release/build" -name guest.elf | head -1)
+vm=$root/target/x86_64-unknown-linux-gnu/release/vm-run
+guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf -newer "$root/tests/guest/guest/net.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf | head -1)
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
 ns=vmtbench-$$
 work=$(mktemp -d)

@@ -4,14 +4,14 @@
 # best of RUNS alternating runs. Ratios below 1.0: vm-run is better.
 #
 #   bench/vm-run.sh [RUNS]      (default 9; VM_RUN=path measures another
-#                               vm-run build, e.g. scripts/build-static's)
+#                               vm-run build)
 set -euo pipefail
 runs=${1:-9}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p vm-run -p test-guest --manifest-path "$root/Cargo.toml"
-vm=${VM_RUN:-$root/target/release/vm-run}
-guest=$(find "$root/target/release/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$root/target/release/build" -name guest.elf | head -1)
+vm=${VM_RUN:-$root/target/x86_64-unknown-linux-gnu/release/vm-run}
+guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf | head -1)
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
 command -v python3 >/dev/null || { echo "SKIP: python3 (for getrusage) is not installed"; exit 0; }
 work=$(mktemp -d)
