@@ -258,19 +258,20 @@ impl Netlink {
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => a
-                    .attributes
-                    .iter()
-                    .find_map(|at| match at {
-                        AddressAttribute::Local(ip) => Some((*ip, a.header.prefix_len)),
-                        _ => None,
-                    })
-                    .or_else(|| {
+                // IPv4 puts the interface's own address in Local (Address is
+                // the peer's on point-to-point links); IPv6 has only Address.
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let ip = |local: bool| {
                         a.attributes.iter().find_map(|at| match at {
-                            AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
+                            AddressAttribute::Local(ip) if local => Some(*ip),
+                            AddressAttribute::Address(ip) if !local => Some(*ip),
                             _ => None,
                         })
-                    }),
+                    };
+                    ip(true)
+                        .or_else(|| ip(false))
+                        .map(|ip| (ip, a.header.prefix_len))
+                }
                 _ => None,
             })
             .collect())

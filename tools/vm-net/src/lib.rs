@@ -214,12 +214,7 @@ fn bridge(b: &Bridge, json: bool) -> Result<()> {
             Ok(())
         }
         Bridge::Attach { bridge, iface } => {
-            check_name(bridge)?;
-            check_name(iface)?;
-            need_net_admin()?;
-            let mut nl = netlink()?;
-            let b = find_bridge(&mut nl, bridge)?;
-            let i = find(&mut nl, iface)?;
+            let (mut nl, b, i) = bridge_and_port(bridge, iface)?;
             if i.index == b.index {
                 bail!("a bridge cannot be its own port");
             }
@@ -231,12 +226,7 @@ fn bridge(b: &Bridge, json: bool) -> Result<()> {
             show(&mut nl, iface, json)
         }
         Bridge::Detach { bridge, iface } => {
-            check_name(bridge)?;
-            check_name(iface)?;
-            need_net_admin()?;
-            let mut nl = netlink()?;
-            let b = find_bridge(&mut nl, bridge)?;
-            let i = find(&mut nl, iface)?;
+            let (mut nl, b, i) = bridge_and_port(bridge, iface)?;
             if i.master != Some(b.index) {
                 bail!("'{iface}' is not a port of '{bridge}'");
             }
@@ -244,6 +234,17 @@ fn bridge(b: &Bridge, json: bool) -> Result<()> {
             show(&mut nl, iface, json)
         }
     }
+}
+
+/// For attach / detach: the checks, then the bridge and the interface.
+fn bridge_and_port(bridge: &str, iface: &str) -> Result<(Netlink, Link, Link)> {
+    check_name(bridge)?;
+    check_name(iface)?;
+    need_net_admin()?;
+    let mut nl = netlink()?;
+    let b = find_bridge(&mut nl, bridge)?;
+    let i = find(&mut nl, iface)?;
+    Ok((nl, b, i))
 }
 
 fn tap_cmd(t: &Tap, json: bool) -> Result<()> {

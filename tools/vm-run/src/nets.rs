@@ -42,7 +42,8 @@ fn open(nl: &mut Netlink, vm: &str, index: u32, n: &Net) -> Result<OpenNet> {
         multi_queue: n.queues > 1,
     };
     let queues = n.queues as usize;
-    let opened = match (&n.tap, &n.bridge) {
+    // The bridge a made tap joins, checked before anything is made.
+    let bridge = match (&n.tap, &n.bridge) {
         (Some(t), _) => {
             // Opening a name that does not exist would make a new tap: the
             // spec names one that must be there.
@@ -50,7 +51,7 @@ fn open(nl: &mut Netlink, vm: &str, index: u32, n: &Net) -> Result<OpenNet> {
             if !kind_is(&l, "tun") {
                 bail!("'{t}' is not a tap");
             }
-            tap::open(t, queues, flags)
+            None
         }
         (None, Some(b)) => {
             // Said before anything is tried, as vm-net does.
@@ -63,22 +64,25 @@ fn open(nl: &mut Netlink, vm: &str, index: u32, n: &Net) -> Result<OpenNet> {
             if !kind_is(&br, "bridge") {
                 bail!("'{b}' is not a bridge");
             }
-            let (name, files) = tap::open("vnet%d", queues, flags)?;
-            let l = nl
-                .link(&name)?
-                .ok_or_else(|| anyhow!("tap {name} vanished"))?;
-            nl.set_master(l.index, Some(br.index), &format!("attaching {name} to {b}"))?;
-            Ok((name, files))
+            Some(br)
         }
         (None, None) => bail!("names neither a tap nor a bridge"),
     };
-    let (name, files) = opened.map_err(|e| match e {
+    let wanted = n.tap.as_deref().unwrap_or("vnet%d");
+    let (name, files) = tap::open(wanted, queues, flags).map_err(|e| match e {
         TapError::Busy(t) => anyhow!("tap {t} is in use"),
         e => e.into(),
     })?;
     let l = nl
         .link(&name)?
         .ok_or_else(|| anyhow!("tap {name} vanished"))?;
+    if let Some(br) = &bridge {
+        nl.set_master(
+            l.index,
+            Some(br.index),
+            &format!("attaching {name} to {}", br.name),
+        )?;
+    }
     if !l.up {
         nl.set_up(l.index, true, &format!("setting {name} up"))?;
     }

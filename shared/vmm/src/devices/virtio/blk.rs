@@ -143,7 +143,7 @@ impl VirtioBlk {
     /// Serves one request; returns the status and the bytes written into
     /// guest buffers (the status byte not included).
     fn execute(&self, req: &Request, mem: &GuestMemory) -> (u32, u32) {
-        if req.validate(mem, self.capacity()).is_err() {
+        if req.validate(self.capacity()).is_err() {
             return (VIRTIO_BLK_S_IOERR, 0);
         }
         let c = &self.counters;
@@ -377,7 +377,7 @@ impl VirtioBlk {
             RequestType::Out if !self.read_only => true,
             _ => return false,
         };
-        if req.validate(mem, self.capacity()).is_err() {
+        if req.validate(self.capacity()).is_err() {
             return false;
         }
         let iovecs: Result<Vec<libc::iovec>, _> = req

@@ -17,7 +17,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_host::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
-use vm_memory::{Address, Bytes, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 pub use vm_spec::NetStats;
 
 use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -123,7 +123,7 @@ impl VirtioNet {
             };
             served += 1;
             let head = chain.head_index();
-            match iovecs(&chain, mem, false) {
+            match buffers(&chain, mem, false).map(|b| iovecs(&b)) {
                 Some((iov, len)) if len >= NET_HDR_LEN => {
                     match writev(self.taps[pair].as_raw_fd(), &iov) {
                         Ok(_) => {
@@ -153,18 +153,19 @@ impl VirtioNet {
         // some (its notification brings us back).
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let Some((iov, cap)) = iovecs(&chain, mem, true).filter(|(_, n)| *n >= NET_HDR_LEN)
-            else {
+            let bufs = buffers(&chain, mem, true).unwrap_or_default();
+            let (iov, cap) = iovecs(&bufs);
+            if cap < NET_HDR_LEN {
                 // A buffer we cannot fill: hand it back empty.
                 add(&c.rx_errs, 1);
                 let _ = queue.add_used(mem, head, 0);
                 used = true;
                 continue;
-            };
+            }
             match readv(self.taps[pair].as_raw_fd(), &iov) {
                 Ok(n) if n >= NET_HDR_LEN => {
                     // num_buffers: one chain per frame (no MRG_RXBUF).
-                    set_num_buffers(&chain, mem);
+                    set_num_buffers(&bufs);
                     add(&c.rx_packets, 1);
                     add(&c.rx_bytes, (n - NET_HDR_LEN) as u64);
                     if n == cap {
@@ -239,44 +240,48 @@ impl VirtioNet {
     }
 }
 
-/// Sets the header's num_buffers to 1 (bytes 10-11), wherever in the
-/// chain's buffers they fall.
-fn set_num_buffers(chain: &DescriptorChain<&GuestMemory>, mem: &GuestMemory) {
-    for (i, byte) in [1u8, 0].into_iter().enumerate() {
-        let mut at = 10 + i as u64;
-        for d in chain.clone() {
-            if at < u64::from(d.len()) {
-                if let Some(a) = d.addr().checked_add(at) {
-                    let _ = mem.write_obj(byte, a);
-                }
-                break;
-            }
-            at -= u64::from(d.len());
-        }
-    }
+/// The chain's buffers of one direction, in order; None if one is in the
+/// wrong direction or outside guest memory.
+fn buffers<'m>(
+    chain: &DescriptorChain<&'m GuestMemory>,
+    mem: &'m GuestMemory,
+    device_writes: bool,
+) -> Option<Vec<VolatileSlice<'m>>> {
+    chain
+        .clone()
+        .map(|d| {
+            (d.is_write_only() == device_writes)
+                .then(|| mem.get_slice(d.addr(), d.len() as usize).ok())
+                .flatten()
+        })
+        .collect()
 }
 
-/// The chain's buffers of one direction as iovecs, with their total
-/// length; None if a buffer is outside guest memory.
-fn iovecs(
-    chain: &DescriptorChain<&GuestMemory>,
-    mem: &GuestMemory,
-    device_writes: bool,
-) -> Option<(Vec<libc::iovec>, usize)> {
-    let mut out = Vec::new();
-    let mut total = 0usize;
-    for d in chain.clone() {
-        if d.is_write_only() != device_writes {
-            return None;
-        }
-        let s = mem.get_slice(d.addr(), d.len() as usize).ok()?;
-        total += s.len();
-        out.push(libc::iovec {
+/// The buffers as iovecs for readv / writev, with their total length.
+fn iovecs(bufs: &[VolatileSlice<'_>]) -> (Vec<libc::iovec>, usize) {
+    let iov: Vec<_> = bufs
+        .iter()
+        .map(|s| libc::iovec {
             iov_base: s.ptr_guard_mut().as_ptr().cast(),
             iov_len: s.len(),
-        });
+        })
+        .collect();
+    (iov, bufs.iter().map(VolatileSlice::len).sum())
+}
+
+/// Sets the header's num_buffers to 1 (bytes 10-11), wherever in the
+/// buffers they fall.
+fn set_num_buffers(bufs: &[VolatileSlice<'_>]) {
+    for (i, byte) in [1u8, 0].into_iter().enumerate() {
+        let mut at = 10 + i;
+        for b in bufs {
+            if at < b.len() {
+                let _ = b.write_obj(byte, at);
+                break;
+            }
+            at -= b.len();
+        }
     }
-    Some((out, total))
 }
 
 fn readv(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
