@@ -43,8 +43,10 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
-    /// Reads /proc/self/mountinfo. v1 controllers win where both exist
-    /// (a hybrid setup leaves v2 without controllers).
+    /// Reads /proc/self/mountinfo. The hierarchy that holds the cpu
+    /// controller wins: a hybrid setup usually leaves v2 without
+    /// controllers (v1, as here), but one may hand cpu and cpuset to v2
+    /// while memory stays on v1 (v2, memory unused).
     pub fn detect() -> Option<Self> {
         let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
         let (mut cpu, mut cpuset, mut memory, mut v2) = (None, None, None, None);
@@ -70,6 +72,13 @@ impl Hierarchy {
                 "cgroup2" => v2 = mount,
                 _ => {}
             }
+        }
+        let v2_has_cpu = v2.as_ref().is_some_and(|root: &PathBuf| {
+            fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        });
+        if cpu.is_none() && v2_has_cpu {
+            return v2.map(Self::V2);
         }
         if cpu.is_some() || cpuset.is_some() || memory.is_some() {
             Some(Self::V1 {
@@ -288,6 +297,19 @@ pub struct CpuTuning {
     pub quota: Option<i64>,
 }
 
+/// v1 shares to a v2 weight, keeping the defaults equal (1024 and 100,
+/// as systemd maps CPUShares to CPUWeight), so a VM given the default
+/// competes evenly with every other default group.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    (shares * 100 / 1024).clamp(1, 10_000)
+}
+
+/// The inverse of [`shares_to_weight`] (exact where shares is a multiple
+/// of 256).
+pub fn weight_to_shares(weight: u64) -> u64 {
+    (weight * 1024 / 100).clamp(2, 262_144)
+}
+
 fn read_trim(p: &Path) -> Result<String, CgroupError> {
     fs::read_to_string(p)
         .map(|s| s.trim().to_string())
@@ -381,8 +403,7 @@ impl VmCgroup {
                 });
                 let period = it.next().and_then(|p| p.parse().ok());
                 CpuTuning {
-                    // Inverse of the weight mapping below.
-                    shares: weight.map(|w| ((w as u64 - 1) * 262_142 / 9999) + 2),
+                    shares: weight.map(|w| weight_to_shares(w as u64)),
                     period,
                     quota,
                 }
@@ -412,9 +433,7 @@ impl VmCgroup {
             }
             Hierarchy::V2(_) => {
                 if let Some(s) = t.shares {
-                    // libvirt's mapping of shares (2..262144) to weight (1..10000).
-                    let w = 1 + (s.clamp(2, 262_144) - 2) * 9999 / 262_142;
-                    write(&dir.join("cpu.weight"), &w.to_string())?;
+                    write(&dir.join("cpu.weight"), &shares_to_weight(s).to_string())?;
                 }
                 if t.period.is_some() || t.quota.is_some() {
                     let cur = self.cpu_tuning(child)?;
@@ -486,5 +505,22 @@ impl VmCgroup {
             write(&d.join("cpuset.mems"), nodes)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_keep_the_defaults_and_round_trip() {
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(512), 50);
+        assert_eq!(weight_to_shares(50), 512);
+        assert_eq!(shares_to_weight(2), 1, "clamped to v2's minimum");
+        assert_eq!(shares_to_weight(262_144), 10_000, "and its maximum");
+        for s in (256..=262_144).step_by(256) {
+            assert_eq!(weight_to_shares(shares_to_weight(s)), s.min(102_400));
+        }
     }
 }

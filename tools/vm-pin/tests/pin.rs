@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
+use vm_host::cgroup::Hierarchy;
 
 struct Env(tempfile::TempDir);
 
@@ -72,6 +73,55 @@ fn online() -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// Where a VM's groups are, by the hierarchy that holds each controller.
+enum Group {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl Group {
+    /// The VM's group with the `controller`'s files (`cpu` or `cpuset`).
+    fn of(controller: &str, name: &str, pid: u64) -> Option<Self> {
+        let leaf = format!("vmtools/{name}.{pid}");
+        let g = match Hierarchy::detect()? {
+            Hierarchy::V1 { cpu, cpuset, .. } => {
+                let m = if controller == "cpu" { cpu } else { cpuset };
+                Group::V1(m?.join(leaf))
+            }
+            Hierarchy::V2(root) => Group::V2(root.join(leaf)),
+        };
+        if g.dir().exists() {
+            Some(g)
+        } else {
+            eprintln!("SKIP (cgroup files): no {controller} group for {name}");
+            None
+        }
+    }
+    fn dir(&self) -> &PathBuf {
+        match self {
+            Group::V1(d) | Group::V2(d) => d,
+        }
+    }
+    fn read(&self, file: &str) -> String {
+        let p = self.dir().join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    }
+    /// The thread ids in a child group.
+    fn threads(&self, child: &str) -> Vec<u64> {
+        let file = match self {
+            Group::V1(_) => "tasks",
+            Group::V2(_) => "cgroup.threads",
+        };
+        self.read(&format!("{child}/{file}"))
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -149,7 +199,7 @@ fn affinity_lands_on_one_thread_and_bad_lists_change_nothing() {
     } else {
         eprintln!("SKIP (table check): no `script` to give vm-pin a terminal");
     }
-    // Shares and bandwidth land in the cgroup files (cgroup v1 here).
+    // Shares and bandwidth land in the cgroup files, in v1's or v2's terms.
     let (code, _, err) = e.pin(&[
         "sched",
         "pinned",
@@ -157,23 +207,26 @@ fn affinity_lands_on_one_thread_and_bad_lists_change_nothing() {
         "cpu_shares=512,vcpu_quota=50000,vcpu_period=100000",
     ]);
     assert_eq!(code, 0, "{err}");
-    let group = PathBuf::from(format!("/sys/fs/cgroup/cpu/vmtools/pinned.{pid}"));
-    if group.exists() {
-        let read = |f: &str| {
-            std::fs::read_to_string(group.join(f))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
-        assert_eq!(read("cpu.shares"), "512");
-        assert_eq!(read("vcpu1/cpu.cfs_quota_us"), "50000");
-        assert_eq!(
-            read("emulator/cpu.cfs_quota_us"),
-            "-1",
-            "the emulator keeps its own"
-        );
-    } else {
-        eprintln!("SKIP (cgroup files): no cgroup v1 cpu hierarchy here");
+    match Group::of("cpu", "pinned", pid) {
+        Some(g @ Group::V1(_)) => {
+            assert_eq!(g.read("cpu.shares"), "512");
+            assert_eq!(g.read("vcpu1/cpu.cfs_quota_us"), "50000");
+            assert_eq!(
+                g.read("emulator/cpu.cfs_quota_us"),
+                "-1",
+                "the emulator keeps its own"
+            );
+        }
+        Some(g @ Group::V2(_)) => {
+            assert_eq!(g.read("cpu.weight"), "50", "512 of 1024 is 50 of 100");
+            assert_eq!(g.read("vcpu1/cpu.max"), "50000 100000");
+            assert_eq!(
+                g.read("emulator/cpu.max"),
+                "max 100000",
+                "the emulator keeps its own"
+            );
+        }
+        None => {}
     }
     let sched = json(&e.pin(&["sched", "pinned"]).1);
     assert_eq!(sched["cpu_shares"], 512);
@@ -258,19 +311,16 @@ fn iothreads_pin_at_start_and_live() {
     let (code, _, err) = e.pin(&["iothread", "pinned", "0", "0"]);
     assert_eq!(code, 1, "iothreads count from 1: {err}");
     // Each iothread sits in its own cgroup under the VM's.
-    let group = format!("/sys/fs/cgroup/cpu/vmtools/pinned.{pid}/iothread2/tasks");
-    if std::path::Path::new("/sys/fs/cgroup/cpu/vmtools").exists() {
+    if let Some(g) = Group::of("cpu", "pinned", pid) {
         let t0 = std::time::Instant::now();
-        while !std::fs::read_to_string(&group)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l == io[1].to_string())
-        {
-            assert!(t0.elapsed().as_secs() < 10, "iothread2 not in {group}");
+        while !g.threads("iothread2").contains(&io[1]) {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "iothread2 not in {}",
+                g.dir().display()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-    } else {
-        eprintln!("SKIP (iothread cgroup check): no cgroup v1 cpu hierarchy");
     }
     assert_eq!(e.vm_run(&["kill", "pinned"]).0, 0);
     // A VM without iothreads says so.
@@ -365,9 +415,9 @@ fn numa_policy_applies_at_start_and_moves_live() {
     assert_eq!(shown["numa_mode"], "strict");
     let (code, _, err) = e.pin(&["numa", "pinned", "--nodeset", "0"]);
     assert_eq!(code, 0, "{err}");
-    let mems = format!("/sys/fs/cgroup/cpuset/vmtools/pinned.{pid}/cpuset.mems");
-    if let Ok(m) = std::fs::read_to_string(&mems) {
-        assert_eq!(m.trim(), "0");
+    if let Some(g) = Group::of("cpuset", "pinned", pid) {
+        assert_eq!(g.read("cpuset.mems"), "0");
+        assert_eq!(g.read("vcpu0/cpuset.mems"), "0", "and in every child");
     }
     let (code, _, err) = e.pin(&["numa", "pinned", "--nodeset", "5"]);
     assert_eq!(code, 1);

@@ -10,7 +10,8 @@ use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
 
 mod common;
 
-use common::{decode, error_line, json, vm_host_has_v1_cpu, Env};
+use common::{cpu_hierarchy, decode, error_line, json, Env};
+use vm_host::cgroup::Hierarchy;
 
 #[test]
 fn foreground_exit_codes_follow_the_spec() {
@@ -74,28 +75,43 @@ fn detached_lifecycle() {
     // each vCPU thread in its vcpuN group.
     let cgroup_of =
         |t: u64| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/cgroup")).unwrap();
-    if vm_host_has_v1_cpu() {
-        let group = format!("/vmtools/hb.{pid}");
-        assert!(
-            cgroup_of(pid).contains(&format!(":cpu:{group}/emulator")),
-            "{}",
-            cgroup_of(pid)
-        );
-        assert!(
-            cgroup_of(tid).contains(&format!(":cpu:{group}/vcpu1")),
-            "{}",
-            cgroup_of(tid)
-        );
-        assert!(
-            cgroup_of(tid).contains(&format!(":cpuset:{group}/vcpu1")),
-            "{}",
-            cgroup_of(tid)
-        );
-        assert!(
-            cgroup_of(pid).contains(&format!(":memory:{group}")),
-            "{}",
-            cgroup_of(pid)
-        );
+    let group = format!("/vmtools/hb.{pid}");
+    match cpu_hierarchy() {
+        Some(Hierarchy::V2(_)) => {
+            // One hierarchy: the VM's group with threaded children.
+            let line = |t: u64| {
+                cgroup_of(t)
+                    .lines()
+                    .find(|l| l.starts_with("0::"))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(line(pid), format!("0::{group}/emulator"));
+            assert_eq!(line(tid), format!("0::{group}/vcpu1"));
+        }
+        Some(_) => {
+            assert!(
+                cgroup_of(pid).contains(&format!(":cpu:{group}/emulator")),
+                "{}",
+                cgroup_of(pid)
+            );
+            assert!(
+                cgroup_of(tid).contains(&format!(":cpu:{group}/vcpu1")),
+                "{}",
+                cgroup_of(tid)
+            );
+            assert!(
+                cgroup_of(tid).contains(&format!(":cpuset:{group}/vcpu1")),
+                "{}",
+                cgroup_of(tid)
+            );
+            assert!(
+                cgroup_of(pid).contains(&format!(":memory:{group}")),
+                "{}",
+                cgroup_of(pid)
+            );
+        }
+        None => {}
     }
     // Every thread runs without capabilities and under the seccomp filter.
     let mut tasks = vec![pid];
@@ -206,8 +222,8 @@ fn a_vm_whose_process_died_reads_as_crashed() {
     let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["state"], "running");
-    if vm_host_has_v1_cpu() {
-        assert!(!Path::new(&format!("/sys/fs/cgroup/cpu/vmtools/doomed.{pid}")).exists());
+    if let Some(Hierarchy::V1 { cpu: Some(m), .. } | Hierarchy::V2(m)) = cpu_hierarchy() {
+        assert!(!m.join(format!("vmtools/doomed.{pid}")).exists());
     }
     assert_eq!(e.vm_run(&["kill", "doomed"]).0, 0);
 }

@@ -80,21 +80,15 @@ impl Drop for Env {
     }
 }
 
-/// cgroup v1 with the cpu controller, as on the development machine; other
-/// hierarchies skip the placement checks with a note.
-pub fn vm_host_has_v1_cpu() -> bool {
-    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            l.contains(" - cgroup ")
-                && l.split(',')
-                    .any(|o| o.trim() == "cpu" || o.ends_with(",cpu"))
-        });
-    if !v1 {
-        eprintln!("SKIP (cgroup placement check): no cgroup v1 cpu controller here");
+/// The hierarchy holding the cpu controller (v1 on the development
+/// machine; v2 in scripts/test's second pass), or None with a note.
+pub fn cpu_hierarchy() -> Option<vm_host::cgroup::Hierarchy> {
+    use vm_host::cgroup::Hierarchy;
+    if let Some(h @ (Hierarchy::V1 { cpu: Some(_), .. } | Hierarchy::V2(_))) = Hierarchy::detect() {
+        return Some(h);
     }
-    v1
+    eprintln!("SKIP (cgroup placement check): no cpu controller here");
+    None
 }
 
 pub fn decode(out: &Output) -> (i32, String, String) {
