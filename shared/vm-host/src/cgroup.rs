@@ -215,31 +215,41 @@ impl VmCgroup {
         })
     }
 
-    /// Puts the whole process in the VM's group (memory, and v2's domain).
-    pub fn attach_process(&self, pid: u32) -> Result<(), CgroupError> {
+    /// Moves this process into the VM's groups and the calling thread
+    /// into `emulator`. Call it from the main thread before any other
+    /// thread exists: threads start in their creator's groups.
+    ///
+    /// Writing "0" names the caller. v1 moves just the calling thread
+    /// (`tasks`), which the kernel does without its global threadgroup
+    /// lock, so without an RCU grace period (4-17 ms each on the
+    /// development host); v2 must move the whole process into the domain
+    /// (`cgroup.procs`) first, which waits for one grace period.
+    pub fn enter(&self) -> Result<(), CgroupError> {
         match &self.hierarchy {
             Hierarchy::V1 { .. } => {
                 if let Some(m) = &self.memory_group {
-                    write(&m.join("cgroup.procs"), &pid.to_string())?;
+                    write(&m.join("tasks"), "0")?;
                 }
             }
             Hierarchy::V2(_) => {
                 for g in &self.thread_groups {
-                    write(&g.join("cgroup.procs"), &pid.to_string())?;
+                    write(&g.join("cgroup.procs"), "0")?;
                 }
             }
         }
-        Ok(())
+        self.attach_self("emulator")
     }
 
-    /// Puts one thread in `child` (`emulator`, `vcpuN`) of every thread group.
-    pub fn attach_thread(&self, child: &str, tid: u32) -> Result<(), CgroupError> {
+    /// Moves the calling thread into `child` (`emulator`, `vcpuN`,
+    /// `iothreadN`) of every thread group, without the global lock (see
+    /// [`VmCgroup::enter`]).
+    pub fn attach_self(&self, child: &str) -> Result<(), CgroupError> {
         let file = match self.hierarchy {
             Hierarchy::V1 { .. } => "tasks",
             Hierarchy::V2(_) => "cgroup.threads",
         };
         for g in &self.thread_groups {
-            write(&g.join(child).join(file), &tid.to_string())?;
+            write(&g.join(child).join(file), "0")?;
         }
         Ok(())
     }

@@ -141,9 +141,15 @@ pub struct IoThread {
 }
 
 impl IoThread {
-    /// Starts `iothread{id}`. With `drop_capabilities` the thread drops
-    /// every capability before serving anything.
-    pub fn spawn(id: u32, io: IoLoop, drop_capabilities: bool) -> io::Result<Self> {
+    /// Starts `iothread{id}`. It runs `hook` first; with
+    /// `drop_capabilities` it then drops every capability before serving
+    /// anything.
+    pub fn spawn(
+        id: u32,
+        io: IoLoop,
+        drop_capabilities: bool,
+        hook: Option<crate::threads::ThreadHook>,
+    ) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         io.epoll.ctl(
             ControlOperation::Add,
@@ -154,6 +160,10 @@ impl IoThread {
         let thread = std::thread::Builder::new()
             .name(format!("iothread{id}"))
             .spawn(move || {
+                crate::threads::ThreadHook::run(
+                    hook.as_ref(),
+                    crate::threads::ThreadRole::IoThread(id),
+                );
                 if drop_capabilities {
                     if let Err(e) = vm_host::capabilities::drop_all() {
                         let _ = tx.send(Err(e.to_string()));

@@ -12,6 +12,8 @@ pub mod io_loop;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod teardown;
+pub mod threads;
 pub mod vcpu;
 mod vm;
 

@@ -123,6 +123,7 @@ impl Vcpu {
         mmio: Arc<MmioBus>,
         events: EventSink,
         drop_capabilities: bool,
+        hook: Option<crate::threads::ThreadHook>,
     ) -> std::io::Result<Self> {
         let control = Arc::new(Control::new());
         let c = Arc::clone(&control);
@@ -130,6 +131,10 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                crate::threads::ThreadHook::run(
+                    hook.as_ref(),
+                    crate::threads::ThreadRole::Vcpu(index),
+                );
                 if drop_capabilities {
                     if let Err(e) = vm_host::capabilities::drop_all() {
                         events.send(VcpuEvent::Failed(e.to_string()));

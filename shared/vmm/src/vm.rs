@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// How many iothreads to start (`iothread1`..); disks name theirs.
     pub iothreads: u32,
+    /// Run by each vCPU thread and iothread on itself as it starts.
+    pub thread_hook: Option<crate::threads::ThreadHook>,
 }
 
 /// One virtio-blk disk: an opened image and how to serve it.
@@ -94,9 +96,10 @@ impl std::fmt::Debug for DiskConfig {
 #[derive(Debug)]
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    /// The descriptor KVM_CREATE_VM returned.
+    machine: VmFd,
     _mem: GuestMemory,
-    _mem_file: File,
+    mem_file: File,
     vcpus: Vec<Vcpu>,
     bus: Arc<Mutex<PioBus>>,
     io: IoLoop,
@@ -232,15 +235,16 @@ impl Vm {
                     Arc::clone(&mmio),
                     sink.clone(),
                     cfg.drop_capabilities,
+                    cfg.thread_hook.clone(),
                 )
                 .map_err(Error::io("starting a vCPU thread"))?,
             );
         }
         Ok(Self {
             _kvm: kvm,
-            _vm_fd: vm_fd,
+            machine: vm_fd,
             _mem: mem,
-            _mem_file: mem_file,
+            mem_file,
             vcpus,
             bus,
             io: devices.main,
@@ -342,6 +346,22 @@ impl Vm {
             .iter()
             .map(|(id, c)| (id.clone(), c.snapshot()))
             .collect()
+    }
+
+    /// Stops the machine like [`Vm::destroy`] but keeps the kernel's VM
+    /// and the guest memory alive in the returned handles, for
+    /// [`Remains::release_in_background`](crate::teardown::Remains).
+    pub fn dismantle(self) -> crate::teardown::Remains {
+        use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+        // SAFETY: the VM descriptor stays open while `self` lives, and the
+        // borrow ends before `self` is consumed below.
+        let vm_fd = unsafe { BorrowedFd::borrow_raw(self.machine.as_raw_fd()) };
+        let handles = [vm_fd, self.mem_file.as_fd()]
+            .iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect();
+        self.destroy();
+        crate::teardown::Remains::new(handles)
     }
 
     /// Stops every vCPU thread and iothread and frees the machine.
@@ -480,7 +500,7 @@ fn add_devices(
     let mut threads = Vec::new();
     for (id, l) in loops {
         threads.push(
-            IoThread::spawn(id, l, cfg.drop_capabilities)
+            IoThread::spawn(id, l, cfg.drop_capabilities, cfg.thread_hook.clone())
                 .map_err(Error::io("starting an iothread"))?,
         );
     }

@@ -29,6 +29,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
         disks: Vec::new(),
         nets: Vec::new(),
         iothreads: 0,
+        thread_hook: None,
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,6 +15,7 @@ use vm_host::cgroup::{Hierarchy, VmCgroup};
 use vm_spec::{Action, Feature, RunState, SerialMode, VmSpec, VmState};
 use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
+use vmm::threads::{ThreadHook, ThreadRole};
 use vmm::vcpu::VcpuEvent;
 use vmm::{Vm, VmConfig};
 
@@ -94,25 +96,13 @@ pub fn run(
         vm_host::affinity::check_nodes_online(&n.nodeset)
             .map_err(|m| anyhow!("numatune.nodeset: {m}"))?;
     }
-    let mut machine = Machine::start(spec, console, endpoint)?;
-    // Moving threads between cgroups waits for an RCU grace period per
-    // write (4-17 ms each here): a helper thread does it while the guest
-    // already runs, instead of holding up the boot.
+    // Into the cgroup before any other thread exists, so every thread
+    // starts in the VM's groups; the machine's threads then move
+    // themselves into theirs.
+    let cgroup = enter_cgroup(&spec);
+    let mut machine = Machine::start(spec, console, endpoint, cgroup)?;
     let tids = Threads::of(machine.vm());
     apply_affinity(&machine.spec, &tids)?;
-    let vm_name = name.clone();
-    let tune = machine.spec.cputune.clone().unwrap_or_default();
-    machine.cgroup = Placement::Pending(
-        std::thread::Builder::new()
-            .name("cgroup".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                let cg = place_in_cgroup(&vm_name, &tids)?;
-                apply_cpu_tuning(&cg, &tune, tids.vcpus.len());
-                Some(cg)
-            })
-            .context("starting the cgroup thread")?,
-    );
     // The machine is built: this thread needs no privilege any more (the
     // vCPU threads dropped theirs as they started; cgroup files need none).
     vm_host::capabilities::drop_all()?;
@@ -121,9 +111,6 @@ pub fn run(
     vm_control::write_state(&dir, &state)?;
     log(&format!("started VM {name} (pid {})", std::process::id()));
     if let Some(mut r) = ready {
-        // A detached VM is reported only once it is placed, so vm-pin and
-        // friends find it in its cgroup.
-        machine.cgroup();
         let line = serde_json::to_string(&state)? + "\n";
         r.write_all(line.as_bytes())
             .context("reporting readiness")?;
@@ -136,7 +123,11 @@ pub fn run(
     drop(guard);
     drop(std::mem::take(&mut machine.endpoint));
     if let Some(vm) = machine.vm.take() {
-        vm.destroy();
+        let remains = vm.dismantle();
+        // Disks and taps close here, before the teardown child is made.
+        machine.disks.clear();
+        machine.nets.clear();
+        remains.release_in_background();
     }
     code
 }
@@ -157,25 +148,29 @@ impl Threads {
     }
 }
 
-/// Puts the process in its per-VM cgroup (the main thread in `emulator`,
-/// each vCPU thread in `vcpuN`, each iothread in `iothreadN`), after
-/// removing dead VMs' groups. Without cgroups (or the right to make them)
-/// the VM runs unplaced, with a line in its log.
-fn place_in_cgroup(name: &str, tids: &Threads) -> Option<VmCgroup> {
+/// Makes the VM's cgroup (`emulator`, `vcpuN` and `iothreadN` groups,
+/// after removing dead VMs' groups), moves this process in with its
+/// main thread in `emulator`, and applies the spec's shares and quotas.
+/// Without cgroups (or the right to make them) the VM runs unplaced, with
+/// a line in its log.
+fn enter_cgroup(spec: &VmSpec) -> Option<Arc<VmCgroup>> {
     let h = Hierarchy::detect()?;
     vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
-    let pid = std::process::id();
-    let vcpus = tids.vcpus.len() as u8;
-    let iothreads = tids.iothreads.len() as u32;
-    let placed = VmCgroup::create(h, name, pid, vcpus, iothreads).and_then(|cg| {
-        cg.attach_process(pid)?;
-        cg.attach_thread("emulator", pid)?;
-        Ok(cg)
-    });
-    match placed {
+    let vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
+    let made = VmCgroup::create(
+        h,
+        &spec.name.to_string(),
+        std::process::id(),
+        vcpus,
+        spec.iothreads,
+    )
+    .and_then(|cg| cg.enter().map(|()| cg));
+    match made {
         Ok(cg) => {
-            attach_threads(&cg, tids);
-            Some(cg)
+            if let Some(t) = &spec.cputune {
+                apply_cpu_tuning(&cg, t, vcpus.into());
+            }
+            Some(Arc::new(cg))
         }
         Err(e) => {
             log(&format!("running without a cgroup: {e}"));
@@ -184,22 +179,14 @@ fn place_in_cgroup(name: &str, tids: &Threads) -> Option<VmCgroup> {
     }
 }
 
-fn attach_threads(cg: &VmCgroup, tids: &Threads) {
-    let named = tids
-        .vcpus
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| (format!("vcpu{i}"), t))
-        .chain(
-            tids.iothreads
-                .iter()
-                .map(|&(n, t)| (format!("iothread{n}"), t)),
-        );
-    for (group, tid) in named {
-        if let Err(e) = cg.attach_thread(&group, tid) {
+/// Each vCPU thread and iothread moves itself into its group as it starts.
+fn placement_hook(cg: Arc<VmCgroup>) -> ThreadHook {
+    ThreadHook(Arc::new(move |role: ThreadRole| {
+        let group = role.name();
+        if let Err(e) = cg.attach_self(&group) {
             log(&format!("{group} stays outside its cgroup: {e}"));
         }
-    }
+    }))
 }
 
 /// The spec's vcpupin, iothreadpin and emulatorpin, checked against the
@@ -267,12 +254,6 @@ fn apply_cpu_tuning(cg: &VmCgroup, t: &vm_spec::CpuTune, vcpus: usize) {
     }
 }
 
-/// The per-VM cgroup, being made by a helper thread or done.
-enum Placement {
-    Pending(std::thread::JoinHandle<Option<VmCgroup>>),
-    Done(Option<VmCgroup>),
-}
-
 /// Refuses a second start of a running name; clears a dead VM's leftovers.
 fn claim(dir: &Path, name: &str) -> Result<()> {
     if let Ok(st) = vm_control::read_state(dir) {
@@ -300,7 +281,7 @@ struct Machine {
     uuid: uuid::Uuid,
     started: u64,
     shutdown_requested: bool,
-    cgroup: Placement,
+    cgroup: Option<Arc<VmCgroup>>,
     endpoint: Endpoint,
     pending: Pending,
     /// Opened (and locked) once; a reboot keeps them.
@@ -310,7 +291,12 @@ struct Machine {
 }
 
 impl Machine {
-    fn config(spec: &VmSpec, disks: &[OpenDisk], nets: &[OpenNet]) -> Result<VmConfig> {
+    fn config(
+        spec: &VmSpec,
+        disks: &[OpenDisk],
+        nets: &[OpenNet],
+        cgroup: Option<&Arc<VmCgroup>>,
+    ) -> Result<VmConfig> {
         let vcpus = u8::try_from(spec.vcpus).map_err(|_| anyhow!("vcpus: at most 255"))?;
         let (threads, cores) = spec
             .cpu
@@ -342,6 +328,7 @@ impl Machine {
             disks: disks.iter().map(|d| d.config.clone()).collect(),
             nets: nets.iter().map(|n| n.config.clone()).collect(),
             iothreads: spec.iothreads,
+            thread_hook: cgroup.cloned().map(placement_hook),
         })
     }
 
@@ -363,10 +350,15 @@ impl Machine {
         })
     }
 
-    fn start(spec: VmSpec, console: Console, endpoint: Endpoint) -> Result<Self> {
+    fn start(
+        spec: VmSpec,
+        console: Console,
+        endpoint: Endpoint,
+        cgroup: Option<Arc<VmCgroup>>,
+    ) -> Result<Self> {
         let disks = crate::disks::open_all(&spec)?;
         let nets = crate::nets::open_all(&spec)?;
-        let cfg = Self::config(&spec, &disks, &nets)?;
+        let cfg = Self::config(&spec, &disks, &nets, cgroup.as_ref())?;
         let vm = Vm::start(&cfg, Self::serial(&console, &endpoint)?)?;
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
@@ -375,7 +367,7 @@ impl Machine {
             vm: Some(vm),
             started: now_secs(),
             shutdown_requested: false,
-            cgroup: Placement::Done(None),
+            cgroup,
             endpoint,
             pending: Pending::new(),
             disks,
@@ -388,7 +380,7 @@ impl Machine {
         if let Some(vm) = self.vm.take() {
             vm.destroy();
         }
-        let cfg = Self::config(&self.spec, &self.disks, &self.nets)?;
+        let cfg = Self::config(&self.spec, &self.disks, &self.nets, self.cgroup.as_ref())?;
         self.vm = Some(Vm::start(
             &cfg,
             Self::serial(&self.console, &self.endpoint)?,
@@ -398,26 +390,7 @@ impl Machine {
         if let Err(e) = apply_affinity(&self.spec, &tids) {
             log(&format!("after restart: {e}"));
         }
-        if let Some(cg) = self.cgroup() {
-            attach_threads(cg, &tids);
-        }
         Ok(())
-    }
-
-    /// The VM's cgroup, once placed (waits for the placement).
-    fn cgroup(&mut self) -> Option<&VmCgroup> {
-        if let Placement::Pending(_) = self.cgroup {
-            let Placement::Pending(job) =
-                std::mem::replace(&mut self.cgroup, Placement::Done(None))
-            else {
-                unreachable!("checked above")
-            };
-            self.cgroup = Placement::Done(job.join().unwrap_or(None));
-        }
-        match &self.cgroup {
-            Placement::Done(cg) => cg.as_ref(),
-            Placement::Pending(_) => None,
-        }
     }
 
     fn stats(&self) -> vm_control::Stats {

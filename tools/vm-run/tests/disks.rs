@@ -271,6 +271,83 @@ fn write_zeroes_and_a_read_only_disk() {
     assert_eq!(std::fs::metadata(&ro).unwrap().modified().unwrap(), before);
 }
 
+/// The `vm-teardown` children alive now (not zombies, which wait for
+/// PID 1 to reap them), with what each holds open.
+fn teardown_children() -> Vec<(u32, Vec<String>)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if comm.trim() != "vm-teardown" || status.contains("State:\tZ") {
+            continue;
+        }
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| std::fs::read_link(f.path()).ok())
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.push((pid, fds));
+    }
+    found
+}
+
+/// vm-run leaves the kernel's slow VM teardown to a `vm-teardown` child
+/// and exits: by then the disk is closed (qemu-io may write it at once),
+/// the child holds only the VM and its guest memory, and it is gone soon.
+#[test]
+fn the_disk_is_free_the_moment_vm_run_exits() {
+    if !ready() || !have_tool("qemu-io", "qemu-io") {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let raw = e.dir.path().join("free.raw");
+    write_file(&raw, &base_data());
+    for round in 0..3 {
+        let line = run_guest(
+            &e,
+            "blk-write sector=0 count=8 seed=7",
+            &json!([disk("vda", &raw, "raw", &json!({}))]),
+            &json!({}),
+        );
+        assert_eq!(field(&line, "status"), "0", "{line}");
+        for (pid, fds) in teardown_children() {
+            for f in &fds {
+                assert!(
+                    f == "anon_inode:kvm-vm" || f.starts_with("/memfd:vmtools-"),
+                    "round {round}: vm-teardown {pid} holds {f}"
+                );
+            }
+        }
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "write -P 0x5a 4096 512"])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("wrote 512/512 bytes"),
+            "round {round}: qemu-io could not write: {text}"
+        );
+    }
+    let t0 = Instant::now();
+    while !teardown_children().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "vm-teardown lingers: {:?}",
+            teardown_children()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Keeps `qemu-io` running with `path` open for writing until dropped.
 struct QemuIo(Child);
 
