@@ -88,6 +88,8 @@ pub struct Control {
     /// `state.0 == Run`, readable without the lock: the vCPU loop checks it
     /// on every exit and takes the lock only when there is something to do.
     running: AtomicBool,
+    /// Asks the thread to add the vCPU seccomp filter (see `Vcpu::confine`).
+    confine: AtomicBool,
 }
 
 impl Control {
@@ -96,6 +98,7 @@ impl Control {
             state: Mutex::new((Wanted::Run, false)),
             cond: Condvar::new(),
             running: AtomicBool::new(true),
+            confine: AtomicBool::new(false),
         }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, (Wanted, bool)> {
@@ -185,6 +188,13 @@ impl Vcpu {
         }
     }
 
+    /// Has the thread add the vCPU seccomp filter to itself before it next
+    /// enters the guest. Call it once the process-wide filter is in place.
+    pub fn confine(&self) {
+        self.control.confine.store(true, Ordering::Release);
+        self.kick();
+    }
+
     /// Waits until the thread has acknowledged a pause.
     pub fn wait_paused(&self) {
         let mut s = self.control.lock();
@@ -257,6 +267,15 @@ fn run_loop(
                     }
                     Wanted::Run => break,
                 }
+            }
+        }
+        // Checked last before entering the guest, so a thread that was
+        // paused when asked still confines itself before it runs again.
+        if control.confine.swap(false, Ordering::AcqRel) {
+            if let Err(e) = crate::seccomp::confine_this_vcpu() {
+                stopped = true;
+                events.send(VcpuEvent::Failed(e.to_string()));
+                continue;
             }
         }
         let event = match fd.run() {

@@ -348,6 +348,14 @@ impl Vm {
             .collect()
     }
 
+    /// Has every vCPU thread add the vCPU seccomp filter to itself (after
+    /// [`seccomp::install_all_threads`](crate::seccomp::install_all_threads)).
+    pub fn confine_vcpus(&self) {
+        for v in &self.vcpus {
+            v.confine();
+        }
+    }
+
     /// Stops the machine like [`Vm::destroy`] but keeps the kernel's VM
     /// and the guest memory alive in the returned handles, for
     /// [`Remains::release_in_background`](crate::teardown::Remains).

@@ -53,6 +53,43 @@ fn foreground_exit_codes_follow_the_spec() {
     assert!(!e.run_dir().join("rb").exists(), "runtime state removed");
 }
 
+/// Every `vcpuN` thread of `pid` carries two seccomp filters (the
+/// process's and its own) within a few seconds.
+fn assert_vcpus_confined(pid: u64) {
+    let filters = || -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let comm = comm.trim().to_string();
+                comm.starts_with("vcpu").then(|| {
+                    let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                    let n = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+                        .unwrap_or("?")
+                        .trim()
+                        .to_string();
+                    (comm, n)
+                })
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    loop {
+        let f = filters();
+        if !f.is_empty() && f.iter().all(|(_, n)| n == "2") {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "vCPU filters: {f:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn detached_lifecycle() {
     if !have_kvm() {
@@ -134,6 +171,10 @@ fn detached_lifecycle() {
         );
         assert!(status.contains("Seccomp:\t2"), "thread {t}: {status}");
     }
+    // The vCPU threads, which the guest drives, add a stricter filter.
+    assert_vcpus_confined(pid);
+    let main = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(main.contains("Seccomp_filters:\t1"), "{main}");
     // State files and modes.
     let dir = e.run_dir().join("hb");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -498,6 +539,8 @@ fn reboot_wait_and_forced_shutdown() {
     wait_for("the second boot", || {
         e.console("rb2").matches("test guest: heartbeat").count() == 2
     });
+    // The new machine's vCPU threads confine themselves too.
+    assert_vcpus_confined(u64::from(pid));
     // wait: returns once the VM is gone.
     let waiter = e
         .cmd()
