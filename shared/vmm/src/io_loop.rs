@@ -15,6 +15,23 @@ use crate::devices::{lock, MmioTransport};
 
 /// The epoll data of a loop's stop descriptor.
 const STOP: u64 = u64::MAX;
+/// The epoll data of an iothread's park descriptor.
+const PARK: u64 = u64::MAX - 1;
+/// Drain rounds at most: traffic arriving on a tap keeps a loop busy even
+/// with the vCPUs stopped (the guest adds no buffers, so each round is
+/// short), and a pause must not wait for the network to fall silent.
+const DRAIN_ROUNDS: usize = 64;
+
+/// What one turn of a loop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Served this many ready descriptors.
+    Served(usize),
+    /// The stop descriptor fired.
+    Stop,
+    /// The park descriptor fired (after serving whatever else was ready).
+    Park,
+}
 
 #[derive(Debug)]
 enum Handler {
@@ -91,17 +108,24 @@ impl IoLoop {
     }
 
     /// Serves every queue whose notifier fired, waiting up to `timeout_ms`
-    /// (-1: forever) for one. Returns false once `stop` (if any) fired.
-    pub fn run_once(&self, timeout_ms: i32) -> io::Result<bool> {
+    /// (-1: forever) for one.
+    pub fn run_once(&self, timeout_ms: i32) -> io::Result<Turn> {
         let mut events = [EpollEvent::default(); 16];
         let n = match self.epoll.wait(timeout_ms, &mut events) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Turn::Served(0)),
             Err(e) => return Err(e),
         };
+        let mut park = false;
+        let mut served = 0;
         for ev in &events[..n] {
-            if ev.data() == STOP {
-                return Ok(false);
+            match ev.data() {
+                STOP => return Ok(Turn::Stop),
+                PARK => {
+                    park = true;
+                    continue;
+                }
+                _ => served += 1,
             }
             match self.handlers.get(ev.data() as usize) {
                 Some(Handler::Queue { fd, device, queue }) => {
@@ -120,7 +144,70 @@ impl IoLoop {
                 None => {}
             }
         }
-        Ok(true)
+        Ok(if park {
+            Turn::Park
+        } else {
+            Turn::Served(served)
+        })
+    }
+
+    /// Serves what is ready until nothing is (or for `DRAIN_ROUNDS`
+    /// turns): with the vCPUs stopped, that finishes every request the
+    /// guest queued. False when the stop descriptor fired meanwhile.
+    pub fn drain(&self) -> bool {
+        for _ in 0..DRAIN_ROUNDS {
+            match self.run_once(0) {
+                Ok(Turn::Served(0) | Turn::Park) => return true,
+                Ok(Turn::Served(_)) => {}
+                Ok(Turn::Stop) | Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// An iothread's pause handshake.
+#[derive(Debug, Default)]
+struct ParkState {
+    wanted: bool,
+    parked: bool,
+    stop: bool,
+}
+
+type Park = Arc<(Mutex<ParkState>, std::sync::Condvar)>;
+
+fn park_lock(p: &Park) -> std::sync::MutexGuard<'_, ParkState> {
+    p.0.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The iothread's body: serve until stopped; when asked to park, finish
+/// what is queued, say so, and wait to be let go.
+fn serve(io: &IoLoop, park_fd: &EventFd, park: &Park) {
+    loop {
+        match io.run_once(-1) {
+            Ok(Turn::Served(_)) => {}
+            Ok(Turn::Park) => {
+                let _ = park_fd.read();
+                if !io.drain() {
+                    return;
+                }
+                let mut p = park_lock(park);
+                p.parked = true;
+                park.1.notify_all();
+                while p.wanted && !p.stop {
+                    p = park
+                        .1
+                        .wait(p)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                p.parked = false;
+                if p.stop {
+                    return;
+                }
+            }
+            Ok(Turn::Stop) | Err(_) => return,
+        }
     }
 }
 
@@ -137,6 +224,8 @@ pub struct IoThread {
     pub id: u32,
     tid: u32,
     stop: EventFd,
+    park_fd: Arc<EventFd>,
+    park: Park,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -156,6 +245,15 @@ impl IoThread {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP),
         )?;
+        let park_fd = EventFd::new(libc::EFD_NONBLOCK)?;
+        io.epoll.ctl(
+            ControlOperation::Add,
+            park_fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, PARK),
+        )?;
+        let park_fd = Arc::new(park_fd);
+        let park: Park = Arc::default();
+        let (thread_park_fd, thread_park) = (Arc::clone(&park_fd), Arc::clone(&park));
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("iothread{id}"))
@@ -171,7 +269,7 @@ impl IoThread {
                     }
                 }
                 let _ = tx.send(Ok(gettid()));
-                while let Ok(true) = io.run_once(-1) {}
+                serve(&io, &thread_park_fd, &thread_park);
             })?;
         let tid = rx
             .recv()
@@ -181,8 +279,32 @@ impl IoThread {
             id,
             tid,
             stop,
+            park_fd,
+            park,
             thread: Some(thread),
         })
+    }
+
+    /// Has the thread finish every queued request and then wait until
+    /// [`IoThread::unpark`]; returns once it waits.
+    pub fn park(&self) {
+        park_lock(&self.park).wanted = true;
+        let _ = self.park_fd.write(1);
+        let mut p = park_lock(&self.park);
+        while !p.parked && !p.stop && self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            p = self
+                .park
+                .1
+                .wait_timeout(p, std::time::Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets a parked thread serve again.
+    pub fn unpark(&self) {
+        park_lock(&self.park).wanted = false;
+        self.park.1.notify_all();
     }
 
     pub fn tid(&self) -> u32 {
@@ -191,6 +313,8 @@ impl IoThread {
 
     /// Stops the thread after the request it is serving, and waits.
     pub fn stop(mut self) {
+        park_lock(&self.park).stop = true;
+        self.park.1.notify_all();
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -105,6 +105,8 @@ pub struct Vm {
     io: IoLoop,
     iothreads: Vec<IoThread>,
     disks: Vec<(String, Arc<BlockCounters>)>,
+    /// The writable disks, flushed on pause.
+    writable: Vec<DiskConfig>,
     nets: Vec<(String, Arc<NetCounters>)>,
     events: Receiver<VcpuEvent>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
@@ -250,6 +252,7 @@ impl Vm {
             io: devices.main,
             iothreads: devices.threads,
             disks: devices.disks,
+            writable: cfg.disks.iter().filter(|d| !d.read_only).cloned().collect(),
             nets: devices.nets,
             events: rx,
             wake,
@@ -277,16 +280,40 @@ impl Vm {
     }
 
     /// Stops every vCPU; returns once all are out of KVM_RUN.
-    pub fn pause(&self) {
+    /// Stops the machine the way QEMU's `stop` does: the vCPUs, then the
+    /// device loops once they have finished every request the guest
+    /// queued, then each writable disk's cached metadata and data go to
+    /// the file (and to stable storage unless the disk is `cache=unsafe`).
+    /// A paused VM's images can be copied or inspected as they are. The
+    /// caller stops serving the emulator thread's loop ([`Vm::io_fd`])
+    /// until [`Vm::resume`]. A disk that fails to flush is named in the
+    /// error; the machine stays paused either way.
+    pub fn pause(&self) -> Result<()> {
         for v in &self.vcpus {
             v.set_wanted(Wanted::Pause);
         }
         for v in &self.vcpus {
             v.wait_paused();
         }
+        self.io.drain();
+        for t in &self.iothreads {
+            t.park();
+        }
+        for d in &self.writable {
+            let r = if d.cache.ignore_flush {
+                d.image.flush()
+            } else {
+                d.image.sync()
+            };
+            r.map_err(Error::io(format!("disk {}: flushing on pause", d.id)))?;
+        }
+        Ok(())
     }
 
     pub fn resume(&self) {
+        for t in &self.iothreads {
+            t.unpark();
+        }
         for v in &self.vcpus {
             v.set_wanted(Wanted::Run);
         }

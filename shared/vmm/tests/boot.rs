@@ -121,7 +121,7 @@ fn pause_stops_the_heartbeat_and_resume_restarts_it() {
         }
     };
     wait_for(2);
-    vm.pause();
+    vm.pause().unwrap();
     let paused_at = ticks();
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(ticks(), paused_at, "no ticks while paused");
@@ -146,7 +146,7 @@ fn pause_stops_the_heartbeat_and_resume_restarts_it() {
         assert!(t0.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(10));
     }
-    vm.pause();
+    vm.pause().unwrap();
     vm.resume();
     vm.destroy();
 }

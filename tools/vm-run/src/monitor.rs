@@ -495,8 +495,9 @@ fn serve(
             pollin(m.vm().event_fd()),
             pollin(stop),
         ];
-        // The queues the emulator thread serves (disks without an iothread).
-        let io = m.vm().io_fd();
+        // The queues the emulator thread serves (disks without an iothread),
+        // left alone while the VM is paused.
+        let io = m.vm().io_fd().filter(|_| state.state != RunState::Paused);
         fds.push(pollin(io.unwrap_or(-1)));
         let console = m.endpoint.fds();
         fds.extend(console.iter().map(|&fd| pollin(fd)));
@@ -657,8 +658,9 @@ fn handle(
         Request::Status => Next::Continue,
         Request::Pause => {
             if state.state == RunState::Running {
-                m.vm().pause();
+                let flushed = m.vm().pause();
                 set_state(m, dir, state, RunState::Paused, "user")?;
+                flushed.map_err(|e| anyhow!("the VM is paused, but {e}"))?;
             }
             Next::Continue
         }

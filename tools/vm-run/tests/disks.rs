@@ -675,3 +675,81 @@ fn a_block_device_as_a_disk() {
     drop(dev);
     assert!(std::fs::read(&backing).unwrap() == written(base_data(), 5, 30, 16));
 }
+
+/// `pause` stops the machine the way QEMU's `stop` does: the guest's
+/// queued writes are done and flushed, so a paused VM's qcow2 reads
+/// complete to qemu-img (imago keeps new L2 entries cached until a flush),
+/// on the emulator thread's loop and on an iothread; and a paused guest
+/// that writes without end leaves its disk alone until resumed.
+#[test]
+fn a_paused_vms_disks_are_complete_and_still() {
+    if !ready() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    for iothread in [None, Some(1)] {
+        let q = e.dir.path().join("paused.qcow2");
+        let _ = std::fs::remove_file(&q);
+        let (code, out) = qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "8M"]);
+        assert_eq!(code, 0, "{out}");
+        let mut d = disk("vda", &q, "qcow2", &json!({"cache": "writeback"}));
+        if let Some(n) = iothread {
+            d["iothread"] = json!(n);
+        }
+        let s = e.spec(
+            "paused",
+            "blk-bench op=write count=16 kib=64 rounds=2",
+            &json!({"disks": [d], "iothreads": 1}),
+        );
+        let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+        assert_eq!(code, 0, "{err}");
+        wait_console(&e, "paused", "bench done");
+        let (code, out, err) = e.vm_run(&["pause", "paused"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(parse_json(&out)["state"], "paused");
+        // The guest wrote 16 x 64 KiB from sector 0: all of it is mapped.
+        let (code, map) = qemu_img(&["map", "-U", "--output=json", q.to_str().unwrap()]);
+        assert_eq!(code, 0, "{map}");
+        let first = &parse_json(&map)[0];
+        assert_eq!(first["data"], true, "iothread {iothread:?}: {map}");
+        assert!(
+            first["length"].as_u64().unwrap() >= 16 * 64 * 1024,
+            "iothread {iothread:?}: {map}"
+        );
+        let (code, check) = qemu_img(&["check", "-U", q.to_str().unwrap()]);
+        assert_eq!(code, 0, "iothread {iothread:?}: {check}");
+        assert_eq!(e.vm_run(&["kill", "paused"]).0, 0);
+    }
+
+    // A guest that writes and flushes without end, on an iothread.
+    let raw = e.dir.path().join("still.raw");
+    write_file(&raw, &base_data());
+    let s = e.spec(
+        "still",
+        "blk-crash",
+        &json!({"disks": [disk("vda", &raw, "raw", &json!({"iothread": 1}))], "iothreads": 1}),
+    );
+    let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    wait_console(&e, "still", "flushed 3\n");
+    let (code, _, err) = e.vm_run(&["pause", "still"]);
+    assert_eq!(code, 0, "{err}");
+    let before = (std::fs::read(&raw).unwrap(), e.console("still"));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = (std::fs::read(&raw).unwrap(), e.console("still"));
+    assert!(before.0 == after.0, "the disk changed while paused");
+    assert_eq!(before.1, after.1, "the guest ran while paused");
+    let (code, _, err) = e.vm_run(&["resume", "still"]);
+    assert_eq!(code, 0, "{err}");
+    let n = before.1.matches("flushed").count();
+    let t0 = Instant::now();
+    while e.console("still").matches("flushed").count() < n + 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no writes after resume"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(e.vm_run(&["kill", "still"]).0, 0);
+}
