@@ -17,6 +17,8 @@ use crate::devices::{lock, MmioTransport};
 const STOP: u64 = u64::MAX;
 /// The epoll data of an iothread's park descriptor.
 const PARK: u64 = u64::MAX - 1;
+/// The epoll data of an iothread's confine descriptor.
+const CONFINE: u64 = u64::MAX - 2;
 /// Drain rounds at most: traffic arriving on a tap keeps a loop busy even
 /// with the vCPUs stopped (the guest adds no buffers, so each round is
 /// short), and a pause must not wait for the network to fall silent.
@@ -31,6 +33,8 @@ pub enum Turn {
     Stop,
     /// The park descriptor fired (after serving whatever else was ready).
     Park,
+    /// The confine descriptor fired (likewise).
+    Confine,
 }
 
 #[derive(Debug)]
@@ -116,13 +120,17 @@ impl IoLoop {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Turn::Served(0)),
             Err(e) => return Err(e),
         };
-        let mut park = false;
+        let (mut park, mut confine) = (false, false);
         let mut served = 0;
         for ev in &events[..n] {
             match ev.data() {
                 STOP => return Ok(Turn::Stop),
                 PARK => {
                     park = true;
+                    continue;
+                }
+                CONFINE => {
+                    confine = true;
                     continue;
                 }
                 _ => served += 1,
@@ -144,7 +152,9 @@ impl IoLoop {
                 None => {}
             }
         }
-        Ok(if park {
+        Ok(if confine {
+            Turn::Confine
+        } else if park {
             Turn::Park
         } else {
             Turn::Served(served)
@@ -157,7 +167,7 @@ impl IoLoop {
     pub fn drain(&self) -> bool {
         for _ in 0..DRAIN_ROUNDS {
             match self.run_once(0) {
-                Ok(Turn::Served(0) | Turn::Park) => return true,
+                Ok(Turn::Served(0) | Turn::Park | Turn::Confine) => return true,
                 Ok(Turn::Served(_)) => {}
                 Ok(Turn::Stop) | Err(_) => return false,
             }
@@ -183,10 +193,18 @@ fn park_lock(p: &Park) -> std::sync::MutexGuard<'_, ParkState> {
 
 /// The iothread's body: serve until stopped; when asked to park, finish
 /// what is queued, say so, and wait to be let go.
-fn serve(io: &IoLoop, park_fd: &EventFd, park: &Park) {
+fn serve(io: &IoLoop, park_fd: &EventFd, confine_fd: &EventFd, park: &Park) {
     loop {
         match io.run_once(-1) {
             Ok(Turn::Served(_)) => {}
+            Ok(Turn::Confine) => {
+                let _ = confine_fd.read();
+                if crate::seccomp::confine_this_iothread().is_err() {
+                    // Unconfined is not an option: stop serving (the
+                    // guest's requests to this thread's disks hang).
+                    return;
+                }
+            }
             Ok(Turn::Park) => {
                 let _ = park_fd.read();
                 if !io.drain() {
@@ -225,6 +243,7 @@ pub struct IoThread {
     tid: u32,
     stop: EventFd,
     park_fd: Arc<EventFd>,
+    confine_fd: Arc<EventFd>,
     park: Park,
     thread: Option<JoinHandle<()>>,
 }
@@ -252,8 +271,16 @@ impl IoThread {
             EpollEvent::new(EventSet::IN, PARK),
         )?;
         let park_fd = Arc::new(park_fd);
+        let confine_fd = EventFd::new(libc::EFD_NONBLOCK)?;
+        io.epoll.ctl(
+            ControlOperation::Add,
+            confine_fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, CONFINE),
+        )?;
+        let confine_fd = Arc::new(confine_fd);
         let park: Park = Arc::default();
         let (thread_park_fd, thread_park) = (Arc::clone(&park_fd), Arc::clone(&park));
+        let thread_confine_fd = Arc::clone(&confine_fd);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("iothread{id}"))
@@ -269,7 +296,7 @@ impl IoThread {
                     }
                 }
                 let _ = tx.send(Ok(gettid()));
-                serve(&io, &thread_park_fd, &thread_park);
+                serve(&io, &thread_park_fd, &thread_confine_fd, &thread_park);
             })?;
         let tid = rx
             .recv()
@@ -280,9 +307,16 @@ impl IoThread {
             tid,
             stop,
             park_fd,
+            confine_fd,
             park,
             thread: Some(thread),
         })
+    }
+
+    /// Has the thread add the iothread seccomp filter to itself before it
+    /// serves again. Call it once the process-wide filter is in place.
+    pub fn confine(&self) {
+        let _ = self.confine_fd.write(1);
     }
 
     /// Has the thread finish every queued request and then wait until

@@ -172,6 +172,49 @@ const VCPU_ALLOWED: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// What an iothread may do on top of [`ALLOWED`]: serve the queues it was
+/// given (guest-built requests, so as exposed as a vCPU thread) on the
+/// files and taps it already holds, and park for a pause.
+const IOTHREAD_ALLOWED: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_io_uring_enter,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_tgkill,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
 fn compile(allowed: &[i64]) -> Result<BpfProgram> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         allowed.iter().map(|&s| (s, Vec::new())).collect();
@@ -202,6 +245,13 @@ pub fn vcpu_filter() -> Result<BpfProgram> {
 pub fn confine_this_vcpu() -> Result<()> {
     seccompiler::apply_filter(&vcpu_filter()?)
         .map_err(|e| Error::Boot(format!("installing the vCPU seccomp filter: {e}")))
+}
+
+/// Adds the iothread filter to the calling thread only (after
+/// [`install_all_threads`], as [`confine_this_vcpu`]).
+pub fn confine_this_iothread() -> Result<()> {
+    seccompiler::apply_filter(&compile(IOTHREAD_ALLOWED)?)
+        .map_err(|e| Error::Boot(format!("installing the iothread seccomp filter: {e}")))
 }
 
 /// Installs the filter on every thread of the process (TSYNC); threads

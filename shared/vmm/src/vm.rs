@@ -375,11 +375,15 @@ impl Vm {
             .collect()
     }
 
-    /// Has every vCPU thread add the vCPU seccomp filter to itself (after
+    /// Has every vCPU thread and iothread add its stricter seccomp filter
+    /// to itself (after
     /// [`seccomp::install_all_threads`](crate::seccomp::install_all_threads)).
-    pub fn confine_vcpus(&self) {
+    pub fn confine_threads(&self) {
         for v in &self.vcpus {
             v.confine();
+        }
+        for t in &self.iothreads {
+            t.confine();
         }
     }
 

@@ -118,7 +118,7 @@ pub fn run(
     let stop = install_stop_signals()?;
     // Last step of setup: from here on, syscalls a VMM never needs fail.
     vmm::seccomp::install_all_threads()?;
-    machine.vm().confine_vcpus();
+    machine.vm().confine_threads();
     let code = serve(&mut machine, &listener, &dir, &mut state, stop);
     drop(listener);
     drop(guard);
@@ -387,9 +387,9 @@ impl Machine {
             Self::serial(&self.console, &self.endpoint)?,
         )?);
         self.shutdown_requested = false;
-        // The process-wide filter is in place: the new vCPU threads
+        // The process-wide filter is in place: the new machine threads
         // inherited it and add their own.
-        self.vm().confine_vcpus();
+        self.vm().confine_threads();
         let tids = Threads::of(self.vm());
         if let Err(e) = apply_affinity(&self.spec, &tids) {
             log(&format!("after restart: {e}"));

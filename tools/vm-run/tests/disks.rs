@@ -560,6 +560,18 @@ fn stats_disks_and_an_iothread() {
         status.lines().any(|l| l.starts_with("Seccomp:\t2")),
         "{status}"
     );
+    // It serves guest-built requests, so it adds a stricter filter of its
+    // own to the process's (soon after start: it is asked once the
+    // process-wide one is in).
+    let t0 = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("{task}/status")).unwrap();
+        if status.lines().any(|l| l == "Seccomp_filters:\t2") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(st["disks"][0]["top"], raw.to_str().unwrap());
     let (code, _, err) = e.vm_run(&["kill", "st"]);
     assert_eq!(code, 0, "{err}");
