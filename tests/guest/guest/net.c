@@ -11,7 +11,13 @@
  *   net-hdr    wait for an IPv4 UDP frame, print its virtio-net header's
  *              flags and gso_type (csum=1 takes GUEST_CSUM first)
  *   net-flood  send `count` frames of `size` bytes, 16 in flight at a time
- *              (with halt=1, halt afterwards instead of ending) */
+ *              (with halt=1, halt afterwards instead of ending)
+ *   net-tso    send one TCP segment of `size` payload bytes as a TSO frame
+ *              (GSO_TCPV4 with gso_size `mss`, checksum left to finish)
+ *              from 10.9.0.2:40000 to 10.9.0.1:9 at `hostmac`
+ *              (aa:bb:..), PSH without ACK; print the reset the host
+ *              answers with: its ack is seq + size if the host took the
+ *              whole segment */
 
 #include "guest.h"
 
@@ -123,6 +129,9 @@ static void init(const char *cmdline) {
     /* MAC; with csum=1 also GUEST_CSUM, so the host may hand us frames
      * whose checksum is left to finish (the header says so). */
     offloads = arg_u32(cmdline, "csum", 0) ? (1u << 1) : 0;
+    /* tso=1: CSUM and HOST_TSO4, so we may hand the device frames to
+     * checksum and segment. */
+    if (arg_u32(cmdline, "tso", 0)) offloads |= (1u << 0) | (1u << 11);
     wr(0x020, (1u << 5) | offloads);
     wr(0x070, 11);
     if (!(rd(0x070) & 8)) fail("features refused");
@@ -190,6 +199,61 @@ static void send_slots(u32 n, const u32 *lens) {
 }
 
 static const u8 broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+#define TSO_MAX 8192
+#define TSO_SEQ 0x01000000u
+static u8 big[HDR + 54 + TSO_MAX] __attribute__((aligned(16)));
+
+static void put16(u8 *p, u32 v) { p[0] = (u8)(v >> 8); p[1] = (u8)v; }
+static void put16le(u8 *p, u32 v) { p[0] = (u8)v; p[1] = (u8)(v >> 8); }
+static u32 get32(const u8 *p) { return (u32)p[0] << 24 | (u32)p[1] << 16 | (u32)p[2] << 8 | p[3]; }
+static u32 sum16(u32 s, const u8 *p, u32 n) {
+    for (u32 i = 0; i + 1 < n; i += 2) s += (u32)p[i] << 8 | p[i + 1];
+    if (n & 1) s += (u32)p[n - 1] << 8;
+    return s;
+}
+static u32 fold(u32 s) {
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    return s;
+}
+static u32 hexdigit(char c) {
+    return c >= 'a' ? (u32)(c - 'a' + 10) : (u32)(c - '0');
+}
+
+/* The TSO frame and its virtio-net header, as a Linux guest builds them. */
+static u32 tso_frame(const u8 *dst, u32 size, u32 mss) {
+    u8 *h = big;
+    for (int i = 0; i < HDR; i++) h[i] = 0;
+    h[0] = 1;                                   /* NEEDS_CSUM */
+    h[1] = 1;                                   /* GSO_TCPV4 */
+    put16le(h + 2, 54);                         /* hdr_len */
+    put16le(h + 4, mss);                        /* gso_size */
+    put16le(h + 6, 34);                         /* csum_start */
+    put16le(h + 8, 16);                         /* csum_offset */
+    u8 *f = h + HDR;
+    for (int i = 0; i < 6; i++) { f[i] = dst[i]; f[6 + i] = mac[i]; }
+    put16(f + 12, 0x0800);
+    u8 *ip = f + 14;
+    static const u8 ip_head[20] = {0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0,
+                                   10, 9, 0, 2, 10, 9, 0, 1};
+    for (int i = 0; i < 20; i++) ip[i] = ip_head[i];
+    put16(ip + 2, 40 + size);
+    put16(ip + 10, ~fold(sum16(0, ip, 20)) & 0xffff);
+    u8 *tcp = ip + 20;
+    for (int i = 0; i < 20; i++) tcp[i] = 0;
+    put16(tcp, 40000);
+    put16(tcp + 2, 9);
+    put16(tcp + 4, TSO_SEQ >> 16);
+    put16(tcp + 6, TSO_SEQ & 0xffff);
+    tcp[12] = 0x50;                             /* 20-byte header */
+    tcp[13] = 0x08;                             /* PSH */
+    put16(tcp + 14, 0xffff);
+    for (u32 i = 0; i < size; i++) tcp[20 + i] = (u8)i;
+    /* The pseudo-header sum, left for the device side to finish. */
+    u32 ps = sum16(0, ip + 12, 8) + 6 + 20 + size;
+    put16(tcp + 16, fold(ps));
+    return 54 + size;
+}
 
 /* Waits for a 0x88b5 frame whose text starts with `prefix`; copies its
  * source; prints it after `label`. */
@@ -318,6 +382,40 @@ void net_mode(const char *mode, const char *cmdline) {
         if (arg_u32(cmdline, "halt", 0))
             for (;;) __asm__ volatile("cli; hlt");
         end(0);
+    } else if (starts(mode, "net-tso")) {
+        u32 size = arg_u32(cmdline, "size", 3000);
+        u32 mss = arg_u32(cmdline, "mss", 1000);
+        const char *hm = arg(cmdline, "hostmac");
+        if (!hm || size > TSO_MAX || mss == 0) fail("tso arguments");
+        u8 host[6];
+        for (int i = 0; i < 6; i++, hm += 3) host[i] = (u8)(hexdigit(hm[0]) << 4 | hexdigit(hm[1]));
+        u32 len = tso_frame(host, size, mss);
+        txq.desc[0].addr = (u32)big;
+        txq.desc[0].len = HDR + len;
+        txq.desc[0].flags = 0;
+        offer(&txq, 0);
+        barrier();
+        wr(0x050, 1);
+        puts("net-tso sent size=");
+        putu(size);
+        putc('\n');
+        for (;;) {
+            u32 rlen;
+            int id = take(&rxq, &rlen);
+            if (id < 0) { __asm__ volatile("pause"); continue; }
+            u8 *f = rxbuf[id] + HDR;
+            /* IPv4, TCP, from 10.9.0.1, RST */
+            if (rlen >= HDR + 54 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 6 &&
+                f[26] == 10 && f[29] == 1 && (f[47] & 0x04)) {
+                puts("net-tso rst ack=");
+                putu(get32(f + 42));
+                putc('\n');
+                for (;;) __asm__ volatile("cli; hlt");
+            }
+            offer(&rxq, (u16)id);
+            barrier();
+            wr(0x050, 0);
+        }
     }
     fail("unknown net mode");
 }
