@@ -240,6 +240,28 @@ impl VmCgroup {
         self.attach_self("emulator")
     }
 
+    /// Undoes [`VmCgroup::enter`] for a VM that failed to start: moves the
+    /// calling thread (v2: the process) to each hierarchy's root and
+    /// removes the VM's groups, so a failed start leaves none behind.
+    /// Best effort: what cannot be undone now goes at the next start.
+    pub fn leave(&self) {
+        let groups = self.thread_groups.iter().chain(&self.memory_group);
+        for g in groups.clone() {
+            // `<mount>/vmtools/<name>.<pid>`: the root is two levels up.
+            let Some(root) = g.parent().and_then(Path::parent) else {
+                continue;
+            };
+            let file = match self.hierarchy {
+                Hierarchy::V1 { .. } => "tasks",
+                Hierarchy::V2(_) => "cgroup.procs",
+            };
+            let _ = fs::write(root.join(file), "0");
+        }
+        for g in groups {
+            remove_group(g);
+        }
+    }
+
     /// Moves the calling thread into `child` (`emulator`, `vcpuN`,
     /// `iothreadN`) of every thread group, without the global lock (see
     /// [`VmCgroup::enter`]).
@@ -285,16 +307,22 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
             if alive(pid) {
                 continue;
             }
-            if let Ok(children) = fs::read_dir(e.path()) {
-                for c in children.flatten() {
-                    if c.path().is_dir() {
-                        let _ = fs::remove_dir(c.path());
-                    }
-                }
-            }
-            let _ = fs::remove_dir(e.path());
+            remove_group(&e.path());
         }
     }
+}
+
+/// Removes a VM's group, children first; best effort (the kernel refuses
+/// a group that still has tasks).
+fn remove_group(dir: &Path) {
+    if let Ok(children) = fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.path().is_dir() {
+                let _ = fs::remove_dir(c.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// CPU bandwidth and weight of one group, in cgroup v1's units (v2 files

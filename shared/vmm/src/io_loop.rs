@@ -102,6 +102,17 @@ impl IoLoop {
         Ok(())
     }
 
+    /// A new eventfd the loop reports as `data` (STOP, PARK, CONFINE).
+    fn control_fd(&self, data: u64) -> io::Result<EventFd> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK)?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, data),
+        )?;
+        Ok(fd)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.handlers.is_empty()
     }
@@ -199,7 +210,9 @@ fn serve(io: &IoLoop, park_fd: &EventFd, confine_fd: &EventFd, park: &Park) {
             Ok(Turn::Served(_)) => {}
             Ok(Turn::Confine) => {
                 let _ = confine_fd.read();
-                if crate::seccomp::confine_this_iothread().is_err() {
+                if crate::seccomp::confine_this_thread(crate::seccomp::MachineThread::IoThread)
+                    .is_err()
+                {
                     // Unconfined is not an option: stop serving (the
                     // guest's requests to this thread's disks hang).
                     return;
@@ -258,26 +271,9 @@ impl IoThread {
         drop_capabilities: bool,
         hook: Option<crate::threads::ThreadHook>,
     ) -> io::Result<Self> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        io.epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP),
-        )?;
-        let park_fd = EventFd::new(libc::EFD_NONBLOCK)?;
-        io.epoll.ctl(
-            ControlOperation::Add,
-            park_fd.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, PARK),
-        )?;
-        let park_fd = Arc::new(park_fd);
-        let confine_fd = EventFd::new(libc::EFD_NONBLOCK)?;
-        io.epoll.ctl(
-            ControlOperation::Add,
-            confine_fd.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, CONFINE),
-        )?;
-        let confine_fd = Arc::new(confine_fd);
+        let stop = io.control_fd(STOP)?;
+        let park_fd = Arc::new(io.control_fd(PARK)?);
+        let confine_fd = Arc::new(io.control_fd(CONFINE)?);
         let park: Park = Arc::default();
         let (thread_park_fd, thread_park) = (Arc::clone(&park_fd), Arc::clone(&park));
         let thread_confine_fd = Arc::clone(&confine_fd);

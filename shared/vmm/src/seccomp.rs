@@ -122,20 +122,17 @@ const ALLOWED: &[i64] = &[
     libc::SYS_tgkill,
 ];
 
-/// What a vCPU thread may do on top of [`ALLOWED`] once it runs the guest:
-/// KVM_RUN and device emulation (serial and console output, virtio
-/// registers, a queue served on the vCPU thread when no ioeventfd took the
-/// notification, a device reset), memory, locks, signals and its own exit.
-/// Nothing that opens, names or creates: no files, sockets, processes or
-/// threads. The guest drives this thread, so it gets the shortest list.
-const VCPU_ALLOWED: &[i64] = &[
-    libc::SYS_ioctl,
+/// What every machine thread (vCPU thread, iothread) may do on top of
+/// [`ALLOWED`]: I/O on descriptors it already holds (serial and console
+/// output, disk requests, taps, eventfds, a device reset's close), memory,
+/// locks, signals and its own exit. Nothing that opens, names or creates:
+/// no files, sockets, processes or threads. The guest drives these
+/// threads, so they get the shortest lists.
+const MACHINE_THREAD_ALLOWED: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
     libc::SYS_writev,
-    libc::SYS_sendto,
-    libc::SYS_sendmsg,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_preadv,
@@ -151,8 +148,6 @@ const VCPU_ALLOWED: &[i64] = &[
     libc::SYS_fcntl,
     libc::SYS_futex,
     libc::SYS_sched_yield,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
     libc::SYS_clock_gettime,
     libc::SYS_gettimeofday,
     libc::SYS_mmap,
@@ -161,7 +156,6 @@ const VCPU_ALLOWED: &[i64] = &[
     libc::SYS_madvise,
     libc::SYS_mprotect,
     libc::SYS_brk,
-    libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
     libc::SYS_sigaltstack,
@@ -172,48 +166,26 @@ const VCPU_ALLOWED: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
-/// What an iothread may do on top of [`ALLOWED`]: serve the queues it was
-/// given (guest-built requests, so as exposed as a vCPU thread) on the
-/// files and taps it already holds, and park for a pause.
-const IOTHREAD_ALLOWED: &[i64] = &[
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_preadv2,
-    libc::SYS_pwritev2,
-    libc::SYS_lseek,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_fallocate,
-    libc::SYS_io_uring_enter,
-    libc::SYS_close,
-    libc::SYS_fcntl,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettimeofday,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_madvise,
-    libc::SYS_mprotect,
-    libc::SYS_brk,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_tgkill,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
+/// A vCPU thread's additions: KVM_RUN and device ioctls (a tap's offloads
+/// at activation), the socket console, and sleeps.
+const VCPU_EXTRA: &[i64] = &[
+    libc::SYS_ioctl,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_rt_sigaction,
 ];
+
+/// An iothread's additions: waiting on its loop.
+const IOTHREAD_EXTRA: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
+
+/// Which machine thread confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineThread {
+    Vcpu,
+    IoThread,
+}
 
 fn compile(allowed: &[i64]) -> Result<BpfProgram> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
@@ -233,25 +205,22 @@ pub fn filter() -> Result<BpfProgram> {
     compile(ALLOWED)
 }
 
-/// The compiled filter a vCPU thread adds to [`filter`] (filters stack:
-/// a call must pass both).
-pub fn vcpu_filter() -> Result<BpfProgram> {
-    compile(VCPU_ALLOWED)
+/// The compiled filter a machine thread adds to [`filter`] (filters
+/// stack: a call must pass both).
+pub fn machine_thread_filter(kind: MachineThread) -> Result<BpfProgram> {
+    let extra = match kind {
+        MachineThread::Vcpu => VCPU_EXTRA,
+        MachineThread::IoThread => IOTHREAD_EXTRA,
+    };
+    compile(&[MACHINE_THREAD_ALLOWED, extra].concat())
 }
 
-/// Adds the vCPU filter to the calling thread only. It must come after
-/// [`install_all_threads`]: a thread with a filter of its own makes the
-/// process-wide TSYNC install fail.
-pub fn confine_this_vcpu() -> Result<()> {
-    seccompiler::apply_filter(&vcpu_filter()?)
-        .map_err(|e| Error::Boot(format!("installing the vCPU seccomp filter: {e}")))
-}
-
-/// Adds the iothread filter to the calling thread only (after
-/// [`install_all_threads`], as [`confine_this_vcpu`]).
-pub fn confine_this_iothread() -> Result<()> {
-    seccompiler::apply_filter(&compile(IOTHREAD_ALLOWED)?)
-        .map_err(|e| Error::Boot(format!("installing the iothread seccomp filter: {e}")))
+/// Adds the machine-thread filter to the calling thread only. It must
+/// come after [`install_all_threads`]: a thread with a filter of its own
+/// makes the process-wide TSYNC install fail.
+pub fn confine_this_thread(kind: MachineThread) -> Result<()> {
+    seccompiler::apply_filter(&machine_thread_filter(kind)?)
+        .map_err(|e| Error::Boot(format!("installing the {kind:?} seccomp filter: {e}")))
 }
 
 /// Installs the filter on every thread of the process (TSYNC); threads
@@ -304,7 +273,7 @@ mod tests {
     fn a_confined_vcpu_thread_cannot_open_files() {
         std::thread::spawn(|| {
             seccompiler::apply_filter(&filter().unwrap()).unwrap();
-            confine_this_vcpu().unwrap();
+            confine_this_thread(MachineThread::Vcpu).unwrap();
             let e = std::fs::File::open("/proc/self/stat").unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EPERM), "open: {e}");
             // Nor make threads.

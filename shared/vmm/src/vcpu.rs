@@ -271,8 +271,11 @@ fn run_loop(
         }
         // Checked last before entering the guest, so a thread that was
         // paused when asked still confines itself before it runs again.
-        if control.confine.swap(false, Ordering::AcqRel) {
-            if let Err(e) = crate::seccomp::confine_this_vcpu() {
+        // A plain load first: this runs on every exit, the swap once.
+        if control.confine.load(Ordering::Acquire) && control.confine.swap(false, Ordering::AcqRel)
+        {
+            if let Err(e) = crate::seccomp::confine_this_thread(crate::seccomp::MachineThread::Vcpu)
+            {
                 stopped = true;
                 events.send(VcpuEvent::Failed(e.to_string()));
                 continue;

@@ -279,7 +279,6 @@ impl Vm {
         }
     }
 
-    /// Stops every vCPU; returns once all are out of KVM_RUN.
     /// Stops the machine the way QEMU's `stop` does: the vCPUs, then the
     /// device loops once they have finished every request the guest
     /// queued, then each writable disk's cached metadata and data go to

@@ -255,13 +255,27 @@ static u32 tso_frame(const u8 *dst, u32 size, u32 mss) {
     return 54 + size;
 }
 
+/* The next received frame's buffer id (its length, header included, in
+ * *len), waiting for one. */
+static int rx_next(u32 *len) {
+    int id;
+    while ((id = take(&rxq, len)) < 0) __asm__ volatile("pause");
+    return id;
+}
+
+/* Gives a receive buffer back to the device. */
+static void rx_recycle(int id) {
+    offer(&rxq, (u16)id);
+    barrier();
+    wr(0x050, 0);
+}
+
 /* Waits for a 0x88b5 frame whose text starts with `prefix`; copies its
  * source; prints it after `label`. */
 static void wait_frame(const char *label, const char *prefix, u8 *src) {
     for (;;) {
         u32 len;
-        int id = take(&rxq, &len);
-        if (id < 0) { __asm__ volatile("pause"); continue; }
+        int id = rx_next(&len);
         u8 *f = rxbuf[id] + HDR;
         u32 flen = len > HDR ? len - HDR : 0;
         int ok = flen > 14 && f[12] == (ETHERTYPE >> 8) && f[13] == (ETHERTYPE & 0xff)
@@ -275,9 +289,7 @@ static void wait_frame(const char *label, const char *prefix, u8 *src) {
             for (u32 i = 14; i < flen && f[i] >= 0x20 && f[i] < 0x7f; i++) putc((char)f[i]);
             putc('\n');
         }
-        offer(&rxq, (u16)id);
-        barrier();
-        wr(0x050, 0);
+        rx_recycle(id);
         if (ok) return;
     }
 }
@@ -346,8 +358,7 @@ void net_mode(const char *mode, const char *cmdline) {
         putc('\n');
         for (;;) {
             u32 len;
-            int id = take(&rxq, &len);
-            if (id < 0) { __asm__ volatile("pause"); continue; }
+            int id = rx_next(&len);
             u8 *h = rxbuf[id];
             u8 *f = h + HDR;
             if (len > HDR + 34 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 17) {
@@ -361,9 +372,7 @@ void net_mode(const char *mode, const char *cmdline) {
                 /* Stay up: the host reads the console, then stops us. */
                 for (;;) __asm__ volatile("cli; hlt");
             }
-            offer(&rxq, (u16)id);
-            barrier();
-            wr(0x050, 0);
+            rx_recycle(id);
         }
     } else if (starts(mode, "net-flood")) {
         u32 count = arg_u32(cmdline, "count", 1000);
@@ -401,8 +410,7 @@ void net_mode(const char *mode, const char *cmdline) {
         putc('\n');
         for (;;) {
             u32 rlen;
-            int id = take(&rxq, &rlen);
-            if (id < 0) { __asm__ volatile("pause"); continue; }
+            int id = rx_next(&rlen);
             u8 *f = rxbuf[id] + HDR;
             /* IPv4, TCP, from 10.9.0.1, RST */
             if (rlen >= HDR + 54 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 6 &&
@@ -412,9 +420,7 @@ void net_mode(const char *mode, const char *cmdline) {
                 putc('\n');
                 for (;;) __asm__ volatile("cli; hlt");
             }
-            offer(&rxq, (u16)id);
-            barrier();
-            wr(0x050, 0);
+            rx_recycle(id);
         }
     }
     fail("unknown net mode");

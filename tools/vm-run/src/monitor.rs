@@ -100,7 +100,15 @@ pub fn run(
     // starts in the VM's groups; the machine's threads then move
     // themselves into theirs.
     let cgroup = enter_cgroup(&spec);
-    let mut machine = Machine::start(spec, console, endpoint, cgroup)?;
+    let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                cg.leave();
+            }
+            return Err(e);
+        }
+    };
     let tids = Threads::of(machine.vm());
     apply_affinity(&machine.spec, &tids)?;
     // The machine is built: this thread needs no privilege any more (the

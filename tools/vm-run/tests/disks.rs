@@ -12,7 +12,7 @@ use test_guest::{fnv, have_kvm, have_tool, kvm_lock, pattern};
 
 mod common;
 
-use common::{error_line, json as parse_json, Env};
+use common::{assert_confined, error_line, json as parse_json, Env};
 
 const DISK_SIZE: usize = 1 << 20;
 const SECTOR: usize = 512;
@@ -563,15 +563,7 @@ fn stats_disks_and_an_iothread() {
     // It serves guest-built requests, so it adds a stricter filter of its
     // own to the process's (soon after start: it is asked once the
     // process-wide one is in).
-    let t0 = Instant::now();
-    loop {
-        let status = std::fs::read_to_string(format!("{task}/status")).unwrap();
-        if status.lines().any(|l| l == "Seccomp_filters:\t2") {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_confined(pid, "iothread");
     assert_eq!(st["disks"][0]["top"], raw.to_str().unwrap());
     let (code, _, err) = e.vm_run(&["kill", "st"]);
     assert_eq!(code, 0, "{err}");

@@ -10,7 +10,7 @@ use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
 
 mod common;
 
-use common::{cpu_hierarchy, decode, error_line, json, Env};
+use common::{assert_confined, cpu_hierarchy, decode, error_line, json, Env};
 use vm_host::cgroup::Hierarchy;
 
 #[test]
@@ -53,43 +53,6 @@ fn foreground_exit_codes_follow_the_spec() {
     assert!(!e.run_dir().join("rb").exists(), "runtime state removed");
 }
 
-/// Every `vcpuN` thread of `pid` carries two seccomp filters (the
-/// process's and its own) within a few seconds.
-fn assert_vcpus_confined(pid: u64) {
-    let filters = || -> Vec<(String, String)> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .filter_map(|t| {
-                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-                let comm = comm.trim().to_string();
-                comm.starts_with("vcpu").then(|| {
-                    let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-                    let n = st
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-                        .unwrap_or("?")
-                        .trim()
-                        .to_string();
-                    (comm, n)
-                })
-            })
-            .collect()
-    };
-    let t0 = Instant::now();
-    loop {
-        let f = filters();
-        if !f.is_empty() && f.iter().all(|(_, n)| n == "2") {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "vCPU filters: {f:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn detached_lifecycle() {
     if !have_kvm() {
@@ -127,26 +90,14 @@ fn detached_lifecycle() {
             assert_eq!(line(tid), format!("0::{group}/vcpu1"));
         }
         Some(_) => {
-            assert!(
-                cgroup_of(pid).contains(&format!(":cpu:{group}/emulator")),
-                "{}",
-                cgroup_of(pid)
-            );
-            assert!(
-                cgroup_of(tid).contains(&format!(":cpu:{group}/vcpu1")),
-                "{}",
-                cgroup_of(tid)
-            );
-            assert!(
-                cgroup_of(tid).contains(&format!(":cpuset:{group}/vcpu1")),
-                "{}",
-                cgroup_of(tid)
-            );
-            assert!(
-                cgroup_of(pid).contains(&format!(":memory:{group}")),
-                "{}",
-                cgroup_of(pid)
-            );
+            for (t, line) in [
+                (pid, format!(":cpu:{group}/emulator")),
+                (tid, format!(":cpu:{group}/vcpu1")),
+                (tid, format!(":cpuset:{group}/vcpu1")),
+                (pid, format!(":memory:{group}")),
+            ] {
+                assert!(cgroup_of(t).contains(&line), "{line}: {}", cgroup_of(t));
+            }
         }
         None => {}
     }
@@ -172,7 +123,7 @@ fn detached_lifecycle() {
         assert!(status.contains("Seccomp:\t2"), "thread {t}: {status}");
     }
     // The vCPU threads, which the guest drives, add a stricter filter.
-    assert_vcpus_confined(pid);
+    assert_confined(pid, "vcpu");
     let main = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(main.contains("Seccomp_filters:\t1"), "{main}");
     // State files and modes.
@@ -356,6 +307,19 @@ fn bad_input_leaves_nothing_behind() {
             .map(|d| d.flatten().collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "detached {extra}: left behind {left:?}");
+        // Nor a cgroup: a start that fails after making the VM's groups
+        // removes them.
+        if let Some(Hierarchy::V1 { cpu: Some(m), .. } | Hierarchy::V2(m)) = cpu_hierarchy() {
+            let groups: Vec<_> = std::fs::read_dir(m.join("vmtools"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|g| g.file_name().to_string_lossy().into_owned())
+                        .filter(|g| g.starts_with("bad."))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(groups.is_empty(), "{extra}: cgroups left behind {groups:?}");
+        }
     }
     let (code, _, _) = e.vm_run(&["start"]);
     assert_eq!(code, 2, "usage errors exit 2");
@@ -540,7 +504,7 @@ fn reboot_wait_and_forced_shutdown() {
         e.console("rb2").matches("test guest: heartbeat").count() == 2
     });
     // The new machine's vCPU threads confine themselves too.
-    assert_vcpus_confined(u64::from(pid));
+    assert_confined(u64::from(pid), "vcpu");
     // wait: returns once the VM is gone.
     let waiter = e
         .cmd()

@@ -37,6 +37,15 @@ impl Ns {
     fn ip(&self, args: &[&str]) -> Output {
         self.ns.ip(args)
     }
+    /// Makes tap `name` (with vnet headers), with `addr` on it if given.
+    fn tap(&self, name: &str, addr: Option<&str>) {
+        let o = self.ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"]);
+        assert!(o.status.success(), "{o:?}");
+        if let Some(a) = addr {
+            let o = self.ip(&["addr", "add", a, "dev", name]);
+            assert!(o.status.success(), "{o:?}");
+        }
+    }
     fn in_ns(&self, prog: &str) -> Command {
         let mut c = self.ns.exec(prog);
         c.env("VMTOOLS_RUN_DIR", self.dir.path().join("run"))
@@ -209,10 +218,7 @@ fn a_frame_on_the_tap_reaches_the_guest_and_its_answer_is_captured() {
     }
     let _l = kvm_lock();
     // A persistent tap, as `vm-net tap add tap0` (or ip tuntap) makes it.
-    assert!(ns
-        .ip(&["tuntap", "add", "dev", "tap0", "mode", "tap", "vnet_hdr"])
-        .status
-        .success());
+    ns.tap("tap0", None);
     let s = ns.spec("echo", "net-pong", &json!([{"id": "net0", "tap": "tap0"}]));
     let (code, out, err) = ns.vm_run(&["start", "--detach", &s]);
     assert_eq!(code, 0, "{err}");
@@ -262,14 +268,7 @@ fn checksum_offload_reaches_the_guest_only_when_it_takes_it() {
         return;
     }
     let _l = kvm_lock();
-    assert!(ns
-        .ip(&["tuntap", "add", "dev", "tapo", "mode", "tap", "vnet_hdr"])
-        .status
-        .success());
-    assert!(ns
-        .ip(&["addr", "add", "10.9.0.1/24", "dev", "tapo"])
-        .status
-        .success());
+    ns.tap("tapo", Some("10.9.0.1/24"));
     // (csum argument, the header flags the guest must see): with
     // GUEST_CSUM taken, the tap hands over the host's UDP datagram with its
     // checksum left to finish (VIRTIO_NET_HDR_F_NEEDS_CSUM); without it,
@@ -351,14 +350,7 @@ fn a_tso_frame_from_the_guest_reaches_the_host_whole() {
         return;
     }
     let _l = kvm_lock();
-    assert!(ns
-        .ip(&["tuntap", "add", "dev", "tapt", "mode", "tap", "vnet_hdr"])
-        .status
-        .success());
-    assert!(ns
-        .ip(&["addr", "add", "10.9.0.1/24", "dev", "tapt"])
-        .status
-        .success());
+    ns.tap("tapt", Some("10.9.0.1/24"));
     let host_mac = ns
         .in_ns("cat")
         .arg("/sys/class/net/tapt/address")

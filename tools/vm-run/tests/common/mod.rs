@@ -91,6 +91,44 @@ pub fn cpu_hierarchy() -> Option<vm_host::cgroup::Hierarchy> {
     None
 }
 
+/// Every thread of `pid` whose name starts with `prefix` (`vcpu`,
+/// `iothread`) carries two seccomp filters (the process's and its own)
+/// within a few seconds.
+pub fn assert_confined(pid: u64, prefix: &str) {
+    let filters = || -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let comm = comm.trim().to_string();
+                comm.starts_with(prefix).then(|| {
+                    let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                    let n = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+                        .unwrap_or("?")
+                        .trim()
+                        .to_string();
+                    (comm, n)
+                })
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    loop {
+        let f = filters();
+        if !f.is_empty() && f.iter().all(|(_, n)| n == "2") {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{prefix} filters: {f:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn decode(out: &Output) -> (i32, String, String) {
     let r = (
         out.status.code().unwrap_or(-1),
