@@ -525,3 +525,56 @@ fn other_users_get_one_line_and_change_nothing() {
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(allowed(pid, t0), before, "nothing changed");
 }
+
+/// A VM that runs without a cgroup (here: vm-run started in a mount
+/// namespace where /sys/fs/cgroup is an empty tmpfs, so it cannot make its
+/// groups): what needs the cgroup fails with one line naming the VM, and
+/// the placement it has stays.
+#[test]
+fn a_vm_without_a_cgroup_gets_one_line_and_keeps_its_placement() {
+    if !usable() || !test_guest::have_tool("unshare", "unshare") {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env(tempfile::tempdir().unwrap());
+    let spec = e.spec("pinned");
+    let o = e
+        .cmd("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none /sys/fs/cgroup && exec "$0" start --detach "$1""#)
+        .args([vm_run_bin(), spec])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() && err.contains("unshare failed") {
+        eprintln!("SKIP: no mount namespaces here: {err}");
+        return;
+    }
+    assert!(o.status.success(), "{err}");
+    let st = json(&String::from_utf8_lossy(&o.stdout));
+    let (pid, t0) = (
+        st["pid"].as_u64().unwrap(),
+        st["vcpu_threads"][0].as_u64().unwrap(),
+    );
+    let log = std::fs::read_to_string(e.0.path().join("run/pinned/vm.log")).unwrap();
+    assert!(log.contains("running without a cgroup"), "{log}");
+    let before = allowed(pid, t0);
+    for args in [
+        &["sched", "pinned", "--set", "cpu_shares=512"][..],
+        &["sched", "pinned"][..],
+        &["numa", "pinned", "--nodeset", "0"][..],
+    ] {
+        let (code, _, err) = e.pin(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("vm-pin: error: VM 'pinned' has no cgroup"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(allowed(pid, t0), before, "nothing changed");
+    // Affinity needs no cgroup: it still works.
+    let (code, _, err) = e.pin(&["vcpu", "pinned", "0", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(allowed(pid, t0), "0");
+}
