@@ -20,6 +20,15 @@ pub enum Error {
     Locked { path: PathBuf, message: String },
     #[error("could not open backing file: {path}: {message}")]
     Backing { path: PathBuf, message: String },
+    /// The image names a backing file without its format. Guessing it
+    /// would let a guest that wrote a header into a raw disk pick the host
+    /// file its next VM reads, so nothing that runs a VM or writes an image
+    /// guesses.
+    #[error(
+        "{image}: the format of its backing file '{backing}' is not recorded (never guessed \
+         for a write or a VM); record it with: vm-img rebase -u -F FMT -b '{backing}' '{image}'"
+    )]
+    UnrecordedBackingFormat { image: PathBuf, backing: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -46,7 +55,10 @@ impl Error {
     /// True when a backing file is missing or unreadable (qemu-img's compare
     /// and check report these with their own exit codes).
     pub fn is_backing(&self) -> bool {
-        matches!(self, Self::Backing { .. })
+        matches!(
+            self,
+            Self::Backing { .. } | Self::UnrecordedBackingFormat { .. }
+        )
     }
 }
 

@@ -37,7 +37,9 @@ pub struct OpenOptions {
     pub direct: bool,
     /// Open the backing chain; without it unallocated clusters read as zero.
     pub backing: bool,
-    /// Probe a backing file whose format the header does not name.
+    /// Probe a backing file whose format the header does not name. Only
+    /// read-only opens probe: an open for writing refuses such a chain,
+    /// whatever this says (see [`Error::UnrecordedBackingFormat`]).
     pub probe_backing: bool,
 }
 
@@ -60,6 +62,8 @@ pub struct Layer {
     pub path: PathBuf,
     pub format: Format,
     pub header: Option<Header>,
+    /// The format was guessed from the content, not given or recorded.
+    pub probed: bool,
     /// Our own descriptor, for SEEK_DATA and the file's size.
     pub file: File,
     /// qcow2 tables, read on first need (map's zero clusters).
@@ -94,6 +98,9 @@ pub struct Image {
     access: FormatAccess<ImagoFile>,
     layers: Vec<Layer>,
     read_only: bool,
+    /// A raw top layer whose format was guessed: no write of ours may make
+    /// its first sector probe as another format (QEMU's rule).
+    guard_head: bool,
     _locks: Vec<ImageLock>,
 }
 
@@ -124,19 +131,37 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     }
 }
 
-fn open_file(path: &Path, write: bool, direct: bool) -> Result<File> {
+/// Opens an image file: a regular file or a block device only. A FIFO or a
+/// character device would block the open or every read, so the open does
+/// not wait (O_NONBLOCK, which regular files and disks ignore) and the
+/// type is checked before anything is read.
+pub fn open_image_file(path: &Path, write: bool, direct: bool) -> Result<File> {
     let mut o = FsOpenOptions::new();
     o.read(true).write(write);
+    let mut flags = libc::O_NONBLOCK;
     if direct {
-        o.custom_flags(libc::O_DIRECT);
+        flags |= libc::O_DIRECT;
     }
-    o.open(path).map_err(|e| Error::io(path, e))
+    o.custom_flags(flags);
+    let f = o.open(path).map_err(|e| Error::io(path, e))?;
+    let ft = f.metadata().map_err(|e| Error::io(path, e))?.file_type();
+    if !(ft.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&ft)) {
+        return Err(Error::unsupported(
+            path,
+            "not a regular file or a block device",
+        ));
+    }
+    Ok(f)
+}
+
+fn open_file(path: &Path, write: bool, direct: bool) -> Result<File> {
+    open_image_file(path, write, direct)
 }
 
 /// Reads up to one cluster of the file's start (2 MiB at most) for probing
 /// and header parsing, through a buffered descriptor (O_DIRECT-safe).
 fn read_head(path: &Path) -> Result<(Vec<u8>, u64)> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = open_image_file(path, false, false)?;
     let len = file_len(&f).map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0u8; len.min(2 << 20) as usize];
     f.read_exact_at(&mut buf, 0)
@@ -170,17 +195,39 @@ impl Image {
             path,
             opts.format,
             opts,
-            true,
+            Depth::Top {
+                guess_backing: opts.probe_backing && !opts.write,
+            },
             &mut seen,
             &mut layers,
             &mut locks,
         )?;
+        let guard_head = opts.write && layers[0].probed && layers[0].format == Format::Raw;
         Ok(Self {
             access,
             layers,
             read_only: !opts.write,
+            guard_head,
             _locks: locks,
         })
+    }
+
+    /// Refuses a chain with a guessed backing format, for a command about
+    /// to write into one of its layers (commit) from a read-only open.
+    pub fn refuse_guessed_backing(&self) -> Result<()> {
+        for pair in self.layers.windows(2) {
+            if pair[1].probed {
+                return Err(Error::UnrecordedBackingFormat {
+                    image: pair[0].path.clone(),
+                    backing: pair[0]
+                        .header
+                        .as_ref()
+                        .and_then(|h| h.backing_file.clone())
+                        .unwrap_or_else(|| pair[1].path.display().to_string()),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -354,15 +401,27 @@ fn data_or_hole(f: &File, offset: u64, len: u64) -> (bool, u64) {
     (true, ((hole - off) as u64).min(len))
 }
 
+/// Where in the chain a layer is opened, and whether the chain may guess
+/// backing formats (read-only opens of vm-img only).
+#[derive(Debug, Clone, Copy)]
+enum Depth {
+    Top { guess_backing: bool },
+    Backing { guess_backing: bool },
+}
+
 fn open_layer(
     path: &Path,
     format: Option<Format>,
     opts: &OpenOptions,
-    top: bool,
+    depth: Depth,
     seen: &mut HashSet<PathBuf>,
     layers: &mut Vec<Layer>,
     locks: &mut Vec<ImageLock>,
 ) -> Result<FormatAccess<ImagoFile>> {
+    let (top, guess_backing) = match depth {
+        Depth::Top { guess_backing } => (true, guess_backing),
+        Depth::Backing { guess_backing } => (false, guess_backing),
+    };
     let write = top && opts.write;
     let canonical = path.canonicalize().map_err(|e| {
         if top {
@@ -392,6 +451,7 @@ fn open_layer(
         locks.push(ImageLock::acquire(path, mode)?);
     }
     let (head, len) = read_head(path)?;
+    let probed = format.is_none();
     let format = format.unwrap_or_else(|| Format::probe(&head));
     let header = match format {
         Format::Qcow2 => Some(Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?),
@@ -410,6 +470,7 @@ fn open_layer(
         path: path.to_path_buf(),
         format,
         header,
+        probed,
         file: own,
         meta: OnceLock::new(),
     });
@@ -430,11 +491,11 @@ fn open_layer(
                             path: bpath.clone(),
                             message: m,
                         })?),
-                        None if opts.probe_backing => None,
+                        None if guess_backing => None,
                         None => {
-                            return Err(Error::Backing {
-                                path: bpath,
-                                message: "the image does not name its backing format".into(),
+                            return Err(Error::UnrecordedBackingFormat {
+                                image: path.to_path_buf(),
+                                backing: name,
                             })
                         }
                     };
@@ -443,15 +504,22 @@ fn open_layer(
                         ..opts.clone()
                     };
                     Some(
-                        open_layer(&bpath, bfmt, &sub, false, seen, layers, locks).map_err(
-                            |e| match e {
-                                Error::Io { path, source } => Error::Backing {
-                                    path,
-                                    message: source.to_string(),
-                                },
-                                other => other,
+                        open_layer(
+                            &bpath,
+                            bfmt,
+                            &sub,
+                            Depth::Backing { guess_backing },
+                            seen,
+                            layers,
+                            locks,
+                        )
+                        .map_err(|e| match e {
+                            Error::Io { path, source } => Error::Backing {
+                                path,
+                                message: source.to_string(),
                             },
-                        )?,
+                            other => other,
+                        })?,
                     )
                 }
                 _ => None,
@@ -477,6 +545,43 @@ impl Image {
                 format!("request at {offset} + {len} is past the end of the disk"),
             )),
         }
+    }
+}
+
+/// The bytes QEMU's probe reads: a write into them on a guessed raw image
+/// must cover them whole, so the result can be judged.
+const HEAD_GUARD: u64 = 512;
+
+/// Refuses a write that would make a raw image whose format was guessed
+/// probe as another format (its next open would read the header it wrote,
+/// backing file and all), as QEMU's raw driver does.
+fn guard_head(bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+    let denied = |why: &str| io::Error::new(io::ErrorKind::PermissionDenied, why.to_string());
+    if offset != 0 || total_len(bufs) < HEAD_GUARD {
+        return Err(denied(
+            "Operation not permitted: a write to the first sector of an image whose \
+             format was guessed must cover the whole sector",
+        ));
+    }
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    for b in bufs {
+        if got == head.len() {
+            break;
+        }
+        let n = (head.len() - got).min(b.len());
+        b.subslice(0, n)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .copy_to(&mut head[got..got + n]);
+        got += n;
+    }
+    if Format::probe(&head[..got]) == Format::Raw {
+        Ok(())
+    } else {
+        Err(denied(
+            "Operation not permitted: the write would make a raw image whose format was \
+             guessed read as another format",
+        ))
     }
 }
 
@@ -514,6 +619,9 @@ impl Block for Image {
             ));
         }
         self.check_range(offset, total_len(bufs))?;
+        if self.guard_head && offset < HEAD_GUARD {
+            guard_head(bufs, offset)?;
+        }
         let (v, _guard) = IoVector::from_volatile_slice(bufs);
         self.access.writev(v, offset)
     }

@@ -116,7 +116,7 @@ impl ImageLock {
         if mode == LockMode::Unlocked {
             return Ok(Self { _file: None });
         }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::image::open_image_file(path, false, false)?;
         Self::on_file(file, path, mode)
     }
 
@@ -168,7 +168,7 @@ impl ImageLock {
 
     /// Which permissions others hold or refuse to share, for diagnostics.
     pub fn holders(path: &Path) -> Result<Vec<String>> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::image::open_image_file(path, false, false)?;
         let mut out = Vec::new();
         for p in ALL {
             if held_by_others(&file, PERM_BASE + p as i64).map_err(|e| Error::io(path, e))? {

@@ -53,6 +53,9 @@ fn open(d: &Disk) -> Result<OpenDisk> {
     if !path.exists() {
         bail!("image {} does not exist", path.display());
     }
+    // A FIFO or character device would block the start: refuse it before
+    // the lock or anything else opens the path.
+    vm_image::open_image_file(path, false, false)?;
     let write = !d.readonly;
     let format = match d.format {
         DiskFormat::Raw => Format::Raw,
@@ -79,7 +82,8 @@ fn open(d: &Disk) -> Result<OpenDisk> {
             lock: false,
             direct: d.cache.direct(),
             backing: true,
-            probe_backing: true,
+            // DESIGN.md: a VM's formats are never guessed, at any depth.
+            probe_backing: false,
         },
     )
     .with_context(|| format!("cannot open {}", path.display()))?;

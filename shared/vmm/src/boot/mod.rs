@@ -68,10 +68,62 @@ fn kernel_err(path: &Path, message: &impl ToString) -> Error {
     }
 }
 
+/// Opens a kernel or initrd: a regular file only. The open does not wait
+/// (a FIFO would block it forever) and the type is checked before any read.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// An ELF kernel must load something: a header whose program table holds
+/// no loadable bytes (or is cut off) would start the guest on garbage.
+fn check_elf_loads(f: &File) -> std::result::Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0)
+        .map_err(|_| "ELF header is cut off".to_string())?;
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    if eh[4] != 2 {
+        // 32-bit ELF: linux-loader refuses it with its own message.
+        return Ok(());
+    }
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    if phentsize < 56 {
+        return Err("ELF program header table is malformed".into());
+    }
+    let mut ph = vec![0u8; 56];
+    let mut loaded = 0u64;
+    for i in 0..phnum {
+        f.read_exact_at(&mut ph, phoff.saturating_add(i * phentsize))
+            .map_err(|_| "ELF program header table is cut off".to_string())?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == 1 {
+            loaded = loaded.saturating_add(u64_at(&ph, 32));
+        }
+    }
+    if loaded == 0 {
+        return Err("ELF file has no loadable segment".into());
+    }
+    Ok(())
+}
+
 /// Loads the kernel, command line and initrd; writes the boot structures.
 pub fn load(mem: &GuestMemory, mem_size: u64, cfg: &BootConfig) -> Result<Entry> {
-    let mut f = File::open(&cfg.kernel).map_err(|e| kernel_err(&cfg.kernel, &e))?;
+    let mut f = open_regular(&cfg.kernel).map_err(|e| kernel_err(&cfg.kernel, &e))?;
     let elf = Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)));
+    if elf.is_ok() {
+        check_elf_loads(&f).map_err(|m| kernel_err(&cfg.kernel, &m))?;
+    }
     let (entry_kind, result) = match elf {
         Ok(r) => (Some(r.pvh_boot_cap), r),
         Err(linux_loader::loader::Error::Elf(
@@ -136,7 +188,7 @@ fn load_initrd(
         path: path.to_path_buf(),
         message: m,
     };
-    let mut f = File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut f = open_regular(path).map_err(|e| err(e.to_string()))?;
     let size = f.metadata().map_err(|e| err(e.to_string()))?.len();
     let top = mem_size.min(MMIO_HOLE_START);
     let addr = top

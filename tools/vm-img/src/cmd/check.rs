@@ -55,6 +55,13 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     // A missing or broken backing file means the image cannot be checked
     // (exit 1), as with qemu-img. The image's own tables are ours to judge.
     if let Some(name) = &meta.header.backing_file {
+        if repair != Repair::None && meta.header.backing_format.is_none() {
+            return Err(vm_image::Error::UnrecordedBackingFormat {
+                image: path.clone(),
+                backing: name.clone(),
+            }
+            .into());
+        }
         let bpath = resolve_backing(path, name);
         let opts = OpenOptions {
             format: util::parse_format(meta.header.backing_format.as_deref())?,

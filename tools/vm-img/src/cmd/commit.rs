@@ -28,6 +28,9 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     if top.layers().len() < 2 {
         bail!("Image '{}' does not have a backing file", path.display());
     }
+    // Writing into a base whose format was guessed could turn a raw base
+    // into whatever header the overlay's guest wrote (qemu-img refuses too).
+    top.refuse_guessed_backing()?;
     let base_depth = match &a.base {
         None => 1,
         Some(b) => find_layer(&top, b)?,

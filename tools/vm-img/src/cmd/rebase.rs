@@ -17,15 +17,16 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     let fmt = util::parse_format(a.common.format.as_deref())?;
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
     let mut new_fmt = util::parse_format(a.backing_format.as_deref())?;
+    // The format goes into the header: a guess here would be recorded for
+    // every later VM (a raw base whose guest wrote a qcow2 header would
+    // become a qcow2 image naming any host file), so it must be given.
+    if new_name.is_some() && new_fmt.is_none() {
+        bail!("Backing file specified without backing format (use -F raw or -F qcow2)");
+    }
     let _lock = ImageLock::acquire(path, LockMode::Write)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
     if a.unsafe_mode {
         open_qcow2(path, fmt, false, false)?;
-        if let (Some(n), None) = (new_name, new_fmt) {
-            // Probe the new backing file when it is there, as qemu-img does.
-            let p = resolve_backing(path, n);
-            new_fmt = util::open_read(&p, None, true).ok().map(|i| i.format());
-        }
         vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
         return Ok(0);
     }
