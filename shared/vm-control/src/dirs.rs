@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_spec::VmState;
@@ -43,24 +43,83 @@ pub fn config_dir() -> PathBuf {
     base.join("vmtools/vms")
 }
 
-/// The VM's runtime folder, created 0700 (and its parent) when `create`.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// A folder we keep state in must be a real folder (never a symlink),
+/// owned by the caller or root, and writable by no one else: otherwise
+/// another user could plant a link, a forged state.json or a definition
+/// in it.
+pub fn check_trusted(dir: &Path) -> Result<()> {
+    let md = fs::symlink_metadata(dir).map_err(Error::io(format!("reading {}", dir.display())))?;
+    let bad = |why: String| Err(Error::Untrusted(format!("{}: {why}", dir.display())));
+    if !md.file_type().is_dir() {
+        return bad("not a folder (a symlink or a file there is never followed)".into());
+    }
+    if md.uid() != euid() && md.uid() != 0 {
+        return bad(format!(
+            "owned by uid {}, neither you nor root: not trusted",
+            md.uid()
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return bad("writable by other users: not trusted (chmod go-w)".into());
+    }
+    Ok(())
+}
+
+/// Checks `dir` when it exists; a missing folder holds nothing to trust.
+fn check_if_there(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => check_trusted(dir),
+    }
+}
+
+/// Makes `dir` (and missing parents) private, then checks it.
+fn make_trusted(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(Error::io(format!("creating {}", dir.display())))?;
+    check_trusted(dir)
+}
+
+/// The VM's runtime folder, in a checked run folder; created 0700 (and
+/// its parent) when `create`. An existing folder must pass the same
+/// checks: a symlink planted under the VM's name is refused, not followed.
 pub fn vm_dir(name: &str, create: bool) -> Result<PathBuf> {
-    let dir = run_dir().join(name);
+    let run = run_dir();
+    let dir = run.join(name);
     if create {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
-        // An existing folder keeps its mode: make sure it is private.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(Error::io(format!("securing {}", dir.display())))?;
+        make_trusted(&run)?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(format!("creating {}", dir.display()))(e));
+            }
+            _ => {}
+        }
+        check_trusted(&dir)?;
+        // An existing folder of ours keeps its mode: make sure it is private.
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() == euid()) {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(Error::io(format!("securing {}", dir.display())))?;
+        }
+    } else {
+        check_if_there(&run)?;
+        check_if_there(&dir)?;
     }
     Ok(dir)
 }
 
-pub fn defined_spec_path(name: &str) -> PathBuf {
-    config_dir().join(format!("{name}.json"))
+/// Where a definition lives, in a checked definitions folder.
+pub fn defined_spec_path(name: &str) -> Result<PathBuf> {
+    let dir = config_dir();
+    check_if_there(&dir)?;
+    Ok(dir.join(format!("{name}.json")))
 }
 
 /// Replaces `path` with `data` through a temporary file and a rename
@@ -82,6 +141,7 @@ fn write_with(path: &Path, data: &[u8], mode: u32, sync: bool) -> Result<()> {
         .create(true)
         .truncate(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(Error::io(what()))?;
     f.write_all(data).map_err(Error::io(what()))?;
@@ -151,11 +211,10 @@ impl Liveness {
 
 /// Stores `spec` as a defined VM (`<config dir>/<name>.json`), durably.
 pub fn save_definition(spec: &vm_spec::VmSpec) -> Result<()> {
-    let dir = config_dir();
-    fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    make_trusted(&config_dir())?;
     let text = spec.to_json_pretty() + "\n";
     write_durable(
-        &defined_spec_path(spec.name.as_str()),
+        &defined_spec_path(spec.name.as_str())?,
         text.as_bytes(),
         0o644,
     )

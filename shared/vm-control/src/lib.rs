@@ -3,17 +3,21 @@
 //! (one JSON request per line, one JSON reply per line).
 
 mod dirs;
+mod lookup;
 mod naming;
 mod proto;
 mod socket;
+mod vmlock;
 
 pub use dirs::{
-    config_dir, defined_spec_path, read_state, remove_runtime, run_dir, save_definition, vm_dir,
-    write_atomic, write_durable, write_state, Liveness,
+    check_trusted, config_dir, defined_spec_path, read_state, remove_runtime, run_dir,
+    save_definition, vm_dir, write_atomic, write_durable, write_state, Liveness,
 };
+pub use lookup::{lookup, Lookup};
 pub use naming::{looks_like_path, vm_name};
 pub use proto::{DiskStats, NetStats, Reply, Request, Stats};
 pub use socket::{call, peer_allowed, Listener};
+pub use vmlock::{holder, remove_if_dead, signal_vm, VmLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,11 +29,28 @@ pub enum Error {
     },
     #[error("{0}")]
     Protocol(String),
+    /// The VM would not talk to us (the peer check: another user's VM).
     #[error("{0}")]
     Refused(String),
+    /// A folder another user could have planted things in.
+    #[error("{0}")]
+    Untrusted(String),
+    /// The name is taken: a VM of that name runs.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Error {
+    /// True when the VM belongs to another user: its state cannot be read
+    /// or its socket refused us.
+    pub fn is_other_users(&self) -> bool {
+        match self {
+            Self::Refused(_) => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
         move |source| Self::Io { what, source }

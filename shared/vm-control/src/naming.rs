@@ -8,13 +8,14 @@ use vm_spec::{VmName, VmSpec, VmState};
 
 use crate::{Error, Result};
 
-/// True when `s` names a file rather than a VM.
+/// True when `s` names a file rather than a VM: it has a `/` or ends in
+/// `.json`. A bare word is always a VM's name, even where a file of that
+/// name happens to be in the current folder (`./NAME` names the file).
 pub fn looks_like_path(s: &str) -> bool {
-    let p = Path::new(s);
     s.contains('/')
-        || p.extension()
+        || Path::new(s)
+            .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || p.is_file()
 }
 
 /// The name of the VM a reference points at.

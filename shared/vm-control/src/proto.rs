@@ -20,6 +20,25 @@ pub enum Request {
     Stats,
 }
 
+impl Request {
+    /// Reads one request line. serde ignores `deny_unknown_fields` on the
+    /// unit variants of an internally tagged enum, so fields are checked
+    /// here: a request carrying a field its command does not take is
+    /// refused, not half understood. Bytes that are not UTF-8 or not JSON
+    /// get an error too (the caller replies with it).
+    pub fn parse(line: &[u8]) -> Result<Self, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| "bad request: not a JSON object".to_string())?;
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "cmd") {
+            return Err(format!("bad request: unknown field `{k}`"));
+        }
+        serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
+    }
+}
+
 /// One disk's counters with its id (the counters' names at the top level
 /// of the JSON object, as before).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +106,15 @@ mod tests {
         let r: Request = serde_json::from_str(r#"{"cmd":"shutdown"}"#).unwrap();
         assert_eq!(r, Request::Shutdown);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert_eq!(Request::parse(br#"{"cmd":"kill"}"#), Ok(Request::Kill));
+        let e = Request::parse(br#"{"cmd":"kill","force":true}"#).unwrap_err();
+        assert!(e.contains("unknown field `force`"), "{e}");
+        assert!(Request::parse(b"\xff\xfe")
+            .unwrap_err()
+            .starts_with("bad request"));
+        assert!(Request::parse(b"[1]")
+            .unwrap_err()
+            .contains("not a JSON object"));
         assert_eq!(
             serde_json::to_string(&Reply::err("no")).unwrap(),
             r#"{"ok":false,"error":"no"}"#

@@ -31,6 +31,23 @@ pub fn rfc3339(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{min:02}:{sec:02}Z")
 }
 
+/// Text for a terminal: control characters (ESC, BEL... a VM folder's
+/// name, an interface or a path can hold any of them) are shown escaped,
+/// as `ls -b` does, so printing a name cannot retitle or clear the
+/// terminal of whoever reads it.
+pub fn escape(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// An error and its causes on one line, as DESIGN.md's contract wants:
 /// causes joined with ": ", a cause the text before it already quotes left
 /// out (also when only its "PATH: " prefix is new), and std's
@@ -57,7 +74,7 @@ pub fn one_line(e: &(dyn Error + 'static)) -> String {
         }
         out.push_str(&text);
     }
-    out.replace('\n', " ")
+    escape(&out.replace('\n', " "))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cli::{Cli, Command, Scope};
-use vm_control::Liveness;
 use vm_host::cgroup::{CpuTuning, VmCgroup};
 use vm_spec::{CpuList, CpuTune, VmSpec, VmState};
 
@@ -58,18 +57,16 @@ struct Target {
 
 fn target(reference: &str) -> Result<Target> {
     let name = vm_control::vm_name(reference)?;
-    let dir = vm_control::vm_dir(&name, false)?;
-    let running = match vm_control::read_state(&dir) {
-        Ok(s) => Some(s).filter(|s| Liveness::of(s.pid) == Liveness::Alive),
-        // A VM folder we may not read belongs to someone else: say so.
-        Err(vm_control::Error::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
+    let running = match vm_control::lookup(&name) {
+        Ok(vm_control::Lookup::Running { state, .. }) => Some(state),
+        Ok(_) => None,
+        // A VM we may not read or ask belongs to someone else: say so.
+        Err(e) if e.is_other_users() => {
             bail!("VM '{name}': permission denied (only its owner and root may place it)")
         }
-        Err(_) => None,
+        Err(e) => return Err(e.into()),
     };
-    let defined = std::fs::read_to_string(vm_control::defined_spec_path(&name))
+    let defined = std::fs::read_to_string(vm_control::defined_spec_path(&name)?)
         .ok()
         .map(|t| VmSpec::from_json(&t).map_err(|e| anyhow!("definition of {name}: {e}")))
         .transpose()?;

@@ -1,48 +1,60 @@
 //! The verbs that act on a VM that runs (or is defined).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use vm_control::{Liveness, Request};
+use vm_control::{Liveness, Lookup, Request};
 use vm_spec::{RunState, VmSpec, VmState};
 
 use crate::output;
 
-/// A running VM's recorded state; a VM whose process died reads as
-/// crashed.
+/// Whether a definition of `name` exists.
+fn is_defined(name: &str) -> bool {
+    vm_control::defined_spec_path(name).is_ok_and(|p| p.exists())
+}
+
+/// A VM's state: a running VM's (its pid is the process that holds the
+/// VM's folder, as the kernel says), or a dead one's as `crashed`.
 pub fn current_state(name: &str) -> Result<VmState> {
-    let dir = vm_control::vm_dir(name, false)?;
-    let mut st = vm_control::read_state(&dir).map_err(|_| {
-        if vm_control::defined_spec_path(name).exists() {
-            anyhow!("VM '{name}' is not running")
-        } else {
-            anyhow!("no VM named '{name}'")
+    match vm_control::lookup(name)? {
+        Lookup::Running { state, .. } => Ok(state),
+        Lookup::Dead { mut state, .. } => {
+            state.state = RunState::Crashed;
+            state.reason = "the VM process died".into();
+            Ok(state)
         }
-    })?;
-    if Liveness::of(st.pid) == Liveness::Dead {
-        st.state = RunState::Crashed;
-        st.reason = "the VM process died".into();
+        Lookup::Absent { .. } if is_defined(name) => bail!("VM '{name}' is not running"),
+        Lookup::Absent { .. } => bail!("no VM named '{name}'"),
     }
-    Ok(st)
+}
+
+/// A running VM's folder and state, or why there is none.
+fn running(name: &str) -> Result<(PathBuf, VmState)> {
+    match vm_control::lookup(name)? {
+        Lookup::Running { dir, state } => Ok((dir, state)),
+        Lookup::Dead { state, .. } => bail!(
+            "VM '{name}' is not running: its process (pid {}) died",
+            state.pid
+        ),
+        Lookup::Absent { .. } if is_defined(name) => bail!("VM '{name}' is not running"),
+        Lookup::Absent { .. } => bail!("no VM named '{name}'"),
+    }
 }
 
 fn running_state(name: &str) -> Result<VmState> {
-    let st = current_state(name)?;
-    if st.state == RunState::Crashed && st.reason == "the VM process died" {
-        bail!(
-            "VM '{name}' is not running: its process (pid {}) died",
-            st.pid
-        );
-    }
-    Ok(st)
+    running(name).map(|(_, st)| st)
 }
 
 /// Sends one request to the VM and returns its new state.
 pub fn request(name: &str, req: &Request) -> Result<Option<VmState>> {
-    let st = running_state(name)?;
-    let reply = vm_control::call(&st.control_socket, req, Duration::from_secs(30))?;
+    let (dir, _) = running(name)?;
+    send(&dir, req)
+}
+
+fn send(dir: &Path, req: &Request) -> Result<Option<VmState>> {
+    let reply = vm_control::call(&dir.join("control.sock"), req, Duration::from_secs(30))?;
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_else(|| "the VM refused".into()));
     }
@@ -67,9 +79,7 @@ pub fn state(vm: &str, reason: bool, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let (s, why) = match current_state(&name) {
         Ok(st) => (st.state.to_string(), st.reason),
-        Err(_) if vm_control::defined_spec_path(&name).exists() => {
-            ("shut off".into(), "defined".into())
-        }
+        Err(_) if is_defined(&name) => ("shut off".into(), "defined".into()),
         Err(e) => return Err(e),
     };
     if output::json_wanted(json) {
@@ -87,9 +97,9 @@ pub fn state(vm: &str, reason: bool, json: bool) -> Result<i32> {
 
 pub fn shutdown(vm: &str, timeout: u64, force: bool, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
-    let st = running_state(&name)?;
-    request(&name, &Request::Shutdown)?;
-    if wait_gone(st.pid, Duration::from_secs(timeout)) {
+    let (dir, st) = running(&name)?;
+    send(&dir, &Request::Shutdown)?;
+    if wait_released(&dir, st.pid, Duration::from_secs(timeout)) {
         if output::json_wanted(json) {
             println!(
                 "{}",
@@ -99,37 +109,65 @@ pub fn shutdown(vm: &str, timeout: u64, force: bool, json: bool) -> Result<i32> 
         return Ok(0);
     }
     if force {
-        let _ = request(&name, &Request::Kill);
-        if !wait_gone(st.pid, Duration::from_secs(10)) {
-            // SAFETY: kill(2) with a pid we recorded; no memory involved.
-            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+        if send(&dir, &Request::Kill).is_err() || !wait_released(&dir, st.pid, KILL_WAIT) {
+            vm_control::signal_vm(&dir, st.pid, libc::SIGKILL)?;
+            wait_released(&dir, st.pid, KILL_WAIT);
+            vm_control::remove_if_dead(&dir)?;
         }
         return Ok(0);
     }
     bail!("VM '{name}' did not shut down within {timeout} s (use --force to kill it)")
 }
 
+/// How long a killed VM may take to let go of its folder.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 pub fn kill(vm: &str, json: bool) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
-    let st = current_state(&name)?;
-    if let Ok(Some(s)) = request(&name, &Request::Kill) {
-        wait_gone(st.pid, Duration::from_secs(10));
-        output::print_state(&s, json);
-    } else {
-        // The VM cannot answer: end the process, clear its state.
-        if Liveness::of(st.pid) == Liveness::Alive {
-            // SAFETY: kill(2) with a pid we recorded; no memory involved.
-            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
-            wait_gone(st.pid, Duration::from_secs(10));
+    let (dir, st) = match vm_control::lookup(&name)? {
+        Lookup::Running { dir, state } => (dir, state),
+        Lookup::Dead { dir, mut state } => {
+            // Its process is gone: clear what it left, if it is ours.
+            vm_control::remove_if_dead(&dir)?;
+            state.state = RunState::Shutoff;
+            state.reason = "destroyed".into();
+            output::print_state(&state, json);
+            return Ok(0);
         }
-        vm_control::remove_runtime(&vm_control::vm_dir(&name, false)?);
+        Lookup::Absent { .. } => return running(&name).map(|_| 0),
+    };
+    match send(&dir, &Request::Kill) {
+        Ok(Some(s)) => {
+            wait_released(&dir, st.pid, KILL_WAIT);
+            output::print_state(&s, json);
+        }
+        // Another user's VM (the peer check said no): leave it alone.
+        Err(e) if is_refused(&e) => return Err(e),
+        _ => {
+            // The VM does not answer: end the process that provably holds
+            // its folder, then clear the folder once nobody holds it.
+            vm_control::signal_vm(&dir, st.pid, libc::SIGKILL)?;
+            if !wait_released(&dir, st.pid, KILL_WAIT) {
+                bail!("VM '{name}' (pid {}) did not end after SIGKILL", st.pid);
+            }
+            vm_control::remove_if_dead(&dir)?;
+        }
     }
     Ok(0)
 }
 
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
+fn is_refused(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<vm_control::Error>(),
+        Some(vm_control::Error::Refused(_))
+    )
+}
+
+/// Waits until the VM process `pid` no longer holds `dir` and has ended
+/// (its disks and taps are closed).
+fn wait_released(dir: &Path, pid: u32, timeout: Duration) -> bool {
     let t0 = Instant::now();
-    while Liveness::of(pid) == Liveness::Alive {
+    while vm_control::holder(dir) == Some(pid) || Liveness::of(pid) == Liveness::Alive {
         if t0.elapsed() > timeout {
             return false;
         }
@@ -140,25 +178,39 @@ fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 pub fn wait(vm: &str) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
-    let st = running_state(&name)?;
-    wait_gone(st.pid, Duration::MAX);
+    let (dir, st) = running(&name)?;
+    wait_released(&dir, st.pid, Duration::MAX);
     Ok(0)
 }
 
 pub fn list(all: bool, json: bool) -> Result<i32> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(vm_control::run_dir()) {
+    let run = vm_control::run_dir();
+    if run.exists() {
+        vm_control::check_trusted(&run)?;
+    }
+    if let Ok(entries) = std::fs::read_dir(&run) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Ok(st) = current_state(&name) {
-                rows.push((name.clone(), st.pid.to_string(), st.state.to_string()));
-                seen.insert(name);
+            match current_state(&name) {
+                Ok(st) => {
+                    rows.push((name.clone(), st.pid.to_string(), st.state.to_string()));
+                    seen.insert(name);
+                }
+                Err(err) if !err.to_string().starts_with("no VM named") => {
+                    eprintln!("vm-run: warning: {}", output::escape(&format!("{err:#}")));
+                }
+                Err(_) => {}
             }
         }
     }
     if all {
-        if let Ok(entries) = std::fs::read_dir(vm_control::config_dir()) {
+        let defs = vm_control::config_dir();
+        if defs.exists() {
+            vm_control::check_trusted(&defs)?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&defs) {
             for e in entries.flatten() {
                 let f = e.file_name().to_string_lossy().to_string();
                 if let Some(name) = f.strip_suffix(".json") {
@@ -180,7 +232,7 @@ pub fn list(all: bool, json: bool) -> Result<i32> {
         println!(" {:<8} {:<24} State", "PID", "Name");
         println!("{}", "-".repeat(44));
         for (n, p, s) in rows {
-            println!(" {p:<8} {n:<24} {s}");
+            println!(" {p:<8} {:<24} {s}", output::escape(&n));
         }
     }
     Ok(0)
@@ -238,7 +290,7 @@ pub fn define(reference: &str, json: bool) -> Result<i32> {
 
 pub fn undefine(vm: &str) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
-    let p = vm_control::defined_spec_path(&name);
+    let p = vm_control::defined_spec_path(&name)?;
     std::fs::remove_file(&p).map_err(|_| anyhow!("no VM named '{name}' is defined"))?;
     println!("VM {name} undefined");
     Ok(0)
@@ -246,7 +298,7 @@ pub fn undefine(vm: &str) -> Result<i32> {
 
 pub fn edit(vm: &str) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
-    let p = vm_control::defined_spec_path(&name);
+    let p = vm_control::defined_spec_path(&name)?;
     let original =
         std::fs::read_to_string(&p).map_err(|_| anyhow!("no VM named '{name}' is defined"))?;
     let tmp = std::env::temp_dir().join(format!("vm-run-edit-{name}-{}.json", std::process::id()));
@@ -387,9 +439,9 @@ pub fn ifaces(vm: &str, json: bool) -> Result<i32> {
     for r in &rows {
         println!(
             " {:<10} {:<9} {:<10} {:<7} {}",
-            r["interface"].as_str().unwrap_or(""),
+            output::escape(r["interface"].as_str().unwrap_or("")),
             r["type"].as_str().unwrap_or(""),
-            r["source"].as_str().unwrap_or("-"),
+            output::escape(r["source"].as_str().unwrap_or("-")),
             "virtio",
             r["mac"].as_str().unwrap_or("")
         );
@@ -410,7 +462,7 @@ pub fn disks(vm: &str, json: bool) -> Result<i32> {
             spec
         }
         Err(e) => {
-            let path = vm_control::defined_spec_path(&name);
+            let path = vm_control::defined_spec_path(&name)?;
             if !path.exists() {
                 return Err(e);
             }
@@ -435,7 +487,11 @@ pub fn disks(vm: &str, json: bool) -> Result<i32> {
     println!(" {:<8} Source", "Target");
     println!("{}", "-".repeat(48));
     for d in &spec.disks {
-        println!(" {:<8} {}", d.id, d.path.display());
+        println!(
+            " {:<8} {}",
+            d.id,
+            output::escape(&d.path.display().to_string())
+        );
     }
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! is a thin shell over.
 
 pub mod cli;
+mod clients;
 pub mod commands;
 pub mod console;
 pub mod disks;
@@ -9,6 +10,7 @@ pub mod monitor;
 pub mod nets;
 pub mod output;
 pub mod resolve;
+mod serve;
 pub mod start;
 pub mod timefmt;
 

@@ -2,24 +2,22 @@
 //! socket, and serves requests and guest events until the VM ends.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::Write;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use vm_control::{Listener, Liveness, Reply, Request};
+use anyhow::{anyhow, Context, Result};
+use vm_control::{Listener, Liveness};
 use vm_host::cgroup::{Hierarchy, VmCgroup};
-use vm_spec::{Action, Feature, RunState, SerialMode, VmSpec, VmState};
+use vm_spec::{Feature, RunState, SerialMode, VmSpec, VmState};
 use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
 use vmm::threads::{ThreadHook, ThreadRole};
-use vmm::vcpu::VcpuEvent;
 use vmm::{Vm, VmConfig};
 
-use crate::console::{self, Endpoint, Pending};
+use crate::console::{Endpoint, Pending};
 use crate::disks::OpenDisk;
 use crate::nets::OpenNet;
 use crate::timefmt::{log, now_secs};
@@ -68,10 +66,12 @@ pub fn run(
     spec.require_supported("vm-run", SUPPORTED)
         .map_err(|e| anyhow!("{e}"))?;
     let name = spec.name.to_string();
-    let dir = vm_control::vm_dir(&name, false)?;
-    claim(&dir, &name)?;
-    let guard = DirGuard(dir.clone());
-    vm_control::vm_dir(&name, true)?;
+    // Exactly one start of a name gets past this line; the lock lasts as
+    // long as this process (the teardown child closes its copy).
+    let lock = vm_control::VmLock::claim(&name)?;
+    let dir = lock.dir().to_path_buf();
+    clear_leftovers(&dir);
+    let guard = DirGuard { lock };
     let console = match (&spec.serial, console) {
         (_, Some(p)) => Console::File(p),
         (Some(s), None) => match s.mode {
@@ -127,7 +127,7 @@ pub fn run(
     // Last step of setup: from here on, syscalls a VMM never needs fail.
     vmm::seccomp::install_all_threads()?;
     machine.vm().confine_threads();
-    let code = serve(&mut machine, &listener, &dir, &mut state, stop);
+    let code = crate::serve::serve(&mut machine, &listener, &dir, &mut state, stop);
     drop(listener);
     drop(guard);
     drop(std::mem::take(&mut machine.endpoint));
@@ -263,40 +263,41 @@ fn apply_cpu_tuning(cg: &VmCgroup, t: &vm_spec::CpuTune, vcpus: usize) {
     }
 }
 
-/// Refuses a second start of a running name; clears a dead VM's leftovers.
-fn claim(dir: &Path, name: &str) -> Result<()> {
-    if let Ok(st) = vm_control::read_state(dir) {
-        if Liveness::of(st.pid) == Liveness::Alive && st.pid != std::process::id() {
-            bail!("VM '{name}' is already running (pid {})", st.pid);
-        }
-        vm_control::remove_runtime(dir);
+/// What a VM that died left in its folder (its log and console log stay:
+/// a detached start's log is already open). Only the lock holder calls
+/// this, so no VM uses these.
+fn clear_leftovers(dir: &Path) {
+    for name in ["state.json", "control.sock", "console"] {
+        let _ = std::fs::remove_file(dir.join(name));
     }
-    Ok(())
 }
 
-/// Removes the VM's runtime folder when the VM process is done with it.
-struct DirGuard(PathBuf);
+/// Removes the VM's runtime folder when the VM process is done with it,
+/// then lets go of the name.
+struct DirGuard {
+    lock: vm_control::VmLock,
+}
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
-        vm_control::remove_runtime(&self.0);
+        vm_control::remove_runtime(self.lock.dir());
     }
 }
 
-struct Machine {
-    spec: VmSpec,
-    console: Console,
-    vm: Option<Vm>,
-    uuid: uuid::Uuid,
-    started: u64,
-    shutdown_requested: bool,
-    cgroup: Option<Arc<VmCgroup>>,
-    endpoint: Endpoint,
-    pending: Pending,
+pub(crate) struct Machine {
+    pub(crate) spec: VmSpec,
+    pub(crate) console: Console,
+    pub(crate) vm: Option<Vm>,
+    pub(crate) uuid: uuid::Uuid,
+    pub(crate) started: u64,
+    pub(crate) shutdown_requested: bool,
+    pub(crate) cgroup: Option<Arc<VmCgroup>>,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) pending: Pending,
     /// Opened (and locked) once; a reboot keeps them.
-    disks: Vec<OpenDisk>,
+    pub(crate) disks: Vec<OpenDisk>,
     /// Taps opened once; a reboot keeps them.
-    nets: Vec<OpenNet>,
+    pub(crate) nets: Vec<OpenNet>,
 }
 
 impl Machine {
@@ -385,7 +386,7 @@ impl Machine {
     }
 
     /// Tears the machine down and boots it again (reboot, on_*: restart).
-    fn restart(&mut self) -> Result<()> {
+    pub(crate) fn restart(&mut self) -> Result<()> {
         if let Some(vm) = self.vm.take() {
             vm.destroy();
         }
@@ -405,7 +406,7 @@ impl Machine {
         Ok(())
     }
 
-    fn stats(&self) -> vm_control::Stats {
+    pub(crate) fn stats(&self) -> vm_control::Stats {
         let vm = self.vm();
         vm_control::Stats {
             disks: vm
@@ -421,11 +422,11 @@ impl Machine {
         }
     }
 
-    fn vm(&self) -> &Vm {
+    pub(crate) fn vm(&self) -> &Vm {
         self.vm.as_ref().expect("the machine runs while served")
     }
 
-    fn state(&self, dir: &Path, state: RunState, reason: &str) -> VmState {
+    pub(crate) fn state(&self, dir: &Path, state: RunState, reason: &str) -> VmState {
         VmState {
             name: self.spec.name.to_string(),
             uuid: self.uuid,
@@ -478,234 +479,4 @@ fn install_stop_signals() -> Result<RawFd> {
         unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
     }
     Ok(fd)
-}
-
-enum Next {
-    Continue,
-    Exit(i32),
-}
-
-fn serve(
-    m: &mut Machine,
-    listener: &Listener,
-    dir: &Path,
-    state: &mut VmState,
-    stop: RawFd,
-) -> Result<i32> {
-    let pollin = |fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        let mut fds = vec![
-            pollin(listener.inner.as_raw_fd()),
-            pollin(m.vm().event_fd()),
-            pollin(stop),
-        ];
-        // The queues the emulator thread serves (disks without an iothread),
-        // left alone while the VM is paused.
-        let io = m.vm().io_fd().filter(|_| state.state != RunState::Paused);
-        fds.push(pollin(io.unwrap_or(-1)));
-        let console = m.endpoint.fds();
-        fds.extend(console.iter().map(|&fd| pollin(fd)));
-        // Input the serial FIFO could not take yet is retried shortly.
-        let timeout = if m.pending.is_empty() { -1 } else { 10 };
-        // SAFETY: poll reads and writes the pollfd structs of the vector.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e).context("poll");
-        }
-        if fds[2].revents != 0 {
-            log("stopping on a signal");
-            return Ok(0);
-        }
-        if fds[3].revents != 0 {
-            m.vm().service_io().context("serving disk queues")?;
-        }
-        if fds[1].revents != 0 {
-            for ev in m.vm().take_events() {
-                if let Next::Exit(code) = on_guest_event(m, dir, state, &ev)? {
-                    return Ok(code);
-                }
-            }
-        }
-        if fds[0].revents != 0 {
-            while let Ok((stream, _)) = listener.inner.accept() {
-                if let Next::Exit(code) = on_client(m, dir, state, &stream)? {
-                    return Ok(code);
-                }
-            }
-        }
-        for p in &fds[4..] {
-            if p.revents != 0 {
-                m.endpoint.on_ready(p.fd, &mut m.pending);
-            }
-        }
-        if let Some(vm) = m.vm.as_ref() {
-            console::feed(vm, &mut m.pending);
-        }
-    }
-}
-
-fn set_state(
-    m: &Machine,
-    dir: &Path,
-    state: &mut VmState,
-    s: RunState,
-    reason: &str,
-) -> Result<()> {
-    *state = m.state(dir, s, reason);
-    vm_control::write_state(dir, state)?;
-    log(&format!("state {s}: {reason}"));
-    Ok(())
-}
-
-fn apply(
-    m: &mut Machine,
-    dir: &Path,
-    state: &mut VmState,
-    action: Action,
-    what: &str,
-    crash: bool,
-) -> Result<Next> {
-    match action {
-        Action::Destroy => {
-            log(&format!("guest {what}: stopping"));
-            Ok(Next::Exit(if crash {
-                crate::monitor::EXIT_CRASHED
-            } else {
-                0
-            }))
-        }
-        Action::Restart => {
-            log(&format!("guest {what}: restarting"));
-            m.restart()?;
-            set_state(m, dir, state, RunState::Running, "restarted")?;
-            Ok(Next::Continue)
-        }
-        Action::Preserve => {
-            let s = if crash {
-                RunState::Crashed
-            } else {
-                RunState::Paused
-            };
-            set_state(m, dir, state, s, what)?;
-            Ok(Next::Continue)
-        }
-    }
-}
-
-fn on_guest_event(
-    m: &mut Machine,
-    dir: &Path,
-    state: &mut VmState,
-    ev: &VcpuEvent,
-) -> Result<Next> {
-    match ev {
-        VcpuEvent::Reset if m.shutdown_requested => {
-            apply(m, dir, state, Action::Destroy, "shut down", false)
-        }
-        VcpuEvent::Reset => {
-            let a = m.spec.on_reboot;
-            apply(m, dir, state, a, "rebooted", false)
-        }
-        VcpuEvent::PowerOff => {
-            let a = m.spec.on_poweroff;
-            apply(m, dir, state, a, "powered off", false)
-        }
-        VcpuEvent::Crash(why) => {
-            log(&format!("guest crashed: {why}"));
-            let a = m.spec.on_crash;
-            apply(m, dir, state, a, "crashed", true)
-        }
-        VcpuEvent::Failed(why) => {
-            log(&format!("VMM failure: {why}"));
-            Err(anyhow!("{why}"))
-        }
-    }
-}
-
-fn on_client(
-    m: &mut Machine,
-    dir: &Path,
-    state: &mut VmState,
-    stream: &std::os::unix::net::UnixStream,
-) -> Result<Next> {
-    if !vm_control::peer_allowed(stream) {
-        log("refused a control connection from another user");
-        return Ok(Next::Continue);
-    }
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    if BufReader::new(stream).read_line(&mut line).is_err() {
-        return Ok(Next::Continue);
-    }
-    let (reply, next) = match serde_json::from_str::<Request>(&line) {
-        Err(e) => (Reply::err(format!("bad request: {e}")), Next::Continue),
-        Ok(req) => handle(m, dir, state, &req)?,
-    };
-    let mut text = serde_json::to_string(&reply)?;
-    text.push('\n');
-    let _ = (&*stream).write_all(text.as_bytes());
-    Ok(next)
-}
-
-fn handle(
-    m: &mut Machine,
-    dir: &Path,
-    state: &mut VmState,
-    req: &Request,
-) -> Result<(Reply, Next)> {
-    let next = match req {
-        Request::Status => Next::Continue,
-        Request::Pause => {
-            if state.state == RunState::Running {
-                let flushed = m.vm().pause();
-                set_state(m, dir, state, RunState::Paused, "user")?;
-                flushed.map_err(|e| anyhow!("the VM is paused, but {e}"))?;
-            }
-            Next::Continue
-        }
-        Request::Resume => {
-            if state.state == RunState::Paused {
-                m.vm().resume();
-                set_state(m, dir, state, RunState::Running, "unpaused")?;
-            }
-            Next::Continue
-        }
-        Request::Shutdown => {
-            m.shutdown_requested = true;
-            if state.state == RunState::Paused {
-                m.vm().resume();
-                set_state(m, dir, state, RunState::Running, "unpaused for shutdown")?;
-            }
-            m.vm().ctrl_alt_del();
-            log("shutdown requested: Ctrl-Alt-Del sent");
-            Next::Continue
-        }
-        Request::Kill => {
-            log("destroyed by request");
-            let mut s = state.clone();
-            s.state = RunState::Shutoff;
-            s.reason = "destroyed".into();
-            return Ok((Reply::ok(Some(s)), Next::Exit(0)));
-        }
-        Request::Reboot => {
-            m.restart()?;
-            set_state(m, dir, state, RunState::Running, "rebooted by request")?;
-            Next::Continue
-        }
-        Request::Stats => {
-            let mut reply = Reply::ok(None);
-            reply.stats = Some(m.stats());
-            return Ok((reply, Next::Continue));
-        }
-    };
-    Ok((Reply::ok(Some(state.clone())), next))
 }

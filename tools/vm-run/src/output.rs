@@ -22,7 +22,7 @@ pub fn print_state(s: &VmState, json: bool) {
 
 /// virsh dominfo's layout.
 pub fn dominfo(s: &VmState) -> String {
-    let row = |k: &str, v: &str| format!("{:<16}{v}\n", format!("{k}:"));
+    let row = |k: &str, v: &str| format!("{:<16}{}\n", format!("{k}:"), escape(v));
     let mut out = String::new();
     out += &row("Name", &s.name);
     out += &row("UUID", &s.uuid.to_string());
@@ -42,3 +42,5 @@ pub fn dominfo(s: &VmState) -> String {
     out += &row("Started", &crate::timefmt::rfc3339(s.started));
     out
 }
+
+pub use vm_spec::text::escape;

@@ -27,7 +27,7 @@ pub fn load_spec(reference: &str) -> Result<VmSpec> {
         (t, base, p.display().to_string())
     } else {
         let name: VmName = reference.parse().map_err(|e| anyhow!("{e}"))?;
-        let p = vm_control::defined_spec_path(name.as_str());
+        let p = vm_control::defined_spec_path(name.as_str())?;
         let t = std::fs::read_to_string(&p).map_err(|_| {
             anyhow!(
                 "no VM named '{name}' is defined (looked for {})",

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use vm_control::Liveness;
 use vm_spec::{VmSpec, VmState};
 
 use crate::cli::StartArgs;
@@ -25,13 +24,12 @@ pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
 
 fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
     let name = spec.name.to_string();
-    let dir = vm_control::vm_dir(&name, false)?;
-    if let Ok(st) = vm_control::read_state(&dir) {
-        if Liveness::of(st.pid) == Liveness::Alive {
-            bail!("VM '{name}' is already running (pid {})", st.pid);
-        }
+    // A quick answer for the common case; the VM process's own lock on
+    // the folder is what decides a race between two starts.
+    if let vm_control::Lookup::Running { state, .. } = vm_control::lookup(&name)? {
+        bail!("VM '{name}' is already running (pid {})", state.pid);
     }
-    vm_control::vm_dir(&name, true)?;
+    let dir = vm_control::vm_dir(&name, true)?;
     let log_path = dir.join("vm.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -63,8 +61,10 @@ fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
     if let Some(msg) = line.strip_prefix("ERROR ") {
+        // The VM process cleared what it made once it held the folder; a
+        // folder another VM holds (the start that won a race) stays.
         let _ = child.wait();
-        vm_control::remove_runtime(&dir);
+        vm_control::remove_if_dead(&dir)?;
         return Err(anyhow!("{}", msg.trim()));
     }
     if line.trim().is_empty() {
@@ -79,7 +79,7 @@ fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no reason given");
         let last = last.split_once("error: ").map_or(last, |(_, m)| m);
-        vm_control::remove_runtime(&dir);
+        vm_control::remove_if_dead(&dir)?;
         return Err(anyhow!("the VM did not start: {last}"));
     }
     let state = VmState::from_json(line.trim())

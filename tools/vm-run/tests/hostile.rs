@@ -113,3 +113,414 @@ fn boot_files_and_disks_must_be_files() {
         nothing_left(&e, "fifo");
     }
 }
+
+/// Starts a heartbeat guest, detached; returns its pid.
+fn heartbeat(e: &Env, name: &str) -> u32 {
+    let s = e.spec(name, "heartbeat", &json!({}));
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    e.wait_ticks(name, 1);
+    common::json(&out)["pid"].as_u64().unwrap() as u32
+}
+
+fn alive(pid: u32) -> bool {
+    vm_control::Liveness::of(pid) == vm_control::Liveness::Alive
+}
+
+fn wait_dead(pid: u32) {
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "pid {pid} lives on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that must survive whatever the test makes vm-run do.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn new() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn assert_alive(&mut self, what: &str) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "{what}: an unrelated process was signalled"
+        );
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn forge_pid(dir: &Path, pid: u32) {
+    let p = dir.join("state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    st["pid"] = json!(pid);
+    std::fs::write(&p, st.to_string()).unwrap();
+}
+
+/// A state.json whose pid names an unrelated process: vm-run reports and
+/// signals only the process that holds the VM's folder (the kernel's
+/// lock table says which), for a VM that answers, one that does not, and
+/// a dead VM's leftovers.
+#[test]
+fn a_forged_pid_is_never_signalled() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let mut by = Bystander::new();
+    let pid = heartbeat(&e, "forged");
+    let dir = e.run_dir().join("forged");
+    forge_pid(&dir, by.pid());
+    let st = common::json(&e.vm_run(&["status", "--json", "forged"]).1);
+    assert_eq!(st["pid"], pid, "status names the real VM process");
+    let list = e.vm_run(&["list", "--json"]).1;
+    assert!(list.contains(&format!("\"pid\":{pid}")), "{list}");
+    // A VM that cannot be asked (its socket is gone) is ended through the
+    // verified pid, not the recorded one.
+    std::fs::remove_file(dir.join("control.sock")).unwrap();
+    let (code, _, err) = e.vm_run(&["kill", "forged"]);
+    assert_eq!(code, 0, "{err}");
+    wait_dead(pid);
+    by.assert_alive("kill of a VM that does not answer");
+    assert!(!dir.exists(), "the dead VM's folder is cleared");
+
+    // A dead VM's state.json naming a live process: crashed, never killed.
+    let pid = heartbeat(&e, "ghost");
+    let dir = e.run_dir().join("ghost");
+    let saved = std::fs::read(dir.join("state.json")).unwrap();
+    assert_eq!(e.vm_run(&["kill", "ghost"]).0, 0);
+    wait_dead(pid);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state.json"), saved).unwrap();
+    forge_pid(&dir, by.pid());
+    assert_eq!(
+        common::json(&e.vm_run(&["status", "--json", "ghost"]).1)["state"],
+        "crashed"
+    );
+    let (code, _, err) = e.vm_run(&["kill", "ghost"]);
+    assert_eq!(code, 0, "{err}");
+    by.assert_alive("kill of a dead VM's leftovers");
+    assert!(!dir.exists());
+}
+
+/// Two starts of one spec at the same moment: exactly one VM runs, the
+/// other start gets one line, and nothing is left after a kill.
+#[test]
+fn two_starts_of_one_name_one_wins() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let s = e.spec("race", "heartbeat", &json!({}));
+    for round in 0..3 {
+        let kids: Vec<_> = (0..2)
+            .map(|_| {
+                e.cmd()
+                    .args(["start", "--detach", &s])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = kids
+            .into_iter()
+            .map(|k| common::decode(&k.wait_with_output().unwrap()))
+            .collect();
+        let won: Vec<_> = outs.iter().filter(|o| o.0 == 0).collect();
+        assert_eq!(won.len(), 1, "round {round}: {outs:?}");
+        let lost = outs.iter().find(|o| o.0 != 0).unwrap();
+        assert_eq!(lost.0, 1, "round {round}: {lost:?}");
+        assert!(
+            error_line(&lost.2).contains("already running"),
+            "round {round}: {}",
+            lost.2
+        );
+        let pid = common::json(&won[0].1)["pid"].as_u64().unwrap() as u32;
+        // Only the winner runs: no other VM process of this run folder.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(vm_processes(&e), vec![pid], "round {round}");
+        assert_eq!(e.vm_run(&["kill", "race"]).0, 0);
+        wait_dead(pid);
+        nothing_left(&e, "after kill");
+    }
+}
+
+/// The vm-run processes (other than teardown children) serving VMs of
+/// this test's run folder.
+fn vm_processes(e: &Env) -> Vec<u32> {
+    let needle = format!("VMTOOLS_RUN_DIR={}", e.run_dir().display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| alive(pid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "vm-run")
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// state.json deleted, garbled or made a folder: the VM stays manageable
+/// (found through its lock and asked over its socket), a state it cannot
+/// record is an error for the caller, and the VM runs on as it was.
+#[test]
+fn a_lost_or_unwritable_state_keeps_the_vm() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let pid = heartbeat(&e, "lost");
+    let dir = e.run_dir().join("lost");
+    let state = dir.join("state.json");
+    std::fs::remove_file(&state).unwrap();
+    let list = e.vm_run(&["list", "--json"]).1;
+    assert!(list.contains("\"lost\""), "deleted: {list}");
+    let st = common::json(&e.vm_run(&["status", "--json", "lost"]).1);
+    assert_eq!(
+        (st["pid"].as_u64(), st["state"].as_str()),
+        (Some(pid.into()), Some("running"))
+    );
+    assert!(state.exists(), "the VM wrote its state.json anew");
+    std::fs::write(&state, b"{garbled").unwrap();
+    assert_eq!(e.vm_run(&["pause", "lost"]).0, 0, "garbled: pause works");
+    assert_eq!(e.vm_run(&["resume", "lost"]).0, 0);
+    // A folder where state.json was: the pause cannot be recorded, so it is
+    // refused with the reason, and the guest keeps running.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("x"), b"").unwrap();
+    let (code, _, err) = e.vm_run(&["pause", "lost"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        error_line(&err).contains("cannot record the state"),
+        "{err}"
+    );
+    assert!(alive(pid));
+    let ticks = e.ticks("lost");
+    e.wait_ticks("lost", ticks + 2);
+    assert_eq!(
+        common::json(&e.vm_run(&["status", "--json", "lost"]).1)["state"],
+        "running"
+    );
+    std::fs::remove_dir_all(&state).unwrap();
+    assert_eq!(e.vm_run(&["kill", "lost"]).0, 0);
+    wait_dead(pid);
+}
+
+fn connect(dir: &Path) -> std::os::unix::net::UnixStream {
+    std::os::unix::net::UnixStream::connect(dir.join("control.sock")).unwrap()
+}
+
+fn read_reply(s: &std::os::unix::net::UnixStream) -> String {
+    use std::io::BufRead;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Clients that send nothing, too much, bytes that are not UTF-8 or
+/// fields no request has: each gets an answer or its slot back, and the
+/// VM's other clients and its guest never wait for them.
+#[test]
+fn control_clients_cannot_stall_the_vm() {
+    use std::io::Write;
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let pid = heartbeat(&e, "busy");
+    let dir = e.run_dir().join("busy");
+    let idle: Vec<_> = (0..3).map(|_| connect(&dir)).collect();
+    let t0 = Instant::now();
+    let (code, _, err) = e.vm_run(&["status", "busy"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "status waited {:?} behind idle clients",
+        t0.elapsed()
+    );
+    // The idle ones are told off at their deadline.
+    let r = read_reply(&idle[0]);
+    assert!(r.contains("no whole request line"), "{r}");
+    drop(idle);
+    // A flood without a newline is cut off, and the VM does not grow.
+    let before = rss_kib(pid);
+    let mut flood = connect(&dir);
+    let chunk = vec![b'x'; 64 << 10];
+    for _ in 0..64 {
+        if flood.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let r = read_reply(&flood);
+    assert!(r.contains("longer than"), "{r}");
+    assert!(rss_kib(pid) < before + 1024, "the VMM grew by the flood");
+    for (bytes, want) in [
+        (&b"\xff\xfe{\n"[..], "bad request"),
+        (&br#"{"cmd":"kill","now":true}"#[..], "unknown field `now`"),
+    ] {
+        let mut s = connect(&dir);
+        s.write_all(bytes).unwrap();
+        if !bytes.ends_with(b"\n") {
+            s.write_all(b"\n").unwrap();
+        }
+        let r = read_reply(&s);
+        assert!(r.contains("\"ok\":false") && r.contains(want), "{r}");
+    }
+    assert!(alive(pid), "the unknown field did not kill the VM");
+    // More clients than the VM serves at once: the extra ones are told.
+    let many: Vec<_> = (0..20).map(|_| connect(&dir)).collect();
+    let r = read_reply(&many[19]);
+    assert!(r.contains("too many"), "{r}");
+    drop(many);
+    let ticks = e.ticks("busy");
+    e.wait_ticks("busy", ticks + 1);
+    assert_eq!(e.vm_run(&["kill", "busy"]).0, 0);
+    wait_dead(pid);
+}
+
+/// Names and paths with control characters are escaped in human output
+/// and error lines, so they cannot drive the reader's terminal.
+#[test]
+fn control_characters_never_reach_the_terminal() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let pid = heartbeat(&e, "plain");
+    let planted = e.run_dir().join("evil\x1b]0;owned\x07");
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::copy(
+        e.run_dir().join("plain/state.json"),
+        planted.join("state.json"),
+    )
+    .unwrap();
+    forge_pid(&planted, u32::MAX - 1);
+    // Human output is for terminals: run `list` on one (script(1)'s pty).
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("{} list", env!("CARGO_BIN_EXE_vm-run")))
+        .arg("/dev/null")
+        .env("VMTOOLS_RUN_DIR", e.run_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, out, err) = common::decode(&out);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("evil\\x1b]0;owned\\x07"), "{out}");
+    assert!(
+        !out.contains('\x1b') && !err.contains('\x1b'),
+        "{out:?} {err:?}"
+    );
+    let (code, _, err) = e.vm_run(&["status", "no\x1bsuch"]);
+    assert_eq!(code, 1);
+    assert!(!err.contains('\x1b') && err.contains("\\x1b"), "{err:?}");
+    assert_eq!(e.vm_run(&["kill", "plain"]).0, 0);
+    wait_dead(pid);
+}
+
+/// A run or definitions folder another user owns or may write, and a
+/// symlink planted under a VM's name, are refused: nothing is made,
+/// followed or chmodded there.
+#[test]
+fn folders_others_control_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to make folders of another user");
+        return;
+    }
+    let e = Env::new();
+    let s = e.spec("planted", "hello", &json!({}));
+    let run = e.run_dir();
+    std::fs::create_dir(&run).unwrap();
+    let mode =
+        |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    // Owned by another user.
+    std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+    for args in [
+        vec!["start", &s],
+        vec!["start", "--detach", &s],
+        vec!["list"],
+    ] {
+        let (code, _, err) = e.vm_run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(error_line(&err).contains("not trusted"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
+    // Ours, but writable by others.
+    std::os::unix::fs::chown(&run, Some(0), Some(0)).unwrap();
+    mode(&run, 0o777);
+    let (code, _, err) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&err).contains("writable by other users"),
+        "{err}"
+    );
+    // A symlink named after the VM in a trusted folder is not followed:
+    // its target keeps its mode and gets no files.
+    mode(&run, 0o700);
+    let target = e.dir.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    mode(&target, 0o755);
+    std::os::unix::fs::symlink(&target, run.join("planted")).unwrap();
+    for args in [
+        vec!["start", &s],
+        vec!["kill", "planted"],
+        vec!["status", "planted"],
+    ] {
+        let (code, _, err) = e.vm_run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(error_line(&err).contains("not a folder"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    // Definitions likewise.
+    let defs = e.dir.path().join("defs");
+    std::fs::create_dir(&defs).unwrap();
+    mode(&defs, 0o777);
+    let (code, _, err) = e.vm_run(&["define", &s]);
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&err).contains("writable by other users"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&defs).unwrap().count(), 0);
+}

@@ -352,9 +352,10 @@ fn other_users_are_kept_out() {
     let s = e.spec("guarded", "heartbeat", &serde_json::json!({}));
     assert_eq!(e.vm_run(&["start", "--detach", &s]).0, 0);
     let dir = e.run_dir().join("guarded");
-    // Open the file modes, so only the SO_PEERCRED check stands.
+    // Open the file modes, so only the SO_PEERCRED check stands (folders
+    // writable by others would be refused as untrusted before that).
     for p in [e.dir.path().to_path_buf(), e.run_dir(), dir.clone()] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(
         dir.join("control.sock"),
@@ -375,6 +376,20 @@ fn other_users_are_kept_out() {
     let (code, _, err) = decode(&out);
     assert_eq!(code, 1, "another user is refused: {err}");
     assert!(error_line(&err).contains("refused the connection"), "{err}");
+    // A refused kill is an error too, and leaves the VM and its folder be
+    // (it used to wait, remove root's folder and exit 0).
+    let t0 = Instant::now();
+    let out = nobody()
+        .env("VMTOOLS_RUN_DIR", e.run_dir())
+        .arg(env!("CARGO_BIN_EXE_vm-run"))
+        .args(["kill", "guarded"])
+        .output()
+        .unwrap();
+    let (code, _, err) = decode(&out);
+    assert_eq!(code, 1, "another user's kill is refused: {err}");
+    assert!(error_line(&err).contains("refused the connection"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "refused at once");
+    assert!(dir.join("state.json").exists() && dir.join("control.sock").exists());
     assert_eq!(
         json(&e.vm_run(&["status", "guarded"]).1)["state"],
         "running",
@@ -388,7 +403,7 @@ fn other_users_are_kept_out() {
     // Without permission on /dev/kvm: one clear line, nothing left behind.
     let runs = e.dir.path().join("nobody-run");
     std::fs::create_dir(&runs).unwrap();
-    std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&runs, Some(65534), Some(65534)).unwrap();
     let out = nobody()
         .env("VMTOOLS_RUN_DIR", &runs)
         .arg(env!("CARGO_BIN_EXE_vm-run"))
