@@ -6,6 +6,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicPtr, Ordering};
+
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use vm_image::{Format, Image, OpenOptions};
@@ -90,6 +92,12 @@ pub struct AtomicOutput {
 
 impl AtomicOutput {
     pub fn create(path: &Path, direct: bool) -> Result<Self> {
+        if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(anyhow!(
+                "Could not create '{}': Is a directory",
+                path.display()
+            ));
+        }
         // Replacing an image that a VM or another tool is using would leave
         // it on the old file while the user thinks it has the new one.
         if path.exists() {
@@ -129,6 +137,7 @@ impl AtomicOutput {
         let file = o
             .open(&temp)
             .with_context(|| format!("Could not create '{}'", path.display()))?;
+        remove_on_signal(Some(&temp));
         Ok(Self {
             file,
             final_path: path.into(),
@@ -149,6 +158,7 @@ impl AtomicOutput {
                 .with_context(|| format!("Could not sync '{}'", self.final_path.display()))?;
         }
         if let Some(temp) = self.temp.take() {
+            remove_on_signal(None);
             fs::rename(&temp, &self.final_path)
                 .with_context(|| format!("Could not create '{}'", self.final_path.display()))?;
             if sync {
@@ -167,9 +177,49 @@ impl AtomicOutput {
 impl Drop for AtomicOutput {
     fn drop(&mut self) {
         if let Some(t) = &self.temp {
+            remove_on_signal(None);
             let _ = fs::remove_file(t);
         }
     }
+}
+
+/// The temporary output file a signal must not leave behind.
+static SIGNAL_TEMP: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// SIGINT, SIGTERM, SIGHUP: remove the temporary output, then die of the
+/// signal as before (exit status and all).
+extern "C" fn on_fatal_signal(sig: libc::c_int) {
+    let p = SIGNAL_TEMP.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: unlink, signal and raise are async-signal-safe; `p` is a
+    // NUL-terminated path leaked by `remove_on_signal` (never freed while
+    // registered, so a handler running now reads valid memory).
+    unsafe {
+        if !p.is_null() {
+            libc::unlink(p);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Registers `temp` to be removed if a signal ends vm-img (None: nothing
+/// to remove any more). The handlers go in on first use.
+fn remove_on_signal(temp: Option<&Path>) {
+    use std::os::unix::ffi::OsStrExt;
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installs a handler that only makes async-signal-safe
+            // calls.
+            unsafe { libc::signal(sig, on_fatal_signal as *const () as libc::sighandler_t) };
+        }
+    });
+    let new = temp
+        .and_then(|t| std::ffi::CString::new(t.as_os_str().as_bytes()).ok())
+        .map_or(std::ptr::null_mut(), std::ffi::CString::into_raw);
+    // The old path is leaked on purpose: a handler may be reading it; it
+    // is one short string per output file.
+    SIGNAL_TEMP.store(new, Ordering::SeqCst);
 }
 
 /// Starts writeback of the file's dirty pages without waiting for it, so
