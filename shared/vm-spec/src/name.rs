@@ -81,6 +81,14 @@ pub enum IfNameError {
         "interface name '{0}' may not contain '/', ':', white space or NUL, nor be '.' or '..'"
     )]
     BadChar(String),
+    /// The kernel reads `%d` as "pick a number" and makes another name
+    /// than the one asked for; control characters would reach terminals.
+    #[error(
+        "interface name '{}' may not contain '%' (the kernel would pick a name of its own) \
+         nor control characters",
+        crate::text::escape(.0)
+    )]
+    Template(String),
 }
 
 /// Checks a Linux interface name (IFNAMSIZ 16 including the NUL).
@@ -98,6 +106,9 @@ pub fn check_ifname(name: &str) -> Result<(), IfNameError> {
             .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
         return Err(IfNameError::BadChar(name.to_string()));
+    }
+    if name.chars().any(|c| c == '%' || c.is_control()) {
+        return Err(IfNameError::Template(name.to_string()));
     }
     Ok(())
 }

@@ -198,6 +198,10 @@ fn bad_input_makes_nothing() {
         (&["addr", "add", "lo", "10.0.0.1/33"], "0 to 32"),
         (&["addr", "add", "lo", "10.0.0.300/24"], "not an IP address"),
         (&["link", "up", "nosuch"], "no interface named 'nosuch'"),
+        // The kernel would make br0 / tap0 from these and we would lose it.
+        (&["bridge", "add", "br%d"], "may not contain '%'"),
+        (&["tap", "add", "tap%d"], "may not contain '%'"),
+        (&["bridge", "add", "br\x1b"], "control characters"),
     ];
     for (args, want) in cases {
         let (code, _, err) = ns.net(args);
