@@ -222,6 +222,54 @@ fn remove_on_signal(temp: Option<&Path>) {
     SIGNAL_TEMP.store(new, Ordering::SeqCst);
 }
 
+/// True for a block device (written in place, with no holes to rely on).
+pub fn is_block_device(file: &File) -> bool {
+    file.metadata()
+        .is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Gives an output file its size; a block device keeps its own, which must
+/// be large enough (qemu-img: "Cannot grow device files").
+pub fn set_output_len(file: &File, size: u64) -> Result<()> {
+    if is_block_device(file) {
+        let have = vm_image::file_len(file)?;
+        if have < size {
+            return Err(anyhow!(
+                "Could not resize file: Cannot grow device files ({have} bytes, {size} asked)"
+            ));
+        }
+        return Ok(());
+    }
+    file.set_len(size).context("Could not resize file")
+}
+
+/// Makes `[off, off + len)` of a block device read as zeroes (a fresh
+/// file's holes do that by themselves).
+pub fn zero_device_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: fallocate on an open descriptor; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            off as i64,
+            len as i64,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let zeroes = vec![0u8; len.min(1 << 20) as usize];
+    let mut p = off;
+    while p < off + len {
+        let n = (off + len - p).min(zeroes.len() as u64) as usize;
+        file.write_all_at(&zeroes[..n], p)?;
+        p += n as u64;
+    }
+    Ok(())
+}
+
 /// Starts writeback of the file's dirty pages without waiting for it, so
 /// the disk works while we read on and the final fsync has little left.
 pub fn start_writeback(file: &File) {

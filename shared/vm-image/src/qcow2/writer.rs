@@ -338,7 +338,11 @@ impl Qcow2Writer {
         let mut h = self.header.serialize()?;
         h.resize(cs as usize, 0);
         self.file.write_all_at(&h, 0)?;
-        self.file.set_len(rt_start + rt * cs)?;
+        // A block device keeps its size (the image ends where its metadata
+        // says); a file ends at the last cluster.
+        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+            self.file.set_len(rt_start + rt * cs)?;
+        }
         Ok(self.file)
     }
 }

@@ -77,6 +77,8 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         base.resize(size).context("Could not grow the base image")?;
     }
     let bar = util::progress(a.progress && !a.common.quiet, size);
+    let wrote = || format!("Could not write '{}'", base_layer.path.display());
+    let read = || format!("Could not read '{}'", path.display());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
@@ -87,10 +89,10 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
             }
             if e.data {
                 let b = &mut buf[..e.length as usize];
-                top.read_at(b, e.start)?;
-                base.write_at(b, e.start)?;
+                top.read_at(b, e.start).with_context(read)?;
+                base.write_at(b, e.start).with_context(wrote)?;
             } else {
-                base.write_zeroes(e.start, e.length)?;
+                base.write_zeroes(e.start, e.length).with_context(wrote)?;
             }
         }
         pos += len;

@@ -122,16 +122,28 @@ fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
 }
 
 fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeback) -> Result<()> {
-    out.set_len(size)?;
+    util::set_output_len(out, size)?;
+    // A device has no holes: its zero ranges are written as zeroes.
+    let device = util::is_block_device(out);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
         let len = (size - pos).min(CHUNK) as usize;
         if read_chunk(src, pos, &mut buf[..len])? {
             // Zero blocks stay holes.
+            let mut done = 0;
             for (lo, hi) in data_runs(&buf[..len], ZERO_BLOCK) {
+                if device && lo > done {
+                    util::zero_device_range(out, pos + done as u64, (lo - done) as u64)?;
+                }
                 out.write_all_at(&buf[lo..hi], pos + lo as u64)?;
+                done = hi;
             }
+            if device && done < len {
+                util::zero_device_range(out, pos + done as u64, (len - done) as u64)?;
+            }
+        } else if device {
+            util::zero_device_range(out, pos, len as u64)?;
         }
         pos += len as u64;
         bar.set_position(pos);

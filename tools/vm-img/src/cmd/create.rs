@@ -59,15 +59,28 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         println!("{}", describe(&name, fmt, size, &o, prealloc));
     }
     let out = AtomicOutput::create(&a.filename, false)?;
+    // Every failure from here on names the file (a full disk says which).
+    write_image(&out, fmt, size, &mut o, prealloc).with_context(|| name.clone())?;
+    out.commit(true)?;
+    Ok(0)
+}
+
+fn write_image(
+    out: &AtomicOutput,
+    fmt: Format,
+    size: u64,
+    o: &mut options::FormatOptions,
+    prealloc: Prealloc,
+) -> Result<()> {
     let file = match fmt {
         Format::Raw => {
-            out.file.set_len(size).context("Could not resize file")?;
+            util::set_output_len(&out.file, size)?;
             out.file.try_clone()?
         }
         Format::Qcow2 => {
             o.qcow2.size = size;
             let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)
-                .with_context(|| format!("{name}: Could not create image"))?;
+                .context("Could not create image")?;
             if prealloc != Prealloc::Off {
                 w.preallocate_metadata()?;
             }
@@ -86,8 +99,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         Prealloc::Full => fill_zeroes(&file, fmt, size)?,
         Prealloc::Off | Prealloc::Metadata => {}
     }
-    out.commit(true)?;
-    Ok(0)
+    Ok(())
 }
 
 /// preallocation=full: every byte written (for qcow2, the data area the

@@ -73,7 +73,8 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
             let hi = hi.min(size);
             let n = (hi - lo) as usize;
             let (old, newb) = (&mut old_buf[..n], &mut new_buf[..n]);
-            top.read_at(old, lo)?;
+            top.read_at(old, lo)
+                .with_context(|| format!("Could not read '{}'", path.display()))?;
             read_backing(new.as_ref(), newb, lo)?;
             for (i, (o, nw)) in old
                 .chunks(cs as usize)
@@ -81,7 +82,8 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
                 .enumerate()
             {
                 if o != nw {
-                    top.write_at(o, lo + (i as u64) * cs)?;
+                    top.write_at(o, lo + (i as u64) * cs)
+                        .with_context(|| format!("Could not write '{}'", path.display()))?;
                 }
             }
         }
