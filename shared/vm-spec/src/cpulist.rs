@@ -21,8 +21,9 @@ pub enum CpuListError {
     Invalid(String),
     #[error("range '{0}' runs backwards")]
     Backwards(String),
+    /// The number as written (it may not fit any integer type).
     #[error("CPU {0} is beyond the maximum of {max}", max = MAX_CPUS - 1)]
-    TooLarge(u32),
+    TooLarge(String),
     #[error("'{0}' selects no CPU")]
     NothingLeft(String),
 }
@@ -63,9 +64,11 @@ fn parse_number(s: &str) -> Result<u32, CpuListError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CpuListError::Invalid(s.to_string()));
     }
-    let n: u32 = s.parse().map_err(|_| CpuListError::TooLarge(u32::MAX))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| CpuListError::TooLarge(s.to_string()))?;
     if n >= MAX_CPUS {
-        return Err(CpuListError::TooLarge(n));
+        return Err(CpuListError::TooLarge(s.to_string()));
     }
     Ok(n)
 }
@@ -175,7 +178,13 @@ mod tests {
         assert_eq!(cpus(" 1 , 3 "), [1, 3]);
         assert_eq!(cpus("0-7,^2-5"), [0, 1, 6, 7]);
         assert_eq!(cpus("8191").len(), 1);
-        assert_eq!("9999".parse::<CpuList>(), Err(CpuListError::TooLarge(9999)));
+        assert_eq!(
+            "9999".parse::<CpuList>(),
+            Err(CpuListError::TooLarge("9999".into()))
+        );
+        // Past u32 too: the number as written, not a clamped one.
+        let e = "99999999999".parse::<CpuList>().unwrap_err().to_string();
+        assert!(e.starts_with("CPU 99999999999 is beyond"), "{e}");
     }
 
     #[test]

@@ -15,9 +15,14 @@ pub enum NameError {
     BadChar { name: String, bad: char },
     #[error("VM name '{0}' is all digits, which reads as an id")]
     AllDigits(String),
+    /// `-` stands for stdin to every verb, and a leading `-` reads as an
+    /// option, so a name starts with a letter or a digit.
+    #[error("VM name '{0}' must start with a letter or a digit")]
+    BadStart(String),
 }
 
-/// A VM name: 1-64 letters, digits, `_`, `-` or `:`, not all digits.
+/// A VM name: 1-64 letters, digits, `_`, `-` or `:`, starting with a
+/// letter or a digit, not all digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VmName(String);
 
@@ -47,6 +52,9 @@ impl FromStr for VmName {
         }
         if s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(NameError::AllDigits(s.to_string()));
+        }
+        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(NameError::BadStart(s.to_string()));
         }
         Ok(Self(s.to_string()))
     }
@@ -123,6 +131,13 @@ mod tests {
             assert!(good.parse::<VmName>().is_ok(), "{good}");
         }
         assert_eq!("".parse::<VmName>(), Err(NameError::Empty));
+        for bad in ["-", "-vm", "_x", ":a"] {
+            assert_eq!(
+                bad.parse::<VmName>(),
+                Err(NameError::BadStart(bad.into())),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             "a".repeat(65).parse::<VmName>(),
             Err(NameError::TooLong(_))

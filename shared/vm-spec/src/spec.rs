@@ -353,12 +353,14 @@ const PERIOD_RANGE: std::ops::RangeInclusive<u64> = 1_000..=1_000_000;
 const QUOTA_MAX: i64 = 17_592_186_044_415;
 /// Largest vCPU count: APIC ids are 8 bits in the MP table.
 const MAX_VCPUS: u32 = 255;
+/// Below this no kernel loads (they go at 1 MiB, the boot tables below).
+const MIN_MEMORY: u64 = 2 << 20;
 
 impl VmSpec {
     /// Parses and validates a spec from JSON text.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let spec: VmSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let spec: VmSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -370,6 +372,10 @@ impl VmSpec {
                 field(if path == "." { "spec".into() } else { path }, msg)
             }
         })?;
+        // One document: anything after it is a mistake (two specs pasted
+        // together, a stray brace), not something to ignore.
+        de.end()
+            .map_err(|e| SpecError::Syntax(format!("after the spec: {e}")))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -386,6 +392,15 @@ impl VmSpec {
         }
         if self.memory.0 == 0 || self.memory.0 % 4096 != 0 {
             return Err(field("memory", "must be a non-zero multiple of 4KiB"));
+        }
+        if self.memory.0 < MIN_MEMORY {
+            return Err(field(
+                "memory",
+                format!(
+                    "{} is too little: a guest needs at least 2MiB (kernels load at 1 MiB)",
+                    self.memory
+                ),
+            ));
         }
         if let Some(hp) = self.hugepages {
             if hp.0 != 2 << 20 && hp.0 != 1 << 30 {
@@ -804,6 +819,18 @@ mod tests {
             serde_json::json!([{"id": "a", "path": "p", "format": "raw", "cahce": "none"}]),
         ));
         assert!(e.starts_with("disks[0]") && e.contains("cahce"), "{e}");
+    }
+
+    #[test]
+    fn memory_has_a_floor_and_nothing_follows_the_spec() {
+        let e = err_of(&with(minimal(), "memory", serde_json::json!("512KiB")));
+        assert!(e.starts_with("memory: 512KiB is too little"), "{e}");
+        let mut text = minimal().to_string();
+        text.push_str(" {}");
+        let e = VmSpec::from_json(&text).unwrap_err().to_string();
+        assert!(e.contains("trailing characters"), "{e}");
+        let e = err_of(&with(minimal(), "name", serde_json::json!("-")));
+        assert!(e.contains("must start with a letter or a digit"), "{e}");
     }
 
     #[test]

@@ -312,3 +312,29 @@ fn usage_errors_exit_1_like_qemu_img() {
     );
     assert_eq!(run(&["--help"]).0, 0);
 }
+
+/// An L1 or refcount table past the end of the file is corruption that
+/// `check` reports (exit 2, the same counts as qemu-img), not a reason to
+/// give up checking (exit 1).
+#[test]
+fn check_reports_tables_past_the_end_as_corruption() {
+    for (field, want) in [(40u64, "L1 table"), (48, "refcount table")] {
+        let d = Dir::new();
+        let img = d.path("t.qcow2");
+        ok(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"]);
+        patch(&img, field, &(1u64 << 30).to_be_bytes());
+        let (code, out, err) = run(&["check", img.to_str().unwrap()]);
+        assert_eq!(code, 2, "{want}: {out}{err}");
+        assert!(err.contains(&format!("ERROR {want}")), "{err}");
+        if have("qemu-img") {
+            let (qcode, qout, _) = qemu_img(&["check", img.to_str().unwrap()]);
+            assert_eq!(qcode, code, "{want}: qemu-img agrees");
+            let errors = |s: &str| {
+                s.lines()
+                    .find(|l| l.contains("errors were found"))
+                    .map(str::to_string)
+            };
+            assert_eq!(errors(&out), errors(&qout), "{want}: same count");
+        }
+    }
+}

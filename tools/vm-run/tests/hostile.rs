@@ -524,3 +524,72 @@ fn folders_others_control_are_refused() {
     );
     assert_eq!(std::fs::read_dir(&defs).unwrap().count(), 0);
 }
+
+/// Specs and names are read as written: nothing after the JSON document,
+/// no VM named `-` (stdin to every verb), too little memory blamed on
+/// memory, a bare word always a VM's name (never a file that happens to
+/// be in the current folder), and a kernel with nothing to load refused
+/// (here: a 10 GiB sparse file holding only an ELF header).
+#[test]
+fn specs_and_names_are_read_as_written() {
+    let e = Env::new();
+    let d = e.dir.path();
+    let s = e.spec("plain", "hello", &json!({}));
+    let mut text = std::fs::read_to_string(&s).unwrap();
+    text.push_str("{\"name\": \"second\"}");
+    std::fs::write(&s, text).unwrap();
+    let kernel = d.join("huge.elf");
+    let mut head = vec![0u8; 64];
+    head[..4].copy_from_slice(b"\x7fELF");
+    head[4] = 2; // 64-bit
+    head[5] = 1; // little endian
+    head[6] = 1;
+    head[16] = 2; // executable
+    head[18] = 0x3e; // x86-64
+    head[20] = 1;
+    head[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    head[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers at 64
+    head[52] = 64;
+    head[54] = 56;
+    head[56] = 1; // one, all zero: PT_NULL
+    let f = std::fs::File::create(&kernel).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
+    f.set_len(10 << 30).unwrap();
+    let cases = [
+        (
+            e.spec("dash", "hello", &json!({"name": "-"})),
+            "must start with a letter or a digit",
+        ),
+        (
+            e.spec("small", "hello", &json!({"memory": "512KiB"})),
+            "memory: 512KiB is too little",
+        ),
+        (
+            e.spec("elf", "hello", &json!({"boot": {"kernel": kernel}})),
+            "no loadable segment",
+        ),
+        (s, "trailing characters"),
+    ];
+    for (spec, want) in cases {
+        let t0 = Instant::now();
+        let (code, _, err) = e.vm_run(&["start", &spec]);
+        assert_eq!(code, 1, "{want}: {err}");
+        assert!(error_line(&err).contains(want), "{want}: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{want}: refused at once"
+        );
+        nothing_left(&e, want);
+    }
+    // A file named like the VM in the current folder is not the VM.
+    std::fs::write(d.join("filevm"), e.spec("other", "hello", &json!({}))).unwrap();
+    let out = e
+        .cmd()
+        .args(["kill", "filevm"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let (code, _, err) = common::decode(&out);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no VM named 'filevm'"), "{err}");
+}

@@ -61,10 +61,24 @@ fn be64s(buf: &[u8]) -> Vec<u64> {
 impl Meta {
     /// Reads and checks the header, L1 table and refcount table of `file`.
     pub fn open(path: &Path, file: File) -> Result<Self> {
+        Self::open_with(path, file, false)
+    }
+
+    /// As `open`, but an L1 or refcount table that lies past the end of the
+    /// file reads as empty instead of failing: `check` then counts what it
+    /// cannot find as corruption (exit 2, as qemu-img), where `open` would
+    /// say the image cannot be checked at all.
+    pub fn open_for_check(path: &Path, file: File) -> Result<Self> {
+        Self::open_with(path, file, true)
+    }
+
+    fn open_with(path: &Path, file: File, lenient: bool) -> Result<Self> {
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut first = vec![0u8; (file_len.min(2 << 20)) as usize];
         read_exact_at(&file, path, &mut first, 0)?;
-        let header = Header::parse(&first, file_len).map_err(|m| Error::corrupt(path, m))?;
+        // Lenient: tables past the end are judged by `check`, not here.
+        let limit = if lenient { u64::MAX } else { file_len };
+        let header = Header::parse(&first, limit).map_err(|m| Error::corrupt(path, m))?;
         let mut meta = Meta {
             path: path.to_path_buf(),
             file,
@@ -73,10 +87,18 @@ impl Meta {
             l1: Vec::new(),
             reftable: Vec::new(),
         };
-        meta.l1 = meta.read_table(meta.header.l1_table_offset, u64::from(meta.header.l1_size))?;
         let rt_entries =
             u64::from(meta.header.refcount_table_clusters) * meta.header.cluster_size() / 8;
-        meta.reftable = meta.read_table(meta.header.refcount_table_offset, rt_entries)?;
+        let table = |meta: &Meta, offset, entries| match meta.read_table(offset, entries) {
+            Err(Error::Corrupt { .. }) if lenient => Ok(Vec::new()),
+            other => other,
+        };
+        meta.l1 = table(
+            &meta,
+            meta.header.l1_table_offset,
+            u64::from(meta.header.l1_size),
+        )?;
+        meta.reftable = table(&meta, meta.header.refcount_table_offset, rt_entries)?;
         Ok(meta)
     }
 

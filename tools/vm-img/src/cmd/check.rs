@@ -50,8 +50,12 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         .write(repair != Repair::None)
         .open(path)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
-    let meta =
-        Meta::open(path, file).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let open = if repair == Repair::None {
+        Meta::open_for_check
+    } else {
+        Meta::open
+    };
+    let meta = open(path, file).with_context(|| format!("Could not open '{}'", path.display()))?;
     // A missing or broken backing file means the image cannot be checked
     // (exit 1), as with qemu-img. The image's own tables are ours to judge.
     if let Some(name) = &meta.header.backing_file {
