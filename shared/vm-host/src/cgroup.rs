@@ -262,6 +262,35 @@ impl VmCgroup {
         }
     }
 
+    /// What must happen once the VM process has exited for its groups to
+    /// go: the files a process writes `0` to in order to leave them (each
+    /// hierarchy's root), and the groups to remove, children first.
+    pub fn exit_plan(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let file = match self.hierarchy {
+            Hierarchy::V1 { .. } => "tasks",
+            Hierarchy::V2(_) => "cgroup.procs",
+        };
+        let mut leave = Vec::new();
+        let mut remove = Vec::new();
+        for g in self.thread_groups.iter().chain(&self.memory_group) {
+            // `<mount>/vmtools/<name>.<pid>`: the root is two levels up.
+            if let Some(root) = g.parent().and_then(Path::parent) {
+                leave.push(root.join(file));
+            }
+            if let Ok(children) = fs::read_dir(g) {
+                let mut c: Vec<PathBuf> = children
+                    .flatten()
+                    .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|c| c.path())
+                    .collect();
+                c.sort();
+                remove.extend(c);
+            }
+            remove.push(g.clone());
+        }
+        (leave, remove)
+    }
+
     /// Moves the calling thread into `child` (`emulator`, `vcpuN`,
     /// `iothreadN`) of every thread group, without the global lock (see
     /// [`VmCgroup::enter`]).
@@ -278,9 +307,11 @@ impl VmCgroup {
 }
 
 /// Removes the groups of VMs whose process is gone (`<name>.<pid>` with a
-/// dead pid), children first.
+/// dead pid), children first, in every cgroup hierarchy mounted here: the
+/// one in use and any other a VM may have used (a v1 memory group left
+/// from before cpu moved to v2).
 pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
-    let tops: Vec<PathBuf> = match hierarchy {
+    let mut tops: Vec<PathBuf> = match hierarchy {
         Hierarchy::V1 {
             cpu,
             cpuset,
@@ -292,6 +323,17 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
             .collect(),
         Hierarchy::V2(root) => vec![root.join("vmtools")],
     };
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in info.lines() {
+        if line.contains(" - cgroup ") || line.contains(" - cgroup2 ") {
+            if let Some(m) = line.split_whitespace().nth(4) {
+                let top = Path::new(m).join("vmtools");
+                if !tops.contains(&top) {
+                    tops.push(top);
+                }
+            }
+        }
+    }
     for top in tops {
         let Ok(entries) = fs::read_dir(&top) else {
             continue;

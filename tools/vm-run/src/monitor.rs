@@ -136,7 +136,7 @@ pub fn run(
         // Disks and taps close here, before the teardown child is made.
         machine.disks.clear();
         machine.nets.clear();
-        remains.release_in_background();
+        remains.release_in_background(&after_exit(machine.cgroup.as_deref()));
     }
     code
 }
@@ -185,6 +185,27 @@ fn enter_cgroup(spec: &VmSpec) -> Option<Arc<VmCgroup>> {
             log(&format!("running without a cgroup: {e}"));
             None
         }
+    }
+}
+
+/// The VM's groups go once its process has exited: the teardown child
+/// leaves and removes them (the next start's sweep is the fallback for a
+/// VM that was killed).
+fn after_exit(cgroup: Option<&VmCgroup>) -> vmm::teardown::AfterExit {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(cg) = cgroup else {
+        return vmm::teardown::AfterExit::default();
+    };
+    let (leave, remove) = cg.exit_plan();
+    let c = |paths: Vec<PathBuf>| {
+        paths
+            .into_iter()
+            .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
+            .collect()
+    };
+    vmm::teardown::AfterExit {
+        leave: c(leave),
+        remove: c(remove),
     }
 }
 

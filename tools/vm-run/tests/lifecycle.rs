@@ -550,3 +550,66 @@ fn reboot_wait_and_forced_shutdown() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Dead);
 }
+
+/// Every `vmtools/<name>.<pid>` group of `name` in any cgroup hierarchy
+/// mounted here (v1 cpu, cpuset, memory and the v2 mount).
+fn groups_of(name: &str) -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter(|l| l.contains(" - cgroup ") || l.contains(" - cgroup2 "))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter_map(|m| std::fs::read_dir(Path::new(m).join("vmtools")).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}.")))
+        })
+        .collect()
+}
+
+/// A VM's cgroups go when it ends, in every hierarchy it used: after a
+/// guest's own exit in the foreground and after `kill` of a detached VM.
+#[test]
+fn a_vms_cgroups_go_with_it() {
+    if !have_kvm() || cpu_hierarchy().is_none() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let gone = |name: &str| {
+        let t0 = Instant::now();
+        loop {
+            let left = groups_of(name);
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{name}: groups left behind: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let s = e.spec(
+        "cgfg",
+        "hello",
+        &serde_json::json!({"vcpus": 2, "iothreads": 1}),
+    );
+    let (code, _, err) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 0, "{err}");
+    gone("cgfg");
+    let s = e.spec("cgbg", "heartbeat", &serde_json::json!({}));
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let pid = json(&out)["pid"].as_u64().unwrap();
+    assert!(
+        !groups_of("cgbg").is_empty(),
+        "the running VM has its groups"
+    );
+    assert!(groups_of("cgbg")
+        .iter()
+        .all(|g| g.ends_with(format!("cgbg.{pid}"))));
+    assert_eq!(e.vm_run(&["kill", "cgbg"]).0, 0);
+    gone("cgbg");
+}
