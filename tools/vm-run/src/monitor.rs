@@ -66,6 +66,10 @@ pub fn run(
     spec.require_supported("vm-run", SUPPORTED)
         .map_err(|e| anyhow!("{e}"))?;
     let name = spec.name.to_string();
+    // From here on TERM, INT and HUP only ask the VM to stop: one that
+    // arrives while the machine is being built ends it as soon as it runs,
+    // with the folder and cgroups cleared as at any other end.
+    let stop = install_stop_signals()?;
     // Exactly one start of a name gets past this line; the lock lasts as
     // long as this process (the teardown child closes its copy).
     let lock = vm_control::VmLock::claim(&name)?;
@@ -123,7 +127,6 @@ pub fn run(
         r.write_all(line.as_bytes())
             .context("reporting readiness")?;
     }
-    let stop = install_stop_signals()?;
     // Last step of setup: from here on, syscalls a VMM never needs fail.
     vmm::seccomp::install_all_threads()?;
     machine.vm().confine_threads();

@@ -593,3 +593,72 @@ fn specs_and_names_are_read_as_written() {
     assert_eq!(code, 1);
     assert!(error_line(&err).contains("no VM named 'filevm'"), "{err}");
 }
+
+/// Unmounts a test's file system (lazily) and checks it is gone.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        assert!(!mounts.contains(self.0.to_str().unwrap()), "still mounted");
+    }
+}
+
+/// The run folder's file system full: a pause that cannot be recorded is
+/// refused with the reason (not blamed on the peer check), the guest
+/// runs on, and once there is room again everything works.
+#[test]
+fn a_full_run_folder_keeps_the_vm() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    std::fs::create_dir(e.run_dir()).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(e.run_dir())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _m = Unmount(e.run_dir());
+    let s = e.spec(
+        "full",
+        "heartbeat",
+        &json!({"serial": {"mode": "file", "path": e.dir.path().join("full.log")}}),
+    );
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let pid = common::json(&out)["pid"].as_u64().unwrap() as u32;
+    // Fill the file system.
+    let filler = e.run_dir().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let (code, _, err) = e.vm_run(&["pause", "full"]);
+    assert_eq!(code, 1, "{err}");
+    let line = error_line(&err);
+    assert!(
+        line.contains("cannot record the state") && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(alive(pid), "the VM lives");
+    let log = || std::fs::read_to_string(e.dir.path().join("full.log")).unwrap_or_default();
+    let ticks = log().matches("tick").count();
+    let t0 = Instant::now();
+    while log().matches("tick").count() < ticks + 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the guest stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(e.vm_run(&["pause", "full"]).0, 0);
+    assert_eq!(e.vm_run(&["kill", "full"]).0, 0);
+    wait_dead(pid);
+}
