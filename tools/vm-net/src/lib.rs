@@ -130,8 +130,9 @@ fn print_records(v: &[serde_json::Value], json: bool, one: bool) {
             println!("{}", serde_json::Value::Array(v.to_vec()));
         }
     } else {
+        // Links others made may carry any byte in their names.
         for r in v {
-            println!("{}", text(r));
+            println!("{}", vm_spec::text::escape(&text(r)));
         }
     }
 }
@@ -204,10 +205,10 @@ fn bridge(b: &Bridge, json: bool) -> Result<()> {
                         .collect();
                     println!(
                         "{:<16}{:<8}{:<8}{}",
-                        r["ifname"].as_str().unwrap_or(""),
+                        vm_spec::text::escape(r["ifname"].as_str().unwrap_or("")),
                         r["ifindex"],
                         if r["up"] == true { "up" } else { "down" },
-                        ports.join(" ")
+                        vm_spec::text::escape(&ports.join(" "))
                     );
                 }
             }

@@ -42,7 +42,11 @@ fn show(bridge: &str, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::json!({"bridge": bridge, "ports": ports}));
     } else {
-        println!("{bridge}: {}", ports.join(" "));
+        println!(
+            "{}: {}",
+            vm_spec::text::escape(bridge),
+            vm_spec::text::escape(&ports.join(" "))
+        );
     }
     Ok(())
 }
