@@ -71,6 +71,14 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The guest-visible size of this layer alone.
+    pub fn size(&self) -> u64 {
+        match &self.header {
+            Some(h) => h.size,
+            None => file_len(&self.file).unwrap_or(0),
+        }
+    }
+
     /// For a qcow2 zero cluster that keeps a preallocated host cluster: the
     /// host offset of `guest` and the bytes left in its cluster.
     fn zero_host(&self, guest: u64) -> Option<(u64, u64)> {
@@ -247,10 +255,30 @@ impl Image {
         &self.access
     }
 
-    /// Grows or shrinks the guest-visible size.
+    /// Grows or shrinks the guest-visible size. A grown area reads as
+    /// zeroes, as QEMU makes it: the rest of the old last cluster (which
+    /// may still hold data from before a shrink) is zeroed, and where the
+    /// backing file is longer than the old end, the whole new area is
+    /// (left unallocated, it would show the backing file's data).
     pub fn resize(&mut self, new_size: u64) -> io::Result<()> {
+        let old = self.size();
         self.access
-            .resize(new_size, imago::format::PreallocateMode::None)
+            .resize(new_size, imago::format::PreallocateMode::None)?;
+        let Some(h) = self.header().filter(|_| new_size > old) else {
+            return Ok(());
+        };
+        let cs = h.cluster_size();
+        let backing_longer = self.layers.get(1).is_some_and(|b| b.size() > old)
+            || (self.layers.len() == 1 && h.backing_file.is_some());
+        let end = if backing_longer {
+            new_size
+        } else {
+            old.div_ceil(cs).saturating_mul(cs).min(new_size)
+        };
+        if end > old {
+            self.access.write_zeroes(old, end - old)?;
+        }
+        Ok(())
     }
 
     /// Makes `[offset, offset + len)` unallocated in the top layer, so it

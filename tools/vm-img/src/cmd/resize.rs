@@ -13,7 +13,9 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     let opts = OpenOptions {
         format: util::parse_format(a.common.format.as_deref())?,
         write: true,
-        backing: false,
+        // The backing file's length decides whether a grown area must be
+        // zeroed (so its data does not show through).
+        backing: true,
         ..OpenOptions::default()
     };
     let path = &a.filename;
