@@ -2,6 +2,7 @@
 //! memfd-backed guest memory, firmware-less boot (PVH, 64-bit ELF,
 //! bzImage), legacy devices and one thread per vCPU.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod devices;

@@ -282,9 +282,10 @@ fn run_loop(
             }
         }
         let event = match fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => lock_bus()
-                .write(port, data)
-                .map(|DeviceEvent::Reset| VcpuEvent::Reset),
+            Ok(VcpuExit::IoOut(port, data)) => lock_bus().write(port, data).map(|e| match e {
+                DeviceEvent::Reset => VcpuEvent::Reset,
+                DeviceEvent::PowerOff => VcpuEvent::PowerOff,
+            }),
             Ok(VcpuExit::IoIn(port, data)) => {
                 lock_bus().read(port, data);
                 None

@@ -180,7 +180,27 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let mut boot_cfg = cfg.boot.clone();
-        let devices = add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.cmdline)?;
+        let devices = add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.mmio_devices)?;
+        // Linux finds the devices through ACPI; a kernel that is not Linux
+        // (the test guest), or Linux told `acpi=off`, reads them from its
+        // command line. Never both: a kernel built with command-line
+        // devices would otherwise see each one twice (QEMU's microvm
+        // makes the same choice).
+        let acpi_off = boot_cfg.cmdline.split_whitespace().any(|w| w == "acpi=off");
+        if acpi_off || !boot::is_linux(&boot_cfg.kernel) {
+            for d in &boot_cfg.mmio_devices {
+                if !boot_cfg.cmdline.is_empty() {
+                    boot_cfg.cmdline.push(' ');
+                }
+                let _ = write!(
+                    boot_cfg.cmdline,
+                    "virtio_mmio.device={}K@0x{:x}:{}",
+                    d.len / 1024,
+                    d.base,
+                    d.gsi
+                );
+            }
+        }
         let mmio = devices.bus;
         let entry = boot::load(&mem, cfg.memory, &boot_cfg)?;
 
@@ -466,7 +486,7 @@ fn add_devices(
     vm_fd: &VmFd,
     mem: &GuestMemory,
     cfg: &VmConfig,
-    cmdline: &mut String,
+    announced: &mut Vec<crate::acpi::MmioDevice>,
 ) -> Result<Devices> {
     let devices = build_devices(cfg)?;
     let max = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
@@ -526,14 +546,11 @@ fn add_devices(
                 .map_err(Error::io("adding a tap to its loop"))?;
         }
         bus.add(base, dev);
-        if !cmdline.is_empty() {
-            cmdline.push(' ');
-        }
-        let _ = write!(
-            cmdline,
-            "virtio_mmio.device={}K@0x{base:x}:{gsi}",
-            MMIO_WINDOW / 1024
-        );
+        announced.push(crate::acpi::MmioDevice {
+            base,
+            len: MMIO_WINDOW as u32,
+            gsi,
+        });
     }
     let mut threads = Vec::new();
     for (id, l) in loops {

@@ -22,6 +22,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
             initrd: None,
             cmdline: cmdline.into(),
             vcpus,
+            ..BootConfig::default()
         },
         drop_capabilities: false,
         numa: None,

@@ -41,6 +41,7 @@ fn debian_bzimage_loads_by_the_boot_protocol() {
             initrd: Some(initrd),
             cmdline: cmdline.into(),
             vcpus: 2,
+            ..BootConfig::default()
         },
     )
     .unwrap();

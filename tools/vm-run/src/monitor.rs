@@ -348,6 +348,7 @@ impl Machine {
                 initrd: spec.boot.initrd.clone(),
                 cmdline: spec.boot.cmdline.clone().unwrap_or_default(),
                 vcpus,
+                ..BootConfig::default()
             },
             drop_capabilities: true,
             numa: spec.numatune.as_ref().map(|n| {

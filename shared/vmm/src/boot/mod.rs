@@ -33,12 +33,66 @@ pub enum Entry {
     Linux64 { rip: u64, zero_page: u64 },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BootConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub vcpus: u8,
+    /// The virtio-mmio devices the ACPI tables describe (the VM fills it).
+    pub mmio_devices: Vec<crate::acpi::MmioDevice>,
+}
+
+/// True when `kernel` is Linux: a bzImage, or an ELF carrying Linux's own
+/// note. Linux finds virtio-mmio devices through ACPI; other kernels (the
+/// test guest) read them from the command line.
+pub fn is_linux(kernel: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = open_regular(kernel) else {
+        return false;
+    };
+    let mut eh = [0u8; 64];
+    if f.read_exact_at(&mut eh, 0).is_err() {
+        return false;
+    }
+    if &eh[..4] != b"\x7fELF" {
+        // Not ELF: a bzImage ("HdrS" at 0x202) is Linux.
+        let mut hdr = [0u8; 4];
+        return f.read_exact_at(&mut hdr, 0x202).is_ok() && &hdr == b"HdrS";
+    }
+    if eh[4] != 2 {
+        return false;
+    }
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    let mut ph = [0u8; 56];
+    for i in 0..phnum.min(64) {
+        if phentsize < 56 || f.read_exact_at(&mut ph, phoff + i * phentsize).is_err() {
+            return false;
+        }
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != 4 {
+            continue; // not PT_NOTE
+        }
+        let (off, size) = (u64_at(&ph, 8), u64_at(&ph, 32).min(1 << 16));
+        let mut notes = vec![0u8; size as usize];
+        if f.read_exact_at(&mut notes, off).is_err() {
+            continue;
+        }
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let w = |o: usize| {
+                u32::from_le_bytes(notes[o..o + 4].try_into().unwrap_or([0; 4])) as usize
+            };
+            let (namesz, descsz) = (w(at), w(at + 4));
+            let name = notes.get(at + 12..at + 12 + namesz).unwrap_or_default();
+            if name == b"Linux\0" {
+                return true;
+            }
+            at += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+        }
+    }
+    false
 }
 
 /// e820 types.
@@ -149,9 +203,11 @@ pub fn load(mem: &GuestMemory, mem_size: u64, cfg: &BootConfig) -> Result<Entry>
         None => None,
     };
     mptable::write(mem, cfg.vcpus, crate::layout::MPTABLE_ADDR)?;
+    // ACPI for kernels that want it; the MP table stays for `acpi=off`.
+    let rsdp = crate::acpi::write(mem, cfg.vcpus, &cfg.mmio_devices)?;
     match entry_kind {
         Some(PvhBootCapability::PvhEntryPresent(rip)) => {
-            write_pvh_info(mem, mem_size, cmd.len(), initrd)?;
+            write_pvh_info(mem, mem_size, initrd, rsdp)?;
             Ok(Entry::Pvh {
                 rip: rip.0,
                 start_info: PVH_INFO_ADDR,
@@ -159,7 +215,7 @@ pub fn load(mem: &GuestMemory, mem_size: u64, cfg: &BootConfig) -> Result<Entry>
         }
         Some(_) => {
             // A 64-bit ELF vmlinux: entry at its ELF entry point.
-            write_zero_page(mem, mem_size, None, cmd.len(), initrd)?;
+            write_zero_page(mem, mem_size, None, cmd.len(), initrd, rsdp)?;
             Ok(Entry::Linux64 {
                 rip: result.kernel_load.0,
                 zero_page: ZERO_PAGE_ADDR,
@@ -167,7 +223,7 @@ pub fn load(mem: &GuestMemory, mem_size: u64, cfg: &BootConfig) -> Result<Entry>
         }
         None => {
             // bzImage: the 64-bit entry is 0x200 into the protected-mode code.
-            write_zero_page(mem, mem_size, result.setup_header, cmd.len(), initrd)?;
+            write_zero_page(mem, mem_size, result.setup_header, cmd.len(), initrd, rsdp)?;
             Ok(Entry::Linux64 {
                 rip: result.kernel_load.0 + 0x200,
                 zero_page: ZERO_PAGE_ADDR,
@@ -208,8 +264,8 @@ fn load_initrd(
 fn write_pvh_info(
     mem: &GuestMemory,
     mem_size: u64,
-    _cmd_len: usize,
     initrd: Option<(u64, u64)>,
+    rsdp: u64,
 ) -> Result<()> {
     let map = memory_map(mem_size);
     let mut entries = Vec::new();
@@ -227,7 +283,7 @@ fn write_pvh_info(
     info.extend_from_slice(&u32::from(initrd.is_some()).to_le_bytes());
     info.extend_from_slice(&(if initrd.is_some() { mods_addr } else { 0 }).to_le_bytes());
     info.extend_from_slice(&CMDLINE_ADDR.to_le_bytes());
-    info.extend_from_slice(&0u64.to_le_bytes()); // rsdp
+    info.extend_from_slice(&rsdp.to_le_bytes());
     info.extend_from_slice(&PVH_MEMMAP_ADDR.to_le_bytes());
     info.extend_from_slice(&(map.len() as u32).to_le_bytes());
     info.extend_from_slice(&0u32.to_le_bytes());
@@ -253,8 +309,12 @@ fn write_zero_page(
     setup: Option<linux_loader::bootparam::setup_header>,
     cmd_len: usize,
     initrd: Option<(u64, u64)>,
+    rsdp: u64,
 ) -> Result<()> {
-    let mut p = boot_params::default();
+    let mut p = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..boot_params::default()
+    };
     if let Some(h) = setup {
         p.hdr = h;
     }

@@ -17,8 +17,11 @@ pub use virtio::MmioTransport;
 /// What a device asks of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceEvent {
-    /// The guest pulsed the reset line (i8042 command 0xfe).
+    /// The guest pulsed the reset line (i8042 command 0xfe) or wrote the
+    /// ACPI reset register.
     Reset,
+    /// The guest entered ACPI sleep state S5 (its power-off).
+    PowerOff,
 }
 
 /// An interrupt line wired to KVM through an irqfd.
@@ -57,6 +60,8 @@ impl PioBus {
         match port {
             COM1..=0x3ff if data.len() == 1 => data[0] = self.serial.read((port - COM1) as u8),
             I8042_DATA | I8042_CMD if data.len() == 1 => data[0] = self.i8042.read(port),
+            // Never asleep: the sleep status reads as nothing pending.
+            crate::acpi::SLEEP_STATUS_PORT => data.fill(0),
             _ => data.fill(0xff),
         }
     }
@@ -68,6 +73,14 @@ impl PioBus {
                 None
             }
             I8042_DATA | I8042_CMD if data.len() == 1 => self.i8042.write(port, data[0]),
+            crate::acpi::SLEEP_CONTROL_PORT if data.len() == 1 => {
+                let v = data[0];
+                (v & crate::acpi::SLP_EN != 0 && (v >> 2) & 7 == crate::acpi::S5_TYPE)
+                    .then_some(DeviceEvent::PowerOff)
+            }
+            crate::acpi::RESET_PORT if data.len() == 1 && data[0] == crate::acpi::RESET_VALUE => {
+                Some(DeviceEvent::Reset)
+            }
             _ => None,
         }
     }
