@@ -151,3 +151,12 @@ fn pause_stops_the_heartbeat_and_resume_restarts_it() {
     vm.resume();
     vm.destroy();
 }
+
+/// The test guest is not Linux: it gets its virtio-mmio devices on the
+/// command line (Linux finds them through ACPI).
+#[test]
+fn the_test_guest_is_not_linux() {
+    assert!(!vmm::boot::is_linux(std::path::Path::new(
+        test_guest::GUEST_ELF
+    )));
+}

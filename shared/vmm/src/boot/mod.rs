@@ -351,6 +351,26 @@ pub fn last_addr(mem: &GuestMemory) -> u64 {
 mod tests {
     use super::*;
 
+    /// Linux is told apart by its ELF note (vmlinux) or its setup header
+    /// (bzImage); the test guest is not Linux.
+    #[test]
+    fn linux_kernels_are_recognised() {
+        for (var, linux) in [
+            ("VMTOOLS_TEST_VMLINUX", true),
+            ("VMTOOLS_TEST_BZIMAGE", true),
+        ] {
+            if let Some(p) = std::env::var_os(var) {
+                assert_eq!(is_linux(Path::new(&p)), linux, "{var}");
+            } else {
+                eprintln!("SKIP ({var} not set): Debian's kernel");
+            }
+        }
+        let d = std::env::temp_dir().join(format!("not-linux-{}", std::process::id()));
+        std::fs::write(&d, b"\x7fELF not really").unwrap();
+        assert!(!is_linux(&d));
+        std::fs::remove_file(&d).unwrap();
+    }
+
     #[test]
     fn e820_reserves_the_bios_area_and_skips_the_hole() {
         let m = memory_map(64 << 20);
