@@ -585,12 +585,16 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__shutdown)
-            opts="-h --timeout --force --json --help"
+            opts="-h --mode --timeout --force --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --mode)
+                    COMPREPLY=($(compgen -W "acpi ctrl-alt-del" -- "${cur}"))
+                    return 0
+                    ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

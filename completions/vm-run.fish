@@ -36,7 +36,7 @@ complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "status" -d 'Describe 
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "state" -d 'Print a VM\'s state (virsh domstate)'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "pause" -d 'Pause every vCPU'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "resume" -d 'Resume a paused VM'
-complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "shutdown" -d 'Ask the guest to power off (Ctrl-Alt-Del) and wait for it'
+complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "shutdown" -d 'Ask the guest to power off and wait for it'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "kill" -d 'Stop a VM at once (virsh destroy)'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "reboot" -d 'Reset the guest'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "console" -d 'Follow the VM\'s serial console output'
@@ -68,6 +68,8 @@ complete -c vm-run -n "__fish_vm_run_using_subcommand pause" -l json -d 'Print J
 complete -c vm-run -n "__fish_vm_run_using_subcommand pause" -s h -l help -d 'Print help'
 complete -c vm-run -n "__fish_vm_run_using_subcommand resume" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand resume" -s h -l help -d 'Print help'
+complete -c vm-run -n "__fish_vm_run_using_subcommand shutdown" -l mode -d 'How to ask: press the ACPI power button (acpi, virsh\'s default; Linux needs acpid or a desktop to act on it), or Ctrl-Alt-Del, whose answering reset counts as a power-off' -r -f -a "acpi\t''
+ctrl-alt-del\t''"
 complete -c vm-run -n "__fish_vm_run_using_subcommand shutdown" -l timeout -d 'Seconds to wait for the guest' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand shutdown" -l force -d 'Kill the VM if the guest has not gone down in time'
 complete -c vm-run -n "__fish_vm_run_using_subcommand shutdown" -l json -d 'Print JSON even on a terminal'
@@ -99,7 +101,7 @@ complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "state" -d 'Print a VM\'s state (virsh domstate)'
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "pause" -d 'Pause every vCPU'
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "resume" -d 'Resume a paused VM'
-complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "shutdown" -d 'Ask the guest to power off (Ctrl-Alt-Del) and wait for it'
+complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "shutdown" -d 'Ask the guest to power off and wait for it'
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "kill" -d 'Stop a VM at once (virsh destroy)'
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "reboot" -d 'Reset the guest'
 complete -c vm-run -n "__fish_vm_run_using_subcommand help; and not __fish_seen_subcommand_from start define undefine edit list status state pause resume shutdown kill reboot console wait stats disks ifaces serve help" -f -a "console" -d 'Follow the VM\'s serial console output'

@@ -15,7 +15,7 @@ pub use dirs::{
 };
 pub use lookup::{lookup, Lookup};
 pub use naming::{looks_like_path, vm_name};
-pub use proto::{DiskStats, NetStats, Reply, Request, Stats};
+pub use proto::{DiskStats, NetStats, Reply, Request, ShutdownMode, Stats};
 pub use socket::{call, peer_allowed, Listener};
 pub use vmlock::{holder, remove_if_dead, signal_vm, VmLock};
 

@@ -10,14 +10,29 @@ pub enum Request {
     Status,
     Pause,
     Resume,
-    /// Ask the guest to power off (Ctrl-Alt-Del).
-    Shutdown,
+    /// Ask the guest to power off.
+    Shutdown {
+        #[serde(default)]
+        mode: ShutdownMode,
+    },
     /// Stop the VM at once (virsh destroy).
     Kill,
     /// Reset the guest.
     Reboot,
     /// Device counters (virsh domblkstat).
     Stats,
+}
+
+/// How `shutdown` asks the guest (virsh shutdown's `--mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownMode {
+    /// Press the ACPI power button (virsh's default).
+    #[default]
+    Acpi,
+    /// Ctrl-Alt-Del on the i8042; the reset that answers it counts as a
+    /// power-off (guests without ACPI, such as the test guest).
+    CtrlAltDel,
 }
 
 impl Request {
@@ -32,7 +47,14 @@ impl Request {
         let obj = v
             .as_object()
             .ok_or_else(|| "bad request: not a JSON object".to_string())?;
-        if let Some(k) = obj.keys().find(|k| k.as_str() != "cmd") {
+        let takes: &[&str] = match obj.get("cmd").and_then(serde_json::Value::as_str) {
+            Some("shutdown") => &["mode"],
+            _ => &[],
+        };
+        if let Some(k) = obj
+            .keys()
+            .find(|k| k.as_str() != "cmd" && !takes.contains(&k.as_str()))
+        {
             return Err(format!("bad request: unknown field `{k}`"));
         }
         serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
@@ -104,7 +126,19 @@ mod tests {
             r#"{"cmd":"pause"}"#
         );
         let r: Request = serde_json::from_str(r#"{"cmd":"shutdown"}"#).unwrap();
-        assert_eq!(r, Request::Shutdown);
+        assert_eq!(
+            r,
+            Request::Shutdown {
+                mode: ShutdownMode::Acpi
+            }
+        );
+        assert_eq!(
+            Request::parse(br#"{"cmd":"shutdown","mode":"ctrl-alt-del"}"#),
+            Ok(Request::Shutdown {
+                mode: ShutdownMode::CtrlAltDel
+            })
+        );
+        assert!(Request::parse(br#"{"cmd":"shutdown","mode":"lever"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert_eq!(Request::parse(br#"{"cmd":"kill"}"#), Ok(Request::Kill));
         let e = Request::parse(br#"{"cmd":"kill","force":true}"#).unwrap_err();

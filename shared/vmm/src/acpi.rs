@@ -52,6 +52,10 @@ pub struct MmioDevice {
     pub gsi: u32,
 }
 
+/// The generic event device's interrupt (ISA IRQ 3, free here): raised,
+/// its `_EVT` notifies the power button (`vm-run shutdown`'s press).
+pub const GED_GSI: u32 = 3;
+
 /// The serial port the DSDT describes (COM1).
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
@@ -81,6 +85,33 @@ pub fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
         com_fields.iter().map(|n| n as &dyn Aml).collect(),
     );
     table.append_slice(&bytes(&com));
+    // The power button, pressed through a generic event device: Linux's
+    // button driver turns the notification into KEY_POWER for acpid.
+    let pwrb_hid = aml::EISAName::new("PNP0C0C");
+    let pwrb_fields = [
+        aml::Name::new("_HID".into(), &pwrb_hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+    ];
+    let pwrb = aml::Device::new(
+        "_SB_.PWRB".into(),
+        pwrb_fields.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    table.append_slice(&bytes(&pwrb));
+    let ged_hid: &'static str = "ACPI0013";
+    let ged_irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let pwrb_path = aml::Path::new("\\_SB_.PWRB");
+    let notify_value: u8 = 0x80;
+    let notify = aml::Notify::new(&pwrb_path, &notify_value);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let ged_name_hid = aml::Name::new("_HID".into(), &ged_hid);
+    let ged_name_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let ged_name_crs = aml::Name::new("_CRS".into(), &ged_crs);
+    let ged = aml::Device::new(
+        "_SB_.GED_".into(),
+        vec![&ged_name_hid, &ged_name_uid, &ged_name_crs, &evt],
+    );
+    table.append_slice(&bytes(&ged));
     for (i, d) in devices.iter().enumerate() {
         // Our windows sit below 4 GiB; Memory32Fixed takes a 32-bit base.
         let base = u32::try_from(d.base).expect("virtio-mmio windows are below 4 GiB");
@@ -211,7 +242,16 @@ mod tests {
         ];
         let d = dsdt(&devs);
         check_sdt(&d, *b"DSDT");
-        for needle in [&b"_S5_"[..], b"LNRO0005", b"V000", b"V001", b"COM1"] {
+        for needle in [
+            &b"_S5_"[..],
+            b"LNRO0005",
+            b"V000",
+            b"V001",
+            b"COM1",
+            b"ACPI0013",
+            b"PWRB",
+            b"_EVT",
+        ] {
             assert!(d.windows(needle.len()).any(|w| w == needle), "{needle:?}");
         }
         let f = fadt(0x1234);
@@ -262,7 +302,15 @@ mod tests {
             assert!(out.status.success(), "{name}: {text}");
             let dsl = std::fs::read_to_string(d.path().join(format!("{name}.dsl"))).unwrap();
             if name == "dsdt" {
-                for want in ["LNRO0005", "_S5_", "PNP0501", "0xD0000000"] {
+                for want in [
+                    "LNRO0005",
+                    "_S5_",
+                    "PNP0501",
+                    "0xD0000000",
+                    "ACPI0013",
+                    "PNP0C0C",
+                    "Notify (\\_SB.PWRB, 0x80)",
+                ] {
                     assert!(dsl.contains(want), "{want} in {dsl}");
                 }
             }

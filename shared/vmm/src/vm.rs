@@ -102,6 +102,8 @@ pub struct Vm {
     mem_file: File,
     vcpus: Vec<Vcpu>,
     bus: Arc<Mutex<PioBus>>,
+    /// The generic event device's interrupt (the ACPI power button).
+    power_button: IrqLine,
     io: IoLoop,
     iothreads: Vec<IoThread>,
     disks: Vec<(String, Arc<BlockCounters>)>,
@@ -208,6 +210,10 @@ impl Vm {
         vm_fd
             .register_irqfd(&com1.0, COM1_GSI)
             .map_err(Error::kvm("KVM_IRQFD"))?;
+        let power_button = IrqLine::new().map_err(Error::io("power button eventfd"))?;
+        vm_fd
+            .register_irqfd(&power_button.0, crate::acpi::GED_GSI)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
         let kbd = IrqLine::new().map_err(Error::io("keyboard irq eventfd"))?;
         vm_fd
             .register_irqfd(&kbd.0, KEYBOARD_GSI)
@@ -269,6 +275,7 @@ impl Vm {
             mem_file,
             vcpus,
             bus,
+            power_button,
             io: devices.main,
             iothreads: devices.threads,
             disks: devices.disks,
@@ -339,6 +346,12 @@ impl Vm {
     }
 
     /// Presses Ctrl-Alt-Del on the guest's keyboard.
+    /// Presses the ACPI power button (virsh shutdown's default): the
+    /// generic event device's interrupt, whose `_EVT` notifies it.
+    pub fn power_button(&self) -> std::io::Result<()> {
+        self.power_button.raise()
+    }
+
     pub fn ctrl_alt_del(&self) {
         self.bus
             .lock()

@@ -65,10 +65,15 @@ pub enum Command {
     Pause(VmArg),
     /// Resume a paused VM.
     Resume(VmArg),
-    /// Ask the guest to power off (Ctrl-Alt-Del) and wait for it.
+    /// Ask the guest to power off and wait for it.
     Shutdown {
         #[command(flatten)]
         vm: VmArg,
+        /// How to ask: press the ACPI power button (acpi, virsh's default;
+        /// Linux needs acpid or a desktop to act on it), or Ctrl-Alt-Del,
+        /// whose answering reset counts as a power-off.
+        #[arg(long, value_enum, default_value_t = ShutdownModeArg::Acpi)]
+        mode: ShutdownModeArg,
         /// Seconds to wait for the guest.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -114,4 +119,20 @@ pub struct StartArgs {
     /// Serial console file for a detached VM (default: console.log in its state folder).
     #[arg(long, value_name = "PATH")]
     pub console: Option<PathBuf>,
+}
+
+/// `shutdown --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownModeArg {
+    Acpi,
+    CtrlAltDel,
+}
+
+impl From<ShutdownModeArg> for vm_control::ShutdownMode {
+    fn from(m: ShutdownModeArg) -> Self {
+        match m {
+            ShutdownModeArg::Acpi => Self::Acpi,
+            ShutdownModeArg::CtrlAltDel => Self::CtrlAltDel,
+        }
+    }
 }

@@ -95,10 +95,16 @@ pub fn state(vm: &str, reason: bool, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub fn shutdown(vm: &str, timeout: u64, force: bool, json: bool) -> Result<i32> {
+pub fn shutdown(
+    vm: &str,
+    mode: vm_control::ShutdownMode,
+    timeout: u64,
+    force: bool,
+    json: bool,
+) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let (dir, st) = running(&name)?;
-    send(&dir, &Request::Shutdown)?;
+    send(&dir, &Request::Shutdown { mode })?;
     if wait_released(&dir, st.pid, Duration::from_secs(timeout)) {
         if output::json_wanted(json) {
             println!(

@@ -32,7 +32,12 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Pause(v) => commands::simple(&v.vm, &Request::Pause, j),
         Command::Resume(v) => commands::simple(&v.vm, &Request::Resume, j),
         Command::Reboot(v) => commands::simple(&v.vm, &Request::Reboot, j),
-        Command::Shutdown { vm, timeout, force } => commands::shutdown(&vm.vm, *timeout, *force, j),
+        Command::Shutdown {
+            vm,
+            mode,
+            timeout,
+            force,
+        } => commands::shutdown(&vm.vm, (*mode).into(), *timeout, *force, j),
         Command::Kill(v) => commands::kill(&v.vm, j),
         Command::Console(v) => commands::console(&v.vm),
         Command::Wait(v) => commands::wait(&v.vm),

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use vm_control::{Listener, Reply, Request};
+use vm_control::{Listener, Reply, Request, ShutdownMode};
 use vm_spec::{Action, RunState, VmState};
 use vmm::vcpu::VcpuEvent;
 
@@ -245,14 +245,22 @@ fn handle(
             }
             Next::Continue
         }
-        Request::Shutdown => {
+        Request::Shutdown { mode } => {
             m.shutdown_requested = true;
             if state.state == RunState::Paused {
                 m.vm().resume();
                 record_event(m, dir, state, RunState::Running, "unpaused for shutdown");
             }
-            m.vm().ctrl_alt_del();
-            log("shutdown requested: Ctrl-Alt-Del sent");
+            match mode {
+                ShutdownMode::Acpi => {
+                    m.vm().power_button().context("pressing the power button")?;
+                    log("shutdown requested: ACPI power button pressed");
+                }
+                ShutdownMode::CtrlAltDel => {
+                    m.vm().ctrl_alt_del();
+                    log("shutdown requested: Ctrl-Alt-Del sent");
+                }
+            }
             Next::Continue
         }
         Request::Kill => {

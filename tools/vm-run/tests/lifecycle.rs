@@ -166,7 +166,14 @@ fn detached_lifecycle() {
     assert_eq!(json(&rout)["state"], "running");
     e.wait_ticks("hb", at + 2);
     // shutdown: Ctrl-Alt-Del, the guest goes down, the process exits.
-    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "60", "hb"]);
+    let (code, _, err) = e.vm_run(&[
+        "shutdown",
+        "--mode",
+        "ctrl-alt-del",
+        "--timeout",
+        "60",
+        "hb",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(!dir.exists(), "runtime folder removed after shutdown");
     assert_eq!(json(&e.vm_run(&["list"]).1), serde_json::json!([]));
@@ -539,14 +546,29 @@ fn reboot_wait_and_forced_shutdown() {
     let pid = json(&e.vm_run(&["start", "--detach", &s]).1)["pid"]
         .as_u64()
         .unwrap() as u32;
-    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "1", "deaf"]);
+    let (code, _, err) = e.vm_run(&[
+        "shutdown",
+        "--mode",
+        "ctrl-alt-del",
+        "--timeout",
+        "1",
+        "deaf",
+    ]);
     assert_eq!(code, 1);
     assert!(
         error_line(&err).contains("did not shut down within 1 s"),
         "{err}"
     );
     assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Alive);
-    let (code, _, err) = e.vm_run(&["shutdown", "--timeout", "1", "--force", "deaf"]);
+    let (code, _, err) = e.vm_run(&[
+        "shutdown",
+        "--mode",
+        "ctrl-alt-del",
+        "--timeout",
+        "1",
+        "--force",
+        "deaf",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(vm_control::Liveness::of(pid), vm_control::Liveness::Dead);
 }
