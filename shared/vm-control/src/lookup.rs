@@ -65,6 +65,10 @@ pub fn lookup(name: &str) -> Result<Lookup> {
                 state.pid = pid;
                 Ok(Lookup::Running { dir, state })
             }
+            // Held, but neither file nor socket yet: a start in progress.
+            Err(_) if !dir.join("control.sock").exists() => Err(Error::Busy(format!(
+                "VM '{name}' is starting (pid {pid}); try again in a moment"
+            ))),
             Err(_) => Err(Error::Protocol(format!(
                 "VM '{name}' runs (pid {pid}) but its state.json is unreadable and it does not answer: {}",
                 other.err().map_or_else(|| "no state in its reply".into(), |e| e.to_string())

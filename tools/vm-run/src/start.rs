@@ -26,8 +26,11 @@ fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
     let name = spec.name.to_string();
     // A quick answer for the common case; the VM process's own lock on
     // the folder is what decides a race between two starts.
-    if let vm_control::Lookup::Running { state, .. } = vm_control::lookup(&name)? {
-        bail!("VM '{name}' is already running (pid {})", state.pid);
+    let dir = vm_control::vm_dir(&name, false)?;
+    if let Some(pid) = vm_control::holder(&dir)
+        .filter(|&p| vm_control::Liveness::of(p) == vm_control::Liveness::Alive)
+    {
+        bail!("VM '{name}' is already running (pid {pid})");
     }
     let dir = vm_control::vm_dir(&name, true)?;
     let log_path = dir.join("vm.log");
