@@ -136,6 +136,20 @@ pub struct NumaCell {
     pub id: u32,
     pub cpus: CpuList,
     pub memory: Size,
+    /// ACPI SLIT distances to other cells by id (libvirt's `<distances>`):
+    /// 10 to itself, 11-254 to others; unnamed ones are 10 and 20.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub distances: BTreeMap<u32, u8>,
+}
+
+impl NumaCell {
+    /// The distance from this cell to `other` (the defaults as QEMU's).
+    pub fn distance_to(&self, other: u32) -> u8 {
+        self.distances
+            .get(&other)
+            .copied()
+            .unwrap_or(if other == self.id { 10 } else { 20 })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,6 +505,30 @@ impl VmSpec {
         }
         if covered.len() != self.vcpus as usize {
             return Err(field("cpu.numa", "the cells must cover every vCPU"));
+        }
+        // The ACPI tables number proximity domains 0..N-1, as libvirt
+        // numbers cells.
+        if ids.iter().copied().ne(0..cpu.numa.len() as u32) {
+            return Err(field("cpu.numa", "cell ids must be 0 to N-1, each once"));
+        }
+        for (i, cell) in cpu.numa.iter().enumerate() {
+            for (&to, &d) in &cell.distances {
+                let path = format!("cpu.numa[{i}].distances.{to}");
+                if !ids.contains(&to) {
+                    return Err(field(path, "names no cell"));
+                }
+                let ok = if to == cell.id {
+                    d == 10
+                } else {
+                    (11..=254).contains(&d)
+                };
+                if !ok {
+                    return Err(field(
+                        path,
+                        "a distance is 10 to the cell itself and 11 to 254 to others",
+                    ));
+                }
+            }
         }
         if total != self.memory.0 {
             return Err(field(
@@ -873,6 +911,34 @@ mod tests {
         assert!(e.contains("= 2, but vcpus is 4"), "{e}");
         v["cpu"]["topology"]["cores"] = serde_json::json!(4);
         assert!(VmSpec::from_json(&v.to_string()).is_ok());
+    }
+
+    #[test]
+    fn numa_distances_follow_acpis_rules() {
+        let mut v = minimal();
+        v["vcpus"] = serde_json::json!(2);
+        v["memory"] = serde_json::json!("128MiB");
+        v["cpu"] = serde_json::json!({"numa": [
+            {"id": 0, "cpus": "0", "memory": "64MiB", "distances": {"0": 10, "1": 21}},
+            {"id": 1, "cpus": "1", "memory": "64MiB"}]});
+        let spec = VmSpec::from_json(&v.to_string()).unwrap();
+        let cells = &spec.cpu.as_ref().unwrap().numa;
+        assert_eq!(cells[0].distance_to(1), 21);
+        assert_eq!(cells[1].distance_to(0), 20);
+        assert_eq!(cells[1].distance_to(1), 10);
+        for (bad, want) in [
+            (serde_json::json!({"0": 11}), "10 to the cell itself"),
+            (serde_json::json!({"1": 255}), "11 to 254"),
+            (serde_json::json!({"7": 20}), "names no cell"),
+        ] {
+            let mut w = v.clone();
+            w["cpu"]["numa"][0]["distances"] = bad;
+            let e = err_of(&w);
+            assert!(e.contains(want), "{e}");
+        }
+        let mut w = v.clone();
+        w["cpu"]["numa"][1]["id"] = serde_json::json!(2);
+        assert!(err_of(&w).contains("0 to N-1"));
     }
 
     #[test]

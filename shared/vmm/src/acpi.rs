@@ -56,6 +56,17 @@ pub struct MmioDevice {
 /// its `_EVT` notifies the power button (`vm-run shutdown`'s press).
 pub const GED_GSI: u32 = 3;
 
+/// A guest NUMA node: proximity domain N is the Nth node given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaNode {
+    /// vCPU numbers (APIC ids) in the node.
+    pub cpus: Vec<u8>,
+    /// Bytes of guest RAM, taken in address order after the nodes before.
+    pub memory: u64,
+    /// SLIT row: the distance to every node, this one included.
+    pub distances: Vec<u8>,
+}
+
 /// The serial port the DSDT describes (COM1).
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
@@ -181,8 +192,76 @@ pub fn madt(vcpus: u8) -> Vec<u8> {
     bytes(&m)
 }
 
+/// The SRAT: each vCPU's local APIC and each node's share of guest RAM
+/// (in address order, split around the MMIO hole) with its domain.
+/// acpi_tables has no x86 processor-affinity entry, so the entries are
+/// written here, as the ACPI spec (5.2.16) lays them out.
+pub fn srat(nodes: &[NumaNode], mem_size: u64) -> Vec<u8> {
+    let mut t = Sdt::new(*b"SRAT", 36, 3, OEM_ID, OEM_TABLE, 1);
+    // Reserved (1 for compatibility), then 8 reserved bytes.
+    t.append_slice(&1u32.to_le_bytes());
+    t.append_slice(&[0u8; 8]);
+    for (domain, n) in nodes.iter().enumerate() {
+        let d = domain as u32;
+        for &apic in &n.cpus {
+            // Type 0, length 16: domain bits 7:0, APIC id, flags (enabled),
+            // SAPIC EID, domain bits 31:8, clock domain.
+            let mut e = vec![0u8, 16, d as u8, apic];
+            e.extend_from_slice(&1u32.to_le_bytes());
+            e.push(0);
+            e.extend_from_slice(&d.to_le_bytes()[1..4]);
+            e.extend_from_slice(&0u32.to_le_bytes());
+            t.append_slice(&e);
+        }
+    }
+    let ranges = crate::layout::ram_ranges(mem_size);
+    let (mut r, mut used) = (0usize, 0u64);
+    for (domain, n) in nodes.iter().enumerate() {
+        let mut left = n.memory;
+        while left > 0 && r < ranges.len() {
+            let (base, len) = ranges[r];
+            let take = left.min(len - used);
+            // Type 1, length 40: domain, reserved, base, length, reserved,
+            // flags (enabled), reserved.
+            let mut e = vec![1u8, 40];
+            e.extend_from_slice(&(domain as u32).to_le_bytes());
+            e.extend_from_slice(&[0u8; 2]);
+            e.extend_from_slice(&(base + used).to_le_bytes());
+            e.extend_from_slice(&take.to_le_bytes());
+            e.extend_from_slice(&[0u8; 4]);
+            e.extend_from_slice(&1u32.to_le_bytes());
+            e.extend_from_slice(&[0u8; 8]);
+            t.append_slice(&e);
+            left -= take;
+            used += take;
+            if used == len {
+                (r, used) = (r + 1, 0);
+            }
+        }
+    }
+    t.update_checksum();
+    t.as_slice().to_vec()
+}
+
+/// The SLIT: the distance matrix of the nodes.
+pub fn slit(nodes: &[NumaNode]) -> Vec<u8> {
+    let mut t = Sdt::new(*b"SLIT", 36, 1, OEM_ID, OEM_TABLE, 1);
+    t.append_slice(&(nodes.len() as u64).to_le_bytes());
+    for n in nodes {
+        t.append_slice(&n.distances);
+    }
+    t.update_checksum();
+    t.as_slice().to_vec()
+}
+
 /// Writes every table into guest memory; returns the RSDP's address.
-pub fn write(mem: &GuestMemory, vcpus: u8, devices: &[MmioDevice]) -> Result<u64> {
+pub fn write(
+    mem: &GuestMemory,
+    vcpus: u8,
+    devices: &[MmioDevice],
+    nodes: &[NumaNode],
+    mem_size: u64,
+) -> Result<u64> {
     let err = |what: &str| Error::Boot(format!("ACPI tables: {what}"));
     let mut at = RSDP_ADDR + Rsdp::len() as u64;
     let mut place = |data: &[u8]| -> Result<u64> {
@@ -202,6 +281,10 @@ pub fn write(mem: &GuestMemory, vcpus: u8, devices: &[MmioDevice]) -> Result<u64
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, 1);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if !nodes.is_empty() {
+        xsdt.add_entry(place(&srat(nodes, mem_size))?);
+        xsdt.add_entry(place(&slit(nodes))?);
+    }
     let xsdt_addr = place(&bytes(&xsdt))?;
     mem.write_slice(
         &bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
@@ -268,6 +351,41 @@ mod tests {
         assert_eq!(m.len(), 44 + 3 * 8 + 12);
     }
 
+    #[test]
+    fn srat_and_slit_describe_the_nodes() {
+        let nodes = [
+            NumaNode {
+                cpus: vec![0],
+                memory: 2 << 30,
+                distances: vec![10, 21],
+            },
+            NumaNode {
+                cpus: vec![1, 2],
+                memory: 2 << 30,
+                distances: vec![21, 10],
+            },
+        ];
+        let s = srat(&nodes, 4 << 30);
+        check_sdt(&s, *b"SRAT");
+        // 48-byte header, 3 processor entries of 16, and node 1's memory
+        // split around the MMIO hole: 3 memory entries of 40.
+        assert_eq!(s.len(), 48 + 3 * 16 + 3 * 40);
+        let mem_entry = |i: usize| {
+            let e = &s[48 + 48 + i * 40..][..40];
+            (
+                u32::from_le_bytes(e[2..6].try_into().unwrap()),
+                u64::from_le_bytes(e[8..16].try_into().unwrap()),
+                u64::from_le_bytes(e[16..24].try_into().unwrap()),
+            )
+        };
+        assert_eq!(mem_entry(0), (0, 0, 2 << 30));
+        assert_eq!(mem_entry(1), (1, 2 << 30, 1 << 30));
+        assert_eq!(mem_entry(2), (1, 4 << 30, 1 << 30));
+        let l = slit(&nodes);
+        check_sdt(&l, *b"SLIT");
+        assert_eq!(&l[36..], &[2, 0, 0, 0, 0, 0, 0, 0, 10, 21, 21, 10]);
+    }
+
     /// ACPICA's disassembler reads every table without an error.
     #[test]
     fn iasl_disassembles_the_tables() {
@@ -285,10 +403,24 @@ mod tests {
             len: 0x1000,
             gsi: 5,
         }];
+        let nodes = [
+            NumaNode {
+                cpus: vec![0],
+                memory: 32 << 20,
+                distances: vec![10, 20],
+            },
+            NumaNode {
+                cpus: vec![1],
+                memory: 32 << 20,
+                distances: vec![20, 10],
+            },
+        ];
         for (name, t) in [
             ("dsdt", dsdt(&devs)),
             ("facp", fadt(0x1000)),
             ("apic", madt(2)),
+            ("srat", srat(&nodes, 64 << 20)),
+            ("slit", slit(&nodes)),
         ] {
             let p = d.path().join(format!("{name}.dat"));
             std::fs::write(&p, &t).unwrap();

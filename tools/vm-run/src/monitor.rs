@@ -41,6 +41,7 @@ const SUPPORTED: &[Feature] = &[
     Feature::Nets,
     Feature::Iothreads,
     Feature::IothreadPinning,
+    Feature::GuestNuma,
 ];
 
 /// Where the serial console goes.
@@ -189,6 +190,24 @@ fn enter_cgroup(spec: &VmSpec) -> Option<Arc<VmCgroup>> {
             None
         }
     }
+}
+
+/// The spec's guest NUMA cells as ACPI nodes, in id order (the spec
+/// checks ids are 0..N-1).
+fn numa_nodes(spec: &VmSpec) -> Vec<vmm::acpi::NumaNode> {
+    let Some(cpu) = &spec.cpu else {
+        return Vec::new();
+    };
+    let mut cells: Vec<&vm_spec::NumaCell> = cpu.numa.iter().collect();
+    cells.sort_by_key(|c| c.id);
+    cells
+        .iter()
+        .map(|c| vmm::acpi::NumaNode {
+            cpus: c.cpus.iter().map(|v| v as u8).collect(),
+            memory: c.memory.bytes(),
+            distances: cells.iter().map(|o| c.distance_to(o.id)).collect(),
+        })
+        .collect()
 }
 
 /// The VM's groups go once its process has exited: the teardown child
@@ -348,6 +367,7 @@ impl Machine {
                 initrd: spec.boot.initrd.clone(),
                 cmdline: spec.boot.cmdline.clone().unwrap_or_default(),
                 vcpus,
+                numa_nodes: numa_nodes(spec),
                 ..BootConfig::default()
             },
             drop_capabilities: true,

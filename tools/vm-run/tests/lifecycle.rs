@@ -286,8 +286,8 @@ fn bad_input_leaves_nothing_behind() {
         ),
         (serde_json::json!({"memory": "64TiB"}), "more than the host"),
         (
-            serde_json::json!({"cpu": {"numa": [{"id": 0, "cpus": "0", "memory": "64MiB"}]}}),
-            "cpu.numa: guest NUMA cells (needs ACPI tables) is not supported yet by vm-run",
+            serde_json::json!({"cpu": {"numa": [{"id": 0, "cpus": "0", "memory": "32MiB"}]}}),
+            "cell memory adds up to 32MiB, but memory is 64MiB",
         ),
         (
             serde_json::json!({"disks": [{"id": "vda", "path": "x.img", "format": "raw"}]}),

@@ -41,6 +41,8 @@ pub struct BootConfig {
     pub vcpus: u8,
     /// The virtio-mmio devices the ACPI tables describe (the VM fills it).
     pub mmio_devices: Vec<crate::acpi::MmioDevice>,
+    /// Guest NUMA nodes (an SRAT and a SLIT); none: one node.
+    pub numa_nodes: Vec<crate::acpi::NumaNode>,
 }
 
 /// True when `kernel` is Linux: a bzImage, or an ELF carrying Linux's own
@@ -204,7 +206,7 @@ pub fn load(mem: &GuestMemory, mem_size: u64, cfg: &BootConfig) -> Result<Entry>
     };
     mptable::write(mem, cfg.vcpus, crate::layout::MPTABLE_ADDR)?;
     // ACPI for kernels that want it; the MP table stays for `acpi=off`.
-    let rsdp = crate::acpi::write(mem, cfg.vcpus, &cfg.mmio_devices)?;
+    let rsdp = crate::acpi::write(mem, cfg.vcpus, &cfg.mmio_devices, &cfg.numa_nodes, mem_size)?;
     match entry_kind {
         Some(PvhBootCapability::PvhEntryPresent(rip)) => {
             write_pvh_info(mem, mem_size, initrd, rsdp)?;
