@@ -5,32 +5,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::*;
-
-/// A loop device over `file`, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Option<Self> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| Self(String::from_utf8_lossy(&out.stdout).trim().to_string()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
 
 #[test]
 fn images_are_written_onto_block_devices_in_place() {
@@ -40,7 +15,7 @@ fn images_are_written_onto_block_devices_in_place() {
     let d = Dir::new();
     // Old contents everywhere: a zero range left unwritten would show.
     std::fs::write(d.path("dev.img"), noise(8 << 20, 3)).unwrap();
-    let Some(dev) = Loop::attach(&d.path("dev.img")) else {
+    let Some(dev) = test_guest::hostfs::LoopDevice::attach(&d.path("dev.img")) else {
         eprintln!("SKIP: cannot attach a loop device here");
         return;
     };
@@ -64,37 +39,14 @@ fn images_are_written_onto_block_devices_in_place() {
     assert!(err.contains("Cannot grow device files"), "{err}");
 }
 
-/// A small tmpfs mounted on a folder of the test's, unmounted (and checked
-/// to be) when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        assert!(
-            !mounts.contains(self.0.to_str().unwrap()),
-            "{} is still mounted",
-            self.0.display()
-        );
-    }
-}
-
 #[test]
 fn a_full_file_system_names_the_file_and_leaves_nothing() {
     let d = Dir::new();
     let mnt = d.path("small");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+    let Some(_fs) = test_guest::hostfs::SmallTmpfs::mount(&mnt, "2m") else {
         return;
-    }
-    let _fs = SmallFs(mnt.clone());
+    };
     std::fs::write(d.path("src.raw"), noise(4 << 20, 11)).unwrap();
     let out = |n: &str| mnt.join(n).to_str().unwrap().to_string();
     for (args, file) in [

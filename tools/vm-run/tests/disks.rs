@@ -299,7 +299,8 @@ fn teardown_children() -> Vec<(u32, Vec<String>)> {
 
 /// vm-run leaves the kernel's slow VM teardown to a `vm-teardown` child
 /// and exits: by then the disk is closed (qemu-io may write it at once),
-/// the child holds only the VM and its guest memory, and it is gone soon.
+/// the child holds only the VM, its guest memory and, for a moment, the
+/// cgroup files it leaves the VM's groups through; and it is gone soon.
 #[test]
 fn the_disk_is_free_the_moment_vm_run_exits() {
     if !ready() || !have_tool("qemu-io", "qemu-io") {
@@ -319,8 +320,12 @@ fn the_disk_is_free_the_moment_vm_run_exits() {
         assert_eq!(field(&line, "status"), "0", "{line}");
         for (pid, fds) in teardown_children() {
             for f in &fds {
+                // Besides the VM and its memory, only the cgroup files it
+                // writes to leave the VM's groups once vm-run is gone.
                 assert!(
-                    f == "anon_inode:kvm-vm" || f.starts_with("/memfd:vmtools-"),
+                    f == "anon_inode:kvm-vm"
+                        || f.starts_with("/memfd:vmtools-")
+                        || f.starts_with("/sys/fs/cgroup/"),
                     "round {round}: vm-teardown {pid} holds {f}"
                 );
             }
@@ -628,34 +633,6 @@ fn kill_9_while_the_guest_writes_keeps_flushed_data() {
     }
 }
 
-/// A loop device over `file`, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Option<Self> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || dev.is_empty() {
-            eprintln!(
-                "SKIP (block device disk): losetup: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self(dev))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_block_device_as_a_disk() {
     if !ready() {
@@ -665,7 +642,7 @@ fn a_block_device_as_a_disk() {
     let e = Env::new();
     let backing = e.dir.path().join("loop.img");
     write_file(&backing, &base_data());
-    let Some(dev) = Loop::attach(&backing) else {
+    let Some(dev) = test_guest::hostfs::LoopDevice::attach(&backing) else {
         return;
     };
     let path = PathBuf::from(&dev.0);

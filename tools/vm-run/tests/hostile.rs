@@ -594,19 +594,6 @@ fn specs_and_names_are_read_as_written() {
     assert!(error_line(&err).contains("no VM named 'filevm'"), "{err}");
 }
 
-/// Unmounts a test's file system (lazily) and checks it is gone.
-struct Unmount(std::path::PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        assert!(!mounts.contains(self.0.to_str().unwrap()), "still mounted");
-    }
-}
-
 /// The run folder's file system full: a pause that cannot be recorded is
 /// refused with the reason (not blamed on the peer check), the guest
 /// runs on, and once there is room again everything works.
@@ -618,16 +605,9 @@ fn a_full_run_folder_keeps_the_vm() {
     let _l = test_guest::kvm_lock();
     let e = Env::new();
     std::fs::create_dir(e.run_dir()).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-        .arg(e.run_dir())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+    let Some(_fs) = test_guest::hostfs::SmallTmpfs::mount(&e.run_dir(), "1m") else {
         return;
-    }
-    let _m = Unmount(e.run_dir());
+    };
     let s = e.spec(
         "full",
         "heartbeat",
