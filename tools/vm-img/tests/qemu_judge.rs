@@ -551,3 +551,33 @@ fn leak_two_clusters(path: &std::path::Path) {
         f.write_all_at(&1u16.to_be_bytes(), block + c * 2).unwrap();
     }
 }
+
+/// Sizes as qemu-img makes them (iotests 042, 104, 304): an empty qcow2
+/// has no L1 table to leak and checks clean, also after convert and after
+/// growing; sizes round up to whole 512-byte sectors for every format.
+#[test]
+fn empty_and_odd_sizes_match_qemu_img() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    ok(&["create", "-q", "-f", "qcow2", &d.s("z.qcow2"), "0"]);
+    qemu_clean(&d.path("z.qcow2"));
+    std::fs::write(d.path("empty.raw"), b"").unwrap();
+    ok(&[
+        "convert",
+        "-O",
+        "qcow2",
+        &d.s("empty.raw"),
+        &d.s("zc.qcow2"),
+    ]);
+    qemu_clean(&d.path("zc.qcow2"));
+    ok(&["resize", "-q", &d.s("z.qcow2"), "1M"]);
+    qemu_clean(&d.path("z.qcow2"));
+    for fmt in ["raw", "qcow2"] {
+        let f = d.s(&format!("odd.{fmt}"));
+        ok(&["create", "-q", "-f", fmt, &f, "1000"]);
+        let info = info_json("qemu", &f);
+        assert_eq!(info["virtual-size"], 1024, "{fmt}: {info}");
+    }
+}

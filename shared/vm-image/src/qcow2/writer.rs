@@ -115,7 +115,12 @@ impl Qcow2Writer {
         header.l1_size = l1_entries as u32;
         // The header (with its extensions) must fit the first cluster.
         header.serialize()?;
-        let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+        // An empty image has no L1 table at all (offset 0, as qemu-img
+        // makes it): a cluster kept for one would be a leak.
+        let l1_clusters = (l1_entries * 8).div_ceil(cs);
+        if l1_entries == 0 {
+            header.l1_table_offset = 0;
+        }
         let mut refcounts = vec![1u64; 1 + l1_clusters as usize];
         refcounts.reserve(1024);
         Ok(Self {

@@ -50,7 +50,11 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             size.get_or_insert(img.size());
         }
     }
-    let size = size.ok_or_else(|| anyhow!("Image creation needs a size parameter"))?;
+    // qemu-img rounds sizes up to whole 512-byte sectors, for every format.
+    let size = size
+        .ok_or_else(|| anyhow!("Image creation needs a size parameter"))?
+        .div_ceil(512)
+        .saturating_mul(512);
     let prealloc = o.prealloc.unwrap_or(Prealloc::Off);
     if fmt == Format::Raw && prealloc == Prealloc::Metadata {
         bail!("Unsupported preallocation mode 'metadata' for format 'raw'");
