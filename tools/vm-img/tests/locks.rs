@@ -79,7 +79,17 @@ fn our_locks_stop_qemu() {
         assert_eq!(qemu_img(&["info", "-U", &s]).0, 0);
     }
     {
-        let _r = ImageLock::acquire(&img, LockMode::Read).unwrap();
+        // qemu-img's output ends before the process has closed the image
+        // (its descriptors close in order, the pipes first), so locks it
+        // took may linger for a moment.
+        let t0 = std::time::Instant::now();
+        let _r = loop {
+            match ImageLock::acquire(&img, LockMode::Read) {
+                Ok(l) => break l,
+                Err(e) if t0.elapsed() > std::time::Duration::from_secs(5) => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         assert_eq!(qemu_img(&["info", &s]).0, 0, "readers share");
         let out = Command::new("qemu-io")
             .args(["-f", "qcow2", "-c", "write 0 512", &s])
