@@ -126,3 +126,51 @@ impl MmioBus {
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::{RESET_PORT, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+
+    fn bus() -> PioBus {
+        PioBus {
+            serial: SerialPort::new(IrqLine::new().unwrap(), SerialOut::Null),
+            i8042: I8042::new(IrqLine::new().unwrap()),
+        }
+    }
+
+    /// The ACPI registers are written by the guest: only S5 with SLP_EN
+    /// powers off, only the reset value resets, and anything else (other
+    /// sleep types, SLP_EN alone, wide writes, other values) does nothing.
+    #[test]
+    fn acpi_registers_take_only_their_values() {
+        let mut b = bus();
+        assert_eq!(
+            b.write(SLEEP_CONTROL_PORT, &[5 << 2 | 1 << 5]),
+            Some(DeviceEvent::PowerOff)
+        );
+        for v in [
+            0u8,
+            5 << 2,
+            1 << 5,
+            3 << 2 | 1 << 5,
+            7 << 2 | 1 << 5,
+            0xff ^ (1 << 5),
+        ] {
+            assert_eq!(
+                b.write(SLEEP_CONTROL_PORT, &[v]),
+                None,
+                "sleep control {v:#x}"
+            );
+        }
+        assert_eq!(b.write(SLEEP_CONTROL_PORT, &[5 << 2 | 1 << 5, 0]), None);
+        assert_eq!(b.write(RESET_PORT, &[1]), Some(DeviceEvent::Reset));
+        for v in [0u8, 2, 0xfe, 0xff] {
+            assert_eq!(b.write(RESET_PORT, &[v]), None, "reset {v:#x}");
+        }
+        assert_eq!(b.write(RESET_PORT, &[1, 0, 0, 0]), None);
+        let mut d = [0xaau8; 1];
+        b.read(SLEEP_STATUS_PORT, &mut d);
+        assert_eq!(d, [0]);
+    }
+}
