@@ -26,6 +26,14 @@ pub enum Error {
     Initrd { path: PathBuf, message: String },
     #[error("boot setup: {0}")]
     Boot(String),
+    /// A saved state that this machine cannot take.
+    #[error("saved state: {0}")]
+    State(String),
+    /// A saved-VM file that is not one, or is damaged.
+    #[error("saved VM: {0}")]
+    SavedFile(String),
+    #[error("saved VM: written by a newer vmtools (format version {0}; this one reads up to {v})", v = crate::state::file::VERSION)]
+    SavedFileVersion(u32),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -13,10 +13,11 @@ pub mod io_loop;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod state;
 pub mod teardown;
 pub mod threads;
 pub mod vcpu;
 mod vm;
 
 pub use error::{Error, Result};
-pub use vm::{DiskConfig, NetConfig, Vm, VmConfig};
+pub use vm::{DiskConfig, NetConfig, Restore, Vm, VmConfig};

@@ -165,3 +165,79 @@ pub fn bind(mem: &GuestMemory, policy: NumaPolicy, nodes: &[u32]) -> Result<()> 
     }
     Ok(())
 }
+
+/// Guest memory as a saved file holds it.
+#[derive(Debug)]
+pub struct Saved {
+    pub file: File,
+    pub runs: Vec<crate::state::file::MemoryRun>,
+}
+
+/// Guest memory for a restore: each RAM region mapped privately from the
+/// saved file (copy-on-write: pages load as the guest touches them, and
+/// clones of one file share what neither wrote), so the time taken does
+/// not grow with memory size. With huge pages the saved memory is read
+/// into a new hugepage memfd instead (slower: every byte is copied).
+/// Returns the memory and the file behind it.
+pub fn restore(
+    name: &str,
+    size: u64,
+    hugepages: Option<u64>,
+    from: &Saved,
+) -> Result<(GuestMemory, File)> {
+    let want = ram_ranges(size);
+    let matches = want.len() == from.runs.len()
+        && want
+            .iter()
+            .zip(&from.runs)
+            .all(|(&(addr, len), r)| r.guest_addr == addr && r.len == len);
+    if !matches {
+        return Err(Error::State(format!(
+            "the saved memory does not match the spec's {size} bytes"
+        )));
+    }
+    let file = from.file.try_clone().map_err(Error::io("saved memory"))?;
+    if hugepages.is_some() {
+        let (mem, memfd) = create_with(name, size, hugepages)?;
+        copy_in(&mem, from)?;
+        return Ok((mem, memfd));
+    }
+    let mut regions = Vec::new();
+    for r in &from.runs {
+        let f = file.try_clone().map_err(Error::io("saved memory"))?;
+        let mapping = vm_memory::MmapRegion::build(
+            Some(FileOffset::new(f, r.file_offset)),
+            r.len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+        )
+        .map_err(|e| Error::Memory(e.to_string()))?;
+        let region = vm_memory::GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+            .ok_or_else(|| Error::Memory("a saved region overflows".into()))?;
+        regions.push(region);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Memory(e.to_string()))?;
+    Ok((mem, file))
+}
+
+/// Reads the saved memory into `mem` (the hugepage restore).
+fn copy_in(mem: &GuestMemory, from: &Saved) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for (region, r) in mem.iter().zip(&from.runs) {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        // SAFETY: the region is a fresh mapping of `len` bytes that nothing
+        // else uses yet (no vCPU exists).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(host, region.len() as usize) };
+        for chunk in (0..r.len).step_by(8 << 20) {
+            let n = (r.len - chunk).min(8 << 20) as usize;
+            let dst = &mut bytes[chunk as usize..chunk as usize + n];
+            from.file
+                .read_exact_at(dst, r.file_offset + chunk)
+                .map_err(Error::io("reading saved memory"))?;
+        }
+    }
+    Ok(())
+}

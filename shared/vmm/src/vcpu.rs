@@ -15,6 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::{DeviceEvent, MmioBus, PioBus};
+use crate::state::vcpu::VcpuState;
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -80,28 +81,59 @@ impl EventSink {
     }
 }
 
+/// What another thread asks of a paused vCPU (its mailbox).
+#[derive(Debug, Clone)]
+pub enum VcpuRequest {
+    /// Complete any port or MMIO access the last exit left pending, then
+    /// read the whole state. The list is KVM's MSRs to save.
+    SaveState(Arc<[u32]>),
+}
+
+/// The vCPU's answer to a [`VcpuRequest`].
+#[derive(Debug)]
+pub enum VcpuResponse {
+    State(Box<VcpuState>),
+    Error(String),
+}
+
+/// The state a vCPU thread and the VM share, under one lock.
+#[derive(Debug)]
+struct Ctl {
+    wanted: Wanted,
+    /// The thread acknowledged a pause and waits.
+    paused: bool,
+    request: Option<VcpuRequest>,
+    response: Option<VcpuResponse>,
+}
+
 /// Shared between a vCPU thread and the VM.
 #[derive(Debug)]
 pub struct Control {
-    state: Mutex<(Wanted, bool)>,
+    state: Mutex<Ctl>,
     cond: Condvar,
-    /// `state.0 == Run`, readable without the lock: the vCPU loop checks it
-    /// on every exit and takes the lock only when there is something to do.
+    /// `state.wanted == Run`, readable without the lock: the vCPU loop
+    /// checks it on every exit and takes the lock only when there is
+    /// something to do.
     running: AtomicBool,
     /// Asks the thread to add the vCPU seccomp filter (see `Vcpu::confine`).
     confine: AtomicBool,
 }
 
 impl Control {
-    fn new() -> Self {
+    fn new(wanted: Wanted) -> Self {
         Self {
-            state: Mutex::new((Wanted::Run, false)),
+            state: Mutex::new(Ctl {
+                wanted,
+                paused: false,
+                request: None,
+                response: None,
+            }),
             cond: Condvar::new(),
-            running: AtomicBool::new(true),
+            running: AtomicBool::new(wanted == Wanted::Run),
             confine: AtomicBool::new(false),
         }
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Wanted, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ctl> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -118,9 +150,12 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// Starts the thread `vcpu{index}` running `fd`.
+    /// Starts the thread `vcpu{index}` running `fd` (or paused, when
+    /// `wanted` is `Pause`: a restored VM that is to stay paused).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         index: u8,
+        wanted: Wanted,
         fd: VcpuFd,
         bus: Arc<Mutex<PioBus>>,
         mmio: Arc<MmioBus>,
@@ -128,7 +163,7 @@ impl Vcpu {
         drop_capabilities: bool,
         hook: Option<crate::threads::ThreadHook>,
     ) -> std::io::Result<Self> {
-        let control = Arc::new(Control::new());
+        let control = Arc::new(Control::new(wanted));
         let c = Arc::clone(&control);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -174,12 +209,12 @@ impl Vcpu {
 
     pub fn set_wanted(&self, w: Wanted) {
         let mut s = self.control.lock();
-        s.0 = w;
+        s.wanted = w;
         self.control
             .running
             .store(w == Wanted::Run, Ordering::Release);
         if w == Wanted::Run {
-            s.1 = false;
+            s.paused = false;
         }
         self.control.cond.notify_all();
         drop(s);
@@ -198,7 +233,7 @@ impl Vcpu {
     /// Waits until the thread has acknowledged a pause.
     pub fn wait_paused(&self) {
         let mut s = self.control.lock();
-        while s.0 == Wanted::Pause && !s.1 {
+        while s.wanted == Wanted::Pause && !s.paused {
             let (g, timeout) = self
                 .control
                 .cond
@@ -211,6 +246,34 @@ impl Vcpu {
                 self.kick();
                 s = self.control.lock();
             }
+        }
+    }
+
+    /// Asks the paused thread for its state and waits for the answer.
+    pub fn save_state(&self, msrs: Arc<[u32]>) -> Result<VcpuState, String> {
+        let mut s = self.control.lock();
+        if s.wanted != Wanted::Pause {
+            return Err(format!("vcpu{}: not paused", self.index));
+        }
+        s.response = None;
+        s.request = Some(VcpuRequest::SaveState(msrs));
+        self.control.cond.notify_all();
+        loop {
+            if let Some(r) = s.response.take() {
+                return match r {
+                    VcpuResponse::State(st) => Ok(*st),
+                    VcpuResponse::Error(e) => Err(format!("vcpu{}: {e}", self.index)),
+                };
+            }
+            if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                return Err(format!("vcpu{}: its thread has ended", self.index));
+            }
+            s = self
+                .control
+                .cond
+                .wait_timeout(s, std::time::Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -232,10 +295,6 @@ fn run_loop(
 ) {
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     KVM_RUN.with(|p| p.set(run_ptr));
-    let lock_bus = || {
-        bus.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
     let mut stopped = false;
     loop {
         // Cleared before the check: a kick that lands after it sets the flag
@@ -244,14 +303,25 @@ fn run_loop(
         fd.set_kvm_immediate_exit(0);
         if stopped || !control.running.load(Ordering::Acquire) {
             let mut s = control.lock();
+            let mut told_clock = false;
             loop {
-                match s.0 {
+                match s.wanted {
                     Wanted::Exit => {
                         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
                         return;
                     }
                     Wanted::Pause => {
-                        s.1 = true;
+                        if !told_clock {
+                            // Tells a kvmclock guest it was stopped, so its
+                            // watchdogs do not count the pause as a lockup
+                            // (fails harmlessly for other guests).
+                            let _ = fd.kvmclock_ctrl();
+                            told_clock = true;
+                        }
+                        if let Some(req) = s.request.take() {
+                            s.response = Some(answer(&mut fd, &req, bus, mmio));
+                        }
+                        s.paused = true;
                         control.cond.notify_all();
                         s = control
                             .cond
@@ -282,40 +352,95 @@ fn run_loop(
             }
         }
         let event = match fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => lock_bus().write(port, data).map(|e| match e {
-                DeviceEvent::Reset => VcpuEvent::Reset,
-                DeviceEvent::PowerOff => VcpuEvent::PowerOff,
-            }),
-            Ok(VcpuExit::IoIn(port, data)) => {
-                lock_bus().read(port, data);
-                None
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                mmio.read(addr, data);
-                None
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                mmio.write(addr, data);
-                None
-            }
-            Ok(VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen) => None,
-            Ok(VcpuExit::Shutdown) => Some(VcpuEvent::Crash("triple fault".into())),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
-                other => VcpuEvent::Crash(format!("system event {other}")),
-            }),
-            Ok(VcpuExit::InternalError) => Some(VcpuEvent::Crash(internal_error(&mut fd))),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(format!(
-                "VM entry failed (hardware reason 0x{reason:x}, cpu {cpu})"
-            ))),
-            Ok(other) => Some(VcpuEvent::Crash(format!("unexpected exit {other:?}"))),
+            Ok(exit) => handle_exit(exit, bus, mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(VcpuEvent::Failed(format!("KVM_RUN: {e}"))),
+        };
+        let event = match event {
+            Some(VcpuEvent::Crash(why)) if why == INTERNAL => {
+                Some(VcpuEvent::Crash(internal_error(&mut fd)))
+            }
+            other => other,
         };
         if let Some(ev) = event {
             stopped = true;
             events.send(ev);
+        }
+    }
+}
+
+/// Stands for an internal error until its details are read from kvm_run.
+const INTERNAL: &str = "internal error";
+
+/// What one exit asks: the device access done, or an event for the VM.
+fn handle_exit(exit: VcpuExit<'_>, bus: &Mutex<PioBus>, mmio: &MmioBus) -> Option<VcpuEvent> {
+    let lock_bus = || {
+        bus.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    match exit {
+        VcpuExit::IoOut(port, data) => lock_bus().write(port, data).map(|e| match e {
+            DeviceEvent::Reset => VcpuEvent::Reset,
+            DeviceEvent::PowerOff => VcpuEvent::PowerOff,
+        }),
+        VcpuExit::IoIn(port, data) => {
+            lock_bus().read(port, data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            mmio.read(addr, data);
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen => None,
+        VcpuExit::Shutdown => Some(VcpuEvent::Crash("triple fault".into())),
+        VcpuExit::SystemEvent(kind, _) => Some(match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
+            other => VcpuEvent::Crash(format!("system event {other}")),
+        }),
+        VcpuExit::InternalError => Some(VcpuEvent::Crash(INTERNAL.into())),
+        VcpuExit::FailEntry(reason, cpu) => Some(VcpuEvent::Crash(format!(
+            "VM entry failed (hardware reason 0x{reason:x}, cpu {cpu})"
+        ))),
+        other => Some(VcpuEvent::Crash(format!("unexpected exit {other:?}"))),
+    }
+}
+
+/// Answers a request on the paused vCPU's own thread. A save first
+/// enters KVM_RUN with `immediate_exit` set: KVM completes the port or
+/// MMIO access of the last exit (advancing RIP, storing what was read)
+/// and returns at once, so the state read next has no guest I/O half
+/// done. An access that needs another exit to finish gets it served.
+fn answer(fd: &mut VcpuFd, req: &VcpuRequest, bus: &Mutex<PioBus>, mmio: &MmioBus) -> VcpuResponse {
+    match req {
+        VcpuRequest::SaveState(msrs) => {
+            for _ in 0..8 {
+                fd.set_kvm_immediate_exit(1);
+                let r = fd.run();
+                let done = match r {
+                    Err(e) if e.errno() == libc::EINTR => true,
+                    Err(e) => return VcpuResponse::Error(format!("completing I/O: {e}")),
+                    Ok(exit) => {
+                        // An event here (a reset written by that last
+                        // access) is lost to the saved state on purpose:
+                        // the guest restarts right after the write.
+                        let _ = handle_exit(exit, bus, mmio);
+                        false
+                    }
+                };
+                if done {
+                    break;
+                }
+            }
+            fd.set_kvm_immediate_exit(0);
+            match VcpuState::save(fd, msrs) {
+                Ok(s) => VcpuResponse::State(Box::new(s)),
+                Err(e) => VcpuResponse::Error(e.to_string()),
+            }
         }
     }
 }

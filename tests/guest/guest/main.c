@@ -6,6 +6,9 @@
  *              Ctrl-Alt-Del arrives on the keyboard
  *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
+ *   memcount   rewrite `pages=` pages (default 1024) at 16 MiB each round
+ *              with a pattern of the round, checking the last round's
+ *              first; print "round N ok", or "MEMORY ERROR" and end
  *   blk-*      virtio-blk checks (blk.c)
  *   net-*      virtio-net checks (net.c)
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
@@ -106,6 +109,34 @@ void on_key(void) {
     }
 }
 
+/* The word at index i of round r: any change of either shows. */
+static u32 pattern(u32 round, u32 i) {
+    u32 x = round * 0x9e3779b1u ^ i * 0x85ebca6bu;
+    x ^= x >> 15;
+    return x * 0xc2b2ae35u + 1;
+}
+
+static void __attribute__((noreturn)) memcount(const char *cmdline) {
+    volatile u32 *mem = (volatile u32 *)0x1000000;
+    u32 words = arg_u32(cmdline, "pages", 1024) * 1024;
+    for (u32 round = 1;; round++) {
+        for (u32 i = 0; i < words; i++) {
+            if (round > 1 && mem[i] != pattern(round - 1, i)) {
+                puts("MEMORY ERROR at word ");
+                putu(i);
+                puts(" in round ");
+                putu(round);
+                putc('\n');
+                end(1);
+            }
+            mem[i] = pattern(round, i);
+        }
+        puts("round ");
+        putu(round);
+        puts(" ok\n");
+    }
+}
+
 static void __attribute__((noreturn)) heartbeat(void) {
     set_gate(0x20, irq0_entry);
     set_gate(0x21, irq1_entry);
@@ -159,6 +190,9 @@ void guest_main(u32 start_info) {
         blk_mode(mode, cmdline);
     } else if (starts(mode, "net-")) {
         net_mode(mode, cmdline);
+    } else if (starts(mode, "memcount")) {
+        puts("memcount\n");
+        memcount(cmdline);
     } else if (starts(mode, "cli-hlt")) {
         puts("halting\n");
         for (;;) __asm__ volatile("cli; hlt");

@@ -34,6 +34,28 @@ impl I8042 {
         }
     }
 
+    /// A controller as saved. The output buffer holds at most a few
+    /// keystrokes; a saved one longer than 64 bytes is refused.
+    pub fn from_state(irq: IrqLine, s: &crate::state::devices::I8042State) -> Result<Self, String> {
+        if s.queue.len() > 64 {
+            return Err(format!("i8042: {} bytes queued", s.queue.len()));
+        }
+        Ok(Self {
+            irq,
+            queue: s.queue.iter().copied().collect(),
+            config: s.config,
+            expect_config: s.expect_config,
+        })
+    }
+
+    pub fn state(&self) -> crate::state::devices::I8042State {
+        crate::state::devices::I8042State {
+            queue: self.queue.iter().copied().collect(),
+            config: self.config,
+            expect_config: self.expect_config,
+        }
+    }
+
     pub fn read(&mut self, port: u16) -> u8 {
         if port == 0x64 {
             let full = if self.queue.is_empty() {

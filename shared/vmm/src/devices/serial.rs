@@ -102,6 +102,23 @@ impl SerialPort {
             ),
         }
     }
+    /// A port as saved: registers and receive FIFO as they were.
+    pub fn from_state(
+        irq: IrqLine,
+        out: SerialOut,
+        state: &crate::state::devices::SerialState,
+    ) -> Result<Self, String> {
+        let writer = ConsoleWriter {
+            out,
+            line: Vec::new(),
+        };
+        Serial::from_state(&state.into(), irq, NoEvents, writer)
+            .map(|inner| Self { inner })
+            .map_err(|e| format!("serial port: {e:?}"))
+    }
+    pub fn state(&self) -> crate::state::devices::SerialState {
+        self.inner.state().into()
+    }
     pub fn read(&mut self, offset: u8) -> u8 {
         self.inner.read(offset)
     }

@@ -18,6 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::IrqLine;
 use crate::memory::GuestMemory;
+use crate::state::devices::TransportState;
 
 /// Size of one device's register window.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -71,6 +72,85 @@ impl MmioTransport {
 
     pub fn device(&self) -> &dyn VirtioDevice {
         self.device.as_ref()
+    }
+
+    /// Registers, queues and the device's own extra state, for save.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            extra: self.device.extra_state(),
+        }
+    }
+
+    /// Takes a saved transport's registers and queues; a running device
+    /// is activated again with the features its driver chose. Saved
+    /// queues that do not fit the device (count, sizes) are refused: the
+    /// file is not trusted.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), String> {
+        if s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues saved, the device has {}",
+                s.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (saved, q)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != q.max_size() {
+                return Err(format!(
+                    "queue {i}: saved with {} entries at most, the device has {}",
+                    saved.max_size,
+                    q.max_size()
+                ));
+            }
+            let restored = Queue::try_from(virtio_queue::QueueState::from(*saved))
+                .map_err(|e| format!("queue {i}: {e}"))?;
+            queues.push(restored);
+        }
+        self.queues = queues;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.status = s.status;
+        self.interrupt_status = s.interrupt_status;
+        self.config_generation = s.config_generation;
+        if self.running() {
+            if self.driver_features & !self.device.features() != 0 {
+                return Err(format!(
+                    "the driver took features {:#x} the device does not offer",
+                    self.driver_features & !self.device.features()
+                ));
+            }
+            self.device.activate(self.driver_features);
+            self.device.restore_extra(&s.extra);
+        }
+        Ok(())
+    }
+
+    /// After a restore: requests the guest queued while the VM was saved
+    /// are served, and an interrupt it had not acknowledged is raised
+    /// again (the irqfd's pending count did not travel).
+    pub fn kick_after_restore(&mut self) {
+        for i in 0..self.queues.len() {
+            // Bounded like the I/O loop's turns: a ring the guest keeps
+            // full is served again on its next notification.
+            for _ in 0..16 {
+                if !self.queue_notified(i) {
+                    break;
+                }
+            }
+        }
+        if self.interrupt_status != 0 {
+            let _ = self.irq.raise();
+        }
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {

@@ -53,6 +53,12 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     }
     /// The driver reset the device (status 0).
     fn reset(&mut self) {}
+    /// What the device keeps beyond its transport, for save.
+    fn extra_state(&self) -> crate::state::devices::DeviceExtra {
+        crate::state::devices::DeviceExtra::None
+    }
+    /// Takes back what `extra_state` gave, after `activate`.
+    fn restore_extra(&mut self, _extra: &crate::state::devices::DeviceExtra) {}
 }
 
 /// What one pass over a queue did.

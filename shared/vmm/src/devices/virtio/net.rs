@@ -22,6 +22,7 @@ pub use vm_spec::NetStats;
 
 use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
+use crate::state::devices::DeviceExtra;
 
 const VIRTIO_ID_NET: u32 = 1;
 pub const QUEUE_SIZE: u16 = 256;
@@ -68,6 +69,8 @@ pub struct VirtioNet {
     queue_sizes: Vec<u16>,
     config: Vec<u8>,
     counters: Arc<NetCounters>,
+    /// Queue pairs the driver uses (1 until VQ_PAIRS_SET).
+    active_pairs: std::cell::Cell<usize>,
 }
 
 impl VirtioNet {
@@ -93,6 +96,7 @@ impl VirtioNet {
             queue_sizes,
             config,
             counters,
+            active_pairs: std::cell::Cell::new(1),
         })
     }
 
@@ -104,6 +108,7 @@ impl VirtioNet {
     /// the driver serves no others (virtio 1.x, 5.1.6.5.5: pair 0 alone
     /// until VQ_PAIRS_SET).
     fn use_pairs(&self, n: usize) {
+        self.active_pairs.set(n);
         if self.pairs() < 2 {
             return;
         }
@@ -387,6 +392,21 @@ impl VirtioDevice for VirtioNet {
         match queues.get_mut(token * 2) {
             Some(q) if q.ready() && token < self.pairs() => self.receive(token, q, mem),
             _ => Served::default(),
+        }
+    }
+
+    fn extra_state(&self) -> DeviceExtra {
+        DeviceExtra::Net {
+            active_pairs: self.active_pairs.get() as u16,
+        }
+    }
+
+    fn restore_extra(&mut self, extra: &DeviceExtra) {
+        if let DeviceExtra::Net { active_pairs } = extra {
+            let n = usize::from(*active_pairs);
+            if (1..=self.pairs()).contains(&n) {
+                self.use_pairs(n);
+            }
         }
     }
 

@@ -8,20 +8,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootConfig};
-use crate::devices::virtio::blk::{BlockCounters, BlockStats, CachePolicy, VirtioBlk};
-use crate::devices::virtio::mmio::MMIO_WINDOW;
-use crate::devices::virtio::net::{NetCounters, NetStats, VirtioNet};
-use crate::devices::virtio::VirtioDevice;
-use crate::devices::{IrqLine, MmioBus, MmioTransport, PioBus, SerialOut, SerialPort, I8042};
+use crate::devices::virtio::blk::{BlockCounters, BlockStats, CachePolicy};
+use crate::devices::virtio::net::{NetCounters, NetStats};
+use crate::devices::{IrqLine, MmioTransport, PioBus, SerialOut, SerialPort, I8042};
 use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::{self, GuestMemory};
+use crate::state::chips::ChipsState;
+use crate::state::devices::{DeviceIdentity, VirtioState};
+use crate::state::MachineState;
 use crate::vcpu::{EventSink, Vcpu, VcpuEvent, Wanted};
 use crate::{cpu, layout, Error, Result};
+
+mod wiring;
 
 const COM1_GSI: u32 = 4;
 const KEYBOARD_GSI: u32 = 1;
@@ -95,11 +97,14 @@ impl std::fmt::Debug for DiskConfig {
 
 #[derive(Debug)]
 pub struct Vm {
-    _kvm: Kvm,
+    kvm: Kvm,
     /// The descriptor KVM_CREATE_VM returned.
     machine: VmFd,
-    _mem: GuestMemory,
+    mem: GuestMemory,
+    /// The memfd behind guest memory, or the saved file it was mapped from.
     mem_file: File,
+    /// `mem_file` is a memfd holding all of guest memory.
+    memfd: bool,
     vcpus: Vec<Vcpu>,
     bus: Arc<Mutex<PioBus>>,
     /// The generic event device's interrupt (the ACPI power button).
@@ -110,6 +115,8 @@ pub struct Vm {
     /// The writable disks, flushed on pause.
     writable: Vec<DiskConfig>,
     nets: Vec<(String, Arc<NetCounters>)>,
+    /// Each virtio transport and what identifies its device.
+    registry: Vec<(DeviceIdentity, Arc<Mutex<MmioTransport>>)>,
     events: Receiver<VcpuEvent>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
@@ -136,9 +143,30 @@ fn open_kvm() -> Result<Kvm> {
     Ok(kvm)
 }
 
+/// What a restored machine starts from: its saved state, and guest
+/// memory from the saved file.
+#[derive(Debug)]
+pub struct Restore<'a> {
+    pub state: &'a MachineState,
+    pub memory: memory::Saved,
+    /// The vCPUs stay paused until [`Vm::resume`].
+    pub paused: bool,
+}
+
 impl Vm {
     /// Builds the machine, loads the kernel and starts every vCPU.
     pub fn start(cfg: &VmConfig, serial: SerialOut) -> Result<Self> {
+        Self::build(cfg, serial, None)
+    }
+
+    /// Builds the machine `from` describes and starts its vCPUs where
+    /// they were saved (or paused there). A spec whose devices differ
+    /// from the saved ones is refused before any vCPU exists.
+    pub fn restore(cfg: &VmConfig, serial: SerialOut, from: Restore<'_>) -> Result<Self> {
+        Self::build(cfg, serial, Some(from))
+    }
+
+    fn build(cfg: &VmConfig, serial: SerialOut, restore: Option<Restore<'_>>) -> Result<Self> {
         crate::vcpu::install_kick_handler()
             .map_err(Error::io("installing the vCPU kick handler"))?;
         let kvm = open_kvm()?;
@@ -146,7 +174,24 @@ impl Vm {
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        let (mem, mem_file) = memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
+        let (saved, paused) = match restore {
+            Some(r) => {
+                if r.state.vcpus.len() != usize::from(cfg.vcpus) {
+                    return Err(Error::State(format!(
+                        "{} vCPUs saved, the spec has {}",
+                        r.state.vcpus.len(),
+                        cfg.vcpus
+                    )));
+                }
+                (Some((r.state, r.memory)), r.paused)
+            }
+            None => (None, false),
+        };
+        let (mem, mem_file) = match &saved {
+            Some((_, from)) => memory::restore(&cfg.name, cfg.memory, cfg.hugepages, from)?,
+            None => memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?,
+        };
+        let memfd = saved.is_none() || cfg.hugepages.is_some();
         if let Some((policy, nodes)) = &cfg.numa {
             memory::bind(&mem, *policy, nodes)?;
         }
@@ -182,12 +227,146 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let mut boot_cfg = cfg.boot.clone();
-        let devices = add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.mmio_devices)?;
-        // Linux finds the devices through ACPI; a kernel that is not Linux
-        // (the test guest), or Linux told `acpi=off`, reads them from its
-        // command line. Never both: a kernel built with command-line
-        // devices would otherwise see each one twice (QEMU's microvm
-        // makes the same choice).
+        let devices = wiring::add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.mmio_devices)?;
+        let entry = match &saved {
+            None => Some(Self::load(&mem, cfg, &mut boot_cfg)?),
+            Some((state, _)) => {
+                let here: Vec<DeviceIdentity> =
+                    devices.registry.iter().map(|(id, _)| id.clone()).collect();
+                let was: Vec<DeviceIdentity> =
+                    state.devices.iter().map(|d| d.identity.clone()).collect();
+                if let Some(diff) = crate::state::devices::difference(&was, &here) {
+                    return Err(Error::State(diff));
+                }
+                for ((id, t), d) in devices.registry.iter().zip(&state.devices) {
+                    crate::devices::lock(t)
+                        .restore(&d.transport)
+                        .map_err(|e| Error::State(format!("{}: {e}", id.id)))?;
+                }
+                None
+            }
+        };
+        let mmio = Arc::clone(&devices.bus);
+
+        let com1 = IrqLine::new().map_err(Error::io("serial irq eventfd"))?;
+        vm_fd
+            .register_irqfd(&com1.0, COM1_GSI)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let power_button = IrqLine::new().map_err(Error::io("power button eventfd"))?;
+        vm_fd
+            .register_irqfd(&power_button.0, crate::acpi::GED_GSI)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let kbd = IrqLine::new().map_err(Error::io("keyboard irq eventfd"))?;
+        vm_fd
+            .register_irqfd(&kbd.0, KEYBOARD_GSI)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let pio = match &saved {
+            None => PioBus {
+                serial: SerialPort::new(com1, serial),
+                i8042: I8042::new(kbd),
+            },
+            Some((state, _)) => PioBus {
+                serial: SerialPort::from_state(com1, serial, &state.serial)
+                    .map_err(Error::State)?,
+                i8042: I8042::from_state(kbd, &state.i8042).map_err(Error::State)?,
+            },
+        };
+        let bus = Arc::new(Mutex::new(pio));
+
+        let (tx, rx) = channel();
+        let wake = Arc::new(
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(Error::io("event eventfd"))?,
+        );
+        let sink = EventSink {
+            tx,
+            wake: Arc::clone(&wake),
+        };
+        let mut fds = Vec::new();
+        let base_cpuid = cpu::base_cpuid(&kvm)?;
+        for id in 0..cfg.vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            if saved.is_none() {
+                let cpuid = cpu::vcpu_cpuid(
+                    &base_cpuid,
+                    id,
+                    cfg.vcpus,
+                    cfg.threads_per_core,
+                    cfg.cores_per_socket,
+                );
+                fd.set_cpuid2(&cpuid)
+                    .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+                cpu::set_lint(&fd)?;
+            }
+            fds.push(fd);
+        }
+        match (&saved, entry) {
+            (Some((state, _)), _) => {
+                // The in-kernel chips first, then each vCPU (its LAPIC
+                // routes what the chips deliver), all before any runs.
+                state.chips.restore(&vm_fd)?;
+                for (fd, s) in fds.iter().zip(&state.vcpus) {
+                    s.restore(fd)?;
+                }
+            }
+            (None, Some(entry)) => cpu::setup_boot_vcpu(&fds[0], &mem, entry)?,
+            (None, None) => {}
+        }
+        if saved.is_some() {
+            for (_, t) in &devices.registry {
+                crate::devices::lock(t).kick_after_restore();
+            }
+        }
+        let wanted = if paused { Wanted::Pause } else { Wanted::Run };
+        let mut vcpus = Vec::new();
+        for (id, fd) in fds.into_iter().enumerate() {
+            vcpus.push(
+                Vcpu::spawn(
+                    id as u8,
+                    wanted,
+                    fd,
+                    Arc::clone(&bus),
+                    Arc::clone(&mmio),
+                    sink.clone(),
+                    cfg.drop_capabilities,
+                    cfg.thread_hook.clone(),
+                )
+                .map_err(Error::io("starting a vCPU thread"))?,
+            );
+        }
+        if paused {
+            for v in &vcpus {
+                v.wait_paused();
+            }
+        }
+        Ok(Self {
+            kvm,
+            machine: vm_fd,
+            mem,
+            mem_file,
+            memfd,
+            vcpus,
+            bus,
+            power_button,
+            io: devices.main,
+            iothreads: devices.threads,
+            disks: devices.disks,
+            writable: cfg.disks.iter().filter(|d| !d.read_only).cloned().collect(),
+            nets: devices.nets,
+            registry: devices.registry,
+            events: rx,
+            wake,
+        })
+    }
+
+    /// Loads the kernel for a fresh boot. Linux finds the devices through
+    /// ACPI; a kernel that is not Linux (the test guest), or Linux told
+    /// `acpi=off`, reads them from its command line. Never both: a kernel
+    /// built with command-line devices would otherwise see each one twice
+    /// (QEMU's microvm makes the same choice).
+    fn load(mem: &GuestMemory, cfg: &VmConfig, boot_cfg: &mut BootConfig) -> Result<boot::Entry> {
         let acpi_off = boot_cfg.cmdline.split_whitespace().any(|w| w == "acpi=off");
         if acpi_off || !boot::is_linux(&boot_cfg.kernel) {
             for d in &boot_cfg.mmio_devices {
@@ -203,87 +382,47 @@ impl Vm {
                 );
             }
         }
-        let mmio = devices.bus;
-        let entry = boot::load(&mem, cfg.memory, &boot_cfg)?;
+        boot::load(mem, cfg.memory, boot_cfg)
+    }
 
-        let com1 = IrqLine::new().map_err(Error::io("serial irq eventfd"))?;
-        vm_fd
-            .register_irqfd(&com1.0, COM1_GSI)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let power_button = IrqLine::new().map_err(Error::io("power button eventfd"))?;
-        vm_fd
-            .register_irqfd(&power_button.0, crate::acpi::GED_GSI)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let kbd = IrqLine::new().map_err(Error::io("keyboard irq eventfd"))?;
-        vm_fd
-            .register_irqfd(&kbd.0, KEYBOARD_GSI)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let bus = Arc::new(Mutex::new(PioBus {
-            serial: SerialPort::new(com1, serial),
-            i8042: I8042::new(kbd),
-        }));
-
-        let base_cpuid = cpu::base_cpuid(&kvm)?;
-        let (tx, rx) = channel();
-        let wake = Arc::new(
-            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(Error::io("event eventfd"))?,
-        );
-        let sink = EventSink {
-            tx,
-            wake: Arc::clone(&wake),
+    /// The machine's whole state, for save and migration. Call it with
+    /// the VM paused ([`Vm::pause`]); each vCPU reads its own on its
+    /// thread, at a clean point.
+    pub fn save_state(&self) -> Result<MachineState> {
+        let msrs: Arc<[u32]> = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .into();
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &self.vcpus {
+            vcpus.push(v.save_state(Arc::clone(&msrs)).map_err(Error::State)?);
+        }
+        let (serial, i8042) = {
+            let bus = crate::devices::lock(&self.bus);
+            (bus.serial.state(), bus.i8042.state())
         };
-        let mut fds = Vec::new();
-        for id in 0..cfg.vcpus {
-            let fd = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-            let cpuid = cpu::vcpu_cpuid(
-                &base_cpuid,
-                id,
-                cfg.vcpus,
-                cfg.threads_per_core,
-                cfg.cores_per_socket,
-            );
-            fd.set_cpuid2(&cpuid)
-                .map_err(Error::kvm("KVM_SET_CPUID2"))?;
-            cpu::set_lint(&fd)?;
-            if id == 0 {
-                cpu::setup_boot_vcpu(&fd, &mem, entry)?;
-            }
-            fds.push(fd);
-        }
-        let mut vcpus = Vec::new();
-        for (id, fd) in fds.into_iter().enumerate() {
-            vcpus.push(
-                Vcpu::spawn(
-                    id as u8,
-                    fd,
-                    Arc::clone(&bus),
-                    Arc::clone(&mmio),
-                    sink.clone(),
-                    cfg.drop_capabilities,
-                    cfg.thread_hook.clone(),
-                )
-                .map_err(Error::io("starting a vCPU thread"))?,
-            );
-        }
-        Ok(Self {
-            _kvm: kvm,
-            machine: vm_fd,
-            _mem: mem,
-            mem_file,
+        Ok(MachineState {
             vcpus,
-            bus,
-            power_button,
-            io: devices.main,
-            iothreads: devices.threads,
-            disks: devices.disks,
-            writable: cfg.disks.iter().filter(|d| !d.read_only).cloned().collect(),
-            nets: devices.nets,
-            events: rx,
-            wake,
+            chips: ChipsState::save(&self.machine)?,
+            serial,
+            i8042,
+            devices: self
+                .registry
+                .iter()
+                .map(|(identity, t)| VirtioState {
+                    identity: identity.clone(),
+                    transport: crate::devices::lock(t).state(),
+                })
+                .collect(),
         })
+    }
+
+    /// Guest memory, and the memfd behind it when it has one (a restored
+    /// VM's memory is a private mapping of its saved file instead).
+    pub fn memory(&self) -> (&GuestMemory, Option<&File>) {
+        (&self.mem, self.memfd.then_some(&self.mem_file))
     }
 
     /// A descriptor that becomes readable when a vCPU event is pending
@@ -444,147 +583,4 @@ impl Vm {
             t.stop();
         }
     }
-}
-
-/// The virtio devices of a VM and what serves them.
-struct Devices {
-    bus: Arc<MmioBus>,
-    main: IoLoop,
-    threads: Vec<IoThread>,
-    disks: Vec<(String, Arc<BlockCounters>)>,
-    nets: Vec<(String, Arc<NetCounters>)>,
-}
-
-/// A device with its id and the iothread that serves it.
-type Built = (String, Option<u32>, Box<dyn VirtioDevice>);
-
-/// Builds the virtio-blk devices, then the virtio-net ones.
-fn build_devices(cfg: &VmConfig) -> Result<Vec<Built>> {
-    let mut out: Vec<Built> = Vec::new();
-    for d in &cfg.disks {
-        let mut blk = VirtioBlk::new(
-            Arc::clone(&d.image),
-            d.read_only,
-            d.cache,
-            &d.serial,
-            Arc::clone(&d.counters),
-        );
-        if let Some(f) = &d.uring_file {
-            blk = f
-                .try_clone()
-                .and_then(|f| blk.with_uring(f))
-                .map_err(Error::io(format!("disk {}: io_uring", d.id)))?;
-        }
-        out.push((d.id.clone(), d.iothread, Box::new(blk)));
-    }
-    for n in &cfg.nets {
-        let taps = n
-            .taps
-            .iter()
-            .map(|t| t.try_clone())
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(Error::io(format!("net {}: tap", n.id)))?;
-        let net = VirtioNet::new(taps, n.mac, Arc::clone(&n.counters))
-            .map_err(Error::io(format!("net {}: tap", n.id)))?;
-        out.push((n.id.clone(), None, Box::new(net)));
-    }
-    Ok(out)
-}
-
-/// Puts each device behind a virtio-mmio window with its own interrupt
-/// line, wires its queue notifiers (ioeventfds) and host descriptors to
-/// the loop that serves it, starts the iothreads and announces the devices
-/// on the kernel command line.
-fn add_devices(
-    vm_fd: &VmFd,
-    mem: &GuestMemory,
-    cfg: &VmConfig,
-    announced: &mut Vec<crate::acpi::MmioDevice>,
-) -> Result<Devices> {
-    let devices = build_devices(cfg)?;
-    let max = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
-    if devices.len() > max {
-        return Err(Error::Boot(format!(
-            "{} virtio devices, at most {max} fit",
-            devices.len()
-        )));
-    }
-    let mut bus = MmioBus::default();
-    let mut main = IoLoop::new().map_err(Error::io("creating the I/O loop"))?;
-    let mut loops = Vec::new();
-    for id in 1..=cfg.iothreads {
-        loops.push((
-            id,
-            IoLoop::new().map_err(Error::io("creating an iothread loop"))?,
-        ));
-    }
-    for (i, (id, iothread, device)) in devices.into_iter().enumerate() {
-        let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_WINDOW;
-        let gsi = layout::VIRTIO_IRQ_FIRST + i as u32;
-        let irq = IrqLine::new().map_err(Error::io("virtio irq eventfd"))?;
-        vm_fd
-            .register_irqfd(&irq.0, gsi)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let backends = device.backend_fds();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq)));
-        let io = match iothread {
-            None => &mut main,
-            Some(n) => match loops.iter_mut().find(|(t, _)| *t == n) {
-                Some((_, l)) => l,
-                None => {
-                    return Err(Error::Boot(format!(
-                        "{id} names iothread {n}, but the VM has {}",
-                        cfg.iothreads
-                    )))
-                }
-            },
-        };
-        let queues = crate::devices::lock(&dev).queue_count();
-        for q in 0..queues {
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("queue eventfd"))?;
-            vm_fd
-                .register_ioevent(
-                    &fd,
-                    &IoEventAddress::Mmio(
-                        base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY),
-                    ),
-                    q as u32,
-                )
-                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
-            io.add(fd, Arc::clone(&dev), q)
-                .map_err(Error::io("adding a queue to its loop"))?;
-        }
-        for (fd, token) in backends {
-            io.add_backend(fd, Arc::clone(&dev), token)
-                .map_err(Error::io("adding a tap to its loop"))?;
-        }
-        bus.add(base, dev);
-        announced.push(crate::acpi::MmioDevice {
-            base,
-            len: MMIO_WINDOW as u32,
-            gsi,
-        });
-    }
-    let mut threads = Vec::new();
-    for (id, l) in loops {
-        threads.push(
-            IoThread::spawn(id, l, cfg.drop_capabilities, cfg.thread_hook.clone())
-                .map_err(Error::io("starting an iothread"))?,
-        );
-    }
-    Ok(Devices {
-        bus: Arc::new(bus),
-        main,
-        threads,
-        disks: cfg
-            .disks
-            .iter()
-            .map(|d| (d.id.clone(), Arc::clone(&d.counters)))
-            .collect(),
-        nets: cfg
-            .nets
-            .iter()
-            .map(|n| (n.id.clone(), Arc::clone(&n.counters)))
-            .collect(),
-    })
 }
