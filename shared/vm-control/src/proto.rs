@@ -21,6 +21,36 @@ pub enum Request {
     Reboot,
     /// Device counters (virsh domblkstat).
     Stats,
+    /// Save the VM into the empty file that comes with the request
+    /// (SCM_RIGHTS): pause, write, and (unless `fsync` is false) make it
+    /// durable. The reply comes once the file is written; the VM then
+    /// waits, paused, on this connection: `save-commit` ends it, anything
+    /// else (the connection closing) resumes it as it was.
+    Save {
+        #[serde(default = "yes")]
+        fsync: bool,
+    },
+    /// The saved file is in place: end the VM (on a save's connection).
+    SaveCommit,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a save wrote and how long it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveReport {
+    /// Bytes of guest memory, and of those written (the rest are zero).
+    pub memory_bytes: u64,
+    pub written_bytes: u64,
+    pub state_bytes: u64,
+    pub file_bytes: u64,
+    /// Stopping the vCPUs and device queues and reading their state.
+    pub pause_ms: u64,
+    /// Writing the file, and then fsync (0 without it).
+    pub write_ms: u64,
+    pub sync_ms: u64,
 }
 
 /// How `shutdown` asks the guest (virsh shutdown's `--mode`).
@@ -49,6 +79,7 @@ impl Request {
             .ok_or_else(|| "bad request: not a JSON object".to_string())?;
         let takes: &[&str] = match obj.get("cmd").and_then(serde_json::Value::as_str) {
             Some("shutdown") => &["mode"],
+            Some("save") => &["fsync"],
             _ => &[],
         };
         if let Some(k) = obj
@@ -94,6 +125,8 @@ pub struct Reply {
     pub state: Option<Box<VmState>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<SaveReport>,
 }
 
 impl Reply {
@@ -103,6 +136,7 @@ impl Reply {
             error: None,
             state: state.map(Box::new),
             stats: None,
+            saved: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -111,6 +145,7 @@ impl Reply {
             error: Some(msg.into()),
             state: None,
             stats: None,
+            saved: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! modes alone can be opened up by mistake.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -105,4 +105,150 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
         Ok(_) => {}
     }
     serde_json::from_str(&reply).map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}")))
+}
+
+/// Descriptors passed with one message at most (SCM_RIGHTS).
+const MAX_FDS: usize = 4;
+
+/// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one message.
+pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors");
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `control`, at least `space` bytes
+        // (64 bytes hold 4 descriptors), so the first header and its data
+        // fit; we write exactly CMSG_LEN(data_len) bytes.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
+        }
+    }
+    let mut sent = 0;
+    while sent < bytes.len() {
+        // SAFETY: msg points at live buffers for the call.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+        // The rest goes without descriptors (they went with the first bytes).
+        msg.msg_control = std::ptr::null_mut();
+        msg.msg_controllen = 0;
+        iov.iov_base = bytes[sent..].as_ptr().cast_mut().cast();
+        iov.iov_len = bytes.len() - sent;
+        msg.msg_iov = &raw mut iov;
+    }
+    Ok(())
+}
+
+/// Reads what `stream` has into `buf`, taking the descriptors that came
+/// with it (close-on-exec); more than MAX_FDS, or a truncated control
+/// message, closes them all and fails.
+pub fn recv_with_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at live buffers for the call.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into
+    // `control`, within msg_controllen; each SCM_RIGHTS payload holds
+    // whole ints that are now our descriptors.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len - (data as usize - c as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > MAX_FDS {
+        return Err(std::io::Error::other("too many descriptors in one request"));
+    }
+    Ok((n as usize, fds))
+}
+
+/// A conversation with a VM that lasts more than one request (a save:
+/// the request with its file, then the commit once the file is in place).
+#[derive(Debug)]
+pub struct Session {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    socket: PathBuf,
+}
+
+impl Session {
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let what = || format!("control socket {}", socket.display());
+        let stream = UnixStream::connect(socket).map_err(Error::io(what()))?;
+        let reader = BufReader::new(stream.try_clone().map_err(Error::io(what()))?);
+        Ok(Self {
+            stream,
+            reader,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Sends one request with `fds`, and waits up to `timeout` (None:
+    /// forever) for its reply.
+    pub fn call(&mut self, req: &Request, fds: &[RawFd], timeout: Option<Duration>) -> Result<Reply> {
+        let what = || format!("control socket {}", self.socket.display());
+        let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push('\n');
+        send_with_fds(&self.stream, line.as_bytes(), fds).map_err(Error::io(what()))?;
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(Error::io(what()))?;
+        let mut reply = String::new();
+        match self.reader.read_line(&mut reply) {
+            Ok(0) => Err(Error::Protocol(
+                "the VM closed the connection without a reply".into(),
+            )),
+            Ok(_) => serde_json::from_str(&reply)
+                .map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}"))),
+            Err(e) => Err(Error::io(what())(e)),
+        }
+    }
 }

@@ -225,7 +225,7 @@ fn damaged_files_are_refused() {
     let opened = file::open(File::open(&path).unwrap()).unwrap();
     let run = opened.runs[0];
     let mut b = good.clone();
-    let at = (run.file_offset + 0x100000) as usize;
+    let at = (run.file_offset + 0x0010_0000) as usize;
     b[at] ^= 0x55;
     assert!(try_open(&b).is_ok(), "verify_memory saw the change");
 }

@@ -112,7 +112,23 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// Spec file, defined name, or - for a spec on stdin.
-    pub vm: String,
+    #[arg(required_unless_present = "restore")]
+    pub vm: Option<String>,
+    /// Start from a saved VM (vm-snap save) instead of booting: the spec
+    /// and the machine come from the file.
+    #[arg(long, value_name = "FILE", conflicts_with = "vm")]
+    pub restore: Option<PathBuf>,
+    /// With --restore: stay paused until `vm-run resume`.
+    #[arg(long, requires = "restore")]
+    pub paused: bool,
+    /// With --restore: run under this name (an instant clone of the saved VM).
+    #[arg(long, value_name = "NAME", requires = "restore")]
+    pub name: Option<String>,
+    /// With --restore: this spec replaces the saved one's host-local parts
+    /// (disk paths, console, taps, placement); its devices, memory and
+    /// vCPUs must match the saved machine's.
+    #[arg(long, value_name = "SPEC", requires = "restore")]
+    pub spec: Option<String>,
     /// Run in the background; print the VM's state once the guest runs.
     #[arg(short, long)]
     pub detach: bool,

@@ -4,8 +4,8 @@
 //! to send it and at most 16 are served at once. A silent or flooding
 //! client costs the VM nothing but a slot.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -21,14 +21,17 @@ const DEADLINE: Duration = Duration::from_secs(5);
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
     deadline: Instant,
 }
 
-/// A request read whole, with the connection to answer it on.
+/// A request read whole, with the connection to answer it on and the
+/// descriptors that came with it (a save's file).
 #[derive(Debug)]
 pub struct Incoming {
     pub stream: UnixStream,
     pub request: Result<Request, String>,
+    pub fds: Vec<OwnedFd>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,7 @@ impl Clients {
             self.conns.push(Conn {
                 stream,
                 buf: Vec::new(),
+                fds: Vec::new(),
                 deadline: Instant::now() + DEADLINE,
             });
         }
@@ -83,19 +87,21 @@ impl Clients {
         let c = &mut self.conns[i];
         let mut chunk = [0u8; 4096];
         loop {
-            match c.stream.read(&mut chunk) {
-                Ok(0) => {
+            match vm_control::recv_with_fds(&c.stream, &mut chunk) {
+                Ok((0, _)) => {
                     // Closed before a whole line: nobody to answer.
                     self.conns.swap_remove(i);
                     return None;
                 }
-                Ok(n) => {
+                Ok((n, fds)) => {
+                    c.fds.extend(fds);
                     c.buf.extend_from_slice(&chunk[..n]);
                     if let Some(end) = c.buf.iter().position(|&b| b == b'\n') {
                         let c = self.conns.swap_remove(i);
                         return Some(Incoming {
                             request: Request::parse(&c.buf[..end]),
                             stream: c.stream,
+                            fds: c.fds,
                         });
                     }
                     if c.buf.len() > MAX_REQUEST {

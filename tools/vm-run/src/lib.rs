@@ -10,6 +10,7 @@ pub mod monitor;
 pub mod nets;
 pub mod output;
 pub mod resolve;
+mod save;
 mod serve;
 pub mod start;
 pub mod timefmt;

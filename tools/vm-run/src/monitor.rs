@@ -56,13 +56,24 @@ pub enum Console {
     Socket(PathBuf),
 }
 
+/// A start from a saved VM.
+#[derive(Debug, Clone)]
+pub struct RestoreFrom {
+    pub path: PathBuf,
+    /// Stay paused until resumed.
+    pub paused: bool,
+}
+
 /// Runs `spec` to the end. `detached` picks the console default and
 /// `ready` (a pipe) receives the VmState line once the guest runs.
+/// With `restore` the machine starts from the saved file instead of
+/// booting.
 pub fn run(
     spec: VmSpec,
     detached: bool,
     console: Option<PathBuf>,
     ready: Option<File>,
+    restore: Option<RestoreFrom>,
 ) -> Result<i32> {
     spec.require_supported("vm-run", SUPPORTED)
         .map_err(|e| anyhow!("{e}"))?;
@@ -105,7 +116,9 @@ pub fn run(
     // starts in the VM's groups; the machine's threads then move
     // themselves into theirs.
     let cgroup = enter_cgroup(&spec);
-    let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone()) {
+    let paused = restore.as_ref().is_some_and(|r| r.paused);
+    let how = if restore.is_some() { "restored" } else { "booted" };
+    let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone(), restore) {
         Ok(m) => m,
         Err(e) => {
             if let Some(cg) = cgroup {
@@ -120,7 +133,12 @@ pub fn run(
     // vCPU threads dropped theirs as they started; cgroup files need none).
     vm_host::capabilities::drop_all()?;
     let listener = Listener::bind(&dir.join("control.sock"))?;
-    let mut state = machine.state(&dir, RunState::Running, "booted");
+    let first = if paused {
+        RunState::Paused
+    } else {
+        RunState::Running
+    };
+    let mut state = machine.state(&dir, first, how);
     vm_control::write_state(&dir, &state)?;
     log(&format!("started VM {name} (pid {})", std::process::id()));
     if let Some(mut r) = ready {
@@ -410,11 +428,31 @@ impl Machine {
         console: Console,
         endpoint: Endpoint,
         cgroup: Option<Arc<VmCgroup>>,
+        restore: Option<RestoreFrom>,
     ) -> Result<Self> {
         let disks = crate::disks::open_all(&spec)?;
         let nets = crate::nets::open_all(&spec)?;
         let cfg = Self::config(&spec, &disks, &nets, cgroup.as_ref())?;
-        let vm = Vm::start(&cfg, Self::serial(&console, &endpoint)?)?;
+        let serial = Self::serial(&console, &endpoint)?;
+        let vm = match restore {
+            None => Vm::start(&cfg, serial)?,
+            Some(r) => {
+                let f = File::open(&r.path)
+                    .with_context(|| format!("saved VM {}", r.path.display()))?;
+                let opened = vmm::state::file::open(f)
+                    .with_context(|| r.path.display().to_string())?;
+                let from = vmm::Restore {
+                    state: &opened.saved.machine,
+                    memory: vmm::memory::Saved {
+                        file: opened.file,
+                        runs: opened.runs,
+                    },
+                    paused: r.paused,
+                };
+                Vm::restore(&cfg, serial, from)
+                    .with_context(|| format!("restoring {}", r.path.display()))?
+            }
+        };
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
             spec,

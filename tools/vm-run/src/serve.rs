@@ -14,6 +14,7 @@ use vmm::vcpu::VcpuEvent;
 use crate::clients::{self, Clients, Incoming};
 use crate::console;
 use crate::monitor::{Machine, EXIT_CRASHED};
+use crate::save::{SaveEvent, SaveJob};
 use crate::timefmt::log;
 
 enum Next {
@@ -34,6 +35,7 @@ pub(crate) fn serve(
         revents: 0,
     };
     let mut clients = Clients::default();
+    let mut save: Option<SaveJob> = None;
     loop {
         let mut fds = vec![
             pollin(listener.inner.as_raw_fd()),
@@ -46,6 +48,8 @@ pub(crate) fn serve(
         fds.push(pollin(io.unwrap_or(-1)));
         let console = m.endpoint.fds();
         fds.extend(console.iter().map(|&fd| pollin(fd)));
+        let first_save = fds.len();
+        fds.extend(save.iter().flat_map(SaveJob::fds).map(pollin));
         let first_client = fds.len();
         fds.extend(clients.fds().into_iter().map(pollin));
         // Input the serial FIFO could not take yet is retried shortly; a
@@ -78,10 +82,15 @@ pub(crate) fn serve(
                 }
             }
         }
+        if fds[first_save..first_client].iter().any(|p| p.revents != 0) {
+            if let Next::Exit(code) = on_save(m, dir, state, &mut save) {
+                return Ok(code);
+            }
+        }
         for p in &fds[first_client..] {
             if p.revents != 0 {
                 if let Some(req) = clients.on_ready(p.fd) {
-                    if let Next::Exit(code) = on_request(m, dir, state, req)? {
+                    if let Next::Exit(code) = on_request(m, dir, state, req, &mut save)? {
                         return Ok(code);
                     }
                 }
@@ -91,7 +100,7 @@ pub(crate) fn serve(
         if fds[0].revents != 0 {
             clients.accept(listener);
         }
-        for p in &fds[4..first_client] {
+        for p in &fds[4..first_save] {
             if p.revents != 0 {
                 m.endpoint.on_ready(p.fd, &mut m.pending);
             }
@@ -191,12 +200,88 @@ fn on_guest_event(
     }
 }
 
+/// A save's writer finished or its client spoke.
+fn on_save(m: &mut Machine, dir: &Path, state: &mut VmState, save: &mut Option<SaveJob>) -> Next {
+    let Some(job) = save.as_mut() else {
+        return Next::Continue;
+    };
+    match job.on_ready() {
+        SaveEvent::Pending => Next::Continue,
+        SaveEvent::Written(reply) => {
+            log("saved; waiting for the commit");
+            clients::reply(job.stream(), &reply);
+            Next::Continue
+        }
+        SaveEvent::Commit => {
+            log("save committed: the VM ends");
+            let mut s = state.clone();
+            s.state = RunState::Shutoff;
+            s.reason = "saved".into();
+            clients::reply(job.stream(), &Reply::ok(Some(s)));
+            Next::Exit(0)
+        }
+        SaveEvent::Abandoned(reply, why) => {
+            log(&format!("save abandoned ({why}): the VM goes on as it was"));
+            if let Some(r) = reply {
+                clients::reply(job.stream(), &r);
+            }
+            if job.was_running {
+                m.vm().resume();
+                record_event(m, dir, state, RunState::Running, "save abandoned");
+            }
+            *save = None;
+            Next::Continue
+        }
+    }
+}
+
 fn on_request(
     m: &mut Machine,
     dir: &Path,
     state: &mut VmState,
     incoming: Incoming,
+    save: &mut Option<SaveJob>,
 ) -> Result<Next> {
+    let busy = save.is_some()
+        && matches!(
+            incoming.request,
+            Ok(Request::Pause
+                | Request::Resume
+                | Request::Shutdown { .. }
+                | Request::Reboot
+                | Request::Save { .. })
+        );
+    if busy {
+        clients::reply(
+            &incoming.stream,
+            &Reply::err("a save is in progress; try again when it is done"),
+        );
+        return Ok(Next::Continue);
+    }
+    if let Ok(Request::Save { fsync }) = incoming.request {
+        if !matches!(state.state, RunState::Running | RunState::Paused) {
+            clients::reply(
+                &incoming.stream,
+                &Reply::err(format!("cannot save a VM that is {}", state.state)),
+            );
+            return Ok(Next::Continue);
+        }
+        let running = state.state == RunState::Running;
+        match SaveJob::start(m, running, fsync, incoming.fds, incoming.stream.try_clone()?) {
+            Ok(job) => {
+                if running {
+                    record_event(m, dir, state, crate::save::SAVING, "saving");
+                }
+                *save = Some(job);
+            }
+            Err(e) => clients::reply(&incoming.stream, &Reply::err(crate::one_line(&e))),
+        }
+        return Ok(Next::Continue);
+    }
+    if let Ok(Request::SaveCommit) = incoming.request {
+        clients::reply(&incoming.stream, &Reply::err("no save to commit"));
+        return Ok(Next::Continue);
+    }
     let (reply, next) = match incoming.request {
         Err(e) => (Reply::err(e), Next::Continue),
         Ok(req) => match handle(m, dir, state, &req) {
@@ -280,6 +365,7 @@ fn handle(
             reply.stats = Some(m.stats());
             return Ok((reply, Next::Continue));
         }
+        Request::Save { .. } | Request::SaveCommit => unreachable!("answered in on_request"),
     };
     Ok((Reply::ok(Some(state.clone())), next))
 }

@@ -15,14 +15,50 @@ use crate::cli::StartArgs;
 use crate::{monitor, output};
 
 pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
-    let spec = crate::resolve::load_spec(&a.vm)?;
+    let (spec, restore) = match &a.restore {
+        Some(path) => restore_spec(a, path)?,
+        None => (
+            crate::resolve::load_spec(a.vm.as_deref().unwrap_or("-"))?,
+            None,
+        ),
+    };
     if !a.detach {
-        return monitor::run(spec, false, a.console.clone(), None);
+        return monitor::run(spec, false, a.console.clone(), None, restore);
     }
-    detach(&spec, a.console.clone(), json)
+    detach(&spec, a.console.clone(), json, restore.as_ref())
 }
 
-fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
+/// The spec a restore runs: the saved one, or `--spec`, under `--name`.
+/// The file is checked here (header, state) so a bad one fails before
+/// anything starts; the VM process checks it again as it opens it.
+fn restore_spec(a: &StartArgs, path: &std::path::Path) -> Result<(VmSpec, Option<monitor::RestoreFrom>)> {
+    let path = std::path::absolute(path)
+        .with_context(|| format!("saved VM {}", path.display()))?;
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("saved VM {}", path.display()))?;
+    let opened = vmm::state::file::open(f).with_context(|| path.display().to_string())?;
+    let mut spec = match &a.spec {
+        Some(s) => crate::resolve::load_spec(s)?,
+        None => opened.saved.spec,
+    };
+    if let Some(n) = &a.name {
+        spec.name = n.parse().map_err(|e| anyhow!("--name: {e}"))?;
+    }
+    Ok((
+        spec,
+        Some(monitor::RestoreFrom {
+            path,
+            paused: a.paused,
+        }),
+    ))
+}
+
+fn detach(
+    spec: &VmSpec,
+    console: Option<PathBuf>,
+    json: bool,
+    restore: Option<&monitor::RestoreFrom>,
+) -> Result<i32> {
     let name = spec.name.to_string();
     // A quick answer for the common case; the VM process's own lock on
     // the folder is what decides a race between two starts.
@@ -47,6 +83,12 @@ fn detach(spec: &VmSpec, console: Option<PathBuf>, json: bool) -> Result<i32> {
         .stderr(Stdio::from(log));
     if let Some(c) = console {
         cmd.env("VMTOOLS_SERVE_CONSOLE", c);
+    }
+    if let Some(r) = restore {
+        cmd.env("VMTOOLS_SERVE_RESTORE", &r.path);
+        if r.paused {
+            cmd.env("VMTOOLS_SERVE_PAUSED", "1");
+        }
     }
     // SAFETY: setsid in the child before exec only detaches it from our
     // session and terminal; it touches no memory of ours.
@@ -98,6 +140,10 @@ pub fn serve() -> Result<i32> {
     std::io::stdin().read_to_string(&mut text)?;
     let spec = VmSpec::from_json(&text).map_err(|e| anyhow!("{e}"))?;
     let console = std::env::var_os("VMTOOLS_SERVE_CONSOLE").map(PathBuf::from);
+    let restore = std::env::var_os("VMTOOLS_SERVE_RESTORE").map(|p| monitor::RestoreFrom {
+        path: PathBuf::from(p),
+        paused: std::env::var_os("VMTOOLS_SERVE_PAUSED").is_some(),
+    });
     // SAFETY: dup-ing our stdout keeps the readiness pipe; the original fd
     // 1 is then pointed at /dev/null so nothing else writes into the pipe.
     let ready = unsafe {
@@ -116,7 +162,7 @@ pub fn serve() -> Result<i32> {
     // A second handle on the pipe reports a failure before readiness to
     // the waiting `start --detach` (after it, nobody reads: EPIPE is fine).
     let mut report = ready.try_clone().context("dup")?;
-    let r = monitor::run(spec, true, console, Some(ready));
+    let r = monitor::run(spec, true, console, Some(ready), restore);
     if let Err(e) = &r {
         let msg = crate::one_line(e);
         eprintln!("vm-run: error: {msg}");

@@ -1,0 +1,57 @@
+//! vm-snap's command line: virsh's save, restore and snapshot verbs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-snap",
+    version,
+    about = "Save and restore KVM virtual machines",
+    long_about = "vm-snap saves a running VM's whole machine (vCPUs, devices, memory) \
+into one file and starts it again from there (virsh save / restore), also as \
+instant clones under new names.\n\n\
+Records are printed as JSON.\n\n\
+Exit codes: 0 ok, 1 error, 2 usage error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Save a running or paused VM into FILE and end it (virsh save).
+    Save {
+        /// The VM's name.
+        vm: String,
+        /// Where to write; replaced only once the save is whole.
+        file: PathBuf,
+        /// Skip the fsync: faster, but a power loss soon after can leave
+        /// FILE incomplete (the VM is gone by then).
+        #[arg(long)]
+        no_fsync: bool,
+    },
+    /// Start a VM from a saved FILE (virsh restore); returns once it runs.
+    Restore {
+        file: PathBuf,
+        /// Stay paused until `vm-run resume`.
+        #[arg(long)]
+        paused: bool,
+        /// Run under this name: another VM from the same file (an instant
+        /// clone). Give it its own disks with --spec.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// A spec whose host-local parts (disk paths, console, taps,
+        /// placement) replace the saved ones (virsh restore --xml); its
+        /// devices, memory and vCPUs must match the saved machine's.
+        #[arg(long, value_name = "SPEC")]
+        spec: Option<String>,
+        /// Serial console file (default: console.log in the VM's state folder).
+        #[arg(long, value_name = "PATH")]
+        console: Option<PathBuf>,
+    },
+    /// Check a saved FILE whole: header, state and every page of memory.
+    Verify { file: PathBuf },
+}

@@ -1,0 +1,10 @@
+//! One module per subcommand.
+
+pub mod restore;
+pub mod save;
+pub mod verify;
+
+/// Prints a JSON record on one line.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}

@@ -1,0 +1,35 @@
+//! vm-snap: the VM's state saved to a file and started again from it, as
+//! a library the binary is a thin shell over.
+
+pub mod cli;
+pub mod cmd;
+
+use cli::{Cli, Command};
+
+/// Runs one parsed command line; returns the process exit code.
+pub fn run(cli: &Cli) -> i32 {
+    let result = match &cli.command {
+        Command::Save { vm, file, no_fsync } => cmd::save::run(vm, file, !no_fsync),
+        Command::Restore {
+            file,
+            paused,
+            name,
+            spec,
+            console,
+        } => cmd::restore::run(&cmd::restore::Options {
+            file,
+            paused: *paused,
+            name: name.as_deref(),
+            spec: spec.as_deref(),
+            console: console.as_deref(),
+        }),
+        Command::Verify { file } => cmd::verify::run(file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vm-snap: error: {}", vm_spec::text::one_line(e.as_ref()));
+            1
+        }
+    }
+}
