@@ -607,12 +607,24 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__start)
-            opts="-d -h --detach --console --json --help"
+            opts="-d -h --restore --paused --name --spec --detach --console --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --restore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --console)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

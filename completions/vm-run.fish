@@ -46,7 +46,11 @@ complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "disks" -d 'List a VM\
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "ifaces" -d 'List a running VM\'s network interfaces (virsh domiflist)'
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "serve"
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l restore -d 'Start from a saved VM (vm-snap save) instead of booting: the spec and the machine come from the file' -r -F
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l name -d 'With --restore: run under this name (an instant clone of the saved VM)' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l spec -d 'With --restore: this spec replaces the saved one\'s host-local parts (disk paths, console, taps, placement); its devices, memory and vCPUs must match the saved machine\'s' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l console -d 'Serial console file for a detached VM (default: console.log in its state folder)' -r -F
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'With --restore: stay paused until `vm-run resume`'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s d -l detach -d 'Run in the background; print the VM\'s state once the guest runs'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s h -l help -d 'Print help'

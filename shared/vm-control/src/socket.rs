@@ -197,7 +197,13 @@ pub fn recv_with_fds(
                 let data = libc::CMSG_DATA(c);
                 let len = (*c).cmsg_len - (data as usize - c as usize);
                 for i in 0..len / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    let mut raw = [0u8; std::mem::size_of::<RawFd>()];
+                    std::ptr::copy_nonoverlapping(
+                        data.add(i * raw.len()),
+                        raw.as_mut_ptr(),
+                        raw.len(),
+                    );
+                    let fd = RawFd::from_ne_bytes(raw);
                     fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
                 }
             }
@@ -233,7 +239,12 @@ impl Session {
 
     /// Sends one request with `fds`, and waits up to `timeout` (None:
     /// forever) for its reply.
-    pub fn call(&mut self, req: &Request, fds: &[RawFd], timeout: Option<Duration>) -> Result<Reply> {
+    pub fn call(
+        &mut self,
+        req: &Request,
+        fds: &[RawFd],
+        timeout: Option<Duration>,
+    ) -> Result<Reply> {
         let what = || format!("control socket {}", self.socket.display());
         let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push('\n');

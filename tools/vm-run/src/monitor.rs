@@ -117,7 +117,11 @@ pub fn run(
     // themselves into theirs.
     let cgroup = enter_cgroup(&spec);
     let paused = restore.as_ref().is_some_and(|r| r.paused);
-    let how = if restore.is_some() { "restored" } else { "booted" };
+    let how = if restore.is_some() {
+        "restored"
+    } else {
+        "booted"
+    };
     let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone(), restore) {
         Ok(m) => m,
         Err(e) => {
@@ -439,8 +443,8 @@ impl Machine {
             Some(r) => {
                 let f = File::open(&r.path)
                     .with_context(|| format!("saved VM {}", r.path.display()))?;
-                let opened = vmm::state::file::open(f)
-                    .with_context(|| r.path.display().to_string())?;
+                let opened =
+                    vmm::state::file::open(f).with_context(|| r.path.display().to_string())?;
                 let from = vmm::Restore {
                     state: &opened.saved.machine,
                     memory: vmm::memory::Saved {

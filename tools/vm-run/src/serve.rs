@@ -267,7 +267,13 @@ fn on_request(
             return Ok(Next::Continue);
         }
         let running = state.state == RunState::Running;
-        match SaveJob::start(m, running, fsync, incoming.fds, incoming.stream.try_clone()?) {
+        match SaveJob::start(
+            m,
+            running,
+            fsync,
+            incoming.fds,
+            incoming.stream.try_clone()?,
+        ) {
             Ok(job) => {
                 if running {
                     record_event(m, dir, state, crate::save::SAVING, "saving");

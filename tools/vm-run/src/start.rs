@@ -31,11 +31,12 @@ pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
 /// The spec a restore runs: the saved one, or `--spec`, under `--name`.
 /// The file is checked here (header, state) so a bad one fails before
 /// anything starts; the VM process checks it again as it opens it.
-fn restore_spec(a: &StartArgs, path: &std::path::Path) -> Result<(VmSpec, Option<monitor::RestoreFrom>)> {
-    let path = std::path::absolute(path)
-        .with_context(|| format!("saved VM {}", path.display()))?;
-    let f = std::fs::File::open(&path)
-        .with_context(|| format!("saved VM {}", path.display()))?;
+fn restore_spec(
+    a: &StartArgs,
+    path: &std::path::Path,
+) -> Result<(VmSpec, Option<monitor::RestoreFrom>)> {
+    let path = std::path::absolute(path).with_context(|| format!("saved VM {}", path.display()))?;
+    let f = std::fs::File::open(&path).with_context(|| format!("saved VM {}", path.display()))?;
     let opened = vmm::state::file::open(f).with_context(|| path.display().to_string())?;
     let mut spec = match &a.spec {
         Some(s) => crate::resolve::load_spec(s)?,

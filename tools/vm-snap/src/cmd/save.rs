@@ -20,9 +20,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(60);
 pub fn run(vm: &str, path: &Path, fsync: bool) -> Result<i32> {
     let t0 = Instant::now();
     let name = vm_control::vm_name(vm)?;
-    let (dir, state) = match vm_control::lookup(&name)? {
-        Lookup::Running { dir, state } => (dir, state),
-        _ => bail!("VM '{name}' is not running"),
+    let Lookup::Running { dir, state } = vm_control::lookup(&name)? else {
+        bail!("VM '{name}' is not running");
     };
     let path = std::path::absolute(path).with_context(|| path.display().to_string())?;
     if path.is_dir() {
@@ -34,7 +33,10 @@ pub fn run(vm: &str, path: &Path, fsync: bool) -> Result<i32> {
     let mut session = Session::connect(&state.control_socket)?;
     let reply = session.call(&Request::Save { fsync }, &[out.as_raw_fd()], None)?;
     if !reply.ok {
-        bail!("{}", reply.error.unwrap_or_else(|| "the save failed".into()));
+        bail!(
+            "{}",
+            reply.error.unwrap_or_else(|| "the save failed".into())
+        );
     }
     let report = reply
         .saved

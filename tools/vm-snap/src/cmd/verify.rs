@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 pub fn run(path: &Path) -> Result<i32> {
     let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let opened = vmm::state::file::open(f).with_context(|| format!("{}", path.display()))?;
-    let pages = vmm::state::file::verify_memory(&opened)
-        .with_context(|| format!("{}", path.display()))?;
+    let pages =
+        vmm::state::file::verify_memory(&opened).with_context(|| format!("{}", path.display()))?;
     super::print_json(&serde_json::json!({
         "file": path,
         "ok": true,

@@ -1,0 +1,44 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_vm_snap_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_vm_snap_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_vm_snap_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_vm_snap_using_subcommand
+    set -l cmd (__fish_vm_snap_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -s V -l version -d 'Print version'
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -f -a "save" -d 'Save a running or paused VM into FILE and end it (virsh save)'
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -f -a "restore" -d 'Start a VM from a saved FILE (virsh restore); returns once it runs'
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -f -a "verify" -d 'Check a saved FILE whole: header, state and every page of memory'
+complete -c vm-snap -n "__fish_vm_snap_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand save" -l no-fsync -d 'Skip the fsync: faster, but a power loss soon after can leave FILE incomplete (the VM is gone by then)'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand save" -s h -l help -d 'Print help'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l name -d 'Run under this name: another VM from the same file (an instant clone). Give it its own disks with --spec' -r
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l spec -d 'A spec whose host-local parts (disk paths, console, taps, placement) replace the saved ones (virsh restore --xml); its devices, memory and vCPUs must match the saved machine\'s' -r
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l console -d 'Serial console file (default: console.log in the VM\'s state folder)' -r -F
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l paused -d 'Stay paused until `vm-run resume`'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand help; and not __fish_seen_subcommand_from save restore verify help" -f -a "save" -d 'Save a running or paused VM into FILE and end it (virsh save)'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand help; and not __fish_seen_subcommand_from save restore verify help" -f -a "restore" -d 'Start a VM from a saved FILE (virsh restore); returns once it runs'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand help; and not __fish_seen_subcommand_from save restore verify help" -f -a "verify" -d 'Check a saved FILE whole: header, state and every page of memory'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand help; and not __fish_seen_subcommand_from save restore verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

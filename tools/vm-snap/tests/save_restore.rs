@@ -1,0 +1,528 @@
+//! vm-snap save / restore / verify against real VMs of the test guest,
+//! each test in its own run folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_guest::{have_kvm, kvm_lock, GUEST_ELF};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+fn decode(o: &std::process::Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+    fn tool(&self, exe: &Path) -> Command {
+        let mut c = Command::new(exe);
+        c.env("VMTOOLS_RUN_DIR", self.run_dir())
+            .env("VMTOOLS_CONFIG_DIR", self.path("defs"))
+            .stdin(Stdio::null());
+        c
+    }
+    fn snap(&self, args: &[&str]) -> (i32, String, String) {
+        decode(
+            &self
+                .tool(Path::new(env!("CARGO_BIN_EXE_vm-snap")))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+    fn vm_run(&self, args: &[&str]) -> (i32, String, String) {
+        decode(&self.tool(&vm_run_exe()).args(args).output().unwrap())
+    }
+    /// A spec for the test guest in `mode`, with `extra` fields.
+    fn spec(&self, name: &str, mode: &str, extra: &serde_json::Value) -> String {
+        // The console outlives the VM's run folder (which goes with it).
+        let mut v = serde_json::json!({
+            "name": name, "vcpus": 1, "memory": "64MiB",
+            "boot": {"kernel": GUEST_ELF, "cmdline": format!("mode={mode}")},
+            "serial": {"mode": "file", "path": self.console_path(name)},
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        let p = self.path(&format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+    fn start(&self, spec: &str) {
+        let (code, _, err) = self.vm_run(&["start", "--detach", spec]);
+        assert_eq!(code, 0, "{err}");
+    }
+    fn console_path(&self, name: &str) -> PathBuf {
+        self.path(&format!("{name}.console"))
+    }
+    fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.console_path(name)).unwrap_or_default()
+    }
+    /// The counts after `word` in the VM's console, in order.
+    fn counts(&self, name: &str, word: &str) -> Vec<u32> {
+        self.console(name)
+            .lines()
+            .filter_map(|l| l.strip_prefix(word))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+    fn wait_count(&self, name: &str, word: &str, n: u32) {
+        let t0 = Instant::now();
+        while self.counts(name, word).last().is_none_or(|&c| c < n) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{name}: no {word}{n} in {}",
+                self.console(name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    /// Names of the running VMs.
+    fn running(&self) -> Vec<String> {
+        let (code, out, err) = self.vm_run(&["list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        v.iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    /// A failed test must not leave VMs running.
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.run_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Some(pid) = vm_control::holder(&e.path()) {
+                // SAFETY: killing a VM process this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// The counts after `word` in `text`, asserted to go up one by one: a
+/// VM saved mid-line finishes that line after its restore, so the saved
+/// console followed by the restored one reads as one run.
+fn contiguous(text: &str, word: &str) -> Vec<u32> {
+    let c: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(word))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    for w in c.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "counts go on one by one: {text}");
+    }
+    c
+}
+
+/// vm-run beside vm-snap: `cargo test --workspace` builds both.
+fn vm_run_exe() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_vm-snap")).with_file_name("vm-run");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build -p vm-run)",
+        p.display()
+    );
+    p
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// save ends the VM and writes a file that verifies; restore goes on
+/// from the next heartbeat; a paused restore waits for `vm-run resume`.
+#[test]
+fn save_then_restore_goes_on() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    env.start(&env.spec("hb", "heartbeat", &serde_json::json!({})));
+    env.wait_count("hb", "tick ", 2);
+    let file = env.path("hb.save");
+    let (code, out, err) = env.snap(&["save", "hb", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rec = json(&out);
+    assert_eq!(rec["memory_bytes"], 64 << 20);
+    assert!(rec["written_bytes"].as_u64().unwrap() < 1 << 20, "{rec}");
+    assert!(rec["total_ms"].as_u64().is_some());
+    assert!(env.running().is_empty(), "the saved VM has ended");
+    let saved_console = env.console("hb");
+    let last = *env.counts("hb", "tick ").last().unwrap();
+
+    let (code, out, err) = env.snap(&["verify", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["ok"], true);
+
+    std::fs::remove_file(env.console_path("hb")).unwrap();
+    let (code, out, err) = env.snap(&["restore", "--paused", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["state"], "paused", "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.console("hb"), "", "a paused restore runs nothing");
+    let (code, _, err) = env.vm_run(&["resume", "hb"]);
+    assert_eq!(code, 0, "{err}");
+    env.wait_count("hb", "tick ", last + 2);
+    assert!(!env.console("hb").contains("heartbeat"), "booted again");
+    contiguous(&(saved_console + &env.console("hb")), "tick ");
+
+    // A restored VM saves again like any other.
+    let again = env.path("again.save");
+    let (code, _, err) = env.snap(&["save", "hb", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = env.snap(&["restore", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let now = *env.counts("hb", "tick ").last().unwrap();
+    env.wait_count("hb", "tick ", now + 1);
+    env.vm_run(&["kill", "hb"]);
+}
+
+/// Two clones of one file run side by side under their own names, each
+/// going on from the saved count.
+#[test]
+fn clones_run_side_by_side() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    env.start(&env.spec("base", "heartbeat", &serde_json::json!({})));
+    env.wait_count("base", "tick ", 1);
+    let file = env.path("base.save");
+    let (code, _, err) = env.snap(&["save", "base", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let last = *env.counts("base", "tick ").last().unwrap();
+    let saved_console = env.console("base");
+    for n in ["c1", "c2"] {
+        let console = env.console_path(n);
+        let (code, out, err) = env.snap(&[
+            "restore",
+            "--name",
+            n,
+            "--console",
+            console.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(json(&out)["name"], n);
+    }
+    let mut names = env.running();
+    names.sort();
+    assert_eq!(names, ["c1", "c2"]);
+    for n in ["c1", "c2"] {
+        env.wait_count(n, "tick ", last + 2);
+        contiguous(&(saved_console.clone() + &env.console(n)), "tick ");
+    }
+    // The same name twice is refused: that VM runs.
+    let (code, _, err) = env.snap(&["restore", "--name", "c1", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+    for n in ["c1", "c2"] {
+        env.vm_run(&["kill", n]);
+    }
+}
+
+/// Damaged, truncated and future files, and specs that do not match the
+/// saved machine, are refused with one line and nothing started.
+#[test]
+fn bad_files_and_other_machines_are_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    env.start(&env.spec("m", "cli-hlt", &serde_json::json!({})));
+    let t0 = Instant::now();
+    while !env.console("m").contains("halting") {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let file = env.path("m.save");
+    let (code, _, err) = env.snap(&["save", "m", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let good = std::fs::read(&file).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() - 8192].to_vec(), "truncated"),
+        (
+            "flipped",
+            {
+                let mut b = good.clone();
+                b[4200] ^= 1;
+                b
+            },
+            "checksum",
+        ),
+        (
+            "future",
+            {
+                let mut b = good.clone();
+                b[8..12].copy_from_slice(&9u32.to_le_bytes());
+                let crc = crc32(&b[..4092]);
+                b[4092..]
+                    .iter_mut()
+                    .zip(crc.to_le_bytes())
+                    .for_each(|(d, s)| *d = s);
+                b.truncate(good.len());
+                b
+            },
+            "newer vmtools (format version 9",
+        ),
+        ("empty", Vec::new(), "too short"),
+    ];
+    for (what, bytes, expect) in cases {
+        let p = env.path(&format!("{what}.save"));
+        std::fs::write(&p, &bytes).unwrap();
+        let (code, _, err) = env.snap(&["restore", p.to_str().unwrap()]);
+        assert_eq!(code, 1, "{what}");
+        assert!(err.contains(expect), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(env.running().is_empty(), "{what}: nothing started");
+    }
+    // A damaged page of memory is what verify finds.
+    let mut b = good.clone();
+    let last_data = b.len() - 4096 - 1;
+    let at = (0..last_data).rev().find(|&i| b[i] != 0).unwrap();
+    b[at] ^= 0xff;
+    let p = env.path("page.save");
+    std::fs::write(&p, &b).unwrap();
+    let (code, _, err) = env.snap(&["verify", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("memory does not match"), "{err}");
+
+    // Other machines: more vCPUs, more memory, a disk the saved VM lacked.
+    let img = env.path("extra.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let f = file.to_str().unwrap();
+    for (extra, expect) in [
+        (
+            serde_json::json!({"vcpus": 2}),
+            "1 vCPUs saved, the spec has 2",
+        ),
+        (
+            serde_json::json!({"memory": "128MiB"}),
+            "does not match the spec's",
+        ),
+        (
+            serde_json::json!({"disks": [{"id": "vda", "path": img, "format": "raw"}]}),
+            "vda is new",
+        ),
+    ] {
+        let spec = env.spec("m", "cli-hlt", &extra);
+        let (code, _, err) = env.snap(&["restore", "--spec", &spec, f]);
+        assert_eq!(code, 1, "{extra}");
+        assert!(err.contains(expect), "{extra}: {err}");
+        assert!(env.running().is_empty(), "{extra}: nothing started");
+    }
+}
+
+/// vm-snap killed at any point of a save: either the VM still runs and
+/// no file has FILE's name, or the VM has ended and FILE is whole. A
+/// client that leaves after the file is written, without committing,
+/// gets the VM resumed.
+#[test]
+fn a_save_killed_on_the_way_loses_nothing() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    env.start(&env.spec("k", "memcount pages=64", &serde_json::json!({})));
+    env.wait_count("k", "round ", 1);
+    let file = env.path("k.save");
+    let mut ended = false;
+    for delay_ms in [0u64, 2, 5, 10, 20, 40, 80] {
+        let mut child = env
+            .tool(Path::new(env!("CARGO_BIN_EXE_vm-snap")))
+            .args(["save", "k", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Give the VM a moment to notice its client left.
+        std::thread::sleep(Duration::from_millis(100));
+        if env.running().is_empty() {
+            let (code, _, err) = env.snap(&["verify", file.to_str().unwrap()]);
+            assert_eq!(
+                code, 0,
+                "after {delay_ms} ms the VM ended: the file is whole: {err}"
+            );
+            ended = true;
+            break;
+        }
+        assert!(
+            !file.exists(),
+            "after {delay_ms} ms: a file while the VM runs"
+        );
+        let (_, out, _) = env.vm_run(&["state", "k"]);
+        assert!(out.contains("running"), "after {delay_ms} ms: {out}");
+    }
+    if !ended {
+        // Still running: it keeps counting, memory intact.
+        let now = *env.counts("k", "round ").last().unwrap();
+        env.wait_count("k", "round ", now + 1);
+        assert!(!env.console("k").contains("MEMORY ERROR"));
+    }
+
+    // A client that takes the written file's reply and leaves.
+    if !ended {
+        let st = vm_control::read_state(&env.run_dir().join("k")).unwrap();
+        let tmp = tempfile::tempfile_in(env.dir.path()).unwrap();
+        let mut s = vm_control::Session::connect(&st.control_socket).unwrap();
+        let r = s
+            .call(
+                &vm_control::Request::Save { fsync: false },
+                &[std::os::fd::AsRawFd::as_raw_fd(&tmp)],
+                None,
+            )
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        let (_, out, _) = env.vm_run(&["state", "k"]);
+        assert!(out.contains("paused"), "paused while saved: {out}");
+        drop(s);
+        let t0 = Instant::now();
+        loop {
+            let (_, out, _) = env.vm_run(&["state", "k"]);
+            if out.contains("running") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "not resumed: {out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let now = *env.counts("k", "round ").last().unwrap();
+        env.wait_count("k", "round ", now + 1);
+        assert!(!env.console("k").contains("MEMORY ERROR"));
+        env.vm_run(&["kill", "k"]);
+    }
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A VM writing and flushing its qcow2 disk: save returns with the image
+/// unlocked and clean (qemu-img, no -U), the restored guest's queue goes
+/// on; clones run on their own overlays of the saved disk, and a second
+/// VM on an overlay in use is refused by the image lock.
+#[test]
+fn disks_across_save_restore_and_clones() {
+    if !have_kvm() || !test_guest::have_tool("qemu-img", "qemu-img") {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    let base = env.path("base.qcow2");
+    let img = |args: &[&str]| {
+        let o = Command::new("qemu-img").args(args).output().unwrap();
+        let (code, out, err) = decode(&o);
+        assert_eq!(code, 0, "qemu-img {args:?}: {out}{err}");
+        out
+    };
+    img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
+    let disk =
+        |p: &Path| serde_json::json!({"disks": [{"id": "vda", "path": p, "format": "qcow2"}]});
+    env.start(&env.spec("d", "blk-crash", &disk(&base)));
+    env.wait_count("d", "flushed ", 3);
+    let file = env.path("d.save");
+    let (code, _, err) = env.snap(&["save", "d", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // No -U: the image's lock is gone when save returns.
+    img(&["check", "-q", base.to_str().unwrap()]);
+    let last = *env.counts("d", "flushed ").last().unwrap();
+
+    let (code, _, err) = env.snap(&["restore", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    env.wait_count("d", "flushed ", last + 3);
+    assert!(
+        !env.console("d").contains("blk: error"),
+        "{}",
+        env.console("d")
+    );
+    contiguous(&env.console("d"), "flushed ");
+    let (code, _, err) = env.snap(&["save", "d", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let last = *env.counts("d", "flushed ").last().unwrap();
+    let saved_console = env.console("d");
+
+    for n in ["c1", "c2"] {
+        let overlay = env.path(&format!("{n}.qcow2"));
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            "-F",
+            "qcow2",
+            overlay.to_str().unwrap(),
+        ]);
+        let spec = env.spec(n, "blk-crash", &disk(&overlay));
+        let (code, _, err) = env.snap(&[
+            "restore",
+            "--name",
+            n,
+            "--spec",
+            &spec,
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{n}: {err}");
+    }
+    for n in ["c1", "c2"] {
+        env.wait_count(n, "flushed ", last + 2);
+        contiguous(&(saved_console.clone() + &env.console(n)), "flushed ");
+    }
+    let spec = env.spec("c3", "blk-crash", &disk(&env.path("c1.qcow2")));
+    let (code, _, err) = env.snap(&[
+        "restore",
+        "--name",
+        "c3",
+        "--spec",
+        &spec,
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("lock"), "{err}");
+    for n in ["c1", "c2"] {
+        env.vm_run(&["kill", n]);
+    }
+    img(&["check", "-q", env.path("c1.qcow2").to_str().unwrap()]);
+    // The base is untouched by the clones.
+    img(&["check", "-q", base.to_str().unwrap()]);
+}
