@@ -156,10 +156,17 @@ impl Netlink {
         Ok(self.links()?.into_iter().find(|l| l.name == name))
     }
 
-    /// Makes a Linux bridge (down, like `ip link add NAME type bridge`).
+    /// Makes a Linux bridge (down, like `ip link add NAME type bridge`),
+    /// with its own fixed MAC address ([`bridge_mac`]). A bridge without
+    /// one takes the lowest MAC of its ports, so it changes whenever a
+    /// VM's tap comes or goes, and a guest that cached the old address
+    /// (a restored or migrated one) can no longer reach the host.
+    /// libvirt's and systemd's bridges keep a fixed MAC for the same reason.
     pub fn add_bridge(&mut self, name: &str) -> Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes
+            .push(LinkAttribute::Address(bridge_mac(name).to_vec()));
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
@@ -323,5 +330,31 @@ fn state_name(s: State) -> &'static str {
         State::Testing => "TESTING",
         State::NotPresent => "NOTPRESENT",
         _ => "UNKNOWN",
+    }
+}
+
+/// A bridge's MAC address, the same for the same name on every host:
+/// FNV-1a of the name, as a locally administered unicast address.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    let h = name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+        .to_le_bytes();
+    [(h[0] & 0xfc) | 0x02, h[1], h[2], h[3], h[4], h[5]]
+}
+
+#[cfg(test)]
+mod bridge_mac_tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_macs_are_stable_local_unicast_and_differ_by_name() {
+        let a = bridge_mac("br0");
+        assert_eq!(a, bridge_mac("br0"));
+        assert_ne!(a, bridge_mac("br1"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
     }
 }

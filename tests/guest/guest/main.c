@@ -6,6 +6,8 @@
  *              Ctrl-Alt-Del arrives on the keyboard
  *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
+ *   fill       write a non-zero pattern over `mb=` MiB (default 16) from
+ *              16 MiB up (below the 3 GiB hole), print "filled", halt
  *   memcount   rewrite `pages=` pages (default 1024) at 16 MiB each round
  *              with a pattern of the round, checking the last round's
  *              first; print "round N ok", or "MEMORY ERROR" and end
@@ -137,6 +139,16 @@ static void __attribute__((noreturn)) memcount(const char *cmdline) {
     }
 }
 
+static void __attribute__((noreturn)) fill(const char *cmdline) {
+    u32 mb = arg_u32(cmdline, "mb", 16);
+    if (mb > 3056) mb = 3056;  /* 16 MiB + this stays below the 3 GiB hole */
+    u32 *p = (u32 *)0x1000000;
+    u32 count = mb << 18;      /* words */
+    __asm__ volatile("cld; rep stosl" : "+D"(p), "+c"(count) : "a"(0x5a5aa5a5u) : "memory");
+    puts("filled\n");
+    for (;;) __asm__ volatile("cli; hlt");
+}
+
 static void __attribute__((noreturn)) heartbeat(void) {
     set_gate(0x20, irq0_entry);
     set_gate(0x21, irq1_entry);
@@ -190,6 +202,9 @@ void guest_main(u32 start_info) {
         blk_mode(mode, cmdline);
     } else if (starts(mode, "net-")) {
         net_mode(mode, cmdline);
+    } else if (starts(mode, "fill")) {
+        puts("fill\n");
+        fill(cmdline);
     } else if (starts(mode, "memcount")) {
         puts("memcount\n");
         memcount(cmdline);

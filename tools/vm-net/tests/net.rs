@@ -51,6 +51,31 @@ fn error_line(err: &str) -> &str {
     lines[0]
 }
 
+/// A bridge keeps the MAC it was made with while taps come and go (a
+/// bridge without one takes its lowest port's, and a restored guest's
+/// cached address for the host goes stale).
+#[test]
+fn a_bridge_keeps_its_mac_as_taps_come_and_go() {
+    let Some(ns) = Ns::new() else { return };
+    let (code, _, err) = ns.net(&["bridge", "add", "brm"]);
+    assert_eq!(code, 0, "{err}");
+    let mac = |n: &str| ns.link(n).unwrap()["address"].as_str().unwrap().to_string();
+    let want = vm_host::netlink::bridge_mac("brm")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert_eq!(mac("brm"), want);
+    for tap in ["tapm0", "tapm1", "tapm2"] {
+        let (code, _, err) = ns.net(&["tap", "add", tap, "--bridge", "brm"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(mac("brm"), want, "with {tap} on it");
+        let (code, _, err) = ns.net(&["tap", "del", tap]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(mac("brm"), want, "after {tap} left");
+    }
+}
+
 #[test]
 fn bridges_and_taps_are_what_ip_sees() {
     let Some(ns) = Ns::new() else { return };

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# vm-snap save and restore against QEMU, same test guest, same memory, in
+# one run. The guest first writes a non-zero pattern over all its memory
+# below the 3 GiB hole (test guest mode `fill`), so every page must be
+# saved. Then each tool saves it and starts it again from the file:
+#
+#   vm-snap save --no-fsync       vs  QEMU: stop, migrate "exec:cat > FILE"
+#                                     (neither fsyncs: like with like)
+#   vm-snap save (durable)        reported beside it
+#   vm-snap restore, to running   vs  QEMU: -incoming "exec:cat FILE", then
+#                                     cont, until query-status says running
+#
+# Ratios below 1.0 mean vm-snap is faster. Timings are wall clock in ms;
+# take the ratios, not the absolute figures, on a loaded or nested host.
+#
+#   bench/vm-snap.sh [MiB ...]    (default: 128 1024; the fill runs in the
+#                                 guest, about 100 s per GiB on a nested
+#                                 host, once for each tool)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(128 1024)
+cargo build --release -q -p vm-run -p vm-snap -p test-guest --manifest-path "$root/Cargo.toml"
+rel=$root/target/x86_64-unknown-linux-gnu/release
+guest=$(find "$rel/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$rel/build" -name guest.elf | head -1)
+command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
+command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 0; }
+[ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/vm-snap-bench.XXXXXX")
+trap 'pkill -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
+export VMTOOLS_RUN_DIR=$work/run
+now_ms() { python3 -c 'import time; print(int(time.monotonic() * 1000))'; }
+wait_for() { # file text
+  until grep -q "$2" "$1" 2>/dev/null; do sleep 0.2; done
+}
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# QEMU through QMP: save (stop, migrate to a file) and restore (incoming,
+# cont) with the times, one JSON line each.
+cat >"$work/qmp.py" <<'PY'
+import json, os, socket, subprocess, sys, time
+
+def qmp(path):
+    for _ in range(500):
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            break
+        except OSError:
+            time.sleep(0.002)
+    f = s.makefile("rw")
+    f.readline()
+    def call(cmd, **args):
+        f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        f.flush()
+        while True:
+            r = json.loads(f.readline())
+            if "return" in r or "error" in r:
+                return r
+    call("qmp_capabilities")
+    return call
+
+def until(call, cmd, key, want):
+    while call(cmd)["return"].get(key) not in want:
+        time.sleep(0.001)
+
+what, sock = sys.argv[1], sys.argv[2]
+if what == "save":
+    call = qmp(sock)
+    t0 = time.monotonic()
+    call("stop")
+    call("migrate", uri="exec:cat > " + sys.argv[3])
+    until(call, "query-migrate", "status", ("completed", "failed"))
+    ms = (time.monotonic() - t0) * 1000
+    status = call("query-migrate")["return"]["status"]
+    call("quit")
+    print(json.dumps({"save_ms": round(ms, 1), "status": status}))
+else:
+    argv = sys.argv[3:]
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv + ["-incoming", "exec:cat " + what.split("=", 1)[1]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    call = qmp(sock)
+    until(call, "query-migrate", "status", ("completed", "failed"))
+    call("cont")
+    until(call, "query-status", "status", ("running",))
+    ms = (time.monotonic() - t0) * 1000
+    call("quit")
+    p.wait()
+    print(json.dumps({"restore_ms": round(ms, 1)}))
+PY
+
+printf '%-8s %-28s %10s %10s %8s\n' "memory" "what" "vm-snap" "QEMU" "ratio"
+for mb in "${sizes[@]}"; do
+  fill=$((mb - 20))
+  [ "$fill" -le 3056 ] || fill=3056
+  name=b$mb
+  cat >"$work/$name.json" <<JSON
+{"name":"$name","vcpus":1,"memory":"${mb}MiB",
+ "boot":{"kernel":"$guest","cmdline":"mode=fill mb=$fill"},
+ "serial":{"mode":"file","path":"$work/$name.console"}}
+JSON
+  # vm-snap: fill, save (no fsync), restore, save (durable), restore.
+  "$rel/vm-run" start --detach "$work/$name.json" >/dev/null
+  wait_for "$work/$name.console" filled
+  fast=$("$rel/vm-snap" save --no-fsync "$name" "$work/$name.fast")
+  t0=$(now_ms); "$rel/vm-snap" restore "$work/$name.fast" >/dev/null; t1=$(now_ms)
+  restore1=$((t1 - t0))
+  durable=$("$rel/vm-snap" save "$name" "$work/$name.durable")
+  t0=$(now_ms); "$rel/vm-snap" restore "$work/$name.durable" >/dev/null; t1=$(now_ms)
+  restore2=$((t1 - t0))
+  "$rel/vm-run" kill "$name" >/dev/null
+  ours_kib=$(du -k "$work/$name.durable" | cut -f1)
+  rm -f "$work/$name.fast"
+
+  # QEMU microvm: fill, save, restore.
+  qemu=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -nodefaults -no-user-config
+    -display none -m "${mb}M" -kernel "$guest" -append "mode=fill mb=$fill"
+    -qmp "unix:$work/q.sock,server=on,wait=off")
+  rm -f "$work/q.console"
+  "${qemu[@]}" -serial "file:$work/q.console" >/dev/null 2>&1 &
+  wait_for "$work/q.console" filled
+  qsave=$(python3 "$work/qmp.py" save "$work/q.sock" "$work/q.state")
+  wait
+  qemu_kib=$(du -k "$work/q.state" | cut -f1)
+  qrestore=$(python3 "$work/qmp.py" "file=$work/q.state" "$work/q.sock" "${qemu[@]}" -serial null)
+  rm -f "$work/q.state"
+
+  s_fast=$(echo "$fast" | field total_ms)
+  s_durable=$(echo "$durable" | field total_ms)
+  q_save=$(echo "$qsave" | field save_ms)
+  q_restore=$(echo "$qrestore" | field restore_ms)
+  ratio() { python3 -c "print(f'{$1 / max($2, 0.1):.2f}')"; }
+  printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "save, no fsync (ms)" "$s_fast" "$q_save" "$(ratio "$s_fast" "$q_save")"
+  printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "save, durable (ms)" "$s_durable" "-" "$(ratio "$s_durable" "$q_save")"
+  printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "restore to running (ms)" "$restore1 / $restore2" "$q_restore" "$(ratio "$restore1" "$q_restore")"
+  printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "file on disk (KiB)" "$ours_kib" "$qemu_kib" "$(ratio "$ours_kib" "$qemu_kib")"
+  echo "  vm-snap save records: $fast"
+done
