@@ -16,8 +16,14 @@ _vm__snap() {
             ",$1")
                 cmd="vm__snap"
                 ;;
+            vm__snap,create)
+                cmd="vm__snap__subcmd__create"
+                ;;
             vm__snap,help)
                 cmd="vm__snap__subcmd__help"
+                ;;
+            vm__snap,list)
+                cmd="vm__snap__subcmd__list"
                 ;;
             vm__snap,restore)
                 cmd="vm__snap__subcmd__restore"
@@ -28,8 +34,14 @@ _vm__snap() {
             vm__snap,verify)
                 cmd="vm__snap__subcmd__verify"
                 ;;
+            vm__snap__subcmd__help,create)
+                cmd="vm__snap__subcmd__help__subcmd__create"
+                ;;
             vm__snap__subcmd__help,help)
                 cmd="vm__snap__subcmd__help__subcmd__help"
+                ;;
+            vm__snap__subcmd__help,list)
+                cmd="vm__snap__subcmd__help__subcmd__list"
                 ;;
             vm__snap__subcmd__help,restore)
                 cmd="vm__snap__subcmd__help__subcmd__restore"
@@ -47,7 +59,7 @@ _vm__snap() {
 
     case "${cmd}" in
         vm__snap)
-            opts="-h -V --help --version save restore verify help"
+            opts="-h -V --help --version save restore verify create list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -60,8 +72,34 @@ _vm__snap() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__snap__subcmd__create)
+            opts="-h --name --diskspec --disk --atomic --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --diskspec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__snap__subcmd__help)
-            opts="save restore verify help"
+            opts="save restore verify create list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -74,7 +112,35 @@ _vm__snap() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__snap__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__snap__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__snap__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -119,6 +185,20 @@ _vm__snap() {
         vm__subcmd__snap__subcmd__help__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__snap__subcmd__list)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

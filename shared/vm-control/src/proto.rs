@@ -32,6 +32,28 @@ pub enum Request {
     },
     /// The saved file is in place: end the VM (on a save's connection).
     SaveCommit,
+    /// A live disk snapshot: each named disk switches to its new qcow2
+    /// overlay, whose backing file is the disk's current top, all or none.
+    /// Each overlay's descriptor comes with the request, in order
+    /// (SCM_RIGHTS), so the VM checks that the path is that file.
+    SnapshotDisks {
+        disks: Vec<DiskSnapshot>,
+    },
+}
+
+/// One disk of a live snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSnapshot {
+    pub id: String,
+    pub overlay: std::path::PathBuf,
+}
+
+/// What a live disk snapshot cost the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// From pausing the vCPUs to running them again, in microseconds.
+    pub pause_us: u64,
 }
 
 fn yes() -> bool {
@@ -80,6 +102,7 @@ impl Request {
         let takes: &[&str] = match obj.get("cmd").and_then(serde_json::Value::as_str) {
             Some("shutdown") => &["mode"],
             Some("save") => &["fsync"],
+            Some("snapshot-disks") => &["disks"],
             _ => &[],
         };
         if let Some(k) = obj
@@ -127,6 +150,8 @@ pub struct Reply {
     pub stats: Option<Stats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved: Option<SaveReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotReport>,
 }
 
 impl Reply {
@@ -137,6 +162,7 @@ impl Reply {
             state: state.map(Box::new),
             stats: None,
             saved: None,
+            snapshot: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -146,6 +172,7 @@ impl Reply {
             state: None,
             stats: None,
             saved: None,
+            snapshot: None,
         }
     }
 }

@@ -34,6 +34,9 @@ const ALLOWED: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_getdents64,
+    // Resolving a live disk snapshot's backing chain (realpath).
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,

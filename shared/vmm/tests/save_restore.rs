@@ -174,6 +174,32 @@ fn a_heartbeat_goes_on_and_a_paused_restore_waits() {
     vm.destroy();
 }
 
+/// A file system that may not take O_DIRECT (tmpfs) still gets the whole
+/// file: the writer falls back to buffered writes.
+#[test]
+fn a_save_to_tmpfs_is_whole() {
+    if !have_kvm() {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    if !test_guest::available("tmpfs", shm.is_dir()) {
+        return;
+    }
+    let _lock = kvm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let save_dir = tempfile::tempdir_in(shm).unwrap();
+    let path = save_dir.path().join("vm.save");
+    run_and_save(
+        "mode=cli-hlt",
+        1,
+        "halting",
+        &dir.path().join("a.log"),
+        &path,
+    );
+    let opened = file::open(File::open(&path).unwrap()).unwrap();
+    assert!(file::verify_memory(&opened).unwrap() > 0);
+}
+
 /// A vCPU in `cli; hlt` never leaves KVM_RUN: its state is still saved.
 #[test]
 fn a_vcpu_in_cli_hlt_is_saved() {

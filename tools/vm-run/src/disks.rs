@@ -20,7 +20,7 @@ use vmm::DiskConfig;
 pub struct OpenDisk {
     pub config: DiskConfig,
     pub state: DiskState,
-    _locks: Vec<ImageLock>,
+    locks: Vec<ImageLock>,
 }
 
 /// Opens every disk of `spec`, in order.
@@ -46,6 +46,72 @@ fn uring_file(d: &Disk) -> Result<Option<File>> {
         .open(&d.path)
         .with_context(|| format!("cannot open {} for io_uring", d.path.display()))?;
     Ok(Some(f))
+}
+
+impl OpenDisk {
+    /// A live snapshot's new top for this disk: the qcow2 overlay that
+    /// `d` names (the spec's disk with its new path), whose backing file
+    /// must be this disk's top. Only the overlay is locked: the layers
+    /// below are locked by `self` until it goes, after which the caller
+    /// takes them with [`OpenDisk::lock_backing`]. The counters go on.
+    pub fn overlay(&self, d: &Disk) -> Result<(OpenDisk, Vec<std::path::PathBuf>)> {
+        let path = &d.path;
+        let lock = ImageLock::acquire(path, LockMode::Write)
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        prepare_l2_tables(path, &[(0, u64::MAX)])
+            .with_context(|| format!("preparing {}", path.display()))?;
+        let image = Image::open(
+            path,
+            &OpenOptions {
+                format: Some(Format::Qcow2),
+                write: true,
+                lock: false,
+                direct: d.cache.direct(),
+                backing: true,
+                probe_backing: false,
+            },
+        )
+        .with_context(|| format!("cannot open {}", path.display()))?;
+        let below = image.layers().get(1).map(|l| l.path.clone());
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            std::fs::canonicalize(a)
+                .ok()
+                .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+        };
+        if !below.as_deref().is_some_and(|b| same(b, &self.state.top)) {
+            bail!(
+                "{}: its backing file is not {}, the disk's top",
+                path.display(),
+                self.state.top.display()
+            );
+        }
+        let backing = image.layers()[1..].iter().map(|l| l.path.clone()).collect();
+        let mut config = self.config.clone();
+        config.image = Arc::new(image);
+        config.uring_file = None;
+        let disk = OpenDisk {
+            config,
+            state: DiskState {
+                id: d.id.clone(),
+                top: path.clone(),
+                format: DiskFormat::Qcow2,
+            },
+            locks: vec![lock],
+        };
+        Ok((disk, backing))
+    }
+
+    /// Read locks on `layers` (a live snapshot's backing chain, once the
+    /// old top's own write lock is gone).
+    pub fn lock_backing(&mut self, layers: &[std::path::PathBuf]) -> Result<()> {
+        for p in layers {
+            self.locks.push(
+                ImageLock::acquire(p, LockMode::Read)
+                    .with_context(|| format!("cannot lock {}", p.display()))?,
+            );
+        }
+        Ok(())
+    }
 }
 
 fn open(d: &Disk) -> Result<OpenDisk> {
@@ -112,6 +178,6 @@ fn open(d: &Disk) -> Result<OpenDisk> {
             top: path.clone(),
             format: d.format,
         },
-        _locks: locks,
+        locks,
     })
 }

@@ -9,9 +9,11 @@ pub mod disks;
 pub mod monitor;
 pub mod nets;
 pub mod output;
+mod placement;
 pub mod resolve;
 mod save;
 mod serve;
+mod snapshot;
 pub mod start;
 pub mod timefmt;
 

@@ -9,17 +9,19 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use vm_control::{Listener, Liveness};
-use vm_host::cgroup::{Hierarchy, VmCgroup};
+use vm_control::Listener;
+use vm_host::cgroup::VmCgroup;
 use vm_spec::{Feature, RunState, SerialMode, VmSpec, VmState};
 use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
-use vmm::threads::{ThreadHook, ThreadRole};
 use vmm::{Vm, VmConfig};
 
 use crate::console::{Endpoint, Pending};
 use crate::disks::OpenDisk;
 use crate::nets::OpenNet;
+use crate::placement::{
+    after_exit, apply_affinity, enter_cgroup, numa_nodes, placement_hook, Threads,
+};
 use crate::timefmt::{log, now_secs};
 
 /// Exit status when the guest crashed (foreground, on_crash = destroy).
@@ -165,167 +167,6 @@ pub fn run(
         remains.release_in_background(&after_exit(machine.cgroup.as_deref()));
     }
     code
-}
-
-/// The machine's threads: vCPUs in order, iothreads with their numbers.
-#[derive(Debug, Clone)]
-struct Threads {
-    vcpus: Vec<u32>,
-    iothreads: Vec<(u32, u32)>,
-}
-
-impl Threads {
-    fn of(vm: &Vm) -> Self {
-        Self {
-            vcpus: vm.vcpu_tids(),
-            iothreads: vm.iothread_tids(),
-        }
-    }
-}
-
-/// Makes the VM's cgroup (`emulator`, `vcpuN` and `iothreadN` groups,
-/// after removing dead VMs' groups), moves this process in with its
-/// main thread in `emulator`, and applies the spec's shares and quotas.
-/// Without cgroups (or the right to make them) the VM runs unplaced, with
-/// a line in its log.
-fn enter_cgroup(spec: &VmSpec) -> Option<Arc<VmCgroup>> {
-    let h = Hierarchy::detect()?;
-    vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
-    let vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
-    let made = VmCgroup::create(
-        h,
-        &spec.name.to_string(),
-        std::process::id(),
-        vcpus,
-        spec.iothreads,
-    )
-    .and_then(|cg| cg.enter().map(|()| cg));
-    match made {
-        Ok(cg) => {
-            if let Some(t) = &spec.cputune {
-                apply_cpu_tuning(&cg, t, vcpus.into());
-            }
-            Some(Arc::new(cg))
-        }
-        Err(e) => {
-            log(&format!("running without a cgroup: {e}"));
-            None
-        }
-    }
-}
-
-/// The spec's guest NUMA cells as ACPI nodes, in id order (the spec
-/// checks ids are 0..N-1).
-fn numa_nodes(spec: &VmSpec) -> Vec<vmm::acpi::NumaNode> {
-    let Some(cpu) = &spec.cpu else {
-        return Vec::new();
-    };
-    let mut cells: Vec<&vm_spec::NumaCell> = cpu.numa.iter().collect();
-    cells.sort_by_key(|c| c.id);
-    cells
-        .iter()
-        .map(|c| vmm::acpi::NumaNode {
-            cpus: c.cpus.iter().map(|v| v as u8).collect(),
-            memory: c.memory.bytes(),
-            distances: cells.iter().map(|o| c.distance_to(o.id)).collect(),
-        })
-        .collect()
-}
-
-/// The VM's groups go once its process has exited: the teardown child
-/// leaves and removes them (the next start's sweep is the fallback for a
-/// VM that was killed).
-fn after_exit(cgroup: Option<&VmCgroup>) -> vmm::teardown::AfterExit {
-    use std::os::unix::ffi::OsStrExt;
-    let Some(cg) = cgroup else {
-        return vmm::teardown::AfterExit::default();
-    };
-    let (leave, remove) = cg.exit_plan();
-    let c = |paths: Vec<PathBuf>| {
-        paths
-            .into_iter()
-            .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
-            .collect()
-    };
-    vmm::teardown::AfterExit {
-        leave: c(leave),
-        remove: c(remove),
-    }
-}
-
-/// Each vCPU thread and iothread moves itself into its group as it starts.
-fn placement_hook(cg: Arc<VmCgroup>) -> ThreadHook {
-    ThreadHook(Arc::new(move |role: ThreadRole| {
-        let group = role.name();
-        if let Err(e) = cg.attach_self(&group) {
-            log(&format!("{group} stays outside its cgroup: {e}"));
-        }
-    }))
-}
-
-/// The spec's vcpupin, iothreadpin and emulatorpin, checked against the
-/// host's online CPUs (a spec may be written for a bigger host: it fails
-/// here, at start).
-fn apply_affinity(spec: &VmSpec, tids: &Threads) -> Result<()> {
-    let Some(t) = &spec.cputune else {
-        return Ok(());
-    };
-    for (&vcpu, list) in &t.vcpupin {
-        vm_host::affinity::check_online(list)
-            .map_err(|m| anyhow!("cputune.vcpupin.{vcpu}: {m}"))?;
-        let tid = tids.vcpus[vcpu as usize];
-        vm_host::affinity::set(tid, list).with_context(|| format!("pinning vcpu{vcpu}"))?;
-    }
-    for (&n, list) in &t.iothreadpin {
-        vm_host::affinity::check_online(list)
-            .map_err(|m| anyhow!("cputune.iothreadpin.{n}: {m}"))?;
-        if let Some(&(_, tid)) = tids.iothreads.iter().find(|(id, _)| *id == n) {
-            vm_host::affinity::set(tid, list).with_context(|| format!("pinning iothread{n}"))?;
-        }
-    }
-    if let Some(list) = &t.emulatorpin {
-        vm_host::affinity::check_online(list).map_err(|m| anyhow!("cputune.emulatorpin: {m}"))?;
-        vm_host::affinity::set(std::process::id(), list).context("pinning the emulator thread")?;
-    }
-    Ok(())
-}
-
-/// The spec's shares and CPU bandwidth on the VM's cgroups.
-fn apply_cpu_tuning(cg: &VmCgroup, t: &vm_spec::CpuTune, vcpus: usize) {
-    use vm_host::cgroup::CpuTuning;
-    let mut results = Vec::new();
-    if t.shares.is_some() {
-        results.push(cg.set_cpu_tuning(
-            None,
-            CpuTuning {
-                shares: t.shares,
-                ..CpuTuning::default()
-            },
-        ));
-    }
-    let vcpu = CpuTuning {
-        shares: None,
-        period: t.vcpu_period,
-        quota: t.vcpu_quota,
-    };
-    if vcpu != CpuTuning::default() {
-        for i in 0..vcpus {
-            results.push(cg.set_cpu_tuning(Some(&format!("vcpu{i}")), vcpu));
-        }
-    }
-    let emu = CpuTuning {
-        shares: None,
-        period: t.emulator_period,
-        quota: t.emulator_quota,
-    };
-    if emu != CpuTuning::default() {
-        results.push(cg.set_cpu_tuning(Some("emulator"), emu));
-    }
-    for r in results {
-        if let Err(e) = r {
-            log(&format!("CPU tuning not applied: {e}"));
-        }
-    }
 }
 
 /// What a VM that died left in its folder (its log and console log stay:

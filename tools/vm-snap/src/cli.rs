@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "vm-snap",
     version,
-    about = "Save and restore KVM virtual machines",
+    about = "Save and restore KVM virtual machines, and snapshot their disks",
     long_about = "vm-snap saves a running VM's whole machine (vCPUs, devices, memory) \
 into one file and starts it again from there (virsh save / restore), also as \
-instant clones under new names.\n\n\
+instant clones under new names, and snapshots a VM's disks as qcow2 overlays \
+(virsh snapshot-create-as --disk-only).\n\n\
 Records are printed as JSON.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage error."
 )]
@@ -54,4 +55,27 @@ pub enum Command {
     },
     /// Check a saved FILE whole: header, state and every page of memory.
     Verify { file: PathBuf },
+    /// Snapshot a VM's disks: a qcow2 overlay on each disk's top (virsh
+    /// snapshot-create-as --disk-only --atomic), live or on a stopped,
+    /// defined VM; all disks or none.
+    Create {
+        /// The VM's name.
+        vm: String,
+        /// The snapshot's name (default: the time, in seconds since 1970).
+        #[arg(long)]
+        name: Option<String>,
+        /// A disk to snapshot, as ID[,file=PATH] (virsh's --diskspec, whose
+        /// snapshot=external is accepted); default: every writable disk,
+        /// each overlay beside its top as STEM.NAME.qcow2.
+        #[arg(long, visible_alias = "diskspec", value_name = "SPEC", value_parser = crate::cmd::create::parse_disk)]
+        disk: Vec<crate::cmd::create::DiskArg>,
+        /// Accepted for virsh's sake: every snapshot is atomic.
+        #[arg(long)]
+        atomic: bool,
+    },
+    /// List a VM's disk snapshots, oldest first (virsh snapshot-list).
+    List {
+        /// The VM's name.
+        vm: String,
+    },
 }

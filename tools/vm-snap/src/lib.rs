@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cmd;
+mod meta;
 
 use cli::{Cli, Command};
 
@@ -24,6 +25,13 @@ pub fn run(cli: &Cli) -> i32 {
             console: console.as_deref(),
         }),
         Command::Verify { file } => cmd::verify::run(file),
+        Command::Create {
+            vm,
+            name,
+            disk,
+            atomic: _,
+        } => cmd::create::run(vm, name.as_deref(), disk),
+        Command::List { vm } => cmd::list::run(vm),
     };
     match result {
         Ok(code) => code,

@@ -526,3 +526,128 @@ fn disks_across_save_restore_and_clones() {
     // The base is untouched by the clones.
     img(&["check", "-q", base.to_str().unwrap()]);
 }
+
+/// Live disk snapshots: every writable disk gets an overlay on its top in
+/// one pause, the guest's flushes go on into the overlays, qemu-img sees
+/// the chain and finds it clean; a snapshot that cannot be made on every
+/// disk changes none; a stopped, defined VM's definition follows.
+#[test]
+fn disk_snapshots_live_and_offline() {
+    if !have_kvm() || !test_guest::have_tool("qemu-img", "qemu-img") {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    let img = |args: &[&str]| {
+        let o = Command::new("qemu-img").args(args).output().unwrap();
+        let (code, out, err) = decode(&o);
+        assert_eq!(code, 0, "qemu-img {args:?}: {out}{err}");
+        out
+    };
+    let base = env.path("base.qcow2");
+    let extra = env.path("extra.raw");
+    img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
+    img(&["create", "-q", "-f", "raw", extra.to_str().unwrap(), "4M"]);
+    let disks = serde_json::json!({"disks": [
+        {"id": "vda", "path": base, "format": "qcow2"},
+        {"id": "vdb", "path": extra, "format": "raw"}]});
+    env.start(&env.spec("d", "blk-crash", &disks));
+    env.wait_count("d", "flushed ", 3);
+
+    let (code, out, err) = env.snap(&["create", "d", "--name", "s1", "--atomic"]);
+    assert_eq!(code, 0, "{err}");
+    let rec = json(&out);
+    assert_eq!(rec["live"], true);
+    assert!(rec["pause_us"].as_u64().is_some(), "{rec}");
+    let ov = env.path("base.s1.qcow2");
+    let ov_extra = env.path("extra.s1.qcow2");
+    assert_eq!(rec["disks"][0]["overlay"], ov.to_str().unwrap());
+    assert_eq!(rec["disks"][1]["overlay"], ov_extra.to_str().unwrap());
+    let now = *env.counts("d", "flushed ").last().unwrap();
+    env.wait_count("d", "flushed ", now + 3);
+    assert!(
+        !env.console("d").contains("blk: error"),
+        "{}",
+        env.console("d")
+    );
+    let (_, status, _) = env.vm_run(&["status", "--json", "d"]);
+    let st = json(&status);
+    assert_eq!(st["disks"][0]["top"], ov.to_str().unwrap(), "{st}");
+    let info = json(&img(&["info", "-U", "--output=json", ov.to_str().unwrap()]));
+    assert_eq!(info["backing-filename"], base.to_str().unwrap());
+    assert_eq!(info["backing-filename-format"], "qcow2");
+    let info = json(&img(&[
+        "info",
+        "-U",
+        "--output=json",
+        ov_extra.to_str().unwrap(),
+    ]));
+    assert_eq!(info["backing-filename-format"], "raw");
+
+    // All or none: vdb's overlay path is taken, so vda gets none either.
+    let taken = env.path("taken.qcow2");
+    std::fs::write(&taken, b"mine").unwrap();
+    let spec_b = format!("vdb,file={}", taken.display());
+    let (code, _, err) = env.snap(&[
+        "create",
+        "d",
+        "--name",
+        "s2",
+        "--disk",
+        "vda",
+        "--diskspec",
+        &spec_b,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        !env.path("base.s1.s2.qcow2").exists(),
+        "vda's overlay was removed"
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+    let (_, status, _) = env.vm_run(&["status", "--json", "d"]);
+    assert_eq!(json(&status)["disks"][0]["top"], ov.to_str().unwrap());
+    let (code, _, err) = env.snap(&["create", "d", "--disk", "vdz"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no disk vdz"), "{err}");
+
+    let now = *env.counts("d", "flushed ").last().unwrap();
+    env.wait_count("d", "flushed ", now + 2);
+    env.vm_run(&["kill", "d"]);
+    img(&["check", "-q", ov.to_str().unwrap()]);
+    img(&["check", "-q", base.to_str().unwrap()]);
+    let (code, out, _) = env.snap(&["list", "d"]);
+    assert_eq!(code, 0);
+    let names: Vec<_> = json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["s1"]);
+
+    // A stopped, defined VM: its definition moves to the new overlays.
+    let spec = env.spec(
+        "off",
+        "blk-crash",
+        &serde_json::json!({"disks": [
+        {"id": "vda", "path": ov, "format": "qcow2"}]}),
+    );
+    let (code, _, err) = env.vm_run(&["define", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = env.snap(&["create", "off", "--name", "cold"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["live"], false);
+    let cold = env.path("base.s1.cold.qcow2");
+    let def: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("defs").join("off.json")).unwrap())
+            .unwrap();
+    assert_eq!(def["disks"][0]["path"], cold.to_str().unwrap());
+    img(&["check", "-q", cold.to_str().unwrap()]);
+    let info = json(&img(&["info", "--output=json", cold.to_str().unwrap()]));
+    assert_eq!(info["backing-filename"], ov.to_str().unwrap());
+    // Not running and not defined: one line.
+    let (code, _, err) = env.snap(&["create", "ghost"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("neither running nor defined"), "{err}");
+}

@@ -150,6 +150,56 @@ fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// O_DIRECT on the save file while guest memory is written.
+#[derive(Debug)]
+struct DirectIo {
+    on: bool,
+}
+
+impl DirectIo {
+    fn set(file: &File, on: bool) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we hold; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return false;
+        }
+        let want = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, want) == 0 }
+    }
+
+    fn enable(file: &File) -> Self {
+        Self {
+            on: Self::set(file, true),
+        }
+    }
+
+    fn disable(&mut self, file: &File) {
+        if self.on {
+            Self::set(file, false);
+            self.on = false;
+        }
+    }
+
+    /// Writes `buf` at `at`; a write O_DIRECT refuses (EINVAL: alignment
+    /// the file system wants bigger) turns it off and goes buffered.
+    fn write_all_at(&mut self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        match file.write_all_at(buf, at) {
+            Err(e) if self.on && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.disable(file);
+                file.write_all_at(buf, at)
+            }
+            r => r,
+        }
+    }
+}
+
 /// Writes the VM into `file` (empty, opened for writing): the caller has
 /// paused it. `memfd` is the descriptor behind guest memory when there is
 /// one: its holes (pages never touched) are skipped without reading them.
@@ -188,6 +238,12 @@ pub fn write(
 
     let mut sum = MemorySum::default();
     let mut written = 0u64;
+    // Guest memory goes to the file with O_DIRECT where the file system
+    // takes it: pages and offsets are page-aligned, and a buffered write
+    // spends most of its time filling the page cache (six times slower
+    // on the development machine). Anything refused falls back to
+    // buffered writes; the state, trailer and header always go buffered.
+    let mut direct = DirectIo::enable(file);
     for (run, (region, memfd_off)) in runs.iter().zip(&regions) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -218,7 +274,8 @@ pub fn write(
                 }
                 if page > first {
                     let chunk = &bytes[first as usize..page as usize];
-                    file.write_all_at(chunk, run.file_offset + first)
+                    direct
+                        .write_all_at(file, chunk, run.file_offset + first)
                         .map_err(io("writing guest memory"))?;
                     written += page - first;
                 } else {
@@ -227,6 +284,7 @@ pub fn write(
             }
         }
     }
+    direct.disable(file);
     let mut trailer = [0u8; PAGE as usize];
     trailer[..8].copy_from_slice(TRAILER_MAGIC);
     put32(&mut trailer, 8, sum.crc.clone().finalize());

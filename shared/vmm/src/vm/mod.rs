@@ -419,6 +419,27 @@ impl Vm {
         })
     }
 
+    /// Disk `id` serves from `image` from now on (a live disk snapshot).
+    /// Call it with the VM paused: its queues are drained and flushed.
+    pub fn replace_disk(&mut self, id: &str, image: &Arc<dyn vm_image::Block>) -> Result<()> {
+        let (_, t) = self
+            .registry
+            .iter()
+            .find(|(ident, _)| ident.id == id)
+            .ok_or_else(|| Error::Boot(format!("no disk {id}")))?;
+        if !crate::devices::lock(t)
+            .device_mut()
+            .replace_disk(Arc::clone(image))
+        {
+            return Err(Error::Boot(format!("{id} is not a disk")));
+        }
+        for d in self.writable.iter_mut().filter(|d| d.id == id) {
+            d.image = Arc::clone(image);
+            d.uring_file = None;
+        }
+        Ok(())
+    }
+
     /// Guest memory, and the memfd behind it when it has one (a restored
     /// VM's memory is a private mapping of its saved file instead).
     pub fn memory(&self) -> (&GuestMemory, Option<&File>) {

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod create;
+pub mod list;
 pub mod restore;
 pub mod save;
 pub mod verify;

@@ -283,6 +283,14 @@ impl VirtioDevice for VirtioBlk {
         VIRTIO_ID_BLOCK
     }
 
+    /// The new top has the same size (the driver's capacity holds); its
+    /// I/O goes through the image, not io_uring (which serves raw files).
+    fn replace_disk(&mut self, disk: Arc<dyn Block>) -> bool {
+        self.disk = disk;
+        self.uring = None;
+        true
+    }
+
     fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1
             | 1 << VIRTIO_BLK_F_SEG_MAX

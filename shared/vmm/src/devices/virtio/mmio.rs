@@ -74,6 +74,10 @@ impl MmioTransport {
         self.device.as_ref()
     }
 
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
     /// Registers, queues and the device's own extra state, for save.
     pub fn state(&self) -> TransportState {
         TransportState {

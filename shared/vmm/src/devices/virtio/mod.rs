@@ -59,6 +59,12 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     }
     /// Takes back what `extra_state` gave, after `activate`.
     fn restore_extra(&mut self, _extra: &crate::state::devices::DeviceExtra) {}
+    /// A disk serves from `disk` from now on (a live disk snapshot's new
+    /// top, with the old chain below it); false for devices that are not
+    /// disks. Called with the VM paused and its queues drained.
+    fn replace_disk(&mut self, _disk: std::sync::Arc<dyn vm_image::Block>) -> bool {
+        false
+    }
 }
 
 /// What one pass over a queue did.
