@@ -28,6 +28,9 @@ _vm__snap() {
             vm__snap,restore)
                 cmd="vm__snap__subcmd__restore"
                 ;;
+            vm__snap,revert)
+                cmd="vm__snap__subcmd__revert"
+                ;;
             vm__snap,save)
                 cmd="vm__snap__subcmd__save"
                 ;;
@@ -46,6 +49,9 @@ _vm__snap() {
             vm__snap__subcmd__help,restore)
                 cmd="vm__snap__subcmd__help__subcmd__restore"
                 ;;
+            vm__snap__subcmd__help,revert)
+                cmd="vm__snap__subcmd__help__subcmd__revert"
+                ;;
             vm__snap__subcmd__help,save)
                 cmd="vm__snap__subcmd__help__subcmd__save"
                 ;;
@@ -59,7 +65,7 @@ _vm__snap() {
 
     case "${cmd}" in
         vm__snap)
-            opts="-h -V --help --version save restore verify create list help"
+            opts="-h -V --help --version save restore verify create revert list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -99,7 +105,7 @@ _vm__snap() {
             return 0
             ;;
         vm__subcmd__snap__subcmd__help)
-            opts="save restore verify create list help"
+            opts="save restore verify create revert list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -155,6 +161,20 @@ _vm__snap() {
             return 0
             ;;
         vm__subcmd__snap__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__snap__subcmd__help__subcmd__revert)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -229,6 +249,20 @@ _vm__snap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__snap__subcmd__revert)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -73,6 +73,15 @@ pub enum Command {
         #[arg(long)]
         atomic: bool,
     },
+    /// Put a stopped, defined VM's disks back as they were at a snapshot
+    /// (virsh snapshot-revert); later snapshots and later writes are
+    /// discarded.
+    Revert {
+        /// The VM's name.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
     /// List a VM's disk snapshots, oldest first (virsh snapshot-list).
     List {
         /// The VM's name.

@@ -32,6 +32,7 @@ pub fn run(cli: &Cli) -> i32 {
             atomic: _,
         } => cmd::create::run(vm, name.as_deref(), disk),
         Command::List { vm } => cmd::list::run(vm),
+        Command::Revert { vm, name } => cmd::revert::run(vm, name),
     };
     match result {
         Ok(code) => code,

@@ -658,3 +658,97 @@ fn disk_snapshots_live_and_offline() {
     assert_eq!(code, 1);
     assert!(err.contains("neither running nor defined"), "{err}");
 }
+
+/// revert of a stopped, defined VM: the disk reads as it did at the
+/// snapshot, later snapshots and their overlays are gone, qemu-img finds
+/// the chain clean; a running VM and an unknown snapshot are refused.
+#[test]
+fn revert_puts_the_disks_back() {
+    if !test_guest::have_tool("qemu-img", "qemu-img")
+        || !test_guest::have_tool("qemu-io", "qemu-io")
+    {
+        return;
+    }
+    let env = Env::new();
+    let run = |prog: &str, args: &[&str]| {
+        let (code, out, err) = decode(&Command::new(prog).args(args).output().unwrap());
+        assert_eq!(code, 0, "{prog} {args:?}: {out}{err}");
+        out
+    };
+    let base = env.path("r.raw");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", base.to_str().unwrap(), "1M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -q -P 0x41 0 64k",
+            base.to_str().unwrap(),
+        ],
+    );
+    let spec = env.spec(
+        "r",
+        "hello",
+        &serde_json::json!({"disks": [
+        {"id": "vda", "path": base, "format": "raw"}]}),
+    );
+    let (code, _, err) = env.vm_run(&["define", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = env.snap(&["create", "r", "--name", "s1"]);
+    assert_eq!(code, 0, "{err}");
+    let s1 = env.path("r.s1.qcow2");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x42 0 64k",
+            s1.to_str().unwrap(),
+        ],
+    );
+    let (code, _, err) = env.snap(&["create", "r", "--name", "s2"]);
+    assert_eq!(code, 0, "{err}");
+    let s2 = env.path("r.s1.s2.qcow2");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x43 0 64k",
+            s2.to_str().unwrap(),
+        ],
+    );
+
+    let (code, _, err) = env.snap(&["revert", "r", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no snapshot named 'nope'"), "{err}");
+    let (code, out, err) = env.snap(&["revert", "r", "s1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["discarded"], serde_json::json!(["s2"]));
+    assert!(!s2.exists(), "the later overlay is gone");
+    let def: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("defs").join("r.json")).unwrap())
+            .unwrap();
+    assert_eq!(def["disks"][0]["path"], s1.to_str().unwrap());
+    // As at s1: the base's bytes, not what came after.
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-r",
+            "-c",
+            "read -q -P 0x41 0 64k",
+            s1.to_str().unwrap(),
+        ],
+    );
+    run("qemu-img", &["check", "-q", s1.to_str().unwrap()]);
+    let (_, out, _) = env.snap(&["list", "r"]);
+    assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 1);
+}

@@ -3,6 +3,7 @@
 pub mod create;
 pub mod list;
 pub mod restore;
+pub mod revert;
 pub mod save;
 pub mod verify;
 
