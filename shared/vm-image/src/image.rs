@@ -23,6 +23,16 @@ use crate::qcow2::header::Header;
 use crate::qcow2::meta::{L2Entry, Meta};
 use crate::{Error, Format, Result};
 
+/// True when `a` and `b` name one file (device and inode), however the
+/// paths are spelt; false when either cannot be read.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// qemu-img refuses chains deeper than this too.
 const MAX_CHAIN: usize = 64;
 

@@ -13,4 +13,6 @@ pub mod qcow2;
 pub use block::{Alignment, Block};
 pub use error::{Error, Result};
 pub use format::Format;
-pub use image::{file_len, open_image_file, resolve_backing, Extent, Image, Layer, OpenOptions};
+pub use image::{
+    file_len, open_image_file, resolve_backing, same_file, Extent, Image, Layer, OpenOptions,
+};

@@ -352,15 +352,14 @@ fn run_loop(
             }
         }
         let event = match fd.run() {
-            Ok(exit) => handle_exit(exit, bus, mmio),
+            Ok(exit) => match handle_exit(exit, bus, mmio) {
+                Handled::Done => None,
+                Handled::Event(ev) => Some(ev),
+                // Its details are in kvm_run, which the exit borrowed.
+                Handled::InternalError => Some(VcpuEvent::Crash(internal_error(&mut fd))),
+            },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(VcpuEvent::Failed(format!("KVM_RUN: {e}"))),
-        };
-        let event = match event {
-            Some(VcpuEvent::Crash(why)) if why == INTERNAL => {
-                Some(VcpuEvent::Crash(internal_error(&mut fd)))
-            }
-            other => other,
         };
         if let Some(ev) = event {
             stopped = true;
@@ -369,45 +368,53 @@ fn run_loop(
     }
 }
 
-/// Stands for an internal error until its details are read from kvm_run.
-const INTERNAL: &str = "internal error";
+/// What one exit came to.
+enum Handled {
+    /// A device access, done.
+    Done,
+    Event(VcpuEvent),
+    /// KVM's internal error: the caller reads its details from kvm_run.
+    InternalError,
+}
 
-/// What one exit asks: the device access done, or an event for the VM.
-fn handle_exit(exit: VcpuExit<'_>, bus: &Mutex<PioBus>, mmio: &MmioBus) -> Option<VcpuEvent> {
+/// Serves one exit: a device access, or an event for the VM.
+fn handle_exit(exit: VcpuExit<'_>, bus: &Mutex<PioBus>, mmio: &MmioBus) -> Handled {
     let lock_bus = || {
         bus.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    match exit {
-        VcpuExit::IoOut(port, data) => lock_bus().write(port, data).map(|e| match e {
-            DeviceEvent::Reset => VcpuEvent::Reset,
-            DeviceEvent::PowerOff => VcpuEvent::PowerOff,
-        }),
+    let event = match exit {
+        VcpuExit::IoOut(port, data) => match lock_bus().write(port, data) {
+            Some(DeviceEvent::Reset) => VcpuEvent::Reset,
+            Some(DeviceEvent::PowerOff) => VcpuEvent::PowerOff,
+            None => return Handled::Done,
+        },
         VcpuExit::IoIn(port, data) => {
             lock_bus().read(port, data);
-            None
+            return Handled::Done;
         }
         VcpuExit::MmioRead(addr, data) => {
             mmio.read(addr, data);
-            None
+            return Handled::Done;
         }
         VcpuExit::MmioWrite(addr, data) => {
             mmio.write(addr, data);
-            None
+            return Handled::Done;
         }
-        VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen => None,
-        VcpuExit::Shutdown => Some(VcpuEvent::Crash("triple fault".into())),
-        VcpuExit::SystemEvent(kind, _) => Some(match kind {
+        VcpuExit::Intr | VcpuExit::Hlt | VcpuExit::IrqWindowOpen => return Handled::Done,
+        VcpuExit::Shutdown => VcpuEvent::Crash("triple fault".into()),
+        VcpuExit::SystemEvent(kind, _) => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
             other => VcpuEvent::Crash(format!("system event {other}")),
-        }),
-        VcpuExit::InternalError => Some(VcpuEvent::Crash(INTERNAL.into())),
-        VcpuExit::FailEntry(reason, cpu) => Some(VcpuEvent::Crash(format!(
+        },
+        VcpuExit::InternalError => return Handled::InternalError,
+        VcpuExit::FailEntry(reason, cpu) => VcpuEvent::Crash(format!(
             "VM entry failed (hardware reason 0x{reason:x}, cpu {cpu})"
-        ))),
-        other => Some(VcpuEvent::Crash(format!("unexpected exit {other:?}"))),
-    }
+        )),
+        other => VcpuEvent::Crash(format!("unexpected exit {other:?}")),
+    };
+    Handled::Event(event)
 }
 
 /// Answers a request on the paused vCPU's own thread. A save first
@@ -420,20 +427,15 @@ fn answer(fd: &mut VcpuFd, req: &VcpuRequest, bus: &Mutex<PioBus>, mmio: &MmioBu
         VcpuRequest::SaveState(msrs) => {
             for _ in 0..8 {
                 fd.set_kvm_immediate_exit(1);
-                let r = fd.run();
-                let done = match r {
-                    Err(e) if e.errno() == libc::EINTR => true,
+                match fd.run() {
+                    Err(e) if e.errno() == libc::EINTR => break,
                     Err(e) => return VcpuResponse::Error(format!("completing I/O: {e}")),
+                    // An event here (a reset written by that last access)
+                    // is lost to the saved state on purpose: the guest
+                    // restarts right after the write.
                     Ok(exit) => {
-                        // An event here (a reset written by that last
-                        // access) is lost to the saved state on purpose:
-                        // the guest restarts right after the write.
                         let _ = handle_exit(exit, bus, mmio);
-                        false
                     }
-                };
-                if done {
-                    break;
                 }
             }
             fd.set_kvm_immediate_exit(0);

@@ -3,35 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
 use vmm::vcpu::VcpuEvent;
 use vmm::{Vm, VmConfig};
 
+mod common;
+
 use test_guest::{have_kvm, kvm_lock};
 
 fn config(cmdline: &str, vcpus: u8) -> VmConfig {
-    VmConfig {
-        name: "boot-test".into(),
-        vcpus,
-        threads_per_core: 1,
-        cores_per_socket: vcpus,
-        memory: 64 << 20,
-        boot: BootConfig {
-            kernel: PathBuf::from(test_guest::GUEST_ELF),
-            initrd: None,
-            cmdline: cmdline.into(),
-            vcpus,
-            ..BootConfig::default()
-        },
-        drop_capabilities: false,
-        numa: None,
-        hugepages: None,
-        disks: Vec::new(),
-        nets: Vec::new(),
-        iothreads: 0,
-        thread_hook: None,
-    }
+    common::config("boot-test", cmdline, vcpus)
 }
 
 fn boot(

@@ -2,39 +2,20 @@
 //! it, on the real /dev/kvm: the guest goes on from where it was.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmm::boot::BootConfig;
 use vmm::devices::SerialOut;
 use vmm::state::file::{self, Saved};
 use vmm::vcpu::VcpuEvent;
 use vmm::{memory, Error, Restore, Vm, VmConfig};
 
+mod common;
+
 use test_guest::{have_kvm, kvm_lock};
 
 fn config(cmdline: &str, vcpus: u8) -> VmConfig {
-    VmConfig {
-        name: "save-test".into(),
-        vcpus,
-        threads_per_core: 1,
-        cores_per_socket: vcpus,
-        memory: 64 << 20,
-        boot: BootConfig {
-            kernel: PathBuf::from(test_guest::GUEST_ELF),
-            initrd: None,
-            cmdline: cmdline.into(),
-            vcpus,
-            ..BootConfig::default()
-        },
-        drop_capabilities: false,
-        numa: None,
-        hugepages: None,
-        disks: Vec::new(),
-        nets: Vec::new(),
-        iothreads: 0,
-        thread_hook: None,
-    }
+    common::config("save-test", cmdline, vcpus)
 }
 
 fn spec(cmdline: &str, vcpus: u8) -> vm_spec::VmSpec {
@@ -248,7 +229,7 @@ fn damaged_files_are_refused() {
     assert!(m.contains("too short"), "{m}");
     let mut b = good.clone();
     b[8..12].copy_from_slice(&7u32.to_le_bytes());
-    let crc = crc32(&b[..4092]);
+    let crc = test_guest::crc32(&b[..4092]);
     b[4092..4096].copy_from_slice(&crc.to_le_bytes());
     let m = msg(try_open(&b));
     assert!(m.contains("newer vmtools (format version 7"), "{m}");
@@ -267,18 +248,116 @@ fn damaged_files_are_refused() {
     assert!(try_open(&b).is_ok(), "verify_memory saw the change");
 }
 
-fn crc32(b: &[u8]) -> u32 {
-    // The file's CRC-32 (IEEE), bit by bit, independent of the writer's.
-    let mut c = !0u32;
-    for &x in b {
-        c ^= u32::from(x);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
-        }
+/// A saved file rebuilt around a changed state, with every checksum made
+/// good again: what a forger who knows the format could plant. The memory
+/// runs keep their bytes and move to the new page-aligned places.
+fn forge(good: &[u8], change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let get32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let get64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let state_len = get64(good, 24) as usize;
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&good[4096..4096 + state_len]).unwrap();
+    change(&mut state);
+    let state = serde_json::to_vec(&state).unwrap();
+    let page = |v: usize| v.div_ceil(4096) * 4096;
+    let mut out = vec![0u8; page(4096 + state.len())];
+    out[4096..4096 + state.len()].copy_from_slice(&state);
+    let count = get32(good, 36) as usize;
+    let mut header = good[..4096].to_vec();
+    for i in 0..count {
+        let at = 48 + i * 24;
+        let (len, from) = (get64(good, at + 8) as usize, get64(good, at + 16) as usize);
+        header[at + 16..at + 24].copy_from_slice(&(out.len() as u64).to_le_bytes());
+        out.extend_from_slice(&good[from..from + len]);
+        out.resize(page(out.len()), 0);
     }
-    !c
+    header[24..32].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    header[32..36].copy_from_slice(&test_guest::crc32(&state).to_le_bytes());
+    header[40..48].copy_from_slice(&(out.len() as u64).to_le_bytes());
+    let crc = test_guest::crc32(&header[..4092]);
+    header[4092..].copy_from_slice(&crc.to_le_bytes());
+    out[..4096].copy_from_slice(&header);
+    let trailer_at = get64(good, 40) as usize;
+    out.extend_from_slice(&good[trailer_at..]);
+    out
+}
+
+/// One change a forger makes to the state.
+type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+
+/// Sets bytes `at..` of a kvm-bindings struct that serde wrote as a JSON
+/// array of bytes.
+fn poke(bytes: &mut serde_json::Value, at: usize, new: &[u8]) {
+    for (i, b) in new.iter().enumerate() {
+        bytes[at + i] = serde_json::json!(b);
+    }
+}
+
+/// A state whose checksums are good but whose contents are hostile is
+/// refused with its own reason before any vCPU runs: a wrong irqchip id,
+/// an MSR KVM does not have, an i8042 or serial FIFO past its size, a
+/// field the format does not have. The unchanged file, forged the same
+/// way, restores (so each refusal is the change's doing).
+#[test]
+fn forged_states_are_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, path) = (dir.path().join("a.log"), dir.path().join("vm.save"));
+    run_and_save("mode=cli-hlt", 1, "halting", &log, &path);
+    let good = std::fs::read(&path).unwrap();
+    let try_restore = |bytes: Vec<u8>| -> Result<(), String> {
+        let p = dir.path().join("forged.save");
+        std::fs::write(&p, bytes).unwrap();
+        let opened = file::open(File::open(&p).unwrap()).map_err(|e| e.to_string())?;
+        file::verify_memory(&opened).map_err(|e| e.to_string())?;
+        let from = Restore {
+            state: &opened.saved.machine,
+            memory: memory::Saved {
+                file: opened.file.try_clone().unwrap(),
+                runs: opened.runs.clone(),
+            },
+            paused: true,
+        };
+        let out = File::create(dir.path().join("b.log")).unwrap();
+        let vm = Vm::restore(&config("mode=cli-hlt", 1), SerialOut::File(out), from)
+            .map_err(|e| e.to_string())?;
+        vm.destroy();
+        Ok(())
+    };
+    try_restore(forge(&good, |_| {})).unwrap();
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "is saved as chip 5",
+            Box::new(|s| poke(&mut s["machine"]["chips"]["pic_master"], 0, &[5, 0, 0, 0])),
+        ),
+        (
+            "KVM refused MSR 0xdeadbeef",
+            Box::new(|s| {
+                poke(
+                    &mut s["machine"]["vcpus"][0]["msrs"][0],
+                    0,
+                    &0xdead_beef_u32.to_le_bytes(),
+                );
+            }),
+        ),
+        (
+            "i8042: 100 bytes queued",
+            Box::new(|s| s["machine"]["i8042"]["queue"] = serde_json::json!(vec![0x1c; 100])),
+        ),
+        (
+            "serial port",
+            Box::new(|s| s["machine"]["serial"]["in_buffer"] = serde_json::json!(vec![b'x'; 100])),
+        ),
+        (
+            "unknown field",
+            Box::new(|s| s["machine"]["extra"] = serde_json::json!(1)),
+        ),
+    ];
+    for (expect, change) in cases {
+        let e = try_restore(forge(&good, change)).unwrap_err();
+        assert!(e.contains(expect), "{expect}: {e}");
+    }
 }

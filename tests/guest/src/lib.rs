@@ -96,3 +96,28 @@ pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
         .flat_map(|i| (seed ^ (i as u32).wrapping_mul(2_654_435_761)).to_le_bytes())
         .collect()
 }
+
+/// CRC-32 (IEEE), bit by bit: the tests' own, independent of the crc32fast
+/// the saved-VM file is written with (a test that forges a header needs it).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in data {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(super::crc32(b"123456789"), 0xcbf4_3926);
+    }
+}

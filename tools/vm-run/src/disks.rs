@@ -72,13 +72,8 @@ impl OpenDisk {
             },
         )
         .with_context(|| format!("cannot open {}", path.display()))?;
-        let below = image.layers().get(1).map(|l| l.path.clone());
-        let same = |a: &std::path::Path, b: &std::path::Path| {
-            std::fs::canonicalize(a)
-                .ok()
-                .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
-        };
-        if !below.as_deref().is_some_and(|b| same(b, &self.state.top)) {
+        let below = image.layers().get(1).map(|l| l.path.as_path());
+        if !below.is_some_and(|b| vm_image::same_file(b, &self.state.top)) {
             bail!(
                 "{}: its backing file is not {}, the disk's top",
                 path.display(),

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use vm_control::{Reply, Request, SaveReport};
-use vm_spec::RunState;
 use vmm::state::file::{self, Saved, WriteStats};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -216,6 +215,3 @@ impl SaveJob {
         }
     }
 }
-
-/// The state a VM is in while saved: paused.
-pub(crate) const SAVING: RunState = RunState::Paused;

@@ -277,7 +277,7 @@ fn on_request(
         ) {
             Ok(job) => {
                 if running {
-                    record_event(m, dir, state, crate::save::SAVING, "saving");
+                    record_event(m, dir, state, RunState::Paused, "saving");
                 }
                 *save = Some(job);
             }

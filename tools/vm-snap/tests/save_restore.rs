@@ -280,7 +280,7 @@ fn bad_files_and_other_machines_are_refused() {
             {
                 let mut b = good.clone();
                 b[8..12].copy_from_slice(&9u32.to_le_bytes());
-                let crc = crc32(&b[..4092]);
+                let crc = test_guest::crc32(&b[..4092]);
                 b[4092..]
                     .iter_mut()
                     .zip(crc.to_le_bytes())
@@ -426,21 +426,6 @@ fn a_save_killed_on_the_way_loses_nothing() {
         assert!(!env.console("k").contains("MEMORY ERROR"));
         env.vm_run(&["kill", "k"]);
     }
-}
-
-fn crc32(b: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &x in b {
-        c ^= u32::from(x);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
 
 /// A VM writing and flushing its qcow2 disk: save returns with the image
@@ -751,4 +736,172 @@ fn revert_puts_the_disks_back() {
     run("qemu-img", &["check", "-q", s1.to_str().unwrap()]);
     let (_, out, _) = env.snap(&["list", "r"]);
     assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 1);
+}
+
+/// Hostile `save` and `snapshot-disks` requests straight on the control
+/// socket: wrong descriptor counts, a file that is not empty, one opened
+/// read-only, a folder; an overlay path that is not the descriptor's file,
+/// an overlay on some other base, an unknown or repeated disk, a
+/// read-only one. Each gets an error reply; the VM runs on, on its disks.
+#[test]
+fn hostile_save_and_snapshot_requests_change_nothing() {
+    if !have_kvm() || !test_guest::have_tool("qemu-img", "qemu-img") {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    let img = |args: &[&str]| {
+        let (code, out, err) = decode(&Command::new("qemu-img").args(args).output().unwrap());
+        assert_eq!(code, 0, "qemu-img {args:?}: {out}{err}");
+    };
+    let base = env.path("h.qcow2");
+    let ro = env.path("ro.raw");
+    img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
+    img(&["create", "-q", "-f", "raw", ro.to_str().unwrap(), "1M"]);
+    env.start(&env.spec(
+        "h",
+        "blk-crash",
+        &serde_json::json!({"disks": [
+        {"id": "vda", "path": base, "format": "qcow2"},
+        {"id": "vdb", "path": ro, "format": "raw", "readonly": true}]}),
+    ));
+    env.wait_count("h", "flushed ", 2);
+    let sock = env.run_dir().join("h/control.sock");
+    let call = |req: &vm_control::Request, fds: &[&std::fs::File]| {
+        let raw: Vec<_> = fds
+            .iter()
+            .map(|f| std::os::fd::AsRawFd::as_raw_fd(*f))
+            .collect();
+        vm_control::Session::connect(&sock)
+            .unwrap()
+            .call(req, &raw, Some(Duration::from_secs(30)))
+            .unwrap()
+    };
+    let refused = |what: &str, r: vm_control::Reply, expect: &str| {
+        assert!(!r.ok, "{what}: accepted");
+        let e = r.error.unwrap_or_default();
+        assert!(e.contains(expect), "{what}: {e}");
+        let (_, out, _) = env.vm_run(&["state", "h"]);
+        assert!(out.contains("running"), "{what}: {out}");
+    };
+
+    let save = vm_control::Request::Save { fsync: false };
+    let empty = || tempfile::tempfile_in(env.dir.path()).unwrap();
+    refused("no file", call(&save, &[]), "exactly one file descriptor");
+    refused(
+        "two files",
+        call(&save, &[&empty(), &empty()]),
+        "exactly one file descriptor",
+    );
+    let full = env.path("full");
+    std::fs::write(&full, b"data").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&full)
+        .unwrap();
+    refused("not empty", call(&save, &[&f]), "not empty");
+    std::fs::write(env.path("empty"), b"").unwrap();
+    let f2 = std::fs::File::open(env.path("empty")).unwrap();
+    refused("read-only", call(&save, &[&f2]), "not open for writing");
+    let dir = std::fs::File::open(env.dir.path()).unwrap();
+    refused("a folder", call(&save, &[&dir]), "not a regular file");
+    assert_eq!(std::fs::read(&full).unwrap(), b"data");
+
+    let snap = |id: &str, overlay: &Path| vm_control::Request::SnapshotDisks {
+        disks: vec![vm_control::DiskSnapshot {
+            id: id.into(),
+            overlay: overlay.to_path_buf(),
+        }],
+    };
+    let good = env.path("h.ov.qcow2");
+    img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        good.to_str().unwrap(),
+    ]);
+    let other_base = env.path("other.qcow2");
+    img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        other_base.to_str().unwrap(),
+        "16M",
+    ]);
+    let elsewhere = env.path("elsewhere.qcow2");
+    img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        other_base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        elsewhere.to_str().unwrap(),
+    ]);
+    let good_f = std::fs::File::open(&good).unwrap();
+    let elsewhere_f = std::fs::File::open(&elsewhere).unwrap();
+    refused(
+        "no descriptor",
+        call(&snap("vda", &good), &[]),
+        "one descriptor per overlay",
+    );
+    refused(
+        "another file's descriptor",
+        call(&snap("vda", &good), &[&elsewhere_f]),
+        "not the file the snapshot request came with",
+    );
+    refused(
+        "another base",
+        call(&snap("vda", &elsewhere), &[&elsewhere_f]),
+        "the disk's top",
+    );
+    refused(
+        "unknown disk",
+        call(&snap("vdz", &good), &[&good_f]),
+        "no disk vdz",
+    );
+    refused(
+        "read-only disk",
+        call(&snap("vdb", &good), &[&good_f]),
+        "read-only",
+    );
+    let twice = vm_control::Request::SnapshotDisks {
+        disks: vec![
+            vm_control::DiskSnapshot {
+                id: "vda".into(),
+                overlay: good.clone(),
+            },
+            vm_control::DiskSnapshot {
+                id: "vda".into(),
+                overlay: good.clone(),
+            },
+        ],
+    };
+    refused(
+        "a disk twice",
+        call(&twice, &[&good_f, &good_f]),
+        "named twice",
+    );
+    refused(
+        "no disks",
+        call(&vm_control::Request::SnapshotDisks { disks: vec![] }, &[]),
+        "names no disk",
+    );
+    // Nothing switched: vda still on its own image, the guest flushing on.
+    let (_, status, _) = env.vm_run(&["status", "--json", "h"]);
+    assert_eq!(json(&status)["disks"][0]["top"], base.to_str().unwrap());
+    let now = *env.counts("h", "flushed ").last().unwrap();
+    env.wait_count("h", "flushed ", now + 2);
+    assert!(!env.console("h").contains("blk: error"));
+    env.vm_run(&["kill", "h"]);
+    img(&["check", "-q", base.to_str().unwrap()]);
 }

@@ -54,6 +54,9 @@ pub struct Opened {
     pub saved: Saved,
     pub runs: Vec<MemoryRun>,
     pub file: File,
+    /// The trailer's memory checksum and non-zero page count.
+    memory_crc: u32,
+    memory_pages: u64,
 }
 
 /// What a save wrote and how long it took.
@@ -407,17 +410,18 @@ pub fn open(file: File) -> Result<Opened> {
         .spec
         .validate()
         .map_err(|e| bad(format!("the saved spec: {e}")))?;
-    Ok(Opened { saved, runs, file })
+    Ok(Opened {
+        saved,
+        runs,
+        file,
+        memory_crc: get32(&trailer, 8),
+        memory_pages: get64(&trailer, 16),
+    })
 }
 
 /// Reads all of the saved memory and checks it against the trailer's
 /// checksum; returns the number of non-zero pages.
 pub fn verify_memory(o: &Opened) -> Result<u64> {
-    let trailer_at = o.file.metadata().map_err(Error::io("saved file"))?.len() - PAGE;
-    let mut trailer = [0u8; 32];
-    o.file
-        .read_exact_at(&mut trailer, trailer_at)
-        .map_err(Error::io("reading the saved file's trailer"))?;
     let mut sum = MemorySum::default();
     let mut buf = vec![0u8; WRITE_CHUNK];
     for r in &o.runs {
@@ -442,7 +446,7 @@ pub fn verify_memory(o: &Opened) -> Result<u64> {
             next = at;
         }
     }
-    if sum.crc.finalize() != get32(&trailer, 8) || sum.pages != get64(&trailer, 16) {
+    if sum.crc.finalize() != o.memory_crc || sum.pages != o.memory_pages {
         return Err(bad("guest memory does not match its checksum (corrupted)"));
     }
     Ok(sum.pages)

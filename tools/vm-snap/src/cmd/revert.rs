@@ -60,7 +60,7 @@ pub fn run(vm: &str, snap: &str) -> Result<i32> {
             .find(|d| d.id == t.id)
             .map(|d| d.path.clone())
             .ok_or_else(|| anyhow!("the definition has no disk {}", t.id))?;
-        if !same_file(&top, newest) {
+        if !vm_image::same_file(&top, newest) {
             bail!(
                 "disk {}: the definition's {} is not the snapshots' newest overlay {}; \
                  reverting would lose it",
@@ -100,13 +100,6 @@ pub fn run(vm: &str, snap: &str) -> Result<i32> {
         "disks": target.disks,
     }));
     Ok(0)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// Replaces `overlay` with an empty qcow2 on `base` (written beside it,
