@@ -67,8 +67,19 @@ fn run_and_save(cmdline: &str, vcpus: u8, ready: &str, log: &Path, path: &Path) 
 }
 
 fn restore(path: &Path, cmdline: &str, vcpus: u8, log: &Path, paused: bool) -> Vm {
-    let opened = file::open(File::open(path).unwrap()).unwrap();
-    file::verify_memory(&opened).unwrap();
+    try_restore(path, cmdline, vcpus, log, paused).unwrap()
+}
+
+/// Opens, verifies and restores the file: the first refusal, in words.
+fn try_restore(
+    path: &Path,
+    cmdline: &str,
+    vcpus: u8,
+    log: &Path,
+    paused: bool,
+) -> Result<Vm, String> {
+    let opened = file::open(File::open(path).unwrap()).map_err(|e| e.to_string())?;
+    file::verify_memory(&opened).map_err(|e| e.to_string())?;
     let from = Restore {
         state: &opened.saved.machine,
         memory: memory::Saved {
@@ -82,7 +93,7 @@ fn restore(path: &Path, cmdline: &str, vcpus: u8, log: &Path, paused: bool) -> V
         SerialOut::File(File::create(log).unwrap()),
         from,
     )
-    .unwrap()
+    .map_err(|e| e.to_string())
 }
 
 /// The numbers after `word` in the console, in order.
@@ -308,26 +319,12 @@ fn forged_states_are_refused() {
     let (log, path) = (dir.path().join("a.log"), dir.path().join("vm.save"));
     run_and_save("mode=cli-hlt", 1, "halting", &log, &path);
     let good = std::fs::read(&path).unwrap();
-    let try_restore = |bytes: Vec<u8>| -> Result<(), String> {
+    let try_forged = |bytes: Vec<u8>| {
         let p = dir.path().join("forged.save");
         std::fs::write(&p, bytes).unwrap();
-        let opened = file::open(File::open(&p).unwrap()).map_err(|e| e.to_string())?;
-        file::verify_memory(&opened).map_err(|e| e.to_string())?;
-        let from = Restore {
-            state: &opened.saved.machine,
-            memory: memory::Saved {
-                file: opened.file.try_clone().unwrap(),
-                runs: opened.runs.clone(),
-            },
-            paused: true,
-        };
-        let out = File::create(dir.path().join("b.log")).unwrap();
-        let vm = Vm::restore(&config("mode=cli-hlt", 1), SerialOut::File(out), from)
-            .map_err(|e| e.to_string())?;
-        vm.destroy();
-        Ok(())
+        try_restore(&p, "mode=cli-hlt", 1, &dir.path().join("b.log"), true).map(Vm::destroy)
     };
-    try_restore(forge(&good, |_| {})).unwrap();
+    try_forged(forge(&good, |_| {})).unwrap();
     let cases: Vec<(&str, Change)> = vec![
         (
             "is saved as chip 5",
@@ -357,7 +354,7 @@ fn forged_states_are_refused() {
         ),
     ];
     for (expect, change) in cases {
-        let e = try_restore(forge(&good, change)).unwrap_err();
+        let e = try_forged(forge(&good, change)).unwrap_err();
         assert!(e.contains(expect), "{expect}: {e}");
     }
 }
