@@ -19,6 +19,9 @@ _vm__snap() {
             vm__snap,create)
                 cmd="vm__snap__subcmd__create"
                 ;;
+            vm__snap,delete)
+                cmd="vm__snap__subcmd__delete"
+                ;;
             vm__snap,help)
                 cmd="vm__snap__subcmd__help"
                 ;;
@@ -39,6 +42,9 @@ _vm__snap() {
                 ;;
             vm__snap__subcmd__help,create)
                 cmd="vm__snap__subcmd__help__subcmd__create"
+                ;;
+            vm__snap__subcmd__help,delete)
+                cmd="vm__snap__subcmd__help__subcmd__delete"
                 ;;
             vm__snap__subcmd__help,help)
                 cmd="vm__snap__subcmd__help__subcmd__help"
@@ -65,7 +71,7 @@ _vm__snap() {
 
     case "${cmd}" in
         vm__snap)
-            opts="-h -V --help --version save restore verify create revert list help"
+            opts="-h -V --help --version save restore verify create revert delete list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -104,8 +110,22 @@ _vm__snap() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__snap__subcmd__delete)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__snap__subcmd__help)
-            opts="save restore verify create revert list help"
+            opts="save restore verify create revert delete list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -119,6 +139,20 @@ _vm__snap() {
             return 0
             ;;
         vm__subcmd__snap__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__snap__subcmd__help__subcmd__delete)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -39,6 +39,28 @@ pub enum Request {
     SnapshotDisks {
         disks: Vec<DiskSnapshot>,
     },
+    /// Merge one overlay of a disk's chain into the layer right below it
+    /// (a live blockcommit: deleting a disk snapshot). The base's
+    /// descriptor, open for writing, comes with the request (SCM_RIGHTS).
+    /// The reply comes when the overlay is out of the chain: the data is
+    /// copied while the guest runs, then the chain changes in one pause.
+    CommitDisk {
+        id: String,
+        overlay: std::path::PathBuf,
+        base: std::path::PathBuf,
+    },
+}
+
+/// What a live commit copied and what it cost the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// Bytes written into the base (data and zeroes).
+    pub copied_bytes: u64,
+    /// Copy rounds while the guest ran (the first, then its writes since).
+    pub rounds: u32,
+    /// The final pause: the last writes copied and the chain changed.
+    pub pause_us: u64,
+    pub total_ms: u64,
 }
 
 /// One disk of a live snapshot.
@@ -103,6 +125,7 @@ impl Request {
             Some("shutdown") => &["mode"],
             Some("save") => &["fsync"],
             Some("snapshot-disks") => &["disks"],
+            Some("commit-disk") => &["id", "overlay", "base"],
             _ => &[],
         };
         if let Some(k) = obj
@@ -152,6 +175,8 @@ pub struct Reply {
     pub saved: Option<SaveReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitReport>,
 }
 
 impl Reply {
@@ -163,6 +188,7 @@ impl Reply {
             stats: None,
             saved: None,
             snapshot: None,
+            commit: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -173,6 +199,7 @@ impl Reply {
             stats: None,
             saved: None,
             snapshot: None,
+            commit: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and one [`Block`] interface shared by vm-img and the VMM's virtio-blk.
 
 mod block;
+pub mod commit;
 mod error;
 mod format;
 #[doc(hidden)]
@@ -9,6 +10,7 @@ pub mod fuzzing;
 mod image;
 pub mod lock;
 pub mod qcow2;
+pub mod tracked;
 
 pub use block::{Alignment, Block};
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -20,7 +21,11 @@ use vmm::DiskConfig;
 pub struct OpenDisk {
     pub config: DiskConfig,
     pub state: DiskState,
-    locks: Vec<ImageLock>,
+    /// The chain the VM reads and writes (`config.image` is this, or a
+    /// wrapper around it while a live commit tracks the guest's writes).
+    pub image: Arc<Image>,
+    /// One per layer of `image`'s chain, with its path.
+    locks: Vec<(PathBuf, LockMode, ImageLock)>,
 }
 
 /// Opens every disk of `spec`, in order.
@@ -81,8 +86,9 @@ impl OpenDisk {
             );
         }
         let backing = image.layers()[1..].iter().map(|l| l.path.clone()).collect();
+        let image = Arc::new(image);
         let mut config = self.config.clone();
-        config.image = Arc::new(image);
+        config.image = image.clone();
         config.uring_file = None;
         let disk = OpenDisk {
             config,
@@ -91,20 +97,94 @@ impl OpenDisk {
                 top: path.clone(),
                 format: DiskFormat::Qcow2,
             },
-            locks: vec![lock],
+            image,
+            locks: vec![(path.clone(), LockMode::Write, lock)],
         };
         Ok((disk, backing))
     }
 
     /// Read locks on `layers` (a live snapshot's backing chain, once the
     /// old top's own write lock is gone).
-    pub fn lock_backing(&mut self, layers: &[std::path::PathBuf]) -> Result<()> {
+    pub fn lock_backing(&mut self, layers: &[PathBuf]) -> Result<()> {
         for p in layers {
-            self.locks.push(
-                ImageLock::acquire(p, LockMode::Read)
-                    .with_context(|| format!("cannot lock {}", p.display()))?,
-            );
+            let l = ImageLock::acquire(p, LockMode::Read)
+                .with_context(|| format!("cannot lock {}", p.display()))?;
+            self.locks.push((p.clone(), LockMode::Read, l));
         }
+        Ok(())
+    }
+
+    /// Takes the write lock on `layer` of this disk's chain in place of its
+    /// read lock (a live commit writes into it). Another process reading
+    /// it (a clone on the same base) makes this fail; the read lock is
+    /// then taken again.
+    pub fn lock_for_commit(&mut self, layer: &Path) -> Result<()> {
+        let k = self
+            .locks
+            .iter()
+            .position(|(p, _, _)| p == layer)
+            .ok_or_else(|| anyhow::anyhow!("{} is not locked by this disk", layer.display()))?;
+        // Our own read lock refuses writers too: it goes first.
+        let (p, _, old) = self.locks.remove(k);
+        drop(old);
+        match ImageLock::acquire(&p, LockMode::Write) {
+            Ok(l) => {
+                self.locks.insert(k, (p, LockMode::Write, l));
+                Ok(())
+            }
+            Err(e) => {
+                let back = ImageLock::acquire(&p, LockMode::Read)
+                    .with_context(|| format!("cannot lock {} again", p.display()))?;
+                self.locks.insert(k, (p.clone(), LockMode::Read, back));
+                Err(anyhow::Error::new(e).context(format!(
+                    "{} is in use by another process (a clone or a reader on the same image)",
+                    p.display()
+                )))
+            }
+        }
+    }
+
+    /// The disk now reads and writes `image` (a chain one layer shorter
+    /// after a commit): its top is locked for writing, every layer below
+    /// for reading, and the locks of layers no longer in the chain go.
+    pub fn rechain(&mut self, image: Arc<Image>, format: DiskFormat) -> Result<()> {
+        let want: Vec<(PathBuf, LockMode)> = image
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mode = if i == 0 && !self.config.read_only {
+                    LockMode::Write
+                } else {
+                    LockMode::Read
+                };
+                (l.path.clone(), mode)
+            })
+            .collect();
+        let mut old = std::mem::take(&mut self.locks);
+        let mut kept: Vec<Option<(PathBuf, LockMode, ImageLock)>> = want
+            .iter()
+            .map(|(p, m)| {
+                let k = old.iter().position(|(q, n, _)| q == p && n == m)?;
+                Some(old.remove(k))
+            })
+            .collect();
+        // What is left is not wanted as it is (a layer gone, or a mode
+        // that changes): released before the new locks are taken.
+        drop(old);
+        for (slot, (p, m)) in kept.iter_mut().zip(&want) {
+            if slot.is_none() {
+                let l = ImageLock::acquire(p, *m)
+                    .with_context(|| format!("cannot lock {}", p.display()))?;
+                *slot = Some((p.clone(), *m, l));
+            }
+        }
+        self.locks = kept.into_iter().flatten().collect();
+        self.state.top = image.path().to_path_buf();
+        self.state.format = format;
+        self.config.image = image.clone();
+        self.config.uring_file = None;
+        self.image = image;
         Ok(())
     }
 }
@@ -129,8 +209,12 @@ fn open(d: &Disk) -> Result<OpenDisk> {
     } else {
         LockMode::Read
     };
-    let mut locks = vec![ImageLock::acquire(path, mode)
-        .with_context(|| format!("cannot lock {}", path.display()))?];
+    let mut locks = vec![(
+        path.clone(),
+        mode,
+        ImageLock::acquire(path, mode)
+            .with_context(|| format!("cannot lock {}", path.display()))?,
+    )];
     if write && format == Format::Qcow2 {
         prepare_l2_tables(path, &[(0, u64::MAX)])
             .with_context(|| format!("preparing {}", path.display()))?;
@@ -149,15 +233,19 @@ fn open(d: &Disk) -> Result<OpenDisk> {
     )
     .with_context(|| format!("cannot open {}", path.display()))?;
     for layer in &image.layers()[1..] {
-        locks.push(
+        locks.push((
+            layer.path.clone(),
+            LockMode::Read,
             ImageLock::acquire(&layer.path, LockMode::Read)
                 .with_context(|| format!("cannot lock {}", layer.path.display()))?,
-        );
+        ));
     }
+    let image = Arc::new(image);
     Ok(OpenDisk {
+        image: image.clone(),
         config: DiskConfig {
             id: d.id.clone(),
-            image: Arc::new(image),
+            image: image.clone(),
             read_only: d.readonly,
             cache: CachePolicy {
                 write_through: d.cache.write_through(),

@@ -4,6 +4,7 @@
 pub mod cli;
 mod clients;
 pub mod commands;
+mod commit;
 pub mod console;
 pub mod disks;
 pub mod monitor;

@@ -12,6 +12,7 @@ use vm_spec::{Action, RunState, VmState};
 use vmm::vcpu::VcpuEvent;
 
 use crate::clients::{self, Clients, Incoming};
+use crate::commit::CommitJob;
 use crate::console;
 use crate::monitor::{Machine, EXIT_CRASHED};
 use crate::save::{SaveEvent, SaveJob};
@@ -35,7 +36,7 @@ pub(crate) fn serve(
         revents: 0,
     };
     let mut clients = Clients::default();
-    let mut save: Option<SaveJob> = None;
+    let mut jobs = Jobs::default();
     loop {
         let mut fds = vec![
             pollin(listener.inner.as_raw_fd()),
@@ -49,7 +50,8 @@ pub(crate) fn serve(
         let console = m.endpoint.fds();
         fds.extend(console.iter().map(|&fd| pollin(fd)));
         let first_save = fds.len();
-        fds.extend(save.iter().flat_map(SaveJob::fds).map(pollin));
+        fds.extend(jobs.save.iter().flat_map(SaveJob::fds).map(pollin));
+        fds.extend(jobs.commit.iter().flat_map(CommitJob::fds).map(pollin));
         let first_client = fds.len();
         fds.extend(clients.fds().into_iter().map(pollin));
         // Input the serial FIFO could not take yet is retried shortly; a
@@ -83,14 +85,15 @@ pub(crate) fn serve(
             }
         }
         if fds[first_save..first_client].iter().any(|p| p.revents != 0) {
-            if let Next::Exit(code) = on_save(m, dir, state, &mut save) {
+            if let Next::Exit(code) = on_save(m, dir, state, &mut jobs.save) {
                 return Ok(code);
             }
+            on_commit(m, dir, state, &mut jobs.commit);
         }
         for p in &fds[first_client..] {
             if p.revents != 0 {
                 if let Some(req) = clients.on_ready(p.fd) {
-                    if let Next::Exit(code) = on_request(m, dir, state, req, &mut save)? {
+                    if let Next::Exit(code) = on_request(m, dir, state, req, &mut jobs)? {
                         return Ok(code);
                     }
                 }
@@ -200,6 +203,40 @@ fn on_guest_event(
     }
 }
 
+/// The requests that run past their reply's turn in the loop; one at a
+/// time.
+#[derive(Default)]
+struct Jobs {
+    save: Option<SaveJob>,
+    commit: Option<CommitJob>,
+}
+
+/// A live commit's copy finished: the chain changed (or not), and its
+/// client hears which.
+fn on_commit(m: &mut Machine, dir: &Path, state: &mut VmState, commit: &mut Option<CommitJob>) {
+    let Some(job) = commit.as_mut() else {
+        return;
+    };
+    let Some(r) = job.on_ready(m) else {
+        return;
+    };
+    let reply = match r {
+        Ok(report) => {
+            // The spec may name another top now: state.json says so.
+            record_event(m, dir, state, state.state, "disk commit");
+            let mut r = Reply::ok(Some(state.clone()));
+            r.commit = Some(report);
+            r
+        }
+        Err(e) => {
+            log(&format!("{e:#}"));
+            Reply::err(crate::one_line(&e))
+        }
+    };
+    clients::reply(&job.stream, &reply);
+    *commit = None;
+}
+
 /// A save's writer finished or its client spoke.
 fn on_save(m: &mut Machine, dir: &Path, state: &mut VmState, save: &mut Option<SaveJob>) -> Next {
     let Some(job) = save.as_mut() else {
@@ -240,25 +277,33 @@ fn on_request(
     dir: &Path,
     state: &mut VmState,
     incoming: Incoming,
-    save: &mut Option<SaveJob>,
+    jobs: &mut Jobs,
 ) -> Result<Next> {
-    let busy = save.is_some()
-        && matches!(
-            incoming.request,
-            Ok(Request::Pause
-                | Request::Resume
-                | Request::Shutdown { .. }
-                | Request::Reboot
-                | Request::Save { .. }
-                | Request::SnapshotDisks { .. })
-        );
-    if busy {
+    let busy = matches!(
+        incoming.request,
+        Ok(Request::Pause
+            | Request::Resume
+            | Request::Shutdown { .. }
+            | Request::Reboot
+            | Request::Save { .. }
+            | Request::SnapshotDisks { .. }
+            | Request::CommitDisk { .. })
+    );
+    let job = if jobs.save.is_some() {
+        Some("a save")
+    } else if jobs.commit.is_some() {
+        Some("a disk commit")
+    } else {
+        None
+    };
+    if let (true, Some(what)) = (busy, job) {
         clients::reply(
             &incoming.stream,
-            &Reply::err("a save is in progress; try again when it is done"),
+            &Reply::err(format!("{what} is in progress; try again when it is done")),
         );
         return Ok(Next::Continue);
     }
+    let save = &mut jobs.save;
     if let Ok(Request::Save { fsync }) = incoming.request {
         if !matches!(state.state, RunState::Running | RunState::Paused) {
             clients::reply(
@@ -305,6 +350,25 @@ fn on_request(
             Err(e) => Reply::err(crate::one_line(&e)),
         };
         clients::reply(&incoming.stream, &reply);
+        return Ok(Next::Continue);
+    }
+    if let Ok(Request::CommitDisk { id, overlay, base }) = &incoming.request {
+        if !matches!(state.state, RunState::Running | RunState::Paused) {
+            clients::reply(
+                &incoming.stream,
+                &Reply::err(format!(
+                    "cannot commit a disk of a VM that is {}",
+                    state.state
+                )),
+            );
+            return Ok(Next::Continue);
+        }
+        let running = state.state == RunState::Running;
+        let stream = incoming.stream.try_clone()?;
+        match CommitJob::start(m, running, id, overlay, base, &incoming.fds, stream) {
+            Ok(job) => jobs.commit = Some(job),
+            Err(e) => clients::reply(&incoming.stream, &Reply::err(crate::one_line(&e))),
+        }
         return Ok(Next::Continue);
     }
     if let Ok(Request::SaveCommit) = incoming.request {
@@ -394,7 +458,10 @@ fn handle(
             reply.stats = Some(m.stats());
             return Ok((reply, Next::Continue));
         }
-        Request::Save { .. } | Request::SaveCommit | Request::SnapshotDisks { .. } => {
+        Request::Save { .. }
+        | Request::SaveCommit
+        | Request::SnapshotDisks { .. }
+        | Request::CommitDisk { .. } => {
             unreachable!("answered in on_request")
         }
     };

@@ -18,7 +18,7 @@ use crate::timefmt::log;
 
 /// Checks that `path` is the file behind `fd` (the tool's), so the path
 /// vm-run opens is the overlay the tool made, not one swapped in since.
-fn same_file(path: &std::path::Path, fd: &OwnedFd) -> Result<()> {
+pub(crate) fn same_file(path: &std::path::Path, fd: &OwnedFd) -> Result<()> {
     let by_path = std::fs::metadata(path).with_context(|| path.display().to_string())?;
     let f = std::fs::File::from(fd.try_clone()?);
     let by_fd = f.metadata()?;

@@ -82,6 +82,15 @@ pub enum Command {
         /// The snapshot.
         name: String,
     },
+    /// Delete a disk snapshot (virsh snapshot-delete): its overlay is
+    /// merged into its base (blockcommit) and leaves the chain, live or on
+    /// a stopped, defined VM. The disk's content stays as it is.
+    Delete {
+        /// The VM's name.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
     /// List a VM's disk snapshots, oldest first (virsh snapshot-list).
     List {
         /// The VM's name.

@@ -33,6 +33,7 @@ pub fn run(cli: &Cli) -> i32 {
         } => cmd::create::run(vm, name.as_deref(), disk),
         Command::List { vm } => cmd::list::run(vm),
         Command::Revert { vm, name } => cmd::revert::run(vm, name),
+        Command::Delete { vm, name } => cmd::delete::run(vm, name),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,11 @@ pub struct Snapshot {
     /// Taken while the VM ran.
     pub live: bool,
     pub disks: Vec<SnapDisk>,
+    /// A delete began and did not finish: some of the overlay's data may
+    /// be in the base already, so the snapshot cannot be reverted to;
+    /// deleting it again finishes the job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// One disk of a snapshot: `base` holds the disk as it was at the

@@ -11,8 +11,6 @@ use vm_image::{Block, Format, Image, OpenOptions};
 use crate::cli::CommitArgs;
 use crate::util;
 
-const CHUNK: u64 = 2 << 20;
-
 pub fn run(a: &CommitArgs) -> Result<i32> {
     let path = &a.filename;
     let fmt = util::parse_format(a.common.format.as_deref())?;
@@ -53,12 +51,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     let base_layer = &top.layers()[base_depth];
     let size = top.size();
     // The ranges we are about to write into the base.
-    let ranges: Vec<(u64, u64)> = top
-        .map(0, size)?
-        .iter()
-        .filter(|e| (e.depth as usize) < base_depth && e.present)
-        .map(|e| (e.start, e.length))
-        .collect();
+    let ranges = vm_image::commit::above(&top, base_depth)?;
     if base_layer.format == Format::Qcow2 {
         prepare_l2_tables(&base_layer.path, &ranges)
             .with_context(|| format!("Could not prepare '{}'", base_layer.path.display()))?;
@@ -77,27 +70,10 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         base.resize(size).context("Could not grow the base image")?;
     }
     let bar = util::progress(a.progress && !a.common.quiet, size);
-    let wrote = || format!("Could not write '{}'", base_layer.path.display());
-    let read = || format!("Could not read '{}'", path.display());
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut pos = 0;
-    while pos < size {
-        let len = (size - pos).min(CHUNK);
-        for e in top.map(pos, len)? {
-            if e.depth as usize >= base_depth || !e.present {
-                continue;
-            }
-            if e.data {
-                let b = &mut buf[..e.length as usize];
-                top.read_at(b, e.start).with_context(read)?;
-                base.write_at(b, e.start).with_context(wrote)?;
-            } else {
-                base.write_zeroes(e.start, e.length).with_context(wrote)?;
-            }
-        }
-        pos += len;
-        bar.set_position(pos);
-    }
+    // Progress over the whole disk, as qemu-img counts it.
+    let whole = [(0, size)];
+    vm_image::commit::copy_down(&top, base_depth, &base, &whole, |n| bar.inc(n))
+        .with_context(|| format!("Could not commit into '{}'", base_layer.path.display()))?;
     if a.cache.syncs() {
         base.sync()
     } else {

@@ -124,6 +124,7 @@ pub fn run(vm: &str, name: Option<&str>, disks: &[DiskArg]) -> Result<i32> {
         name: snap,
         created: now,
         live,
+        deleting: false,
         disks: plans
             .iter()
             .map(|p| SnapDisk {
@@ -166,7 +167,7 @@ fn format_name(f: DiskFormat) -> &'static str {
 }
 
 /// A stopped VM's snapshot needs its definition.
-fn defined(vm: &str) -> Result<VmSpec> {
+pub(crate) fn defined(vm: &str) -> Result<VmSpec> {
     let p = vm_control::defined_spec_path(vm)?;
     let text = std::fs::read_to_string(&p)
         .map_err(|_| anyhow!("VM '{vm}' is neither running nor defined"))?;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod create;
+pub mod delete;
 pub mod list;
 pub mod restore;
 pub mod revert;

@@ -30,6 +30,9 @@ pub fn run(vm: &str, snap: &str) -> Result<i32> {
         .position(|s| s.name == snap)
         .ok_or_else(|| anyhow!("VM '{vm}' has no snapshot named '{snap}'"))?;
     let target = records.snapshots[k].clone();
+    if target.deleting {
+        bail!("snapshot '{snap}' is half deleted (its base may hold later data): delete it again to finish");
+    }
     let later = records.snapshots[k + 1..].to_vec();
     // What a revert discards must be ours: the later snapshots touch only
     // the snapshot's disks, and each disk's top is the newest overlay

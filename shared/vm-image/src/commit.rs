@@ -1,0 +1,59 @@
+//! Copying an overlay's data down into a layer below it: the heart of
+//! `vm-img commit` and of deleting a disk snapshot, offline or live.
+
+use std::io;
+
+use crate::{Block, Image};
+
+/// Bytes moved per read and write.
+const CHUNK: u64 = 2 << 20;
+
+/// The ranges of `top` that layers above `base_depth` decide (data or
+/// zeroes written there), within `[0, size)`.
+pub fn above(top: &Image, base_depth: usize) -> io::Result<Vec<(u64, u64)>> {
+    Ok(top
+        .map(0, top.size())?
+        .iter()
+        .filter(|e| (e.depth as usize) < base_depth && e.present)
+        .map(|e| (e.start, e.length))
+        .collect())
+}
+
+/// Copies what the layers above `base_depth` of `top`'s chain hold within
+/// `ranges` into `base` (that layer, opened for writing on its own),
+/// chunk by chunk, calling `progress` with the bytes done. Ranges the
+/// upper layers do not decide are left alone, so `base`'s view there is
+/// unchanged. Returns the bytes written (data and zeroes).
+pub fn copy_down(
+    top: &Image,
+    base_depth: usize,
+    base: &Image,
+    ranges: &[(u64, u64)],
+    mut progress: impl FnMut(u64),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut copied = 0;
+    for &(start, len) in ranges {
+        let end = start.saturating_add(len).min(top.size());
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(CHUNK);
+            for e in top.map(pos, n)? {
+                if e.depth as usize >= base_depth || !e.present {
+                    continue;
+                }
+                if e.data {
+                    let b = &mut buf[..e.length as usize];
+                    top.read_at(b, e.start)?;
+                    base.write_at(b, e.start)?;
+                } else {
+                    base.write_zeroes(e.start, e.length)?;
+                }
+                copied += e.length;
+            }
+            pos += n;
+            progress(n);
+        }
+    }
+    Ok(copied)
+}
