@@ -607,7 +607,7 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__start)
-            opts="-d -h --restore --paused --name --spec --detach --console --json --help"
+            opts="-d -h --restore --paused --name --spec --disk --nic --detach --console --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -622,6 +622,14 @@ _vm__run() {
                     return 0
                     ;;
                 --spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nic)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -49,6 +49,8 @@ complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "help" -d 'Print this 
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l restore -d 'Start from a saved VM (vm-snap save) instead of booting: the spec and the machine come from the file' -r -F
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l name -d 'With --restore: run under this name (an instant clone of the saved VM)' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l spec -d 'With --restore: this spec replaces the saved one\'s host-local parts (disk paths, console, taps, placement); its devices, memory and vCPUs must match the saved machine\'s' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l disk -d 'With --restore: disk ID uses PATH (a clone\'s own overlay, say); the format stays the saved one unless given. Repeatable' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l nic -d 'With --restore: NIC ID runs on this tap, or a new tap on this bridge (the guest keeps its MAC). Repeatable' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l console -d 'Serial console file for a detached VM (default: console.log in its state folder)' -r -F
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'With --restore: stay paused until `vm-run resume`'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s d -l detach -d 'Run in the background; print the VM\'s state once the guest runs'

@@ -265,7 +265,7 @@ _vm__snap() {
             return 0
             ;;
         vm__subcmd__snap__subcmd__restore)
-            opts="-h --paused --name --spec --console --help"
+            opts="-h --paused --name --spec --console --disk --nic --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -280,6 +280,14 @@ _vm__snap() {
                     return 0
                     ;;
                 --console)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nic)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

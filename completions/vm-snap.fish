@@ -39,6 +39,8 @@ complete -c vm-snap -n "__fish_vm_snap_using_subcommand save" -s h -l help -d 'P
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l name -d 'Run under this name: another VM from the same file (an instant clone). Give it its own disks with --spec' -r
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l spec -d 'A spec whose host-local parts (disk paths, console, taps, placement) replace the saved ones (virsh restore --xml); its devices, memory and vCPUs must match the saved machine\'s' -r
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l console -d 'Serial console file (default: console.log in the VM\'s state folder)' -r -F
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l disk -d 'Disk ID uses PATH (a clone\'s own overlay, say); the format stays the saved one unless given. Repeatable' -r
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l nic -d 'NIC ID runs on this tap, or a new tap on this bridge (the guest keeps its MAC). Repeatable' -r
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -l paused -d 'Stay paused until `vm-run resume`'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand verify" -s h -l help -d 'Print help'

@@ -8,6 +8,7 @@
 mod cpulist;
 mod mac;
 mod name;
+pub mod overrides;
 mod size;
 mod spec;
 mod state;

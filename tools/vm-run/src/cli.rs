@@ -129,6 +129,14 @@ pub struct StartArgs {
     /// vCPUs must match the saved machine's.
     #[arg(long, value_name = "SPEC", requires = "restore")]
     pub spec: Option<String>,
+    /// With --restore: disk ID uses PATH (a clone's own overlay, say); the
+    /// format stays the saved one unless given. Repeatable.
+    #[arg(long, value_name = "ID=PATH[,format=F]", requires = "restore")]
+    pub disk: Vec<vm_spec::overrides::DiskOverride>,
+    /// With --restore: NIC ID runs on this tap, or a new tap on this
+    /// bridge (the guest keeps its MAC). Repeatable.
+    #[arg(long, value_name = "ID,tap=NAME|ID,bridge=NAME", requires = "restore")]
+    pub nic: Vec<vm_spec::overrides::NicOverride>,
     /// Run in the background; print the VM's state once the guest runs.
     #[arg(short, long)]
     pub detach: bool,

@@ -45,6 +45,7 @@ fn restore_spec(
     if let Some(n) = &a.name {
         spec.name = n.parse().map_err(|e| anyhow!("--name: {e}"))?;
     }
+    vm_spec::overrides::apply(&mut spec, &a.disk, &a.nic).map_err(|e| anyhow!(e))?;
     Ok((
         spec,
         Some(monitor::RestoreFrom {

@@ -52,6 +52,14 @@ pub enum Command {
         /// Serial console file (default: console.log in the VM's state folder).
         #[arg(long, value_name = "PATH")]
         console: Option<PathBuf>,
+        /// Disk ID uses PATH (a clone's own overlay, say); the format stays
+        /// the saved one unless given. Repeatable.
+        #[arg(long, value_name = "ID=PATH[,format=F]", value_parser = check::<vm_spec::overrides::DiskOverride>)]
+        disk: Vec<String>,
+        /// NIC ID runs on this tap, or a new tap on this bridge (the guest
+        /// keeps its MAC). Repeatable.
+        #[arg(long, value_name = "ID,tap=NAME|ID,bridge=NAME", value_parser = check::<vm_spec::overrides::NicOverride>)]
+        nic: Vec<String>,
     },
     /// Check a saved FILE whole: header, state and every page of memory.
     Verify { file: PathBuf },
@@ -96,4 +104,9 @@ pub enum Command {
         /// The VM's name.
         vm: String,
     },
+}
+
+/// Checks an override at parse time and keeps its text for vm-run.
+fn check<T: std::str::FromStr<Err = String>>(s: &str) -> Result<String, String> {
+    s.parse::<T>().map(|_| s.to_string())
 }

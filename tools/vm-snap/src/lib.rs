@@ -17,7 +17,11 @@ pub fn run(cli: &Cli) -> i32 {
             name,
             spec,
             console,
+            disk,
+            nic,
         } => cmd::restore::run(&cmd::restore::Options {
+            disks: disk,
+            nics: nic,
             file,
             paused: *paused,
             name: name.as_deref(),

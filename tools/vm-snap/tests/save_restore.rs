@@ -345,16 +345,54 @@ fn disks_across_save_restore_and_clones() {
             "qcow2",
             overlay.to_str().unwrap(),
         ]);
-        let spec = env.spec(n, "blk-crash", &disk(&overlay));
+        // c1 gets a whole spec (virsh restore --xml); c2 per-device
+        // overrides of the saved one.
+        let (code, _, err) = if n == "c1" {
+            let spec = env.spec(n, "blk-crash", &disk(&overlay));
+            env.snap(&[
+                "restore",
+                "--name",
+                n,
+                "--spec",
+                &spec,
+                file.to_str().unwrap(),
+            ])
+        } else {
+            let d = format!("vda={},format=qcow2", overlay.display());
+            let c = env.console_path(n);
+            env.snap(&[
+                "restore",
+                "--name",
+                n,
+                "--disk",
+                &d,
+                "--console",
+                c.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ])
+        };
+        assert_eq!(code, 0, "{n}: {err}");
+    }
+    let (_, status, _) = env.vm_run(&["status", "--json", "c2"]);
+    assert_eq!(
+        json(&status)["disks"][0]["top"],
+        env.path("c2.qcow2").to_str().unwrap()
+    );
+    for (arg, expect) in [
+        ("vdz=/x.qcow2", "no such disk"),
+        ("vda", "ID=PATH"),
+        ("vda=x,format=vmdk", "format=raw"),
+    ] {
         let (code, _, err) = env.snap(&[
             "restore",
             "--name",
-            n,
-            "--spec",
-            &spec,
+            "c9",
+            "--disk",
+            arg,
             file.to_str().unwrap(),
         ]);
-        assert_eq!(code, 0, "{n}: {err}");
+        assert_ne!(code, 0, "{arg}");
+        assert!(err.contains(expect), "{arg}: {err}");
     }
     for n in ["c1", "c2"] {
         env.wait_count(n, "flushed ", last + 2);

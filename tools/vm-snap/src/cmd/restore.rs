@@ -14,6 +14,9 @@ pub struct Options<'a> {
     pub name: Option<&'a str>,
     pub spec: Option<&'a str>,
     pub console: Option<&'a Path>,
+    /// `--disk` and `--nic` overrides, passed on to vm-run as given.
+    pub disks: &'a [String],
+    pub nics: &'a [String],
 }
 
 /// vm-run beside this program (an installed or built set of tools), or
@@ -44,6 +47,12 @@ pub fn run(o: &Options<'_>) -> Result<i32> {
     }
     if let Some(c) = o.console {
         cmd.arg("--console").arg(c);
+    }
+    for d in o.disks {
+        cmd.arg("--disk").arg(d);
+    }
+    for n in o.nics {
+        cmd.arg("--nic").arg(n);
     }
     let status = cmd.status().context("running vm-run")?;
     Ok(status.code().unwrap_or(1))
