@@ -3,7 +3,7 @@
 
 pub mod cli;
 mod clients;
-pub mod commands;
+pub mod cmd;
 mod commit;
 pub mod console;
 pub mod disks;
@@ -15,7 +15,6 @@ pub mod resolve;
 mod save;
 mod serve;
 mod snapshot;
-pub mod start;
 pub mod timefmt;
 
 use cli::{Cli, Command};
@@ -25,31 +24,31 @@ use vm_control::Request;
 pub fn run(cli: &Cli) -> i32 {
     let j = cli.json;
     let result = match &cli.command {
-        Command::Start(a) => start::run(a, j),
-        Command::Serve => return start::serve().unwrap_or(1),
-        Command::Define { spec } => commands::define(spec, j),
-        Command::Undefine(v) => commands::undefine(&v.vm),
-        Command::Edit(v) => commands::edit(&v.vm),
-        Command::List { all } => commands::list(*all, j),
-        Command::Status(v) => commands::status(&v.vm, j),
-        Command::State { vm, reason } => commands::state(&vm.vm, *reason, j),
-        Command::Pause(v) => commands::simple(&v.vm, &Request::Pause, j),
-        Command::Resume(v) => commands::simple(&v.vm, &Request::Resume, j),
-        Command::Reboot(v) => commands::simple(&v.vm, &Request::Reboot, j),
+        Command::Start(a) => cmd::start::run(a, j),
+        Command::Serve => return cmd::start::serve().unwrap_or(1),
+        Command::Define { spec } => cmd::define::define(spec, j),
+        Command::Undefine(v) => cmd::define::undefine(&v.vm),
+        Command::Edit(v) => cmd::define::edit(&v.vm),
+        Command::List { all } => cmd::list::list(*all, j),
+        Command::Status(v) => cmd::status::status(&v.vm, j),
+        Command::State { vm, reason } => cmd::status::state(&vm.vm, *reason, j),
+        Command::Pause(v) => cmd::control::simple(&v.vm, &Request::Pause, j),
+        Command::Resume(v) => cmd::control::simple(&v.vm, &Request::Resume, j),
+        Command::Reboot(v) => cmd::control::simple(&v.vm, &Request::Reboot, j),
         Command::Shutdown {
             vm,
             mode,
             timeout,
             force,
-        } => commands::shutdown(&vm.vm, (*mode).into(), *timeout, *force, j),
-        Command::Kill(v) => commands::kill(&v.vm, j),
-        Command::Console(v) => commands::console(&v.vm),
-        Command::Wait(v) => commands::wait(&v.vm),
+        } => cmd::shutdown::shutdown(&vm.vm, (*mode).into(), *timeout, *force, j),
+        Command::Kill(v) => cmd::kill::kill(&v.vm, j),
+        Command::Console(v) => cmd::console::console(&v.vm),
+        Command::Wait(v) => cmd::kill::wait(&v.vm),
         Command::Stats { vm, disk, iface } => {
-            commands::stats(&vm.vm, disk.as_deref(), iface.as_deref(), j)
+            cmd::stats::stats(&vm.vm, disk.as_deref(), iface.as_deref(), j)
         }
-        Command::Disks(v) => commands::disks(&v.vm, j),
-        Command::Ifaces(v) => commands::ifaces(&v.vm, j),
+        Command::Disks(v) => cmd::devices::disks(&v.vm, j),
+        Command::Ifaces(v) => cmd::devices::ifaces(&v.vm, j),
     };
     match result {
         Ok(code) => code,

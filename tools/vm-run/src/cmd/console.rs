@@ -1,0 +1,49 @@
+//! `vm-run console`: the VM's serial console, attached or followed.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use vm_control::Liveness;
+
+use super::running_state;
+
+/// Attaches to a running VM's console: a pty or socket interactively
+/// (Ctrl-] leaves), a console file by following it until the VM stops.
+pub fn console(vm: &str) -> Result<i32> {
+    let name = crate::resolve::vm_name(vm)?;
+    let st = running_state(&name)?;
+    let path = st.console.clone().ok_or_else(|| {
+        anyhow!("VM '{name}' has no console to attach to (its serial goes to stdio or nowhere)")
+    })?;
+    match st.spec.serial.as_ref().map(|s| s.mode) {
+        Some(vm_spec::SerialMode::Pty) => {
+            let (r, w) = crate::console::open_client(&path, false)?;
+            crate::console::attach(r, w, st.pid)
+        }
+        Some(vm_spec::SerialMode::Socket) => {
+            let (r, w) = crate::console::open_client(&path, true)?;
+            crate::console::attach(r, w, st.pid)
+        }
+        _ => follow(&path, st.pid),
+    }
+}
+
+fn follow(path: &Path, pid: u32) -> Result<i32> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = [0u8; 4096];
+    let mut out = std::io::stdout();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n > 0 {
+            std::io::Write::write_all(&mut out, &buf[..n])?;
+            std::io::Write::flush(&mut out)?;
+            continue;
+        }
+        if Liveness::of(pid) == Liveness::Dead {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
