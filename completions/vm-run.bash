@@ -607,13 +607,17 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__start)
-            opts="-d -h --restore --paused --name --spec --disk --nic --detach --console --json --help"
+            opts="-d -h --restore --incoming --paused --name --spec --disk --nic --detach --console --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --restore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --incoming)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -47,12 +47,13 @@ complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "ifaces" -d 'List a ru
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "serve"
 complete -c vm-run -n "__fish_vm_run_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l restore -d 'Start from a saved VM (vm-snap save) instead of booting: the spec and the machine come from the file' -r -F
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l name -d 'With --restore: run under this name (an instant clone of the saved VM)' -r
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l spec -d 'With --restore: this spec replaces the saved one\'s host-local parts (disk paths, console, taps, placement); its devices, memory and vCPUs must match the saved machine\'s' -r
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l disk -d 'With --restore: disk ID uses PATH (a clone\'s own overlay, say); the format stays the saved one unless given. Repeatable' -r
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l nic -d 'With --restore: NIC ID runs on this tap, or a new tap on this bridge (the guest keeps its MAC). Repeatable' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l incoming -d 'Start from a live migration\'s stream on this inherited descriptor (a connected socket; vm-migrate recv hands it over): the spec and the machine come from the source' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l name -d 'With --restore or --incoming: run under this name (an instant clone of a saved VM)' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l spec -d 'With --restore or --incoming: this spec replaces the saved one\'s host-local parts (disk paths, console, taps, placement); its devices, memory and vCPUs must match the saved machine\'s' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l disk -d 'With --restore or --incoming: disk ID uses PATH (a clone\'s own overlay, say); the format stays the saved one unless given. Repeatable' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l nic -d 'With --restore or --incoming: NIC ID runs on this tap, or a new tap on this bridge (the guest keeps its MAC). Repeatable' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l console -d 'Serial console file for a detached VM (default: console.log in its state folder)' -r -F
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'With --restore: stay paused until `vm-run resume`'
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'With --restore or --incoming: stay paused until `vm-run resume`'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s d -l detach -d 'Run in the background; print the VM\'s state once the guest runs'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s h -l help -d 'Print help'

@@ -16,8 +16,8 @@ pub use dirs::{
 pub use lookup::{lookup, Lookup};
 pub use naming::{looks_like_path, vm_name};
 pub use proto::{
-    CommitReport, DiskSnapshot, DiskStats, NetStats, Reply, Request, SaveReport, ShutdownMode,
-    SnapshotReport, Stats,
+    CommitReport, DiskSnapshot, DiskStats, MigrateOptions, MigrationReport, NetStats, Reply,
+    Request, SaveReport, ShutdownMode, SnapshotReport, Stats,
 };
 pub use socket::{call, peer_allowed, recv_with_fds, send_with_fds, Listener, Session};
 pub use vmlock::{holder, remove_if_dead, signal_vm, VmLock};

@@ -49,6 +49,75 @@ pub enum Request {
         overlay: std::path::PathBuf,
         base: std::path::PathBuf,
     },
+    /// Live migration: send the VM into the connection that comes with
+    /// the request (SCM_RIGHTS; a socket, read for the destination's
+    /// replies). The reply comes when it is over: the VM ends once the
+    /// destination says it runs, and runs on here on any failure.
+    MigrateSend {
+        #[serde(default)]
+        options: MigrateOptions,
+    },
+    /// How a migration in progress is doing (virsh domjobinfo).
+    MigrateStatus,
+    /// Abandon the migration in progress (virsh domjobabort); the VM runs
+    /// on here.
+    MigrateCancel,
+}
+
+/// A migration's knobs, as virsh names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateOptions {
+    /// The longest pause allowed for the last copy (migrate-setmaxdowntime).
+    #[serde(default = "default_downtime")]
+    pub max_downtime_ms: u64,
+    /// A cap on the rate, in MiB/s (migrate-setspeed); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mib: Option<u64>,
+    /// Slow the vCPUs down while rounds do not shrink.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// After this many seconds, pause and finish whatever is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Disks whose contents go along (non-shared storage), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
+}
+
+fn default_downtime() -> u64 {
+    300
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            max_downtime_ms: default_downtime(),
+            bandwidth_mib: None,
+            auto_converge: false,
+            timeout_s: None,
+            disks: Vec::new(),
+        }
+    }
+}
+
+/// A migration's progress, and at the end its summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// `setup`, `active`, `stopping`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub total_ms: u64,
+    /// From pausing the guest here to the destination's word that it runs.
+    pub downtime_ms: u64,
+    /// Bytes sent so far.
+    pub bytes: u64,
+    pub rounds: u32,
+    /// Pages the guest dirtied per second in the last round.
+    pub dirty_rate: u64,
+    /// Bytes left to send, as the last round counted them.
+    pub remaining: u64,
+    /// Percent of time the vCPUs are held back (auto-converge).
+    pub throttle: u32,
 }
 
 /// What a live commit copied and what it cost the guest.
@@ -126,6 +195,7 @@ impl Request {
             Some("save") => &["fsync"],
             Some("snapshot-disks") => &["disks"],
             Some("commit-disk") => &["id", "overlay", "base"],
+            Some("migrate-send") => &["options"],
             _ => &[],
         };
         if let Some(k) = obj
@@ -177,6 +247,8 @@ pub struct Reply {
     pub snapshot: Option<SnapshotReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationReport>,
 }
 
 impl Reply {
@@ -189,6 +261,7 @@ impl Reply {
             saved: None,
             snapshot: None,
             commit: None,
+            migration: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -200,6 +273,7 @@ impl Reply {
             saved: None,
             snapshot: None,
             commit: None,
+            migration: None,
         }
     }
 }

@@ -154,3 +154,55 @@ pub fn set_lint(vcpu: &VcpuFd) -> Result<()> {
     set(&mut lapic.regs, LVT1, delivery(v1, NMI));
     vcpu.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC"))
 }
+
+/// The CPU features a guest was given (`leaves`, as a migration's hello
+/// carries them) that this host's KVM cannot give: one line each, as
+/// "leaf 0x7 ebx bit 5". Only feature words are compared: leaf 1 ECX and
+/// EDX (less the bits vm-run sets itself, HTT and the hypervisor bit,
+/// and OSXSAVE, which follows the guest's CR4), leaf 7 subleaf 0 EBX, ECX
+/// (less OSPKE, which follows CR4 too) and EDX, and leaf 0x80000001 ECX
+/// and EDX.
+pub fn missing_features(leaves: &[crate::state::stream::CpuidLeaf]) -> Result<Vec<String>> {
+    let kvm = Kvm::new().map_err(Error::Kvm)?;
+    // What a vCPU here ends up with, read back from one: some hosts (a
+    // nested KVM among them) report fewer features as supported than
+    // their vCPUs then have, and the guest's CPUID was read back too.
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    let probe = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    probe
+        .set_cpuid2(&base_cpuid(&kvm)?)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    let host = probe
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_CPUID2"))?;
+    let find = |f: u32, i: u32| {
+        host.as_slice()
+            .iter()
+            .find(|e| e.function == f && (e.index == i || f != 7))
+            .copied()
+    };
+    let mut out = Vec::new();
+    for g in leaves {
+        let h = find(g.function, g.index).unwrap_or_default();
+        let checked: Vec<(&str, u32, u32)> = match (g.function, g.index) {
+            (1, _) => vec![
+                ("ecx", g.ecx & !(1 << 31 | 1 << 27), h.ecx),
+                ("edx", g.edx & !(1 << 28), h.edx),
+            ],
+            (7, 0) => vec![
+                ("ebx", g.ebx, h.ebx),
+                ("ecx", g.ecx & !(1 << 4), h.ecx),
+                ("edx", g.edx, h.edx),
+            ],
+            (0x8000_0001, _) => vec![("ecx", g.ecx, h.ecx), ("edx", g.edx, h.edx)],
+            _ => Vec::new(),
+        };
+        for (reg, want, have) in checked {
+            let missing = want & !have;
+            for bit in (0..32).filter(|b| missing & (1 << b) != 0) {
+                out.push(format!("leaf {:#x} {reg} bit {bit}", g.function));
+            }
+        }
+    }
+    Ok(out)
+}

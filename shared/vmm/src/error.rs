@@ -34,6 +34,11 @@ pub enum Error {
     SavedFile(String),
     #[error("saved VM: written by a newer vmtools (format version {0}; this one reads up to {v})", v = crate::state::file::VERSION)]
     SavedFileVersion(u32),
+    /// A migration stream that is damaged, cut short or not one.
+    #[error("migration stream: {0}")]
+    Stream(String),
+    #[error("migration stream: sent by a newer vmtools (version {0}; this one reads up to {v})", v = crate::state::stream::VERSION)]
+    StreamVersion(u32),
     #[error("{what}: {source}")]
     Io {
         what: String,

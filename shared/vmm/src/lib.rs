@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod dirty;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,4 +21,4 @@ pub mod vcpu;
 mod vm;
 
 pub use error::{Error, Result};
-pub use vm::{DiskConfig, NetConfig, Restore, Vm, VmConfig};
+pub use vm::{DirtyTracker, DiskConfig, NetConfig, Restore, RestoreMemory, Vm, VmConfig};

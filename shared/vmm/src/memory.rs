@@ -241,3 +241,65 @@ fn copy_in(mem: &GuestMemory, from: &Saved) -> Result<()> {
     }
     Ok(())
 }
+
+/// True when the page holds only zeroes (written so the compiler can
+/// use wide compares).
+pub fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE);
+/// the whole range where the file system cannot say.
+pub fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        // SAFETY: lseek on a descriptor we hold; no memory is passed.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after pos
+            }
+            return vec![(start, end)];
+        }
+        let data = data as u64;
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
+        out.push((data, hole));
+        pos = hole;
+    }
+    out
+}
+
+/// The guest ranges that may hold data, as (guest address, length): with
+/// a memfd behind guest memory, only its data extents (pages the guest
+/// never touched are holes and read as zero); else every region whole.
+pub fn touched_ranges(mem: &GuestMemory, memfd: Option<&File>) -> Vec<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mut out = Vec::new();
+    for r in mem.iter() {
+        let gpa = r.start_addr().0;
+        match (memfd, r.file_offset()) {
+            (Some(f), Some(fo)) => {
+                let off = fo.start();
+                for (s, e) in data_extents(f, off, off + r.len()) {
+                    out.push((gpa + (s - off), e - s));
+                }
+            }
+            _ => out.push((gpa, r.len())),
+        }
+    }
+    out
+}

@@ -82,10 +82,10 @@ fn try_restore(
     file::verify_memory(&opened).map_err(|e| e.to_string())?;
     let from = Restore {
         state: &opened.saved.machine,
-        memory: memory::Saved {
+        memory: vmm::RestoreMemory::File(memory::Saved {
             file: opened.file.try_clone().unwrap(),
             runs: opened.runs.clone(),
-        },
+        }),
         paused,
     };
     Vm::restore(

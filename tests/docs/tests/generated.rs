@@ -21,6 +21,7 @@ fn expected() -> Vec<(PathBuf, Vec<u8>)> {
         vm_pin::cli::Cli::command(),
         vm_net::cli::Cli::command(),
         vm_snap::cli::Cli::command(),
+        vm_migrate::cli::Cli::command(),
     ] {
         out.extend(for_tool(&cmd));
     }

@@ -8,6 +8,10 @@
  *              flush, read it back, print the checksum and whether it matched
  *   blk-ro     try one write, print the status the device returned
  *   blk-zero   write-zeroes `count` sectors at `sector`
+ *   blk-loop   over and over, read `count` sectors into one buffer, from
+ *              `sector` and `sector + count` by turns, and print "pass N
+ *              at=S sum=X": only the device writes the buffer, and the sum
+ *              shows whether those pages are what was read
  *   blk-crash  write sector 0, 1, 2, ... each with its own pattern, flushing
  *              after each and printing "flushed N", until killed
  *   blk-bench  `count` requests of `kib` KiB each (`op=read` or `write`)
@@ -244,6 +248,16 @@ void blk_mode(const char *mode, const char *cmdline) {
         put_kv(" flush=", request(T_FLUSH, 0, 0, 0, 0));
         putc('\n');
         end(0);
+    } else if (starts(mode, "blk-loop")) {
+        u32 n = small_count(cmdline);
+        for (u32 pass = 1;; pass++) {
+            u32 at = sector + (pass & 1) * n;
+            if (request(T_IN, at, buf, n * 512, 1)) fail("read");
+            put_kv("pass ", pass);
+            put_kv(" at=", at);
+            put_kx(" sum=", fnv(buf, n * 512));
+            putc('\n');
+        }
     } else if (starts(mode, "blk-crash")) {
         for (u32 i = 0;; i++) {
             u32 at = cap_hi ? i : i % cap_lo;

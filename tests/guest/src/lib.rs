@@ -8,6 +8,7 @@
 
 pub mod hostfs;
 pub mod netns;
+pub mod rundir;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -110,32 +110,40 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("resumed").args(["restore", "incoming"])))]
 pub struct StartArgs {
     /// Spec file, defined name, or - for a spec on stdin.
-    #[arg(required_unless_present = "restore")]
+    #[arg(required_unless_present_any = ["restore", "incoming"])]
     pub vm: Option<String>,
     /// Start from a saved VM (vm-snap save) instead of booting: the spec
     /// and the machine come from the file.
-    #[arg(long, value_name = "FILE", conflicts_with = "vm")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["vm", "incoming"])]
     pub restore: Option<PathBuf>,
-    /// With --restore: stay paused until `vm-run resume`.
-    #[arg(long, requires = "restore")]
+    /// Start from a live migration's stream on this inherited descriptor
+    /// (a connected socket; vm-migrate recv hands it over): the spec and
+    /// the machine come from the source.
+    #[arg(long, value_name = "FD", conflicts_with = "vm")]
+    pub incoming: Option<i32>,
+    /// With --restore or --incoming: stay paused until `vm-run resume`.
+    #[arg(long, requires = "resumed")]
     pub paused: bool,
-    /// With --restore: run under this name (an instant clone of the saved VM).
-    #[arg(long, value_name = "NAME", requires = "restore")]
+    /// With --restore or --incoming: run under this name (an instant clone
+    /// of a saved VM).
+    #[arg(long, value_name = "NAME", requires = "resumed")]
     pub name: Option<String>,
-    /// With --restore: this spec replaces the saved one's host-local parts
-    /// (disk paths, console, taps, placement); its devices, memory and
-    /// vCPUs must match the saved machine's.
-    #[arg(long, value_name = "SPEC", requires = "restore")]
+    /// With --restore or --incoming: this spec replaces the saved one's
+    /// host-local parts (disk paths, console, taps, placement); its
+    /// devices, memory and vCPUs must match the saved machine's.
+    #[arg(long, value_name = "SPEC", requires = "resumed")]
     pub spec: Option<String>,
-    /// With --restore: disk ID uses PATH (a clone's own overlay, say); the
-    /// format stays the saved one unless given. Repeatable.
-    #[arg(long, value_name = "ID=PATH[,format=F]", requires = "restore")]
+    /// With --restore or --incoming: disk ID uses PATH (a clone's own
+    /// overlay, say); the format stays the saved one unless given.
+    /// Repeatable.
+    #[arg(long, value_name = "ID=PATH[,format=F]", requires = "resumed")]
     pub disk: Vec<vm_spec::overrides::DiskOverride>,
-    /// With --restore: NIC ID runs on this tap, or a new tap on this
-    /// bridge (the guest keeps its MAC). Repeatable.
-    #[arg(long, value_name = "ID,tap=NAME|ID,bridge=NAME", requires = "restore")]
+    /// With --restore or --incoming: NIC ID runs on this tap, or a new tap
+    /// on this bridge (the guest keeps its MAC). Repeatable.
+    #[arg(long, value_name = "ID,tap=NAME|ID,bridge=NAME", requires = "resumed")]
     pub nic: Vec<vm_spec::overrides::NicOverride>,
     /// Run in the background; print the VM's state once the guest runs.
     #[arg(short, long)]

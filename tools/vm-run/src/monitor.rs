@@ -58,12 +58,20 @@ pub enum Console {
     Socket(PathBuf),
 }
 
-/// A start from a saved VM.
-#[derive(Debug, Clone)]
+/// A start from a saved VM or an incoming migration.
+#[derive(Debug)]
 pub struct RestoreFrom {
-    pub path: PathBuf,
+    pub source: RestoreSource,
     /// Stay paused until resumed.
     pub paused: bool,
+}
+
+#[derive(Debug)]
+pub enum RestoreSource {
+    /// A saved-VM file.
+    File(PathBuf),
+    /// A migration stream whose hello was read (`vm-run start --incoming`).
+    Stream(crate::migrate::Conn),
 }
 
 /// Runs `spec` to the end. `detached` picks the console default and
@@ -119,10 +127,10 @@ pub fn run(
     // themselves into theirs.
     let cgroup = enter_cgroup(&spec);
     let paused = restore.as_ref().is_some_and(|r| r.paused);
-    let how = if restore.is_some() {
-        "restored"
-    } else {
-        "booted"
+    let how = match restore.as_ref().map(|r| &r.source) {
+        Some(RestoreSource::File(_)) => "restored",
+        Some(RestoreSource::Stream(_)) => "migrated in",
+        None => "booted",
     };
     let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone(), restore) {
         Ok(m) => m,
@@ -281,22 +289,29 @@ impl Machine {
         let serial = Self::serial(&console, &endpoint)?;
         let vm = match restore {
             None => Vm::start(&cfg, serial)?,
-            Some(r) => {
-                let f = File::open(&r.path)
-                    .with_context(|| format!("saved VM {}", r.path.display()))?;
+            Some(RestoreFrom {
+                source: RestoreSource::File(path),
+                paused,
+            }) => {
+                let f =
+                    File::open(&path).with_context(|| format!("saved VM {}", path.display()))?;
                 let opened =
-                    vmm::state::file::open(f).with_context(|| r.path.display().to_string())?;
+                    vmm::state::file::open(f).with_context(|| path.display().to_string())?;
                 let from = vmm::Restore {
                     state: &opened.saved.machine,
-                    memory: vmm::memory::Saved {
+                    memory: vmm::RestoreMemory::File(vmm::memory::Saved {
                         file: opened.file,
                         runs: opened.runs,
-                    },
-                    paused: r.paused,
+                    }),
+                    paused,
                 };
                 Vm::restore(&cfg, serial, from)
-                    .with_context(|| format!("restoring {}", r.path.display()))?
+                    .with_context(|| format!("restoring {}", path.display()))?
             }
+            Some(RestoreFrom {
+                source: RestoreSource::Stream(mut conn),
+                paused,
+            }) => crate::migrate::recv::build(&mut conn, &cfg, serial, paused)?,
         };
         Ok(Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),

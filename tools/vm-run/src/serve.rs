@@ -14,6 +14,7 @@ use vmm::vcpu::VcpuEvent;
 use crate::clients::{self, Clients, Incoming};
 use crate::commit::CommitJob;
 use crate::console;
+use crate::migrate::{MigrateEvent, MigrateJob};
 use crate::monitor::{Machine, EXIT_CRASHED};
 use crate::save::{SaveEvent, SaveJob};
 use crate::timefmt::log;
@@ -52,6 +53,7 @@ pub(crate) fn serve(
         let first_save = fds.len();
         fds.extend(jobs.save.iter().flat_map(SaveJob::fds).map(pollin));
         fds.extend(jobs.commit.iter().flat_map(CommitJob::fds).map(pollin));
+        fds.extend(jobs.migrate.iter().flat_map(MigrateJob::fds).map(pollin));
         let first_client = fds.len();
         fds.extend(clients.fds().into_iter().map(pollin));
         // Input the serial FIFO could not take yet is retried shortly; a
@@ -89,6 +91,9 @@ pub(crate) fn serve(
                 return Ok(code);
             }
             on_commit(m, dir, state, &mut jobs.commit);
+            if let Next::Exit(code) = on_migrate(m, dir, state, &mut jobs.migrate) {
+                return Ok(code);
+            }
         }
         for p in &fds[first_client..] {
             if p.revents != 0 {
@@ -209,6 +214,67 @@ fn on_guest_event(
 struct Jobs {
     save: Option<SaveJob>,
     commit: Option<CommitJob>,
+    migrate: Option<MigrateJob>,
+}
+
+/// A migration's copy thread spoke: pause for the last copy, or its end.
+fn on_migrate(
+    m: &mut Machine,
+    dir: &Path,
+    state: &mut VmState,
+    migrate: &mut Option<MigrateJob>,
+) -> Next {
+    let Some(job) = migrate.as_mut() else {
+        return Next::Continue;
+    };
+    let was_stopped = job.stopped;
+    let event = job.on_ready(m);
+    if job.stopped && !was_stopped && job.was_running {
+        record_event(m, dir, state, RunState::Paused, "migrating: the last copy");
+    }
+    let (reply, next) = match event {
+        MigrateEvent::Pending => return Next::Continue,
+        MigrateEvent::Completed(report) => {
+            log(&format!(
+                "migrated: {} ms, downtime {} ms, {} bytes in {} rounds",
+                report.total_ms, report.downtime_ms, report.bytes, report.rounds
+            ));
+            let mut s = state.clone();
+            s.state = RunState::Shutoff;
+            s.reason = "migrated".into();
+            let mut r = Reply::ok(Some(s));
+            r.migration = Some(report);
+            (r, Next::Exit(0))
+        }
+        MigrateEvent::Failed(report, why) => {
+            log(&format!(
+                "migration {}: {why}; the VM goes on here",
+                report.status
+            ));
+            if job.stopped && job.was_running {
+                m.vm().resume();
+                record_event(m, dir, state, RunState::Running, "migration failed");
+            }
+            let mut r = Reply::err(format!("not migrated: {why}"));
+            r.migration = Some(report);
+            (r, Next::Continue)
+        }
+        MigrateEvent::Unsure(report, why) => {
+            log(&format!(
+                "migration outcome unknown: {why}; the VM stays paused"
+            ));
+            record_event(m, dir, state, RunState::Paused, "migration outcome unknown");
+            let mut r = Reply::err(format!(
+                "{why}: the VM stays paused here; if the destination does not run it, \
+                 `vm-run resume` it here"
+            ));
+            r.migration = Some(report);
+            (r, Next::Continue)
+        }
+    };
+    clients::reply(&job.stream, &reply);
+    *migrate = None;
+    next
 }
 
 /// A live commit's copy finished: the chain changed (or not), and its
@@ -287,12 +353,15 @@ fn on_request(
             | Request::Reboot
             | Request::Save { .. }
             | Request::SnapshotDisks { .. }
-            | Request::CommitDisk { .. })
+            | Request::CommitDisk { .. }
+            | Request::MigrateSend { .. })
     );
     let job = if jobs.save.is_some() {
         Some("a save")
     } else if jobs.commit.is_some() {
         Some("a disk commit")
+    } else if jobs.migrate.is_some() {
+        Some("a migration")
     } else {
         None
     };
@@ -302,6 +371,47 @@ fn on_request(
             &Reply::err(format!("{what} is in progress; try again when it is done")),
         );
         return Ok(Next::Continue);
+    }
+    match &incoming.request {
+        Ok(Request::MigrateStatus) => {
+            let r = match &jobs.migrate {
+                Some(j) => {
+                    let mut r = Reply::ok(None);
+                    r.migration = Some(j.report());
+                    r
+                }
+                None => Reply::err("no migration in progress"),
+            };
+            clients::reply(&incoming.stream, &r);
+            return Ok(Next::Continue);
+        }
+        Ok(Request::MigrateCancel) => {
+            let r = match &jobs.migrate {
+                Some(j) if !j.stopped => {
+                    j.cancel();
+                    Reply::ok(None)
+                }
+                Some(_) => Reply::err("the migration is in its last copy: too late to cancel"),
+                None => Reply::err("no migration in progress"),
+            };
+            clients::reply(&incoming.stream, &r);
+            return Ok(Next::Continue);
+        }
+        Ok(Request::MigrateSend { options }) => {
+            let r = if matches!(state.state, RunState::Running | RunState::Paused) {
+                let running = state.state == RunState::Running;
+                let stream = incoming.stream.try_clone()?;
+                MigrateJob::start(m, running, options.clone(), incoming.fds, stream)
+            } else {
+                Err(anyhow!("cannot migrate a VM that is {}", state.state))
+            };
+            match r {
+                Ok(job) => jobs.migrate = Some(job),
+                Err(e) => clients::reply(&incoming.stream, &Reply::err(crate::one_line(&e))),
+            }
+            return Ok(Next::Continue);
+        }
+        _ => {}
     }
     let save = &mut jobs.save;
     if let Ok(Request::Save { fsync }) = incoming.request {
@@ -461,7 +571,10 @@ fn handle(
         Request::Save { .. }
         | Request::SaveCommit
         | Request::SnapshotDisks { .. }
-        | Request::CommitDisk { .. } => {
+        | Request::CommitDisk { .. }
+        | Request::MigrateSend { .. }
+        | Request::MigrateStatus
+        | Request::MigrateCancel => {
             unreachable!("answered in on_request")
         }
     };

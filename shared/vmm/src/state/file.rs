@@ -95,13 +95,6 @@ fn get32(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// True when the page holds only zeroes (written so the compiler can
-/// use wide compares).
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
-
 /// The memory checksum: CRC-32 over each non-zero page, led by its guest
 /// address, in address order. Holes and zero pages add nothing, so the
 /// writer and `verify` get the same sum without reading zeroes.
@@ -117,40 +110,6 @@ impl MemorySum {
         self.crc.update(page);
         self.pages += 1;
     }
-}
-
-/// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE);
-/// the whole range where the file system cannot say.
-fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        // SAFETY: lseek on a descriptor we hold; no memory is passed.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return vec![(start, end)];
-        }
-        let data = data as u64;
-        if data >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
-        };
-        out.push((data, hole));
-        pos = hole;
-    }
-    out
 }
 
 /// O_DIRECT on the save file while guest memory is written.
@@ -256,7 +215,7 @@ pub fn write(
         // nothing writes it while this slice is read.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), region.len() as usize) };
         let extents = match memfd {
-            Some(f) => data_extents(f, *memfd_off, memfd_off + region.len())
+            Some(f) => crate::memory::data_extents(f, *memfd_off, memfd_off + region.len())
                 .into_iter()
                 .map(|(a, b)| (a - memfd_off, b - memfd_off))
                 .collect(),
@@ -269,7 +228,7 @@ pub fn write(
                 let first = page;
                 while page < end && (page - first) < WRITE_CHUNK as u64 {
                     let p = &bytes[page as usize..(page + PAGE) as usize];
-                    if is_zero(p) {
+                    if crate::memory::is_zero(p) {
                         break;
                     }
                     sum.add(run.guest_addr + page, p);
@@ -428,7 +387,9 @@ pub fn verify_memory(o: &Opened) -> Result<u64> {
         // Pages below this were summed (extents of small-block file
         // systems can share a page).
         let mut next = 0;
-        for (start, end) in data_extents(&o.file, r.file_offset, r.file_offset + r.len) {
+        for (start, end) in
+            crate::memory::data_extents(&o.file, r.file_offset, r.file_offset + r.len)
+        {
             let mut at = (start / PAGE * PAGE).max(next);
             while at < end {
                 let n = (end - at).min(WRITE_CHUNK as u64) as usize;
@@ -437,7 +398,7 @@ pub fn verify_memory(o: &Opened) -> Result<u64> {
                     .read_exact_at(&mut buf[..n], at)
                     .map_err(Error::io("reading saved memory"))?;
                 for (i, page) in buf[..n].chunks_exact(PAGE as usize).enumerate() {
-                    if !is_zero(page) {
+                    if !crate::memory::is_zero(page) {
                         sum.add(r.guest_addr + at - r.file_offset + (i as u64) * PAGE, page);
                     }
                 }

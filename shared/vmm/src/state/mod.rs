@@ -5,6 +5,7 @@
 pub mod chips;
 pub mod devices;
 pub mod file;
+pub mod stream;
 pub mod vcpu;
 
 use serde::{Deserialize, Serialize};

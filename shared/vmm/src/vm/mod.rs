@@ -7,14 +7,14 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{self, BootConfig};
 use crate::devices::virtio::blk::{BlockCounters, BlockStats, CachePolicy};
 use crate::devices::virtio::net::{NetCounters, NetStats};
 use crate::devices::{IrqLine, MmioTransport, PioBus, SerialOut, SerialPort, I8042};
+use crate::dirty::DirtyLog;
 use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::{self, GuestMemory};
 use crate::state::chips::ChipsState;
@@ -23,6 +23,8 @@ use crate::state::MachineState;
 use crate::vcpu::{EventSink, Vcpu, VcpuEvent, Wanted};
 use crate::{cpu, layout, Error, Result};
 
+mod migrate;
+pub use migrate::DirtyTracker;
 mod wiring;
 
 const COM1_GSI: u32 = 4;
@@ -98,8 +100,9 @@ impl std::fmt::Debug for DiskConfig {
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
-    /// The descriptor KVM_CREATE_VM returned.
-    machine: VmFd,
+    /// The descriptor KVM_CREATE_VM returned (shared with a migration's
+    /// dirty-page tracker).
+    machine: Arc<VmFd>,
     mem: GuestMemory,
     /// The memfd behind guest memory, or the saved file it was mapped from.
     mem_file: File,
@@ -119,6 +122,11 @@ pub struct Vm {
     registry: Vec<(DeviceIdentity, Arc<Mutex<MmioTransport>>)>,
     events: Receiver<VcpuEvent>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// Guest pages the devices write, recorded while a migration runs.
+    dirty: Arc<DirtyLog>,
+    /// The CPUID the guest was given (vCPU 0's), for a migration's check
+    /// that the destination offers every feature.
+    guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 /// Opens /dev/kvm and checks what we rely on.
@@ -144,13 +152,24 @@ fn open_kvm() -> Result<Kvm> {
 }
 
 /// What a restored machine starts from: its saved state, and guest
-/// memory from the saved file.
+/// memory from a saved file or already received (a migration).
 #[derive(Debug)]
 pub struct Restore<'a> {
     pub state: &'a MachineState,
-    pub memory: memory::Saved,
+    pub memory: RestoreMemory,
     /// The vCPUs stay paused until [`Vm::resume`].
     pub paused: bool,
+}
+
+/// Where a restored machine's memory comes from.
+#[derive(Debug)]
+pub enum RestoreMemory {
+    /// Mapped privately from a saved file.
+    File(memory::Saved),
+    /// Filled by a migration's stream: the memory and its memfd, made by
+    /// [`memory::create_with`] for this spec (and bound to its NUMA nodes
+    /// before the first page arrived).
+    Received(GuestMemory, File),
 }
 
 impl Vm {
@@ -187,30 +206,28 @@ impl Vm {
             }
             None => (None, false),
         };
-        let (mem, mem_file) = match &saved {
-            Some((_, from)) => memory::restore(&cfg.name, cfg.memory, cfg.hugepages, from)?,
-            None => memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?,
+        let (mem, mem_file, memfd) = match saved.as_ref().map(|(_, m)| m) {
+            Some(RestoreMemory::File(from)) => {
+                let (m, f) = memory::restore(&cfg.name, cfg.memory, cfg.hugepages, from)?;
+                (m, f, cfg.hugepages.is_some())
+            }
+            Some(RestoreMemory::Received(m, f)) => {
+                migrate::check_layout(m, cfg.memory)?;
+                (
+                    m.clone(),
+                    f.try_clone().map_err(Error::io("guest memory"))?,
+                    true,
+                )
+            }
+            None => {
+                let (m, f) = memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
+                (m, f, true)
+            }
         };
-        let memfd = saved.is_none() || cfg.hugepages.is_some();
         if let Some((policy, nodes)) = &cfg.numa {
             memory::bind(&mem, *policy, nodes)?;
         }
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| Error::Memory(e.to_string()))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping of `len` bytes owned by
-            // `mem`, which the Vm keeps for as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        migrate::register_slots(&vm_fd, &mem, 0)?;
 
         // The irqchip and PIT come after the memory slots: registering a
         // slot once an irqchip exists waits for an SRCU grace period (5-7 ms
@@ -227,7 +244,8 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let mut boot_cfg = cfg.boot.clone();
-        let devices = wiring::add_devices(&vm_fd, &mem, cfg, &mut boot_cfg.mmio_devices)?;
+        let dirty = Arc::new(DirtyLog::new(&mem));
+        let devices = wiring::add_devices(&vm_fd, &mem, cfg, &dirty, &mut boot_cfg.mmio_devices)?;
         let entry = match &saved {
             None => Some(Self::load(&mem, cfg, &mut boot_cfg)?),
             Some((state, _)) => {
@@ -302,6 +320,20 @@ impl Vm {
             }
             fds.push(fd);
         }
+        // The guest's CPUID as its vCPU 0 has it (read back, as a save
+        // reads it), for a migration's hello.
+        let guest_cpuid = match &saved {
+            Some((state, _)) => state
+                .vcpus
+                .first()
+                .map(|v| v.cpuid.clone())
+                .unwrap_or_default(),
+            None => fds[0]
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(Error::kvm("KVM_GET_CPUID2"))?
+                .as_slice()
+                .to_vec(),
+        };
         match (&saved, entry) {
             (Some((state, _)), _) => {
                 // The in-kernel chips first, then each vCPU (its LAPIC
@@ -343,7 +375,7 @@ impl Vm {
         }
         Ok(Self {
             kvm,
-            machine: vm_fd,
+            machine: Arc::new(vm_fd),
             mem,
             mem_file,
             memfd,
@@ -358,6 +390,8 @@ impl Vm {
             registry: devices.registry,
             events: rx,
             wake,
+            dirty,
+            guest_cpuid,
         })
     }
 

@@ -13,6 +13,7 @@ use crate::devices::virtio::mmio::MMIO_WINDOW;
 use crate::devices::virtio::net::{NetCounters, VirtioNet};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{IrqLine, MmioBus, MmioTransport};
+use crate::dirty::DirtyLog;
 use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::GuestMemory;
 use crate::state::devices::DeviceIdentity;
@@ -33,7 +34,7 @@ pub(super) struct Devices {
 type Built = (String, Option<u32>, Box<dyn VirtioDevice>, String);
 
 /// Builds the virtio-blk devices, then the virtio-net ones.
-fn build_devices(cfg: &VmConfig) -> Result<Vec<Built>> {
+fn build_devices(cfg: &VmConfig, dirty: &Arc<DirtyLog>) -> Result<Vec<Built>> {
     let mut out: Vec<Built> = Vec::new();
     for d in &cfg.disks {
         let mut blk = VirtioBlk::new(
@@ -42,7 +43,8 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Built>> {
             d.cache,
             &d.serial,
             Arc::clone(&d.counters),
-        );
+        )
+        .with_dirty_log(Arc::clone(dirty));
         if let Some(f) = &d.uring_file {
             blk = f
                 .try_clone()
@@ -68,7 +70,8 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Built>> {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(Error::io(format!("net {}: tap", n.id)))?;
         let net = VirtioNet::new(taps, n.mac, Arc::clone(&n.counters))
-            .map_err(Error::io(format!("net {}: tap", n.id)))?;
+            .map_err(Error::io(format!("net {}: tap", n.id)))?
+            .with_dirty_log(Arc::clone(dirty));
         let shape = format!("NIC with {} queue pairs", n.taps.len());
         out.push((n.id.clone(), None, Box::new(net), shape));
     }
@@ -83,9 +86,10 @@ pub(super) fn add_devices(
     vm_fd: &VmFd,
     mem: &GuestMemory,
     cfg: &VmConfig,
+    dirty: &Arc<DirtyLog>,
     announced: &mut Vec<crate::acpi::MmioDevice>,
 ) -> Result<Devices> {
-    let devices = build_devices(cfg)?;
+    let devices = build_devices(cfg, dirty)?;
     let max = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
     if devices.len() > max {
         return Err(Error::Boot(format!(

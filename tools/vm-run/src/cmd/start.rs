@@ -15,9 +15,10 @@ use crate::cli::StartArgs;
 use crate::{monitor, output};
 
 pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
-    let (spec, restore) = match &a.restore {
-        Some(path) => restore_spec(a, path)?,
-        None => (
+    let (spec, restore) = match (&a.restore, a.incoming) {
+        (Some(path), _) => restore_spec(a, path)?,
+        (None, Some(fd)) => incoming_spec(a, fd)?,
+        (None, None) => (
             crate::resolve::load_spec(a.vm.as_deref().unwrap_or("-"))?,
             None,
         ),
@@ -38,22 +39,66 @@ fn restore_spec(
     let path = std::path::absolute(path).with_context(|| format!("saved VM {}", path.display()))?;
     let f = std::fs::File::open(&path).with_context(|| format!("saved VM {}", path.display()))?;
     let opened = vmm::state::file::open(f).with_context(|| path.display().to_string())?;
+    let spec = local_spec(a, opened.saved.spec)?;
+    Ok((
+        spec,
+        Some(monitor::RestoreFrom {
+            source: monitor::RestoreSource::File(path),
+            paused: a.paused,
+        }),
+    ))
+}
+
+/// The arriving spec with this host's parts: `--spec` whole, then
+/// `--name`, `--disk` and `--nic`.
+fn local_spec(a: &StartArgs, arrived: VmSpec) -> Result<VmSpec> {
     let mut spec = match &a.spec {
         Some(s) => crate::resolve::load_spec(s)?,
-        None => opened.saved.spec,
+        None => arrived,
     };
     if let Some(n) = &a.name {
         spec.name = n.parse().map_err(|e| anyhow!("--name: {e}"))?;
     }
     vm_spec::overrides::apply(&mut spec, &a.disk, &a.nic).map_err(|e| anyhow!(e))?;
+    Ok(spec)
+}
+
+/// An incoming migration: the hello is read and checked here, before the
+/// VM's folder or process exists; the VM process reads the rest.
+fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::RestoreFrom>)> {
+    // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--incoming {fd}: not an open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to
+    // this process to own; nothing else here uses it.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut conn = crate::migrate::Conn::from_fd(owned)?;
+    let hello = crate::migrate::recv::hello(&mut conn)?;
+    let spec = VmSpec::from_json(&hello.spec.to_string())
+        .map_err(|e| anyhow!("the arriving spec: {e}"))
+        .and_then(|s| local_spec(a, s));
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = vmm::state::stream::Reply::Error {
+                error: crate::one_line(&e),
+            }
+            .write(&mut conn);
+            return Err(e);
+        }
+    };
     Ok((
         spec,
         Some(monitor::RestoreFrom {
-            path,
+            source: monitor::RestoreSource::Stream(conn),
             paused: a.paused,
         }),
     ))
 }
+
+/// Where the detached VM process finds an incoming migration's stream.
+const INCOMING_FD: i32 = 3;
 
 fn detach(
     spec: &VmSpec,
@@ -86,17 +131,38 @@ fn detach(
     if let Some(c) = console {
         cmd.env("VMTOOLS_SERVE_CONSOLE", c);
     }
+    let mut stream_fd = None;
     if let Some(r) = restore {
-        cmd.env("VMTOOLS_SERVE_RESTORE", &r.path);
+        match &r.source {
+            monitor::RestoreSource::File(p) => {
+                cmd.env("VMTOOLS_SERVE_RESTORE", p);
+            }
+            monitor::RestoreSource::Stream(c) => {
+                cmd.env("VMTOOLS_SERVE_INCOMING", INCOMING_FD.to_string());
+                stream_fd = Some(std::os::fd::AsRawFd::as_raw_fd(c));
+            }
+        }
         if r.paused {
             cmd.env("VMTOOLS_SERVE_PAUSED", "1");
         }
     }
-    // SAFETY: setsid in the child before exec only detaches it from our
-    // session and terminal; it touches no memory of ours.
+    // SAFETY: in the child before exec: setsid detaches it from our
+    // session and terminal, and the stream's descriptor is put at
+    // INCOMING_FD without close-on-exec. Only async-signal-safe calls,
+    // on descriptors the child has; no memory of ours is touched.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if let Some(fd) = stream_fd {
+                let r = if fd == INCOMING_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, INCOMING_FD)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -142,10 +208,24 @@ pub fn serve() -> Result<i32> {
     std::io::stdin().read_to_string(&mut text)?;
     let spec = VmSpec::from_json(&text).map_err(|e| anyhow!("{e}"))?;
     let console = std::env::var_os("VMTOOLS_SERVE_CONSOLE").map(PathBuf::from);
-    let restore = std::env::var_os("VMTOOLS_SERVE_RESTORE").map(|p| monitor::RestoreFrom {
-        path: PathBuf::from(p),
-        paused: std::env::var_os("VMTOOLS_SERVE_PAUSED").is_some(),
-    });
+    let paused = std::env::var_os("VMTOOLS_SERVE_PAUSED").is_some();
+    let restore = if let Some(p) = std::env::var_os("VMTOOLS_SERVE_RESTORE") {
+        Some(monitor::RestoreFrom {
+            source: monitor::RestoreSource::File(PathBuf::from(p)),
+            paused,
+        })
+    } else if std::env::var_os("VMTOOLS_SERVE_INCOMING").is_some() {
+        // SAFETY: `start --detach` put the stream at INCOMING_FD for this
+        // process alone.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(INCOMING_FD) };
+        Some(monitor::RestoreFrom {
+            source: monitor::RestoreSource::Stream(crate::migrate::Conn::from_fd(fd)?),
+            paused,
+        })
+    } else {
+        None
+    };
     // SAFETY: dup-ing our stdout keeps the readiness pipe; the original fd
     // 1 is then pointed at /dev/null so nothing else writes into the pipe.
     let ready = unsafe {

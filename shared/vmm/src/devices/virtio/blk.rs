@@ -19,6 +19,7 @@ pub use vm_spec::BlockStats;
 use super::blk_request::{segments, Request, RequestType, SECTOR_SIZE};
 use super::uring::Uring;
 use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -90,6 +91,8 @@ pub struct VirtioBlk {
     counters: Arc<BlockCounters>,
     /// Reads and writes go through io_uring on this file (raw images).
     uring: Option<Uring>,
+    /// Where the guest pages this device fills are recorded (migration).
+    dirty: Arc<DirtyLog>,
 }
 
 impl std::fmt::Debug for VirtioBlk {
@@ -126,7 +129,15 @@ impl VirtioBlk {
             config,
             counters,
             uring: None,
+            dirty: Arc::default(),
         }
+    }
+
+    /// Records the guest pages this device writes in `log`.
+    #[must_use]
+    pub fn with_dirty_log(mut self, log: Arc<DirtyLog>) -> Self {
+        self.dirty = log;
+        self
     }
 
     /// Serves reads and writes through io_uring on `file`: the raw image
@@ -367,6 +378,12 @@ impl VirtioBlk {
         if status != VIRTIO_BLK_S_OK {
             add(&self.counters.errs, 1);
         }
+        // What this request wrote into the guest: its data (a read, the
+        // id) and the status byte.
+        for b in req.data.iter().filter(|b| b.device_writes) {
+            self.dirty.mark(b.addr, u64::from(b.len));
+        }
+        self.dirty.mark(req.status, 1);
         // The status byte was checked writable when parsing.
         let used = match mem.write_obj(status as u8, req.status) {
             Ok(()) => len + 1,

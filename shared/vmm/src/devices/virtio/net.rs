@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 pub use vm_spec::NetStats;
 
 use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::state::devices::DeviceExtra;
 
@@ -71,6 +72,8 @@ pub struct VirtioNet {
     counters: Arc<NetCounters>,
     /// Queue pairs the driver uses (1 until VQ_PAIRS_SET).
     active_pairs: std::cell::Cell<usize>,
+    /// Where the guest pages this device fills are recorded (migration).
+    dirty: Arc<DirtyLog>,
 }
 
 impl VirtioNet {
@@ -97,6 +100,7 @@ impl VirtioNet {
             config,
             counters,
             active_pairs: std::cell::Cell::new(1),
+            dirty: Arc::default(),
         })
     }
 
@@ -149,6 +153,25 @@ impl VirtioNet {
         }
     }
 
+    /// Records the guest pages this device writes in `log`.
+    #[must_use]
+    pub fn with_dirty_log(mut self, log: Arc<DirtyLog>) -> Self {
+        self.dirty = log;
+        self
+    }
+
+    /// Marks the buffers of `chain` the device writes as dirty.
+    fn mark_written(&self, chain: &DescriptorChain<&GuestMemory>) {
+        if self.dirty.is_on() {
+            for d in chain
+                .clone()
+                .filter(virtio_queue::desc::split::Descriptor::is_write_only)
+            {
+                self.dirty.mark(d.addr(), u64::from(d.len()));
+            }
+        }
+    }
+
     /// Moves frames from tap queue `pair` into the guest's RX buffers until
     /// the tap is empty or the guest has no buffers left.
     fn receive(&self, pair: usize, queue: &mut Queue, mem: &GuestMemory) -> Served {
@@ -171,6 +194,7 @@ impl VirtioNet {
                 Ok(n) if n >= NET_HDR_LEN => {
                     // num_buffers: one chain per frame (no MRG_RXBUF).
                     set_num_buffers(&bufs);
+                    self.mark_written(&chain);
                     add(&c.rx_packets, 1);
                     add(&c.rx_bytes, (n - NET_HDR_LEN) as u64);
                     if n == cap {
@@ -232,6 +256,9 @@ impl VirtioNet {
                     }
                 };
             let status = if ok { VIRTIO_NET_OK } else { VIRTIO_NET_ERR } as u8;
+            if let Some(d) = ack {
+                self.dirty.mark(d.addr(), 1);
+            }
             let len = match ack {
                 Some(d) if mem.write_obj(status, d.addr()).is_ok() => 1,
                 _ => 0,

@@ -1,0 +1,96 @@
+//! vm-migrate's command line: virsh migrate and its job verbs.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-migrate",
+    version,
+    about = "Live-migrate KVM virtual machines between vm-run processes",
+    long_about = "vm-migrate moves a running VM to another vm-run, on this host or another, \
+while it runs (virsh migrate --live): guest memory is copied in rounds while the guest \
+goes on, then the last pages and the machine's state in one short pause. The VM ends \
+at the source only once the destination runs it; on any failure it runs on at the \
+source as before.\n\n\
+Transports, as QEMU names them: tcp:HOST:PORT, unix:PATH, exec:COMMAND (e.g. \
+exec:ssh host2 vm-migrate recv -).\n\n\
+Records are printed as JSON.\n\n\
+Exit codes: 0 ok, 1 error, 2 usage error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a running VM to a destination (virsh migrate --live).
+    Send(SendArgs),
+    /// Receive a VM: listen, then start it in vm-run once it has arrived
+    /// whole; prints its state as `vm-run start --detach` does.
+    Recv(RecvArgs),
+    /// How a migration in progress is doing (virsh domjobinfo).
+    Status {
+        /// The VM's name.
+        vm: String,
+    },
+    /// Abandon a migration in progress; the VM runs on here (virsh
+    /// domjobabort).
+    Cancel {
+        /// The VM's name.
+        vm: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The VM's name.
+    pub vm: String,
+    /// Where to: tcp:HOST:PORT, unix:PATH or exec:COMMAND.
+    pub to: String,
+    /// The longest pause for the last copy, in ms (virsh
+    /// migrate-setmaxdowntime).
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub max_downtime: u64,
+    /// A cap on the rate, in MiB/s (virsh migrate-setspeed); default:
+    /// unlimited.
+    #[arg(long, value_name = "MIB_S")]
+    pub bandwidth: Option<u64>,
+    /// Hold the vCPUs back while the rounds do not shrink.
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// After this many seconds, pause and finish whatever is left.
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u64>,
+    /// No progress bar, even on a terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Where to wait: tcp:HOST:PORT (port 0: any free one, printed),
+    /// unix:PATH, or - for the stream on stdin and the replies on stdout
+    /// (the far end of an exec: transport).
+    #[arg(long, value_name = "WHERE", default_value = "-")]
+    pub listen: String,
+    /// A spec whose host-local parts (disk paths, console, taps,
+    /// placement) replace the arriving ones (virsh migrate --xml).
+    #[arg(long, value_name = "SPEC")]
+    pub spec: Option<String>,
+    /// Run under this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Disk ID uses PATH here. Repeatable.
+    #[arg(long, value_name = "ID=PATH[,format=F]")]
+    pub disk: Vec<String>,
+    /// NIC ID runs on this tap, or a new tap on this bridge. Repeatable.
+    #[arg(long, value_name = "ID,tap=NAME|ID,bridge=NAME")]
+    pub nic: Vec<String>,
+    /// Serial console file (default: console.log in the VM's state folder).
+    #[arg(long, value_name = "PATH")]
+    pub console: Option<std::path::PathBuf>,
+    /// Stay paused once arrived, until `vm-run resume`.
+    #[arg(long)]
+    pub paused: bool,
+}

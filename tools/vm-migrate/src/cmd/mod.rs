@@ -1,0 +1,30 @@
+//! One module per subcommand.
+
+pub mod cancel;
+pub mod recv;
+pub mod send;
+pub mod status;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use vm_control::Lookup;
+
+/// A running VM's control socket.
+pub(crate) fn control_socket(vm: &str) -> Result<(String, PathBuf)> {
+    let name = vm_control::vm_name(vm)?;
+    match vm_control::lookup(&name)? {
+        Lookup::Running { state, .. } => Ok((name, state.control_socket)),
+        _ => bail!("VM '{name}' is not running"),
+    }
+}
+
+/// vm-run beside this program (an installed or built set of tools), or
+/// else the one on PATH.
+pub(crate) fn vm_run() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("vm-run")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("vm-run"))
+}

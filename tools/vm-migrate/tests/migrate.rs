@@ -1,0 +1,309 @@
+//! vm-migrate between two vm-run processes on this host, with the test
+//! guest counting and checksumming its memory (and reading its disk in a
+//! loop, so the device writes guest memory): over unix, tcp on loopback
+//! and exec; and the faults: a destination that dies, a corrupt stream,
+//! a cancel. Every failure leaves the source running as it was.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use test_guest::rundir::{contiguous, json, RunDir};
+use test_guest::{have_kvm, kvm_lock};
+
+fn env() -> RunDir {
+    RunDir::new(Path::new(env!("CARGO_BIN_EXE_vm-migrate")))
+}
+
+/// `vm-migrate recv` in the background, its state record on stdout.
+fn recv(env: &RunDir, listen: &str, name: &str) -> Child {
+    let console = env.console_path(name);
+    env.command("vm-migrate")
+        .args(["recv", "--listen", listen, "--name", name, "--console"])
+        .arg(&console)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the listening line on `child`'s stderr; returns its address.
+fn listening(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("vm-migrate: listening on ")
+        .unwrap_or_else(|| panic!("no listening line: {line}"))
+        .to_string()
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    test_guest::rundir::decode(&child.wait_with_output().unwrap())
+}
+
+/// The memory-checking guest goes on at the destination from where it
+/// was: its rounds continue one by one across both consoles, and none
+/// reports a memory error.
+fn goes_on(env: &RunDir, from: &str, to: &str) {
+    let last = *env.counts(from, "round ").last().unwrap();
+    env.wait_count(to, "round ", last + 3);
+    let both = env.console(from) + &env.console(to);
+    assert!(!both.contains("MEMORY ERROR"), "{both}");
+    contiguous(&both, "round ");
+}
+
+#[test]
+fn migrate_over_unix_tcp_and_exec() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    env.start(&env.spec("a", "memcount pages=64", &serde_json::json!({})));
+    env.wait_count("a", "round ", 2);
+
+    // unix: a to b
+    let sock = env.path("m.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut r = recv(&env, &listen, "b");
+    assert_eq!(listening(&mut r), listen);
+    let (code, out, err) = env.run("vm-migrate", &["send", "a", &listen]);
+    assert_eq!(code, 0, "{err}");
+    let rep = json(&out);
+    for k in [
+        "total_ms",
+        "downtime_ms",
+        "bytes",
+        "rounds",
+        "dirty_rate",
+        "throttle",
+    ] {
+        assert!(rep[k].is_u64(), "{k} in {rep}");
+    }
+    assert_eq!(rep["status"], "completed");
+    assert!(rep["rounds"].as_u64().unwrap() >= 2, "{rep}");
+    let (code, out, err) = finish(r);
+    assert_eq!(code, 0, "{err}");
+    let st = json(&out);
+    assert_eq!(st["name"], "b");
+    assert_eq!(st["state"], "running");
+    assert_eq!(env.running(), ["b"], "the source ended");
+    assert!(!sock.exists(), "the listening socket is removed");
+    goes_on(&env, "a", "b");
+
+    // tcp on loopback, any free port: b to c
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "c");
+    let addr = listening(&mut r);
+    assert!(addr.starts_with("tcp:127.0.0.1:"), "{addr}");
+    let (code, _, err) = env.run("vm-migrate", &["send", "b", &addr]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(finish(r).0, 0);
+    assert_eq!(env.running(), ["c"]);
+    goes_on(&env, "b", "c");
+
+    // exec: c to d through a command's stdin and stdout, as over ssh
+    let me = Path::new(env!("CARGO_BIN_EXE_vm-migrate"));
+    let cmd = format!(
+        "exec:{} recv --name d --console {}",
+        me.display(),
+        env.console_path("d").display()
+    );
+    let (code, out, err) = env.run("vm-migrate", &["send", "c", &cmd]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["status"], "completed");
+    assert_eq!(env.running(), ["d"]);
+    goes_on(&env, "c", "d");
+    env.vm_run(&["kill", "d"]);
+}
+
+/// A guest that reads its disk in a loop, two halves by turns into one
+/// buffer: only the device writes those pages (KVM's dirty log never sees
+/// them). Migrated back and forth, slowly enough that reads land during
+/// the copy, every sum the guest prints matches the half it read.
+#[test]
+fn device_writes_reach_the_destination() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    let disk = env.path("d.raw");
+    let data = test_guest::pattern(0x1234_5678, 1 << 20);
+    std::fs::write(&disk, &data).unwrap();
+    let sums = [
+        format!("at=0 sum={:08x}", test_guest::fnv(&data[..64 * 512])),
+        format!(
+            "at=64 sum={:08x}",
+            test_guest::fnv(&data[64 * 512..128 * 512])
+        ),
+    ];
+    let disks = serde_json::json!({"disks": [{"id": "vda", "path": disk, "format": "raw", "readonly": true}]});
+    env.start(&env.spec("h0", "blk-loop sector=0 count=64", &disks));
+    env.wait_count("h0", "pass ", 4);
+    let hops = ["h0", "h1", "h2", "h3", "h4"];
+    for w in hops.windows(2) {
+        let mut r = recv(&env, "tcp:127.0.0.1:0", w[1]);
+        let addr = listening(&mut r);
+        let (code, _, err) = env.run("vm-migrate", &["send", w[0], &addr, "--bandwidth", "2"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(finish(r).0, 0);
+        let last = *env.counts(w[0], "pass ").last().unwrap();
+        env.wait_count(w[1], "pass ", last + 4);
+    }
+    let all: String = hops.iter().map(|h| env.console(h)).collect();
+    assert!(!all.contains("blk: error"), "{all}");
+    // Whole lines only: the last VM is writing its last one.
+    for l in all
+        .split_inclusive('\n')
+        .filter(|l| l.starts_with("pass ") && l.ends_with('\n'))
+    {
+        assert!(
+            sums.iter().any(|s| l.trim_end().ends_with(s.as_str())),
+            "{l}: want {sums:?}"
+        );
+    }
+    contiguous(&all, "pass ");
+    env.vm_run(&["kill", "h4"]);
+}
+
+/// The faults: a destination that takes the hello and dies, one that
+/// dies mid-stream, a stream corrupted on the way, a cancel. Each time
+/// the send fails with one line, the source runs on with its memory
+/// whole, and nothing is left at the destination.
+#[test]
+fn failures_leave_the_source_running() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    env.start(&env.spec("a", "memcount pages=64", &serde_json::json!({})));
+    env.wait_count("a", "round ", 2);
+    let still_runs = |what: &str| {
+        assert_eq!(env.running(), ["a"], "{what}");
+        let (_, out, _) = env.vm_run(&["state", "a"]);
+        assert!(out.contains("running"), "{what}: {out}");
+        let now = *env.counts("a", "round ").last().unwrap();
+        env.wait_count("a", "round ", now + 2);
+        assert!(!env.console("a").contains("MEMORY ERROR"));
+    };
+
+    // A fake destination: answers `ready`, reads `cut` bytes, closes.
+    for cut in [0usize, 4096, 1 << 20] {
+        let sock = env.path(&format!("fake{cut}.sock"));
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"{\"reply\":\"ready\"}\n").unwrap();
+            let mut buf = vec![0u8; cut];
+            let _ = s.read_exact(&mut buf);
+        });
+        let (code, _, err) = env.run(
+            "vm-migrate",
+            &["send", "a", &format!("unix:{}", sock.display())],
+        );
+        t.join().unwrap();
+        assert_eq!(code, 1, "cut at {cut}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        still_runs(&format!("destination gone after {cut} bytes"));
+    }
+
+    // A destination that refuses at once.
+    let sock = env.path("refuse.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"{\"reply\":\"error\",\"error\":\"no room\"}\n")
+            .unwrap();
+    });
+    let (code, _, err) = env.run(
+        "vm-migrate",
+        &["send", "a", &format!("unix:{}", sock.display())],
+    );
+    t.join().unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("no room"), "{err}");
+    still_runs("refused");
+
+    // A byte flipped on the way, past the hello: the real destination
+    // refuses the record and keeps nothing.
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "b");
+    let real = listening(&mut r);
+    let proxy = env.path("proxy.sock");
+    let l = UnixListener::bind(&proxy).unwrap();
+    let to = real.trim_start_matches("tcp:").to_string();
+    let t = std::thread::spawn(move || {
+        let (mut src, _) = l.accept().unwrap();
+        let mut dst = std::net::TcpStream::connect(to).unwrap();
+        let mut back = dst.try_clone().unwrap();
+        let mut src2 = src.try_clone().unwrap();
+        let replies = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back, &mut src2);
+            let _ = src2.shutdown(std::net::Shutdown::Both);
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        let mut seen = 0usize;
+        while let Ok(n) = src.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            // One bit in the 200 000th byte (in guest memory's pages).
+            if (seen..seen + n).contains(&200_000) {
+                buf[200_000 - seen] ^= 0x10;
+            }
+            seen += n;
+            if dst.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = dst.shutdown(std::net::Shutdown::Write);
+        let _ = replies.join();
+    });
+    let (code, _, err) = env.run(
+        "vm-migrate",
+        &["send", "a", &format!("unix:{}", proxy.display())],
+    );
+    t.join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("checksum"), "{err}");
+    let (code, _, rerr) = finish(r);
+    assert_ne!(code, 0, "the destination kept a corrupt VM: {rerr}");
+    still_runs("corrupt stream");
+
+    // A cancel while it crawls at 1 MiB/s.
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "c");
+    let addr = listening(&mut r);
+    let send = env
+        .command("vm-migrate")
+        .args(["send", "a", &addr, "--bandwidth", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (code, out, _) = env.run("vm-migrate", &["status", "a"]);
+        if code == 0 && json(&out)["status"] == "active" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "never active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = env.run("vm-migrate", &["cancel", "a"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["cancelled"], true);
+    let (code, _, err) = finish(send);
+    assert_eq!(code, 1);
+    assert!(err.contains("cancelled"), "{err}");
+    assert_ne!(finish(r).0, 0);
+    still_runs("cancelled");
+    // No migration to ask about or cancel now.
+    let (code, _, err) = env.run("vm-migrate", &["status", "a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no migration"), "{err}");
+    env.vm_run(&["kill", "a"]);
+}

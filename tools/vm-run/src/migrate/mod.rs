@@ -1,0 +1,272 @@
+//! Live migration in vm-run: the source's job (the copy runs on its own
+//! thread, `send`) and the destination's side of a start (`recv`).
+
+pub(crate) mod recv;
+pub(crate) mod send;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use vm_control::{MigrateOptions, MigrationReport};
+use vmm::state::stream::Hello;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::monitor::Machine;
+use send::{Copy, FromMain, Progress, ToMain};
+
+/// A migration's connection: a unix or TCP socket the tool made.
+#[derive(Debug)]
+pub enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    /// Takes a descriptor that must be a connected stream socket.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Self> {
+        let mut domain: libc::c_int = 0;
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes one int through each pointer, which
+        // live for the call; `len` says how much room there is.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&raw mut domain).cast(),
+                &raw mut len,
+            )
+        };
+        // SAFETY: as above.
+        let r2 = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut ty).cast(),
+                &raw mut len,
+            )
+        };
+        if r < 0 || r2 < 0 || ty != libc::SOCK_STREAM {
+            bail!("the migration's descriptor is not a stream socket");
+        }
+        match domain {
+            libc::AF_UNIX => Ok(Self::Unix(UnixStream::from(fd))),
+            libc::AF_INET | libc::AF_INET6 => {
+                let s = TcpStream::from(fd);
+                // Small records (replies, the state) must not wait.
+                let _ = s.set_nodelay(true);
+                Ok(Self::Tcp(s))
+            }
+            _ => bail!("the migration's socket is neither unix nor TCP"),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Unix(s) => s.set_read_timeout(t),
+            Self::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Self::Unix(s) => s.as_raw_fd(),
+            Self::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(buf),
+            Self::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.write(buf),
+            Self::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Unix(s) => s.flush(),
+            Self::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// A migration in progress, as the emulator thread sees it.
+#[derive(Debug)]
+pub(crate) struct MigrateJob {
+    /// The tool's control connection: the final reply goes there.
+    pub(crate) stream: UnixStream,
+    pub(crate) progress: Arc<Progress>,
+    /// The VM ran when the migration began (it runs again on failure).
+    pub(crate) was_running: bool,
+    /// The guest is paused for the final copy.
+    pub(crate) stopped: bool,
+    done: EventFd,
+    from_copy: Receiver<ToMain>,
+    to_copy: Sender<FromMain>,
+    t0: Instant,
+}
+
+/// What happened, for the emulator thread.
+#[derive(Debug)]
+pub(crate) enum MigrateEvent {
+    Pending,
+    /// The destination runs the guest: end here.
+    Completed(MigrationReport),
+    /// The migration failed or was cancelled: the VM goes on here.
+    Failed(MigrationReport, String),
+    /// Whether the destination runs the guest is not known: the VM stays
+    /// paused here.
+    Unsure(MigrationReport, String),
+}
+
+impl MigrateJob {
+    /// Starts the copy thread on the connection the tool handed over.
+    pub(crate) fn start(
+        m: &Machine,
+        running: bool,
+        options: MigrateOptions,
+        fds: Vec<OwnedFd>,
+        stream: UnixStream,
+    ) -> Result<Self> {
+        let mut fds = fds.into_iter();
+        let (Some(fd), None) = (fds.next(), fds.next()) else {
+            bail!("migrate-send needs exactly one descriptor (the connection)");
+        };
+        let conn = Conn::from_fd(fd)?;
+        if !options.disks.is_empty() {
+            bail!("--copy-storage-all / --migrate-disks: not there yet");
+        }
+        if options.max_downtime_ms == 0 {
+            bail!("a downtime budget of 0 ms cannot be met");
+        }
+        let vm = m.vm();
+        let (mem, memfd) = vm.memory();
+        let touched = vmm::memory::touched_ranges(mem, memfd);
+        let hello = Hello {
+            spec: serde_json::to_value(&m.spec)?,
+            cpuid: vm.guest_cpuid(),
+            disks: Vec::new(),
+        };
+        let progress = Arc::new(Progress::default());
+        let done = EventFd::new(libc::EFD_NONBLOCK)?;
+        let (to_main, from_copy) = channel();
+        let (to_copy, from_main) = channel();
+        let copy = Copy {
+            conn,
+            tracker: vm.dirty_tracker(),
+            touched,
+            hello,
+            options,
+            progress: Arc::clone(&progress),
+            to_main,
+            wake: done.try_clone()?,
+            from_main,
+        };
+        std::thread::Builder::new()
+            .name("migrate".into())
+            .spawn(move || copy.run())
+            .map_err(|e| anyhow!("starting the migration thread: {e}"))?;
+        stream.set_nonblocking(false)?;
+        Ok(Self {
+            stream,
+            progress,
+            was_running: running,
+            stopped: false,
+            done,
+            from_copy,
+            to_copy,
+            t0: Instant::now(),
+        })
+    }
+
+    pub(crate) fn fds(&self) -> Vec<RawFd> {
+        vec![self.done.as_raw_fd()]
+    }
+
+    pub(crate) fn report(&self) -> MigrationReport {
+        self.progress.report(self.progress.status(), self.t0)
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.progress.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// The copy thread spoke: pause and hand over the state, or the end.
+    pub(crate) fn on_ready(&mut self, m: &Machine) -> MigrateEvent {
+        let _ = self.done.read();
+        let mut event = MigrateEvent::Pending;
+        while let Ok(msg) = self.from_copy.try_recv() {
+            match msg {
+                ToMain::WantStop => {
+                    let go = self.stop(m);
+                    let _ = self.to_copy.send(go);
+                }
+                ToMain::Done(Ok(())) => {
+                    event = MigrateEvent::Completed(self.progress.report("completed", self.t0));
+                }
+                ToMain::Unsure(why) => {
+                    event = MigrateEvent::Unsure(self.progress.report("unknown", self.t0), why);
+                }
+                ToMain::Done(Err(why)) => {
+                    let status = if self.progress.cancel.load(Ordering::Relaxed) {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    };
+                    event = MigrateEvent::Failed(self.progress.report(status, self.t0), why);
+                }
+            }
+        }
+        event
+    }
+
+    /// Pauses the guest (queues drained, disks flushed) and reads its state.
+    fn stop(&mut self, m: &Machine) -> FromMain {
+        let vm = m.vm();
+        if self.was_running {
+            if let Err(e) = vm.pause() {
+                return FromMain::Abort(format!("pausing: {e}"));
+            }
+        }
+        self.stopped = true;
+        match vm
+            .save_state()
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::to_vec(&s).map_err(|e| e.to_string()))
+        {
+            Ok(state) => FromMain::Go {
+                state,
+                rings: vm.queue_rings(),
+            },
+            Err(e) => FromMain::Abort(format!("reading the machine's state: {e}")),
+        }
+    }
+}

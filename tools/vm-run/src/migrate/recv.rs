@@ -1,0 +1,172 @@
+//! The destination's side of a live migration. The foreground `vm-run
+//! start --incoming FD` reads the hello (the spec, the guest's CPU
+//! features) and checks this host before anything else moves; the VM
+//! process then makes guest memory, says `ready`, takes the pages and the
+//! state, builds the machine from them and says `running`. The guest runs
+//! only once the whole stream has arrived and checked; on any error the
+//! source hears it and the partial VM is discarded.
+
+use std::fs::File;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm::memory::GuestMemory;
+use vmm::state::stream::{Hello, Reader, Record, Reply};
+use vmm::state::MachineState;
+
+use super::Conn;
+
+/// Reads the stream's header and hello, and checks that this host can
+/// take the guest: its KVM offers every CPU feature the guest was given,
+/// and there are CPUs enough for its vCPUs. A refusal is sent back too.
+pub(crate) fn hello(conn: &mut Conn) -> Result<Hello> {
+    let r = read_hello(conn);
+    if let Err(e) = &r {
+        let _ = Reply::Error {
+            error: crate::one_line(e),
+        }
+        .write(conn);
+    }
+    r
+}
+
+fn read_hello(conn: &mut Conn) -> Result<Hello> {
+    let mut reader = Reader::new(&mut *conn)?;
+    let Record::Hello(h) = reader.next_record()? else {
+        bail!("the stream does not start with a hello");
+    };
+    let missing = vmm::cpu::missing_features(&h.cpuid)?;
+    if !missing.is_empty() {
+        bail!(
+            "this host's KVM lacks CPU features the guest was given: {}",
+            missing.join(", ")
+        );
+    }
+    let vcpus = h
+        .spec
+        .get("vcpus")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    if vcpus > cpus {
+        bail!("the guest has {vcpus} vCPUs and this host {cpus} CPUs");
+    }
+    Ok(*h)
+}
+
+/// In the VM process: guest memory for `size` bytes, `ready`, then every
+/// record up to the end. Returns the state and the filled memory.
+pub(crate) fn receive(
+    conn: &mut Conn,
+    cfg: &vmm::VmConfig,
+) -> Result<(MachineState, GuestMemory, File)> {
+    let (mem, memfd) = vmm::memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
+    if let Some((policy, nodes)) = &cfg.numa {
+        // Bound before the first page lands, so pages are placed there.
+        vmm::memory::bind(&mem, *policy, nodes)?;
+    }
+    Reply::Ready.write(conn).context("answering the source")?;
+    let mut reader = Reader::resume(&mut *conn);
+    let mut records = 0u64;
+    let zero = vec![0u8; 1 << 20];
+    let state = loop {
+        match reader.next_record()? {
+            Record::Pages { gpa, data } => {
+                in_memory(&mem, gpa, data.len() as u64)?;
+                mem.write_slice(&data, GuestAddress(gpa))
+                    .map_err(|e| anyhow!("writing guest memory at {gpa:#x}: {e}"))?;
+                records += 1;
+            }
+            Record::Zeroes { gpa, pages } => {
+                let len = pages
+                    .checked_mul(4096)
+                    .ok_or_else(|| anyhow!("a zeroed range too long"))?;
+                in_memory(&mem, gpa, len)?;
+                let mut at = 0;
+                while at < len {
+                    let n = (len - at).min(zero.len() as u64);
+                    mem.write_slice(&zero[..n as usize], GuestAddress(gpa + at))
+                        .map_err(|e| anyhow!("zeroing guest memory: {e}"))?;
+                    at += n;
+                }
+                records += 1;
+            }
+            Record::State(json) => {
+                let state: MachineState = serde_json::from_slice(&json)
+                    .map_err(|e| anyhow!("the machine's state: {e}"))?;
+                break state;
+            }
+            Record::Hello(_) => bail!("a second hello"),
+            Record::End(_) => bail!("the stream ended before the machine's state"),
+            Record::Disk { .. } => bail!("disk contents in the stream: not there yet"),
+            Record::Commit => bail!("a commit before the machine's state"),
+        }
+    };
+    match reader.next_record()? {
+        Record::End(e) if e.page_records == records => {}
+        Record::End(e) => bail!(
+            "the stream sent {records} page records and its end says {}",
+            e.page_records
+        ),
+        _ => bail!("the machine's state is not followed by the end"),
+    }
+    Ok((state, mem, memfd))
+}
+
+/// The incoming machine: received, built paused, announced with
+/// `running`, and let run once the source commits. Any failure reaches the
+/// source, and no machine is left behind.
+pub(crate) fn build(
+    conn: &mut Conn,
+    cfg: &vmm::VmConfig,
+    serial: vmm::devices::SerialOut,
+    paused: bool,
+) -> Result<vmm::Vm> {
+    let vm = receive(conn, cfg).and_then(|(state, mem, memfd)| {
+        let from = vmm::Restore {
+            state: &state,
+            memory: vmm::RestoreMemory::Received(mem, memfd),
+            paused: true,
+        };
+        Ok(vmm::Vm::restore(cfg, serial, from)?)
+    });
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = Reply::Error {
+                error: crate::one_line(&e),
+            }
+            .write(conn);
+            return Err(e.context("incoming migration"));
+        }
+    };
+    let committed = Reply::Running
+        .write(conn)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+            match Reader::resume(&mut *conn).next_record()? {
+                Record::Commit => Ok(()),
+                _ => bail!("the source sent something else than its commit"),
+            }
+        });
+    if let Err(e) = committed {
+        vm.destroy();
+        return Err(e.context("the source did not commit (it keeps the VM)"));
+    }
+    if !paused {
+        vm.resume();
+    }
+    Ok(vm)
+}
+
+/// Refuses a range that is not wholly in guest RAM.
+fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
+    let ok = usize::try_from(len)
+        .ok()
+        .is_some_and(|l| mem.check_range(GuestAddress(gpa), l));
+    if !ok {
+        bail!("a page record outside guest memory ({gpa:#x} + {len})");
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! The source's side of a live migration, on a thread of its own: the
+//! hello, a full pass over guest memory while the guest runs, rounds of
+//! the pages written meanwhile (KVM's dirty log and the devices' own),
+//! and, once what is left fits the downtime budget, one pause in which
+//! the emulator thread hands over the machine's state and the last pages
+//! go. The VM ends only after the destination says it runs.
+
+use std::io::{BufWriter, Read};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_control::{MigrateOptions, MigrationReport};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm::state::stream::{End, Hello, Reply, Writer};
+use vmm::DirtyTracker;
+
+use super::Conn;
+use vmm_sys_util::eventfd::EventFd;
+
+const PAGE: u64 = 4096;
+/// Pages per record (1 MiB).
+const RUN: u64 = 256;
+/// Rounds while the guest runs, at most, before the final pause (unless
+/// a timeout says otherwise).
+const MAX_ROUNDS: u32 = 30;
+
+/// What the copy thread and the emulator thread both see.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) phase: AtomicU32,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) rounds: AtomicU32,
+    pub(crate) dirty_rate: AtomicU64,
+    pub(crate) remaining: AtomicU64,
+    pub(crate) throttle: AtomicU32,
+    pub(crate) downtime_ms: AtomicU64,
+    pub(crate) cancel: AtomicBool,
+}
+
+pub(crate) const SETUP: u32 = 0;
+pub(crate) const ACTIVE: u32 = 1;
+pub(crate) const STOPPING: u32 = 2;
+
+impl Progress {
+    pub(crate) fn report(&self, status: &str, t0: Instant) -> MigrationReport {
+        MigrationReport {
+            status: status.into(),
+            total_ms: t0.elapsed().as_millis() as u64,
+            downtime_ms: self.downtime_ms.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            rounds: self.rounds.load(Ordering::Relaxed),
+            dirty_rate: self.dirty_rate.load(Ordering::Relaxed),
+            remaining: self.remaining.load(Ordering::Relaxed),
+            throttle: self.throttle.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn status(&self) -> &'static str {
+        match self.phase.load(Ordering::Relaxed) {
+            SETUP => "setup",
+            ACTIVE => "active",
+            _ => "stopping",
+        }
+    }
+}
+
+/// From the copy thread to the emulator thread.
+#[derive(Debug)]
+pub(crate) enum ToMain {
+    /// What is left fits the budget: pause and send the state.
+    WantStop,
+    /// Over: the destination runs the guest (Ok), or it failed.
+    Done(Result<(), String>),
+    /// The commit went out but the destination's close did not come back:
+    /// whether it runs the guest is not known, so the VM stays paused
+    /// here (not ended, not resumed) for the user to decide.
+    Unsure(String),
+}
+
+/// From the emulator thread, once the guest is paused.
+#[derive(Debug)]
+pub(crate) enum FromMain {
+    /// The machine's state (JSON) and the queues' rings.
+    Go {
+        state: Vec<u8>,
+        rings: Vec<(u64, u64)>,
+    },
+    /// The state could not be read: give up (the VM resumes).
+    Abort(String),
+}
+
+/// Everything the copy thread takes with it.
+pub(crate) struct Copy {
+    pub(crate) conn: Conn,
+    pub(crate) tracker: DirtyTracker,
+    pub(crate) touched: Vec<(u64, u64)>,
+    pub(crate) hello: Hello,
+    pub(crate) options: MigrateOptions,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) to_main: Sender<ToMain>,
+    pub(crate) wake: EventFd,
+    pub(crate) from_main: Receiver<FromMain>,
+}
+
+/// Counts bytes and holds the pace to `--bandwidth`.
+struct Pacer {
+    t0: Instant,
+    cap: Option<f64>,
+}
+
+impl Pacer {
+    fn wait(&self, sent: u64) {
+        if let Some(cap) = self.cap {
+            let due = Duration::from_secs_f64(sent as f64 / cap);
+            if let Some(ahead) = due.checked_sub(self.t0.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+}
+
+impl Copy {
+    /// The thread's body; tells the emulator thread how it ended.
+    pub(crate) fn run(self) {
+        let msg = match self.migrate() {
+            Ok(()) => ToMain::Done(Ok(())),
+            Err(e) if e.is::<Unsure>() => ToMain::Unsure(format!("{e:#}")),
+            Err(e) => ToMain::Done(Err(format!("{e:#}"))),
+        };
+        let _ = self.tracker.stop();
+        let _ = self.to_main.send(msg);
+        let _ = self.wake.write(1);
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let t0 = Instant::now();
+        let mut reader = self.conn.try_clone()?;
+        reader.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut w = Writer::new(BufWriter::with_capacity(1 << 20, self.conn.try_clone()?))?;
+        let sent = w.hello(&self.hello).and_then(|()| w.flush());
+        // A destination that refuses may close before the hello is all
+        // written: its reason is still worth reading.
+        match (sent, Reply::read(&mut reader)) {
+            (_, Ok(Reply::Error { error })) => bail!("the destination refused: {error}"),
+            (Err(e), _) => return Err(anyhow::Error::new(e).context("sending the hello")),
+            (Ok(()), Err(e)) => {
+                return Err(anyhow::Error::new(e).context("the destination's answer"))
+            }
+            (Ok(()), Ok(Reply::Ready)) => {}
+            (Ok(()), Ok(Reply::Running)) => bail!("the destination answered out of turn"),
+        }
+        let pacer = Pacer {
+            t0: Instant::now(),
+            cap: self.options.bandwidth_mib.map(|m| (m << 20) as f64),
+        };
+        self.tracker.start().context("starting the dirty log")?;
+        self.progress.phase.store(ACTIVE, Ordering::Relaxed);
+        let mem = self.tracker.memory();
+        let mut records = 0u64;
+        // The first pass: every page that may hold data; zero pages are
+        // left out (the destination's memory starts zeroed).
+        for &(gpa, len) in &self.touched {
+            self.check_cancel()?;
+            let mut at = gpa;
+            while at < gpa + len {
+                let n = (gpa + len - at).min(RUN * PAGE);
+                records += send_range(&mut w, mem, at, n, true)?;
+                at += n;
+                self.progress.bytes.store(w.bytes, Ordering::Relaxed);
+                pacer.wait(w.bytes);
+            }
+        }
+        let mut rounds = 1;
+        let mut last_round = Instant::now();
+        let deadline = self.options.timeout_s.map(|s| t0 + Duration::from_secs(s));
+        let budget = Duration::from_millis(self.options.max_downtime_ms);
+        let mut prev_dirty = u64::MAX;
+        loop {
+            self.check_cancel()?;
+            let bitmaps = self.tracker.pages()?;
+            let dirty: u64 = bitmaps
+                .iter()
+                .flatten()
+                .map(|w| u64::from(w.count_ones()))
+                .sum();
+            let secs = last_round.elapsed().as_secs_f64().max(1e-3);
+            self.progress
+                .dirty_rate
+                .store((dirty as f64 / secs) as u64, Ordering::Relaxed);
+            self.progress
+                .remaining
+                .store(dirty * PAGE, Ordering::Relaxed);
+            let rate = w.bytes as f64 / pacer.t0.elapsed().as_secs_f64().max(1e-3);
+            let last_copy = Duration::from_secs_f64((dirty * PAGE) as f64 / rate.max(1.0));
+            let fits = last_copy <= budget;
+            let late = deadline.is_some_and(|d| Instant::now() >= d);
+            if fits || late || rounds >= MAX_ROUNDS {
+                // The rest goes in the pause, with what these bitmaps hold.
+                return self.finish(&mut w, &mut reader, mem, &bitmaps, records, rounds);
+            }
+            if self.options.auto_converge && dirty * 10 > prev_dirty * 9 {
+                // The rounds do not shrink: hold the vCPUs back more.
+                let t = (self.progress.throttle.load(Ordering::Relaxed) + 20).min(99);
+                self.progress.throttle.store(t, Ordering::Relaxed);
+            }
+            prev_dirty = dirty;
+            last_round = Instant::now();
+            records += send_dirty(&mut w, mem, &bitmaps, &pacer, &self.progress)?;
+            rounds += 1;
+            self.progress.rounds.store(rounds, Ordering::Relaxed);
+        }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.progress.cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+        Ok(())
+    }
+
+    /// The pause: the emulator thread stops the guest and hands over its
+    /// state; the pages written since the last round, the queues' rings,
+    /// the state and the end go; then the destination's word.
+    fn finish(
+        &self,
+        w: &mut Writer<BufWriter<Conn>>,
+        reader: &mut Conn,
+        mem: &vmm::memory::GuestMemory,
+        before: &[Vec<u64>],
+        mut records: u64,
+        rounds: u32,
+    ) -> Result<()> {
+        self.progress.phase.store(STOPPING, Ordering::Relaxed);
+        self.to_main.send(ToMain::WantStop)?;
+        self.wake.write(1)?;
+        let (state, rings) = match self.from_main.recv()? {
+            FromMain::Go { state, rings } => (state, rings),
+            FromMain::Abort(why) => bail!("{why}"),
+        };
+        let paused = Instant::now();
+        let mut last = self.tracker.pages()?;
+        for (a, b) in last.iter_mut().zip(before) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x |= y;
+            }
+        }
+        mark_ranges(mem, &mut last, &rings);
+        let pacer = Pacer {
+            t0: Instant::now(),
+            cap: None,
+        };
+        records += send_dirty(w, mem, &last, &pacer, &self.progress)?;
+        w.state(&state)?;
+        w.end(&End {
+            page_records: records,
+            rounds: rounds + 1,
+        })?;
+        self.progress.bytes.store(w.bytes, Ordering::Relaxed);
+        self.progress.rounds.store(rounds + 1, Ordering::Relaxed);
+        match Reply::read(reader)? {
+            Reply::Running => {}
+            Reply::Error { error } => bail!("the destination failed: {error}"),
+            Reply::Ready => bail!("the destination answered out of turn"),
+        }
+        // From the commit on, the guest belongs to the destination: it
+        // runs there once the commit arrives and then closes the stream.
+        w.commit()?;
+        self.progress
+            .downtime_ms
+            .store(paused.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut b = [0u8; 1];
+        match reader.read(&mut b) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(anyhow::Error::new(Unsure(
+                "the destination sent more after the commit".into(),
+            ))),
+            Err(e) => Err(anyhow::Error::new(Unsure(format!(
+                "no word from the destination after the commit: {e}"
+            )))),
+        }
+    }
+}
+
+/// The commit was sent, and then the destination was not heard from.
+#[derive(Debug)]
+struct Unsure(String);
+
+impl std::fmt::Display for Unsure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsure {}
+
+/// Sets the bits of every page that `ranges` touch.
+fn mark_ranges(mem: &vmm::memory::GuestMemory, bitmaps: &mut [Vec<u64>], ranges: &[(u64, u64)]) {
+    for &(gpa, len) in ranges {
+        for (i, r) in mem.iter().enumerate() {
+            let (base, size) = (r.start_addr().0, r.len());
+            let (lo, hi) = (gpa.max(base), (gpa + len).min(base + size));
+            if lo >= hi {
+                continue;
+            }
+            for p in (lo - base) / PAGE..=(hi - 1 - base) / PAGE {
+                if let Some(w) = bitmaps[i].get_mut((p / 64) as usize) {
+                    *w |= 1 << (p % 64);
+                }
+            }
+        }
+    }
+}
+
+/// Sends each page the bitmaps name, in runs; zero pages as zeroes.
+fn send_dirty(
+    w: &mut Writer<BufWriter<Conn>>,
+    mem: &vmm::memory::GuestMemory,
+    bitmaps: &[Vec<u64>],
+    pacer: &Pacer,
+    progress: &Progress,
+) -> Result<u64> {
+    let mut records = 0;
+    for (r, bits) in mem.iter().zip(bitmaps) {
+        let base = r.start_addr().0;
+        let pages = r.len() / PAGE;
+        let mut p = 0;
+        while p < pages {
+            if bits[(p / 64) as usize] & (1 << (p % 64)) == 0 {
+                // Skip a clean word at once.
+                if p % 64 == 0 && bits[(p / 64) as usize] == 0 {
+                    p += 64;
+                } else {
+                    p += 1;
+                }
+                continue;
+            }
+            let start = p;
+            while p < pages && p - start < RUN && bits[(p / 64) as usize] & (1 << (p % 64)) != 0 {
+                p += 1;
+            }
+            records += send_range(w, mem, base + start * PAGE, (p - start) * PAGE, false)?;
+            progress.bytes.store(w.bytes, Ordering::Relaxed);
+            pacer.wait(w.bytes);
+        }
+    }
+    Ok(records)
+}
+
+/// Sends `[gpa, gpa + len)` as runs of data pages and runs of zero pages;
+/// with `skip_zero` the zero runs are left out. Returns the records sent.
+fn send_range(
+    w: &mut Writer<BufWriter<Conn>>,
+    mem: &vmm::memory::GuestMemory,
+    gpa: u64,
+    len: u64,
+    skip_zero: bool,
+) -> Result<u64> {
+    let mut buf = vec![0u8; len as usize];
+    // A volatile copy: the guest may be writing these pages right now
+    // (the dirty log then has them for the next round).
+    mem.read_slice(&mut buf, GuestAddress(gpa))
+        .map_err(|e| anyhow!("reading guest memory at {gpa:#x}: {e}"))?;
+    let mut records = 0;
+    let pages: Vec<&[u8]> = buf.chunks(PAGE as usize).collect();
+    let mut i = 0;
+    while i < pages.len() {
+        let zero = vmm::memory::is_zero(pages[i]);
+        let start = i;
+        while i < pages.len() && vmm::memory::is_zero(pages[i]) == zero {
+            i += 1;
+        }
+        let at = gpa + start as u64 * PAGE;
+        if zero {
+            if !skip_zero {
+                w.zeroes(at, (i - start) as u64)?;
+                records += 1;
+            }
+        } else {
+            w.pages(at, &buf[start * PAGE as usize..i * PAGE as usize])?;
+            records += 1;
+        }
+    }
+    Ok(records)
+}
