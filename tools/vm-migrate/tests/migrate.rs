@@ -170,6 +170,88 @@ fn device_writes_reach_the_destination() {
     env.vm_run(&["kill", "h4"]);
 }
 
+/// Shared storage: a guest writing and flushing its qcow2 disk moves to
+/// another vm-run on the same image (the source lets go of its locks in
+/// its last pause), goes on writing there, and the image is clean and
+/// holds every sector the guest flushed. A destination that cannot open
+/// the disk fails the migration late: the source takes its disk back and
+/// goes on writing.
+#[test]
+fn shared_disk_moves_with_the_guest() {
+    if !have_kvm() || !test_guest::have_tool("qemu-img", "qemu-img") {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    let img = env.path("shared.qcow2");
+    let p = img.to_str().unwrap();
+    let o = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", p, "16M"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let disks = serde_json::json!({"disks": [{"id": "vda", "path": img, "format": "qcow2"}]});
+    env.start(&env.spec("a", "blk-crash", &disks));
+    env.wait_count("a", "flushed ", 5);
+
+    // Late failure: the destination's disk is not there.
+    let mut r = env
+        .command("vm-migrate")
+        .args([
+            "recv",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--name",
+            "x",
+            "--disk",
+        ])
+        .arg(format!("vda={}", env.path("missing.qcow2").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut r);
+    let (code, _, err) = env.run("vm-migrate", &["send", "a", &addr]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missing.qcow2"), "{err}");
+    assert_ne!(finish(r).0, 0);
+    assert_eq!(env.running(), ["a"]);
+    let now = *env.counts("a", "flushed ").last().unwrap();
+    env.wait_count("a", "flushed ", now + 5);
+
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "b");
+    let addr = listening(&mut r);
+    let (code, _, err) = env.run("vm-migrate", &["send", "a", &addr]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(finish(r).0, 0);
+    let last = *env.counts("a", "flushed ").last().unwrap();
+    env.wait_count("b", "flushed ", last + 5);
+    env.vm_run(&["kill", "b"]);
+    let both = env.console("a") + &env.console("b");
+    assert!(!both.contains("blk: error"), "{both}");
+    let o = std::process::Command::new("qemu-img")
+        .args(["check", "-q", p])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let raw = env.path("shared.raw");
+    let o = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw", p, raw.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let data = std::fs::read(&raw).unwrap();
+    let flushed = *env.counts("b", "flushed ").last().unwrap();
+    for i in 0..=flushed {
+        let at = i as usize * 512;
+        assert_eq!(
+            &data[at..at + 512],
+            &test_guest::pattern(0xc0de_0000 + i, 512)[..],
+            "sector {i} of {flushed}"
+        );
+    }
+}
+
 /// The faults: a destination that takes the hello and dies, one that
 /// dies mid-stream, a stream corrupted on the way, a cancel. Each time
 /// the send fails with one line, the source runs on with its memory

@@ -114,6 +114,23 @@ impl OpenDisk {
         Ok(())
     }
 
+    /// Lets go of every lock (a migration's last pause: the destination
+    /// opens the images next). [`OpenDisk::reopen`] takes them back.
+    pub fn unlock(&mut self) {
+        self.locks.clear();
+    }
+
+    /// Opens `d` afresh, locks and all, in place of this disk: after a
+    /// migration that failed late, the destination may have touched the
+    /// images' metadata (its L2 tables made ahead), so nothing cached
+    /// here is trusted. The counters go on.
+    pub fn reopen(&mut self, d: &Disk) -> Result<()> {
+        let mut fresh = open(d)?;
+        fresh.config.counters = Arc::clone(&self.config.counters);
+        *self = fresh;
+        Ok(())
+    }
+
     /// Takes the write lock on `layer` of this disk's chain in place of its
     /// read lock (a live commit writes into it). Another process reading
     /// it (a clone on the same base) makes this fail; the read lock is

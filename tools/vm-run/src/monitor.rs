@@ -283,6 +283,24 @@ impl Machine {
         cgroup: Option<Arc<VmCgroup>>,
         restore: Option<RestoreFrom>,
     ) -> Result<Self> {
+        if let Some(RestoreFrom {
+            source: RestoreSource::Stream(mut conn),
+            paused,
+        }) = restore
+        {
+            let mut opened = None;
+            let built = Self::incoming(&spec, &console, &endpoint, cgroup.as_ref(), &mut conn).map(
+                |(vm, disks, nets)| {
+                    opened = Some((disks, nets));
+                    vm
+                },
+            );
+            let vm = crate::migrate::recv::announce(&mut conn, built, paused)?;
+            let (disks, nets) = opened.expect("the machine was built");
+            return Ok(Self::assemble(
+                spec, console, endpoint, cgroup, vm, disks, nets,
+            ));
+        }
         let disks = crate::disks::open_all(&spec)?;
         let nets = crate::nets::open_all(&spec)?;
         let cfg = Self::config(&spec, &disks, &nets, cgroup.as_ref())?;
@@ -309,11 +327,51 @@ impl Machine {
                     .with_context(|| format!("restoring {}", path.display()))?
             }
             Some(RestoreFrom {
-                source: RestoreSource::Stream(mut conn),
-                paused,
-            }) => crate::migrate::recv::build(&mut conn, &cfg, serial, paused)?,
+                source: RestoreSource::Stream(_),
+                ..
+            }) => unreachable!("an incoming migration is started above"),
         };
-        Ok(Self {
+        Ok(Self::assemble(
+            spec, console, endpoint, cgroup, vm, disks, nets,
+        ))
+    }
+
+    /// An incoming migration's machine: guest memory and the machine's
+    /// state arrive first, and only then are the disks opened and locked
+    /// (the source lets go of them in its last pause), the taps opened and
+    /// the machine built, paused.
+    fn incoming(
+        spec: &VmSpec,
+        console: &Console,
+        endpoint: &Endpoint,
+        cgroup: Option<&Arc<VmCgroup>>,
+        conn: &mut crate::migrate::Conn,
+    ) -> Result<(Vm, Vec<OpenDisk>, Vec<OpenNet>)> {
+        let memory_only = Self::config(spec, &[], &[], cgroup)?;
+        let (state, mem, memfd) = crate::migrate::recv::receive(conn, &memory_only)?;
+        let disks = crate::disks::open_all(spec)?;
+        let nets = crate::nets::open_all(spec)?;
+        let cfg = Self::config(spec, &disks, &nets, cgroup)?;
+        let from = vmm::Restore {
+            state: &state,
+            memory: vmm::RestoreMemory::Received(mem, memfd),
+            paused: true,
+        };
+        let vm = Vm::restore(&cfg, Self::serial(console, endpoint)?, from)?;
+        Ok((vm, disks, nets))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        spec: VmSpec,
+        console: Console,
+        endpoint: Endpoint,
+        cgroup: Option<Arc<VmCgroup>>,
+        vm: Vm,
+        disks: Vec<OpenDisk>,
+        nets: Vec<OpenNet>,
+    ) -> Self {
+        Self {
             uuid: spec.uuid.unwrap_or_else(uuid::Uuid::new_v4),
             spec,
             console,
@@ -325,7 +383,7 @@ impl Machine {
             pending: Pending::new(),
             disks,
             nets,
-        })
+        }
     }
 
     /// Tears the machine down and boots it again (reboot, on_*: restart).

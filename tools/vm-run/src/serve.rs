@@ -251,11 +251,31 @@ fn on_migrate(
                 "migration {}: {why}; the VM goes on here",
                 report.status
             ));
-            if job.stopped && job.was_running {
-                m.vm().resume();
-                record_event(m, dir, state, RunState::Running, "migration failed");
-            }
-            let mut r = Reply::err(format!("not migrated: {why}"));
+            let back = if job.stopped {
+                crate::migrate::take_disks_back(m)
+            } else {
+                Ok(())
+            };
+            let mut r = match back {
+                Ok(()) => {
+                    if job.stopped && job.was_running {
+                        m.vm().resume();
+                        record_event(m, dir, state, RunState::Running, "migration failed");
+                    }
+                    Reply::err(format!("not migrated: {why}"))
+                }
+                Err(e) => {
+                    // Its disks are in use elsewhere: running it here
+                    // could corrupt them. It stays paused.
+                    log(&format!("the disks could not be taken back: {e:#}"));
+                    record_event(m, dir, state, RunState::Paused, "migration failed");
+                    Reply::err(format!(
+                        "not migrated: {why}; the VM stays paused here: its disks could not \
+                         be taken back ({})",
+                        crate::one_line(&e)
+                    ))
+                }
+            };
             r.migration = Some(report);
             (r, Next::Continue)
         }

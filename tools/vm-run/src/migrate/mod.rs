@@ -147,6 +147,23 @@ pub(crate) enum MigrateEvent {
     Unsure(MigrationReport, String),
 }
 
+/// After a migration that failed in its last pause: the disks opened
+/// afresh (locks and caches), before the guest may run again here.
+pub(crate) fn take_disks_back(m: &mut Machine) -> Result<()> {
+    for i in 0..m.disks.len() {
+        let d = m.spec.disks[i].clone();
+        m.disks[i]
+            .reopen(&d)
+            .map_err(|e| e.context(format!("disk {}", d.id)))?;
+        let img = m.disks[i].config.image.clone();
+        m.vm.as_mut()
+            .expect("the machine runs while served")
+            .replace_disk(&d.id, &img)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 impl MigrateJob {
     /// Starts the copy thread on the connection the tool handed over.
     pub(crate) fn start(
@@ -220,7 +237,7 @@ impl MigrateJob {
     }
 
     /// The copy thread spoke: pause and hand over the state, or the end.
-    pub(crate) fn on_ready(&mut self, m: &Machine) -> MigrateEvent {
+    pub(crate) fn on_ready(&mut self, m: &mut Machine) -> MigrateEvent {
         let _ = self.done.read();
         let mut event = MigrateEvent::Pending;
         while let Ok(msg) = self.from_copy.try_recv() {
@@ -248,15 +265,20 @@ impl MigrateJob {
         event
     }
 
-    /// Pauses the guest (queues drained, disks flushed) and reads its state.
-    fn stop(&mut self, m: &Machine) -> FromMain {
-        let vm = m.vm();
+    /// Pauses the guest (queues drained, disks flushed), lets go of the
+    /// disks' locks for the destination, and reads the machine's state.
+    fn stop(&mut self, m: &mut Machine) -> FromMain {
         if self.was_running {
-            if let Err(e) = vm.pause() {
+            if let Err(e) = m.vm().pause() {
+                m.vm().resume();
                 return FromMain::Abort(format!("pausing: {e}"));
             }
         }
         self.stopped = true;
+        for d in &mut m.disks {
+            d.unlock();
+        }
+        let vm = m.vm();
         match vm
             .save_state()
             .map_err(|e| e.to_string())

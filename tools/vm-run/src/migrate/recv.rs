@@ -113,24 +113,11 @@ pub(crate) fn receive(
     Ok((state, mem, memfd))
 }
 
-/// The incoming machine: received, built paused, announced with
-/// `running`, and let run once the source commits. Any failure reaches the
-/// source, and no machine is left behind.
-pub(crate) fn build(
-    conn: &mut Conn,
-    cfg: &vmm::VmConfig,
-    serial: vmm::devices::SerialOut,
-    paused: bool,
-) -> Result<vmm::Vm> {
-    let vm = receive(conn, cfg).and_then(|(state, mem, memfd)| {
-        let from = vmm::Restore {
-            state: &state,
-            memory: vmm::RestoreMemory::Received(mem, memfd),
-            paused: true,
-        };
-        Ok(vmm::Vm::restore(cfg, serial, from)?)
-    });
-    let vm = match vm {
+/// The incoming machine, received and built paused (`built`), is
+/// announced with `running` and let run once the source commits. Any
+/// failure reaches the source, and no machine is left behind.
+pub(crate) fn announce(conn: &mut Conn, built: Result<vmm::Vm>, paused: bool) -> Result<vmm::Vm> {
+    let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             let _ = Reply::Error {
