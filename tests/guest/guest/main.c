@@ -11,6 +11,9 @@
  *   memcount   rewrite `pages=` pages (default 1024) at 16 MiB each round
  *              with a pattern of the round, checking the last round's
  *              first; print "round N ok", or "MEMORY ERROR" and end
+ *   memtouch   write one word in each of `pages=` pages at 16 MiB, pass
+ *              after pass (the pass number, checking the last pass's
+ *              first): dirties pages fast; "touch N ok" every 16 passes
  *   blk-*      virtio-blk checks (blk.c)
  *   net-*      virtio-net checks (net.c)
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
@@ -139,6 +142,29 @@ static void __attribute__((noreturn)) memcount(const char *cmdline) {
     }
 }
 
+static void __attribute__((noreturn)) memtouch(const char *cmdline) {
+    volatile u32 *mem = (volatile u32 *)0x1000000;
+    u32 pages = arg_u32(cmdline, "pages", 1024);
+    for (u32 pass = 1;; pass++) {
+        for (u32 p = 0; p < pages; p++) {
+            if (pass > 1 && mem[p * 1024] != pass - 1) {
+                puts("MEMORY ERROR at page ");
+                putu(p);
+                puts(" in pass ");
+                putu(pass);
+                putc('\n');
+                end(1);
+            }
+            mem[p * 1024] = pass;
+        }
+        if (pass % 16 == 0) {
+            puts("touch ");
+            putu(pass / 16);
+            puts(" ok\n");
+        }
+    }
+}
+
 static void __attribute__((noreturn)) fill(const char *cmdline) {
     u32 mb = arg_u32(cmdline, "mb", 16);
     if (mb > 3056) mb = 3056;  /* 16 MiB + this stays below the 3 GiB hole */
@@ -205,6 +231,9 @@ void guest_main(u32 start_info) {
     } else if (starts(mode, "fill")) {
         puts("fill\n");
         fill(cmdline);
+    } else if (starts(mode, "memtouch")) {
+        puts("memtouch\n");
+        memtouch(cmdline);
     } else if (starts(mode, "memcount")) {
         puts("memcount\n");
         memcount(cmdline);

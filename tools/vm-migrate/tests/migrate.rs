@@ -252,6 +252,46 @@ fn shared_disk_moves_with_the_guest() {
     }
 }
 
+/// A guest that dirties 32 MiB of pages a pass, sent at 64 MiB/s with a
+/// 20 ms budget, cannot converge on its own: with --auto-converge its
+/// vCPUs are held back more each round that does not shrink, and it
+/// arrives whole.
+#[test]
+fn auto_converge_holds_the_vcpus_back() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    env.start(&env.spec("a", "memtouch pages=8192", &serde_json::json!({})));
+    env.wait_count("a", "touch ", 1);
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "b");
+    let addr = listening(&mut r);
+    let (code, out, err) = env.run(
+        "vm-migrate",
+        &[
+            "send",
+            "a",
+            &addr,
+            "--auto-converge",
+            "--bandwidth",
+            "64",
+            "--max-downtime",
+            "20",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rep = json(&out);
+    assert!(rep["throttle"].as_u64().unwrap() > 0, "{rep}");
+    assert_eq!(finish(r).0, 0);
+    let last = *env.counts("a", "touch ").last().unwrap();
+    env.wait_count("b", "touch ", last + 2);
+    let both = env.console("a") + &env.console("b");
+    assert!(!both.contains("MEMORY ERROR"), "{both}");
+    contiguous(&both, "touch ");
+    env.vm_run(&["kill", "b"]);
+}
+
 /// The faults: a destination that takes the hello and dies, one that
 /// dies mid-stream, a stream corrupted on the way, a cancel. Each time
 /// the send fails with one line, the source runs on with its memory

@@ -59,6 +59,10 @@ pub(crate) fn serve(
         // Input the serial FIFO could not take yet is retried shortly; a
         // client's deadline wakes us too.
         let pending = (!m.pending.is_empty()).then_some(10);
+        let pending = match (pending, jobs.migrate.as_mut().and_then(|j| j.throttle(m))) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let timeout = match (pending, clients.timeout_ms()) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(-1),

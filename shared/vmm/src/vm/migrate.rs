@@ -102,6 +102,20 @@ impl DirtyTracker {
 }
 
 impl Vm {
+    /// Holds the vCPUs back (or lets them go) without touching the
+    /// devices: a migration's auto-converge runs the guest part of the
+    /// time only, so it dirties memory more slowly than the copy goes.
+    pub fn hold_vcpus(&self, hold: bool) {
+        let w = if hold {
+            crate::vcpu::Wanted::Pause
+        } else {
+            crate::vcpu::Wanted::Run
+        };
+        for v in &self.vcpus {
+            v.set_wanted(w);
+        }
+    }
+
     /// A tracker of the pages written, for a migration's thread.
     pub fn dirty_tracker(&self) -> DirtyTracker {
         DirtyTracker {

@@ -128,6 +128,8 @@ pub(crate) struct MigrateJob {
     pub(crate) was_running: bool,
     /// The guest is paused for the final copy.
     pub(crate) stopped: bool,
+    /// The vCPUs are held back for auto-converge right now.
+    held: bool,
     done: EventFd,
     from_copy: Receiver<ToMain>,
     to_copy: Sender<FromMain>,
@@ -217,6 +219,7 @@ impl MigrateJob {
             progress,
             was_running: running,
             stopped: false,
+            held: false,
             done,
             from_copy,
             to_copy,
@@ -230,6 +233,31 @@ impl MigrateJob {
 
     pub(crate) fn report(&self) -> MigrationReport {
         self.progress.report(self.progress.status(), self.t0)
+    }
+
+    /// Auto-converge: in each 100 ms the vCPUs run for 100 - throttle ms
+    /// and are held for the rest. Returns how soon to look again (ms).
+    pub(crate) fn throttle(&mut self, m: &Machine) -> Option<i32> {
+        let t = u128::from(self.progress.throttle.load(Ordering::Relaxed));
+        if self.stopped || !self.was_running || t == 0 {
+            return None;
+        }
+        let pos = self.t0.elapsed().as_millis() % 100;
+        let hold = pos < t;
+        if hold != self.held {
+            m.vm().hold_vcpus(hold);
+            self.held = hold;
+        }
+        let next = if hold { t - pos } else { 100 - pos };
+        Some(next.clamp(1, 100) as i32)
+    }
+
+    /// Lets held vCPUs go (the migration is over, either way).
+    fn release(&mut self, m: &Machine) {
+        if self.held {
+            m.vm().hold_vcpus(false);
+            self.held = false;
+        }
     }
 
     pub(crate) fn cancel(&self) {
@@ -250,9 +278,11 @@ impl MigrateJob {
                     event = MigrateEvent::Completed(self.progress.report("completed", self.t0));
                 }
                 ToMain::Unsure(why) => {
+                    self.release(m);
                     event = MigrateEvent::Unsure(self.progress.report("unknown", self.t0), why);
                 }
                 ToMain::Done(Err(why)) => {
+                    self.release(m);
                     let status = if self.progress.cancel.load(Ordering::Relaxed) {
                         "cancelled"
                     } else {
@@ -268,6 +298,7 @@ impl MigrateJob {
     /// Pauses the guest (queues drained, disks flushed), lets go of the
     /// disks' locks for the destination, and reads the machine's state.
     fn stop(&mut self, m: &mut Machine) -> FromMain {
+        self.release(m);
         if self.was_running {
             if let Err(e) = m.vm().pause() {
                 m.vm().resume();

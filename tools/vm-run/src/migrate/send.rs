@@ -38,6 +38,9 @@ pub(crate) struct Progress {
     pub(crate) throttle: AtomicU32,
     pub(crate) downtime_ms: AtomicU64,
     pub(crate) cancel: AtomicBool,
+    /// The commit is on its way: from here on the guest may run at the
+    /// destination, so no failure may resume it here.
+    pub(crate) committed: AtomicBool,
 }
 
 pub(crate) const SETUP: u32 = 0;
@@ -125,10 +128,17 @@ impl Pacer {
 impl Copy {
     /// The thread's body; tells the emulator thread how it ended.
     pub(crate) fn run(self) {
-        let msg = match self.migrate() {
-            Ok(()) => ToMain::Done(Ok(())),
-            Err(e) if e.is::<Unsure>() => ToMain::Unsure(format!("{e:#}")),
-            Err(e) => ToMain::Done(Err(format!("{e:#}"))),
+        // A bug here must not leave the VM waiting for a migration that
+        // is gone: a panic ends it like an error (the VM runs on).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.migrate()));
+        let msg = match r {
+            Ok(Ok(())) => ToMain::Done(Ok(())),
+            Ok(Err(e)) if e.is::<Unsure>() => ToMain::Unsure(format!("{e:#}")),
+            Ok(Err(e)) => ToMain::Done(Err(format!("{e:#}"))),
+            Err(_) if self.progress.committed.load(Ordering::SeqCst) => {
+                ToMain::Unsure("the migration thread failed after its commit".into())
+            }
+            Err(_) => ToMain::Done(Err("the migration thread failed (see vm.log)".into())),
         };
         let _ = self.tracker.stop();
         let _ = self.to_main.send(msg);
@@ -201,7 +211,8 @@ impl Copy {
                 // The rest goes in the pause, with what these bitmaps hold.
                 return self.finish(&mut w, &mut reader, mem, &bitmaps, records, rounds);
             }
-            if self.options.auto_converge && dirty * 10 > prev_dirty * 9 {
+            if self.options.auto_converge && dirty.saturating_mul(10) > prev_dirty.saturating_mul(9)
+            {
                 // The rounds do not shrink: hold the vCPUs back more.
                 let t = (self.progress.throttle.load(Ordering::Relaxed) + 20).min(99);
                 self.progress.throttle.store(t, Ordering::Relaxed);
@@ -267,7 +278,12 @@ impl Copy {
         }
         // From the commit on, the guest belongs to the destination: it
         // runs there once the commit arrives and then closes the stream.
-        w.commit()?;
+        self.progress.committed.store(true, Ordering::SeqCst);
+        if let Err(e) = w.commit() {
+            return Err(anyhow::Error::new(Unsure(format!(
+                "sending the commit: {e}"
+            ))));
+        }
         self.progress
             .downtime_ms
             .store(paused.elapsed().as_millis() as u64, Ordering::Relaxed);
