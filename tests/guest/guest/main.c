@@ -7,7 +7,8 @@
  *   echo       copy serial input to serial output until a 'q'
  *   cli-hlt    print, then halt with interrupts off, forever
  *   fill       write a non-zero pattern over `mb=` MiB (default 16) from
- *              16 MiB up (below the 3 GiB hole), print "filled", halt
+ *              16 MiB up (below the 3 GiB hole), print "filled", halt; or
+ *              with `dirty=` MiB, go on dirtying that many as memtouch does
  *   memcount   rewrite `pages=` pages (default 1024) at 16 MiB each round
  *              with a pattern of the round, checking the last round's
  *              first; print "round N ok", or "MEMORY ERROR" and end
@@ -142,9 +143,8 @@ static void __attribute__((noreturn)) memcount(const char *cmdline) {
     }
 }
 
-static void __attribute__((noreturn)) memtouch(const char *cmdline) {
+static void __attribute__((noreturn)) touch_loop(u32 pages) {
     volatile u32 *mem = (volatile u32 *)0x1000000;
-    u32 pages = arg_u32(cmdline, "pages", 1024);
     for (u32 pass = 1;; pass++) {
         for (u32 p = 0; p < pages; p++) {
             if (pass > 1 && mem[p * 1024] != pass - 1) {
@@ -165,6 +165,10 @@ static void __attribute__((noreturn)) memtouch(const char *cmdline) {
     }
 }
 
+static void __attribute__((noreturn)) memtouch(const char *cmdline) {
+    touch_loop(arg_u32(cmdline, "pages", 1024));
+}
+
 static void __attribute__((noreturn)) fill(const char *cmdline) {
     u32 mb = arg_u32(cmdline, "mb", 16);
     if (mb > 3056) mb = 3056;  /* 16 MiB + this stays below the 3 GiB hole */
@@ -172,6 +176,8 @@ static void __attribute__((noreturn)) fill(const char *cmdline) {
     u32 count = mb << 18;      /* words */
     __asm__ volatile("cld; rep stosl" : "+D"(p), "+c"(count) : "a"(0x5a5aa5a5u) : "memory");
     puts("filled\n");
+    u32 dirty = arg_u32(cmdline, "dirty", 0);  /* MiB to dirty in a loop */
+    if (dirty) touch_loop(dirty << 8);
     for (;;) __asm__ volatile("cli; hlt");
 }
 

@@ -69,8 +69,28 @@ pub(crate) fn receive(
     let mut reader = Reader::resume(&mut *conn);
     let mut records = 0u64;
     let zero = vec![0u8; 1 << 20];
+    // Pages land straight in guest memory. No vCPU exists yet and no
+    // other thread of this process touches guest memory until the machine
+    // is built, so the slice handed to the reader is ours alone; a record
+    // that fails its checksum ends the migration, and the memory with it.
+    let mut place = |gpa: u64, len: usize| -> vmm::Result<Option<&mut [u8]>> {
+        let slice = Some(len)
+            .filter(|&l| mem.check_range(GuestAddress(gpa), l))
+            .and_then(|l| mem.get_slice(GuestAddress(gpa), l).ok())
+            .ok_or_else(|| {
+                vmm::Error::Stream(format!(
+                    "a page record outside guest memory ({gpa:#x} + {len})"
+                ))
+            })?;
+        // SAFETY: see above: the range is in guest RAM (checked) and one
+        // mapping; nothing else reads or writes it while this slice lives.
+        Ok(Some(unsafe {
+            std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len)
+        }))
+    };
     let state = loop {
-        match reader.next_record()? {
+        match reader.next_record_into(&mut place)? {
+            Record::PagesPlaced { .. } => records += 1,
             Record::Pages { gpa, data } => {
                 in_memory(&mem, gpa, data.len() as u64)?;
                 mem.write_slice(&data, GuestAddress(gpa))

@@ -374,18 +374,38 @@ fn send_range(
     len: u64,
     skip_zero: bool,
 ) -> Result<u64> {
-    let mut buf = vec![0u8; len as usize];
-    // A volatile copy: the guest may be writing these pages right now
-    // (the dirty log then has them for the next round).
-    mem.read_slice(&mut buf, GuestAddress(gpa))
+    // One buffer for the thread's life: a fresh zeroed one per run cost
+    // a pass over the data.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; (RUN * PAGE) as usize]);
+    }
+    BUF.with_borrow_mut(|buf| send_copied(w, mem, gpa, len, skip_zero, buf))
+}
+
+fn send_copied(
+    w: &mut Writer<BufWriter<Conn>>,
+    mem: &vmm::memory::GuestMemory,
+    gpa: u64,
+    len: u64,
+    skip_zero: bool,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let buf = &mut buf[..len as usize];
+    // A copy first: the guest may be writing these pages right now (the
+    // dirty log then has them for the next round), and the checksum must
+    // be of what is sent.
+    mem.read_slice(buf, GuestAddress(gpa))
         .map_err(|e| anyhow!("reading guest memory at {gpa:#x}: {e}"))?;
     let mut records = 0;
-    let pages: Vec<&[u8]> = buf.chunks(PAGE as usize).collect();
+    let zeros: Vec<bool> = buf
+        .chunks(PAGE as usize)
+        .map(vmm::memory::is_zero)
+        .collect();
     let mut i = 0;
-    while i < pages.len() {
-        let zero = vmm::memory::is_zero(pages[i]);
+    while i < zeros.len() {
+        let zero = zeros[i];
         let start = i;
-        while i < pages.len() && vmm::memory::is_zero(pages[i]) == zero {
+        while i < zeros.len() && zeros[i] == zero {
             i += 1;
         }
         let at = gpa + start as u64 * PAGE;

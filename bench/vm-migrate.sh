@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Live migration against QEMU's, side by side in one run, over loopback
+# TCP, uncapped, with the same downtime budget given to both (QEMU's
+# downtime-limit, our --max-downtime): the test guest first writes a
+# pattern over `MiB` of its memory (mode `fill`), then either halts (idle)
+# or goes on dirtying a 64 MiB window, a word per page, as fast as it
+# can (dirty). Each tool migrates it to a second process of its own.
+#
+#   ours:  vm-migrate send SRC tcp:127.0.0.1:PORT --max-downtime MS
+#          to a `vm-migrate recv --listen tcp:127.0.0.1:0`
+#   QEMU:  migrate-set-parameters downtime-limit=MS max-bandwidth=100G,
+#          migrate uri=tcp:... to a QEMU started with -incoming; total
+#          and downtime from query-migrate. One that has not converged
+#          after 20 s is cancelled and shown as such.
+#
+# Ratios below 1.0 mean vm-migrate is faster. Times are wall clock in ms.
+#
+#   bench/vm-migrate.sh [MiB ...]    (default: 256 1024; the fill runs in
+#                                    the guest, about 100 s per GiB on a
+#                                    nested host, once per tool and case)
+#   DOWNTIME=30 (ms, default)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(256 1024)
+budget=${DOWNTIME:-30}
+cargo build --release -q -p vm-run -p vm-migrate -p test-guest --manifest-path "$root/Cargo.toml"
+rel=$root/target/x86_64-unknown-linux-gnu/release
+guest=$(find "$rel/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
+[ -n "$guest" ] || guest=$(find "$rel/build" -name guest.elf | head -1)
+command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
+command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 0; }
+[ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/vm-migrate-bench.XXXXXX")
+trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+export VMTOOLS_RUN_DIR=$work/run
+wait_for() { # file text
+  until grep -q "$2" "$1" 2>/dev/null; do sleep 0.2; done
+}
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+cat >"$work/qmp.py" <<'PY'
+import json, socket, sys, time
+
+def qmp(path):
+    for _ in range(2000):
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            break
+        except OSError:
+            time.sleep(0.005)
+    f = s.makefile("rw")
+    f.readline()
+    def call(cmd, **args):
+        f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        f.flush()
+        while True:
+            r = json.loads(f.readline())
+            if "return" in r or "error" in r:
+                return r
+    call("qmp_capabilities")
+    return call
+
+src, dst, uri, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = qmp(src)
+d = qmp(dst)
+s("migrate-set-parameters", **{"downtime-limit": budget, "max-bandwidth": 100 << 30})
+s("migrate", uri=uri)
+t0 = time.monotonic()
+while True:
+    r = s("query-migrate")["return"]
+    if r.get("status") in ("completed", "failed"):
+        break
+    if time.monotonic() - t0 > 20:
+        s("migrate_cancel")
+        r = {"status": "no convergence in 20 s"}
+        break
+    time.sleep(0.002)
+s("quit")
+d("quit")
+print(json.dumps({"status": r.get("status"), "total": r.get("total-time"), "downtime": r.get("downtime")}))
+PY
+
+printf '%-7s %-6s %22s %22s %12s\n' "memory" "guest" "vm-migrate total/down" "QEMU total/down" "total ratio"
+for mb in "${sizes[@]}"; do
+  for kind in idle dirty; do
+    cmdline="mode=fill mb=$mb"
+    [ "$kind" = dirty ] && cmdline="$cmdline dirty=64"
+    mem=$((mb + 32))
+    cat >"$work/src.json" <<JSON
+{"name":"src","vcpus":1,"memory":"${mem}MiB",
+ "boot":{"kernel":"$guest","cmdline":"$cmdline"},
+ "serial":{"mode":"file","path":"$work/src.console"}}
+JSON
+    rm -f "$work/src.console" "$work/dst.console"
+    "$rel/vm-run" start --detach "$work/src.json" >/dev/null
+    wait_for "$work/src.console" filled
+    "$rel/vm-migrate" recv --listen tcp:127.0.0.1:0 --name dst --console "$work/dst.console" \
+      >/dev/null 2>"$work/recv.err" &
+    until grep -q listening "$work/recv.err" 2>/dev/null; do sleep 0.05; done
+    addr=$(sed -n 's/.*listening on //p' "$work/recv.err")
+    ours=$("$rel/vm-migrate" send src "$addr" --max-downtime "$budget" --quiet)
+    wait
+    "$rel/vm-run" kill dst >/dev/null
+    o_total=$(echo "$ours" | field total_ms)
+    o_down=$(echo "$ours" | field downtime_ms)
+
+    q=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -nodefaults -no-user-config
+      -display none -m "${mem}M" -kernel "$guest" -append "$cmdline")
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    rm -f "$work/q.console"
+    "${q[@]}" -serial null -qmp "unix:$work/dq.sock,server=on,wait=off" \
+      -incoming "tcp:127.0.0.1:$port" >/dev/null 2>&1 &
+    "${q[@]}" -serial "file:$work/q.console" -qmp "unix:$work/sq.sock,server=on,wait=off" >/dev/null 2>&1 &
+    wait_for "$work/q.console" filled
+    qemu=$(python3 "$work/qmp.py" "$work/sq.sock" "$work/dq.sock" "tcp:127.0.0.1:$port" "$budget")
+    wait
+    q_total=$(echo "$qemu" | field total)
+    q_down=$(echo "$qemu" | field downtime)
+    q_status=$(echo "$qemu" | field status)
+    if [ "$q_status" = completed ]; then
+      ratio=$(python3 -c "print(f'{$o_total / max($q_total, 1):.2f}')")
+      qcol="$q_total / $q_down"
+    else
+      ratio="-"
+      qcol="$q_status"
+    fi
+    printf '%-7s %-6s %22s %22s %12s\n' "${mb}M" "$kind" "$o_total / $o_down" "$qcol" "$ratio"
+    echo "  vm-migrate: $ours"
+  done
+done
