@@ -429,3 +429,118 @@ fn failures_leave_the_source_running() {
     assert!(err.contains("no migration"), "{err}");
     env.vm_run(&["kill", "a"]);
 }
+
+/// Two network namespaces stand for two hosts, joined by a veth pair:
+/// vm-run and vm-migrate recv run in one (with a run folder of its own),
+/// the source VM and vm-migrate send in the other, and the guest moves
+/// over TCP between their addresses.
+#[test]
+fn between_two_network_namespaces() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(host1) = test_guest::netns::Netns::new("mig1") else {
+        return;
+    };
+    let Some(host2) = test_guest::netns::Netns::new("mig2") else {
+        return;
+    };
+    let _lock = kvm_lock();
+    let env = env();
+    let (v1, v2) = (
+        format!("m1-{}", std::process::id() % 10000),
+        format!("m2-{}", std::process::id() % 10000),
+    );
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
+    };
+    ok(host1.ip(&[
+        "link",
+        "add",
+        &v1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &v2,
+        "netns",
+        &host2.name,
+    ]));
+    ok(host1.ip(&["addr", "add", "10.77.0.1/24", "dev", &v1]));
+    ok(host2.ip(&["addr", "add", "10.77.0.2/24", "dev", &v2]));
+    for (ns, dev) in [(&host1, &v1), (&host2, &v2)] {
+        ok(ns.ip(&["link", "set", dev, "up"]));
+        ok(ns.ip(&["link", "set", "lo", "up"]));
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_vm-migrate")).with_file_name("vm-run");
+    let me = Path::new(env!("CARGO_BIN_EXE_vm-migrate"));
+    // Each "host" has its own run folder; a failed test kills what it
+    // started in either.
+    struct Reap(Vec<std::path::PathBuf>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if let Some(pid) = vm_control::holder(&e.path()) {
+                        // SAFETY: killing a VM process this test started.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+    let _reap = Reap(vec![env.path("run1"), env.path("run2")]);
+    let on = |ns: &test_guest::netns::Netns, prog: &Path, run: &str| {
+        let mut c = ns.exec(prog.to_str().unwrap());
+        c.env("VMTOOLS_RUN_DIR", env.path(run))
+            .env("VMTOOLS_CONFIG_DIR", env.path("defs"))
+            .stdin(Stdio::null());
+        c
+    };
+    let spec = env.spec("a", "memcount pages=64", &serde_json::json!({}));
+    let o = on(&host1, &bin, "run1")
+        .args(["start", "--detach", &spec])
+        .output()
+        .unwrap();
+    ok(o);
+    env.wait_count("a", "round ", 2);
+    let mut r = on(&host2, me, "run2")
+        .args([
+            "recv",
+            "--listen",
+            "tcp:10.77.0.2:0",
+            "--name",
+            "b",
+            "--console",
+        ])
+        .arg(env.console_path("b"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut r);
+    assert!(addr.starts_with("tcp:10.77.0.2:"), "{addr}");
+    let o = on(&host1, me, "run1")
+        .args(["send", "a", &addr])
+        .output()
+        .unwrap();
+    let (code, out, err) = test_guest::rundir::decode(&o);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["status"], "completed");
+    assert_eq!(finish(r).0, 0);
+    goes_on(&env, "a", "b");
+    let o = on(&host2, &bin, "run2")
+        .args(["kill", "b"])
+        .output()
+        .unwrap();
+    ok(o);
+    let o = on(&host1, &bin, "run1")
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "[]",
+        "the source ended"
+    );
+}
