@@ -430,6 +430,22 @@ fn failures_leave_the_source_running() {
     env.vm_run(&["kill", "a"]);
 }
 
+/// Kills the VMs started in these run folders (each "host" of the
+/// namespace test has its own), for a test that fails half way.
+struct Reap(Vec<std::path::PathBuf>);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if let Some(pid) = vm_control::holder(&e.path()) {
+                    // SAFETY: killing a VM process this test started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
 /// Two network namespaces stand for two hosts, joined by a veth pair:
 /// vm-run and vm-migrate recv run in one (with a run folder of its own),
 /// the source VM and vm-migrate send in the other, and the guest moves
@@ -474,21 +490,6 @@ fn between_two_network_namespaces() {
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_vm-migrate")).with_file_name("vm-run");
     let me = Path::new(env!("CARGO_BIN_EXE_vm-migrate"));
-    // Each "host" has its own run folder; a failed test kills what it
-    // started in either.
-    struct Reap(Vec<std::path::PathBuf>);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            for dir in &self.0 {
-                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                    if let Some(pid) = vm_control::holder(&e.path()) {
-                        // SAFETY: killing a VM process this test started.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
-                }
-            }
-        }
-    }
     let _reap = Reap(vec![env.path("run1"), env.path("run2")]);
     let on = |ns: &test_guest::netns::Netns, prog: &Path, run: &str| {
         let mut c = ns.exec(prog.to_str().unwrap());
