@@ -468,7 +468,7 @@ fn between_two_network_namespaces() {
         format!("m2-{}", std::process::id() % 10000),
     );
     let ok = |o: std::process::Output| {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     ok(host1.ip(&[
         "link",
