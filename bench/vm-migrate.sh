@@ -20,24 +20,13 @@
 #                                    nested host, once per tool and case)
 #   DOWNTIME=30 (ms, default)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(256 1024)
 budget=${DOWNTIME:-30}
-cargo build --release -q -p vm-run -p vm-migrate -p test-guest --manifest-path "$root/Cargo.toml"
-rel=$root/target/x86_64-unknown-linux-gnu/release
-guest=$(find "$rel/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$rel/build" -name guest.elf | head -1)
-command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
-command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 0; }
-[ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/vm-migrate-bench.XXXXXX")
-trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-export VMTOOLS_RUN_DIR=$work/run
-wait_for() { # file text
-  until grep -q "$2" "$1" 2>/dev/null; do sleep 0.2; done
-}
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+need qemu-system-x86_64
+need python3
+bench_setup vm-migrate-bench vm-run vm-migrate
 
 cat >"$work/qmp.py" <<'PY'
 import json, socket, sys, time

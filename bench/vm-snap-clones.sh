@@ -19,20 +19,13 @@
 #
 #   bench/vm-snap-clones.sh [N]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 n=${1:-20}
-cargo build --release -q -p vm-run -p vm-snap -p test-guest --manifest-path "$root/Cargo.toml"
-rel=$root/target/x86_64-unknown-linux-gnu/release
-guest=$(find "$rel/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$rel/build" -name guest.elf | head -1)
-[ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/vm-snap-clones.XXXXXX")
-trap 'pkill -f "$work" 2>/dev/null || true; for v in $("$rel/vm-run" list --json 2>/dev/null | grep -o "\"clone[0-9]*\"" | tr -d \"); do "$rel/vm-run" kill "$v" >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
-export VMTOOLS_RUN_DIR=$work/run
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+need python3
+bench_setup vm-snap-clones vm-run vm-snap
 rounds() { grep -c "^round" "$1" 2>/dev/null || true; }
 avail_kib() { awk '/^MemAvailable/ {print $2}' /proc/meminfo; }
-field() { awk -v k="$1:" '$1 == k {print $2}' "$2"; }
+smaps_field() { awk -v k="$1:" '$1 == k {print $2}' "$2"; }
 
 cat >"$work/src.json" <<JSON
 {"name":"src","vcpus":1,"memory":"128MiB",
@@ -63,7 +56,7 @@ total_anon=0
 for i in $(seq 1 "$n"); do
   pid=$(python3 -c "import json,sys; print(json.load(open('$work/run/clone$i/state.json'))['pid'])")
   cat "/proc/$pid/smaps_rollup" >"$work/r"
-  pss=$(field Pss "$work/r"); anon=$(field Pss_Anon "$work/r"); file=$(field Pss_File "$work/r")
+  pss=$(smaps_field Pss "$work/r"); anon=$(smaps_field Pss_Anon "$work/r"); file=$(smaps_field Pss_File "$work/r")
   total_anon=$((total_anon + anon))
   printf '%-8s %10s %8s %8s %8s %8s\n' "clone$i" "${ms[$i]}" "$pss" "$anon" "$file" 256
 done

@@ -19,25 +19,12 @@
 #                                 guest, about 100 s per GiB on a nested
 #                                 host, once for each tool)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(128 1024)
-cargo build --release -q -p vm-run -p vm-snap -p test-guest --manifest-path "$root/Cargo.toml"
-rel=$root/target/x86_64-unknown-linux-gnu/release
-guest=$(find "$rel/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
-[ -n "$guest" ] || guest=$(find "$rel/build" -name guest.elf | head -1)
-command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
-command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 0; }
-[ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 0; }
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/vm-snap-bench.XXXXXX")
-trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-export VMTOOLS_RUN_DIR=$work/run
-# Not python: its start-up alone takes tens of ms.
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-wait_for() { # file text
-  until grep -q "$2" "$1" 2>/dev/null; do sleep 0.2; done
-}
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+need qemu-system-x86_64
+need python3
+bench_setup vm-snap-bench vm-run vm-snap
 
 # QEMU through QMP: save (stop, migrate to a file) and restore (incoming,
 # cont) with the times, one JSON line each.

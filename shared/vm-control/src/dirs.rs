@@ -17,6 +17,16 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Another of the tools (`vm-run`), beside this program (an installed or
+/// built set of tools), or else the one on PATH.
+pub fn sibling_tool(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 pub fn run_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("VMTOOLS_RUN_DIR") {
         return d.into();

@@ -11,7 +11,7 @@ mod vmlock;
 
 pub use dirs::{
     check_trusted, config_dir, defined_spec_path, read_state, remove_runtime, run_dir,
-    save_definition, vm_dir, write_atomic, write_durable, write_state, Liveness,
+    save_definition, sibling_tool, vm_dir, write_atomic, write_durable, write_state, Liveness,
 };
 pub use lookup::{lookup, Lookup};
 pub use naming::{looks_like_path, vm_name};

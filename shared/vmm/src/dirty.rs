@@ -64,13 +64,8 @@ impl DirtyLog {
         if len == 0 || !self.on.load(Ordering::Relaxed) {
             return;
         }
-        let (start, end) = (gpa.0, gpa.0.saturating_add(len));
         for (base, size, bits) in &self.regions {
-            let (lo, hi) = (start.max(*base), end.min(base + size));
-            if lo >= hi {
-                continue;
-            }
-            for page in (lo - base) / PAGE..=(hi - 1 - base) / PAGE {
+            for page in pages_in(*base, *size, gpa.0, len) {
                 bits[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Relaxed);
             }
         }
@@ -83,6 +78,16 @@ impl DirtyLog {
             bits.iter().map(|w| w.swap(0, Ordering::Relaxed)).collect()
         })
     }
+}
+
+/// The pages of a region at `base` of `size` bytes that `[gpa, gpa +
+/// len)` touches, as page numbers within the region (none if it misses).
+pub fn pages_in(base: u64, size: u64, gpa: u64, len: u64) -> std::ops::Range<u64> {
+    let (lo, hi) = (gpa.max(base), gpa.saturating_add(len).min(base + size));
+    if lo >= hi {
+        return 0..0;
+    }
+    (lo - base) / PAGE..(hi - 1 - base) / PAGE + 1
 }
 
 #[cfg(test)]
@@ -109,5 +114,15 @@ mod tests {
         let r1 = log.take(1);
         assert_eq!(r1[1], 1);
         assert!(log.take(0).iter().all(|&w| w == 0), "take empties the log");
+    }
+
+    #[test]
+    fn ranges_a_guest_names_stay_in_bounds() {
+        // Queue addresses come from the guest: any value, no overflow.
+        assert_eq!(pages_in(0, 1 << 20, u64::MAX - 10, 100), 0..0);
+        assert_eq!(pages_in(4096, 8192, u64::MAX, u64::MAX), 0..0);
+        assert_eq!(pages_in(0, 1 << 20, 4095, 2), 0..2);
+        assert_eq!(pages_in(1 << 20, 1 << 20, 0, 2 << 20), 0..256);
+        assert_eq!(pages_in(0, 1 << 20, 1 << 20, 4096), 0..0);
     }
 }

@@ -72,10 +72,8 @@ fn writable_fd(path: &Path, fds: &[OwnedFd]) -> Result<()> {
     let [fd] = fds else {
         bail!("commit-disk needs exactly one descriptor (the base, open for writing)");
     };
-    crate::snapshot::same_file(path, fd)?;
-    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+    crate::fds::same_file(path, fd)?;
+    if !crate::fds::writable(fd) {
         bail!("{}: the descriptor is not open for writing", path.display());
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod cmd;
 mod commit;
 pub mod console;
 pub mod disks;
+mod fds;
 pub mod migrate;
 pub mod monitor;
 pub mod nets;

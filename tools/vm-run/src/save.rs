@@ -70,9 +70,7 @@ fn save_file(fds: Vec<OwnedFd>) -> Result<File> {
     if meta.len() != 0 {
         bail!("save: the file is not empty");
     }
-    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
-    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+    if !crate::fds::writable(&f) {
         bail!("save: the file is not open for writing");
     }
     Ok(f)

@@ -6,33 +6,14 @@
 //! leaves every disk as it was, and the VM runs on.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use vm_control::{DiskSnapshot, SnapshotReport};
 use vm_spec::{DiskFormat, IoMode};
 
 use crate::monitor::Machine;
 use crate::timefmt::log;
-
-/// Checks that `path` is the file behind `fd` (the tool's), so the path
-/// vm-run opens is the overlay the tool made, not one swapped in since.
-pub(crate) fn same_file(path: &std::path::Path, fd: &OwnedFd) -> Result<()> {
-    let by_path = std::fs::metadata(path).with_context(|| path.display().to_string())?;
-    let f = std::fs::File::from(fd.try_clone()?);
-    let by_fd = f.metadata()?;
-    if by_path.dev() != by_fd.dev() || by_path.ino() != by_fd.ino() {
-        bail!(
-            "{}: not the file the snapshot request came with",
-            path.display()
-        );
-    }
-    if !by_path.file_type().is_file() {
-        bail!("{}: not a regular file", path.display());
-    }
-    Ok(())
-}
 
 pub(crate) fn snapshot_disks(
     m: &mut Machine,
@@ -63,7 +44,7 @@ pub(crate) fn snapshot_disks(
         if m.spec.disks[i].readonly {
             bail!("disk {} is read-only: it needs no snapshot", s.id);
         }
-        same_file(&s.overlay, fd)?;
+        crate::fds::same_file(&s.overlay, fd)?;
         at.push(i);
     }
     let t0 = Instant::now();

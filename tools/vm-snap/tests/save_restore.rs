@@ -541,7 +541,7 @@ fn hostile_save_and_snapshot_requests_change_nothing() {
     refused(
         "another file's descriptor",
         call(&snap("vda", &good), &[&elsewhere_f]),
-        "not the file the snapshot request came with",
+        "not the file the request came with",
     );
     refused(
         "another base",

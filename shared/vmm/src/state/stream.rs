@@ -175,18 +175,11 @@ impl<W: Write> Writer<W> {
 
     fn record(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        // The checksum covers the kind and length too: a flipped kind must
-        // not turn one record into another.
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&(kind as u32).to_le_bytes());
-        crc.update(&(len as u64).to_le_bytes());
-        for p in parts {
-            crc.update(p);
-        }
         let mut head = [0u8; 16];
         head[0..4].copy_from_slice(&(kind as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
         head[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+        let crc = record_crc(&head, parts);
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
         self.w.write_all(&head)?;
         for p in parts {
             self.w.write_all(p)?;
@@ -313,12 +306,7 @@ impl<R: Read> Reader<R> {
                     return Err(bad("a page record's place has the wrong size"));
                 }
                 read_all(&mut self.r, dst, "a record's payload")?;
-                let mut sum = crc32fast::Hasher::new();
-                sum.update(&head[0..4]);
-                sum.update(&head[8..16]);
-                sum.update(&at);
-                sum.update(dst);
-                if sum.finalize() != crc {
+                if record_crc(&head, &[&at, dst]) != crc {
                     return Err(bad(format!("a {kind:?} record fails its checksum")));
                 }
                 self.bytes += 16 + len;
@@ -343,11 +331,7 @@ impl<R: Read> Reader<R> {
         mut payload: Vec<u8>,
     ) -> Result<Record> {
         let len = payload.len() as u64;
-        let mut sum = crc32fast::Hasher::new();
-        sum.update(&head[0..4]);
-        sum.update(&head[8..16]);
-        sum.update(&payload);
-        if sum.finalize() != crc {
+        if record_crc(head, &[&payload]) != crc {
             return Err(bad(format!("a {kind:?} record fails its checksum")));
         }
         self.bytes += 16 + len;
@@ -398,6 +382,19 @@ impl<R: Read> Reader<R> {
             }
         })
     }
+}
+
+/// A record's checksum: over its kind and length (the head's bytes 0..4
+/// and 8..16: a flipped kind must not turn one record into another) and
+/// its payload, in parts.
+fn record_crc(head: &[u8; 16], payload: &[&[u8]]) -> u32 {
+    let mut sum = crc32fast::Hasher::new();
+    sum.update(&head[0..4]);
+    sum.update(&head[8..16]);
+    for p in payload {
+        sum.update(p);
+    }
+    sum.finalize()
 }
 
 fn read_all(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {

@@ -18,13 +18,3 @@ pub(crate) fn control_socket(vm: &str) -> Result<(String, PathBuf)> {
         _ => bail!("VM '{name}' is not running"),
     }
 }
-
-/// vm-run beside this program (an installed or built set of tools), or
-/// else the one on PATH.
-pub(crate) fn vm_run() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("vm-run")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("vm-run"))
-}

@@ -3,7 +3,7 @@
 //! its descriptor 3), checks the arriving hello against this host, and
 //! returns once the guest runs here, printing its state.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -19,7 +19,7 @@ pub fn run(a: &RecvArgs) -> Result<i32> {
     let target: Target = a.listen.parse()?;
     let stdio = target == Target::Stdio;
     let (conn, relay) = transport::accept(&target)?;
-    let mut cmd = Command::new(super::vm_run());
+    let mut cmd = Command::new(vm_control::sibling_tool("vm-run"));
     cmd.arg("--json")
         .arg("start")
         .arg("--detach")
@@ -47,7 +47,7 @@ pub fn run(a: &RecvArgs) -> Result<i32> {
     if stdio {
         // stdout carries the replies to the source: vm-run's record goes
         // to stderr instead.
-        cmd.stdout(Stdio::from(std::io::stderr().as_fd_owned()?));
+        cmd.stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?));
     }
     let fd = conn.as_raw_fd();
     // SAFETY: in the child before exec: the connection is put at
@@ -74,15 +74,4 @@ pub fn run(a: &RecvArgs) -> Result<i32> {
         let _ = r.join();
     }
     Ok(status.code().unwrap_or(1))
-}
-
-/// A descriptor of our own for a standard stream.
-trait OwnedCopy {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl OwnedCopy for std::io::Stderr {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        std::os::fd::AsFd::as_fd(self).try_clone_to_owned()
-    }
 }

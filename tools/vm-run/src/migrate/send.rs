@@ -316,12 +316,7 @@ impl std::error::Error for Unsure {}
 fn mark_ranges(mem: &vmm::memory::GuestMemory, bitmaps: &mut [Vec<u64>], ranges: &[(u64, u64)]) {
     for &(gpa, len) in ranges {
         for (i, r) in mem.iter().enumerate() {
-            let (base, size) = (r.start_addr().0, r.len());
-            let (lo, hi) = (gpa.max(base), (gpa + len).min(base + size));
-            if lo >= hi {
-                continue;
-            }
-            for p in (lo - base) / PAGE..=(hi - 1 - base) / PAGE {
+            for p in vmm::dirty::pages_in(r.start_addr().0, r.len(), gpa, len) {
                 if let Some(w) = bitmaps[i].get_mut((p / 64) as usize) {
                     *w |= 1 << (p % 64);
                 }

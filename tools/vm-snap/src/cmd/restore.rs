@@ -2,7 +2,7 @@
 //! file, detached, and this returns once it runs, printing its state as
 //! `vm-run start --detach` does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -19,18 +19,8 @@ pub struct Options<'a> {
     pub nics: &'a [String],
 }
 
-/// vm-run beside this program (an installed or built set of tools), or
-/// else the one on PATH.
-fn vm_run() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("vm-run")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("vm-run"))
-}
-
 pub fn run(o: &Options<'_>) -> Result<i32> {
-    let mut cmd = Command::new(vm_run());
+    let mut cmd = Command::new(vm_control::sibling_tool("vm-run"));
     cmd.arg("--json")
         .arg("start")
         .arg("--detach")
