@@ -5,6 +5,7 @@
 //! a cancel. Every failure leaves the source running as it was.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -730,7 +731,6 @@ fn hostile_migrate_requests_change_nothing() {
     let file = std::fs::File::create(env.path("plain")).unwrap();
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     let dgram = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    use std::os::fd::AsRawFd;
     let zero = vm_control::MigrateOptions {
         max_downtime_ms: 0,
         ..vm_control::MigrateOptions::default()
