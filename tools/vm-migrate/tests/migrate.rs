@@ -595,6 +595,16 @@ fn hostile_streams_start_nothing() {
     let no_features = serde_json::json!([
         {"function": 1, "index": 0, "eax": 0, "ebx": 0, "ecx": 0x7fff_ffff, "edx": u32::MAX}
     ]);
+    // vm-run start --incoming on descriptors that are not a stream.
+    for (arg, expect) in [
+        ("--incoming=0", "not a stream socket"),
+        ("--incoming=99", "not an open descriptor"),
+        ("--incoming=-1", "not an open descriptor"),
+    ] {
+        let (code, _, err) = env.vm_run(&["start", arg]);
+        assert_eq!(code, 1, "{arg}: {err}");
+        assert!(err.contains(expect), "{arg}: {err}");
+    }
     let good = hello(&spec, serde_json::json!([]));
     let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
         // (what, records after the header, whether `ready` comes first, expected error)
