@@ -8,6 +8,7 @@ mod commit;
 pub mod console;
 pub mod disks;
 mod fds;
+mod jobs;
 pub mod migrate;
 pub mod monitor;
 pub mod nets;

@@ -17,14 +17,14 @@ use crate::devices::{IrqLine, MmioTransport, PioBus, SerialOut, SerialPort, I804
 use crate::dirty::DirtyLog;
 use crate::io_loop::{IoLoop, IoThread};
 use crate::memory::{self, GuestMemory};
-use crate::state::chips::ChipsState;
-use crate::state::devices::{DeviceIdentity, VirtioState};
-use crate::state::MachineState;
+use crate::state::devices::DeviceIdentity;
 use crate::vcpu::{EventSink, Vcpu, VcpuEvent, Wanted};
 use crate::{cpu, layout, Error, Result};
 
 mod migrate;
+mod restore;
 pub use migrate::DirtyTracker;
+pub use restore::{Restore, RestoreMemory};
 mod wiring;
 
 const COM1_GSI: u32 = 4;
@@ -151,27 +151,6 @@ fn open_kvm() -> Result<Kvm> {
     Ok(kvm)
 }
 
-/// What a restored machine starts from: its saved state, and guest
-/// memory from a saved file or already received (a migration).
-#[derive(Debug)]
-pub struct Restore<'a> {
-    pub state: &'a MachineState,
-    pub memory: RestoreMemory,
-    /// The vCPUs stay paused until [`Vm::resume`].
-    pub paused: bool,
-}
-
-/// Where a restored machine's memory comes from.
-#[derive(Debug)]
-pub enum RestoreMemory {
-    /// Mapped privately from a saved file.
-    File(memory::Saved),
-    /// Filled by a migration's stream: the memory and its memfd, made by
-    /// [`memory::create_with`] for this spec (and bound to its NUMA nodes
-    /// before the first page arrived).
-    Received(GuestMemory, File),
-}
-
 impl Vm {
     /// Builds the machine, loads the kernel and starts every vCPU.
     pub fn start(cfg: &VmConfig, serial: SerialOut) -> Result<Self> {
@@ -206,24 +185,7 @@ impl Vm {
             }
             None => (None, false),
         };
-        let (mem, mem_file, memfd) = match saved.as_ref().map(|(_, m)| m) {
-            Some(RestoreMemory::File(from)) => {
-                let (m, f) = memory::restore(&cfg.name, cfg.memory, cfg.hugepages, from)?;
-                (m, f, cfg.hugepages.is_some())
-            }
-            Some(RestoreMemory::Received(m, f)) => {
-                migrate::check_layout(m, cfg.memory)?;
-                (
-                    m.clone(),
-                    f.try_clone().map_err(Error::io("guest memory"))?,
-                    true,
-                )
-            }
-            None => {
-                let (m, f) = memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
-                (m, f, true)
-            }
-        };
+        let (mem, mem_file, memfd) = restore::guest_memory(cfg, saved.as_ref().map(|(_, m)| m))?;
         if let Some((policy, nodes)) = &cfg.numa {
             memory::bind(&mem, *policy, nodes)?;
         }
@@ -417,40 +379,6 @@ impl Vm {
             }
         }
         boot::load(mem, cfg.memory, boot_cfg)
-    }
-
-    /// The machine's whole state, for save and migration. Call it with
-    /// the VM paused ([`Vm::pause`]); each vCPU reads its own on its
-    /// thread, at a clean point.
-    pub fn save_state(&self) -> Result<MachineState> {
-        let msrs: Arc<[u32]> = self
-            .kvm
-            .get_msr_index_list()
-            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?
-            .as_slice()
-            .into();
-        let mut vcpus = Vec::with_capacity(self.vcpus.len());
-        for v in &self.vcpus {
-            vcpus.push(v.save_state(Arc::clone(&msrs)).map_err(Error::State)?);
-        }
-        let (serial, i8042) = {
-            let bus = crate::devices::lock(&self.bus);
-            (bus.serial.state(), bus.i8042.state())
-        };
-        Ok(MachineState {
-            vcpus,
-            chips: ChipsState::save(&self.machine)?,
-            serial,
-            i8042,
-            devices: self
-                .registry
-                .iter()
-                .map(|(identity, t)| VirtioState {
-                    identity: identity.clone(),
-                    transport: crate::devices::lock(t).state(),
-                })
-                .collect(),
-        })
     }
 
     /// Disk `id` serves from `image` from now on (a live disk snapshot).
