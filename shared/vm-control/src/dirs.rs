@@ -193,7 +193,8 @@ pub fn remove_runtime(dir: &Path) {
 }
 
 /// Whether a recorded process still runs. PID 1 here reaps orphans late, so
-/// a zombie counts as dead; the start time guards against a reused pid.
+/// a zombie counts as dead once its last thread has ended; the start time
+/// guards against a reused pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     Alive,
@@ -208,15 +209,27 @@ impl Liveness {
                 let state = stat
                     .rsplit_once(')')
                     .and_then(|(_, rest)| rest.trim_start().chars().next());
-                if matches!(state, Some('Z' | 'X') | None) {
-                    Self::Dead
-                } else {
-                    Self::Alive
+                match state {
+                    // A zombie leader whose other threads are still on
+                    // their way out (a killed VM's vCPU threads leave KVM
+                    // first) still holds the process's descriptors: its
+                    // image locks, its folder's lock. Dead means all gone.
+                    Some('Z' | 'X') if other_threads(pid) => Self::Alive,
+                    Some('Z' | 'X') | None => Self::Dead,
+                    Some(_) => Self::Alive,
                 }
             }
             Err(_) => Self::Dead,
         }
     }
+}
+
+/// Whether thread group `pid` has threads other than its leader left.
+fn other_threads(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_str() != Some(pid.to_string().as_str()))
+    })
 }
 
 /// Stores `spec` as a defined VM (`<config dir>/<name>.json`), durably.
@@ -233,6 +246,44 @@ pub fn save_definition(spec: &vm_spec::VmSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process whose first thread has ended while another goes on (as a
+    /// killed VM's leader ends before its vCPU threads) is not dead yet:
+    /// it still holds its descriptors. Once the last thread ends, it is.
+    #[test]
+    fn a_zombie_leader_with_live_threads_is_alive() {
+        let script = "import threading, time, ctypes\n\
+                      threading.Thread(target=lambda: time.sleep(1.5)).start()\n\
+                      ctypes.CDLL(None).syscall(60, 0)\n";
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+        else {
+            println!("SKIP: python3 is not installed");
+            return;
+        };
+        let pid = child.id();
+        // The leader is a zombie once its own exit has run.
+        let t0 = std::time::Instant::now();
+        loop {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .trim_start()
+                .starts_with('Z')
+            {
+                break;
+            }
+            assert!(t0.elapsed().as_secs() < 5, "the leader never ended: {stat}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(Liveness::of(pid), Liveness::Alive, "its thread still runs");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(Liveness::of(pid), Liveness::Dead, "all of it has ended");
+        child.wait().unwrap();
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files() {
