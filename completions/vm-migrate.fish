@@ -34,7 +34,9 @@ complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "help" -d 'Pri
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l max-downtime -d 'The longest pause for the last copy, in ms (virsh migrate-setmaxdowntime)' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l bandwidth -d 'A cap on the rate, in MiB/s (virsh migrate-setspeed); default: unlimited' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l timeout -d 'After this many seconds, pause and finish whatever is left' -r
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l migrate-disks -d 'Non-shared storage for these disks only (by id, comma-separated); the others are on shared storage' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l auto-converge -d 'Hold the vCPUs back while the rounds do not shrink'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l copy-storage-all -d 'Non-shared storage: every writable disk\'s contents go along, into images the destination has made with the same size (its --disk names them)'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s q -l quiet -d 'No progress bar, even on a terminal'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s h -l help -d 'Print help'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -l listen -d 'Where to wait: tcp:HOST:PORT (port 0: any free one, printed), unix:PATH, or - for the stream on stdin and the replies on stdout (the far end of an exec: transport)' -r

@@ -80,9 +80,14 @@ pub struct MigrateOptions {
     /// After this many seconds, pause and finish whatever is left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
-    /// Disks whose contents go along (non-shared storage), by id.
+    /// Disks whose contents go along (non-shared storage), by id
+    /// (virsh migrate --migrate-disks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<String>,
+    /// Every writable disk's contents go along (virsh migrate
+    /// --copy-storage-all).
+    #[serde(default)]
+    pub copy_storage_all: bool,
 }
 
 fn default_downtime() -> u64 {
@@ -97,6 +102,7 @@ impl Default for MigrateOptions {
             auto_converge: false,
             timeout_s: None,
             disks: Vec::new(),
+            copy_storage_all: false,
         }
     }
 }
@@ -118,6 +124,9 @@ pub struct MigrationReport {
     pub remaining: u64,
     /// Percent of time the vCPUs are held back (auto-converge).
     pub throttle: u32,
+    /// Of `bytes`, those of disk contents (storage migration).
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
 /// What a live commit copied and what it cost the guest.

@@ -62,6 +62,15 @@ pub struct SendArgs {
     /// After this many seconds, pause and finish whatever is left.
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
+    /// Non-shared storage: every writable disk's contents go along, into
+    /// images the destination has made with the same size (its --disk
+    /// names them).
+    #[arg(long)]
+    pub copy_storage_all: bool,
+    /// Non-shared storage for these disks only (by id, comma-separated);
+    /// the others are on shared storage.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub migrate_disks: Vec<String>,
     /// No progress bar, even on a terminal.
     #[arg(short, long)]
     pub quiet: bool,

@@ -4,47 +4,18 @@
 //! and exec; and the faults: a destination that dies, a corrupt stream,
 //! a cancel. Every failure leaves the source running as it was.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{env, feed_hostile, finish, listening, record, recv};
 use test_guest::rundir::{contiguous, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
-
-fn env() -> RunDir {
-    RunDir::new(Path::new(env!("CARGO_BIN_EXE_vm-migrate")))
-}
-
-/// `vm-migrate recv` in the background, its state record on stdout.
-fn recv(env: &RunDir, listen: &str, name: &str) -> Child {
-    let console = env.console_path(name);
-    env.command("vm-migrate")
-        .args(["recv", "--listen", listen, "--name", name, "--console"])
-        .arg(&console)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for the listening line on `child`'s stderr; returns its address.
-fn listening(child: &mut Child) -> String {
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim()
-        .strip_prefix("vm-migrate: listening on ")
-        .unwrap_or_else(|| panic!("no listening line: {line}"))
-        .to_string()
-}
-
-fn finish(child: Child) -> (i32, String, String) {
-    test_guest::rundir::decode(&child.wait_with_output().unwrap())
-}
 
 /// The memory-checking guest goes on at the destination from where it
 /// was: its rounds continue one by one across both consoles, and none
@@ -550,18 +521,6 @@ fn between_two_network_namespaces() {
 /// One record of a migration stream as the destination reads it: kind,
 /// CRC-32 (of kind, length and payload), length, payload. Written here
 /// with the tests' own CRC, so a hostile stream can be made by hand.
-fn record(kind: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u64;
-    let mut summed = kind.to_le_bytes().to_vec();
-    summed.extend_from_slice(&len.to_le_bytes());
-    summed.extend_from_slice(payload);
-    let mut r = kind.to_le_bytes().to_vec();
-    r.extend_from_slice(&test_guest::crc32(&summed).to_le_bytes());
-    r.extend_from_slice(&len.to_le_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
 /// Hostile sources: a destination fed a stream made by hand (a spec that
 /// does not parse, CPU features this host lacks, pages and zeroed ranges
 /// outside guest memory, a state that is not one, an end before the
@@ -680,38 +639,7 @@ fn hostile_streams_start_nothing() {
         ),
     ];
     for (i, (what, body, ready, expect)) in cases.into_iter().enumerate() {
-        let sock = env.path(&format!("h{i}.sock"));
-        let listen = format!("unix:{}", sock.display());
-        let mut r = recv(&env, &listen, "h");
-        listening(&mut r);
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut stream = b"VMTMIGR\n".to_vec();
-        stream.extend_from_slice(&1u32.to_le_bytes());
-        stream.extend_from_slice(&0u32.to_le_bytes());
-        stream.extend_from_slice(&body);
-        // The destination may stop reading at the first bad record; the
-        // end of what is sent is the end of the stream.
-        let _ = s.write_all(&stream);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        let mut replies = String::new();
-        let _ = s.read_to_string(&mut replies);
-        let mut lines = replies.lines();
-        if ready {
-            assert_eq!(
-                lines.next(),
-                Some("{\"reply\":\"ready\"}"),
-                "{what}: {replies}"
-            );
-        }
-        let err = lines
-            .next()
-            .unwrap_or_else(|| panic!("{what}: no error reply: {replies}"));
-        assert!(err.starts_with("{\"reply\":\"error\""), "{what}: {err}");
-        assert!(err.contains(expect), "{what}: {err}");
-        let (code, _, rerr) = finish(r);
-        assert_ne!(code, 0, "{what}: {rerr}");
-        assert!(env.running().is_empty(), "{what}: a VM was left");
+        feed_hostile(&env, &format!("h{i}"), &[], &body, ready, what, expect);
     }
 }
 

@@ -162,7 +162,7 @@ impl CommitJob {
         // round reads anything.
         let tracker = if depth == 0 {
             let t = Arc::new(Tracked::new(src.clone()));
-            if let Err(e) = swap_image(m, running, slot, t.clone()) {
+            if let Err(e) = m.serve_disk(running, slot, t.clone()) {
                 relock(m, slot);
                 return Err(e);
             }
@@ -319,7 +319,7 @@ impl CommitJob {
         let i = self.disk;
         if self.tracker.is_some() {
             let plain: Arc<dyn Block> = m.disks[i].image.clone();
-            if let Err(e) = swap_image(m, self.running, i, plain) {
+            if let Err(e) = m.serve_disk(self.running, i, plain) {
                 log(&format!("commit: untracking the disk: {e:#}"));
             }
         }
@@ -375,28 +375,6 @@ fn relock(m: &mut Machine, i: usize) {
             m.disks[i].state.id
         ));
     }
-}
-
-/// The device (and the machine's config, for a reboot) serves `img`.
-fn swap_image(m: &mut Machine, running: bool, i: usize, img: Arc<dyn Block>) -> Result<()> {
-    if running {
-        if let Err(e) = m.vm().pause() {
-            m.vm().resume();
-            return Err(anyhow!("pausing to swap the disk: {e}"));
-        }
-    }
-    let r =
-        m.vm.as_mut()
-            .expect("the machine runs while served")
-            .replace_disk(&m.spec.disks[i].id, &img)
-            .map_err(|e| anyhow!("{e}"));
-    if r.is_ok() {
-        m.disks[i].config.image = img;
-    }
-    if running {
-        m.vm().resume();
-    }
-    r
 }
 
 /// The copy thread: the first round copies every range the overlay

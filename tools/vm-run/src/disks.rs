@@ -30,10 +30,12 @@ pub struct OpenDisk {
 
 /// Opens every disk of `spec`, in order.
 pub fn open_all(spec: &VmSpec) -> Result<Vec<OpenDisk>> {
-    spec.disks
-        .iter()
-        .map(|d| open(d).with_context(|| format!("disk {}", d.id)))
-        .collect()
+    spec.disks.iter().map(open_one).collect()
+}
+
+/// Opens one disk of a spec.
+pub fn open_one(d: &Disk) -> Result<OpenDisk> {
+    open(d).with_context(|| format!("disk {}", d.id))
 }
 
 /// For `io: io_uring` (raw only, the spec checks): the image file again,

@@ -61,6 +61,7 @@ pub(crate) fn on_migrate(
             let back = if job.stopped {
                 crate::migrate::take_disks_back(m)
             } else {
+                job.untrack(m);
                 Ok(())
             };
             let mut r = match back {
@@ -90,6 +91,7 @@ pub(crate) fn on_migrate(
             log(&format!(
                 "migration outcome unknown: {why}; the VM stays paused"
             ));
+            job.untrack(m);
             record_event(m, dir, state, RunState::Paused, "migration outcome unknown");
             let mut r = Reply::err(format!(
                 "{why}: the VM stays paused here; if the destination does not run it, \

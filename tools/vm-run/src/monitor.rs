@@ -70,8 +70,9 @@ pub struct RestoreFrom {
 pub enum RestoreSource {
     /// A saved-VM file.
     File(PathBuf),
-    /// A migration stream whose hello was read (`vm-run start --incoming`).
-    Stream(crate::migrate::Conn),
+    /// A migration stream whose hello was read (`vm-run start --incoming`),
+    /// and the hello's disks (which of them arrive in the stream).
+    Stream(crate::migrate::Conn, Vec<vmm::state::stream::HelloDisk>),
 }
 
 /// Runs `spec` to the end. `detached` picks the console default and
@@ -129,7 +130,7 @@ pub fn run(
     let paused = restore.as_ref().is_some_and(|r| r.paused);
     let how = match restore.as_ref().map(|r| &r.source) {
         Some(RestoreSource::File(_)) => "restored",
-        Some(RestoreSource::Stream(_)) => "migrated in",
+        Some(RestoreSource::Stream(..)) => "migrated in",
         None => "booted",
     };
     let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone(), restore) {
@@ -284,12 +285,13 @@ impl Machine {
         restore: Option<RestoreFrom>,
     ) -> Result<Self> {
         if let Some(RestoreFrom {
-            source: RestoreSource::Stream(mut conn),
+            source: RestoreSource::Stream(mut conn, hello_disks),
             paused,
         }) = restore
         {
             let mut opened = None;
-            let built = Self::incoming(&spec, &console, &endpoint, cgroup.as_ref(), &mut conn).map(
+            let arrive = (&mut conn, hello_disks.as_slice());
+            let built = Self::incoming(&spec, &console, &endpoint, cgroup.as_ref(), arrive).map(
                 |(vm, disks, nets)| {
                     opened = Some((disks, nets));
                     vm
@@ -327,7 +329,7 @@ impl Machine {
                     .with_context(|| format!("restoring {}", path.display()))?
             }
             Some(RestoreFrom {
-                source: RestoreSource::Stream(_),
+                source: RestoreSource::Stream(..),
                 ..
             }) => unreachable!("an incoming migration is started above"),
         };
@@ -337,19 +339,39 @@ impl Machine {
     }
 
     /// An incoming migration's machine: guest memory and the machine's
-    /// state arrive first, and only then are the disks opened and locked
-    /// (the source lets go of them in its last pause), the taps opened and
-    /// the machine built, paused.
+    /// state arrive first, with the contents of the disks that are copied
+    /// (their images are opened and locked before); only then are the
+    /// shared disks opened and locked (the source lets go of them in its
+    /// last pause), the taps opened and the machine built, paused.
     fn incoming(
         spec: &VmSpec,
         console: &Console,
         endpoint: &Endpoint,
         cgroup: Option<&Arc<VmCgroup>>,
-        conn: &mut crate::migrate::Conn,
+        (conn, hello): (&mut crate::migrate::Conn, &[vmm::state::stream::HelloDisk]),
     ) -> Result<(Vm, Vec<OpenDisk>, Vec<OpenNet>)> {
         let memory_only = Self::config(spec, &[], &[], cgroup)?;
-        let (state, mem, memfd) = crate::migrate::recv::receive(conn, &memory_only)?;
-        let disks = crate::disks::open_all(spec)?;
+        let copied = |id: &str| hello.iter().any(|h| h.copy && h.id == id);
+        let mut early = Vec::new();
+        for d in &spec.disks {
+            early.push(if copied(&d.id) {
+                Some(crate::disks::open_one(d)?)
+            } else {
+                None
+            });
+        }
+        let images: Vec<_> = early
+            .iter()
+            .map(|o| o.as_ref().map(|d: &OpenDisk| d.image.clone()))
+            .collect();
+        let mut targets = crate::migrate::storage::Targets::new(hello, spec, &images);
+        let (state, mem, memfd) = crate::migrate::recv::receive(conn, &memory_only, &mut targets)?;
+        let disks = spec
+            .disks
+            .iter()
+            .zip(early)
+            .map(|(d, e)| e.map_or_else(|| crate::disks::open_one(d), Ok))
+            .collect::<Result<Vec<_>>>()?;
         let nets = crate::nets::open_all(spec)?;
         let cfg = Self::config(spec, &disks, &nets, cgroup)?;
         let from = vmm::Restore {
@@ -425,6 +447,36 @@ impl Machine {
 
     pub(crate) fn vm(&self) -> &Vm {
         self.vm.as_ref().expect("the machine runs while served")
+    }
+
+    /// Disk `i`'s device (and the machine's config, for a reboot) serves
+    /// `img` from now on: a wrapper that tracks the guest's writes, or the
+    /// plain image again. Swapped in a pause, with the queues drained.
+    pub(crate) fn serve_disk(
+        &mut self,
+        running: bool,
+        i: usize,
+        img: Arc<dyn vm_image::Block>,
+    ) -> Result<()> {
+        if running {
+            if let Err(e) = self.vm().pause() {
+                self.vm().resume();
+                return Err(anyhow!("pausing to swap the disk: {e}"));
+            }
+        }
+        let r = self
+            .vm
+            .as_mut()
+            .expect("the machine runs while served")
+            .replace_disk(&self.spec.disks[i].id, &img)
+            .map_err(|e| anyhow!("{e}"));
+        if r.is_ok() {
+            self.disks[i].config.image = img;
+        }
+        if running {
+            self.vm().resume();
+        }
+        r
     }
 
     pub(crate) fn state(&self, dir: &Path, state: RunState, reason: &str) -> VmState {

@@ -30,6 +30,7 @@ enum Kind {
     End = 5,
     Disk = 6,
     Commit = 7,
+    DiskZeroes = 8,
 }
 
 impl Kind {
@@ -42,6 +43,7 @@ impl Kind {
             5 => Self::End,
             6 => Self::Disk,
             7 => Self::Commit,
+            8 => Self::DiskZeroes,
             _ => return None,
         })
     }
@@ -57,9 +59,36 @@ pub struct Hello {
     /// The CPUID leaves the guest was given (vCPU 0's), so the destination
     /// checks its host offers every feature before anything moves.
     pub cpuid: Vec<CpuidLeaf>,
-    /// Disks whose contents follow in the stream (storage migration).
+    /// Every disk of the spec, in its order (disk records name them by
+    /// their index here).
     #[serde(default)]
-    pub disks: Vec<String>,
+    pub disks: Vec<HelloDisk>,
+}
+
+/// A disk as the source has it, so the destination can check its own
+/// image before anything moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloDisk {
+    pub id: String,
+    /// The size the guest sees, in bytes.
+    pub size: u64,
+    /// Its contents follow in the stream (storage migration); otherwise
+    /// the destination opens the same image on shared storage.
+    #[serde(default)]
+    pub copy: bool,
+    /// Where the source's image and its backing files live, so that a
+    /// destination on the same host refuses to copy a disk onto them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Files by identity: the host's boot id, then (device, inode) pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    pub boot_id: String,
+    pub files: Vec<(u64, u64)>,
 }
 
 /// One CPUID leaf as the guest sees it.
@@ -79,6 +108,9 @@ pub struct CpuidLeaf {
 pub struct End {
     pub page_records: u64,
     pub rounds: u32,
+    /// Disk and disk-zeroes records (storage migration).
+    #[serde(default)]
+    pub disk_records: u64,
 }
 
 /// A record as read.
@@ -109,6 +141,12 @@ pub enum Record {
         disk: u32,
         offset: u64,
         data: Vec<u8>,
+    },
+    /// `len` bytes of disk `disk` from `offset` on read as zero.
+    DiskZeroes {
+        disk: u32,
+        offset: u64,
+        len: u64,
     },
     /// After the destination's `running`: the source has stopped for
     /// good, so the guest may run there. Without it the destination
@@ -206,6 +244,17 @@ impl<W: Write> Writer<W> {
         self.record(
             Kind::Disk,
             &[&disk.to_le_bytes(), &offset.to_le_bytes(), data],
+        )
+    }
+
+    pub fn disk_zeroes(&mut self, disk: u32, offset: u64, len: u64) -> io::Result<()> {
+        self.record(
+            Kind::DiskZeroes,
+            &[
+                &disk.to_le_bytes(),
+                &offset.to_le_bytes(),
+                &len.to_le_bytes(),
+            ],
         )
     }
 
@@ -380,6 +429,16 @@ impl<R: Read> Reader<R> {
                     data: payload.split_off(12),
                 }
             }
+            Kind::DiskZeroes => {
+                if payload.len() != 20 {
+                    return Err(bad("a disk zeroes record of the wrong size"));
+                }
+                Record::DiskZeroes {
+                    disk: u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes")),
+                    offset: u64_at(&payload, 4)?,
+                    len: u64_at(&payload, 12)?,
+                }
+            }
         })
     }
 }
@@ -421,10 +480,13 @@ mod tests {
         .unwrap();
         w.pages(0x1000, &[7u8; 8192]).unwrap();
         w.zeroes(0x4000, 3).unwrap();
+        w.disk(0, 512, &[9u8; 1024]).unwrap();
+        w.disk_zeroes(0, 4096, 1 << 20).unwrap();
         w.state(b"{}").unwrap();
         w.end(&End {
             page_records: 1,
             rounds: 1,
+            disk_records: 2,
         })
         .unwrap();
         w.w
@@ -444,6 +506,20 @@ mod tests {
             Record::Zeroes {
                 gpa: 0x4000,
                 pages: 3
+            }
+        ));
+        match r.next_record().unwrap() {
+            Record::Disk { disk, offset, data } => {
+                assert_eq!((disk, offset, data.len()), (0, 512, 1024));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.next_record().unwrap(),
+            Record::DiskZeroes {
+                disk: 0,
+                offset: 4096,
+                len: 0x10_0000
             }
         ));
         assert!(matches!(r.next_record().unwrap(), Record::State(_)));
@@ -512,7 +588,7 @@ mod tests {
             let mut d = s.clone();
             d[bit / 8] ^= 1 << (bit % 8);
             let ok = Reader::new(&d[..])
-                .and_then(|mut r| (0..5).try_for_each(|_| r.next_record().map(|_| ())));
+                .and_then(|mut r| (0..7).try_for_each(|_| r.next_record().map(|_| ())));
             // The reserved header word is not checked; all else is.
             if !(8 * 12..8 * 16).contains(&bit) {
                 assert!(ok.is_err(), "flipped bit {bit} went unnoticed");

@@ -26,7 +26,8 @@ pub fn run(a: &SendArgs) -> Result<i32> {
         bandwidth_mib: a.bandwidth,
         auto_converge: a.auto_converge,
         timeout_s: a.timeout,
-        disks: Vec::new(),
+        disks: a.migrate_disks.clone(),
+        copy_storage_all: a.copy_storage_all && a.migrate_disks.is_empty(),
     };
     let (conn, child) = transport::connect(&target)?;
     let done = Arc::new(AtomicBool::new(false));
@@ -80,10 +81,12 @@ fn progress(sock: &std::path::Path, done: &AtomicBool) {
         if let Some(m) = r.migration {
             let _ = write!(
                 err,
-                "\r\x1b[Kmigrating: {}, round {}, {} MiB sent, {} MiB left, {} pages/s dirtied",
+                "\r\x1b[Kmigrating: {}, round {}, {} MiB sent ({} MiB of disks), {} MiB left, \
+                 {} pages/s dirtied",
                 m.status,
                 m.rounds,
                 m.bytes >> 20,
+                m.disk_bytes >> 20,
                 m.remaining >> 20,
                 m.dirty_rate
             );

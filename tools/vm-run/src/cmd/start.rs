@@ -77,7 +77,11 @@ fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::Rest
     let hello = crate::migrate::recv::hello(&mut conn)?;
     let spec = VmSpec::from_json(&hello.spec.to_string())
         .map_err(|e| anyhow!("the arriving spec: {e}"))
-        .and_then(|s| local_spec(a, s));
+        .and_then(|s| local_spec(a, s))
+        .and_then(|s| {
+            crate::migrate::storage::check(&s, &hello.disks)?;
+            Ok(s)
+        });
     let spec = match spec {
         Ok(s) => s,
         Err(e) => {
@@ -91,7 +95,7 @@ fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::Rest
     Ok((
         spec,
         Some(monitor::RestoreFrom {
-            source: monitor::RestoreSource::Stream(conn),
+            source: monitor::RestoreSource::Stream(conn, hello.disks),
             paused: a.paused,
         }),
     ))
@@ -137,8 +141,12 @@ fn detach(
             monitor::RestoreSource::File(p) => {
                 cmd.env("VMTOOLS_SERVE_RESTORE", p);
             }
-            monitor::RestoreSource::Stream(c) => {
+            monitor::RestoreSource::Stream(c, disks) => {
                 cmd.env("VMTOOLS_SERVE_INCOMING", INCOMING_FD.to_string());
+                cmd.env(
+                    "VMTOOLS_SERVE_INCOMING_DISKS",
+                    serde_json::to_string(disks)?,
+                );
                 stream_fd = Some(std::os::fd::AsRawFd::as_raw_fd(c));
             }
         }
@@ -219,8 +227,10 @@ pub fn serve() -> Result<i32> {
         // process alone.
         let fd =
             unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(INCOMING_FD) };
+        let disks = std::env::var("VMTOOLS_SERVE_INCOMING_DISKS").unwrap_or_default();
+        let disks = serde_json::from_str(&disks).context("the incoming disks")?;
         Some(monitor::RestoreFrom {
-            source: monitor::RestoreSource::Stream(crate::migrate::Conn::from_fd(fd)?),
+            source: monitor::RestoreSource::Stream(crate::migrate::Conn::from_fd(fd)?, disks),
             paused,
         })
     } else {

@@ -3,6 +3,7 @@
 
 pub(crate) mod recv;
 pub(crate) mod send;
+pub(crate) mod storage;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -162,6 +163,8 @@ pub(crate) struct MigrateJob {
     pub(crate) stopped: bool,
     /// The vCPUs are held back for auto-converge right now.
     held: bool,
+    /// Disks served through a write tracker (their contents go along).
+    tracked: Vec<usize>,
     done: EventFd,
     from_copy: Receiver<ToMain>,
     to_copy: Sender<FromMain>,
@@ -201,7 +204,7 @@ pub(crate) fn take_disks_back(m: &mut Machine) -> Result<()> {
 impl MigrateJob {
     /// Starts the copy thread on the connection the tool handed over.
     pub(crate) fn start(
-        m: &Machine,
+        m: &mut Machine,
         running: bool,
         options: MigrateOptions,
         fds: Vec<OwnedFd>,
@@ -212,51 +215,64 @@ impl MigrateJob {
             bail!("migrate-send needs exactly one descriptor (the connection)");
         };
         let conn = Conn::from_fd(fd)?;
-        if !options.disks.is_empty() {
-            bail!("--copy-storage-all / --migrate-disks: not there yet");
-        }
         if options.max_downtime_ms == 0 {
             bail!("a downtime budget of 0 ms cannot be met");
         }
-        let vm = m.vm();
-        let (mem, memfd) = vm.memory();
-        let touched = vmm::memory::touched_ranges(mem, memfd);
+        let copied = storage::chosen(&m.spec, &options)?;
         let hello = Hello {
             spec: serde_json::to_value(&m.spec)?,
-            cpuid: vm.guest_cpuid(),
-            disks: Vec::new(),
+            cpuid: m.vm().guest_cpuid(),
+            disks: storage::hello_disks(m, &copied),
         };
         let progress = Arc::new(Progress::default());
         let done = EventFd::new(libc::EFD_NONBLOCK)?;
+        let wake = done.try_clone()?;
         let (to_main, from_copy) = channel();
         let (to_copy, from_main) = channel();
+        stream.set_nonblocking(false)?;
+        // From here on a failure must serve the disks plainly again.
+        let disks = storage::track(m, running, &copied)?;
+        let vm = m.vm();
+        let (mem, memfd) = vm.memory();
+        let touched = vmm::memory::touched_ranges(mem, memfd);
         let copy = Copy {
             conn,
             tracker: vm.dirty_tracker(),
             touched,
+            disks,
             hello,
             options,
             progress: Arc::clone(&progress),
             to_main,
-            wake: done.try_clone()?,
+            wake,
             from_main,
         };
-        std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("migrate".into())
             .spawn(move || copy.run())
-            .map_err(|e| anyhow!("starting the migration thread: {e}"))?;
-        stream.set_nonblocking(false)?;
+        {
+            storage::untrack(m, running, &copied);
+            bail!("starting the migration thread: {e}");
+        }
         Ok(Self {
             stream,
             progress,
             was_running: running,
             stopped: false,
             held: false,
+            tracked: copied,
             done,
             from_copy,
             to_copy,
             t0: Instant::now(),
         })
+    }
+
+    /// The migration is over here without a pause (it failed): the disks
+    /// it tracked are served plainly again. After the last pause the
+    /// disks are opened afresh instead ([`take_disks_back`]).
+    pub(crate) fn untrack(&self, m: &mut Machine) {
+        storage::untrack(m, self.was_running && !self.stopped, &self.tracked);
     }
 
     pub(crate) fn fds(&self) -> Vec<RawFd> {

@@ -14,6 +14,7 @@ use vmm::memory::GuestMemory;
 use vmm::state::stream::{Hello, Reader, Record, Reply};
 use vmm::state::MachineState;
 
+use super::storage::Targets;
 use super::Conn;
 
 /// Reads the stream's header and hello, and checks that this host can
@@ -56,9 +57,12 @@ fn read_hello(conn: &mut Conn) -> Result<Hello> {
 
 /// In the VM process: guest memory for `size` bytes, `ready`, then every
 /// record up to the end. Returns the state and the filled memory.
+/// Disk contents land in `disks` (storage migration), synced once the
+/// end has arrived.
 pub(crate) fn receive(
     conn: &mut Conn,
     cfg: &vmm::VmConfig,
+    disks: &mut Targets,
 ) -> Result<(MachineState, GuestMemory, File)> {
     let (mem, memfd) = vmm::memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
     if let Some((policy, nodes)) = &cfg.numa {
@@ -118,18 +122,22 @@ pub(crate) fn receive(
             }
             Record::Hello(_) => bail!("a second hello"),
             Record::End(_) => bail!("the stream ended before the machine's state"),
-            Record::Disk { .. } => bail!("disk contents in the stream: not there yet"),
+            Record::Disk { disk, offset, data } => disks.write(disk, offset, &data)?,
+            Record::DiskZeroes { disk, offset, len } => disks.zero(disk, offset, len)?,
             Record::Commit => bail!("a commit before the machine's state"),
         }
     };
     match reader.next_record()? {
-        Record::End(e) if e.page_records == records => {}
+        Record::End(e) if e.page_records == records && e.disk_records == disks.records => {}
         Record::End(e) => bail!(
-            "the stream sent {records} page records and its end says {}",
-            e.page_records
+            "the stream sent {records} page and {} disk records, and its end says {} and {}",
+            disks.records,
+            e.page_records,
+            e.disk_records
         ),
         _ => bail!("the machine's state is not followed by the end"),
     }
+    disks.sync()?;
     Ok((state, mem, memfd))
 }
 

@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::state::stream::{End, Hello, Reply, Writer};
 use vmm::DirtyTracker;
 
+use super::storage::{Outgoing, Sent};
 use super::Conn;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -37,6 +38,7 @@ pub(crate) struct Progress {
     pub(crate) remaining: AtomicU64,
     pub(crate) throttle: AtomicU32,
     pub(crate) downtime_ms: AtomicU64,
+    pub(crate) disk_bytes: AtomicU64,
     pub(crate) cancel: AtomicBool,
     /// The commit is on its way: from here on the guest may run at the
     /// destination, so no failure may resume it here.
@@ -58,6 +60,7 @@ impl Progress {
             dirty_rate: self.dirty_rate.load(Ordering::Relaxed),
             remaining: self.remaining.load(Ordering::Relaxed),
             throttle: self.throttle.load(Ordering::Relaxed),
+            disk_bytes: self.disk_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -100,6 +103,8 @@ pub(crate) struct Copy {
     pub(crate) conn: Conn,
     pub(crate) tracker: DirtyTracker,
     pub(crate) touched: Vec<(u64, u64)>,
+    /// Disks whose contents go along (storage migration).
+    pub(crate) disks: Vec<Outgoing>,
     pub(crate) hello: Hello,
     pub(crate) options: MigrateOptions,
     pub(crate) progress: Arc<Progress>,
@@ -170,6 +175,16 @@ impl Copy {
         self.progress.phase.store(ACTIVE, Ordering::Relaxed);
         let mem = self.tracker.memory();
         let mut records = 0u64;
+        // Disks first: their contents are most of what moves, and the
+        // guest's writes meanwhile are tracked for the rounds.
+        let mut disk = Sent::default();
+        for d in &self.disks {
+            disk += d.send_all(&mut w, &mut |b| self.after_record(b, &pacer))?;
+            self.progress
+                .disk_bytes
+                .store(disk.bytes, Ordering::Relaxed);
+        }
+        let mut pending: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.disks.len()];
         // The first pass: every page that may hold data; zero pages are
         // left out (the destination's memory starts zeroed).
         for &(gpa, len) in &self.touched {
@@ -196,20 +211,32 @@ impl Copy {
                 .flatten()
                 .map(|w| u64::from(w.count_ones()))
                 .sum();
+            let disk_dirty: u64 = self
+                .disks
+                .iter()
+                .zip(pending.iter_mut())
+                .map(|(d, p)| d.take_dirty(p))
+                .sum();
             let secs = last_round.elapsed().as_secs_f64().max(1e-3);
             self.progress
                 .dirty_rate
                 .store((dirty as f64 / secs) as u64, Ordering::Relaxed);
-            self.progress
-                .remaining
-                .store(dirty * PAGE, Ordering::Relaxed);
+            let left = dirty * PAGE + disk_dirty;
+            self.progress.remaining.store(left, Ordering::Relaxed);
             let rate = w.bytes as f64 / pacer.t0.elapsed().as_secs_f64().max(1e-3);
-            let last_copy = Duration::from_secs_f64((dirty * PAGE) as f64 / rate.max(1.0));
+            let last_copy = Duration::from_secs_f64(left as f64 / rate.max(1.0));
             let fits = last_copy <= budget;
             let late = deadline.is_some_and(|d| Instant::now() >= d);
             if fits || late || rounds >= MAX_ROUNDS {
                 // The rest goes in the pause, with what these bitmaps hold.
-                return self.finish(&mut w, &mut reader, mem, &bitmaps, records, rounds);
+                let last = Last {
+                    bitmaps,
+                    disks: pending,
+                    records,
+                    disk,
+                    rounds,
+                };
+                return self.finish(&mut w, &mut reader, mem, last);
             }
             if self.options.auto_converge && dirty.saturating_mul(10) > prev_dirty.saturating_mul(9)
             {
@@ -220,9 +247,23 @@ impl Copy {
             prev_dirty = dirty;
             last_round = Instant::now();
             records += send_dirty(&mut w, mem, &bitmaps, &pacer, &self.progress)?;
+            for (d, p) in self.disks.iter().zip(pending.iter_mut()) {
+                disk += d.send_ranges(&mut w, p, &mut |b| self.after_record(b, &pacer))?;
+                p.clear();
+            }
+            self.progress
+                .disk_bytes
+                .store(disk.bytes, Ordering::Relaxed);
             rounds += 1;
             self.progress.rounds.store(rounds, Ordering::Relaxed);
         }
+    }
+
+    /// After each disk record: progress, the pace, a cancel.
+    fn after_record(&self, bytes: u64, pacer: &Pacer) -> Result<()> {
+        self.progress.bytes.store(bytes, Ordering::Relaxed);
+        pacer.wait(bytes);
+        self.check_cancel()
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -240,10 +281,15 @@ impl Copy {
         w: &mut Writer<BufWriter<Conn>>,
         reader: &mut Conn,
         mem: &vmm::memory::GuestMemory,
-        before: &[Vec<u64>],
-        mut records: u64,
-        rounds: u32,
+        last_round: Last,
     ) -> Result<()> {
+        let Last {
+            bitmaps: before,
+            disks: mut pending,
+            mut records,
+            mut disk,
+            rounds,
+        } = last_round;
         self.progress.phase.store(STOPPING, Ordering::Relaxed);
         self.to_main.send(ToMain::WantStop)?;
         self.wake.write(1)?;
@@ -253,7 +299,7 @@ impl Copy {
         };
         let paused = Instant::now();
         let mut last = self.tracker.pages()?;
-        for (a, b) in last.iter_mut().zip(before) {
+        for (a, b) in last.iter_mut().zip(&before) {
             for (x, y) in a.iter_mut().zip(b) {
                 *x |= y;
             }
@@ -264,10 +310,19 @@ impl Copy {
             cap: None,
         };
         records += send_dirty(w, mem, &last, &pacer, &self.progress)?;
+        // The queues are drained: every write the guest made is tracked.
+        for (d, p) in self.disks.iter().zip(pending.iter_mut()) {
+            d.take_dirty(p);
+            disk += d.send_ranges(w, p, &mut |_| Ok(()))?;
+        }
+        self.progress
+            .disk_bytes
+            .store(disk.bytes, Ordering::Relaxed);
         w.state(&state)?;
         w.end(&End {
             page_records: records,
             rounds: rounds + 1,
+            disk_records: disk.records,
         })?;
         self.progress.bytes.store(w.bytes, Ordering::Relaxed);
         self.progress.rounds.store(rounds + 1, Ordering::Relaxed);
@@ -298,6 +353,16 @@ impl Copy {
             )))),
         }
     }
+}
+
+/// What the last copy starts from: the dirty pages and disk ranges the
+/// last round found, and the counts so far.
+struct Last {
+    bitmaps: Vec<Vec<u64>>,
+    disks: Vec<Vec<(u64, u64)>>,
+    records: u64,
+    disk: Sent,
+    rounds: u32,
 }
 
 /// The commit was sent, and then the destination was not heard from.

@@ -1,0 +1,111 @@
+//! What the vm-migrate tests share: a run folder, a receiving
+//! vm-migrate in the background and its listening address.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use test_guest::rundir::RunDir;
+
+pub fn env() -> RunDir {
+    RunDir::new(Path::new(env!("CARGO_BIN_EXE_vm-migrate")))
+}
+
+/// `vm-migrate recv` in the background, its state record on stdout.
+pub fn recv(env: &RunDir, listen: &str, name: &str) -> Child {
+    let console = env.console_path(name);
+    env.command("vm-migrate")
+        .args(["recv", "--listen", listen, "--name", name, "--console"])
+        .arg(&console)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the listening line on `child`'s stderr; returns its address.
+pub fn listening(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("vm-migrate: listening on ")
+        .unwrap_or_else(|| panic!("no listening line: {line}"))
+        .to_string()
+}
+
+pub fn finish(child: Child) -> (i32, String, String) {
+    test_guest::rundir::decode(&child.wait_with_output().unwrap())
+}
+
+/// A stream record made by hand: kind, CRC-32, length, payload.
+pub fn record(kind: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u64;
+    let mut summed = kind.to_le_bytes().to_vec();
+    summed.extend_from_slice(&len.to_le_bytes());
+    summed.extend_from_slice(payload);
+    let mut r = kind.to_le_bytes().to_vec();
+    r.extend_from_slice(&test_guest::crc32(&summed).to_le_bytes());
+    r.extend_from_slice(&len.to_le_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+/// Feeds a stream made by hand (`body`: the records after the header) to
+/// a real `vm-migrate recv` (with `args`), which must answer `ready`
+/// first when `ready` says so, then an error line naming `expect`, exit
+/// non-zero and leave no VM behind.
+pub fn feed_hostile(
+    env: &RunDir,
+    tag: &str,
+    args: &[&str],
+    body: &[u8],
+    ready: bool,
+    what: &str,
+    expect: &str,
+) {
+    let sock = env.path(&format!("{tag}.sock"));
+    let listen = format!("unix:{}", sock.display());
+    let mut r = env
+        .command("vm-migrate")
+        .args(["recv", "--listen", &listen, "--name", "h", "--console"])
+        .arg(env.console_path("h"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    listening(&mut r);
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut stream = b"VMTMIGR\n".to_vec();
+    stream.extend_from_slice(&1u32.to_le_bytes());
+    stream.extend_from_slice(&0u32.to_le_bytes());
+    stream.extend_from_slice(body);
+    // The destination may stop reading at the first bad record; the
+    // end of what is sent is the end of the stream.
+    let _ = s.write_all(&stream);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut replies = String::new();
+    let _ = s.read_to_string(&mut replies);
+    let mut lines = replies.lines();
+    if ready {
+        assert_eq!(
+            lines.next(),
+            Some("{\"reply\":\"ready\"}"),
+            "{what}: {replies}"
+        );
+    }
+    let err = lines
+        .next()
+        .unwrap_or_else(|| panic!("{what}: no error reply: {replies}"));
+    assert!(err.starts_with("{\"reply\":\"error\""), "{what}: {err}");
+    assert!(err.contains(expect), "{what}: {err}");
+    let (code, _, rerr) = finish(r);
+    assert_ne!(code, 0, "{what}: {rerr}");
+    assert!(env.running().is_empty(), "{what}: a VM was left");
+}
