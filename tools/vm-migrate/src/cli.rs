@@ -83,6 +83,9 @@ pub struct RecvArgs {
     /// (the far end of an exec: transport).
     #[arg(long, value_name = "WHERE", default_value = "-")]
     pub listen: String,
+    /// The same as --listen WHERE, for `exec:ssh host2 vm-migrate recv -`.
+    #[arg(value_name = "WHERE", conflicts_with = "listen")]
+    pub at: Option<String>,
     /// A spec whose host-local parts (disk paths, console, taps,
     /// placement) replace the arriving ones (virsh migrate --xml).
     #[arg(long, value_name = "SPEC")]

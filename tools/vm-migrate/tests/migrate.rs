@@ -80,7 +80,7 @@ fn migrate_over_unix_tcp_and_exec() {
     // exec: c to d through a command's stdin and stdout, as over ssh
     let me = Path::new(env!("CARGO_BIN_EXE_vm-migrate"));
     let cmd = format!(
-        "exec:{} recv --name d --console {}",
+        "exec:{} recv - --name d --console {}",
         me.display(),
         env.console_path("d").display()
     );

@@ -16,7 +16,7 @@ use crate::transport::{self, Target};
 const STREAM_FD: i32 = 3;
 
 pub fn run(a: &RecvArgs) -> Result<i32> {
-    let target: Target = a.listen.parse()?;
+    let target: Target = a.at.as_deref().unwrap_or(&a.listen).parse()?;
     let stdio = target == Target::Stdio;
     let (conn, relay) = transport::accept(&target)?;
     let mut cmd = Command::new(vm_control::sibling_tool("vm-run"));
