@@ -46,3 +46,8 @@ wait_for() { # file text
   until grep -q "$2" "$1" 2>/dev/null; do sleep 0.2; done
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# The median of the numbers given.
+median() {
+  printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
