@@ -36,9 +36,12 @@ impl FromStr for DiskOverride {
             Some("format=qcow2") => Some(DiskFormat::Qcow2),
             Some(o) => return Err(format!("'{o}': takes format=raw or format=qcow2")),
         };
+        // Absolute, as `define` stores paths: the VM's state and later
+        // verbs (snapshots, a reboot) must not depend on this folder.
+        let path = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
         Ok(Self {
             id: id.to_string(),
-            path: PathBuf::from(path),
+            path,
             format,
         })
     }
@@ -123,9 +126,10 @@ mod tests {
         assert_eq!(d.id, "vda");
         assert_eq!(d.path, PathBuf::from("/x/c1.qcow2"));
         assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        // A relative path is made absolute against the current folder.
         assert_eq!(
             "vdb=a=b".parse::<DiskOverride>().unwrap().path,
-            PathBuf::from("a=b")
+            std::env::current_dir().unwrap().join("a=b")
         );
         for bad in ["vda", "=x", "vda=", "vda=x,format=vmdk", "vda=x,cache=none"] {
             assert!(bad.parse::<DiskOverride>().is_err(), "{bad}");
