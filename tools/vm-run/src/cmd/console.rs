@@ -37,9 +37,15 @@ fn follow(path: &Path, pid: u32) -> Result<i32> {
     loop {
         let n = f.read(&mut buf)?;
         if n > 0 {
-            std::io::Write::write_all(&mut out, &buf[..n])?;
-            std::io::Write::flush(&mut out)?;
-            continue;
+            let wrote = std::io::Write::write_all(&mut out, &buf[..n])
+                .and_then(|()| std::io::Write::flush(&mut out));
+            match wrote {
+                Ok(()) => continue,
+                // The reader went away (`| head`): done, as cat and tail
+                // are, without an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
         }
         if Liveness::of(pid) == Liveness::Dead {
             return Ok(0);
