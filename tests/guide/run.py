@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Runs every command block of docs/guide.md and compares what each command
+prints with what the guide shows, by shape; checks that every section of
+the openEuler guide is covered or says why not.
+
+The blocks are ```console blocks: `$ COMMAND` lines (a trailing backslash
+continues one), each followed by the output the guide shows. They run in
+order, in one bash session in a scratch folder (state carries over, as for
+a reader following the guide), with the tools on PATH and $GUEST naming
+the test guest's kernel. Shapes:
+
+- a JSON line matches JSON with the same keys, recursively (values may
+  differ; an array matches by its first element);
+- `...` matches any number of lines;
+- a command may go on over lines ending in a backslash, and a
+  here-document (`<<EOF`) takes the lines up to its delimiter;
+- `[exit N]` as the last line: the command must exit with N (else 0);
+- any other line matches a line equal to it once runs of digits are
+  treated alike (sizes, ids, times differ from run to run).
+
+Usage: run.py GUIDE BIN GUEST   (scripts/guide sets it up)
+GUIDE_SHOW=1 prints what every command printed; GUIDE_FILL=1 writes it
+into the guide for each command shown with only `...`.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# The openEuler 20.03 guide's sections (chapter 3), each of which must be
+# a heading in docs/guide.md with a command block or a "Not in vmtools"
+# line under it.
+SECTIONS = [
+    "3.1.1", "3.1.2", "3.1.3",
+    "3.2.2", "3.2.3", "3.2.4.1", "3.2.4.2", "3.2.4.3", "3.2.4.4", "3.2.5",
+    "3.2.6", "3.2.7",
+    "3.3.1", "3.3.2", "3.3.3", "3.3.4",
+    "3.4.4",
+    "3.5.1.1", "3.5.1.2", "3.5.1.3", "3.5.2.2", "3.5.2.3",
+    "3.6.1", "3.6.2", "3.6.3", "3.6.4", "3.6.5", "3.6.6", "3.6.7",
+    "3.7.1.1", "3.7.1.2", "3.7.1.3", "3.7.1.4", "3.7.1.5",
+    "3.7.2.1", "3.7.2.2", "3.7.2.3",
+]
+NOT_YET = "**Not in vmtools yet:**"
+
+
+def parse(text):
+    """The guide's sections (number -> body) and its command blocks, in
+    order: each a list of (command, expected lines, section)."""
+    sections, blocks = {}, []
+    current, body = None, []
+    in_block, lines = False, []
+    for at, line in enumerate(text.splitlines()):
+        if not in_block:
+            m = re.match(r"^#{2,5} (3(?:\.\d+)+) ", line)
+            if m:
+                if current:
+                    sections[current] = "\n".join(body)
+                current, body = m.group(1), []
+                continue
+            body.append(line)
+            if line.strip() == "```console":
+                in_block, lines = True, []
+            continue
+        body.append(line)
+        if line.strip() == "```":
+            in_block = False
+            blocks.append((current, commands(lines)))
+        else:
+            lines.append((at, line))
+    if current:
+        sections[current] = "\n".join(body)
+    return sections, blocks
+
+
+def commands(lines):
+    """`lines`: (line number, text) pairs of one block."""
+    out, cmd, expect, cont, until = [], None, [], False, None
+    for at, line in lines:
+        if until is not None:
+            # A here-document's body, to its delimiter line.
+            cmd += "\n" + line
+            if line == until:
+                until = None
+            continue
+        if cont:
+            cmd += "\n" + line
+            cont = line.endswith("\\")
+            continue
+        if line.startswith("$ "):
+            if cmd is not None:
+                out.append((cmd, expect))
+            cmd, expect = line[2:], []
+            cont = line.endswith("\\")
+            here = re.search(r"<<-?'?(\w+)'?", line)
+            if here:
+                until = here.group(1)
+            continue
+        if cmd is None:
+            raise SystemExit(f"output before any command: {line!r}")
+        expect.append((at, line))
+    if cmd is not None:
+        out.append((cmd, expect))
+    return out
+
+
+def shape(v):
+    if isinstance(v, dict):
+        return {k: shape(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [shape(v[0])] if v else []
+    return None
+
+
+def same_shape(want, got):
+    if isinstance(want, dict):
+        return isinstance(got, dict) and want.keys() == got.keys() and all(
+            same_shape(want[k], got[k]) for k in want
+        )
+    if isinstance(want, list):
+        if not isinstance(got, list):
+            return False
+        return not want or not got or same_shape(want[0], got[0])
+    return not isinstance(got, (dict, list))
+
+
+def line_matches(want, got):
+    if want[:1] in "{[" and want.strip():
+        try:
+            return same_shape(shape(json.loads(want)), shape(json.loads(got)))
+        except ValueError:
+            pass
+    digits = re.compile(r"\d+")
+    return digits.sub("0", want.rstrip()) == digits.sub("0", got.rstrip())
+
+
+def matches(want, got):
+    """Whether the lines `got` fit the pattern lines `want`."""
+    if not want:
+        return not got
+    if want[0] == "...":
+        return any(matches(want[1:], got[i:]) for i in range(len(got) + 1))
+    return bool(got) and line_matches(want[0], got[0]) and matches(want[1:], got[1:])
+
+
+def main():
+    guide, bindir, guest = sys.argv[1:4]
+    sections, blocks = parse(open(guide, encoding="utf-8").read())
+    failures = []
+    for s in SECTIONS:
+        body = sections.get(s)
+        if body is None:
+            failures.append(f"section {s} of the guide has no heading in {guide}")
+        elif "```console" not in body and NOT_YET not in body:
+            failures.append(f"section {s} has no command block and no '{NOT_YET}' line")
+    work = tempfile.mkdtemp(prefix="vmtools-guide.")
+    script = ["exec </dev/null 2>&1", "cd " + work]
+    steps = []
+    for section, cmds in blocks:
+        for cmd, expect in cmds:
+            n = len(steps)
+            steps.append((section, cmd, expect))
+            script.append(f"echo '@@guide-begin {n}'")
+            script.append(cmd)
+            # A newline first: the command's output may not end with one.
+            script.append(f"rc=$?; printf '\\n@@guide-end {n} %d\\n' $rc")
+    env = dict(os.environ)
+    env.update(
+        PATH=bindir + ":" + env.get("PATH", ""),
+        GUEST=guest,
+        VMTOOLS_RUN_DIR=os.path.join(work, "run"),
+        VMTOOLS_CONFIG_DIR=os.path.join(work, "defs"),
+    )
+    path = os.path.join(work, ".guide.sh")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(script) + "\n")
+    try:
+        run = subprocess.run(
+            ["bash", "--noprofile", "--norc", path],
+            stdout=subprocess.PIPE, env=env, timeout=600, check=False,
+        )
+        out = run.stdout.decode(errors="replace")
+    finally:
+        # Nothing the guide started may outlive it.
+        subprocess.run(
+            ["sh", "-c", f"for d in {work}/run/*/; do vm-run kill \"$(basename \"$d\")\"; done"],
+            env=env, capture_output=True, check=False,
+        )
+    got = {}
+    for m in re.finditer(r"@@guide-begin (\d+)\n(.*?)@@guide-end \1 (\d+)\n", out, re.S):
+        # The scratch folder and the guest's path differ from run to run:
+        # the guide shows them as /srv/vm and $GUEST.
+        text = m.group(2).replace(guest, "$GUEST").replace(work, "/srv/vm")
+        lines = text.splitlines()
+        if lines and lines[-1] == "":
+            lines.pop()
+        got[int(m.group(1))] = (lines, int(m.group(3)))
+    fill = {}
+    for n, (section, cmd, expect_at) in enumerate(steps):
+        expect = [line for _, line in expect_at]
+        if n in got and [l for l in expect if not l.startswith("[exit")] == ["..."]:
+            fill[expect_at[0][0]] = got[n][0]
+        if n not in got:
+            failures.append(f"{section}: `{cmd}` did not finish")
+            continue
+        lines, code = got[n]
+        if os.environ.get("GUIDE_SHOW"):
+            print(f"$ {cmd}\n" + "".join(l + "\n" for l in lines) + f"[rc {code}]")
+        want_code = 0
+        if expect and re.fullmatch(r"\[exit \d+\]", expect[-1]):
+            want_code = int(expect[-1][6:-1])
+            expect = expect[:-1]
+        if code != want_code:
+            failures.append(f"{section}: `{cmd}` exited {code}, the guide says {want_code}:\n"
+                            + "\n".join(lines))
+        elif not matches(expect, lines):
+            failures.append(f"{section}: `{cmd}` printed\n" + "\n".join(lines)
+                            + "\nwhere the guide shows\n" + "\n".join(expect))
+    subprocess.run(["rm", "-rf", work], check=False)
+    if os.environ.get("GUIDE_FILL"):
+        # For whoever writes the guide: a command shown with only `...`
+        # gets what it printed in this run.
+        text = open(guide, encoding="utf-8").read().splitlines()
+        for at in sorted(fill, reverse=True):
+            text[at:at + 1] = fill[at]
+        with open(guide, "w", encoding="utf-8") as f:
+            f.write("\n".join(text) + "\n")
+    for f in failures:
+        print("FAIL:", f)
+    print(f"docs/guide.md: {len(steps)} commands in {len(blocks)} blocks, "
+          f"{len(SECTIONS)} sections, {len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
