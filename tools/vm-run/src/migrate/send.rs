@@ -243,6 +243,10 @@ impl Copy {
                 // The rounds do not shrink: hold the vCPUs back more.
                 let t = (self.progress.throttle.load(Ordering::Relaxed) + 20).min(99);
                 self.progress.throttle.store(t, Ordering::Relaxed);
+                // The emulator thread applies it, and may be asleep in
+                // poll with no deadline: a guest that only computes makes
+                // no exits that would wake it.
+                self.wake.write(1)?;
             }
             prev_dirty = dirty;
             last_round = Instant::now();
