@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{env, feed_hostile, finish, listening, record, recv};
+use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record, recv};
 use test_guest::rundir::{contiguous, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
 
@@ -206,22 +206,7 @@ fn shared_disk_moves_with_the_guest() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    let raw = env.path("shared.raw");
-    let o = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "raw", p, raw.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let data = std::fs::read(&raw).unwrap();
-    let flushed = *env.counts("b", "flushed ").last().unwrap();
-    for i in 0..=flushed {
-        let at = i as usize * 512;
-        assert_eq!(
-            &data[at..at + 512],
-            &test_guest::pattern(0xc0de_0000 + i, 512)[..],
-            "sector {i} of {flushed}"
-        );
-    }
+    flushed_sectors_hold(&env, "b", &img);
 }
 
 /// A guest that dirties 32 MiB of pages a pass, sent at 64 MiB/s with a

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env, feed_hostile, finish, listening, record};
+use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record};
 use test_guest::rundir::{json, RunDir};
 use test_guest::{have_kvm, have_tool, kvm_lock};
 
@@ -43,9 +43,9 @@ fn recv_onto(env: &RunDir, name: &str, vda: &std::path::Path, extra: &[&str]) ->
 
 /// The guest writes and flushes sector after sector of a qcow2 overlay
 /// whose base holds data too; a read-only raw disk beside it is shared.
-/// Refused first: a disk that is not there to copy, a read-only one, a
-/// destination image of the wrong size, and the source's own image or
-/// its base as the destination. A cancel half way. Then the move, at
+/// Refused first: a disk that is not there to copy, a read-only one, one
+/// named twice, a destination image of the wrong size, and the source's
+/// own image or its base as the destination. A cancel half way. Then the move, at
 /// 2 MiB/s so that the guest writes while the disk is copied.
 #[test]
 fn copy_storage_all_while_the_guest_writes() {
@@ -97,6 +97,7 @@ fn copy_storage_all_while_the_guest_writes() {
     qemu("qemu-img", &["create", "-q", "-f", "qcow2", &small, "8M"]);
     refused(&dst, &["--migrate-disks", "vdz"], "no disk vdz");
     refused(&dst, &["--migrate-disks", "vda,vdb"], "read-only");
+    refused(&dst, &["--migrate-disks", "vda,vda"], "named twice");
     refused(&small, &["--copy-storage-all"], "8388608 bytes");
     refused(&src, &["--copy-storage-all"], "the source's own image");
     refused(&base, &["--migrate-disks", "vda"], "the source's own image");
@@ -158,18 +159,7 @@ fn copy_storage_all_while_the_guest_writes() {
     assert!(!both.contains("blk: error"), "{both}");
     qemu("qemu-img", &["check", "-q", &dst]);
     qemu("qemu-img", &["check", "-q", &src]);
-    let raw = p("dst.raw");
-    qemu("qemu-img", &["convert", "-O", "raw", &dst, &raw]);
-    let data = std::fs::read(&raw).unwrap();
-    let flushed = *env.counts("b", "flushed ").last().unwrap();
-    for i in 0..=flushed {
-        let at = i as usize * 512;
-        assert_eq!(
-            &data[at..at + 512],
-            &test_guest::pattern(0xc0de_0000 + i, 512)[..],
-            "sector {i} of {flushed}"
-        );
-    }
+    let data = flushed_sectors_hold(&env, "b", std::path::Path::new(&dst));
     let at = |mib: u64| (mib * MIB) as usize;
     assert!(data[at(8)..at(8) + 512 * 1024].iter().all(|&b| b == 0x33));
     assert!(data[at(12)..at(13)].iter().all(|&b| b == 0x5a));

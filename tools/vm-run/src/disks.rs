@@ -28,6 +28,14 @@ pub struct OpenDisk {
     locks: Vec<(PathBuf, LockMode, ImageLock)>,
 }
 
+/// The image format a spec names, for vm-image.
+pub fn image_format(f: DiskFormat) -> Format {
+    match f {
+        DiskFormat::Raw => Format::Raw,
+        DiskFormat::Qcow2 => Format::Qcow2,
+    }
+}
+
 /// Opens every disk of `spec`, in order.
 pub fn open_all(spec: &VmSpec) -> Result<Vec<OpenDisk>> {
     spec.disks.iter().map(open_one).collect()
@@ -217,10 +225,7 @@ fn open(d: &Disk) -> Result<OpenDisk> {
     // the lock or anything else opens the path.
     vm_image::open_image_file(path, false, false)?;
     let write = !d.readonly;
-    let format = match d.format {
-        DiskFormat::Raw => Format::Raw,
-        DiskFormat::Qcow2 => Format::Qcow2,
-    };
+    let format = image_format(d.format);
     // The top layer is locked before anything touches it, as QEMU does; a
     // VM or qemu-io that holds it makes us stop here.
     let mode = if write {

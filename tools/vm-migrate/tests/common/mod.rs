@@ -109,3 +109,28 @@ pub fn feed_hostile(
     assert_ne!(code, 0, "{what}: {rerr}");
     assert!(env.running().is_empty(), "{what}: a VM was left");
 }
+
+/// The guest's disk (`image`, any format) as raw bytes, after checking
+/// that it holds every sector the blk-crash guest `vm` reported flushed,
+/// each with its own pattern.
+pub fn flushed_sectors_hold(env: &RunDir, vm: &str, image: &Path) -> Vec<u8> {
+    let raw = image.with_extension("flushed.raw");
+    let o = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = std::fs::read(&raw).unwrap();
+    let flushed = *env.counts(vm, "flushed ").last().unwrap();
+    for i in 0..=flushed {
+        let at = i as usize * 512;
+        assert_eq!(
+            &data[at..at + 512],
+            &test_guest::pattern(0xc0de_0000 + i, 512)[..],
+            "sector {i} of {flushed}"
+        );
+    }
+    data
+}

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use vm_control::MigrateOptions;
 use vm_image::tracked::{merge, Tracked};
-use vm_image::{Block, Format, Image, OpenOptions};
-use vm_spec::{DiskFormat, VmSpec};
+use vm_image::{Block, Image, OpenOptions};
+use vm_spec::VmSpec;
 use vmm::state::stream::{HelloDisk, Origin, Writer};
 
 use crate::monitor::Machine;
@@ -267,10 +267,7 @@ pub(crate) fn check(spec: &VmSpec, disks: &[HelloDisk]) -> Result<()> {
             .find(|d| d.id == h.id)
             .ok_or_else(|| anyhow!("the source has disk {} and the spec here has not", h.id))?;
         let p = &d.path;
-        let format = match d.format {
-            DiskFormat::Raw => Format::Raw,
-            DiskFormat::Qcow2 => Format::Qcow2,
-        };
+        let format = crate::disks::image_format(d.format);
         // Only the header is read: the source may hold the image's locks.
         let size = Image::open(
             p,
