@@ -46,6 +46,9 @@ _vm__img() {
             vm__img,resize)
                 cmd="vm__img__subcmd__resize"
                 ;;
+            vm__img,snapshot)
+                cmd="vm__img__subcmd__snapshot"
+                ;;
             vm__img__subcmd__help,check)
                 cmd="vm__img__subcmd__help__subcmd__check"
                 ;;
@@ -76,6 +79,9 @@ _vm__img() {
             vm__img__subcmd__help,resize)
                 cmd="vm__img__subcmd__help__subcmd__resize"
                 ;;
+            vm__img__subcmd__help,snapshot)
+                cmd="vm__img__subcmd__help__subcmd__snapshot"
+                ;;
             *)
                 ;;
         esac
@@ -83,7 +89,7 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -259,7 +265,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase help"
+            opts="create info check resize convert compare map commit rebase snapshot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -412,6 +418,20 @@ _vm__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__img__subcmd__help__subcmd__snapshot)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__img__subcmd__info)
             opts="-f -q -U -h --format --quiet --output --backing-chain --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -526,6 +546,40 @@ _vm__img() {
                     return 0
                     ;;
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__snapshot)
+            opts="-f -q -l -a -c -d -U -h --format --quiet --force-share --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -a)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -35,6 +35,7 @@ complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "compare" -d 'Compare 
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
@@ -119,13 +120,22 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s u -d 'Unsafe: o
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s p
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s h -l help -d 'Print help'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "create" -d 'Create a new image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "info" -d 'Describe an image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "resize" -d 'Change an image\'s virtual size'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "rebase" -d 'Change an image\'s backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s a -d 'Revert the image to SNAPSHOT (its ID, else its name)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s c -d 'Take a snapshot named SNAPSHOT of the image as it is now' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s d -d 'Delete SNAPSHOT (its ID, else its name)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s l -d 'List the snapshots (also what happens with no action given)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s U -l force-share -d 'List without locks (force share), as for an image in use'
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "create" -d 'Create a new image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "info" -d 'Describe an image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "resize" -d 'Change an image\'s virtual size'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

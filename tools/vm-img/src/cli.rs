@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,6 +85,8 @@ pub enum Command {
     Commit(CommitArgs),
     /// Change an image's backing file.
     Rebase(RebaseArgs),
+    /// List, create, apply or delete a qcow2 image's internal snapshots.
+    Snapshot(SnapshotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +292,29 @@ pub struct RebaseArgs {
     pub backing_format: Option<String>,
     #[arg(short = 'p')]
     pub progress: bool,
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("action").args(["list", "apply", "create", "delete"])))]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// List the snapshots (also what happens with no action given).
+    #[arg(short = 'l')]
+    pub list: bool,
+    /// Revert the image to SNAPSHOT (its ID, else its name).
+    #[arg(short = 'a', value_name = "SNAPSHOT")]
+    pub apply: Option<String>,
+    /// Take a snapshot named SNAPSHOT of the image as it is now.
+    #[arg(short = 'c', value_name = "SNAPSHOT")]
+    pub create: Option<String>,
+    /// Delete SNAPSHOT (its ID, else its name).
+    #[arg(short = 'd', value_name = "SNAPSHOT")]
+    pub delete: Option<String>,
+    /// List without locks (force share), as for an image in use.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     pub filename: PathBuf,

@@ -20,14 +20,36 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Map(a) => (cmd::map::run(a), 1),
         Command::Commit(a) => (cmd::commit::run(a), 1),
         Command::Rebase(a) => (cmd::rebase::run(a), 1),
+        Command::Snapshot(a) => (cmd::snapshot::run(a), 1),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vm-img: error: {}", one_line(&e));
+            error_line(one_line(&e));
             error_code
         }
     }
+}
+
+/// Writes one error line in qemu-img's form: the program's name as
+/// invoked (its last path component), then the message. Scripts and
+/// QEMU's iotests filters match `qemu-img: ` the same way.
+pub fn error_line(message: impl std::fmt::Display) {
+    eprintln!("{}: {message}", program_name());
+}
+
+/// The name this process was started as, without its folder; `vm-img`
+/// when that is unusable (empty, or not valid UTF-8).
+pub fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("vm-img")
+        .to_string()
 }
 
 /// The error and its causes on one line (DESIGN.md's error contract).

@@ -51,7 +51,10 @@ fn assert_one_line(err: &str, what: &str) {
         1,
         "{what}: expected one error line, got: {err}"
     );
-    assert!(lines[0].starts_with("vm-img: error: "), "{what}: {err}");
+    assert!(
+        lines[0].starts_with("vm-img: ") && !lines[0].starts_with("vm-img: error:"),
+        "{what}: {err}"
+    );
 }
 
 fn patch(path: &Path, offset: u64, bytes: &[u8]) {

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub vm_clock_nsec: u64,
     pub vm_state_size: u64,
     pub icount: Option<u64>,
+    /// The disk's size when the snapshot was taken (absent in old images).
+    pub disk_size: Option<u64>,
     /// Bytes the entry occupies in the table.
     pub entry_len: u64,
 }
@@ -243,6 +245,7 @@ impl Meta {
                 vm_clock_nsec: u64at(24),
                 vm_state_size: ex64(0).unwrap_or(u64::from(u32at(32))),
                 icount: ex64(16).filter(|&v| v != u64::MAX),
+                disk_size: ex64(8),
                 entry_len,
             });
             at += entry_len;

@@ -5,6 +5,8 @@ pub mod check;
 pub mod compress;
 pub mod header;
 pub mod meta;
+pub mod refcounts;
+pub mod snapshot;
 pub mod writer;
 
 use std::fs::OpenOptions;

@@ -42,7 +42,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
             .or_else(|_| probe(path))?,
     };
     if format != Format::Qcow2 {
-        eprintln!("vm-img: error: This image format does not support checks");
+        crate::error_line("This image format does not support checks");
         return Ok(NO_CHECK);
     }
     let file = FsOpen::new()

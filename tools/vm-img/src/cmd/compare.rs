@@ -34,7 +34,9 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         let (m1, m2) = match (img1.map(pos, len), img2.map(pos, len)) {
             (Ok(m1), Ok(m2)) => (m1, m2),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("vm-img: error: Error while reading block status at offset {pos}: {e}");
+                crate::error_line(format_args!(
+                    "Error while reading block status at offset {pos}: {e}"
+                ));
                 return Ok(3);
             }
         };
@@ -136,14 +138,14 @@ fn say(a: &CompareArgs, msg: &str) {
 }
 
 fn fail(e: &anyhow::Error, code: i32) -> i32 {
-    eprintln!("vm-img: error: {}", crate::one_line(e));
+    crate::error_line(crate::one_line(e));
     code
 }
 
 fn read_error(path: &std::path::Path, pos: u64, e: &std::io::Error) -> i32 {
-    eprintln!(
-        "vm-img: error: Error while reading offset {pos} of {}: {e}",
+    crate::error_line(format_args!(
+        "Error while reading offset {pos} of {}: {e}",
         path.display()
-    );
+    ));
     4
 }

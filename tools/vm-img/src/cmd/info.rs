@@ -118,20 +118,8 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             let meta = Meta::open(path, file)?;
             let snaps: Vec<Value> = meta
                 .snapshots()?
-                .into_iter()
-                .map(|s| {
-                    let mut v = json!({
-                        "id": s.id, "name": s.name,
-                        "vm-state-size": s.vm_state_size,
-                        "date-sec": s.date_sec, "date-nsec": s.date_nsec,
-                        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
-                        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
-                    });
-                    if let Some(ic) = s.icount {
-                        v["icount"] = json!(ic);
-                    }
-                    v
-                })
+                .iter()
+                .map(super::snapshot::to_json)
                 .collect();
             m.insert("snapshots".into(), Value::Array(snaps));
         }
@@ -178,35 +166,7 @@ fn human(v: &Value) -> String {
         out += "cleanly shut down: no\n";
     }
     if let Some(snaps) = v.get("snapshots").and_then(Value::as_array) {
-        out += "Snapshot list:\n";
-        let _ = writeln!(
-            out,
-            "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}",
-            "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
-        );
-        for sn in snaps {
-            let g = |k: &str| sn.get(k).and_then(Value::as_u64).unwrap_or_default();
-            let secs = g("vm-clock-sec");
-            let clock = format!(
-                "{:04}:{:02}:{:02}.{:03}",
-                secs / 3600,
-                (secs / 60) % 60,
-                secs % 60,
-                g("vm-clock-nsec") / 1_000_000
-            );
-            let _ = writeln!(
-                out,
-                "{:<4} {:<17} {:>10} {:>19} {:>15} {:>10}",
-                sn["id"].as_str().unwrap_or_default(),
-                sn["name"].as_str().unwrap_or_default(),
-                human_size(g("vm-state-size")),
-                vm_spec::text::date_time(g("date-sec")),
-                clock,
-                sn.get("icount")
-                    .and_then(Value::as_u64)
-                    .map_or("--".to_string(), |i| i.to_string()),
-            );
-        }
+        out += &super::snapshot::table(snaps);
     }
     if let Some(data) = v
         .pointer("/format-specific/data")

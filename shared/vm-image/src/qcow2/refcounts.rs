@@ -1,0 +1,184 @@
+//! A qcow2 image's refcounts held in memory for edits that change many of
+//! them at once (internal snapshots).
+//!
+//! Nothing reaches the file until [`Refcounts::flush`], which writes every
+//! changed refcount block (adding blocks where a count has none), syncs,
+//! then hooks new blocks into the refcount table and syncs again. Callers
+//! order their own writes around it for crash safety: raise counts and
+//! flush before a table points at a cluster; lower them only once nothing
+//! does. A crash in between then leaves leaks, never a cluster in use with
+//! too low a count. Blocks are read when first touched, so memory follows
+//! what an edit touches, not what a hostile refcount table claims.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
+
+use super::header::OFFSET_MASK;
+use super::meta::{encode_refcount, Meta};
+use crate::{Error, Result};
+
+#[derive(Debug)]
+pub struct Refcounts {
+    cs: u64,
+    order: u32,
+    per_block: u64,
+    max: u64,
+    /// Refcount block offset per block index (0: none yet).
+    table: Vec<u64>,
+    blocks: BTreeMap<u64, Vec<u64>>,
+    dirty: BTreeSet<u64>,
+    /// Where the next first-fit search starts (everything below is in use).
+    free_hint: u64,
+    /// End of the last cluster allocated, so the file covers it.
+    alloc_end: u64,
+}
+
+impl Refcounts {
+    pub fn new(meta: &Meta) -> Self {
+        let bits = meta.header.refcount_bits();
+        Self {
+            cs: meta.cluster_size(),
+            order: meta.header.refcount_order,
+            per_block: meta.refblock_entries(),
+            max: if bits == 64 {
+                u64::MAX
+            } else {
+                (1 << bits) - 1
+            },
+            table: meta.reftable.iter().map(|e| e & OFFSET_MASK).collect(),
+            blocks: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            free_hint: 0,
+            alloc_end: 0,
+        }
+    }
+
+    fn block(&mut self, meta: &Meta, b: u64) -> Result<&mut Vec<u64>> {
+        if !self.blocks.contains_key(&b) {
+            let counts = match self.table.get(b as usize).copied().unwrap_or(0) {
+                0 => vec![0; self.per_block as usize],
+                off => meta.read_refblock(off)?,
+            };
+            self.blocks.insert(b, counts);
+        }
+        Ok(self.blocks.get_mut(&b).expect("just inserted"))
+    }
+
+    /// The count of the cluster at host offset `offset`.
+    pub fn get(&mut self, meta: &Meta, offset: u64) -> Result<u64> {
+        let c = offset / self.cs;
+        let per = self.per_block;
+        Ok(self.block(meta, c / per)?[(c % per) as usize])
+    }
+
+    /// Adds `delta` to the count of the cluster at `offset`; a count that
+    /// would fall below zero or overflow the refcount width is an error
+    /// (the image is corrupt, or has too many snapshots for its width).
+    pub fn add(&mut self, meta: &Meta, offset: u64, delta: i64) -> Result<()> {
+        let c = offset / self.cs;
+        let (per, max) = (self.per_block, self.max);
+        let slot = &mut self.block(meta, c / per)?[(c % per) as usize];
+        let new = slot
+            .checked_add_signed(delta)
+            .filter(|&v| v <= max)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &meta.path,
+                    format!(
+                        "refcount of cluster {c} cannot go from {} by {delta} \
+                         (refcount_bits allows {max})",
+                        *slot
+                    ),
+                )
+            })?;
+        *slot = new;
+        self.dirty.insert(c / per);
+        if new == 0 {
+            self.free_hint = self.free_hint.min(c);
+        }
+        Ok(())
+    }
+
+    /// Allocates `len` bytes of contiguous clusters (first fit, as QEMU)
+    /// and counts them once; returns the host offset.
+    pub fn alloc(&mut self, meta: &Meta, len: u64) -> Result<u64> {
+        let n = len.div_ceil(self.cs).max(1);
+        // Cluster 0 is the header; a first fit never returns it.
+        let mut start = self.free_hint.max(1);
+        // Past the file's end (and what this edit added) every cluster is
+        // free whatever a refcount block says there, which also bounds
+        // how many blocks a hostile table can make us read.
+        let end = meta.file_len.max(self.alloc_end).div_ceil(self.cs);
+        let mut run = 0;
+        let mut c = start;
+        while run < n {
+            if c >= end || self.get(meta, c * self.cs)? == 0 {
+                run += 1;
+            } else {
+                run = 0;
+                start = c + 1;
+            }
+            c += 1;
+        }
+        if self.free_hint <= start {
+            self.free_hint = start + n;
+        }
+        let per = self.per_block;
+        for k in start..start + n {
+            self.block(meta, k / per)?[(k % per) as usize] = 1;
+            self.dirty.insert(k / per);
+        }
+        self.alloc_end = self.alloc_end.max((start + n) * self.cs);
+        Ok(start * self.cs)
+    }
+
+    /// Writes the changed counts to the file, adding refcount blocks where
+    /// needed, and syncs (see the module comment for the order).
+    pub fn flush(&mut self, meta: &Meta) -> Result<()> {
+        // New blocks count themselves, possibly in other new blocks.
+        let mut new_blocks = Vec::new();
+        while let Some(&b) = self
+            .dirty
+            .iter()
+            .find(|&&b| self.table.get(b as usize).copied().unwrap_or(0) == 0)
+        {
+            if b as usize >= self.table.len() {
+                return Err(Error::unsupported(
+                    &meta.path,
+                    "the refcount table is full (growing it is not supported yet)",
+                ));
+            }
+            let at = self.alloc(meta, self.cs)?;
+            self.table[b as usize] = at;
+            new_blocks.push(b);
+        }
+        let io = |e| Error::io(&meta.path, e);
+        if meta.file_len < self.alloc_end {
+            meta.file.set_len(self.alloc_end).map_err(io)?;
+        }
+        let mut buf = vec![0u8; self.cs as usize];
+        for &b in &self.dirty {
+            buf.fill(0);
+            for (i, &v) in self.blocks[&b].iter().enumerate() {
+                if v != 0 {
+                    encode_refcount(&mut buf, self.order, i, v);
+                }
+            }
+            meta.file
+                .write_all_at(&buf, self.table[b as usize])
+                .map_err(io)?;
+        }
+        meta.file.sync_all().map_err(io)?;
+        if !new_blocks.is_empty() {
+            for &b in &new_blocks {
+                let at = meta.header.refcount_table_offset + b * 8;
+                meta.file
+                    .write_all_at(&self.table[b as usize].to_be_bytes(), at)
+                    .map_err(io)?;
+            }
+            meta.file.sync_all().map_err(io)?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+}

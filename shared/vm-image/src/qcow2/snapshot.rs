@@ -1,0 +1,416 @@
+//! Internal qcow2 snapshots: create, apply (revert to) and delete, as
+//! `qemu-img snapshot -c/-a/-d` make them.
+//!
+//! A snapshot is an entry in the snapshot table naming a copy of the L1
+//! table; the L2 tables and data clusters it shares with the active image
+//! carry one reference more, and the active tables' COPIED flags say which
+//! clusters are still the active image's alone (refcount 1, so written in
+//! place rather than copied first).
+//!
+//! Every edit keeps the image consistent at each step a crash could stop
+//! it: counts are raised and synced before a table points at a cluster,
+//! the header moves to a new snapshot table in one sector write, and counts
+//! are lowered only once nothing points at the cluster any more. A crash
+//! leaves at most leaked clusters, which `check -r leaks` frees. The caller
+//! holds the image's write lock.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::header::{COPIED, INCOMPAT_DATA_FILE, MAX_SNAPSHOTS, OFFSET_MASK};
+use super::meta::{read_exact_at, L2Entry, Meta, Snapshot};
+use super::refcounts::Refcounts;
+use crate::{Error, Result};
+
+/// QEMU's cap on the snapshot table's size.
+const MAX_TABLE_BYTES: u64 = 1024 * MAX_SNAPSHOTS as u64;
+/// QEMU keeps at most 255 bytes of a snapshot's name.
+const MAX_NAME: usize = 255;
+/// Extra data we write: VM state size (64-bit), disk size, icount.
+const EXTRA_LEN: usize = 24;
+
+/// Takes a snapshot of the image's current state under `name`, dated
+/// `date` (seconds and nanoseconds since the epoch); returns its ID.
+pub fn create(path: &Path, name: &str, date: (u32, u32)) -> Result<String> {
+    let meta = open(path)?;
+    let snaps = meta.snapshots()?;
+    if snaps.len() >= MAX_SNAPSHOTS as usize {
+        return Err(Error::unsupported(path, "too many snapshots"));
+    }
+    let mut rc = Refcounts::new(&meta);
+    let table = raw_table(&meta, &snaps)?;
+    let l1_copy = if meta.l1.is_empty() {
+        0
+    } else {
+        let at = rc.alloc(&meta, meta.l1.len() as u64 * 8)?;
+        write_table(&meta, at, &meta.l1)?;
+        at
+    };
+    add_tree(&meta, &mut rc, &meta.l1, 1)?;
+    let id = next_id(&snaps);
+    let mut cut = name.len().min(MAX_NAME);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let name = &name[..cut];
+    let entries: Vec<&[u8]> = table.iter().map(Vec::as_slice).collect();
+    let new = encode_entry(
+        l1_copy,
+        meta.l1.len() as u32,
+        &id,
+        name,
+        date,
+        meta.header.size,
+    );
+    let mut all = entries;
+    all.push(&new);
+    let (at, _) = write_snapshot_table(&meta, &mut rc, &all)?;
+    rc.flush(&meta)?;
+    let mut l1 = meta.l1.clone();
+    fix_copied(&meta, &mut rc, meta.header.l1_table_offset, &mut l1)?;
+    sync(&meta)?;
+    set_snapshot_table(&meta, all.len() as u32, at)?;
+    free_old_table(&meta, &mut rc, &snaps)?;
+    Ok(id)
+}
+
+/// Reverts the active image to snapshot `name` (an ID, else a name).
+pub fn apply(path: &Path, name: &str) -> Result<()> {
+    let meta = open(path)?;
+    let snaps = meta.snapshots()?;
+    let sn = find(&snaps, name)
+        .map(|i| &snaps[i])
+        .ok_or_else(|| not_found(path, "Failed to load snapshot: No such file or directory"))?;
+    let sn_l1 = snapshot_l1(&meta, sn)?;
+    let mut rc = Refcounts::new(&meta);
+    let size = sn.disk_size.unwrap_or(meta.header.size);
+    let len = meta
+        .l1
+        .len()
+        .max(sn_l1.len())
+        .max(meta.header.l1_entries_for(size) as usize);
+    // No COPIED flag until the counts say so (fix_copied, at the end).
+    let mut l1: Vec<u64> = sn_l1.iter().map(|e| e & !COPIED).collect();
+    l1.resize(len, 0);
+    let moved = len > meta.l1.len();
+    let l1_at = if moved {
+        rc.alloc(&meta, len as u64 * 8)?
+    } else {
+        meta.header.l1_table_offset
+    };
+    // What the snapshot references gains the active image as a user
+    // before the active L1 table points at it.
+    add_tree(&meta, &mut rc, &sn_l1, 1)?;
+    rc.flush(&meta)?;
+    write_table(&meta, l1_at, &l1)?;
+    sync(&meta)?;
+    if moved || size != meta.header.size {
+        // size, crypt method, l1_size, l1_table_offset: one write.
+        let mut h = Vec::with_capacity(24);
+        h.extend_from_slice(&size.to_be_bytes());
+        h.extend_from_slice(&meta.header.crypt_method.to_be_bytes());
+        h.extend_from_slice(&(len as u32).to_be_bytes());
+        h.extend_from_slice(&l1_at.to_be_bytes());
+        meta.file
+            .write_all_at(&h, 24)
+            .map_err(|e| Error::io(path, e))?;
+        sync(&meta)?;
+    }
+    // Only now does the old active state lose its user.
+    add_tree(&meta, &mut rc, &meta.l1, -1)?;
+    if moved {
+        free_range(
+            &meta,
+            &mut rc,
+            meta.header.l1_table_offset,
+            meta.l1.len() as u64 * 8,
+        )?;
+    }
+    rc.flush(&meta)?;
+    fix_copied(&meta, &mut rc, l1_at, &mut l1)?;
+    sync(&meta)
+}
+
+/// Deletes snapshot `name` (an ID, else a name) and frees what only it used.
+pub fn delete(path: &Path, name: &str) -> Result<()> {
+    let meta = open(path)?;
+    let snaps = meta.snapshots()?;
+    let index = find(&snaps, name).ok_or_else(|| not_found(path, "snapshot not found"))?;
+    let sn = &snaps[index];
+    let sn_l1 = snapshot_l1(&meta, sn)?;
+    let mut rc = Refcounts::new(&meta);
+    let table = raw_table(&meta, &snaps)?;
+    let kept: Vec<&[u8]> = table
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != index)
+        .map(|(_, e)| e.as_slice())
+        .collect();
+    let (at, _) = write_snapshot_table(&meta, &mut rc, &kept)?;
+    rc.flush(&meta)?;
+    set_snapshot_table(&meta, kept.len() as u32, at)?;
+    free_old_table(&meta, &mut rc, &snaps)?;
+    add_tree(&meta, &mut rc, &sn_l1, -1)?;
+    free_range(&meta, &mut rc, sn.l1_table_offset, sn_l1.len() as u64 * 8)?;
+    rc.flush(&meta)?;
+    let mut l1 = meta.l1.clone();
+    fix_copied(&meta, &mut rc, meta.header.l1_table_offset, &mut l1)?;
+    sync(&meta)
+}
+
+/// The snapshot named `name`: by ID first, then by name (as QEMU looks).
+pub fn find(snaps: &[Snapshot], name: &str) -> Option<usize> {
+    snaps
+        .iter()
+        .position(|s| s.id == name)
+        .or_else(|| snaps.iter().position(|s| s.name == name))
+}
+
+fn not_found(_path: &Path, message: &str) -> Error {
+    Error::Invalid(message.to_string())
+}
+
+fn open(path: &Path) -> Result<Meta> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = Meta::open(path, file)?;
+    let h = &meta.header;
+    if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+        return Err(Error::unsupported(
+            path,
+            "snapshots of images with an external data file are not supported",
+        ));
+    }
+    if h.corrupt() {
+        return Err(Error::corrupt(
+            path,
+            "the image is marked corrupt; repair it with check -r all first",
+        ));
+    }
+    if h.dirty() {
+        return Err(Error::unsupported(
+            path,
+            "the image was not closed cleanly (lazy refcounts); repair it with check -r all first",
+        ));
+    }
+    Ok(meta)
+}
+
+fn sync(meta: &Meta) -> Result<()> {
+    meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))
+}
+
+fn write_table(meta: &Meta, at: u64, entries: &[u64]) -> Result<()> {
+    let buf: Vec<u8> = entries.iter().flat_map(|e| e.to_be_bytes()).collect();
+    meta.file
+        .write_all_at(&buf, at)
+        .map_err(|e| Error::io(&meta.path, e))
+}
+
+/// The snapshot's L1 table, checked as QEMU checks it before use.
+fn snapshot_l1(meta: &Meta, sn: &Snapshot) -> Result<Vec<u64>> {
+    if sn.l1_size > 0 && sn.l1_table_offset % meta.cluster_size() != 0 {
+        return Err(Error::corrupt(
+            &meta.path,
+            format!("snapshot '{}': L1 table offset is not aligned", sn.id),
+        ));
+    }
+    meta.read_table(sn.l1_table_offset, u64::from(sn.l1_size))
+}
+
+/// Each snapshot's entry as its bytes in the table now, so entries we do
+/// not change keep their extra data as it was.
+fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
+    let mut at = meta.header.snapshots_offset;
+    let mut out = Vec::with_capacity(snaps.len());
+    for s in snaps {
+        let len = s.entry_len.min(meta.file_len.saturating_sub(at));
+        let mut buf = vec![0u8; len as usize];
+        read_exact_at(&meta.file, &meta.path, &mut buf, at)?;
+        buf.resize(s.entry_len as usize, 0);
+        out.push(buf);
+        at += s.entry_len;
+    }
+    Ok(out)
+}
+
+/// One new table entry: a disk-only snapshot (no VM state).
+fn encode_entry(
+    l1_offset: u64,
+    l1_size: u32,
+    id: &str,
+    name: &str,
+    (sec, nsec): (u32, u32),
+    disk_size: u64,
+) -> Vec<u8> {
+    let mut e = Vec::with_capacity(40 + EXTRA_LEN + id.len() + name.len() + 7);
+    e.extend_from_slice(&l1_offset.to_be_bytes());
+    e.extend_from_slice(&l1_size.to_be_bytes());
+    e.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    e.extend_from_slice(&sec.to_be_bytes());
+    e.extend_from_slice(&nsec.to_be_bytes());
+    e.extend_from_slice(&0u64.to_be_bytes()); // VM clock
+    e.extend_from_slice(&0u32.to_be_bytes()); // VM state size (32-bit)
+    e.extend_from_slice(&(EXTRA_LEN as u32).to_be_bytes());
+    e.extend_from_slice(&0u64.to_be_bytes()); // VM state size (64-bit)
+    e.extend_from_slice(&disk_size.to_be_bytes());
+    e.extend_from_slice(&0u64.to_be_bytes()); // icount, 0 as qemu-img writes
+    e.extend_from_slice(id.as_bytes());
+    e.extend_from_slice(name.as_bytes());
+    e.resize(e.len().div_ceil(8) * 8, 0);
+    e
+}
+
+/// One more than the largest numeric ID (QEMU's rule).
+fn next_id(snaps: &[Snapshot]) -> String {
+    let max = snaps
+        .iter()
+        .map(|s| {
+            let digits: String = s.id.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    (max + 1).to_string()
+}
+
+/// Writes a new snapshot table into freshly allocated clusters; returns
+/// its offset (0 for no snapshots) and length. Counts are not yet flushed.
+fn write_snapshot_table(meta: &Meta, rc: &mut Refcounts, entries: &[&[u8]]) -> Result<(u64, u64)> {
+    let bytes: Vec<u8> = entries.concat();
+    let len = bytes.len() as u64;
+    if len > MAX_TABLE_BYTES {
+        return Err(Error::unsupported(
+            &meta.path,
+            "the snapshot table is too large",
+        ));
+    }
+    if entries.is_empty() {
+        return Ok((0, 0));
+    }
+    let at = rc.alloc(meta, len)?;
+    meta.file
+        .write_all_at(&bytes, at)
+        .map_err(|e| Error::io(&meta.path, e))?;
+    Ok((at, len))
+}
+
+/// Points the header at a new snapshot table (one write inside one sector) and syncs.
+fn set_snapshot_table(meta: &Meta, count: u32, at: u64) -> Result<()> {
+    let mut h = [0u8; 12];
+    h[..4].copy_from_slice(&count.to_be_bytes());
+    h[4..].copy_from_slice(&at.to_be_bytes());
+    meta.file
+        .write_all_at(&h, 60)
+        .map_err(|e| Error::io(&meta.path, e))?;
+    sync(meta)
+}
+
+/// Frees the table the header pointed at before, once it no longer does.
+fn free_old_table(meta: &Meta, rc: &mut Refcounts, snaps: &[Snapshot]) -> Result<()> {
+    let len: u64 = snaps.iter().map(|s| s.entry_len).sum();
+    free_range(meta, rc, meta.header.snapshots_offset, len)?;
+    rc.flush(meta)
+}
+
+fn free_range(meta: &Meta, rc: &mut Refcounts, at: u64, len: u64) -> Result<()> {
+    if len == 0 || at == 0 {
+        return Ok(());
+    }
+    let cs = meta.cluster_size();
+    for c in at / cs..(at + len).div_ceil(cs) {
+        rc.add(meta, c * cs, -1)?;
+    }
+    Ok(())
+}
+
+/// The L2 table an L1 entry names, checked to be a whole cluster in the file.
+fn l2_at(meta: &Meta, entry: u64) -> Result<Option<u64>> {
+    let at = entry & OFFSET_MASK;
+    if at == 0 {
+        return Ok(None);
+    }
+    if !meta.cluster_in_file(at) {
+        return Err(Error::corrupt(
+            &meta.path,
+            format!("L2 table offset 0x{at:x} is unaligned or past the end of the image"),
+        ));
+    }
+    Ok(Some(at))
+}
+
+/// Adds `delta` to the count of every L2 table `l1` names and of every host
+/// cluster those tables' entries use (once per entry, as QEMU counts).
+fn add_tree(meta: &Meta, rc: &mut Refcounts, l1: &[u64], delta: i64) -> Result<()> {
+    let cs = meta.cluster_size();
+    let step = (meta.header.l2_entry_size() / 8) as usize;
+    for &e in l1 {
+        let Some(l2) = l2_at(meta, e)? else { continue };
+        rc.add(meta, l2, delta)?;
+        for &raw in meta.read_table(l2, cs / 8)?.iter().step_by(step) {
+            match meta.decode_l2(raw) {
+                L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
+                    if host % cs != 0 {
+                        return Err(Error::corrupt(
+                            &meta.path,
+                            format!("cluster offset 0x{host:x} is not aligned"),
+                        ));
+                    }
+                    rc.add(meta, host, delta)?;
+                }
+                L2Entry::Compressed { host, len } => {
+                    for c in host / cs..=(host + len.max(1) - 1) / cs {
+                        rc.add(meta, c * cs, delta)?;
+                    }
+                }
+                L2Entry::Zero { host: None } | L2Entry::Unallocated => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets each COPIED flag of the active tables (`l1`, stored at `l1_at`)
+/// to whether the cluster's count is 1, writing what changed.
+fn fix_copied(meta: &Meta, rc: &mut Refcounts, l1_at: u64, l1: &mut [u64]) -> Result<()> {
+    let cs = meta.cluster_size();
+    let step = (meta.header.l2_entry_size() / 8) as usize;
+    let io = |e| Error::io(&meta.path, e);
+    let mut l1_changed = false;
+    for e in l1.iter_mut() {
+        let Some(l2) = l2_at(meta, *e)? else { continue };
+        let mut table = meta.read_table(l2, cs / 8)?;
+        let mut changed = false;
+        for raw in table.iter_mut().step_by(step) {
+            let mut new = *raw & !COPIED;
+            if let L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } =
+                meta.decode_l2(new)
+            {
+                if rc.get(meta, host)? == 1 {
+                    new |= COPIED;
+                }
+            }
+            if new != *raw {
+                *raw = new;
+                changed = true;
+            }
+        }
+        if changed {
+            write_table(meta, l2, &table)?;
+        }
+        let want = l2 | if rc.get(meta, l2)? == 1 { COPIED } else { 0 };
+        if want != *e {
+            *e = want;
+            l1_changed = true;
+        }
+    }
+    if l1_changed {
+        write_table(meta, l1_at, l1)?;
+    }
+    meta.file.sync_all().map_err(io)
+}

@@ -1,0 +1,153 @@
+//! `vm-img snapshot`: a qcow2 image's internal snapshots, listed (-l),
+//! taken (-c), applied (-a) and deleted (-d) as qemu-img does.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::meta::{Meta, Snapshot};
+use vm_image::qcow2::snapshot;
+use vm_image::{Format, Image, OpenOptions};
+
+use crate::cli::SnapshotArgs;
+use crate::util;
+
+enum Action<'a> {
+    List,
+    Create(&'a str),
+    Apply(&'a str),
+    Delete(&'a str),
+}
+
+pub fn run(a: &SnapshotArgs) -> Result<i32> {
+    let path = &a.filename;
+    let action = match (&a.create, &a.apply, &a.delete) {
+        (Some(n), _, _) => Action::Create(n),
+        (_, Some(n), _) => Action::Apply(n),
+        (_, _, Some(n)) => Action::Delete(n),
+        _ => Action::List,
+    };
+    let format = util::parse_format(a.common.format.as_deref())?;
+    if let Action::List = action {
+        let img = util::open_read(path, a.common.format.as_deref(), a.force_share)?;
+        // Formats without snapshots list nothing, as with qemu-img.
+        if img.format() == Format::Qcow2 {
+            let snaps: Vec<Value> = read_snapshots(path)?.iter().map(to_json).collect();
+            print!("{}", table(&snaps));
+        }
+        return Ok(0);
+    }
+    if a.force_share {
+        bail!("force-share=on can only be used with read-only images");
+    }
+    let _lock = ImageLock::acquire(path, LockMode::Write)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    let opts = OpenOptions {
+        format,
+        lock: false,
+        backing: false,
+        ..OpenOptions::default()
+    };
+    let img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let qcow2 = img.format() == Format::Qcow2;
+    drop(img);
+    match action {
+        Action::Create(name) => {
+            if !qcow2 {
+                bail!("Could not create snapshot '{name}': -95 (Operation not supported)");
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let date = (now.as_secs() as u32, now.subsec_micros() * 1000);
+            snapshot::create(path, name, date)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("Could not create snapshot '{name}'"))?;
+        }
+        Action::Apply(name) => {
+            if !qcow2 {
+                bail!("Could not apply snapshot '{name}': Block driver does not support snapshots");
+            }
+            snapshot::apply(path, name)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("Could not apply snapshot '{name}'"))?;
+        }
+        Action::Delete(name) => {
+            if !qcow2 {
+                bail!("Could not delete snapshot '{name}': snapshot not found");
+            }
+            snapshot::delete(path, name)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("Could not delete snapshot '{name}'"))?;
+        }
+        Action::List => unreachable!("listed above"),
+    }
+    Ok(0)
+}
+
+fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    let meta = Meta::open(path, file)?;
+    Ok(meta.snapshots()?)
+}
+
+/// One snapshot as `info --output json` shows it (qemu-img's names).
+pub fn to_json(s: &Snapshot) -> Value {
+    let mut v = json!({
+        "id": s.id, "name": s.name,
+        "vm-state-size": s.vm_state_size,
+        "date-sec": s.date_sec, "date-nsec": s.date_nsec,
+        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
+        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+    });
+    if let Some(ic) = s.icount {
+        v["icount"] = json!(ic);
+    }
+    v
+}
+
+/// The snapshot list in qemu-img's layout (`snapshot -l` and `info`), from
+/// `to_json`'s records; empty when there are none.
+pub fn table(snaps: &[Value]) -> String {
+    let mut out = String::new();
+    if snaps.is_empty() {
+        return out;
+    }
+    out += "Snapshot list:\n";
+    let _ = writeln!(
+        out,
+        "{:<10}{:<17}{:>8}{:>20}{:>13}{:>11}",
+        "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT"
+    );
+    for sn in snaps {
+        let g = |k: &str| sn.get(k).and_then(Value::as_u64).unwrap_or_default();
+        let t = |k: &str| sn.get(k).and_then(Value::as_str).unwrap_or_default();
+        let secs = g("vm-clock-sec");
+        let clock = format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60,
+            g("vm-clock-nsec") / 1_000_000
+        );
+        let _ = writeln!(
+            out,
+            "{:<9} {:<16} {:>8}{:>20}{:>13}{:>11}",
+            t("id"),
+            t("name"),
+            util::human_size(g("vm-state-size")),
+            vm_spec::text::date_time(g("date-sec")),
+            clock,
+            sn.get("icount")
+                .and_then(Value::as_u64)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    out
+}

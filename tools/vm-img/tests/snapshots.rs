@@ -1,0 +1,167 @@
+//! `vm-img snapshot`: internal snapshots taken, applied and deleted by us
+//! must read back through qemu-io with the data of their moment, pass
+//! `qemu-img check` after every step, and mix with qemu-img's own.
+
+mod common;
+
+use common::*;
+
+fn list_ids(tool: &str, img: &str) -> Vec<(String, String)> {
+    let out = if tool == "qemu" {
+        qemu_ok(&["snapshot", "-l", img])
+    } else {
+        ok(&["snapshot", "-l", img])
+    };
+    out.lines()
+        .skip(2)
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn snapshots_keep_the_data_of_their_moment() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("t.qcow2");
+    let img = d.s("t.qcow2");
+    ok(&["create", "-q", "-f", "qcow2", &img, "8M"]);
+    qemu_io(&p, "qcow2", &["write -P 1 0 2M"]);
+    ok(&["snapshot", "-c", "first", &img]);
+    qemu_clean(&p);
+    // Writes after the snapshot must copy, not overwrite, shared clusters.
+    qemu_io(&p, "qcow2", &["write -P 2 0 1M", "write -P 3 6M 1M"]);
+    ok(&["snapshot", "-c", "second", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["write -P 4 512k 1M"]);
+    // qemu-img lists ours, and we list in its layout.
+    let want = vec![
+        ("1".to_string(), "first".to_string()),
+        ("2".to_string(), "second".to_string()),
+    ];
+    assert_eq!(list_ids("qemu", &img), want);
+    assert_eq!(list_ids("vm", &img), want);
+    let ours = ok(&["snapshot", "-l", &img]);
+    let theirs = qemu_ok(&["snapshot", "-l", &img]);
+    assert_eq!(ours.lines().nth(1), theirs.lines().nth(1), "header line");
+
+    ok(&["snapshot", "-a", "first", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["read -P 1 0 2M", "read -P 0 2M 6M"]);
+    // By ID too; the state of "second" comes back whole.
+    ok(&["snapshot", "-a", "2", &img]);
+    qemu_clean(&p);
+    qemu_io(
+        &p,
+        "qcow2",
+        &["read -P 2 0 1M", "read -P 1 1M 1M", "read -P 3 6M 1M"],
+    );
+    // The active image written after an apply leaves the snapshot alone.
+    qemu_io(&p, "qcow2", &["write -P 5 0 64k"]);
+    ok(&["snapshot", "-d", "second", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["read -P 5 0 64k", "read -P 2 64k 960k"]);
+    ok(&["snapshot", "-a", "first", &img]);
+    qemu_io(&p, "qcow2", &["read -P 1 0 2M"]);
+    ok(&["snapshot", "-d", "1", &img]);
+    qemu_clean(&p);
+    assert!(list_ids("qemu", &img).is_empty());
+    // Deleting everything frees the snapshots' clusters: no leaks, and the
+    // active data is intact.
+    qemu_io(&p, "qcow2", &["read -P 1 0 2M"]);
+}
+
+#[test]
+fn snapshots_mix_with_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("m.qcow2");
+    let img = d.s("m.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &img, "4M"]);
+    qemu_io(&p, "qcow2", &["write -P 7 0 1M"]);
+    qemu_ok(&["snapshot", "-c", "theirs", &img]);
+    qemu_io(&p, "qcow2", &["write -P 8 0 1M"]);
+    ok(&["snapshot", "-c", "ours", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["write -P 9 0 1M"]);
+    // Ours applied by qemu-img, theirs by us.
+    qemu_ok(&["snapshot", "-a", "ours", &img]);
+    qemu_io(&p, "qcow2", &["read -P 8 0 1M"]);
+    ok(&["snapshot", "-a", "theirs", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["read -P 7 0 1M"]);
+    ok(&["snapshot", "-d", "ours", &img]);
+    qemu_ok(&["snapshot", "-d", "theirs", &img]);
+    qemu_clean(&p);
+}
+
+#[test]
+fn apply_brings_back_the_size_and_compressed_data() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let raw = d.path("src.raw");
+    std::fs::write(&raw, noise(1 << 20, 3)).unwrap();
+    let p = d.path("c.qcow2");
+    let img = d.s("c.qcow2");
+    // Compressed clusters share host clusters: counted once per entry.
+    ok(&["convert", "-c", "-O", "qcow2", &d.s("src.raw"), &img]);
+    ok(&["snapshot", "-c", "small", &img]);
+    qemu_clean(&p);
+    // Grow far enough that the L1 table must move to a bigger place.
+    ok(&["resize", &img, "64G"]);
+    qemu_io(&p, "qcow2", &["write -P 6 40G 64k", "write -P 6 0 64k"]);
+    ok(&["snapshot", "-a", "small", &img]);
+    qemu_clean(&p);
+    let info = ok(&["info", &img]);
+    assert!(
+        info.contains("virtual size: 1 MiB (1048576 bytes)"),
+        "{info}"
+    );
+    let back = d.path("back.raw");
+    qemu_ok(&["convert", "-O", "raw", &img, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&raw).unwrap());
+    ok(&["snapshot", "-d", "small", &img]);
+    qemu_clean(&p);
+}
+
+#[test]
+fn snapshot_mistakes_are_one_line_and_change_nothing() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let img = d.s("e.qcow2");
+    ok(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+    let before = std::fs::read(d.path("e.qcow2")).unwrap();
+    for (args, want) in [
+        (
+            vec!["snapshot", "-a", "nope", &img],
+            "Could not apply snapshot 'nope': Failed to load snapshot",
+        ),
+        (
+            vec!["snapshot", "-d", "nope", &img],
+            "Could not delete snapshot 'nope': snapshot not found",
+        ),
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("vm-img: ") && err.contains(want), "{err}");
+    }
+    assert!(std::fs::read(d.path("e.qcow2")).unwrap() == before);
+    let raw = d.s("r.raw");
+    ok(&["create", "-q", "-f", "raw", &raw, "1M"]);
+    let (code, _, err) = run(&["snapshot", "-f", "raw", "-c", "x", &raw]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Operation not supported"), "{err}");
+    // Listing a raw image lists nothing, as qemu-img.
+    assert_eq!(ok(&["snapshot", "-f", "raw", "-l", &raw]), "");
+}
