@@ -357,7 +357,9 @@ impl Header {
         if let Some(f) = &self.data_file {
             ext(&mut b, EXT_DATA_FILE, f.as_bytes());
         }
-        if self.version >= 3 {
+        // QEMU leaves the table out of clusters of 4 KiB and less, to keep
+        // room for a backing file name.
+        if self.version >= 3 && self.cluster_size() > 4096 {
             ext(&mut b, EXT_FEATURE_TABLE, &feature_table());
         }
         for e in &self.other_extensions {
@@ -411,7 +413,7 @@ fn check_table(
 
 /// The feature name table QEMU writes, so `qemu-img info` can name bits.
 fn feature_table() -> Vec<u8> {
-    let entries: [(u8, u8, &str); 7] = [
+    let entries: [(u8, u8, &str); 8] = [
         (0, 0, "dirty bit"),
         (0, 1, "corrupt bit"),
         (0, 2, "external data file"),
@@ -419,6 +421,7 @@ fn feature_table() -> Vec<u8> {
         (0, 4, "extended L2 entries"),
         (1, 0, "lazy refcounts"),
         (2, 0, "bitmaps"),
+        (2, 1, "raw external data"),
     ];
     let mut out = Vec::with_capacity(entries.len() * 48);
     for (kind, bit, name) in entries {

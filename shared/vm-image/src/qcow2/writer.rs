@@ -283,6 +283,50 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// Lays out an image nothing was written to as `qemu-img create`
+    /// does: the header, the refcount table (cluster 1), one refcount block
+    /// (cluster 2), then the L1 table (cluster 3), the file ending where
+    /// the table does. The same command then makes the same bytes, which
+    /// scripts and QEMU's iotests that poke fixed offsets rely on. Hands
+    /// the writer back when the layout does not apply (data was written,
+    /// or the L1 table outgrows one refcount block, as with tiny clusters
+    /// and huge disks); `finish` lays that out its own way.
+    pub fn finish_empty(mut self) -> io::Result<Result<File, Self>> {
+        let cs = self.cs();
+        let per_block = cs * 8 / u64::from(self.header.refcount_bits());
+        let l1_bytes = self.l1.len() as u64 * 8;
+        let used = 3 + l1_bytes.div_ceil(cs);
+        if self.next != (1 + l1_bytes.div_ceil(cs)) * cs
+            || self.l2.is_some()
+            || self.l1.iter().any(|&e| e != 0)
+            || used > per_block
+        {
+            return Ok(Err(self));
+        }
+        let mut table = vec![0u8; cs as usize];
+        table[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+        self.file.write_all_at(&table, cs)?;
+        let mut block = vec![0u8; cs as usize];
+        for c in 0..used {
+            encode_refcount(&mut block, self.header.refcount_order, c as usize, 1);
+        }
+        self.file.write_all_at(&block, 2 * cs)?;
+        self.header.refcount_table_offset = cs;
+        self.header.refcount_table_clusters = 1;
+        self.header.l1_table_offset = if l1_bytes == 0 { 0 } else { 3 * cs };
+        let mut h = self.header.serialize()?;
+        h.resize(cs as usize, 0);
+        self.file.write_all_at(&h, 0)?;
+        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+            // The L1 table is all zeroes: the file's end makes it.
+            self.file.set_len(3 * cs + l1_bytes)?;
+        } else if l1_bytes > 0 {
+            self.file
+                .write_all_at(&vec![0u8; l1_bytes as usize], 3 * cs)?;
+        }
+        Ok(Ok(self.file))
+    }
+
     /// Writes the remaining L2 table, refcounts, L1 and header. The caller
     /// fsyncs (or not, for `-t unsafe`).
     pub fn finish(mut self) -> io::Result<File> {

@@ -88,7 +88,10 @@ fn write_image(
             if prealloc != Prealloc::Off {
                 w.preallocate_metadata()?;
             }
-            w.finish()?
+            match w.finish_empty()? {
+                Ok(file) => file,
+                Err(w) => w.finish()?,
+            }
         }
     };
     match prealloc {
