@@ -121,7 +121,8 @@ pub fn parse_size(text: &str, bare: BareNumber) -> Result<u64, SizeError> {
         unit: unit.to_string(),
     })?;
     let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if shift == 0 && !frac.is_empty() {
+    // A fraction of a byte is no size; `1024.0` is (qemu-img takes it).
+    if shift == 0 && frac.bytes().any(|b| b != b'0') {
         return Err(SizeError::Invalid(t.to_string()));
     }
     let overflow = || SizeError::Overflow(t.to_string());
@@ -229,6 +230,8 @@ mod tests {
             parse_size("1.5", BareNumber::Bytes),
             Err(SizeError::Invalid(_))
         ));
+        assert_eq!(parse_size("1024.0", BareNumber::Bytes), Ok(1024));
+        assert_eq!(parse_size("1024.0b", BareNumber::Bytes), Ok(1024));
     }
 
     #[test]

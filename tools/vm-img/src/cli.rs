@@ -101,7 +101,12 @@ pub struct CreateArgs {
     #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
     pub backing: Option<String>,
     /// Backing file format.
-    #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
+    #[arg(
+        short = 'F',
+        long = "backing-format",
+        value_name = "BACKING_FMT",
+        overrides_with = "backing_format"
+    )]
     pub backing_format: Option<String>,
     /// Do not open the backing file (the size must then be given).
     #[arg(short = 'u')]
@@ -288,7 +293,11 @@ pub struct RebaseArgs {
     #[arg(short = 'b', value_name = "BACKING_FILE", required = true)]
     pub backing: String,
     /// The new backing file's format.
-    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    #[arg(
+        short = 'F',
+        value_name = "BACKING_FMT",
+        overrides_with = "backing_format"
+    )]
     pub backing_format: Option<String>,
     #[arg(short = 'p')]
     pub progress: bool,

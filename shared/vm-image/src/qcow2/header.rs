@@ -202,12 +202,6 @@ impl Header {
             | INCOMPAT_DATA_FILE
             | INCOMPAT_COMPRESSION
             | INCOMPAT_EXTL2;
-        if h.incompatible_features & !known != 0 {
-            return Err(format!(
-                "unsupported incompatible features 0x{:x}",
-                h.incompatible_features & !known
-            ));
-        }
         if h.crypt_method != 0 {
             return Err("encrypted images are not supported".into());
         }
@@ -263,14 +257,22 @@ impl Header {
                     .map_err(|_| "backing file name is not UTF-8".to_string())?,
             );
         }
-        h.parse_extensions(buf)?;
+        let names = h.parse_extensions(buf)?;
+        if h.incompatible_features & !known != 0 {
+            return Err(unsupported_features(
+                h.incompatible_features & !known,
+                names.unwrap_or_default(),
+            ));
+        }
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             return Err("images with an external data file are not supported".into());
         }
         Ok(h)
     }
 
-    fn parse_extensions(&mut self, buf: &[u8]) -> Result<(), HeaderError> {
+    /// Reads the extensions; returns the feature-name table's bytes.
+    fn parse_extensions<'b>(&mut self, buf: &'b [u8]) -> Result<Option<&'b [u8]>, HeaderError> {
+        let mut names = None;
         let mut at = self.header_length as usize;
         let limit = if self.backing_file_offset != 0 {
             (self.backing_file_offset as usize).min(buf.len())
@@ -283,13 +285,13 @@ impl Header {
         loop {
             if at + 8 > limit {
                 // v2 images may have no end marker before the backing name.
-                return Ok(());
+                return Ok(names);
             }
             let kind = be32(buf, at);
             let len = be32(buf, at + 4) as usize;
             at += 8;
             if kind == EXT_END {
-                return Ok(());
+                return Ok(names);
             }
             if len > limit - at {
                 return Err(format!("header extension 0x{kind:x} runs past its space"));
@@ -302,7 +304,7 @@ impl Header {
             match kind {
                 EXT_BACKING_FORMAT => self.backing_format = Some(text()?),
                 EXT_DATA_FILE => self.data_file = Some(text()?),
-                EXT_FEATURE_TABLE => {}
+                EXT_FEATURE_TABLE => names = Some(data),
                 _ => self.other_extensions.push(Extension {
                     kind,
                     data: data.to_vec(),
@@ -409,6 +411,25 @@ fn check_table(
         ));
     }
     Ok(())
+}
+
+/// QEMU's words for incompatible features we do not know: each bit the
+/// image's own feature-name table names, then the rest as a mask.
+fn unsupported_features(mut mask: u64, table: &[u8]) -> HeaderError {
+    let mut parts = Vec::new();
+    for e in table.chunks_exact(48) {
+        let bit = u32::from(e[1]);
+        if e[0] == 0 && bit < 64 && mask & (1 << bit) != 0 {
+            let name = &e[2..];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            parts.push(String::from_utf8_lossy(&name[..end]).into_owned());
+            mask &= !(1 << bit);
+        }
+    }
+    if mask != 0 {
+        parts.push(format!("Unknown incompatible feature: {mask:x}"));
+    }
+    format!("Unsupported qcow2 feature(s): {}", parts.join(", "))
 }
 
 /// The feature name table QEMU writes, so `qemu-img info` can name bits.

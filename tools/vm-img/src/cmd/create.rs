@@ -50,17 +50,16 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             size.get_or_insert(img.size());
         }
     }
-    // qemu-img rounds sizes up to whole 512-byte sectors, for every format.
-    let size = size
-        .ok_or_else(|| anyhow!("Image creation needs a size parameter"))?
-        .div_ceil(512)
-        .saturating_mul(512);
+    // qemu-img rounds sizes up to whole 512-byte sectors, for every format
+    // (and says the size it was given).
+    let requested = size.ok_or_else(|| anyhow!("Image creation needs a size parameter"))?;
+    let size = requested.div_ceil(512).saturating_mul(512);
     let prealloc = o.prealloc.unwrap_or(Prealloc::Off);
     if fmt == Format::Raw && prealloc == Prealloc::Metadata {
         bail!("Unsupported preallocation mode 'metadata' for format 'raw'");
     }
     if !a.common.quiet {
-        println!("{}", describe(&name, fmt, size, &o, prealloc));
+        println!("{}", describe(&name, fmt, requested, &o, prealloc));
     }
     let out = AtomicOutput::create(&a.filename, false)?;
     // Every failure from here on names the file (a full disk says which).

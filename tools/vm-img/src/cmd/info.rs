@@ -16,7 +16,18 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
     let mut path = a.filename.clone();
     let mut fmt = a.common.format.clone();
+    // Files already described, by their real path: a chain that comes back
+    // to one loops (qemu-img names the file where it does).
+    let mut seen = Vec::new();
     loop {
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if seen.contains(&real) {
+            anyhow::bail!(
+                "Backing file '{}' creates an infinite loop.",
+                path.display()
+            );
+        }
+        seen.push(real);
         let info = describe(&path, fmt.as_deref(), a.force_share)?;
         let next = info
             .get("full-backing-filename")

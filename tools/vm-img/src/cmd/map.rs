@@ -22,9 +22,10 @@ pub fn run(a: &MapArgs) -> Result<i32> {
             let lines: Vec<String> = extents
                 .iter()
                 .map(|e| {
+                    // qemu-img 7.2's fields (Debian 12's; 8.0 added "compressed").
                     let mut s = format!(
-                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
-                        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
+                        e.start, e.length, e.depth, e.present, e.zero, e.data
                     );
                     if let Some(o) = e.offset {
                         let _ = write!(s, ", \"offset\": {o}");
