@@ -105,6 +105,13 @@ pub fn parse_size(text: &str, bare: BareNumber) -> Result<u64, SizeError> {
     if t.starts_with('+') || t.starts_with('-') {
         return Err(SizeError::Relative(t.to_string()));
     }
+    // A hexadecimal number of bytes, as qemu-img takes (`0x10000`).
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|e| match e.kind() {
+            std::num::IntErrorKind::PosOverflow => SizeError::Overflow(t.to_string()),
+            _ => SizeError::Invalid(t.to_string()),
+        });
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -232,6 +239,8 @@ mod tests {
         ));
         assert_eq!(parse_size("1024.0", BareNumber::Bytes), Ok(1024));
         assert_eq!(parse_size("1024.0b", BareNumber::Bytes), Ok(1024));
+        assert_eq!(parse_size("0x10000", BareNumber::Bytes), Ok(65536));
+        assert!(parse_size("0x", BareNumber::Bytes).is_err());
     }
 
     #[test]

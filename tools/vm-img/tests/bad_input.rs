@@ -328,7 +328,11 @@ fn check_reports_tables_past_the_end_as_corruption() {
         patch(&img, field, &(1u64 << 30).to_be_bytes());
         let (code, out, err) = run(&["check", img.to_str().unwrap()]);
         assert_eq!(code, 2, "{want}: {out}{err}");
-        assert!(err.contains(&format!("ERROR {want}")), "{err}");
+        // qemu-img's words for a table that lies past the end.
+        assert!(
+            err.contains("ERROR: counting reference for region exceeding the end of the file"),
+            "{want}: {err}"
+        );
         if have("qemu-img") {
             let (qcode, qout, _) = qemu_img(&["check", img.to_str().unwrap()]);
             assert_eq!(qcode, code, "{want}: qemu-img agrees");

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use super::header::{COPIED, OFFSET_MASK};
+use super::header::{COPIED, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFFSET_MASK};
 use super::meta::{decode_refblock, encode_refcount, L2Entry, Meta};
 use crate::{Error, Result};
 
@@ -40,25 +40,31 @@ struct Counter<'a> {
 }
 
 impl Counter<'_> {
-    /// Adds a reference to every cluster in `[offset, offset + len)`.
-    fn add(&mut self, what: &str, offset: u64, len: u64) {
+    /// Adds a reference to every cluster in `[offset, offset + len)`. A
+    /// region ending a cluster or more past the file's end is corrupt
+    /// (qemu-img's rule and words); less than that is tolerated.
+    fn add(&mut self, _what: &str, offset: u64, len: u64) {
         if len == 0 {
             return;
         }
         let cs = self.meta.cluster_size();
+        let end = offset.saturating_add(len);
+        if end.saturating_sub(self.meta.file_len) >= cs {
+            self.report.corruptions += 1;
+            self.report.messages.push(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one \
+                 cluster or more: offset 0x{offset:x} size 0x{len:x}"
+            ));
+            return;
+        }
         let first = offset / cs;
-        let last = (offset + len - 1) / cs;
+        let last = (end - 1) / cs;
+        if self.counts.len() <= last as usize {
+            self.counts.resize(last as usize + 1, 0);
+        }
         for c in first..=last {
-            if let Some(n) = self.counts.get_mut(c as usize) {
-                *n = n.saturating_add(1);
-            } else {
-                self.report.corruptions += 1;
-                self.report.messages.push(format!(
-                    "ERROR {what} at offset 0x{:x} is beyond the end of the image",
-                    c * cs
-                ));
-                return;
-            }
+            let n = &mut self.counts[c as usize];
+            *n = n.saturating_add(1);
         }
     }
 
@@ -189,9 +195,104 @@ impl Counter<'_> {
     }
 }
 
-/// Runs the check, and repairs when asked. The file must be open for
-/// writing when `repair` is not [`Repair::None`].
+/// Runs the check, and repairs when asked, in qemu-img's order and words:
+/// the refcounts are compared (ERROR and Leaked lines); with a repair they
+/// are compared again, fixing what can be fixed in place (Repairing lines),
+/// or, where a cluster in use has no refcount at all, the whole refcount
+/// structure is rebuilt (`-r all`); then the COPIED flags are checked. The
+/// file must be open for writing when `repair` is not [`Repair::None`].
 pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
+    let (counts, mut report) = count(meta)?;
+    let pre = report.clone();
+    let mut rebuild = false;
+    compare_refcounts(meta, &counts, Repair::None, &mut report, &mut rebuild)?;
+    if rebuild && repair == Repair::All {
+        report.messages.push("Rebuilding refcount structure".into());
+        let old = report.clone();
+        super::rebuild::rebuild(meta, &counts)?;
+        let file = meta
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(&meta.path, e))?;
+        let fresh_meta = Meta::open(&meta.path, file)?;
+        // The old refcount structures are now leaks: free them.
+        let (counts, walked) = count(&fresh_meta)?;
+        let mut pass = CheckReport {
+            messages: std::mem::take(&mut report.messages),
+            ..CheckReport::default()
+        };
+        pass.messages.extend(walked.messages.iter().cloned());
+        let mut still = false;
+        compare_refcounts(&fresh_meta, &counts, Repair::Leaks, &mut pass, &mut still)?;
+        if still {
+            pass.messages
+                .push("ERROR rebuilt refcount structure is still broken".into());
+        }
+        report = CheckReport {
+            messages: pass.messages,
+            ..walked
+        };
+        report.corruptions_fixed += old.corruptions.saturating_sub(report.corruptions);
+        report.leaks_fixed += old.leaks.saturating_sub(report.leaks);
+        report.leaks += pass.leaks;
+        check_copied(&fresh_meta, repair, &mut report)?;
+        mark_clean(&fresh_meta, &report)?;
+        sync(&fresh_meta)?;
+        return Ok(report);
+    }
+    if repair != Repair::None {
+        if rebuild {
+            report
+                .messages
+                .push("ERROR need to rebuild refcount structures".into());
+            report.check_errors += 1;
+            return Ok(report);
+        }
+        if report.leaks > 0 || report.corruptions > 0 {
+            report = CheckReport {
+                messages: std::mem::take(&mut report.messages),
+                ..pre
+            };
+            compare_refcounts(meta, &counts, repair, &mut report, &mut rebuild)?;
+        }
+    }
+    check_copied(meta, repair, &mut report)?;
+    if repair != Repair::None {
+        mark_clean(meta, &report)?;
+        if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
+            sync(meta)?;
+        }
+    }
+    Ok(report)
+}
+
+/// After a repair that left no corruption, the dirty and corrupt bits go,
+/// as qemu-img clears them: the refcounts are now right, and nothing is
+/// known to be broken.
+fn mark_clean(meta: &Meta, report: &CheckReport) -> Result<()> {
+    let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+    let features = meta.header.incompatible_features;
+    if meta.header.version < 3
+        || features & bits == 0
+        || report.corruptions > 0
+        || report.check_errors > 0
+    {
+        return Ok(());
+    }
+    meta.file
+        .write_all_at(&(features & !bits).to_be_bytes(), 72)
+        .map_err(|e| Error::io(&meta.path, e))?;
+    sync(meta)
+}
+
+fn sync(meta: &Meta) -> Result<()> {
+    meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))
+}
+
+/// Counts every reference to every cluster of the file (tables, data,
+/// snapshots, bitmaps, the refcount structure itself), with the
+/// allocation statistics and the problems found on the way.
+fn count(meta: &Meta) -> Result<(Vec<u32>, CheckReport)> {
     let cs = meta.cluster_size();
     let nb_clusters = meta.file_len.div_ceil(cs);
     if nb_clusters > (1 << 32) {
@@ -259,19 +360,19 @@ pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
         .iter()
         .rposition(|&n| n > 0)
         .map_or(cs, |i| (i as u64 + 1) * cs);
-    compare_refcounts(meta, &counts, repair, &mut report)?;
-    check_copied(meta, repair, &mut report)?;
-    if repair != Repair::None && (report.leaks_fixed > 0 || report.corruptions_fixed > 0) {
-        meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))?;
-    }
-    Ok(report)
+    Ok((counts, report))
 }
 
+/// Compares stored refcounts with the counted references. Leaks are fixed
+/// with any repair, under-counts with `All`; a cluster in use with no
+/// refcount at all (0, or no refcount block) cannot be fixed in place and
+/// sets `rebuild`. Fixed problems are counted only as fixed, as qemu-img.
 fn compare_refcounts(
     meta: &Meta,
     counts: &[u32],
     repair: Repair,
     report: &mut CheckReport,
+    rebuild: &mut bool,
 ) -> Result<()> {
     let cs = meta.cluster_size();
     let per_block = meta.refblock_entries();
@@ -282,6 +383,14 @@ fn compare_refcounts(
         (1u64 << (1 << order)) - 1
     };
     let nb_clusters = counts.len() as u64;
+    let mut unrecorded_block = false;
+    let mut unrecorded = |cl: u64, real: u64, report: &mut CheckReport| {
+        *rebuild = true;
+        report.corruptions += 1;
+        report
+            .messages
+            .push(format!("ERROR cluster {cl} refcount=0 reference={real}"));
+    };
     for (bi, &rbe) in meta.reftable.iter().enumerate() {
         let first = bi as u64 * per_block;
         let block_off = rbe & OFFSET_MASK;
@@ -290,13 +399,12 @@ fn compare_refcounts(
             for cl in first..(first + per_block).min(nb_clusters) {
                 let real = u64::from(counts[cl as usize]);
                 if real > 0 {
-                    report.corruptions += 1;
-                    report
-                        .messages
-                        .push(format!("ERROR cluster {cl} refcount=0 reference={real}"));
+                    unrecorded(cl, real, report);
                 }
             }
+            // A block outside the image needs a new one, whatever it counts.
             if block_off != 0 {
+                unrecorded_block = true;
                 report.corruptions += 1;
                 report.messages.push(format!(
                     "ERROR refcount block {bi} at 0x{block_off:x} is outside the image"
@@ -314,19 +422,23 @@ fn compare_refcounts(
             if have == real {
                 continue;
             }
+            if have == 0 {
+                unrecorded(cl, real, report);
+                continue;
+            }
             let fix = if have > real {
-                report.leaks += 1;
-                report.messages.push(format!(
-                    "Leaked cluster {cl} refcount={have} reference={real}"
-                ));
                 repair != Repair::None
             } else {
-                report.corruptions += 1;
-                report.messages.push(format!(
-                    "ERROR cluster {cl} refcount={have} reference={real}"
-                ));
                 repair == Repair::All && real <= max_ref
             };
+            let word = match (fix, have > real) {
+                (true, _) => "Repairing",
+                (false, true) => "Leaked",
+                (false, false) => "ERROR",
+            };
+            report.messages.push(format!(
+                "{word} cluster {cl} refcount={have} reference={real}"
+            ));
             if fix {
                 encode_refcount(&mut raw, order, i, real);
                 dirty = true;
@@ -335,6 +447,10 @@ fn compare_refcounts(
                 } else {
                     report.corruptions_fixed += 1;
                 }
+            } else if have > real {
+                report.leaks += 1;
+            } else {
+                report.corruptions += 1;
             }
         }
         if dirty {
@@ -346,13 +462,13 @@ fn compare_refcounts(
     // Clusters past the last refcount block have no refcount at all.
     let covered = meta.reftable.len() as u64 * per_block;
     for cl in covered..nb_clusters {
-        let real = counts[cl as usize];
+        let real = u64::from(counts[cl as usize]);
         if real > 0 {
-            report.corruptions += 1;
-            report
-                .messages
-                .push(format!("ERROR cluster {cl} refcount=0 reference={real}"));
+            unrecorded(cl, real, report);
         }
+    }
+    if unrecorded_block {
+        *rebuild = true;
     }
     Ok(())
 }
@@ -360,10 +476,13 @@ fn compare_refcounts(
 /// The COPIED flag must be set exactly on L1/L2 entries whose cluster has
 /// refcount 1 (qemu-img's OFLAG_COPIED check), in the active tables.
 fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result<()> {
-    if meta.header.lazy_refcounts() && meta.header.dirty() {
-        // Refcounts are rebuilt on the next writable open; flags follow them.
-        return Ok(());
-    }
+    // -r leaks repairs flags only when the refcounts it relies on are sound.
+    let fix = match repair {
+        Repair::All => true,
+        Repair::Leaks => report.check_errors == 0 && report.corruptions == 0 && report.leaks == 0,
+        Repair::None => false,
+    };
+    let word = if fix { "Repairing" } else { "ERROR" };
     let cs = meta.cluster_size();
     let per_block = meta.refblock_entries();
     let mut block_cache: Option<(u64, Vec<u64>)> = None;
@@ -385,7 +504,7 @@ fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result
     };
     let mut l1_fixed = false;
     let mut l1 = meta.l1.clone();
-    for l1e in &mut l1 {
+    for (index, l1e) in l1.iter_mut().enumerate() {
         let l2_off = *l1e & OFFSET_MASK;
         if l2_off == 0 || !meta.cluster_in_file(l2_off) {
             continue;
@@ -393,16 +512,17 @@ fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result
         let rc = refcount(l2_off);
         let want = rc == Some(1);
         if want != (*l1e & COPIED != 0) && rc.is_some() {
-            report.corruptions += 1;
             report.messages.push(format!(
-                "ERROR OFLAG_COPIED L2 cluster: l1_entry={:x} refcount={}",
+                "{word} OFLAG_COPIED L2 cluster: l1_index={index} l1_entry={:x} refcount={}",
                 *l1e,
                 rc.unwrap_or(0)
             ));
-            if repair == Repair::All {
+            if fix {
                 *l1e ^= COPIED;
                 l1_fixed = true;
                 report.corruptions_fixed += 1;
+            } else {
+                report.corruptions += 1;
             }
         }
         let mut l2_raw = meta.read_table(l2_off, cs / 8)?;
@@ -416,16 +536,17 @@ fn check_copied(meta: &Meta, repair: Repair, report: &mut CheckReport) -> Result
             };
             let Some(rc) = refcount(host) else { continue };
             let want = rc == 1;
-            if want != (*e & COPIED != 0) && rc != 0 {
-                report.corruptions += 1;
+            if want != (*e & COPIED != 0) {
                 report.messages.push(format!(
-                    "ERROR OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                    "{word} OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
                     *e
                 ));
-                if repair == Repair::All {
+                if fix {
                     *e ^= COPIED;
                     l2_fixed = true;
                     report.corruptions_fixed += 1;
+                } else {
+                    report.corruptions += 1;
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compress;
 pub mod header;
 pub mod meta;
+pub mod rebuild;
 pub mod refcounts;
 pub mod snapshot;
 pub mod writer;

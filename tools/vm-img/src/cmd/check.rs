@@ -78,6 +78,10 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let first = check(&meta, repair).map_err(|e| anyhow!(e))?;
     let report = if repair != Repair::None && (first.leaks_fixed > 0 || first.corruptions_fixed > 0)
     {
+        // What the repairing pass found and did, before the re-check's own.
+        for line in &first.messages {
+            eprintln!("{line}");
+        }
         if !a.common.quiet && a.output == OutputFormat::Human {
             println!(
                 "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
@@ -159,7 +163,7 @@ fn print_human(r: &CheckReport) {
             );
         }
     }
-    if r.total_clusters > 0 {
+    if r.total_clusters > 0 && r.allocated_clusters > 0 {
         let pct = |n: u64, d: u64| {
             if d == 0 {
                 0.0

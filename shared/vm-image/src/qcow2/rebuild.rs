@@ -1,0 +1,130 @@
+//! Rebuilding a qcow2 image's refcount structure (`check -r all`), for
+//! damage that cannot be fixed in place: a cluster in use whose refcount is
+//! 0 or has no refcount block, a refcount block outside the image, a
+//! refcount table that was lost.
+//!
+//! From the references `check` counted, a new refcount table and new blocks
+//! are written into clusters no reference uses (first fit, as QEMU does;
+//! the new clusters count themselves), synced, and only then does the
+//! header point at the new table, in one write. A crash before that write
+//! leaves the old structure in place; after it, the old structure's
+//! clusters are leaks, which the check that follows frees.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+
+use super::header::MAX_REFTABLE_BYTES;
+use super::meta::{encode_refcount, Meta};
+use crate::{Error, Result};
+
+/// Finds `n` free clusters in a row (count 0), first fit from cluster 1,
+/// growing the table past the file's end as needed, and counts them once.
+fn alloc(counts: &mut Vec<u64>, n: u64) -> u64 {
+    let mut start = 1u64;
+    let mut run = 0;
+    let mut c = 1u64;
+    while run < n {
+        if counts.get(c as usize).copied().unwrap_or(0) == 0 {
+            run += 1;
+        } else {
+            run = 0;
+            start = c + 1;
+        }
+        c += 1;
+    }
+    let end = (start + n) as usize;
+    if counts.len() < end {
+        counts.resize(end, 0);
+    }
+    for k in start..start + n {
+        counts[k as usize] = 1;
+    }
+    start
+}
+
+/// Writes a new refcount structure holding `counts` (references per
+/// cluster, as `check` counted them) and points the header at it.
+pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
+    let cs = meta.cluster_size();
+    let per_block = meta.refblock_entries();
+    let order = meta.header.refcount_order;
+    let max = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    let mut counts: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
+    if let Some(c) = counts.iter().position(|&c| c > max) {
+        return Err(Error::corrupt(
+            &meta.path,
+            format!(
+                "cluster {c} has {} references, more than refcount_bits allows",
+                counts[c]
+            ),
+        ));
+    }
+    // Blocks for every range with a count in it, then a table for them; a
+    // new block or table may land in a range that had none: repeat.
+    let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut table: Option<(u64, u64)> = None;
+    loop {
+        let mut changed = false;
+        let ranges = (counts.len() as u64).div_ceil(per_block);
+        for b in 0..ranges {
+            let lo = (b * per_block) as usize;
+            let hi = ((b + 1) * per_block).min(counts.len() as u64) as usize;
+            if !blocks.contains_key(&b) && counts[lo..hi].iter().any(|&c| c > 0) {
+                let at = alloc(&mut counts, 1);
+                blocks.insert(b, at);
+                changed = true;
+            }
+        }
+        let entries = blocks.keys().next_back().map_or(1, |&b| b + 1);
+        let clusters = (entries * 8).div_ceil(cs);
+        if clusters * cs > MAX_REFTABLE_BYTES {
+            return Err(Error::unsupported(
+                &meta.path,
+                "the rebuilt refcount table would be too large",
+            ));
+        }
+        if table.is_none_or(|(_, n)| n < clusters) {
+            if let Some((at, n)) = table {
+                for k in at..at + n {
+                    counts[k as usize] = 0;
+                }
+            }
+            table = Some((alloc(&mut counts, clusters), clusters));
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    let (table_at, table_clusters) = table.expect("a table was placed");
+    let io = |e| Error::io(&meta.path, e);
+    let mut buf = vec![0u8; cs as usize];
+    let mut reftable = vec![0u8; (table_clusters * cs) as usize];
+    for (&b, &at) in &blocks {
+        buf.fill(0);
+        let lo = b * per_block;
+        for i in 0..per_block {
+            match counts.get((lo + i) as usize) {
+                Some(&v) if v > 0 => encode_refcount(&mut buf, order, i as usize, v),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        meta.file.write_all_at(&buf, at * cs).map_err(io)?;
+        reftable[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&(at * cs).to_be_bytes());
+    }
+    meta.file
+        .write_all_at(&reftable, table_at * cs)
+        .map_err(io)?;
+    meta.file.sync_all().map_err(io)?;
+    // refcount_table_offset and refcount_table_clusters, side by side.
+    let mut h = [0u8; 12];
+    h[..8].copy_from_slice(&(table_at * cs).to_be_bytes());
+    h[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
+    meta.file.write_all_at(&h, 48).map_err(io)?;
+    meta.file.sync_all().map_err(io)
+}
