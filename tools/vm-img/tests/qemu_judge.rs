@@ -620,3 +620,59 @@ fn create_makes_the_bytes_qemu_img_makes() {
         );
     }
 }
+
+/// Non-zero entries of a qcow2 image's refcount table.
+fn refcount_blocks(path: &std::path::Path) -> usize {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut h = [0u8; 12];
+    f.read_exact_at(&mut h, 48).unwrap();
+    let at = u64::from_be_bytes(h[..8].try_into().unwrap());
+    let clusters = u32::from_be_bytes(h[8..].try_into().unwrap());
+    let mut cs = [0u8; 4];
+    f.read_exact_at(&mut cs, 20).unwrap();
+    let len = (u64::from(clusters) << u32::from_be_bytes(cs)) as usize;
+    let mut table = vec![0u8; len];
+    f.read_exact_at(&mut table, at).unwrap();
+    table
+        .chunks(8)
+        .filter(|e| e.iter().any(|&b| b != 0))
+        .count()
+}
+
+#[test]
+fn shrink_frees_refcount_blocks_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    // 512-byte clusters: one refcount block covers 128 KiB of file.
+    for tool in ["vm", "qemu"] {
+        let p = d.path(&format!("{tool}.qcow2"));
+        let s = p.to_str().unwrap();
+        qemu_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            s,
+            "8M",
+        ]);
+        qemu_io(&p, "qcow2", &["write -P 7 0 256k", "write -P 9 6M 1M"]);
+        let args = ["resize", "--shrink", s, "1M"];
+        if tool == "vm" {
+            ok(&args);
+        } else {
+            qemu_ok(&args);
+        }
+        qemu_clean(&p);
+        qemu_io(&p, "qcow2", &["read -P 7 0 256k"]);
+    }
+    let (ours, theirs) = (
+        refcount_blocks(&d.path("vm.qcow2")),
+        refcount_blocks(&d.path("qemu.qcow2")),
+    );
+    assert_eq!(ours, theirs, "refcount blocks left after the shrink");
+}

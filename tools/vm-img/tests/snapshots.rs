@@ -165,3 +165,25 @@ fn snapshot_mistakes_are_one_line_and_change_nothing() {
     // Listing a raw image lists nothing, as qemu-img.
     assert_eq!(ok(&["snapshot", "-f", "raw", "-l", &raw]), "");
 }
+
+#[test]
+fn shrinking_past_a_snapshots_data_keeps_it() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("k.qcow2");
+    let img = d.s("k.qcow2");
+    ok(&["create", "-q", "-f", "qcow2", &img, "8M"]);
+    qemu_io(&p, "qcow2", &["write -P 3 0 1M", "write -P 4 6M 1M"]);
+    ok(&["snapshot", "-c", "before", &img]);
+    // The tables past 1M are shared with the snapshot: the shrink may drop
+    // the active image's references only.
+    ok(&["resize", "--shrink", &img, "1M"]);
+    qemu_clean(&p);
+    ok(&["snapshot", "-a", "before", &img]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["read -P 3 0 1M", "read -P 4 6M 1M"]);
+    ok(&["snapshot", "-d", "before", &img]);
+    qemu_clean(&p);
+}

@@ -7,6 +7,7 @@ pub mod header;
 pub mod meta;
 pub mod rebuild;
 pub mod refcounts;
+pub mod shrink;
 pub mod snapshot;
 pub mod writer;
 

@@ -1,6 +1,7 @@
 //! `vm-img resize`: absolute or relative sizes; shrinking needs --shrink.
 
 use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{BareNumber, SizeChange};
 
@@ -10,15 +11,19 @@ use crate::util;
 pub fn run(a: &ResizeArgs) -> Result<i32> {
     let change = SizeChange::parse(&a.size, BareNumber::Bytes)
         .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
+    let path = &a.filename;
+    // Held across the resize and the refcount clean-up after a shrink.
+    let _lock = ImageLock::acquire(path, LockMode::Write)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
     let opts = OpenOptions {
         format: util::parse_format(a.common.format.as_deref())?,
         write: true,
+        lock: false,
         // The backing file's length decides whether a grown area must be
         // zeroed (so its data does not show through).
         backing: true,
         ..OpenOptions::default()
     };
-    let path = &a.filename;
     let mut img =
         Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
     let current = img.size();
@@ -40,6 +45,13 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         .with_context(|| format!("Error resizing image '{}'", path.display()))?;
     img.sync()
         .with_context(|| format!("Could not sync '{}'", path.display()))?;
+    let qcow2 = img.format() == Format::Qcow2;
+    drop(img);
+    if qcow2 && new < current {
+        // L2 tables past the end, and refcount blocks now counting nothing.
+        vm_image::qcow2::shrink::release_past_end(path)
+            .with_context(|| format!("Error resizing image '{}'", path.display()))?;
+    }
     if !a.common.quiet {
         println!("Image resized.");
     }

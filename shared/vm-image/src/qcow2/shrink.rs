@@ -1,0 +1,144 @@
+//! What QEMU frees after shrinking a qcow2 image, and imago leaves: the L2
+//! tables past the new end (with anything they still map), then the
+//! refcount blocks that count nothing any more. `qemu-img check` and
+//! QEMU's iotests expect both gone.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::header::{COPIED, OFFSET_MASK};
+use super::meta::{L2Entry, Meta};
+use super::refcounts::Refcounts;
+use crate::{Error, Result};
+
+/// Frees what a shrink to the image's current size left behind. Every
+/// table entry is cleared and synced before the counts of what it named
+/// are dropped, so a crash leaves at most leaks. The caller holds the
+/// image's write lock.
+pub fn release_past_end(path: &Path) -> Result<()> {
+    drop_l2_tables_past_end(path)?;
+    drop_empty_blocks(path)?;
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<Meta> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    Meta::open(path, file)
+}
+
+/// Clears the L1 entries past the disk's end and frees their L2 tables
+/// and the clusters those still map.
+fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
+    let meta = open(path)?;
+    let cs = meta.cluster_size();
+    let keep = meta.header.l1_entries_for(meta.header.size) as usize;
+    let gone: Vec<(usize, u64)> = meta
+        .l1
+        .iter()
+        .enumerate()
+        .skip(keep)
+        .filter(|&(_, &e)| e & OFFSET_MASK != 0)
+        .map(|(i, &e)| (i, e & OFFSET_MASK))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let io = |e| Error::io(path, e);
+    for &(i, _) in &gone {
+        meta.file
+            .write_all_at(
+                &0u64.to_be_bytes(),
+                meta.header.l1_table_offset + i as u64 * 8,
+            )
+            .map_err(io)?;
+    }
+    meta.file.sync_all().map_err(io)?;
+    let mut rc = Refcounts::new(&meta);
+    let step = (meta.header.l2_entry_size() / 8) as usize;
+    for &(_, l2) in &gone {
+        // Each L1 reference to a table holds one count on the table and
+        // one on every cluster it maps (snapshots count the same way).
+        if meta.cluster_in_file(l2) {
+            for &raw in meta.read_table(l2, cs / 8)?.iter().step_by(step) {
+                match meta.decode_l2(raw & !COPIED) {
+                    L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
+                        rc.add(&meta, host, -1)?;
+                    }
+                    L2Entry::Compressed { host, len } => {
+                        for c in host / cs..=(host + len.max(1) - 1) / cs {
+                            rc.add(&meta, c * cs, -1)?;
+                        }
+                    }
+                    L2Entry::Zero { host: None } | L2Entry::Unallocated => {}
+                }
+            }
+        }
+        rc.add(&meta, l2, -1)?;
+    }
+    rc.flush(&meta)
+}
+
+/// Frees the refcount blocks that count nothing but themselves, as QEMU
+/// does after a shrink (and `qemu-img check` and QEMU's iotests expect):
+/// each one's refcount-table entry is cleared and synced before the count
+/// that kept the block is dropped, so a crash leaves at most a leak.
+/// Returns how many were freed. The caller holds the image's write lock.
+fn drop_empty_blocks(path: &Path) -> Result<usize> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = Meta::open(path, file)?;
+    let cs = meta.cluster_size();
+    let per_block = meta.refblock_entries();
+    let mut empty = Vec::new();
+    for (b, &entry) in meta.reftable.iter().enumerate() {
+        let at = entry & OFFSET_MASK;
+        if at == 0 {
+            continue;
+        }
+        let counts = meta.read_refblock(at)?;
+        let own = (at / cs / per_block == b as u64).then_some((at / cs % per_block) as usize);
+        let only_itself = counts
+            .iter()
+            .enumerate()
+            .all(|(i, &n)| n == 0 || (Some(i) == own && n == 1));
+        if only_itself {
+            empty.push((b as u64, at, own.is_some()));
+        }
+    }
+    if empty.is_empty() {
+        return Ok(0);
+    }
+    let io = |e| Error::io(path, e);
+    for &(b, _, _) in &empty {
+        meta.file
+            .write_all_at(
+                &0u64.to_be_bytes(),
+                meta.header.refcount_table_offset + b * 8,
+            )
+            .map_err(io)?;
+    }
+    meta.file.sync_all().map_err(io)?;
+    // A block counted in another block still holds a count there (the
+    // table Refcounts reads still lists the dropped blocks: none of them is
+    // the block that counts another).
+    let mut rc = Refcounts::new(&meta);
+    let mut dropped_elsewhere = false;
+    for &(_, at, counts_itself) in &empty {
+        if !counts_itself {
+            rc.add(&meta, at, -1)?;
+            dropped_elsewhere = true;
+        }
+    }
+    if dropped_elsewhere {
+        rc.flush(&meta)?;
+    }
+    Ok(empty.len())
+}
