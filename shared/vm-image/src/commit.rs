@@ -8,13 +8,20 @@ use crate::{Block, Image};
 /// Bytes moved per read and write.
 const CHUNK: u64 = 2 << 20;
 
+/// Whether the layers above `base_depth` decide what `e` reads: data or
+/// zeroes they hold, or zeroes past the end of a layer above the base
+/// (a short intermediate image hides the base's data there).
+fn decided_above(e: &crate::Extent, base_depth: usize) -> bool {
+    (e.depth as usize) < base_depth && (e.present || e.zero)
+}
+
 /// The ranges of `top` that layers above `base_depth` decide (data or
 /// zeroes written there), within `[0, size)`.
 pub fn above(top: &Image, base_depth: usize) -> io::Result<Vec<(u64, u64)>> {
     Ok(top
         .map(0, top.size())?
         .iter()
-        .filter(|e| (e.depth as usize) < base_depth && e.present)
+        .filter(|e| decided_above(e, base_depth))
         .map(|e| (e.start, e.length))
         .collect())
 }
@@ -39,7 +46,7 @@ pub fn copy_down(
         while pos < end {
             let n = (end - pos).min(CHUNK);
             for e in top.map(pos, n)? {
-                if e.depth as usize >= base_depth || !e.present {
+                if !decided_above(&e, base_depth) {
                     continue;
                 }
                 if e.data {

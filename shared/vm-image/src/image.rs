@@ -390,11 +390,12 @@ impl Image {
                     });
                 }
                 imago::ShallowMapping::Eof { .. } => {
-                    // A backing file shorter than its overlay reads as zeroes.
+                    // A backing file shorter than its overlay reads as
+                    // zeroes; qemu-img counts them to the layer above it.
                     return Ok(Extent {
                         present: false,
                         zero: true,
-                        ..mk(depth, if depth == 0 { 0 } else { max })
+                        ..mk(depth.saturating_sub(1), if depth == 0 { 0 } else { max })
                     });
                 }
                 imago::ShallowMapping::Special { .. } => {

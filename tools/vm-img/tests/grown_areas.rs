@@ -84,3 +84,25 @@ fn a_longer_backing_file_never_shows_through_a_grown_area() {
     reads(&over, &[(0x11, 0, 1 << 20), (0, 1 << 20, 1 << 20)]);
     qemu_clean(&d.path("o.qcow2"));
 }
+
+#[test]
+fn commit_through_a_short_middle_image_zeroes_the_base_there() {
+    if !have("qemu-io") || !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let (base, mid, top) = (d.s("b.qcow2"), d.s("m.qcow2"), d.s("t.qcow2"));
+    ok(&["create", "-q", "-f", "qcow2", &base, "2M"]);
+    qemu_io(&d.path("b.qcow2"), "qcow2", &["write -P 1 0 2M"]);
+    ok(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &mid, "1M",
+    ]);
+    ok(&[
+        "create", "-q", "-f", "qcow2", "-b", &mid, "-F", "qcow2", &top, "2M",
+    ]);
+    // The top's view past 1M is zeroes (the middle image ends there): a
+    // commit into the base must write them, or the base's old data shows.
+    ok(&["commit", "-q", "-b", &base, &top]);
+    reads(&base, &[(1, 0, 1 << 20), (0, 1 << 20, 1 << 20)]);
+    qemu_clean(&d.path("b.qcow2"));
+}

@@ -266,10 +266,22 @@ pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
     Ok(report)
 }
 
+/// The autoclear bits QEMU knows: bitmaps, raw external data file.
+const AUTOCLEAR_KNOWN: u64 = 0b11;
+
 /// After a repair that left no corruption, the dirty and corrupt bits go,
 /// as qemu-img clears them: the refcounts are now right, and nothing is
 /// known to be broken.
 fn mark_clean(meta: &Meta, report: &CheckReport) -> Result<()> {
+    // Autoclear bits we do not know go on any writable open (QEMU's rule:
+    // whatever they promised, we did not keep).
+    let autoclear = meta.header.autoclear_features;
+    if meta.header.version >= 3 && autoclear & !AUTOCLEAR_KNOWN != 0 {
+        meta.file
+            .write_all_at(&(autoclear & AUTOCLEAR_KNOWN).to_be_bytes(), 88)
+            .map_err(|e| Error::io(&meta.path, e))?;
+        sync(meta)?;
+    }
     let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
     let features = meta.header.incompatible_features;
     if meta.header.version < 3

@@ -417,7 +417,10 @@ fn check_table(
 /// image's own feature-name table names, then the rest as a mask.
 fn unsupported_features(mut mask: u64, table: &[u8]) -> HeaderError {
     let mut parts = Vec::new();
-    for e in table.chunks_exact(48) {
+    // QEMU reads a short last entry as if padded with zeroes.
+    let mut padded = table.to_vec();
+    padded.resize(table.len().div_ceil(48) * 48, 0);
+    for e in padded.chunks_exact(48) {
         let bit = u32::from(e[1]);
         if e[0] == 0 && bit < 64 && mask & (1 << bit) != 0 {
             let name = &e[2..];
