@@ -31,6 +31,9 @@ _vm__img() {
             vm__img,create)
                 cmd="vm__img__subcmd__create"
                 ;;
+            vm__img,dd)
+                cmd="vm__img__subcmd__dd"
+                ;;
             vm__img,help)
                 cmd="vm__img__subcmd__help"
                 ;;
@@ -64,6 +67,9 @@ _vm__img() {
             vm__img__subcmd__help,create)
                 cmd="vm__img__subcmd__help__subcmd__create"
                 ;;
+            vm__img__subcmd__help,dd)
+                cmd="vm__img__subcmd__help__subcmd__dd"
+                ;;
             vm__img__subcmd__help,help)
                 cmd="vm__img__subcmd__help__subcmd__help"
                 ;;
@@ -89,7 +95,7 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -264,8 +270,30 @@ _vm__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__img__subcmd__dd)
+            opts="-f -O -U -h --force-share --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase snapshot help"
+            opts="create info check resize convert compare map commit rebase snapshot dd help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -335,6 +363,20 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__help__subcmd__dd)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

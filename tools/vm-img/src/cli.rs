@@ -87,6 +87,8 @@ pub enum Command {
     Rebase(RebaseArgs),
     /// List, create, apply or delete a qcow2 image's internal snapshots.
     Snapshot(SnapshotArgs),
+    /// Copy part of an image into a new one, with dd's operands.
+    Dd(DdArgs),
 }
 
 #[derive(Debug, Args)]
@@ -327,4 +329,21 @@ pub struct SnapshotArgs {
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     pub filename: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DdArgs {
+    /// Input format; probed when left out.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format (default raw).
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Read the input without locks (force share).
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// dd's operands: if=INPUT of=OUTPUT [bs=BYTES] [count=BLOCKS]
+    /// [skip=BLOCKS] (bs defaults to 512 and takes K, M, G).
+    #[arg(value_name = "OPERAND", required = true)]
+    pub operands: Vec<String>,
 }

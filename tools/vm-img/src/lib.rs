@@ -21,6 +21,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Commit(a) => (cmd::commit::run(a), 1),
         Command::Rebase(a) => (cmd::rebase::run(a), 1),
         Command::Snapshot(a) => (cmd::snapshot::run(a), 1),
+        Command::Dd(a) => (cmd::dd::run(a), 1),
     };
     match result {
         Ok(code) => code,

@@ -676,3 +676,51 @@ fn shrink_frees_refcount_blocks_as_qemu_img() {
     );
     assert_eq!(ours, theirs, "refcount blocks left after the shrink");
 }
+
+#[test]
+fn dd_copies_what_qemu_img_dd_copies() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let src = d.path("src.qcow2");
+    let s = src.to_str().unwrap();
+    qemu_ok(&["create", "-q", "-f", "qcow2", s, "3M"]);
+    qemu_io(
+        &src,
+        "qcow2",
+        &["write -P 0x41 0 1M", "write -P 0x42 2M 512k"],
+    );
+    let cases: &[&[&str]] = &[
+        &[],
+        &["bs=64k"],
+        &["bs=4k", "skip=100", "count=300"],
+        &["bs=1M", "count=2"],
+        &["bs=512", "skip=5000"],
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for fmt in ["raw", "qcow2"] {
+            let (ours, theirs) = (d.s(&format!("o{i}.{fmt}")), d.s(&format!("t{i}.{fmt}")));
+            let (if_, of_o, of_t) = (
+                format!("if={s}"),
+                format!("of={ours}"),
+                format!("of={theirs}"),
+            );
+            let mut a = vec!["dd", "-O", fmt, &if_, &of_o];
+            a.extend_from_slice(case);
+            let mut q = vec!["dd", "-O", fmt, &if_, &of_t];
+            q.extend_from_slice(case);
+            assert_eq!(run(&a).0, 0, "dd {case:?}");
+            qemu_ok(&q);
+            let (qo, qt) = (
+                info_json("qemu", &ours)["virtual-size"].clone(),
+                info_json("qemu", &theirs)["virtual-size"].clone(),
+            );
+            assert_eq!(qo, qt, "dd {case:?} -O {fmt}: size");
+            qemu_same(
+                &d.path(&format!("o{i}.{fmt}")),
+                &d.path(&format!("t{i}.{fmt}")),
+            );
+        }
+    }
+}

@@ -68,7 +68,8 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn write_image(
+/// Writes a new, empty image of `size` into `out` (shared with `dd`).
+pub(crate) fn write_image(
     out: &AtomicOutput,
     fmt: Format,
     size: u64,
