@@ -195,7 +195,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__convert)
-            opts="-f -O -c -o -p -t -T -U -q -h --force-share --help"
+            opts="-f -O -c -n -B -F -S -o -p -t -T -U -q -h --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -206,6 +206,18 @@ _vm__img() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -B)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -F)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -S)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

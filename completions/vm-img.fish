@@ -66,6 +66,9 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l shrink -d 'Allo
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s f -d 'Source format; probed when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s O -d 'Output format (default raw)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s B -d 'Give the qcow2 output this backing file, and copy only what the source\'s top layer holds (the backing file holds the rest)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s F -d 'The backing file\'s format (needed with -B)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s S -d 'Zero runs shorter than SIZE are written as data (default 4k; 0 writes every byte, for a fully allocated output)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s o -d 'Output format options, as for create' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s t -d 'Cache mode for the output: writeback (default) ends with one fsync, unsafe skips it; none, writethrough and directsync are accepted and behave as writeback (the output is new, so one fsync at the end gives the same durability)' -r -f -a "none\t''
 writeback\t''
@@ -78,6 +81,7 @@ writethrough\t''
 directsync\t''
 unsafe\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s c -d 'Compress the output (qcow2), on every core'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s n -d 'Write into OUTPUT, which exists already (no new image is made)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s p -d 'Show a progress bar'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s q -d 'Quiet'

@@ -181,6 +181,24 @@ pub struct ConvertArgs {
     /// Compress the output (qcow2), on every core.
     #[arg(short = 'c')]
     pub compress: bool,
+    /// Write into OUTPUT, which exists already (no new image is made).
+    #[arg(short = 'n')]
+    pub no_create: bool,
+    /// Give the qcow2 output this backing file, and copy only what the
+    /// source's top layer holds (the backing file holds the rest).
+    #[arg(short = 'B', value_name = "BACKING_FILE")]
+    pub backing: Option<String>,
+    /// The backing file's format (needed with -B).
+    #[arg(
+        short = 'F',
+        value_name = "BACKING_FMT",
+        overrides_with = "backing_format"
+    )]
+    pub backing_format: Option<String>,
+    /// Zero runs shorter than SIZE are written as data (default 4k; 0
+    /// writes every byte, for a fully allocated output).
+    #[arg(short = 'S', value_name = "SIZE")]
+    pub sparse: Option<String>,
     /// Output format options, as for create.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,

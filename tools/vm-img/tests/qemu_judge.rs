@@ -724,3 +724,69 @@ fn dd_copies_what_qemu_img_dd_copies() {
         }
     }
 }
+
+#[test]
+fn convert_into_existing_over_backing_and_fully_allocated() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let (base, top) = (d.path("base.qcow2"), d.path("top.qcow2"));
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    qemu_ok(&["create", "-q", "-f", "qcow2", b, "4M"]);
+    qemu_io(&base, "qcow2", &["write -P 1 0 4M"]);
+    qemu_ok(&[
+        "create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", t, "4M",
+    ]);
+    qemu_io(&top, "qcow2", &["write -P 2 1M 1M", "write -z 3M 512k"]);
+    // -B: only what the top holds is copied; the new backing file gives the rest.
+    let out = d.path("over.qcow2");
+    let o = out.to_str().unwrap();
+    ok(&["convert", "-O", "qcow2", "-B", b, "-F", "qcow2", t, o]);
+    qemu_clean(&out);
+    qemu_same(&top, &out);
+    let map: Value = serde_json::from_str(&qemu_ok(&["map", "--output", "json", o])).unwrap();
+    let own: u64 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["present"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        own,
+        (1 << 20) + (512 << 10),
+        "only the top's clusters: {map}"
+    );
+    let (code, _, err) = run(&["convert", "-O", "qcow2", "-B", b, t, &d.s("x.qcow2")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("requires explicit backing format"), "{err}");
+    // -n: into an image that exists and holds other data.
+    let target = d.path("target.qcow2");
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        target.to_str().unwrap(),
+        "4M",
+    ]);
+    qemu_io(&target, "qcow2", &["write -P 9 0 4M"]);
+    ok(&["convert", "-n", "-O", "qcow2", t, target.to_str().unwrap()]);
+    qemu_same(&top, &target);
+    qemu_clean(&target);
+    let small = d.path("small.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", small.to_str().unwrap(), "1M"]);
+    let (code, _, err) = run(&["convert", "-n", "-O", "qcow2", t, small.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("smaller than input"), "{err}");
+    // -S 0: every byte written, as qemu-img's map shows.
+    let full = d.path("full.raw");
+    ok(&["convert", "-S", "0", "-O", "raw", t, full.to_str().unwrap()]);
+    let alloc = std::fs::metadata(&full).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&alloc) * 512 >= 4 << 20,
+        "fully allocated"
+    );
+    qemu_same(&top, &full);
+}

@@ -47,10 +47,14 @@ const ZERO_BLOCK: usize = 4096;
 pub fn run(a: &ConvertArgs) -> Result<i32> {
     let src = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
     let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
-    let o = options::parse(&a.options)?;
-    if o.qcow2.backing_file.is_some() {
-        bail!("convert cannot give the output a backing file (-o backing_file)");
+    let mut o = options::parse(&a.options)?;
+    if let Some(b) = &a.backing {
+        o.qcow2.backing_file = Some(b.clone());
     }
+    if let Some(f) = &a.backing_format {
+        o.qcow2.backing_format = Some(f.clone());
+    }
+    let sparse = sparse_block(a.sparse.as_deref())?;
     if a.compress && out_fmt != Format::Qcow2 {
         bail!("Compression not supported for this file format");
     }
@@ -59,6 +63,25 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     }
     let size = src.size();
     let bar = util::progress(a.progress && !a.quiet, size);
+    if a.no_create {
+        if !a.options.is_empty() || a.backing.is_some() {
+            bail!("-o has no effect when skipping image creation");
+        }
+        into_existing(&src, a, out_fmt, size, &bar)?;
+        bar.finish_and_clear();
+        return Ok(0);
+    }
+    if o.qcow2.backing_file.is_some() {
+        if out_fmt != Format::Qcow2 {
+            bail!("Backing file not supported for file format 'raw'");
+        }
+        if o.qcow2.backing_format.is_none() {
+            bail!("Use of backing file requires explicit backing format");
+        }
+        if a.compress {
+            bail!("Compression with a backing file (-B) is not supported yet");
+        }
+    }
     let out = AtomicOutput::create(&a.output, false)?;
     let what = || format!("Could not write '{}'", a.output.display());
     let mut wb = Writeback {
@@ -66,7 +89,7 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         next: WRITEBACK_EVERY,
     };
     match out_fmt {
-        Format::Raw => to_raw(&src, &out.file, size, &bar, &mut wb).with_context(what)?,
+        Format::Raw => to_raw(&src, &out.file, size, sparse, &bar, &mut wb).with_context(what)?,
         Format::Qcow2 => {
             let opts = CreateOptions {
                 size: size.div_ceil(512) * 512,
@@ -75,8 +98,10 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
             let w = if a.compress {
                 to_qcow2_compressed(&src, w, size, &bar, &mut wb)
+            } else if opts.backing_file.is_some() {
+                over_backing(&src, w, size, &bar, &mut wb)
             } else {
-                to_qcow2(&src, w, size, &bar, &mut wb)
+                to_qcow2(&src, w, size, sparse.is_some(), &bar, &mut wb)
             }
             .with_context(what)?;
             w.finish().with_context(what)?;
@@ -85,6 +110,108 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     bar.finish_and_clear();
     out.commit(a.cache.syncs())?;
     Ok(0)
+}
+
+/// `-S`: the zero run that may stay a hole (qemu-img's default 4k); `None`
+/// for `-S 0`, which writes every byte.
+fn sparse_block(arg: Option<&str>) -> Result<Option<usize>> {
+    let Some(text) = arg else {
+        return Ok(Some(ZERO_BLOCK));
+    };
+    let v = vm_spec::parse_size(text, vm_spec::BareNumber::Bytes).ok();
+    match v {
+        Some(0) => Ok(None),
+        Some(v) if v % 512 == 0 && v <= 16 << 20 => Ok(Some(v as usize)),
+        _ => bail!(
+            "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 \
+             up to 16777216. Select 0 to disable sparse detection (fully allocates output)."
+        ),
+    }
+}
+
+/// `-n`: the output exists; the source's contents go into it through its
+/// own format, zero ranges as zeroes (it may hold old data there).
+fn into_existing(
+    src: &Image,
+    a: &ConvertArgs,
+    fmt: Format,
+    size: u64,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let opts = vm_image::OpenOptions {
+        format: Some(fmt),
+        write: true,
+        ..vm_image::OpenOptions::default()
+    };
+    let dst = Image::open(&a.output, &opts)
+        .with_context(|| format!("Could not open '{}'", a.output.display()))?;
+    if dst.size() < size {
+        bail!("output file is smaller than input file");
+    }
+    let what = || format!("Could not write '{}'", a.output.display());
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(CHUNK);
+        let b = &mut buf[..len as usize];
+        if read_chunk(src, pos, b)? {
+            dst.write_at(b, pos).with_context(what)?;
+        } else {
+            dst.write_zeroes(pos, len).with_context(what)?;
+        }
+        pos += len;
+        bar.set_position(pos);
+    }
+    if a.cache.syncs() {
+        dst.sync()
+    } else {
+        dst.flush()
+    }
+    .with_context(what)?;
+    Ok(())
+}
+
+/// `-B`: the output's backing file holds what the source's own backing
+/// chain holds, so only clusters the source's top layer decides are
+/// written (zeroes there as zero clusters, hiding the backing file).
+fn over_backing(
+    src: &Image,
+    mut w: Qcow2Writer,
+    size: u64,
+    bar: &ProgressBar,
+    wb: &mut Writeback,
+) -> Result<Qcow2Writer> {
+    let cs = w.cluster_size();
+    let chunk = CHUNK.max(cs);
+    let mut buf = vec![0u8; chunk as usize];
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(chunk);
+        let extents = src.map(pos, len)?;
+        let clusters = len.div_ceil(cs);
+        for k in 0..clusters {
+            let (lo, hi) = (pos + k * cs, (pos + (k + 1) * cs).min(size));
+            let top = extents
+                .iter()
+                .any(|e| e.depth == 0 && e.start < hi && e.start + e.length > lo);
+            if !top {
+                continue;
+            }
+            let b = &mut buf[..(hi - lo) as usize];
+            src.read_at(b, lo)
+                .with_context(|| format!("Error while reading offset {lo}"))?;
+            if is_zero(b) && w.write_zero(lo / cs).is_ok() {
+                continue;
+            }
+            let mut whole = b.to_vec();
+            whole.resize(cs as usize, 0);
+            w.write_clusters(lo / cs, &whole)?;
+        }
+        pos += len;
+        bar.set_position(pos);
+        wb.progress(pos);
+    }
+    Ok(w)
 }
 
 /// Reads `[pos, pos + buf.len())` into `buf`, touching only ranges that
@@ -121,7 +248,14 @@ fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
     runs
 }
 
-fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeback) -> Result<()> {
+fn to_raw(
+    src: &Image,
+    out: &File,
+    size: u64,
+    sparse: Option<usize>,
+    bar: &ProgressBar,
+    wb: &mut Writeback,
+) -> Result<()> {
     util::set_output_len(out, size)?;
     // A device has no holes: its zero ranges are written as zeroes.
     let device = util::is_block_device(out);
@@ -129,10 +263,21 @@ fn to_raw(src: &Image, out: &File, size: u64, bar: &ProgressBar, wb: &mut Writeb
     let mut pos = 0;
     while pos < size {
         let len = (size - pos).min(CHUNK) as usize;
+        let Some(block) = sparse else {
+            // -S 0: every byte written, zeroes too.
+            if !read_chunk(src, pos, &mut buf[..len])? {
+                buf[..len].fill(0);
+            }
+            out.write_all_at(&buf[..len], pos)?;
+            pos += len as u64;
+            bar.set_position(pos);
+            wb.progress(pos);
+            continue;
+        };
         if read_chunk(src, pos, &mut buf[..len])? {
             // Zero blocks stay holes.
             let mut done = 0;
-            for (lo, hi) in data_runs(&buf[..len], ZERO_BLOCK) {
+            for (lo, hi) in data_runs(&buf[..len], block) {
                 if device && lo > done {
                     util::zero_device_range(out, pos + done as u64, (lo - done) as u64)?;
                 }
@@ -156,6 +301,7 @@ fn to_qcow2(
     src: &Image,
     mut w: Qcow2Writer,
     size: u64,
+    sparse: bool,
     bar: &ProgressBar,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
@@ -169,10 +315,17 @@ fn to_qcow2(
         let b = &mut buf[..padded as usize];
         if read_chunk(src, pos, &mut b[..len])? {
             b[len..].fill(0);
-            // Zero clusters stay unallocated.
-            for (lo, hi) in data_runs(b, cs as usize) {
-                w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
+            // Zero clusters stay unallocated (-S 0: written as data).
+            if sparse {
+                for (lo, hi) in data_runs(b, cs as usize) {
+                    w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
+                }
+            } else {
+                w.write_clusters(pos / cs, b)?;
             }
+        } else if !sparse {
+            b.fill(0);
+            w.write_clusters(pos / cs, b)?;
         }
         pos += len as u64;
         bar.set_position(pos);
