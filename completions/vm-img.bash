@@ -43,6 +43,9 @@ _vm__img() {
             vm__img,map)
                 cmd="vm__img__subcmd__map"
                 ;;
+            vm__img,measure)
+                cmd="vm__img__subcmd__measure"
+                ;;
             vm__img,rebase)
                 cmd="vm__img__subcmd__rebase"
                 ;;
@@ -79,6 +82,9 @@ _vm__img() {
             vm__img__subcmd__help,map)
                 cmd="vm__img__subcmd__help__subcmd__map"
                 ;;
+            vm__img__subcmd__help,measure)
+                cmd="vm__img__subcmd__help__subcmd__measure"
+                ;;
             vm__img__subcmd__help,rebase)
                 cmd="vm__img__subcmd__help__subcmd__rebase"
                 ;;
@@ -95,7 +101,7 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,7 +311,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase snapshot dd help"
+            opts="create info check resize convert compare map commit rebase snapshot dd measure help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -444,6 +450,20 @@ _vm__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vm__subcmd__img__subcmd__help__subcmd__measure)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vm__subcmd__img__subcmd__help__subcmd__rebase)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -545,6 +565,40 @@ _vm__img() {
                     ;;
                 -l)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__measure)
+            opts="-f -O -o -U -h --size --output --force-share --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -37,6 +37,7 @@ complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "commit" -d 'Write an 
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "rebase" -d 'Change an image\'s backing file'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "measure" -d 'How large a new image would be: for a size, or for an image\'s data'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
@@ -137,15 +138,24 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s f -d 'Input format;
 complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s O -d 'Output format (default raw)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s U -l force-share -d 'Read the input without locks (force share)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s h -l help -d 'Print help'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "create" -d 'Create a new image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "info" -d 'Describe an image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "resize" -d 'Change an image\'s virtual size'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "rebase" -d 'Change an image\'s backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s f -d 'The measured image\'s format; probed when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s O -d 'Format of the image to be made (default raw)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s o -d 'Creation options of the image to be made, as for create' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l size -d 'Measure an empty image of this virtual size instead of FILENAME' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l output -r -f -a "human\t''
+json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s U -l force-share -d 'Read FILENAME without locks (force share)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "create" -d 'Create a new image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "info" -d 'Describe an image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "resize" -d 'Change an image\'s virtual size'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "measure" -d 'How large a new image would be: for a size, or for an image\'s data'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -89,6 +89,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Copy part of an image into a new one, with dd's operands.
     Dd(DdArgs),
+    /// How large a new image would be: for a size, or for an image's data.
+    Measure(MeasureArgs),
 }
 
 #[derive(Debug, Args)]
@@ -364,4 +366,26 @@ pub struct DdArgs {
     /// [skip=BLOCKS] (bs defaults to 512 and takes K, M, G).
     #[arg(value_name = "OPERAND", required = true)]
     pub operands: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// The measured image's format; probed when left out.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Format of the image to be made (default raw).
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Creation options of the image to be made, as for create.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Measure an empty image of this virtual size instead of FILENAME.
+    #[arg(long = "size", value_name = "SIZE")]
+    pub size: Option<String>,
+    #[arg(long = "output", value_enum, default_value = "human")]
+    pub output: OutputFormat,
+    /// Read FILENAME without locks (force share).
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: Option<PathBuf>,
 }

@@ -22,6 +22,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Rebase(a) => (cmd::rebase::run(a), 1),
         Command::Snapshot(a) => (cmd::snapshot::run(a), 1),
         Command::Dd(a) => (cmd::dd::run(a), 1),
+        Command::Measure(a) => (cmd::measure::run(a), 1),
     };
     match result {
         Ok(code) => code,

@@ -790,3 +790,52 @@ fn convert_into_existing_over_backing_and_fully_allocated() {
     );
     qemu_same(&top, &full);
 }
+
+#[test]
+fn measure_says_what_qemu_img_measure_says() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let src = d.path("m.qcow2");
+    let s = src.to_str().unwrap();
+    qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
+    qemu_io(
+        &src,
+        "qcow2",
+        &["write 0 1M", "write 20M 100k", "write -z 30M 1M"],
+    );
+    let cases: &[&[&str]] = &[
+        &["-O", "qcow2", s],
+        &["-O", "raw", s],
+        &["--output", "json", "-O", "qcow2", s],
+        &["-O", "qcow2", "-o", "cluster_size=4k", s],
+        &["-O", "qcow2", "-o", "backing_file=x,backing_fmt=raw", s],
+        &["--size", "1G", "-O", "qcow2"],
+        &[
+            "--size",
+            "100M",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=512,refcount_bits=1",
+        ],
+        &[
+            "--size",
+            "3T",
+            "-O",
+            "qcow2",
+            "-o",
+            "preallocation=full,cluster_size=2M",
+        ],
+        &["--size", "1000", "-O", "raw", "--output", "json"],
+    ];
+    for case in cases {
+        let mut a = vec!["measure"];
+        a.extend_from_slice(case);
+        assert_eq!(ok(&a), qemu_ok(&a), "measure {case:?}");
+    }
+    let (code, _, err) = run(&["measure", "-O", "qcow2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Either --size N or one filename"), "{err}");
+}

@@ -8,6 +8,7 @@ pub mod create;
 pub mod dd;
 pub mod info;
 pub mod map;
+pub mod measure;
 pub mod options;
 pub mod rebase;
 pub mod resize;
