@@ -16,6 +16,9 @@ _vm__img() {
             ",$1")
                 cmd="vm__img"
                 ;;
+            vm__img,amend)
+                cmd="vm__img__subcmd__amend"
+                ;;
             vm__img,check)
                 cmd="vm__img__subcmd__check"
                 ;;
@@ -54,6 +57,9 @@ _vm__img() {
                 ;;
             vm__img,snapshot)
                 cmd="vm__img__subcmd__snapshot"
+                ;;
+            vm__img__subcmd__help,amend)
+                cmd="vm__img__subcmd__help__subcmd__amend"
                 ;;
             vm__img__subcmd__help,check)
                 cmd="vm__img__subcmd__help__subcmd__check"
@@ -101,12 +107,42 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure amend help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__amend)
+            opts="-f -q -o -p -t -h --format --quiet --force --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -311,8 +347,22 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase snapshot dd measure help"
+            opts="create info check resize convert compare map commit rebase snapshot dd measure amend help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__help__subcmd__amend)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -91,6 +91,9 @@ pub enum Command {
     Dd(DdArgs),
     /// How large a new image would be: for a size, or for an image's data.
     Measure(MeasureArgs),
+    /// Change a qcow2 image's options in place (compat, lazy_refcounts,
+    /// refcount_bits, size, backing_file, backing_fmt).
+    Amend(AmendArgs),
 }
 
 #[derive(Debug, Args)]
@@ -388,4 +391,24 @@ pub struct MeasureArgs {
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     pub filename: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AmendArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Options to change (comma separated, key=value): compat (0.10, 1.1),
+    /// lazy_refcounts, refcount_bits, size, backing_file, backing_fmt.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append, required = true)]
+    pub options: Vec<String>,
+    /// Show progress (accepted; amend prints none yet).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Cache mode (accepted for compatibility; amend always syncs).
+    #[arg(short = 't', value_name = "CACHE")]
+    pub cache: Option<String>,
+    /// Allow changes that may lose data (accepted for compatibility).
+    #[arg(long = "force")]
+    pub force: bool,
+    pub filename: PathBuf,
 }

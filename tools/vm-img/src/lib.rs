@@ -23,6 +23,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Snapshot(a) => (cmd::snapshot::run(a), 1),
         Command::Dd(a) => (cmd::dd::run(a), 1),
         Command::Measure(a) => (cmd::measure::run(a), 1),
+        Command::Amend(a) => (cmd::amend::run(a), 1),
     };
     match result {
         Ok(code) => code,

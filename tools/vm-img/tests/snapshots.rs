@@ -187,3 +187,65 @@ fn shrinking_past_a_snapshots_data_keeps_it() {
     ok(&["snapshot", "-d", "before", &img]);
     qemu_clean(&p);
 }
+
+#[test]
+fn amend_changes_widths_and_levels_keeping_data_and_snapshots() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let (base, img) = (d.path("base.qcow2"), d.path("a.qcow2"));
+    let (b, s) = (base.to_str().unwrap(), img.to_str().unwrap());
+    qemu_ok(&["create", "-q", "-f", "qcow2", b, "8M"]);
+    qemu_io(&base, "qcow2", &["write -P 1 0 8M"]);
+    qemu_ok(&[
+        "create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", s, "8M",
+    ]);
+    // Data, a zero cluster that hides the base, and a preallocated one.
+    qemu_io(
+        &img,
+        "qcow2",
+        &["write -P 2 0 1M", "write -z 2M 1M", "write -z -u 4M 64k"],
+    );
+    ok(&["snapshot", "-c", "s", s]);
+    let reads = [
+        "read -P 2 0 1M",
+        "read -P 1 1M 1M",
+        "read -P 0 2M 1M",
+        "read -P 0 4M 64k",
+    ];
+    let info = |key: &str| {
+        qemu_ok(&["info", s])
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    // A snapshot holds counts of 2: a 1-bit width cannot, and says so.
+    let (code, _, err) = run(&["amend", "-o", "refcount_bits=1", s]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(info("refcount bits"), "refcount bits: 16");
+    for bits in ["64", "2", "16"] {
+        ok(&["amend", "-o", &format!("refcount_bits={bits}"), s]);
+        assert_eq!(info("refcount bits"), format!("refcount bits: {bits}"));
+        qemu_clean(&img);
+        qemu_io(&img, "qcow2", &reads);
+    }
+    // Down to 0.10: zero clusters become data clusters of zeroes.
+    ok(&["amend", "-o", "compat=0.10", s]);
+    assert_eq!(info("compat"), "compat: 0.10");
+    qemu_clean(&img);
+    qemu_io(&img, "qcow2", &reads);
+    qemu_ok(&["snapshot", "-a", "s", s]);
+    qemu_io(&img, "qcow2", &reads);
+    ok(&["amend", "-o", "compat=1.1,lazy_refcounts=on", s]);
+    assert_eq!(info("lazy refcounts"), "lazy refcounts: true");
+    ok(&["amend", "-o", "lazy_refcounts=off,size=16M", s]);
+    qemu_clean(&img);
+    assert!(qemu_ok(&["info", s]).contains("virtual size: 16 MiB"));
+    qemu_io(&img, "qcow2", &reads);
+    let (code, _, err) = run(&["amend", "-o", "cluster_size=4k", s]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid parameter 'cluster_size'"), "{err}");
+}

@@ -301,6 +301,11 @@ fn sync(meta: &Meta) -> Result<()> {
     meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))
 }
 
+/// Every cluster's references, as `check` counts them.
+pub fn reference_counts(meta: &Meta) -> Result<Vec<u32>> {
+    Ok(count(meta)?.0)
+}
+
 /// Counts every reference to every cluster of the file (tables, data,
 /// snapshots, bitmaps, the refcount structure itself), with the
 /// allocation statistics and the problems found on the way.

@@ -1,6 +1,7 @@
 //! qcow2 metadata: the header, tables, refcounts, check/repair, and a
 //! streaming writer for new images.
 
+pub mod amend;
 pub mod check;
 pub mod compress;
 pub mod header;

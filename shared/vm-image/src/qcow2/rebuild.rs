@@ -45,9 +45,22 @@ fn alloc(counts: &mut Vec<u64>, n: u64) -> u64 {
 /// Writes a new refcount structure holding `counts` (references per
 /// cluster, as `check` counted them) and points the header at it.
 pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
+    let (table_at, table_clusters) = write_structure(meta, counts, meta.header.refcount_order)?;
+    // refcount_table_offset and refcount_table_clusters, side by side.
+    let mut h = [0u8; 12];
+    h[..8].copy_from_slice(&table_at.to_be_bytes());
+    h[8..].copy_from_slice(&table_clusters.to_be_bytes());
+    let io = |e| Error::io(&meta.path, e);
+    meta.file.write_all_at(&h, 48).map_err(io)?;
+    meta.file.sync_all().map_err(io)
+}
+
+/// Writes a complete refcount structure of `2^order`-bit counts for
+/// `counts` into free clusters and syncs; returns the new table's offset
+/// and length in clusters, for the caller to put in the header.
+pub fn write_structure(meta: &Meta, counts: &[u32], order: u32) -> Result<(u64, u32)> {
     let cs = meta.cluster_size();
-    let per_block = meta.refblock_entries();
-    let order = meta.header.refcount_order;
+    let per_block = cs * 8 / (1u64 << order);
     let max = if order == 6 {
         u64::MAX
     } else {
@@ -121,10 +134,5 @@ pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
         .write_all_at(&reftable, table_at * cs)
         .map_err(io)?;
     meta.file.sync_all().map_err(io)?;
-    // refcount_table_offset and refcount_table_clusters, side by side.
-    let mut h = [0u8; 12];
-    h[..8].copy_from_slice(&(table_at * cs).to_be_bytes());
-    h[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
-    meta.file.write_all_at(&h, 48).map_err(io)?;
-    meta.file.sync_all().map_err(io)
+    Ok((table_at * cs, table_clusters as u32))
 }

@@ -159,6 +159,24 @@ pub fn delete(path: &Path, name: &str) -> Result<()> {
     sync(&meta)
 }
 
+/// Writes the snapshot table anew, each entry as QEMU writes it (see
+/// `raw_table`): what an upgrade to compat=1.1 does, whose readers want
+/// the disk size in every entry.
+pub fn rewrite_table(path: &Path) -> Result<()> {
+    let meta = open(path)?;
+    let snaps = meta.snapshots()?;
+    if snaps.is_empty() {
+        return Ok(());
+    }
+    let mut rc = Refcounts::new(&meta);
+    let table = raw_table(&meta, &snaps)?;
+    let entries: Vec<&[u8]> = table.iter().map(Vec::as_slice).collect();
+    let (at, _) = write_snapshot_table(&meta, &mut rc, &entries)?;
+    rc.flush(&meta)?;
+    set_snapshot_table(&meta, entries.len() as u32, at)?;
+    free_old_table(&meta, &mut rc, &snaps)
+}
+
 /// The snapshot named `name`: by ID first, then by name (as QEMU looks).
 pub fn find(snaps: &[Snapshot], name: &str) -> Option<usize> {
     snaps
@@ -222,18 +240,37 @@ fn snapshot_l1(meta: &Meta, sn: &Snapshot) -> Result<Vec<u64>> {
     meta.read_table(sn.l1_table_offset, u64::from(sn.l1_size))
 }
 
-/// Each snapshot's entry as its bytes in the table now, so entries we do
-/// not change keep their extra data as it was.
+/// Each snapshot's entry as QEMU rewrites it: as it was, except that
+/// extra data shorter than ours grows to our 24 bytes (the 64-bit VM state
+/// size, the disk size, taken as today's when it was not recorded, and no
+/// icount), and unknown extra data beyond them is kept.
 fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
     let mut at = meta.header.snapshots_offset;
     let mut out = Vec::with_capacity(snaps.len());
     for s in snaps {
         let len = s.entry_len.min(meta.file_len.saturating_sub(at));
-        let mut buf = vec![0u8; len as usize];
-        read_exact_at(&meta.file, &meta.path, &mut buf, at)?;
-        buf.resize(s.entry_len as usize, 0);
-        out.push(buf);
+        let mut raw = vec![0u8; len as usize];
+        read_exact_at(&meta.file, &meta.path, &mut raw, at)?;
+        raw.resize(s.entry_len as usize, 0);
         at += s.entry_len;
+        let extra_len = u32::from_be_bytes(raw[36..40].try_into().expect("4")) as usize;
+        let var = &raw[40..];
+        let extra = &var[..extra_len];
+        let names = &var[extra_len..extra_len + s.id.len() + s.name.len()];
+        let mut e = raw[..40].to_vec();
+        e[36..40].copy_from_slice(&(extra_len.max(EXTRA_LEN) as u32).to_be_bytes());
+        e.extend_from_slice(&s.vm_state_size.to_be_bytes());
+        e.extend_from_slice(&s.disk_size.unwrap_or(meta.header.size).to_be_bytes());
+        let icount = extra
+            .get(16..24)
+            .map_or(u64::MAX, |b| u64::from_be_bytes(b.try_into().expect("8")));
+        e.extend_from_slice(&icount.to_be_bytes());
+        if extra_len > EXTRA_LEN {
+            e.extend_from_slice(&extra[EXTRA_LEN..]);
+        }
+        e.extend_from_slice(names);
+        e.resize(e.len().div_ceil(8) * 8, 0);
+        out.push(e);
     }
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod amend;
 pub mod check;
 pub mod commit;
 pub mod compare;

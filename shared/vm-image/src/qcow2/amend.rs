@@ -1,0 +1,219 @@
+//! `amend`: changing a qcow2 image's format options in place: the
+//! compatibility level (0.10 or 1.1), lazy refcounts and the refcount
+//! width. (Size and backing file changes go through resize and
+//! `set_backing`.) The caller holds the image's write lock.
+//!
+//! Each change keeps the image valid at every step: zero clusters get their
+//! data clusters (counted first) before their entries change, a new
+//! refcount structure is complete before the header switches to it, and the
+//! header itself is rewritten in one write of its first cluster.
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::check::{check, Repair};
+use super::header::{
+    Header, COMPAT_LAZY_REFCOUNTS, COPIED, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY, OFFSET_MASK, ZERO,
+};
+use super::meta::{L2Entry, Meta};
+use super::refcounts::Refcounts;
+use crate::{Error, Result};
+
+fn open(path: &Path) -> Result<Meta> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    Meta::open(path, file)
+}
+
+fn invalid(message: &str) -> Error {
+    Error::Invalid(message.to_string())
+}
+
+/// Rewrites the header cluster from `h` (one write) and syncs.
+fn write_header(meta: &Meta, h: &Header) -> Result<()> {
+    let mut buf = h.serialize().map_err(|e| Error::io(&meta.path, e))?;
+    buf.resize(h.cluster_size() as usize, 0);
+    meta.file
+        .write_all_at(&buf, 0)
+        .and_then(|()| meta.file.sync_all())
+        .map_err(|e| Error::io(&meta.path, e))
+}
+
+/// Repairs the refcounts of an image left dirty by lazy refcounts, as
+/// QEMU does when it opens one for writing.
+fn make_clean(path: &Path) -> Result<Meta> {
+    let meta = open(path)?;
+    if !meta.header.dirty() {
+        return Ok(meta);
+    }
+    let report = check(&meta, Repair::All)?;
+    if report.corruptions > 0 || report.check_errors > 0 {
+        return Err(Error::corrupt(path, "Failed to make the image clean"));
+    }
+    open(path)
+}
+
+/// Turns lazy refcounts on or off (compat=1.1 only).
+pub fn set_lazy_refcounts(path: &Path, on: bool) -> Result<()> {
+    let meta = if on { open(path)? } else { make_clean(path)? };
+    if meta.header.version < 3 {
+        return Err(invalid(
+            "Lazy refcounts only supported with compatibility level 1.1 and above \
+             (use compat=1.1 or greater)",
+        ));
+    }
+    let mut h = meta.header.clone();
+    if on {
+        h.compatible_features |= COMPAT_LAZY_REFCOUNTS;
+    } else {
+        h.compatible_features &= !COMPAT_LAZY_REFCOUNTS;
+    }
+    if h != meta.header {
+        write_header(&meta, &h)?;
+    }
+    Ok(())
+}
+
+/// Changes the refcount width to `2^order` bits: a new refcount structure
+/// of that width is written, then the header switches to it.
+pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
+    let meta = make_clean(path)?;
+    if meta.header.refcount_order == order {
+        return Ok(());
+    }
+    if meta.header.version < 3 {
+        return Err(invalid(
+            "Different refcount widths than 16 bits require compatibility level 1.1 or above \
+             (use compat=1.1 or greater)",
+        ));
+    }
+    let counts = super::check::reference_counts(&meta)?;
+    let (table, clusters) = super::rebuild::write_structure(&meta, &counts, order)?;
+    let mut h = meta.header.clone();
+    h.refcount_order = order;
+    h.refcount_table_offset = table;
+    h.refcount_table_clusters = clusters;
+    write_header(&meta, &h)?;
+    // The old structure is a leak now: free it.
+    let meta = open(path)?;
+    check(&meta, Repair::Leaks)?;
+    Ok(())
+}
+
+/// Changes the compatibility level: 3 (1.1) or 2 (0.10).
+pub fn set_version(path: &Path, version: u32) -> Result<()> {
+    let meta = open(path)?;
+    let old = meta.header.version;
+    if version == old {
+        return Ok(());
+    }
+    if version > old {
+        super::snapshot::rewrite_table(path)?;
+        let meta = open(path)?;
+        let mut h = meta.header.clone();
+        h.version = 3;
+        h.header_length = 112;
+        return write_header(&meta, &h);
+    }
+    if meta.header.refcount_order != 4 {
+        return Err(invalid("compat=0.10 requires refcount_bits=16"));
+    }
+    if meta.header.data_file.is_some() {
+        return Err(invalid("Cannot downgrade an image with a data file"));
+    }
+    if meta
+        .snapshots()?
+        .iter()
+        .any(|s| s.vm_state_size > u64::from(u32::MAX))
+    {
+        return Err(invalid("Internal snapshots prevent downgrade of image"));
+    }
+    let meta = make_clean(path)?;
+    let other = meta.header.incompatible_features & !(INCOMPAT_COMPRESSION | INCOMPAT_DIRTY);
+    if other != 0 {
+        return Err(Error::Invalid(format!(
+            "Cannot downgrade an image with incompatible features 0x{other:x} set"
+        )));
+    }
+    if meta.header.compression_type != super::header::CompressionType::Zlib {
+        return Err(invalid(
+            "Cannot downgrade an image with zstd compression type",
+        ));
+    }
+    expand_zero_clusters(&meta)?;
+    let meta = open(path)?;
+    let mut h = meta.header.clone();
+    h.version = 2;
+    h.header_length = 72;
+    h.incompatible_features = 0;
+    h.compatible_features = 0;
+    h.autoclear_features = 0;
+    // Only the backing format extension means anything to a v2 reader.
+    h.other_extensions.clear();
+    write_header(&meta, &h)
+}
+
+/// Gives every zero cluster (a v3 feature) data clusters of zeroes, in the
+/// active tables and the snapshots': a preallocated one is zeroed and
+/// kept; one without is left unallocated where nothing lies below, or gets
+/// a new zeroed cluster where a backing file would show through.
+fn expand_zero_clusters(meta: &Meta) -> Result<()> {
+    let cs = meta.cluster_size();
+    let step = (meta.header.l2_entry_size() / 8) as usize;
+    let mut tables = BTreeSet::new();
+    let mut l1s = vec![meta.l1.clone()];
+    for s in meta.snapshots()? {
+        l1s.push(meta.read_table(s.l1_table_offset, u64::from(s.l1_size))?);
+    }
+    for l1 in &l1s {
+        for &e in l1 {
+            let l2 = e & OFFSET_MASK;
+            if l2 != 0 && meta.cluster_in_file(l2) {
+                tables.insert(l2);
+            }
+        }
+    }
+    let backed = meta.header.backing_file.is_some();
+    let zeroes = vec![0u8; cs as usize];
+    let io = |e| Error::io(&meta.path, e);
+    let mut rc = Refcounts::new(meta);
+    for l2 in tables {
+        let mut table = meta.read_table(l2, cs / 8)?;
+        let users = rc.get(meta, l2)?;
+        let mut changed = false;
+        for raw in table.iter_mut().step_by(step) {
+            if *raw & ZERO == 0 {
+                continue;
+            }
+            match meta.decode_l2(*raw) {
+                L2Entry::Zero { host: Some(host) } => {
+                    meta.file.write_all_at(&zeroes, host).map_err(io)?;
+                    *raw &= !ZERO;
+                }
+                L2Entry::Zero { host: None } if backed => {
+                    // Counted once per table that names it, as the table is.
+                    let host = rc.alloc(meta, cs)?;
+                    for _ in 1..users {
+                        rc.add(meta, host, 1)?;
+                    }
+                    meta.file.write_all_at(&zeroes, host).map_err(io)?;
+                    rc.flush(meta)?;
+                    *raw = host | if users == 1 { COPIED } else { 0 };
+                }
+                _ => *raw = 0,
+            }
+            changed = true;
+        }
+        if changed {
+            meta.file.sync_all().map_err(io)?;
+            let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_be_bytes()).collect();
+            meta.file.write_all_at(&bytes, l2).map_err(io)?;
+        }
+    }
+    meta.file.sync_all().map_err(io)
+}

@@ -1,0 +1,146 @@
+//! `vm-img amend`: a qcow2 image's options changed in place, in QEMU's
+//! order: an upgrade first (newer features may need it), then the backing
+//! file, lazy refcounts, the size and the refcount width, a downgrade last
+//! (once what 0.10 cannot hold has been taken out).
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::amend;
+use vm_image::{Block, Format, Image, OpenOptions};
+use vm_spec::{parse_size, BareNumber};
+
+use crate::cli::AmendArgs;
+use crate::util;
+
+#[derive(Default)]
+struct Changes {
+    version: Option<u32>,
+    lazy_refcounts: Option<bool>,
+    refcount_order: Option<u32>,
+    size: Option<u64>,
+    backing_file: Option<String>,
+    backing_fmt: Option<String>,
+}
+
+fn parse(opts: &[String]) -> Result<Changes> {
+    let mut c = Changes::default();
+    for arg in opts {
+        for item in arg.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;
+            match k.trim() {
+                "compat" => {
+                    c.version = Some(match v {
+                        "0.10" | "v2" => 2,
+                        "1.1" | "v3" => 3,
+                        _ => bail!("Unknown compatibility level {v}"),
+                    });
+                }
+                "lazy_refcounts" => {
+                    c.lazy_refcounts = Some(match v {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => bail!("Parameter 'lazy_refcounts' expects 'on' or 'off'"),
+                    });
+                }
+                "refcount_bits" => {
+                    let bits: u32 = v.parse().unwrap_or(0);
+                    if bits == 0 || bits > 64 || !bits.is_power_of_two() {
+                        bail!("Refcount width must be a power of two and may not exceed 64 bits");
+                    }
+                    c.refcount_order = Some(bits.trailing_zeros());
+                }
+                "size" => {
+                    c.size = Some(
+                        parse_size(v, BareNumber::Bytes)
+                            .map_err(|e| anyhow!("Parameter 'size': {e}"))?,
+                    );
+                }
+                "backing_file" => c.backing_file = Some(v.to_string()),
+                "backing_fmt" => c.backing_fmt = Some(v.to_string()),
+                other => bail!(
+                    "Invalid parameter '{other}' (amend takes compat, lazy_refcounts, \
+                     refcount_bits, size, backing_file and backing_fmt)"
+                ),
+            }
+        }
+    }
+    Ok(c)
+}
+
+pub fn run(a: &AmendArgs) -> Result<i32> {
+    let c = parse(&a.options)?;
+    let path = &a.filename;
+    let _lock = ImageLock::acquire(path, LockMode::Write)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    let opts = OpenOptions {
+        format: util::parse_format(a.common.format.as_deref())?,
+        lock: false,
+        backing: false,
+        ..OpenOptions::default()
+    };
+    let img =
+        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    if img.format() != Format::Qcow2 {
+        bail!(
+            "Format driver '{}' does not support option amendment",
+            img.format().as_str()
+        );
+    }
+    let header = img.header().cloned().expect("a qcow2 image has a header");
+    drop(img);
+    let version = c.version.unwrap_or(header.version);
+    let order = c.refcount_order.unwrap_or(header.refcount_order);
+    if version < 3 && order != 4 {
+        bail!(
+            "Refcount widths other than 16 bits require compatibility level 1.1 or above \
+             (use compat=1.1 or greater)"
+        );
+    }
+    if version < 3 && c.lazy_refcounts == Some(true) {
+        bail!(
+            "Lazy refcounts only supported with compatibility level 1.1 and above \
+             (use compat=1.1 or greater)"
+        );
+    }
+    let fail = |what: &str| format!("Error while amending options: {what}");
+    if version > header.version {
+        amend::set_version(path, version).with_context(|| fail("upgrade"))?;
+    }
+    if c.backing_file.is_some() || c.backing_fmt.is_some() {
+        let name = c.backing_file.clone().or(header.backing_file.clone());
+        let fmt = c.backing_fmt.clone().or(header.backing_format.clone());
+        if name.is_none() {
+            bail!("Cannot amend the backing file");
+        }
+        vm_image::qcow2::set_backing(path, name.as_deref(), fmt.as_deref())
+            .context("Could not change the backing file")?;
+    }
+    if let Some(on) = c.lazy_refcounts {
+        amend::set_lazy_refcounts(path, on).map_err(|e| anyhow!(e))?;
+    }
+    if let Some(size) = c.size {
+        let opts = OpenOptions {
+            format: Some(Format::Qcow2),
+            write: true,
+            lock: false,
+            backing: true,
+            ..OpenOptions::default()
+        };
+        let mut img = Image::open(path, &opts)?;
+        if size < img.size() {
+            bail!("qcow2 doesn't support shrinking images yet");
+        }
+        img.resize(size.div_ceil(512) * 512)
+            .and_then(|()| img.sync())
+            .context("Error resizing image")?;
+    }
+    if order != header.refcount_order {
+        amend::set_refcount_order(path, order).map_err(|e| anyhow!(e))?;
+    }
+    if version < header.version {
+        amend::set_version(path, version).map_err(|e| anyhow!(e))?;
+    }
+    Ok(0)
+}
