@@ -64,3 +64,39 @@ case_run "convert -c raw -> qcow2 (1 GiB)" outc.qcow2 \
   "$vm" convert -c -O qcow2 src.raw outc.qcow2 -- qemu-img convert -c -t writeback -O qcow2 src.raw outc.qcow2
 case_run "check qcow2 (1 GiB allocated)" none \
   "$vm" check full.qcow2 -- qemu-img check full.qcow2
+
+# In-place commands: each run starts from a fresh copy (not timed).
+case_inplace() {
+  local name=$1 src=$2; shift 2
+  local vm_cmd=() q_cmd=() sep=0
+  for a in "$@"; do
+    if [ "$a" = "--" ]; then sep=1; continue; fi
+    if [ $sep = 0 ]; then vm_cmd+=("$a"); else q_cmd+=("$a"); fi
+  done
+  local bv=999999999 bq=999999999 t
+  for _ in $(seq "$runs"); do
+    cp --sparse=always "$src" work.qcow2; sync
+    t=$(best "${vm_cmd[@]}"); [ "$t" -lt "$bv" ] && bv=$t
+    cp --sparse=always "$src" work.qcow2; sync
+    t=$(best "${q_cmd[@]}"); [ "$t" -lt "$bq" ] && bq=$t
+  done
+  rm -f work.qcow2
+  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$name" "$bv" "$bq" \
+    "$(awk -v a="$bv" -v b="$bq" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
+}
+# A snapshot of the allocated image, for apply and delete.
+cp --sparse=always full.qcow2 snap.qcow2
+qemu-img snapshot -c base snap.qcow2
+qemu-io -c 'write -P 7 0 256M' snap.qcow2 >/dev/null
+case_inplace "snapshot -c (1 GiB allocated)" full.qcow2 \
+  "$vm" snapshot -c s work.qcow2 -- qemu-img snapshot -c s work.qcow2
+case_inplace "snapshot -a (256 MiB rewritten)" snap.qcow2 \
+  "$vm" snapshot -a base work.qcow2 -- qemu-img snapshot -a base work.qcow2
+case_inplace "snapshot -d (256 MiB rewritten)" snap.qcow2 \
+  "$vm" snapshot -d base work.qcow2 -- qemu-img snapshot -d base work.qcow2
+case_inplace "amend refcount_bits=64 (1 GiB)" full.qcow2 \
+  "$vm" amend -o refcount_bits=64 work.qcow2 -- qemu-img amend -o refcount_bits=64 work.qcow2
+case_inplace "amend compat=0.10 (1 GiB)" full.qcow2 \
+  "$vm" amend -o compat=0.10 work.qcow2 -- qemu-img amend -o compat=0.10 work.qcow2
+case_run "measure -O qcow2 (1 GiB allocated)" none \
+  "$vm" measure -O qcow2 full.qcow2 -- qemu-img measure -O qcow2 full.qcow2
