@@ -121,7 +121,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__amend)
-            opts="-f -q -o -p -t -h --format --quiet --force --help"
+            opts="-f -q -o -p -t -h --format --quiet --image-opts --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,7 +151,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__check)
-            opts="-f -q -r -U -h --format --quiet --output --repair --force-share --help"
+            opts="-f -q -r -U -h --format --quiet --image-opts --output --repair --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,7 +185,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__commit)
-            opts="-f -q -t -b -d -p -h --format --quiet --help"
+            opts="-f -q -t -b -d -p -h --format --quiet --image-opts --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -283,7 +283,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__create)
-            opts="-f -q -o -b -F -u -h --format --quiet --backing --backing-format --help"
+            opts="-f -q -o -b -F -u -h --format --quiet --image-opts --backing --backing-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -557,7 +557,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__info)
-            opts="-f -q -U -h --format --quiet --output --backing-chain --force-share --help"
+            opts="-f -q -U -h --format --quiet --image-opts --output --backing-chain --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -583,7 +583,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__map)
-            opts="-f -q -U -s -l -h --format --quiet --output --force-share --start-offset --max-length --help"
+            opts="-f -q -U -s -l -h --format --quiet --image-opts --output --force-share --start-offset --max-length --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -659,7 +659,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__rebase)
-            opts="-f -q -t -u -b -F -p -U -h --format --quiet --force-share --help"
+            opts="-f -q -t -u -b -F -p -U -h --format --quiet --image-opts --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -693,7 +693,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__resize)
-            opts="-f -q -h --format --quiet --shrink --help"
+            opts="-f -q -h --format --quiet --image-opts --shrink --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -715,7 +715,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__snapshot)
-            opts="-f -q -l -a -c -d -U -h --format --quiet --force-share --help"
+            opts="-f -q -l -a -c -d -U -h --format --quiet --image-opts --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

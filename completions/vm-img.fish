@@ -45,12 +45,14 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format op
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s b -l backing -d 'Backing file (qcow2 only)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s F -l backing-format -d 'Backing file format' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s u -d 'Do not open the backing file (the size must then be given)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l output -r -f -a "human\t''
 json\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l backing-chain -d 'Describe every image of the backing chain'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s U -l force-share -d 'Read without locks (force share), as for an image in use'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s h -l help -d 'Print help'
@@ -60,10 +62,12 @@ json\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s r -l repair -d 'Repair leaks, or all errors that can be repaired' -r -f -a "leaks\t''
 all\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand check" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l shrink -d 'Allow shrinking (data past the new end is lost)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s f -d 'Source format; probed when left out' -r
@@ -101,6 +105,7 @@ json\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s s -l start-offset -d 'Start of the range to map' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s l -l max-length -d 'Length of the range to map' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
@@ -111,6 +116,7 @@ directsync\t''
 unsafe\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s b -d 'Commit into this image of the chain (default: the backing file)' -r -F
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s d -d 'Keep the overlay\'s data (do not empty it)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s p
 complete -c vm-img -n "__fish_vm_img_using_subcommand commit" -s h -l help -d 'Print help'
@@ -123,6 +129,7 @@ unsafe\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s b -d 'The new backing file; "" removes it (the image becomes standalone)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s F -d 'The new backing file\'s format' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s u -d 'Unsafe: only rewrite the backing file name, copy nothing'
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s p
 complete -c vm-img -n "__fish_vm_img_using_subcommand rebase" -s U -l force-share
@@ -132,6 +139,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s a -d 'Revert 
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s c -d 'Take a snapshot named SNAPSHOT of the image as it is now' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s d -d 'Delete SNAPSHOT (its ID, else its name)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s l -d 'List the snapshots (also what happens with no action given)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s U -l force-share -d 'List without locks (force share), as for an image in use'
 complete -c vm-img -n "__fish_vm_img_using_subcommand snapshot" -s h -l help -d 'Print help'
@@ -151,6 +159,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s f -l format -d '
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s o -d 'Options to change (comma separated, key=value): compat (0.10, 1.1), lazy_refcounts, refcount_bits, size, backing_file, backing_fmt' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s t -d 'Cache mode (accepted for compatibility; amend always syncs)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s p -d 'Show progress (accepted; amend prints none yet)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l force -d 'Allow changes that may lose data (accepted for compatibility)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s h -l help -d 'Print help'

@@ -63,6 +63,10 @@ pub struct Common {
     /// Quiet: no progress or informational messages.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// FILENAME is an option list (driver=qcow2,file.filename=PATH), as
+    /// qemu-img's --image-opts; only the file protocol is supported.
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
 }
 
 #[derive(Debug, Subcommand)]

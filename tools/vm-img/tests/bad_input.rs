@@ -345,3 +345,34 @@ fn check_reports_tables_past_the_end_as_corruption() {
         }
     }
 }
+
+/// qemu-img's other ways to name an image: `file:`, `json:` and
+/// `--image-opts` open local files; other protocols are refused by name.
+#[test]
+fn json_file_and_image_opts_names() {
+    let d = Dir::new();
+    let img = d.s("n.qcow2");
+    ok(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+    let forms = [
+        vec!["info".to_string(), format!("file:{img}")],
+        vec!["info".to_string(), format!("json:{{\"driver\":\"qcow2\",\"file\":{{\"driver\":\"file\",\"filename\":\"{img}\"}}}}")],
+        vec!["info".to_string(), format!("json:{{'driver':'qcow2','file.filename':'{img}'}}")],
+        vec!["info".to_string(), "--image-opts".to_string(), format!("driver=qcow2,file.driver=file,file.filename={img}")],
+    ];
+    for f in &forms {
+        let args: Vec<&str> = f.iter().map(String::as_str).collect();
+        let out = ok(&args);
+        assert!(out.contains("file format: qcow2"), "{f:?}: {out}");
+        assert!(out.contains("virtual size: 1 MiB"), "{f:?}: {out}");
+    }
+    let (code, _, err) = run(&[
+        "info",
+        "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"nbd\",\"host\":\"x\"}}",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line(&err, "nbd in json:");
+    assert!(err.contains("only local files"), "{err}");
+    let (code, _, err) = run(&["info", "json:{not json"]);
+    assert_eq!(code, 1);
+    assert_one_line(&err, "bad json:");
+}

@@ -71,11 +71,13 @@ fn parse(opts: &[String]) -> Result<Changes> {
 
 pub fn run(a: &AmendArgs) -> Result<i32> {
     let c = parse(&a.options)?;
-    let path = &a.filename;
+    let (path, format) =
+        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let path = &path;
     let _lock = ImageLock::acquire(path, LockMode::Write)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
     let opts = OpenOptions {
-        format: util::parse_format(a.common.format.as_deref())?,
+        format: util::parse_format(format.as_deref())?,
         lock: false,
         backing: false,
         ..OpenOptions::default()

@@ -16,7 +16,9 @@ use crate::util;
 pub const NO_CHECK: i32 = 63;
 
 pub fn run(a: &CheckArgs) -> Result<i32> {
-    let path = &a.filename;
+    let (path, format) =
+        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let path = &path;
     let repair = match a.repair {
         None => Repair::None,
         Some(RepairMode::Leaks) => Repair::Leaks,
@@ -35,7 +37,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
                 .with_context(|| format!("Could not open '{}'", path.display()))?,
         )
     };
-    let format = match util::parse_format(a.common.format.as_deref())? {
+    let format = match util::parse_format(format.as_deref())? {
         Some(f) => f,
         None => util::open_read(path, None, true)
             .map(|i| i.format())

@@ -12,6 +12,9 @@ use crate::cli::CommitArgs;
 use crate::util;
 
 pub fn run(a: &CommitArgs) -> Result<i32> {
+    if a.common.image_opts {
+        bail!("--image-opts is not supported by commit yet");
+    }
     let path = &a.filename;
     let fmt = util::parse_format(a.common.format.as_deref())?;
     let top = Image::open(

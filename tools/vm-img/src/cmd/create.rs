@@ -14,6 +14,9 @@ use crate::cli::CreateArgs;
 use crate::util::{self, AtomicOutput};
 
 pub fn run(a: &CreateArgs) -> Result<i32> {
+    if a.common.image_opts {
+        bail!("--image-opts is not supported by create yet");
+    }
     let fmt = util::parse_format(a.common.format.as_deref())?.unwrap_or(Format::Raw);
     let mut o = options::parse(&a.options)?;
     if let Some(b) = &a.backing {

@@ -14,8 +14,8 @@ use crate::util::{self, human_size};
 
 pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
-    let mut path = a.filename.clone();
-    let mut fmt = a.common.format.clone();
+    let (mut path, mut fmt) =
+        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     // Files already described, by their real path: a chain that comes back
     // to one loops (qemu-img names the file where it does).
     let mut seen = Vec::new();

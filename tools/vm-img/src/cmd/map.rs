@@ -8,7 +8,9 @@ use crate::cli::{MapArgs, OutputFormat};
 use crate::util;
 
 pub fn run(a: &MapArgs) -> Result<i32> {
-    let img = util::open_read(&a.filename, a.common.format.as_deref(), a.force_share)?;
+    let (path, format) =
+        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let img = util::open_read(&path, format.as_deref(), a.force_share)?;
     let num = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
         s.as_deref()
             .map(|v| parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Invalid {what}: {e}")))

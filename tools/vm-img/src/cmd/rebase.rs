@@ -13,6 +13,9 @@ use crate::cli::RebaseArgs;
 use crate::util;
 
 pub fn run(a: &RebaseArgs) -> Result<i32> {
+    if a.common.image_opts {
+        bail!("--image-opts is not supported by rebase yet");
+    }
     let path = &a.filename;
     let fmt = util::parse_format(a.common.format.as_deref())?;
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());

@@ -11,12 +11,20 @@ use crate::util;
 pub fn run(a: &ResizeArgs) -> Result<i32> {
     let change = SizeChange::parse(&a.size, BareNumber::Bytes)
         .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
-    let path = &a.filename;
+    let (path, format, locking) =
+        util::target_with_locking(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let path = &path;
     // Held across the resize and the refcount clean-up after a shrink.
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
+    let _lock = if locking {
+        Some(
+            ImageLock::acquire(path, LockMode::Write)
+                .with_context(|| format!("Could not open '{}'", path.display()))?,
+        )
+    } else {
+        None
+    };
     let opts = OpenOptions {
-        format: util::parse_format(a.common.format.as_deref())?,
+        format: util::parse_format(format.as_deref())?,
         write: true,
         lock: false,
         // The backing file's length decides whether a grown area must be

@@ -23,16 +23,18 @@ enum Action<'a> {
 }
 
 pub fn run(a: &SnapshotArgs) -> Result<i32> {
-    let path = &a.filename;
+    let (path, format_name) =
+        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let path = &path;
     let action = match (&a.create, &a.apply, &a.delete) {
         (Some(n), _, _) => Action::Create(n),
         (_, Some(n), _) => Action::Apply(n),
         (_, _, Some(n)) => Action::Delete(n),
         _ => Action::List,
     };
-    let format = util::parse_format(a.common.format.as_deref())?;
+    let format = util::parse_format(format_name.as_deref())?;
     if let Action::List = action {
-        let img = util::open_read(path, a.common.format.as_deref(), a.force_share)?;
+        let img = util::open_read(path, format_name.as_deref(), a.force_share)?;
         // Formats without snapshots list nothing, as with qemu-img.
         if img.format() == Format::Qcow2 {
             let snaps: Vec<Value> = read_snapshots(path)?.iter().map(to_json).collect();
