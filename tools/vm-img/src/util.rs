@@ -115,6 +115,24 @@ fn option_list(text: &str) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Flattens nested JSON objects into dotted keys (`file.filename`).
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
 /// A `json:` filename's object, flattened to dotted keys. QEMU's JSON
 /// takes single-quoted strings too.
 fn json_options(json: &str) -> Result<Vec<(String, String)>> {
@@ -125,22 +143,6 @@ fn json_options(json: &str) -> Result<Vec<(String, String)>> {
     };
     let value: serde_json::Value = serde_json::from_str(&normal)
         .map_err(|e| anyhow!("Could not parse json: filename: {e}"))?;
-    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
-            other => out.push((prefix.to_string(), other.to_string())),
-        }
-    }
     let mut out = Vec::new();
     if !value.is_object() {
         bail!("Could not parse json: filename: not an object");
