@@ -126,3 +126,45 @@ fn repairs_say_repairing_and_clear_the_dirty_bit() {
     qemu_clean(&p);
     assert_eq!(be64(&p, 72) & 3, 0, "dirty and corrupt bits cleared");
 }
+
+#[test]
+fn incomplete_snapshot_entries_are_rewritten() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = image(&d);
+    let img = p.to_str().unwrap();
+    qemu_ok(&["snapshot", "-c", "old", img]);
+    // Rewrite the entry as an old writer would: no extra data at all.
+    let at = be64(&p, 64);
+    let mut entry = vec![0u8; 40 + 24 + 4];
+    std::fs::File::open(&p)
+        .unwrap()
+        .read_exact_at(&mut entry, at)
+        .unwrap();
+    let extra = u32::from_be_bytes(entry[36..40].try_into().unwrap()) as usize;
+    assert_eq!(extra, 24);
+    let names = entry[40 + extra..].to_vec(); // id "1" and name "old"
+    let mut short = entry[..40].to_vec();
+    short[36..40].copy_from_slice(&0u32.to_be_bytes());
+    short.extend_from_slice(&names);
+    patch(&p, at, &short);
+    let (code, _, err) = run(&["check", img]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ERROR snapshot table entry 0 is incomplete"),
+        "{err}"
+    );
+    let (code, out, err) = run(&["check", "-r", "all", img]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("Repairing snapshot table entry 0 is incomplete"),
+        "{err}"
+    );
+    qemu_clean(&p);
+    let list = qemu_ok(&["snapshot", "-l", img]);
+    assert!(list.contains(" old "), "{list}");
+    qemu_ok(&["snapshot", "-a", "old", img]);
+    qemu_io(&p, "qcow2", &["read -P 0x5a 1M 4M"]);
+}

@@ -202,6 +202,42 @@ impl Counter<'_> {
 /// structure is rebuilt (`-r all`); then the COPIED flags are checked. The
 /// file must be open for writing when `repair` is not [`Repair::None`].
 pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
+    // v3 snapshot entries need both sizes in their extra data; a repair
+    // rewrites the table (after the refcounts, as qemu-img).
+    let incomplete: Vec<usize> = if meta.header.version >= 3 {
+        meta.snapshots()?
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.extra_len < 16)
+            .map(|(i, _)| i)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let word = if repair == Repair::All {
+        "Repairing"
+    } else {
+        "ERROR"
+    };
+    let early: Vec<String> = incomplete
+        .iter()
+        .map(|i| format!("{word} snapshot table entry {i} is incomplete"))
+        .collect();
+    let mut report = check_refcounts(meta, repair)?;
+    report.messages.splice(0..0, early);
+    if incomplete.is_empty() {
+        return Ok(report);
+    }
+    if repair == Repair::All {
+        super::snapshot::rewrite_table(&meta.path)?;
+        report.corruptions_fixed += incomplete.len() as u64;
+    } else {
+        report.corruptions += incomplete.len() as u64;
+    }
+    Ok(report)
+}
+
+fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
     let (counts, mut report) = count(meta)?;
     let pre = report.clone();
     let mut rebuild = false;

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub icount: Option<u64>,
     /// The disk's size when the snapshot was taken (absent in old images).
     pub disk_size: Option<u64>,
+    /// Bytes of extra data (v3 wants at least 16: both sizes).
+    pub extra_len: u32,
     /// Bytes the entry occupies in the table.
     pub entry_len: u64,
 }
@@ -246,6 +248,7 @@ impl Meta {
                 vm_state_size: ex64(0).unwrap_or(u64::from(u32at(32))),
                 icount: ex64(16).filter(|&v| v != u64::MAX),
                 disk_size: ex64(8),
+                extra_len: extra_len as u32,
                 entry_len,
             });
             at += entry_len;
