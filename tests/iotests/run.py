@@ -6,6 +6,7 @@ The lists beside this file (tests/iotests/README.md says what each holds):
   qemu-img-passes     the baseline: `FMT TEST` lines qemu-img passes here
   out-of-scope        `FMT TEST reason`: needs a format vm-img leaves out
   expected-failures   `FMT TEST reason`: known vm-img failures (only shrinks)
+  flaky               `FMT TEST reason`: run and printed, not judged
 
 A run fails when a test outside the lists fails, or when a listed expected
 failure passes (take it off the list). Called by scripts/iotests.
@@ -200,8 +201,10 @@ def main():
     passes = read_list("qemu-img-passes")
     scope = read_list("out-of-scope")
     expected = read_list("expected-failures")
+    flaky = read_list("flaky")
     problems = []
-    for name, entries in (("out-of-scope", scope), ("expected-failures", expected)):
+    for name, entries in (("out-of-scope", scope), ("expected-failures", expected),
+                          ("flaky", flaky)):
         for key in entries:
             if key not in passes:
                 problems.append(f"tests/iotests/{name}: {key[0]} {key[1]} is not a test "
@@ -253,6 +256,10 @@ def main():
 
     for key, status in sorted(results.items()):
         name = f"{key[0]} {key[1]}"
+        if key in flaky:
+            if status != "pass":
+                print(f"iotests: {name} {status} (listed as flaky, not judged)")
+            continue
         if status == "pass" and key in expected:
             problems.append(f"{name} now passes: take it off tests/iotests/expected-failures")
         elif status != "pass" and key not in expected and key not in scope:
