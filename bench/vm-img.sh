@@ -36,13 +36,24 @@ best() { # best time in ms of a command run once, after running $prep
   echo $(( (t1 - t0) / 1000000 ))
 }
 
-case_run() {
-  local name=$1 out=$2; shift 2
-  local vm_cmd=() q_cmd=() sep=0
+report() { # name, vm-img ms, qemu-img ms
+  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$1" "$2" "$3" \
+    "$(awk -v a="$2" -v b="$3" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
+}
+
+# "VM-IMG-COMMAND -- QEMU-IMG-COMMAND" into the arrays vm_cmd and q_cmd.
+split_cmds() {
+  vm_cmd=() q_cmd=()
+  local sep=0 a
   for a in "$@"; do
     if [ "$a" = "--" ]; then sep=1; continue; fi
     if [ $sep = 0 ]; then vm_cmd+=("$a"); else q_cmd+=("$a"); fi
   done
+}
+
+case_run() {
+  local name=$1 out=$2; shift 2
+  split_cmds "$@"
   local bv=999999999 bq=999999999 t
   for _ in $(seq "$runs"); do
     rm -f "$out"; sync
@@ -51,8 +62,7 @@ case_run() {
     t=$(best "${q_cmd[@]}"); [ "$t" -lt "$bq" ] && bq=$t
   done
   rm -f "$out"
-  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$name" "$bv" "$bq" \
-    "$(awk -v a="$bv" -v b="$bq" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
+  report "$name" "$bv" "$bq"
 }
 
 echo "vm-img $("$vm" --version | cut -d' ' -f2) vs $(qemu-img --version | head -1); best of $runs, $(nproc) cores"
@@ -68,11 +78,7 @@ case_run "check qcow2 (1 GiB allocated)" none \
 # In-place commands: each run starts from a fresh copy (not timed).
 case_inplace() {
   local name=$1 src=$2; shift 2
-  local vm_cmd=() q_cmd=() sep=0
-  for a in "$@"; do
-    if [ "$a" = "--" ]; then sep=1; continue; fi
-    if [ $sep = 0 ]; then vm_cmd+=("$a"); else q_cmd+=("$a"); fi
-  done
+  split_cmds "$@"
   local bv=999999999 bq=999999999 t
   for _ in $(seq "$runs"); do
     cp --sparse=always "$src" work.qcow2; sync
@@ -81,8 +87,7 @@ case_inplace() {
     t=$(best "${q_cmd[@]}"); [ "$t" -lt "$bq" ] && bq=$t
   done
   rm -f work.qcow2
-  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$name" "$bv" "$bq" \
-    "$(awk -v a="$bv" -v b="$bq" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
+  report "$name" "$bv" "$bq"
 }
 # A snapshot of the allocated image, for apply and delete.
 cp --sparse=always full.qcow2 snap.qcow2

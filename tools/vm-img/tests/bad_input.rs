@@ -376,3 +376,47 @@ fn json_file_and_image_opts_names() {
     assert_eq!(code, 1);
     assert_one_line(&err, "bad json:");
 }
+
+/// dd's operands are checked before anything is made.
+#[test]
+fn dd_operands_are_checked() {
+    let d = Dir::new();
+    let src = d.s("s.raw");
+    ok(&["create", "-q", "-f", "raw", &src, "1M"]);
+    let of = format!("of={}", d.s("o.raw"));
+    let iff = format!("if={src}");
+    for (ops, want) in [
+        (
+            vec![iff.as_str()],
+            "Must specify both input and output files",
+        ),
+        (vec![iff.as_str(), of.as_str(), "bs=0"], "invalid number"),
+        (vec![iff.as_str(), of.as_str(), "bs=-1"], "invalid number"),
+        (vec![iff.as_str(), of.as_str(), "count=x"], "invalid number"),
+        (
+            vec![iff.as_str(), of.as_str(), "conv=notrunc"],
+            "unrecognized operand",
+        ),
+        (
+            vec![iff.as_str(), of.as_str(), "junk"],
+            "unrecognized operand",
+        ),
+    ] {
+        let mut a = vec!["dd"];
+        a.extend_from_slice(&ops);
+        let (code, _, err) = run(&a);
+        assert_eq!(code, 1, "{ops:?}");
+        assert_one_line(&err, "dd operands");
+        assert!(err.contains(want), "{ops:?}: {err}");
+        assert!(!d.path("o.raw").exists(), "{ops:?} made an output");
+    }
+    // A huge count or skip is clamped, never an overflow.
+    ok(&["dd", &iff, &of, "bs=1E", "count=16"]);
+    ok(&[
+        "dd",
+        &iff,
+        &format!("of={}", d.s("p.raw")),
+        "bs=1E",
+        "skip=16",
+    ]);
+}

@@ -838,4 +838,19 @@ fn measure_says_what_qemu_img_measure_says() {
     let (code, _, err) = run(&["measure", "-O", "qcow2"]);
     assert_eq!(code, 1);
     assert!(err.contains("Either --size N or one filename"), "{err}");
+    // Sizes past what the format or a file can hold: refused as qemu-img
+    // refuses them, never a wrapped sum.
+    for case in [
+        ["--size", "2049T", "-O", "qcow2"],
+        ["--size", "15E", "-O", "qcow2"],
+        ["--size", "15E", "-O", "raw"],
+    ] {
+        let mut a = vec!["measure"];
+        a.extend_from_slice(&case);
+        let (code, out, err) = run(&a);
+        let (qcode, _, qerr) = qemu_img(&a);
+        assert_eq!((code, qcode), (1, 1), "measure {case:?}: {out}{err}");
+        let msg = |e: &str| e.split_once(": ").map(|(_, m)| m.trim().to_string());
+        assert_eq!(msg(&err), msg(&qerr), "measure {case:?}");
+    }
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::os::unix::fs::FileExt;
+
 use common::*;
 
 fn list_ids(tool: &str, img: &str) -> Vec<(String, String)> {
@@ -248,4 +250,50 @@ fn amend_changes_widths_and_levels_keeping_data_and_snapshots() {
     let (code, _, err) = run(&["amend", "-o", "cluster_size=4k", s]);
     assert_eq!(code, 1);
     assert!(err.contains("Invalid parameter 'cluster_size'"), "{err}");
+}
+
+/// Where the first snapshot's name lies in the image's snapshot table.
+fn first_name_at(path: &std::path::Path) -> u64 {
+    let file = std::fs::File::open(path).unwrap();
+    let mut table = [0u8; 8];
+    file.read_exact_at(&mut table, 64).unwrap();
+    let at = u64::from_be_bytes(table);
+    let mut entry = [0u8; 40];
+    file.read_exact_at(&mut entry, at).unwrap();
+    let extra = u64::from(u32::from_be_bytes(entry[36..40].try_into().unwrap()));
+    let id_len = u64::from(u16::from_be_bytes([entry[12], entry[13]]));
+    at + 40 + extra + id_len
+}
+
+#[test]
+fn a_snapshot_name_that_is_not_utf8_is_kept_as_it_was() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = Dir::new();
+    let path = dir.path("u.qcow2");
+    let img = dir.s("u.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+    qemu_ok(&["snapshot", "-c", "abc", &img]);
+    // Turn the name's bytes into invalid UTF-8 (a file anyone can plant):
+    // decoding it lossily makes it longer than the entry says.
+    let odd = [0xff, 0xfe, 0xfd];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&odd, first_name_at(&path))
+        .unwrap();
+    // Taking and deleting another snapshot rewrites the table: the odd
+    // entry must come through byte for byte, and nothing may panic.
+    ok(&["snapshot", "-c", "next", &img]);
+    ok(&["snapshot", "-d", "next", &img]);
+    qemu_clean(&path);
+    let mut name = [0u8; 3];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut name, first_name_at(&path))
+        .unwrap();
+    assert_eq!(name, odd);
+    ok(&["snapshot", "-a", "1", &img]);
 }

@@ -9,7 +9,6 @@
 //! header itself is rewritten in one write of its first cluster.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -20,15 +19,6 @@ use super::header::{
 use super::meta::{L2Entry, Meta};
 use super::refcounts::Refcounts;
 use crate::{Error, Result};
-
-fn open(path: &Path) -> Result<Meta> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    Meta::open(path, file)
-}
 
 fn invalid(message: &str) -> Error {
     Error::Invalid(message.to_string())
@@ -47,7 +37,7 @@ fn write_header(meta: &Meta, h: &Header) -> Result<()> {
 /// Repairs the refcounts of an image left dirty by lazy refcounts, as
 /// QEMU does when it opens one for writing.
 fn make_clean(path: &Path) -> Result<Meta> {
-    let meta = open(path)?;
+    let meta = Meta::open_rw(path)?;
     if !meta.header.dirty() {
         return Ok(meta);
     }
@@ -55,12 +45,16 @@ fn make_clean(path: &Path) -> Result<Meta> {
     if report.corruptions > 0 || report.check_errors > 0 {
         return Err(Error::corrupt(path, "Failed to make the image clean"));
     }
-    open(path)
+    Meta::open_rw(path)
 }
 
 /// Turns lazy refcounts on or off (compat=1.1 only).
 pub fn set_lazy_refcounts(path: &Path, on: bool) -> Result<()> {
-    let meta = if on { open(path)? } else { make_clean(path)? };
+    let meta = if on {
+        Meta::open_rw(path)?
+    } else {
+        make_clean(path)?
+    };
     if meta.header.version < 3 {
         return Err(invalid(
             "Lazy refcounts only supported with compatibility level 1.1 and above \
@@ -100,21 +94,21 @@ pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
     h.refcount_table_clusters = clusters;
     write_header(&meta, &h)?;
     // The old structure is a leak now: free it.
-    let meta = open(path)?;
+    let meta = Meta::open_rw(path)?;
     check(&meta, Repair::Leaks)?;
     Ok(())
 }
 
 /// Changes the compatibility level: 3 (1.1) or 2 (0.10).
 pub fn set_version(path: &Path, version: u32) -> Result<()> {
-    let meta = open(path)?;
+    let meta = Meta::open_rw(path)?;
     let old = meta.header.version;
     if version == old {
         return Ok(());
     }
     if version > old {
         super::snapshot::rewrite_table(path)?;
-        let meta = open(path)?;
+        let meta = Meta::open_rw(path)?;
         let mut h = meta.header.clone();
         h.version = 3;
         h.header_length = 112;
@@ -146,7 +140,7 @@ pub fn set_version(path: &Path, version: u32) -> Result<()> {
         ));
     }
     expand_zero_clusters(&meta)?;
-    let meta = open(path)?;
+    let meta = Meta::open_rw(path)?;
     let mut h = meta.header.clone();
     h.version = 2;
     h.header_length = 72;
@@ -198,8 +192,14 @@ fn expand_zero_clusters(meta: &Meta) -> Result<()> {
                 L2Entry::Zero { host: None } if backed => {
                     // Counted once per table that names it, as the table is.
                     let host = rc.alloc(meta, cs)?;
-                    for _ in 1..users {
-                        rc.add(meta, host, 1)?;
+                    if users > 1 {
+                        let more = i64::try_from(users - 1).map_err(|_| {
+                            Error::corrupt(
+                                &meta.path,
+                                format!("L2 table 0x{l2:x} has {users} users"),
+                            )
+                        })?;
+                        rc.add(meta, host, more)?;
                     }
                     meta.file.write_all_at(&zeroes, host).map_err(io)?;
                     rc.flush(meta)?;

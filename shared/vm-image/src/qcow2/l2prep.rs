@@ -9,7 +9,6 @@
 //! imago then finds every table it needs already in place.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -31,12 +30,7 @@ pub enum Prepared {
 /// (offset, length; clipped to the disk) of the qcow2 image at `path`. The caller holds the
 /// image's write lock and no other handle has it open for writing.
 pub fn prepare_l2_tables(path: &Path, ranges: &[(u64, u64)]) -> Result<Prepared> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let meta = Meta::open(path, file)?;
+    let meta = Meta::open_rw(path)?;
     let cs = meta.cluster_size();
     let per_l2 = meta.header.l2_entries() * cs;
     let mut wanted = BTreeSet::new();

@@ -68,6 +68,17 @@ impl Meta {
         Self::open_with(path, file, false)
     }
 
+    /// Opens `path` for reading and writing and reads its tables: what
+    /// every in-place edit starts from. The caller holds the write lock.
+    pub fn open_rw(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Self::open(path, file)
+    }
+
     /// As `open`, but an L1 or refcount table that lies past the end of the
     /// file reads as empty instead of failing: `check` then counts what it
     /// cannot find as corruption (exit 2, as qemu-img), where `open` would

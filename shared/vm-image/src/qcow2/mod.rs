@@ -4,6 +4,7 @@
 pub mod amend;
 pub mod check;
 pub mod compress;
+mod copied;
 pub mod header;
 pub mod meta;
 pub mod rebuild;
@@ -12,7 +13,6 @@ pub mod shrink;
 pub mod snapshot;
 pub mod writer;
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -22,12 +22,7 @@ use crate::{Error, Result};
 /// first cluster, which holds nothing else), then syncs. `None` removes the
 /// backing file. The caller holds the image's write lock.
 pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let meta = meta::Meta::open(path, file)?;
+    let meta = meta::Meta::open_rw(path)?;
     let mut h = meta.header.clone();
     h.backing_file = name.map(str::to_string);
     h.backing_format = name.and(format).map(str::to_string);

@@ -3,7 +3,6 @@
 //! refcount blocks that count nothing any more. `qemu-img check` and
 //! QEMU's iotests expect both gone.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -22,19 +21,10 @@ pub fn release_past_end(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn open(path: &Path) -> Result<Meta> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    Meta::open(path, file)
-}
-
 /// Clears the L1 entries past the disk's end and frees their L2 tables
 /// and the clusters those still map.
 fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
-    let meta = open(path)?;
+    let meta = Meta::open_rw(path)?;
     let cs = meta.cluster_size();
     let keep = meta.header.l1_entries_for(meta.header.size) as usize;
     let gone: Vec<(usize, u64)> = meta
@@ -89,12 +79,7 @@ fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
 /// that kept the block is dropped, so a crash leaves at most a leak.
 /// Returns how many were freed. The caller holds the image's write lock.
 fn drop_empty_blocks(path: &Path) -> Result<usize> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let meta = Meta::open(path, file)?;
+    let meta = Meta::open_rw(path)?;
     let cs = meta.cluster_size();
     let per_block = meta.refblock_entries();
     let mut empty = Vec::new();

@@ -14,7 +14,6 @@
 //! leaves at most leaked clusters, which `check -r leaks` frees. The caller
 //! holds the image's write lock.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -190,12 +189,7 @@ fn not_found(_path: &Path, message: &str) -> Error {
 }
 
 fn open(path: &Path) -> Result<Meta> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let meta = Meta::open(path, file)?;
+    let meta = Meta::open_rw(path)?;
     let h = &meta.header;
     if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
         return Err(Error::unsupported(
@@ -253,10 +247,14 @@ fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
         read_exact_at(&meta.file, &meta.path, &mut raw, at)?;
         raw.resize(s.entry_len as usize, 0);
         at += s.entry_len;
+        // Lengths from the entry itself: the parsed ID and name went
+        // through a lossy UTF-8 decode and may be longer than the bytes.
         let extra_len = u32::from_be_bytes(raw[36..40].try_into().expect("4")) as usize;
+        let id_len = usize::from(u16::from_be_bytes([raw[12], raw[13]]));
+        let name_len = usize::from(u16::from_be_bytes([raw[14], raw[15]]));
         let var = &raw[40..];
         let extra = &var[..extra_len];
-        let names = &var[extra_len..extra_len + s.id.len() + s.name.len()];
+        let names = &var[extra_len..extra_len + id_len + name_len];
         let mut e = raw[..40].to_vec();
         e[36..40].copy_from_slice(&(extra_len.max(EXTRA_LEN) as u32).to_be_bytes());
         e.extend_from_slice(&s.vm_state_size.to_be_bytes());

@@ -20,10 +20,16 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
         (Some(text), None) => {
             let size = parse_size(text, BareNumber::Bytes)
                 .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
+            if size > i64::MAX as u64 {
+                bail!(
+                    "Invalid image size specified. Must be between 0 and {}.",
+                    i64::MAX
+                );
+            }
             match out_fmt {
                 Format::Raw => (size.div_ceil(512) * 512, size.div_ceil(512) * 512, None),
                 Format::Qcow2 => {
-                    let (r, f) = qcow2(&o, size, 0);
+                    let (r, f) = qcow2(&o, size, 0)?;
                     (r, f, None)
                 }
             }
@@ -45,7 +51,7 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
                     } else {
                         data_clusters(&img, size, cs)?
                     };
-                    let (r, f) = qcow2(&o, size, data);
+                    let (r, f) = qcow2(&o, size, data)?;
                     // Only a qcow2 source can carry bitmaps (none are kept
                     // yet, so their size is 0).
                     let bitmaps =
@@ -98,15 +104,21 @@ fn data_clusters(img: &vm_image::Image, size: u64, cs: u64) -> Result<u64> {
 
 /// qemu-img's qcow2 figures: (required, fully allocated) for a disk of
 /// `size` of which `data` bytes of clusters are written.
-fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> (u64, u64) {
+fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> Result<(u64, u64)> {
     let cs = 1u64 << o.qcow2.cluster_bits;
+    // QEMU's bound: the L1 table (one entry per L2 table) fits 32 MiB,
+    // which also keeps every sum below from overflowing.
+    let l2_tables = size.div_ceil(cs).div_ceil(cs / 8);
+    if l2_tables.saturating_mul(8) > 32 << 20 {
+        bail!("The image size is too large (try using a larger cluster size)");
+    }
     let virtual_size = size.div_ceil(cs) * cs;
     let fully = prealloc_size(virtual_size, cs, o.qcow2.refcount_order);
     let data = match o.prealloc {
         Some(Prealloc::Full | Prealloc::Falloc) => virtual_size,
         _ => data,
     };
-    (fully - virtual_size + data, fully)
+    Ok((fully - virtual_size + data, fully))
 }
 
 /// Every byte of a fully allocated image: header, L2 and L1 tables,
