@@ -167,7 +167,7 @@ pub fn missing_features(leaves: &[crate::state::stream::CpuidLeaf]) -> Result<Ve
     // What a vCPU here ends up with, read back from one: some hosts (a
     // nested KVM among them) report fewer features as supported than
     // their vCPUs then have, and the guest's CPUID was read back too.
-    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    let vm = crate::vm::create_vm(&kvm)?;
     let probe = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
     probe
         .set_cpuid2(&base_cpuid(&kvm)?)

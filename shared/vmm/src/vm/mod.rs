@@ -129,6 +129,20 @@ pub struct Vm {
     guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
+/// KVM_CREATE_VM, tried again when a signal interrupts it: a TERM sent
+/// to a foreground vm-run while its guest restarts lands there now and
+/// then, and must end the VM through the run loop's flag, not as an
+/// error. Bounded, so a signal storm cannot spin it forever.
+pub(crate) fn create_vm(kvm: &Kvm) -> Result<kvm_ioctls::VmFd> {
+    let mut tries = 0;
+    loop {
+        match kvm.create_vm() {
+            Err(e) if e.errno() == libc::EINTR && tries < 100 => tries += 1,
+            other => return other.map_err(Error::kvm("KVM_CREATE_VM")),
+        }
+    }
+}
+
 /// Opens /dev/kvm and checks what we rely on.
 fn open_kvm() -> Result<Kvm> {
     let kvm = Kvm::new().map_err(Error::Kvm)?;
@@ -168,7 +182,7 @@ impl Vm {
         crate::vcpu::install_kick_handler()
             .map_err(Error::io("installing the vCPU kick handler"))?;
         let kvm = open_kvm()?;
-        let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let vm_fd = create_vm(&kvm)?;
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
