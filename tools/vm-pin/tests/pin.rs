@@ -200,13 +200,18 @@ fn affinity_lands_on_one_thread_and_bad_lists_change_nothing() {
         eprintln!("SKIP (table check): no `script` to give vm-pin a terminal");
     }
     // Shares and bandwidth land in the cgroup files, in v1's or v2's terms.
-    let (code, _, err) = e.pin(&[
+    let (code, out, err) = e.pin(&[
         "sched",
         "pinned",
         "--set",
         "cpu_shares=512,vcpu_quota=50000,vcpu_period=100000",
     ]);
     assert_eq!(code, 0, "{err}");
+    // As virsh schedinfo --set: the values now in force, read back.
+    let set = json(&out);
+    assert_eq!(set["cpu_shares"], 512, "{out}");
+    assert_eq!(set["vcpu_quota"], 50000, "{out}");
+    assert_eq!(set["emulator_quota"], -1, "{out}");
     match Group::of("cpu", "pinned", pid) {
         Some(g @ Group::V1(_)) => {
             assert_eq!(g.read("cpu.shares"), "512");
@@ -251,6 +256,11 @@ fn config_changes_survive_a_restart() {
     let (code, _, err) = e.pin(&["vcpu", "defd", "0", "1"]);
     assert_eq!(code, 0, "not running: the definition changes: {err}");
     assert_eq!(json(&e.pin(&["vcpu", "defd"]).1)[0]["cpus"], "1");
+    // sched --set on a stopped VM changes its definition and prints it.
+    let (code, out, err) = e.pin(&["sched", "defd", "--set", "cpu_shares=300"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["cpu_shares"], 300, "{out}");
+    assert_eq!(json(&e.pin(&["sched", "defd"]).1)["cpu_shares"], 300);
     let st = json(&e.vm_run(&["start", "--detach", "defd"]).1);
     let pid = st["pid"].as_u64().unwrap();
     assert_eq!(

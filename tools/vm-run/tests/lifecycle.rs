@@ -245,6 +245,15 @@ fn definitions() {
         json(&e.vm_run(&["list", "--all"]).1)[0]["state"],
         "shut off"
     );
+    // status answers for a defined VM that is not running, as virsh
+    // dominfo does for a shut-off domain: from its definition.
+    let (code, out, err) = e.vm_run(&["status", "--json", "def"]);
+    assert_eq!(code, 0, "{err}");
+    let st = json(&out);
+    assert_eq!(st["state"], "shutoff");
+    assert_eq!(st["reason"], "defined");
+    assert_eq!(st["spec"]["memory"], "64MiB");
+    assert!(st.get("pid").is_none(), "no process, no pid: {out}");
     let (code, out, _) = e.vm_run(&["start", "def"]);
     assert_eq!(code, 0);
     assert!(out.contains("hello"));
@@ -270,6 +279,9 @@ fn definitions() {
         .contains("32MiB"));
     assert_eq!(e.vm_run(&["undefine", "def"]).0, 0);
     assert_eq!(e.vm_run(&["start", "def"]).0, 1);
+    let (code, _, err) = e.vm_run(&["status", "def"]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no VM named 'def'"), "{err}");
 }
 
 #[test]

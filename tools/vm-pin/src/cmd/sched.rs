@@ -36,7 +36,7 @@ fn parse_sched(text: &str) -> Result<BTreeMap<String, i64>> {
 }
 
 pub(crate) fn sched_cmd(vm: &str, set: Option<&str>, s: Scope, json: bool) -> Result<()> {
-    let t = target(vm)?;
+    let mut t = target(vm)?;
     let (live, config) = scope(&t, s)?;
     if let Some(text) = set {
         let changes = parse_sched(text)?;
@@ -87,8 +87,9 @@ pub(crate) fn sched_cmd(vm: &str, set: Option<&str>, s: Scope, json: bool) -> Re
             let mut d = t.defined.clone().expect("checked");
             apply_to_spec(d.cputune.get_or_insert_with(CpuTune::default), &changes);
             vm_control::save_definition(&d)?;
+            t.defined = Some(d);
         }
-        return Ok(());
+        // Then the values in force, as virsh schedinfo --set prints them.
     }
     let values: Vec<(String, String)> = if live {
         let st = t.running.as_ref().expect("checked");
