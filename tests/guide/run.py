@@ -4,7 +4,11 @@ prints with what the guide shows, by shape; checks that every section of
 the openEuler guide is covered or says why not.
 
 The blocks are ```console blocks: `$ COMMAND` lines (a trailing backslash
-continues one), each followed by the output the guide shows. They run in
+continues one), each followed by the output the guide shows. A tag after
+`console` names what a block needs: `ovs` (Open vSwitch's programs: the
+block is skipped, saying so, where they are missing, and fails then if
+VMTOOLS_REQUIRE names ovs) or `linux` (a real Linux guest: such blocks
+run in the Linux lane, not here; `--lane` writes them out for it). They run in
 order, in one bash session in a scratch folder (state carries over, as for
 a reader following the guide), with the tools on PATH and $GUEST naming
 the test guest's kernel. Shapes:
@@ -26,6 +30,7 @@ into the guide for each command shown with only `...`.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,14 +50,31 @@ SECTIONS = [
     "3.7.2.1", "3.7.2.2", "3.7.2.3",
 ]
 NOT_YET = "**Not in vmtools yet:**"
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def missing(tag):
+    """Why a block with this tag cannot run here, or None."""
+    if tag == "ovs":
+        for prog in ("ovs-vsctl", "ovs-vswitchd", "ovsdb-server", "ovsdb-tool"):
+            if not shutil.which(prog):
+                return f"{prog} is not installed (Debian: openvswitch-switch)"
+        if not os.path.exists(OVS_SCHEMA):
+            return f"{OVS_SCHEMA} is missing"
+        return None
+    if tag == "linux":
+        return "needs a real Linux guest: the Linux lane runs it (scripts/linux-lane)"
+    if tag:
+        raise SystemExit(f"unknown block tag {tag!r}")
+    return None
 
 
 def parse(text):
     """The guide's sections (number -> body) and its command blocks, in
-    order: each a list of (command, expected lines, section)."""
+    order: each (section, tag, [(command, expected lines)])."""
     sections, blocks = {}, []
     current, body = None, []
-    in_block, lines = False, []
+    in_block, lines, tag = False, [], ""
     for at, line in enumerate(text.splitlines()):
         if not in_block:
             m = re.match(r"^#{2,5} (3(?:\.\d+)+) ", line)
@@ -62,13 +84,14 @@ def parse(text):
                 current, body = m.group(1), []
                 continue
             body.append(line)
-            if line.strip() == "```console":
-                in_block, lines = True, []
+            m = re.fullmatch(r"```console(?: (\w+))?", line.strip())
+            if m:
+                in_block, lines, tag = True, [], m.group(1) or ""
             continue
         body.append(line)
         if line.strip() == "```":
             in_block = False
-            blocks.append((current, commands(lines)))
+            blocks.append((current, tag, commands(lines)))
         else:
             lines.append((at, line))
     if current:
@@ -159,7 +182,14 @@ def main():
     work = tempfile.mkdtemp(prefix="vmtools-guide.")
     script = ["exec </dev/null 2>&1", "cd " + work]
     steps = []
-    for section, cmds in blocks:
+    skipped = {}
+    for section, tag, cmds in blocks:
+        why = missing(tag)
+        if why:
+            skipped.setdefault(why, []).append(section)
+            if tag != "linux" and tag in os.environ.get("VMTOOLS_REQUIRE", "").split(","):
+                failures.append(f"{section}: {why}, and VMTOOLS_REQUIRE names {tag}")
+            continue
         for cmd, expect in cmds:
             n = len(steps)
             steps.append((section, cmd, expect))
@@ -178,15 +208,19 @@ def main():
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(script) + "\n")
     try:
-        run = subprocess.run(
-            ["bash", "--noprofile", "--norc", path],
-            stdout=subprocess.PIPE, env=env, timeout=600, check=False,
-        )
-        out = run.stdout.decode(errors="replace")
+        # Into a file, not a pipe: daemons a block starts (OVS's) keep
+        # the descriptor, and a pipe would not end while they run.
+        log = os.path.join(work, ".guide.out")
+        with open(log, "wb") as f:
+            subprocess.run(["bash", "--noprofile", "--norc", path],
+                           stdout=f, env=env, timeout=600, check=False)
+        with open(log, "rb") as f:
+            out = f.read().decode(errors="replace")
     finally:
         # Nothing the guide started may outlive it.
         subprocess.run(
-            ["sh", "-c", f"for d in {work}/run/*/; do vm-run kill \"$(basename \"$d\")\"; done"],
+            ["sh", "-c", f"for d in {work}/run/*/; do vm-run kill \"$(basename \"$d\")\"; done;"
+             f" for p in {work}/ovs/*.pid; do [ -f \"$p\" ] && kill \"$(cat \"$p\")\"; done"],
             env=env, capture_output=True, check=False,
         )
     got = {}
@@ -228,6 +262,8 @@ def main():
             text[at:at + 1] = fill[at]
         with open(guide, "w", encoding="utf-8") as f:
             f.write("\n".join(text) + "\n")
+    for why, where in skipped.items():
+        print(f"SKIP: blocks in {', '.join(sorted(set(where)))}: {why}")
     for f in failures:
         print("FAIL:", f)
     print(f"docs/guide.md: {len(steps)} commands in {len(blocks)} blocks, "
