@@ -151,12 +151,16 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__console)
-            opts="-h --json --help"
+            opts="-h --until --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

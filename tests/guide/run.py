@@ -169,7 +169,137 @@ def matches(want, got):
     return bool(got) and line_matches(want[0], got[0]) and matches(want[1:], got[1:])
 
 
+def steps_of(blocks, want_linux):
+    """The commands to run: (section, command, expected lines with their
+    line numbers), from the blocks tagged `linux` or from all the others;
+    and the blocks skipped: tag -> (why, [section])."""
+    steps, skipped = [], {}
+    for section, tag, cmds in blocks:
+        if (tag == "linux") != want_linux:
+            if tag == "linux":
+                skipped.setdefault(tag, (missing(tag), []))[1].append(section)
+            continue
+        why = None if want_linux else missing(tag)
+        if why:
+            skipped.setdefault(tag, (why, []))[1].append(section)
+            continue
+        steps.extend((section, cmd, expect) for cmd, expect in cmds)
+    return steps, skipped
+
+
+def expected_code(expect):
+    """The exit code a command's expected lines ask for, and the lines
+    without the `[exit N]` one."""
+    if expect and re.fullmatch(r"\[exit \d+\]", expect[-1]):
+        return int(expect[-1][6:-1]), expect[:-1]
+    return 0, expect
+
+
+def script_of(steps, work):
+    """A POSIX shell script (bash here, busybox sh in the Linux lane) that
+    runs the steps in order in `work`, framing each one's output. It
+    exits 1 when a command's exit code is not the guide's."""
+    script = ["exec </dev/null 2>&1", f'cd "{work}" || exit 2', "guide_failed=0"]
+    for n, (_, cmd, expect_at) in enumerate(steps):
+        want, _ = expected_code([line for _, line in expect_at])
+        script.append(f"echo '@@guide-begin {n}'")
+        script.append(cmd)
+        # A newline first: the command's output may not end with one.
+        script.append(f"rc=$?; printf '\\n@@guide-end {n} %d\\n' $rc")
+        script.append(f"[ $rc = {want} ] || guide_failed=1")
+    script.append("exit $guide_failed")
+    return "\n".join(script) + "\n"
+
+
+def outputs_of(out, shown):
+    """Each step's printed lines and exit code from a script's output;
+    `shown` maps the paths of this run to how the guide shows them."""
+    got = {}
+    for m in re.finditer(r"@@guide-begin (\d+)\n(.*?)@@guide-end \1 (\d+)\n", out, re.S):
+        # A guest's tty ends lines with CR LF (and sometimes CR CR LF):
+        # lines as a terminal shows them.
+        text = m.group(2).replace("\r", "")
+        for path, name in shown.items():
+            text = text.replace(path, name)
+        lines = text.splitlines()
+        if lines and lines[-1] == "":
+            lines.pop()
+        got[int(m.group(1))] = (lines, int(m.group(3)))
+    return got
+
+
+def judge(steps, got, failures):
+    """Compares what each step printed with the guide; returns, for
+    GUIDE_FILL, the guide's line numbers of lone `...` lines and what the
+    command printed."""
+    fill = {}
+    for n, (section, cmd, expect_at) in enumerate(steps):
+        expect = [line for _, line in expect_at]
+        if n in got and [l for l in expect if not l.startswith("[exit")] == ["..."]:
+            fill[expect_at[0][0]] = got[n][0]
+        if n not in got:
+            failures.append(f"{section}: `{cmd}` did not finish")
+            continue
+        lines, code = got[n]
+        if os.environ.get("GUIDE_SHOW"):
+            print(f"$ {cmd}\n" + "".join(l + "\n" for l in lines) + f"[rc {code}]")
+        want_code, expect = expected_code(expect)
+        if code != want_code:
+            failures.append(f"{section}: `{cmd}` exited {code}, the guide says {want_code}:\n"
+                            + "\n".join(lines))
+        elif not matches(expect, lines):
+            failures.append(f"{section}: `{cmd}` printed\n" + "\n".join(lines)
+                            + "\nwhere the guide shows\n" + "\n".join(expect))
+    return fill
+
+
+def fill_guide(guide, fill):
+    """For whoever writes the guide: a command shown with only `...` gets
+    what it printed in this run."""
+    text = open(guide, encoding="utf-8").read().splitlines()
+    for at in sorted(fill, reverse=True):
+        text[at:at + 1] = [line.rstrip() for line in fill[at]]
+    with open(guide, "w", encoding="utf-8") as f:
+        f.write("\n".join(text) + "\n")
+
+
+def report(what, steps, skipped, failures):
+    for why, where in skipped.values():
+        print(f"SKIP: blocks in {', '.join(sorted(set(where)))}: {why}")
+    for f in failures:
+        print("FAIL:", f)
+    print(f"{what}: {len(steps)} commands, {len(failures)} failures")
+    return 1 if failures else 0
+
+
+# The Linux lane's paths (scripts/linux-lane puts them in L1), and how the
+# guide shows them.
+LANE_WORK = "/tmp/guide"
+LANE_SHOWN = {LANE_WORK: "/srv/vm", "/lane/vmlinuz": "$LINUX",
+              "/lane/l2.cpio.gz": "$INITRD", "/lane/guest.elf": "$GUEST"}
+
+
+def lane(argv):
+    """`--lane-script GUIDE OUT`: the `linux` blocks as a script for L1.
+    `--lane-judge GUIDE OUTPUT`: judges what that script printed there."""
+    mode, guide, path = argv
+    _, blocks = parse(open(guide, encoding="utf-8").read())
+    steps, _ = steps_of(blocks, want_linux=True)
+    if mode == "--lane-script":
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(script_of(steps, LANE_WORK))
+        return 0
+    out = open(path, "rb").read().decode(errors="replace")
+    failures = []
+    fill = judge(steps, outputs_of(out, LANE_SHOWN), failures)
+    if os.environ.get("GUIDE_FILL"):
+        fill_guide(guide, fill)
+    return report("docs/guide.md, Linux blocks", steps, {}, failures)
+
+
 def main():
+    if sys.argv[1].startswith("--lane-"):
+        return lane(sys.argv[1:4])
     guide, bindir, guest = sys.argv[1:4]
     sections, blocks = parse(open(guide, encoding="utf-8").read())
     failures = []
@@ -179,24 +309,12 @@ def main():
             failures.append(f"section {s} of the guide has no heading in {guide}")
         elif "```console" not in body and NOT_YET not in body:
             failures.append(f"section {s} has no command block and no '{NOT_YET}' line")
+    steps, skipped = steps_of(blocks, want_linux=False)
+    required = os.environ.get("VMTOOLS_REQUIRE", "").split(",")
+    for tag, (why, where) in skipped.items():
+        if tag != "linux" and tag in required:
+            failures.append(f"{', '.join(where)}: {why}, and VMTOOLS_REQUIRE names {tag}")
     work = tempfile.mkdtemp(prefix="vmtools-guide.")
-    script = ["exec </dev/null 2>&1", "cd " + work]
-    steps = []
-    skipped = {}
-    for section, tag, cmds in blocks:
-        why = missing(tag)
-        if why:
-            skipped.setdefault(why, []).append(section)
-            if tag != "linux" and tag in os.environ.get("VMTOOLS_REQUIRE", "").split(","):
-                failures.append(f"{section}: {why}, and VMTOOLS_REQUIRE names {tag}")
-            continue
-        for cmd, expect in cmds:
-            n = len(steps)
-            steps.append((section, cmd, expect))
-            script.append(f"echo '@@guide-begin {n}'")
-            script.append(cmd)
-            # A newline first: the command's output may not end with one.
-            script.append(f"rc=$?; printf '\\n@@guide-end {n} %d\\n' $rc")
     env = dict(os.environ)
     env.update(
         PATH=bindir + ":" + env.get("PATH", ""),
@@ -206,7 +324,7 @@ def main():
     )
     path = os.path.join(work, ".guide.sh")
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(script) + "\n")
+        f.write(script_of(steps, work))
     try:
         # Into a file, not a pipe: daemons a block starts (OVS's) keep
         # the descriptor, and a pipe would not end while they run.
@@ -223,52 +341,14 @@ def main():
              f" for p in {work}/ovs/*.pid; do [ -f \"$p\" ] && kill \"$(cat \"$p\")\"; done"],
             env=env, capture_output=True, check=False,
         )
-    got = {}
-    for m in re.finditer(r"@@guide-begin (\d+)\n(.*?)@@guide-end \1 (\d+)\n", out, re.S):
-        # The scratch folder and the guest's path differ from run to run:
-        # the guide shows them as /srv/vm and $GUEST.
-        text = m.group(2).replace(guest, "$GUEST").replace(work, "/srv/vm")
-        lines = text.splitlines()
-        if lines and lines[-1] == "":
-            lines.pop()
-        got[int(m.group(1))] = (lines, int(m.group(3)))
-    fill = {}
-    for n, (section, cmd, expect_at) in enumerate(steps):
-        expect = [line for _, line in expect_at]
-        if n in got and [l for l in expect if not l.startswith("[exit")] == ["..."]:
-            fill[expect_at[0][0]] = got[n][0]
-        if n not in got:
-            failures.append(f"{section}: `{cmd}` did not finish")
-            continue
-        lines, code = got[n]
-        if os.environ.get("GUIDE_SHOW"):
-            print(f"$ {cmd}\n" + "".join(l + "\n" for l in lines) + f"[rc {code}]")
-        want_code = 0
-        if expect and re.fullmatch(r"\[exit \d+\]", expect[-1]):
-            want_code = int(expect[-1][6:-1])
-            expect = expect[:-1]
-        if code != want_code:
-            failures.append(f"{section}: `{cmd}` exited {code}, the guide says {want_code}:\n"
-                            + "\n".join(lines))
-        elif not matches(expect, lines):
-            failures.append(f"{section}: `{cmd}` printed\n" + "\n".join(lines)
-                            + "\nwhere the guide shows\n" + "\n".join(expect))
+    # The scratch folder and the guest's path differ from run to run: the
+    # guide shows them as /srv/vm and $GUEST.
+    fill = judge(steps, outputs_of(out, {guest: "$GUEST", work: "/srv/vm"}), failures)
     subprocess.run(["rm", "-rf", work], check=False)
     if os.environ.get("GUIDE_FILL"):
-        # For whoever writes the guide: a command shown with only `...`
-        # gets what it printed in this run.
-        text = open(guide, encoding="utf-8").read().splitlines()
-        for at in sorted(fill, reverse=True):
-            text[at:at + 1] = fill[at]
-        with open(guide, "w", encoding="utf-8") as f:
-            f.write("\n".join(text) + "\n")
-    for why, where in skipped.items():
-        print(f"SKIP: blocks in {', '.join(sorted(set(where)))}: {why}")
-    for f in failures:
-        print("FAIL:", f)
-    print(f"docs/guide.md: {len(steps)} commands in {len(blocks)} blocks, "
-          f"{len(SECTIONS)} sections, {len(failures)} failures")
-    return 1 if failures else 0
+        fill_guide(guide, fill)
+    print(f"docs/guide.md: {len(blocks)} blocks, {len(SECTIONS)} sections")
+    return report("docs/guide.md", steps, skipped, failures)
 
 
 if __name__ == "__main__":

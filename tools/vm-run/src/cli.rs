@@ -86,8 +86,17 @@ pub enum Command {
     Kill(VmArg),
     /// Reset the guest.
     Reboot(VmArg),
-    /// Follow the VM's serial console output.
-    Console(VmArg),
+    /// Attach to the VM's serial console (a pty or socket; Ctrl-] leaves),
+    /// or follow its output (a file).
+    Console {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Return once the console has shown TEXT (exit 0), as a script
+        /// waits for a prompt; exit 1 if the VM ends first. Input from
+        /// stdin is sent first. A console file is searched from its start.
+        #[arg(long, value_name = "TEXT")]
+        until: Option<String>,
+    },
     /// Wait until the VM has stopped.
     Wait(VmArg),
     /// Print a running VM's disk and NIC counters (virsh domblkstat, domifstat).

@@ -248,12 +248,61 @@ impl NoCtty for std::fs::OpenOptions {
     }
 }
 
+/// Watches console output for a text (`vm-run console --until`), across
+/// the boundaries of the reads it comes in.
+#[derive(Debug)]
+pub struct Until {
+    needle: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Until {
+    pub fn new(text: &str) -> Self {
+        Self {
+            needle: text.as_bytes().to_vec(),
+            tail: Vec::new(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.needle).into_owned()
+    }
+
+    /// Whether the text has now been seen.
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        self.tail.extend_from_slice(chunk);
+        let n = self.needle.len();
+        if n == 0 || self.tail.windows(n).any(|w| w == self.needle.as_slice()) {
+            return true;
+        }
+        // Only a possible start of the text needs keeping.
+        let keep = self.tail.len().min(n - 1);
+        self.tail.drain(..self.tail.len() - keep);
+        false
+    }
+}
+
+/// What ends an attached console.
+enum Event {
+    /// The `--until` text was shown.
+    Found,
+    /// The guest's side closed (the VM ended).
+    Closed,
+    /// Ctrl-] on the input.
+    Left,
+    /// The end of the input.
+    InputEnd,
+}
+
 /// `vm-run console` for a pty or socket console: the terminal in raw mode,
-/// both directions copied until Ctrl-] or the end of the VM.
+/// both directions copied until Ctrl-], the end of the VM or, with
+/// `until`, the text shown. Without a terminal (a pipe), the input is sent
+/// and the guest's answer followed until the VM ends or the text shows.
 pub fn attach(
     stream_r: Box<dyn Read + Send>,
-    mut stream_w: Box<dyn Write + Send>,
+    stream_w: Box<dyn Write + Send>,
     pid: u32,
+    mut until: Option<Until>,
 ) -> Result<i32> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     // SAFETY: isatty has no memory preconditions.
@@ -263,7 +312,10 @@ pub fn attach(
         None
     };
     eprint!("Connected to the console; escape character is ^]\r\n");
-    let reader = std::thread::spawn(move || {
+    let text = until.as_ref().map(Until::text);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out_tx = tx.clone();
+    std::thread::spawn(move || {
         let mut r = stream_r;
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
@@ -271,36 +323,51 @@ pub fn attach(
             if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
                 break;
             }
+            if until.as_mut().is_some_and(|u| u.feed(&buf[..n])) {
+                let _ = out_tx.send(Event::Found);
+                return;
+            }
         }
+        let _ = out_tx.send(Event::Closed);
     });
-    let mut buf = [0u8; 1024];
-    let mut stdin = std::io::stdin();
-    loop {
-        let n = match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    // The input on a thread of its own: a found text or a closed console
+    // must end the attach while a read of the terminal still waits.
+    std::thread::spawn(move || {
+        let mut w = stream_w;
+        let mut buf = [0u8; 1024];
+        let mut stdin = std::io::stdin();
+        let ev = loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break Event::InputEnd,
+                Ok(n) => n,
+            };
+            if let Some(i) = buf[..n].iter().position(|&b| b == 0x1d) {
+                let _ = w.write_all(&buf[..i]);
+                break Event::Left;
+            }
+            if w.write_all(&buf[..n]).is_err()
+                || vm_control::Liveness::of(pid) == vm_control::Liveness::Dead
+            {
+                break Event::Closed;
+            }
         };
-        if let Some(i) = buf[..n].iter().position(|&b| b == 0x1d) {
-            let _ = stream_w.write_all(&buf[..i]);
-            break;
+        let _ = tx.send(ev);
+    });
+    let outcome = loop {
+        match rx.recv() {
+            // Input over: a pipe's answer, or the text, is still to come.
+            Ok(Event::InputEnd) if text.is_some() || saved.is_none() => {}
+            Ok(Event::Found | Event::Left | Event::InputEnd) => break Ok(()),
+            Ok(Event::Closed) | Err(_) => break text.map_or(Ok(()), Err),
         }
-        if stream_w.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        if vm_control::Liveness::of(pid) == vm_control::Liveness::Dead {
-            break;
-        }
-    }
+    };
     if let Some(t) = saved {
         // SAFETY: restoring the terminal settings we saved.
         unsafe { libc::tcsetattr(stdin_fd, libc::TCSANOW, &raw const t) };
     }
-    // Without a terminal (a pipe), wait for the guest's answer to what was
-    // sent until the VM ends.
-    if saved.is_none() {
-        let _ = reader.join();
-    }
-    Ok(0)
+    outcome
+        .map(|()| 0)
+        .map_err(|t| anyhow!("the console closed (the VM ended) before it showed '{t}'"))
 }
 
 /// Opens the console endpoint of a running VM for `attach`.
@@ -322,5 +389,24 @@ pub fn open_client(
             .map_err(|e| anyhow!("console {}: {e}", console.display()))?;
         let w = f.try_clone()?;
         Ok((Box::new(f), Box::new(w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Until;
+
+    #[test]
+    fn until_finds_a_text_split_over_reads() {
+        let mut u = Until::new("login: ");
+        assert!(!u.feed(b"Debian GNU/Linux\r\ndebian lo"));
+        assert!(!u.feed(b"g"));
+        assert!(u.feed(b"in: "));
+        let mut u = Until::new("# ");
+        assert!(!u.feed(b"#"));
+        assert!(!u.feed(b"x#x"), "the text is not in what was shown");
+        assert!(!u.feed(b"#"));
+        assert!(u.feed(b" "), "the kept tail meets the next read");
+        assert!(Until::new("").feed(b""));
     }
 }

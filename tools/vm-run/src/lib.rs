@@ -45,7 +45,7 @@ pub fn run(cli: &Cli) -> i32 {
             force,
         } => cmd::shutdown::shutdown(&vm.vm, (*mode).into(), *timeout, *force, j),
         Command::Kill(v) => cmd::kill::kill(&v.vm, j),
-        Command::Console(v) => cmd::console::console(&v.vm),
+        Command::Console { vm, until } => cmd::console::console(&vm.vm, until.as_deref()),
         Command::Wait(v) => cmd::kill::wait(&v.vm),
         Command::Stats { vm, disk, iface } => {
             cmd::stats::stats(&vm.vm, disk.as_deref(), iface.as_deref(), j)

@@ -518,6 +518,67 @@ fn interactive_consoles_on_a_pty_and_a_socket() {
     assert!(!sock.exists(), "the console socket is removed with the VM");
 }
 
+/// `vm-run console` with a stdin pipe and --until: what a script does to
+/// wait for a prompt, type and wait for the answer.
+fn console_until(e: &Env, vm: &str, input: &[u8], until: &str) -> (i32, String, String) {
+    let mut child = e
+        .cmd()
+        .args(["console", vm, "--until", until])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+    drop(child.stdin.take());
+    decode(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn console_until_returns_when_the_text_shows() {
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let sock = e.dir.path().join("until.sock");
+    let s = e.spec(
+        "until",
+        "echo",
+        &serde_json::json!({"serial": {"mode": "socket", "path": sock.to_str().unwrap()}}),
+    );
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    let pid = st["pid"].as_u64().unwrap() as u32;
+    // The guest echoes; the text is split over two reads of the console
+    // at most by chance, so both halves are sent apart too.
+    let (code, out, err) = console_until(&e, "until", b"hello there", "lo th");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hello th"), "{out:?}");
+    assert_eq!(
+        vm_control::Liveness::of(pid),
+        vm_control::Liveness::Alive,
+        "the VM runs on"
+    );
+    // A text that never shows: the guest ends (q), and so does the wait,
+    // with exit 1 and one line saying why.
+    let (code, out, err) = console_until(&e, "until", b"q", "never shown");
+    assert_eq!(code, 1, "{out:?}");
+    assert!(
+        error_line(&err).contains("before it showed 'never shown'"),
+        "{err}"
+    );
+    wait_for("the VM to end", || {
+        vm_control::Liveness::of(pid) == vm_control::Liveness::Dead
+    });
+    // A console file is followed from its start until the text shows.
+    let s = e.spec("hb", "heartbeat", &serde_json::json!({}));
+    assert_eq!(e.vm_run(&["start", "--detach", &s]).0, 0);
+    let (code, out, err) = console_until(&e, "hb", b"", "tick 2");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tick 1") && out.contains("tick 2"), "{out:?}");
+    assert_eq!(e.vm_run(&["kill", "hb"]).0, 0);
+}
+
 #[test]
 fn reboot_wait_and_forced_shutdown() {
     if !have_kvm() {

@@ -4,33 +4,36 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use vm_control::Liveness;
 
 use super::running_state;
+use crate::console::Until;
 
 /// Attaches to a running VM's console: a pty or socket interactively
-/// (Ctrl-] leaves), a console file by following it until the VM stops.
-pub fn console(vm: &str) -> Result<i32> {
+/// (Ctrl-] leaves), a console file by following it until the VM stops;
+/// with `until`, only until the console shows that text.
+pub fn console(vm: &str, until: Option<&str>) -> Result<i32> {
     let name = crate::resolve::vm_name(vm)?;
     let st = running_state(&name)?;
     let path = st.console.clone().ok_or_else(|| {
         anyhow!("VM '{name}' has no console to attach to (its serial goes to stdio or nowhere)")
     })?;
+    let until = until.map(Until::new);
     match st.spec.serial.as_ref().map(|s| s.mode) {
         Some(vm_spec::SerialMode::Pty) => {
             let (r, w) = crate::console::open_client(&path, false)?;
-            crate::console::attach(r, w, st.pid)
+            crate::console::attach(r, w, st.pid, until)
         }
         Some(vm_spec::SerialMode::Socket) => {
             let (r, w) = crate::console::open_client(&path, true)?;
-            crate::console::attach(r, w, st.pid)
+            crate::console::attach(r, w, st.pid, until)
         }
-        _ => follow(&path, st.pid),
+        _ => follow(&path, st.pid, until),
     }
 }
 
-fn follow(path: &Path, pid: u32) -> Result<i32> {
+fn follow(path: &Path, pid: u32, mut until: Option<Until>) -> Result<i32> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = [0u8; 4096];
     let mut out = std::io::stdout();
@@ -40,6 +43,7 @@ fn follow(path: &Path, pid: u32) -> Result<i32> {
             let wrote = std::io::Write::write_all(&mut out, &buf[..n])
                 .and_then(|()| std::io::Write::flush(&mut out));
             match wrote {
+                Ok(()) if until.as_mut().is_some_and(|u| u.feed(&buf[..n])) => return Ok(0),
                 Ok(()) => continue,
                 // The reader went away (`| head`): done, as cat and tail
                 // are, without an error.
@@ -48,6 +52,9 @@ fn follow(path: &Path, pid: u32) -> Result<i32> {
             }
         }
         if Liveness::of(pid) == Liveness::Dead {
+            if let Some(u) = &until {
+                bail!("the VM ended before its console showed '{}'", u.text());
+            }
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(50));
