@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod json;
+pub mod progress;
 pub mod util;
 
 use cli::{Cli, Command};

@@ -1,4 +1,4 @@
-//! Helpers shared by the subcommands: formats, human sizes, progress,
+//! Helpers shared by the subcommands: formats, human sizes,
 //! atomic output files.
 
 use std::fs::{self, File};
@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use vm_image::{Format, Image, OpenOptions};
 
 pub fn parse_format(f: Option<&str>) -> Result<Option<Format>> {
@@ -186,21 +185,6 @@ fn trim_zeros(s: &str) -> String {
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-pub fn progress(enabled: bool, total: u64) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "    ({percent:>3}.00/100%) [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// An output file written beside its final name and renamed into place

@@ -9,6 +9,7 @@ use vm_image::qcow2::l2prep::prepare_l2_tables;
 use vm_image::{Block, Format, Image, OpenOptions};
 
 use crate::cli::CommitArgs;
+use crate::progress::Progress;
 use crate::util;
 
 pub fn run(a: &CommitArgs) -> Result<i32> {
@@ -72,7 +73,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     if base.size() < size {
         base.resize(size).context("Could not grow the base image")?;
     }
-    let bar = util::progress(a.progress && !a.common.quiet, size);
+    let mut bar = Progress::new(a.progress && !a.common.quiet, size);
     // Progress over the whole disk, as qemu-img counts it.
     let whole = [(0, size)];
     vm_image::commit::copy_down(&top, base_depth, &base, &whole, |n| bar.inc(n))
@@ -101,7 +102,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
             .and_then(|()| if a.cache.syncs() { t.sync() } else { t.flush() })
             .with_context(|| format!("Could not empty '{}'", path.display()))?;
     }
-    bar.finish_and_clear();
+    bar.finish();
     if !a.common.quiet {
         println!("Image committed.");
     }

@@ -5,6 +5,7 @@ use anyhow::Result;
 use vm_image::{Block, Extent, Image};
 
 use crate::cli::CompareArgs;
+use crate::progress::Progress;
 use crate::util;
 
 const CHUNK: u64 = 1 << 20;
@@ -25,7 +26,7 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         return Ok(1);
     }
     let common = s1.min(s2);
-    let bar = util::progress(a.progress, s1.max(s2));
+    let mut bar = Progress::new(a.progress, s1.max(s2));
     let mut buf1 = vec![0u8; CHUNK as usize];
     let mut buf2 = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -78,8 +79,10 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         }
         say(a, "Warning: Image size mismatch!");
     }
-    bar.finish_and_clear();
+    // qemu-img's order: 100%, the verdict, then the line's end.
+    bar.done();
     say(a, "Images are identical.");
+    bar.end_line();
     Ok(0)
 }
 

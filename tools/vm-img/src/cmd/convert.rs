@@ -7,8 +7,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc, Mutex};
 
+use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::ProgressBar;
 use vm_image::qcow2::compress::compress_cluster;
 use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
 use vm_image::{Block, Format, Image};
@@ -62,13 +62,13 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         bail!("Invalid parameter 'cluster_size' for format 'raw'");
     }
     let size = src.size();
-    let bar = util::progress(a.progress && !a.quiet, size);
+    let mut bar = Progress::over_data(a.progress && !a.quiet, &src, size)?;
     if a.no_create {
         if !a.options.is_empty() || a.backing.is_some() {
             bail!("-o has no effect when skipping image creation");
         }
-        into_existing(&src, a, out_fmt, size, &bar)?;
-        bar.finish_and_clear();
+        into_existing(&src, a, out_fmt, size, &mut bar)?;
+        bar.finish();
         return Ok(0);
     }
     if o.qcow2.backing_file.is_some() {
@@ -89,7 +89,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         next: WRITEBACK_EVERY,
     };
     match out_fmt {
-        Format::Raw => to_raw(&src, &out.file, size, sparse, &bar, &mut wb).with_context(what)?,
+        Format::Raw => {
+            to_raw(&src, &out.file, size, sparse, &mut bar, &mut wb).with_context(what)?;
+        }
         Format::Qcow2 => {
             let opts = CreateOptions {
                 size: size.div_ceil(512) * 512,
@@ -97,17 +99,17 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             };
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
             let w = if a.compress {
-                to_qcow2_compressed(&src, w, size, &bar, &mut wb)
+                to_qcow2_compressed(&src, w, size, &mut bar, &mut wb)
             } else if opts.backing_file.is_some() {
-                over_backing(&src, w, size, &bar, &mut wb)
+                over_backing(&src, w, size, &mut bar, &mut wb)
             } else {
-                to_qcow2(&src, w, size, sparse.is_some(), &bar, &mut wb)
+                to_qcow2(&src, w, size, sparse.is_some(), &mut bar, &mut wb)
             }
             .with_context(what)?;
             w.finish().with_context(what)?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     out.commit(a.cache.syncs())?;
     Ok(0)
 }
@@ -136,7 +138,7 @@ fn into_existing(
     a: &ConvertArgs,
     fmt: Format,
     size: u64,
-    bar: &ProgressBar,
+    bar: &mut Progress,
 ) -> Result<()> {
     let opts = vm_image::OpenOptions {
         format: Some(fmt),
@@ -178,7 +180,7 @@ fn over_backing(
     src: &Image,
     mut w: Qcow2Writer,
     size: u64,
-    bar: &ProgressBar,
+    bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
@@ -253,7 +255,7 @@ fn to_raw(
     out: &File,
     size: u64,
     sparse: Option<usize>,
-    bar: &ProgressBar,
+    bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<()> {
     util::set_output_len(out, size)?;
@@ -302,7 +304,7 @@ fn to_qcow2(
     mut w: Qcow2Writer,
     size: u64,
     sparse: bool,
-    bar: &ProgressBar,
+    bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
@@ -355,7 +357,7 @@ fn to_qcow2_compressed(
     src: &Image,
     mut w: Qcow2Writer,
     size: u64,
-    bar: &ProgressBar,
+    bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();

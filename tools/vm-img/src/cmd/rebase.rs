@@ -10,6 +10,7 @@ use vm_image::qcow2::l2prep::prepare_l2_tables;
 use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
 
 use crate::cli::RebaseArgs;
+use crate::progress::Progress;
 use crate::util;
 
 pub fn run(a: &RebaseArgs) -> Result<i32> {
@@ -59,7 +60,7 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
         .header()
         .map_or(65536, vm_image::qcow2::header::Header::cluster_size);
     let size = top.size();
-    let bar = util::progress(a.progress && !a.common.quiet, size);
+    let mut bar = Progress::new(a.progress && !a.common.quiet, size);
     let chunk = (2u64 << 20).max(cs);
     let mut old_buf = vec![0u8; chunk as usize];
     let mut new_buf = vec![0u8; chunk as usize];
@@ -101,7 +102,7 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     .with_context(|| format!("Could not write '{}'", path.display()))?;
     drop(top);
     vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(0)
 }
 
