@@ -30,13 +30,54 @@ pub fn above(top: &Image, base_depth: usize) -> io::Result<Vec<(u64, u64)>> {
 /// `ranges` into `base` (that layer, opened for writing on its own),
 /// chunk by chunk, calling `progress` with the bytes done. Ranges the
 /// upper layers do not decide are left alone, so `base`'s view there is
-/// unchanged. Returns the bytes written (data and zeroes).
+/// unchanged. Zeroes are written as zero clusters that keep their place
+/// in the file, so readers of `base` elsewhere (a running VM's chain) see
+/// no cluster change owner. Returns the bytes written (data and zeroes).
 pub fn copy_down(
     top: &Image,
     base_depth: usize,
     base: &Image,
     ranges: &[(u64, u64)],
+    progress: impl FnMut(u64),
+) -> io::Result<u64> {
+    copy(
+        top,
+        base_depth,
+        ranges,
+        progress,
+        |b, at| base.write_at(b, at),
+        |at, n| base.write_zeroes(at, n),
+    )
+}
+
+/// As `copy_down`, with the zeroes unmapped in `base` (its clusters there
+/// freed, reading as zero), as qemu-img commit leaves them: for a base
+/// this process alone has open.
+pub fn copy_down_unmapping(
+    top: &Image,
+    base_depth: usize,
+    base: &mut Image,
+    ranges: &[(u64, u64)],
+    progress: impl FnMut(u64),
+) -> io::Result<u64> {
+    let base = std::cell::RefCell::new(base);
+    copy(
+        top,
+        base_depth,
+        ranges,
+        progress,
+        |b, at| base.borrow().write_at(b, at),
+        |at, n| base.borrow_mut().discard_to_zero(at, n),
+    )
+}
+
+fn copy(
+    top: &Image,
+    base_depth: usize,
+    ranges: &[(u64, u64)],
     mut progress: impl FnMut(u64),
+    mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
+    mut zero: impl FnMut(u64, u64) -> io::Result<()>,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK as usize];
     let mut copied = 0;
@@ -52,9 +93,9 @@ pub fn copy_down(
                 if e.data {
                     let b = &mut buf[..e.length as usize];
                     top.read_at(b, e.start)?;
-                    base.write_at(b, e.start)?;
+                    write(b, e.start)?;
                 } else {
-                    base.write_zeroes(e.start, e.length)?;
+                    zero(e.start, e.length)?;
                 }
                 copied += e.length;
             }

@@ -291,6 +291,13 @@ impl Image {
         Ok(())
     }
 
+    /// Makes `[offset, offset + len)` read as zeroes with its clusters
+    /// freed (zeroes written where the format cannot free).
+    pub fn discard_to_zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_range(offset, len)?;
+        self.access.discard_to_zero(offset, len)
+    }
+
     /// Makes `[offset, offset + len)` unallocated in the top layer, so it
     /// reads from the backing file again (commit's "empty the overlay").
     pub fn discard_to_backing(&mut self, offset: u64, len: u64) -> io::Result<()> {

@@ -68,6 +68,16 @@ impl Counter<'_> {
         }
     }
 
+    /// qemu-img's fragmentation count: a cluster not right after the
+    /// previous one in the file.
+    fn count_allocated(&mut self, host: u64, next_contiguous: &mut u64) {
+        self.report.allocated_clusters += 1;
+        if *next_contiguous != 0 && host != *next_contiguous {
+            self.report.fragmented_clusters += 1;
+        }
+        *next_contiguous = host + self.meta.cluster_size();
+    }
+
     fn aligned(&mut self, what: &str, offset: u64) -> bool {
         if offset % self.meta.cluster_size() == 0 {
             return true;
@@ -101,6 +111,10 @@ impl Counter<'_> {
                     L2Entry::Zero { host: Some(h) } => {
                         if self.aligned("zero cluster", h) {
                             self.add("zero cluster", h, cs);
+                            // An allocated zero cluster counts as data does.
+                            if active {
+                                self.count_allocated(h, &mut next_contiguous);
+                            }
                         }
                     }
                     L2Entry::Data { host, .. } => {
@@ -109,11 +123,7 @@ impl Counter<'_> {
                         }
                         self.add("data cluster", host, cs);
                         if active {
-                            self.report.allocated_clusters += 1;
-                            if next_contiguous != 0 && host != next_contiguous {
-                                self.report.fragmented_clusters += 1;
-                            }
-                            next_contiguous = host + cs;
+                            self.count_allocated(host, &mut next_contiguous);
                         }
                     }
                     L2Entry::Compressed { host, len } => {
@@ -121,9 +131,9 @@ impl Counter<'_> {
                         if active {
                             self.report.allocated_clusters += 1;
                             self.report.compressed_clusters += 1;
-                            // Compressed clusters are fragmented by nature.
+                            // Compressed clusters are fragmented by nature;
+                            // the run of the clusters around them goes on.
                             self.report.fragmented_clusters += 1;
-                            next_contiguous = 0;
                         }
                     }
                 }
@@ -469,9 +479,12 @@ fn compare_refcounts(
         super::meta::read_exact_at(&meta.file, &meta.path, &mut raw, block_off)?;
         let stored = decode_refblock(&raw, order);
         let mut dirty = false;
-        for (i, &have) in stored.iter().enumerate() {
+        // Only clusters of the file (or referenced past its end) are
+        // compared, as qemu-img does: a refcount past both is no leak.
+        let in_file = stored.len().min(nb_clusters.saturating_sub(first) as usize);
+        for (i, &have) in stored[..in_file].iter().enumerate() {
             let cl = first + i as u64;
-            let real = counts.get(cl as usize).map_or(0, |&n| u64::from(n));
+            let real = u64::from(counts[cl as usize]);
             if have == real {
                 continue;
             }

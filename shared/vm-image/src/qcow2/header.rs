@@ -211,8 +211,14 @@ impl Header {
         if u64::from(h.l1_size) * 8 > MAX_L1_BYTES {
             return Err(format!("L1 table of {} entries is too large", h.l1_size));
         }
-        if u64::from(h.l1_size) < h.l1_entries_for(h.size) {
-            return Err("L1 table is too small for the image size".into());
+        // qemu's limits and words: an L1 index past INT_MAX, then a table
+        // too short for the size.
+        let needed = h.l1_entries_for(h.size);
+        if needed > i32::MAX as u64 {
+            return Err("Image is too big".into());
+        }
+        if u64::from(h.l1_size) < needed {
+            return Err("L1 table is too small".into());
         }
         check_table(
             "L1 table",

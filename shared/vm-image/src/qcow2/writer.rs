@@ -110,7 +110,10 @@ impl Qcow2Writer {
         let l1_entries = header.l1_entries_for(o.size);
         if l1_entries * 8 > super::header::MAX_L1_BYTES || o.size > super::header::MAX_VIRTUAL_SIZE
         {
-            return Err(invalid("Image size is too large for this cluster size"));
+            return Err(invalid(
+                "The image size is too large for file format 'qcow2' \
+                 (try using a larger cluster size)",
+            ));
         }
         header.l1_size = l1_entries as u32;
         // The header (with its extensions) must fit the first cluster.

@@ -76,7 +76,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     let mut bar = Progress::new(a.progress && !a.common.quiet, size);
     // Progress over the whole disk, as qemu-img counts it.
     let whole = [(0, size)];
-    vm_image::commit::copy_down(&top, base_depth, &base, &whole, |n| bar.inc(n))
+    vm_image::commit::copy_down_unmapping(&top, base_depth, &mut base, &whole, |n| bar.inc(n))
         .with_context(|| format!("Could not commit into '{}'", base_layer.path.display()))?;
     if a.cache.syncs() {
         base.sync()

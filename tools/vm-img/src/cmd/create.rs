@@ -18,7 +18,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         bail!("--image-opts is not supported by create yet");
     }
     let fmt = util::parse_format(a.common.format.as_deref())?.unwrap_or(Format::Raw);
-    let mut o = options::parse(&a.options)?;
+    let mut o = options::parse_for_create(&a.options)?;
     if let Some(b) = &a.backing {
         o.qcow2.backing_file = Some(b.clone());
     }
@@ -64,6 +64,11 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     if !a.common.quiet {
         println!("{}", describe(&name, fmt, requested, &o, prealloc));
     }
+    // What the format refuses, qemu-img says after the Formatting line,
+    // with the file's name first.
+    if let Some(e) = &o.refused {
+        bail!("{name}: {e}");
+    }
     let out = AtomicOutput::create(&a.filename, false)?;
     // Every failure from here on names the file (a full disk says which).
     write_image(&out, fmt, size, &mut o, prealloc).with_context(|| name.clone())?;
@@ -86,8 +91,7 @@ pub(crate) fn write_image(
         }
         Format::Qcow2 => {
             o.qcow2.size = size;
-            let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)
-                .context("Could not create image")?;
+            let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)?;
             if prealloc != Prealloc::Off {
                 w.preallocate_metadata()?;
             }

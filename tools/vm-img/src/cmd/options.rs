@@ -18,10 +18,22 @@ pub struct FormatOptions {
     pub prealloc: Option<Prealloc>,
     pub size: Option<u64>,
     pub cluster_size_given: bool,
+    /// A value the format itself refuses (a cluster size): qemu-img says
+    /// so only once it has printed create's `Formatting` line.
+    pub refused: Option<String>,
 }
 
 /// Parses all `-o` arguments (each may hold several comma-separated pairs).
 pub fn parse(opts: &[String]) -> Result<FormatOptions> {
+    let o = parse_for_create(opts)?;
+    if let Some(e) = &o.refused {
+        bail!("{e}");
+    }
+    Ok(o)
+}
+
+/// As `parse`, with what the format refuses left in `refused`.
+pub fn parse_for_create(opts: &[String]) -> Result<FormatOptions> {
     let mut out = FormatOptions::default();
     for arg in opts {
         for item in arg.split(',').filter(|s| !s.is_empty()) {
@@ -54,11 +66,13 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         "cluster_size" => {
             let cs = parse_size(v, BareNumber::Bytes)
                 .map_err(|e| anyhow!("Parameter 'cluster_size': {e}"))?;
+            o.cluster_size_given = true;
             if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
-                bail!("Cluster size must be a power of two between 512 and 2048k");
+                o.refused =
+                    Some("Cluster size must be a power of two between 512 and 2048k".into());
+                return Ok(());
             }
             o.qcow2.cluster_bits = cs.trailing_zeros();
-            o.cluster_size_given = true;
         }
         "preallocation" => {
             o.prealloc = Some(match v {
