@@ -693,7 +693,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__resize)
-            opts="-f -q -h --format --quiet --image-opts --shrink --help"
+            opts="-f -q -h --format --quiet --image-opts --shrink --preallocation --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -704,6 +704,10 @@ _vm__img() {
                     return 0
                     ;;
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --preallocation)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

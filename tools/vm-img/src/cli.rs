@@ -173,6 +173,10 @@ pub struct ResizeArgs {
     /// Allow shrinking (data past the new end is lost).
     #[arg(long = "shrink")]
     pub shrink: bool,
+    /// Preallocate the grown area: off, falloc (fallocate) or full
+    /// (zeroes written); raw images only so far.
+    #[arg(long = "preallocation", value_name = "MODE")]
+    pub preallocation: Option<String>,
     pub filename: PathBuf,
     /// New size: absolute (24G), or relative (+20G, -1G).
     #[arg(allow_hyphen_values = true)]

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod json;
+pub mod prealloc;
 pub mod progress;
 pub mod util;
 

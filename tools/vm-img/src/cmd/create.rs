@@ -70,6 +70,8 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         bail!("{name}: {e}");
     }
     let out = AtomicOutput::create(&a.filename, false)?;
+    // QEMU's file layer gives every new file a 1 MiB hint by default.
+    crate::prealloc::extent_size_hint(&out.file, o.extent_size_hint.unwrap_or(1 << 20));
     // Every failure from here on names the file (a full disk says which).
     write_image(&out, fmt, size, &mut o, prealloc).with_context(|| name.clone())?;
     out.commit(true)?;
@@ -87,6 +89,9 @@ pub(crate) fn write_image(
     let file = match fmt {
         Format::Raw => {
             util::set_output_len(&out.file, size)?;
+            if prealloc == Prealloc::Off {
+                crate::prealloc::first_block(&out.file, size)?;
+            }
             out.file.try_clone()?
         }
         Format::Qcow2 => {
@@ -166,20 +171,27 @@ fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: P
         Prealloc::Full => "full",
     };
     match fmt {
-        Format::Raw => format!("Formatting '{name}', fmt=raw size={size}"),
+        Format::Raw => {
+            let mut s = format!("Formatting '{name}', fmt=raw size={size}");
+            if o.prealloc.is_some() {
+                let _ = write!(s, " preallocation={prealloc}");
+            }
+            hint(&mut s, o);
+            s
+        }
         Format::Qcow2 => {
             let mut s = format!(
                 "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
                 1u64 << o.qcow2.cluster_bits
             );
-            if o.qcow2.version == 2 {
-                s.push_str(" compat=0.10");
-            }
-            if p != Prealloc::Off {
+            if o.prealloc.is_some() {
                 let _ = write!(s, " preallocation={prealloc}");
             }
             s.push_str(" compression_type=zlib");
             let _ = write!(s, " size={size}");
+            if let Some(c) = &o.compat {
+                let _ = write!(s, " compat={c}");
+            }
             if let Some(b) = &o.qcow2.backing_file {
                 let _ = write!(s, " backing_file={b}");
             }
@@ -192,7 +204,14 @@ fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: P
                 if o.qcow2.lazy_refcounts { "on" } else { "off" },
                 1u32 << o.qcow2.refcount_order
             );
+            hint(&mut s, o);
             s
         }
+    }
+}
+
+fn hint(s: &mut String, o: &options::FormatOptions) {
+    if let Some(h) = o.extent_size_hint {
+        let _ = write!(s, " extent_size_hint={h}");
     }
 }

@@ -21,6 +21,10 @@ pub struct FormatOptions {
     /// A value the format itself refuses (a cluster size): qemu-img says
     /// so only once it has printed create's `Formatting` line.
     pub refused: Option<String>,
+    /// The file's extent size hint (QEMU's file layer; XFS heeds it).
+    pub extent_size_hint: Option<u64>,
+    /// `compat` as given (create's Formatting line repeats it).
+    pub compat: Option<String>,
 }
 
 /// Parses all `-o` arguments (each may hold several comma-separated pairs).
@@ -84,7 +88,16 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             });
         }
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
+        "extent_size_hint" => {
+            let hint = parse_size(v, BareNumber::Bytes)
+                .map_err(|e| anyhow!("Parameter 'extent_size_hint': {e}"))?;
+            if hint > u64::from(u32::MAX) {
+                o.refused = Some("Extent size hint is too large".into());
+            }
+            o.extent_size_hint = Some(hint);
+        }
         "compat" => {
+            o.compat = Some(v.to_string());
             o.qcow2.version = match v {
                 "0.10" | "v2" => 2,
                 "1.1" | "v3" => 3,

@@ -6,6 +6,7 @@ use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{BareNumber, SizeChange};
 
 use crate::cli::ResizeArgs;
+use crate::cmd::options::Prealloc;
 use crate::util;
 
 pub fn run(a: &ResizeArgs) -> Result<i32> {
@@ -49,8 +50,21 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     if img.format() == Format::Qcow2 && new % 512 != 0 {
         bail!("The new size must be a multiple of 512");
     }
+    let prealloc = preallocation(a.preallocation.as_deref(), img.format(), new < current)?;
     img.resize(new)
         .with_context(|| format!("Error resizing image '{}'", path.display()))?;
+    if img.format() == Format::Raw && new > current {
+        // As QEMU's file layer: the grown area preallocated as asked, and
+        // the first block of a file that was empty written.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("Could not open '{}'", path.display()))?;
+        crate::prealloc::grow(&file, current, new, prealloc)?;
+        if current == 0 && prealloc == Prealloc::Off {
+            crate::prealloc::first_block(&file, new)?;
+        }
+    }
     img.sync()
         .with_context(|| format!("Could not sync '{}'", path.display()))?;
     let qcow2 = img.format() == Format::Qcow2;
@@ -64,4 +78,25 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         println!("Image resized.");
     }
     Ok(0)
+}
+
+/// `--preallocation`, checked as qemu-img checks it.
+fn preallocation(mode: Option<&str>, fmt: Format, shrinking: bool) -> Result<Prealloc> {
+    let p = match mode.unwrap_or("off") {
+        "off" => Prealloc::Off,
+        "metadata" => Prealloc::Metadata,
+        "falloc" => Prealloc::Falloc,
+        "full" => Prealloc::Full,
+        other => bail!("Invalid preallocation mode: '{other}'"),
+    };
+    if p != Prealloc::Off && shrinking {
+        bail!("Preallocation can only be used for growing images");
+    }
+    match (fmt, p) {
+        (Format::Raw, Prealloc::Metadata) => bail!("Unsupported preallocation mode: metadata"),
+        (_, Prealloc::Off) | (Format::Raw, _) => Ok(p),
+        (Format::Qcow2, _) => {
+            bail!("--preallocation is not supported for qcow2 images yet (raw only)")
+        }
+    }
 }

@@ -1,0 +1,122 @@
+//! What QEMU's file layer does beside a raw file's length, judged by
+//! doing the same with qemu-img: the first block of a new file, resize
+//! --preallocation, create's Formatting line with the options given.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+
+fn blocks(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks()
+}
+
+#[test]
+fn raw_files_are_allocated_as_qemu_img_allocates_them() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "128K",
+            &["resize", "-f", "raw", "--preallocation=off", "+256K"],
+        ),
+        (
+            "128K",
+            &["resize", "-f", "raw", "--preallocation=falloc", "+256K"],
+        ),
+        (
+            "128K",
+            &["resize", "-f", "raw", "--preallocation=full", "+256K"],
+        ),
+        ("0", &["resize", "-f", "raw", "1M"]),
+        ("1M", &[]),
+        ("1000", &[]),
+    ];
+    for (i, (size, resize)) in cases.iter().enumerate() {
+        let mut got = Vec::new();
+        for tool in ["ours", "qemu"] {
+            let p = d.s(&format!("{tool}{i}.raw"));
+            let create = [
+                "create",
+                "-q",
+                "-f",
+                "raw",
+                "-o",
+                "extent_size_hint=0",
+                &p,
+                size,
+            ];
+            if tool == "ours" {
+                assert_eq!(run(&create).0, 0);
+            } else {
+                qemu_ok(&create);
+            }
+            if !resize.is_empty() {
+                let (last, head) = resize.split_last().unwrap();
+                let mut args = head.to_vec();
+                args.extend([p.as_str(), last]);
+                if tool == "ours" {
+                    let (code, _, err) = run(&args);
+                    assert_eq!(code, 0, "{args:?}: {err}");
+                } else {
+                    qemu_ok(&args);
+                }
+            }
+            got.push((
+                std::fs::metadata(&p).unwrap().len(),
+                blocks(std::path::Path::new(&p)),
+            ));
+        }
+        assert_eq!(
+            got[0], got[1],
+            "size {size} then {resize:?}: (length, blocks)"
+        );
+    }
+    // Refused as qemu-img refuses them, the image unchanged.
+    let p = d.s("ours0.raw");
+    for (args, msg) in [
+        (
+            vec!["resize", "-f", "raw", "--preallocation=metadata", &p, "+1M"],
+            "Unsupported preallocation mode: metadata",
+        ),
+        (
+            vec![
+                "resize",
+                "-f",
+                "raw",
+                "--shrink",
+                "--preallocation=full",
+                &p,
+                "64K",
+            ],
+            "Preallocation can only be used for growing images",
+        ),
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1);
+        assert!(err.contains(msg), "{err}");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 384 << 10);
+    }
+}
+
+#[test]
+fn formatting_lines_name_the_options_given() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    for (fmt, o) in [
+        ("qcow2", "preallocation=off"),
+        ("qcow2", "preallocation=metadata,compat=0.10"),
+        ("qcow2", "compat=1.1,extent_size_hint=0"),
+        ("raw", "preallocation=off,extent_size_hint=0"),
+        ("raw", "extent_size_hint=2M"),
+    ] {
+        let (ours, theirs) = (d.s("o.img"), d.s("t.img"));
+        let (code, out, err) = run(&["create", "-f", fmt, "-o", o, &ours, "1M"]);
+        assert_eq!(code, 0, "{err}");
+        let want = qemu_ok(&["create", "-f", fmt, "-o", o, &theirs, "1M"]);
+        assert_eq!(out.replace(&ours, &theirs), want, "-f {fmt} -o {o}");
+    }
+}
