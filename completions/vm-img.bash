@@ -237,7 +237,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__convert)
-            opts="-f -O -c -n -B -F -S -o -p -t -T -U -q -h --force-share --help"
+            opts="-f -O -c -l -n -B -F -S -o -p -t -T -U -q -h --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +248,10 @@ _vm__img() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

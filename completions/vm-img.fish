@@ -73,6 +73,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l shrink -d 'Allo
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s f -d 'Source format; probed when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s O -d 'Output format (default raw)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s l -d 'Convert an internal snapshot of the source: `snapshot.id=ID`, `snapshot.name=NAME`, or an ID or name' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s B -d 'Give the qcow2 output this backing file, and copy only what the source\'s top layer holds (the backing file holds the rest)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s F -d 'The backing file\'s format (needed with -B)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s S -d 'Zero runs shorter than SIZE are written as data (default 4k; 0 writes every byte, for a fully allocated output)' -r

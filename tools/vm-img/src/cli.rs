@@ -194,6 +194,10 @@ pub struct ConvertArgs {
     /// Compress the output (qcow2), on every core.
     #[arg(short = 'c')]
     pub compress: bool,
+    /// Convert an internal snapshot of the source: `snapshot.id=ID`,
+    /// `snapshot.name=NAME`, or an ID or name.
+    #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+    pub snapshot: Option<String>,
     /// Write into OUTPUT, which exists already (no new image is made).
     #[arg(short = 'n')]
     pub no_create: bool,

@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod json;
 pub mod prealloc;
 pub mod progress;
+pub mod snapshot_copy;
 pub mod util;
 
 use cli::{Cli, Command};

@@ -297,3 +297,53 @@ fn a_snapshot_name_that_is_not_utf8_is_kept_as_it_was() {
     assert_eq!(name, odd);
     ok(&["snapshot", "-a", "1", &img]);
 }
+
+#[test]
+fn convert_l_reads_a_snapshot_and_leaves_the_source_alone() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let (base, top) = (d.s("base.qcow2"), d.s("top.qcow2"));
+    qemu_ok(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+    qemu_io(&d.path("base.qcow2"), "qcow2", &["write -P 1 0 1M"]);
+    // A relative backing name: the copy must still find it.
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        &top,
+    ]);
+    qemu_io(&d.path("top.qcow2"), "qcow2", &["write -P 0xa 64k 64k"]);
+    qemu_ok(&["snapshot", "-c", "sn1", &top]);
+    qemu_io(&d.path("top.qcow2"), "qcow2", &["write -P 0xb 64k 128k"]);
+    let before = std::fs::read(d.path("top.qcow2")).unwrap();
+    let out_dir = d.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for param in ["sn1", "snapshot.name=sn1", "snapshot.id=1"] {
+        let (ours, theirs) = (d.s("out/ours.qcow2"), d.s("theirs.qcow2"));
+        let (code, _, err) = run(&["convert", "-l", param, "-O", "qcow2", &top, &ours]);
+        assert_eq!(code, 0, "-l {param}: {err}");
+        qemu_ok(&["convert", "-l", param, "-O", "qcow2", &top, &theirs]);
+        qemu_same(&d.path("out/ours.qcow2"), &d.path("theirs.qcow2"));
+        qemu_clean(&d.path("out/ours.qcow2"));
+        let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the output is left beside it");
+    }
+    let (code, _, err) = run(&["convert", "-l", "snapshot.name=nope", &top, &d.s("x")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Failed to load snapshot: Can't find snapshot"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(d.path("top.qcow2")).unwrap(),
+        before,
+        "the source is untouched"
+    );
+}

@@ -15,6 +15,7 @@ use vm_image::{Block, Format, Image};
 
 use super::options;
 use crate::cli::ConvertArgs;
+use crate::snapshot_copy::SnapshotCopy;
 use crate::util::{self, is_zero, AtomicOutput};
 
 /// Bytes read per step: large enough for long sequential I/O, small enough
@@ -45,7 +46,23 @@ impl Writeback<'_> {
 const ZERO_BLOCK: usize = 4096;
 
 pub fn run(a: &ConvertArgs) -> Result<i32> {
-    let src = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
+    let source = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
+    // -l: a copy at the snapshot is read instead, while the source stays
+    // open (and locked) so nobody writes it meanwhile.
+    let (src, _snapshot) = match &a.snapshot {
+        None => (source, None),
+        Some(param) => {
+            if source.format() != Format::Qcow2 {
+                bail!(
+                    "Failed to load snapshot: image format '{}' has no internal snapshots",
+                    source.format().as_str()
+                );
+            }
+            let copy = SnapshotCopy::make(&a.source, param, &scratch_dir(&a.output))?;
+            let img = util::open_read(&copy.path, Some("qcow2"), true)?;
+            (img, Some((copy, source)))
+        }
+    };
     let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
     let mut o = options::parse(&a.options)?;
     if let Some(b) = &a.backing {
@@ -112,6 +129,20 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     bar.finish();
     out.commit(a.cache.syncs())?;
     Ok(0)
+}
+
+/// Where `-l`'s copy of the source goes: beside the output, unless the
+/// output is a device.
+fn scratch_dir(output: &std::path::Path) -> std::path::PathBuf {
+    let device = std::fs::metadata(output).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device() || m.file_type().is_char_device()
+    });
+    match output.parent() {
+        _ if device => std::env::temp_dir(),
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    }
 }
 
 /// `-S`: the zero run that may stay a hole (qemu-img's default 4k); `None`

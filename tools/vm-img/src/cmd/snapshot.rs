@@ -91,7 +91,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
+pub(crate) fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("Could not open '{}'", path.display()))?;
     let meta = Meta::open(path, file)?;
