@@ -4,6 +4,7 @@
 //! The copy names its backing file by an absolute path, so it resolves as
 //! the source's did, and it is removed when done, whatever happens.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -49,9 +50,20 @@ impl SnapshotCopy {
             .file_name()
             .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
         let path = dir.join(format!(".{name}.snapshot-{}", std::process::id()));
+        // A new file of our own (O_EXCL): a name planted there beforehand,
+        // a symlink say, is refused rather than followed.
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("Could not create '{}'", path.display()))?;
         let copy = Self { path };
-        std::fs::copy(source, &copy.path)
+        let mut src = std::fs::File::open(source)
+            .with_context(|| format!("Could not open '{}'", source.display()))?;
+        std::io::copy(&mut src, &mut dst)
             .with_context(|| format!("Could not copy '{}'", source.display()))?;
+        drop(dst);
         let meta = qcow2::meta::Meta::open(source, std::fs::File::open(source)?)?;
         if let Some(b) = &meta.header.backing_file {
             let abs = vm_image::resolve_backing(source, b);
