@@ -16,6 +16,23 @@ pub fn parse_format(f: Option<&str>) -> Result<Option<Format>> {
         .transpose()
 }
 
+/// QEMU formats that QEMU itself can only read: asked to make one, vm-img
+/// answers as qemu-img does rather than calling the format unknown.
+const READ_ONLY_FORMATS: [&str; 3] = ["bochs", "cloop", "dmg"];
+
+/// The format of an image to be made (create's -f, convert's -O).
+pub fn output_format(name: &str) -> Result<Format> {
+    if READ_ONLY_FORMATS.contains(&name) {
+        bail!("Format driver '{name}' does not support image creation");
+    }
+    name.parse().map_err(|m: String| anyhow!(m))
+}
+
+/// Whether `name` is a format no image can be made in (see above).
+pub fn read_only_format(name: &str) -> bool {
+    READ_ONLY_FORMATS.contains(&name)
+}
+
 /// Opens an image for reading, with locks unless `force_share`.
 pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result<Image> {
     let opts = OpenOptions {

@@ -420,3 +420,22 @@ fn dd_operands_are_checked() {
         "skip=16",
     ]);
 }
+
+#[test]
+fn formats_qemu_can_only_read_are_refused_as_qemu_img_refuses_them() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let src = d.s("src.raw");
+    ok(&["create", "-q", "-f", "raw", &src, "1M"]);
+    for args in [
+        vec!["create", "-f", "bochs", "nbd://example.com", "1M"],
+        vec!["convert", "-O", "dmg", &src, "/nonexistent/out"],
+    ] {
+        let (code, _, err) = run(&args);
+        let (want_code, _, want) = qemu_img(&args);
+        assert_eq!(code, want_code, "{args:?}");
+        assert_eq!(err.replacen("vm-img", "qemu-img", 1), want, "{args:?}");
+    }
+}

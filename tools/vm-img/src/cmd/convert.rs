@@ -46,6 +46,9 @@ impl Writeback<'_> {
 const ZERO_BLOCK: usize = 4096;
 
 pub fn run(a: &ConvertArgs) -> Result<i32> {
+    // The output's format first: qemu-img refuses one it cannot make
+    // before it looks at the source.
+    let out_fmt = util::output_format(&a.output_format)?;
     let source = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
     // -l: a copy at the snapshot is read instead, while the source stays
     // open (and locked) so nobody writes it meanwhile.
@@ -63,7 +66,6 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             (img, Some((copy, source)))
         }
     };
-    let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
     let mut o = options::parse(&a.options)?;
     if let Some(b) = &a.backing {
         o.qcow2.backing_file = Some(b.clone());

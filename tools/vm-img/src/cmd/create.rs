@@ -17,7 +17,14 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     if a.common.image_opts {
         bail!("--image-opts is not supported by create yet");
     }
-    let fmt = util::parse_format(a.common.format.as_deref())?.unwrap_or(Format::Raw);
+    let fmt = match a.common.format.as_deref() {
+        Some(f) if util::read_only_format(f) => bail!(
+            "{}: Format driver '{f}' does not support image creation",
+            a.filename.display()
+        ),
+        Some(f) => util::output_format(f)?,
+        None => Format::Raw,
+    };
     let mut o = options::parse_for_create(&a.options)?;
     if let Some(b) = &a.backing {
         o.qcow2.backing_file = Some(b.clone());
