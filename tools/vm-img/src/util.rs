@@ -28,6 +28,62 @@ pub fn output_format(name: &str) -> Result<Format> {
     name.parse().map_err(|m: String| anyhow!(m))
 }
 
+/// QEMU 7.2's block drivers: what `rebase -u -F` may record as a backing
+/// format without opening the backing file, as qemu-img records it.
+const QEMU_DRIVERS: [&str; 42] = [
+    "blkdebug",
+    "blklogwrites",
+    "blkreplay",
+    "blkverify",
+    "bochs",
+    "cloop",
+    "compress",
+    "copy-before-write",
+    "copy-on-read",
+    "dmg",
+    "file",
+    "ftp",
+    "ftps",
+    "gluster",
+    "host_cdrom",
+    "host_device",
+    "http",
+    "https",
+    "iscsi",
+    "luks",
+    "nbd",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "parallels",
+    "preallocate",
+    "qcow",
+    "qcow2",
+    "qed",
+    "quorum",
+    "raw",
+    "rbd",
+    "replication",
+    "snapshot-access",
+    "ssh",
+    "throttle",
+    "vdi",
+    "vhdx",
+    "vmdk",
+    "vpc",
+    "vvfat",
+];
+
+/// A backing format name for a header that is written, not opened.
+pub fn recorded_format(name: &str) -> Result<&str> {
+    if QEMU_DRIVERS.contains(&name) {
+        Ok(name)
+    } else {
+        bail!("Invalid format name: '{name}'")
+    }
+}
+
 /// Whether `name` is a format no image can be made in (see above).
 pub fn read_only_format(name: &str) -> bool {
     READ_ONLY_FORMATS.contains(&name)

@@ -20,20 +20,28 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     let path = &a.filename;
     let fmt = util::parse_format(a.common.format.as_deref())?;
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
-    let mut new_fmt = util::parse_format(a.backing_format.as_deref())?;
     // The format goes into the header: a guess here would be recorded for
     // every later VM (a raw base whose guest wrote a qcow2 header would
     // become a qcow2 image naming any host file), so it must be given.
-    if new_name.is_some() && new_fmt.is_none() {
+    if new_name.is_some() && a.backing_format.is_none() {
         bail!("Backing file specified without backing format (use -F raw or -F qcow2)");
     }
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
     if a.unsafe_mode {
+        // Only written, never opened here: any of QEMU's driver names.
+        let recorded = a
+            .backing_format
+            .as_deref()
+            .map(util::recorded_format)
+            .transpose()?;
+        let _lock = ImageLock::acquire(path, LockMode::Write)
+            .with_context(|| format!("Could not open '{}'", path.display()))?;
         open_qcow2(path, fmt, false, false)?;
-        vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
+        vm_image::qcow2::set_backing(path, new_name, recorded)?;
         return Ok(0);
     }
+    let mut new_fmt = util::parse_format(a.backing_format.as_deref())?;
+    let _lock = ImageLock::acquire(path, LockMode::Write)
+        .with_context(|| format!("Could not open '{}'", path.display()))?;
     // Clusters we may copy in are the ones the image does not have yet.
     let probe = open_qcow2(path, fmt, false, true)?;
     let ranges: Vec<(u64, u64)> = probe
