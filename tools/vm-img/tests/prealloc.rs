@@ -112,6 +112,8 @@ fn formatting_lines_name_the_options_given() {
         ("qcow2", "compat=1.1,extent_size_hint=0"),
         ("raw", "preallocation=off,extent_size_hint=0"),
         ("raw", "extent_size_hint=2M"),
+        // QEMU's file protocol as a format: a raw file, named so.
+        ("file", "preallocation=full"),
     ] {
         let (ours, theirs) = (d.s("o.img"), d.s("t.img"));
         let (code, out, err) = run(&["create", "-f", fmt, "-o", o, &ours, "1M"]);

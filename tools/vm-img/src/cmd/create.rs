@@ -22,8 +22,15 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             "{}: Format driver '{f}' does not support image creation",
             a.filename.display()
         ),
+        // QEMU's file protocol as a format: a raw file, named so.
+        Some("file") => Format::Raw,
         Some(f) => util::output_format(f)?,
         None => Format::Raw,
+    };
+    let fmt_name = if a.common.format.as_deref() == Some("file") {
+        "file"
+    } else {
+        fmt.as_str()
     };
     let mut o = options::parse_for_create(&a.options)?;
     if let Some(b) = &a.backing {
@@ -69,7 +76,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         bail!("Unsupported preallocation mode 'metadata' for format 'raw'");
     }
     if !a.common.quiet {
-        println!("{}", describe(&name, fmt, requested, &o, prealloc));
+        println!("{}", describe(&name, fmt_name, requested, &o, prealloc));
     }
     // What the format refuses, qemu-img says after the Formatting line,
     // with the file's name first.
@@ -170,7 +177,7 @@ fn fill_zeroes(file: &std::fs::File, fmt: Format, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: Prealloc) -> String {
+fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Prealloc) -> String {
     let prealloc = match p {
         Prealloc::Off => "off",
         Prealloc::Metadata => "metadata",
@@ -178,15 +185,7 @@ fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: P
         Prealloc::Full => "full",
     };
     match fmt {
-        Format::Raw => {
-            let mut s = format!("Formatting '{name}', fmt=raw size={size}");
-            if o.prealloc.is_some() {
-                let _ = write!(s, " preallocation={prealloc}");
-            }
-            hint(&mut s, o);
-            s
-        }
-        Format::Qcow2 => {
+        "qcow2" => {
             let mut s = format!(
                 "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
                 1u64 << o.qcow2.cluster_bits
@@ -211,6 +210,14 @@ fn describe(name: &str, fmt: Format, size: u64, o: &options::FormatOptions, p: P
                 if o.qcow2.lazy_refcounts { "on" } else { "off" },
                 1u32 << o.qcow2.refcount_order
             );
+            hint(&mut s, o);
+            s
+        }
+        _ => {
+            let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
+            if o.prealloc.is_some() {
+                let _ = write!(s, " preallocation={prealloc}");
+            }
             hint(&mut s, o);
             s
         }
