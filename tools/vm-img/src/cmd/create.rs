@@ -23,9 +23,8 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             a.filename.display()
         ),
         // QEMU's file protocol as a format: a raw file, named so.
-        Some("file") => Format::Raw,
+        Some("file") | None => Format::Raw,
         Some(f) => util::output_format(f)?,
-        None => Format::Raw,
     };
     let fmt_name = if a.common.format.as_deref() == Some("file") {
         "file"
@@ -184,44 +183,40 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
         Prealloc::Falloc => "falloc",
         Prealloc::Full => "full",
     };
-    match fmt {
-        "qcow2" => {
-            let mut s = format!(
-                "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
-                1u64 << o.qcow2.cluster_bits
-            );
-            if o.prealloc.is_some() {
-                let _ = write!(s, " preallocation={prealloc}");
-            }
-            s.push_str(" compression_type=zlib");
-            let _ = write!(s, " size={size}");
-            if let Some(c) = &o.compat {
-                let _ = write!(s, " compat={c}");
-            }
-            if let Some(b) = &o.qcow2.backing_file {
-                let _ = write!(s, " backing_file={b}");
-            }
-            if let Some(b) = &o.qcow2.backing_format {
-                let _ = write!(s, " backing_fmt={b}");
-            }
-            let _ = write!(
-                s,
-                " lazy_refcounts={} refcount_bits={}",
-                if o.qcow2.lazy_refcounts { "on" } else { "off" },
-                1u32 << o.qcow2.refcount_order
-            );
-            hint(&mut s, o);
-            s
+    if fmt != "qcow2" {
+        let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
+        if o.prealloc.is_some() {
+            let _ = write!(s, " preallocation={prealloc}");
         }
-        _ => {
-            let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
-            if o.prealloc.is_some() {
-                let _ = write!(s, " preallocation={prealloc}");
-            }
-            hint(&mut s, o);
-            s
-        }
+        hint(&mut s, o);
+        return s;
     }
+    let mut s = format!(
+        "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
+        1u64 << o.qcow2.cluster_bits
+    );
+    if o.prealloc.is_some() {
+        let _ = write!(s, " preallocation={prealloc}");
+    }
+    s.push_str(" compression_type=zlib");
+    let _ = write!(s, " size={size}");
+    if let Some(c) = &o.compat {
+        let _ = write!(s, " compat={c}");
+    }
+    if let Some(b) = &o.qcow2.backing_file {
+        let _ = write!(s, " backing_file={b}");
+    }
+    if let Some(b) = &o.qcow2.backing_format {
+        let _ = write!(s, " backing_fmt={b}");
+    }
+    let _ = write!(
+        s,
+        " lazy_refcounts={} refcount_bits={}",
+        if o.qcow2.lazy_refcounts { "on" } else { "off" },
+        1u32 << o.qcow2.refcount_order
+    );
+    hint(&mut s, o);
+    s
 }
 
 fn hint(s: &mut String, o: &options::FormatOptions) {
