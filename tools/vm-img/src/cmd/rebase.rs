@@ -72,17 +72,34 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     let chunk = (2u64 << 20).max(cs);
     let mut old_buf = vec![0u8; chunk as usize];
     let mut new_buf = vec![0u8; chunk as usize];
+    // qemu-img's steps: from each position, the run (at most a chunk) the
+    // image itself holds or does not hold. The image's own clusters hide
+    // both backing files; a run it does not hold is compared cluster by
+    // cluster, and differing clusters keep the old view.
+    let old_size = top.layers().get(1).map_or(0, vm_image::Layer::size);
     let mut pos = 0;
     while pos < size {
         let len = (size - pos).min(chunk);
-        for e in top.map(pos, len)? {
-            if e.depth == 0 && e.present {
-                continue; // the image's own data hides both backing files
-            }
+        let extents = top.map(pos, len)?;
+        let own = |e: &vm_image::Extent| e.depth == 0 && e.present;
+        let held = extents.first().is_some_and(own);
+        let run: u64 = extents
+            .iter()
+            .take_while(|e| own(e) == held)
+            .map(|e| e.length)
+            .sum();
+        let mut run = run.max(1).min(len);
+        // As qemu-img: past the old backing file's end (or with none) the
+        // old view is zeroes, kept as zero clusters; before it, a run stops
+        // at that end and differing clusters are written as data.
+        let old_zero = pos >= old_size;
+        if !old_zero {
+            run = run.min(old_size - pos);
+        }
+        if !held {
             // Whole clusters, so no write has to merge with backing data.
-            let lo = e.start / cs * cs;
-            let hi = (e.start + e.length).div_ceil(cs) * cs;
-            let hi = hi.min(size);
+            let lo = pos / cs * cs;
+            let hi = (pos + run).div_ceil(cs).saturating_mul(cs).min(size);
             let n = (hi - lo) as usize;
             let (old, newb) = (&mut old_buf[..n], &mut new_buf[..n]);
             top.read_at(old, lo)
@@ -94,12 +111,17 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
                 .enumerate()
             {
                 if o != nw {
-                    top.write_at(o, lo + (i as u64) * cs)
-                        .with_context(|| format!("Could not write '{}'", path.display()))?;
+                    let at = lo + (i as u64) * cs;
+                    if old_zero {
+                        top.write_zeroes(at, o.len() as u64)
+                    } else {
+                        top.write_at(o, at)
+                    }
+                    .with_context(|| format!("Could not write '{}'", path.display()))?;
                 }
             }
         }
-        pos += len;
+        pos += run;
         bar.set_position(pos);
     }
     if a.cache.syncs() {
