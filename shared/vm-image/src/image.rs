@@ -381,6 +381,7 @@ impl Image {
                 }
                 imago::ShallowMapping::Zero { explicit, .. } => {
                     let layer_info = &self.layers[depth.min(self.layers.len() - 1)];
+                    let mut run = len;
                     if explicit && layer_info.format == Format::Qcow2 {
                         if let Some((host, left)) = layer_info.zero_host(off) {
                             return Ok(Extent {
@@ -389,11 +390,20 @@ impl Image {
                                 ..mk(depth, len.min(left))
                             });
                         }
+                        // No host cluster here: the run ends where a zero
+                        // cluster that keeps one begins (qemu-img's map
+                        // tells the two apart).
+                        if let Some(cs) = layer_info.header.as_ref().map(Header::cluster_size) {
+                            run = (cs - off % cs).min(len);
+                            while run < len && layer_info.zero_host(off + run).is_none() {
+                                run = (run + cs).min(len);
+                            }
+                        }
                     }
                     return Ok(Extent {
                         present: explicit,
                         zero: true,
-                        ..mk(depth, len)
+                        ..mk(depth, run)
                     });
                 }
                 imago::ShallowMapping::Eof { .. } => {
