@@ -97,9 +97,6 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         if o.qcow2.backing_format.is_none() {
             bail!("Use of backing file requires explicit backing format");
         }
-        if a.compress {
-            bail!("Compression with a backing file (-B) is not supported yet");
-        }
     }
     let out = AtomicOutput::create(&a.output, false)?;
     let what = || format!("Could not write '{}'", a.output.display());
@@ -118,7 +115,14 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             };
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
             let w = if a.compress {
-                to_qcow2_compressed(&src, w, size, &mut bar, &mut wb)
+                to_qcow2_compressed(
+                    &src,
+                    w,
+                    size,
+                    opts.backing_file.is_some(),
+                    &mut bar,
+                    &mut wb,
+                )
             } else if opts.backing_file.is_some() {
                 over_backing(&src, w, size, &mut bar, &mut wb)
             } else {
@@ -374,22 +378,43 @@ struct Chunk {
     index: u64,
     first_cluster: u64,
     data: Vec<u8>,
+    /// With -B: which clusters the source's top layer decides (the rest
+    /// the output's backing file holds, and they are left alone).
+    top: Option<Vec<bool>>,
     out: Vec<Slot>,
 }
 
 /// What becomes of one cluster of a chunk.
 enum Slot {
-    /// All zero: left unallocated.
+    /// Left to the backing file (-B).
+    Skip,
+    /// All zero: left unallocated, or a zero cluster over a backing file.
     Zero,
     /// Does not compress: stored as it is.
     Plain,
     Compressed(Vec<u8>),
 }
 
+/// Which clusters of `[pos, pos + len)` the source's top layer decides.
+fn top_clusters(src: &Image, pos: u64, len: u64, cs: u64) -> Result<Vec<bool>> {
+    let extents = src.map(pos, len)?;
+    Ok((0..len.div_ceil(cs))
+        .map(|k| {
+            let (lo, hi) = (pos + k * cs, pos + (k + 1) * cs);
+            extents
+                .iter()
+                .any(|e| e.depth == 0 && e.start < hi && e.start + e.length > lo)
+        })
+        .collect())
+}
+
+/// `-c`, on every core; with `backed` (-B), only what the source's top
+/// layer decides is written, as `over_backing` does.
 fn to_qcow2_compressed(
     src: &Image,
     mut w: Qcow2Writer,
     size: u64,
+    backed: bool,
     bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
@@ -409,8 +434,11 @@ fn to_qcow2_compressed(
                 c.out = c
                     .data
                     .chunks(cs as usize)
-                    .map(|cl| {
-                        if is_zero(cl) {
+                    .enumerate()
+                    .map(|(i, cl)| {
+                        if c.top.as_ref().is_some_and(|t| !t[i]) {
+                            Slot::Skip
+                        } else if is_zero(cl) {
                             Slot::Zero
                         } else {
                             compress_cluster(cl).map_or(Slot::Plain, Slot::Compressed)
@@ -431,11 +459,16 @@ fn to_qcow2_compressed(
                 let len = (size - pos).min(chunk) as usize;
                 let padded = (len as u64).div_ceil(cs) * cs;
                 let mut data = vec![0u8; padded as usize];
-                if read_chunk(src, pos, &mut data[..len])? {
+                let top = backed
+                    .then(|| top_clusters(src, pos, len as u64, cs))
+                    .transpose()?;
+                let holds = read_chunk(src, pos, &mut data[..len])?;
+                if holds || top.as_ref().is_some_and(|t| t.contains(&true)) {
                     let c = Chunk {
                         index,
                         first_cluster: pos / cs,
                         data,
+                        top,
                         out: Vec::new(),
                     };
                     if job_tx.send(c).is_err() {
@@ -455,7 +488,15 @@ fn to_qcow2_compressed(
                 for (i, slot) in c.out.iter().enumerate() {
                     let guest = c.first_cluster + i as u64;
                     match slot {
-                        Slot::Zero => {}
+                        Slot::Skip => {}
+                        Slot::Zero if !backed => {}
+                        // Hides the backing file's data (compat=0.10 has no
+                        // zero clusters: a cluster of zeroes then).
+                        Slot::Zero => {
+                            if w.write_zero(guest).is_err() {
+                                w.write_clusters(guest, &vec![0u8; cs as usize])?;
+                            }
+                        }
                         Slot::Compressed(z) => w.write_compressed(guest, z)?,
                         Slot::Plain => {
                             let lo = i * cs as usize;
