@@ -1,0 +1,167 @@
+//! `Image::map`: how each range of a chain is stored, qemu-img map's
+//! extents (data, zero, which layer, where in its file).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use imago::FormatAccess;
+
+use super::{Extent, Image, ImagoFile};
+use crate::block::Block;
+use crate::qcow2::header::Header;
+use crate::Format;
+
+impl Image {
+    /// How `[start, start + len)` is stored, one extent per run of equal
+    /// kind (adjacent data extents merge when their host offsets continue).
+    pub fn map(&self, start: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = start.saturating_add(len).min(self.size());
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let e = self.extent_at(pos, end - pos)?;
+            if e.length == 0 {
+                break;
+            }
+            pos += e.length;
+            if let Some(last) = out.last_mut() {
+                let contiguous = match (last.offset, e.offset) {
+                    (Some(a), Some(b)) => a + last.length == b,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if last.depth == e.depth
+                    && last.present == e.present
+                    && last.zero == e.zero
+                    && last.data == e.data
+                    && last.compressed == e.compressed
+                    && contiguous
+                {
+                    last.length += e.length;
+                    continue;
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn extent_at(&self, pos: u64, max: u64) -> io::Result<Extent> {
+        let mut layer: &FormatAccess<ImagoFile> = &self.access;
+        let mut off = pos;
+        let mut max = max;
+        let mut depth = 0usize;
+        let mk = |depth: usize, length: u64| Extent {
+            start: pos,
+            length,
+            depth: depth as u32,
+            present: true,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+        };
+        loop {
+            let (m, len) = layer.get_shallow_mapping(off, max)?;
+            let len = len.min(max);
+            match m {
+                imago::ShallowMapping::Raw { offset, .. } => {
+                    let info = &self.layers[depth.min(self.layers.len() - 1)];
+                    let (is_data, run) = if info.format == Format::Raw {
+                        data_or_hole(&info.file, offset, len)
+                    } else {
+                        (true, len)
+                    };
+                    return Ok(Extent {
+                        zero: !is_data,
+                        data: is_data,
+                        offset: Some(offset),
+                        ..mk(depth, run)
+                    });
+                }
+                imago::ShallowMapping::Indirect {
+                    layer: l, offset, ..
+                } => {
+                    layer = l;
+                    off = offset;
+                    max = len;
+                    depth += 1;
+                }
+                imago::ShallowMapping::Zero { explicit, .. } => {
+                    let layer_info = &self.layers[depth.min(self.layers.len() - 1)];
+                    let mut run = len;
+                    if explicit && layer_info.format == Format::Qcow2 {
+                        if let Some((host, left)) = layer_info.zero_host(off) {
+                            return Ok(Extent {
+                                zero: true,
+                                offset: Some(host),
+                                ..mk(depth, len.min(left))
+                            });
+                        }
+                        // No host cluster here: the run ends where a zero
+                        // cluster that keeps one begins (qemu-img's map
+                        // tells the two apart).
+                        if let Some(cs) = layer_info.header.as_ref().map(Header::cluster_size) {
+                            run = (cs - off % cs).min(len);
+                            while run < len && layer_info.zero_host(off + run).is_none() {
+                                run = (run + cs).min(len);
+                            }
+                        }
+                    }
+                    return Ok(Extent {
+                        present: explicit,
+                        zero: true,
+                        ..mk(depth, run)
+                    });
+                }
+                imago::ShallowMapping::Eof { .. } => {
+                    // A backing file shorter than its overlay reads as
+                    // zeroes; qemu-img counts them to the layer above it.
+                    return Ok(Extent {
+                        present: false,
+                        zero: true,
+                        ..mk(depth.saturating_sub(1), if depth == 0 { 0 } else { max })
+                    });
+                }
+                imago::ShallowMapping::Special { .. } => {
+                    return Ok(Extent {
+                        data: true,
+                        compressed: true,
+                        ..mk(depth, len)
+                    });
+                }
+                _ => return Err(io::Error::other("unknown mapping kind")),
+            }
+        }
+    }
+}
+
+/// For a raw file: whether `offset` starts data or a hole, and how long that
+/// run is (at most `len`), from SEEK_DATA / SEEK_HOLE.
+fn data_or_hole(f: &File, offset: u64, len: u64) -> (bool, u64) {
+    let fd = f.as_raw_fd();
+    let Ok(off) = i64::try_from(offset) else {
+        return (true, len);
+    };
+    // SAFETY: lseek only moves this descriptor's position; no memory is passed.
+    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // No data after offset: a hole to the end.
+            Some(libc::ENXIO) => (false, len),
+            // No SEEK_DATA support (or a device): all data.
+            _ => (true, len),
+        };
+    }
+    if data > off {
+        return (false, ((data - off) as u64).min(len));
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
+    if hole <= off {
+        return (true, len);
+    }
+    (true, ((hole - off) as u64).min(len))
+}
