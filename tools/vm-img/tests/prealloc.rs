@@ -122,3 +122,33 @@ fn formatting_lines_name_the_options_given() {
         assert_eq!(out.replace(&ours, &theirs), want, "-f {fmt} -o {o}");
     }
 }
+
+#[test]
+fn refused_options_are_said_after_the_formatting_line() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    for o in [
+        "refcount_bits=3",
+        "refcount_bits=-1",
+        "compat=0.10,refcount_bits=1",
+        "compat=0.10,lazy_refcounts=on",
+        "cluster_size=3000",
+        "cluster_size=4M",
+    ] {
+        let (ours, theirs) = (d.s("o.qcow2"), d.s("t.qcow2"));
+        let (code, out, err) = run(&["create", "-f", "qcow2", "-o", o, &ours, "64M"]);
+        let (want, want_out, want_err) =
+            qemu_img(&["create", "-f", "qcow2", "-o", o, &theirs, "64M"]);
+        assert_eq!(code, want, "-o {o}");
+        assert_eq!(out.replace(&ours, &theirs), want_out, "-o {o}");
+        assert_eq!(
+            err.replace(&ours, &theirs)
+                .replacen("vm-img", "qemu-img", 1),
+            want_err,
+            "-o {o}"
+        );
+        assert!(!d.path("o.qcow2").exists(), "-o {o}: nothing is left");
+    }
+}

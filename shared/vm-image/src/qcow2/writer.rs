@@ -68,10 +68,10 @@ impl Qcow2Writer {
             return Err(invalid("compat must be 0.10 or 1.1"));
         }
         if o.version == 2 && o.lazy_refcounts {
-            return Err(invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            return Err(invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
         }
         if o.version == 2 && o.refcount_order != 4 {
-            return Err(invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+            return Err(invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
         }
         if o.refcount_order > 6 {
             return Err(invalid(

@@ -193,7 +193,8 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     }
     let mut s = format!(
         "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
-        1u64 << o.qcow2.cluster_bits
+        o.refused_cluster_size
+            .unwrap_or(1u64 << o.qcow2.cluster_bits)
     );
     if o.prealloc.is_some() {
         let _ = write!(s, " preallocation={prealloc}");
@@ -213,7 +214,9 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
         s,
         " lazy_refcounts={} refcount_bits={}",
         if o.qcow2.lazy_refcounts { "on" } else { "off" },
-        1u32 << o.qcow2.refcount_order
+        o.refused_refcount_bits
+            .clone()
+            .unwrap_or_else(|| (1u32 << o.qcow2.refcount_order).to_string())
     );
     hint(&mut s, o);
     s

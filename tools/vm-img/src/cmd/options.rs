@@ -21,6 +21,10 @@ pub struct FormatOptions {
     /// A value the format itself refuses (a cluster size): qemu-img says
     /// so only once it has printed create's `Formatting` line.
     pub refused: Option<String>,
+    /// Refused values as given, for create's Formatting line (which shows
+    /// them before saying no).
+    pub refused_cluster_size: Option<u64>,
+    pub refused_refcount_bits: Option<String>,
     /// The file's extent size hint (QEMU's file layer; XFS heeds it).
     pub extent_size_hint: Option<u64>,
     /// `compat` as given (create's Formatting line repeats it).
@@ -72,6 +76,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
                 .map_err(|e| anyhow!("Parameter 'cluster_size': {e}"))?;
             o.cluster_size_given = true;
             if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+                o.refused_cluster_size = Some(cs);
                 o.refused =
                     Some("Cluster size must be a power of two between 512 and 2048k".into());
                 return Ok(());
@@ -104,15 +109,17 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
                 _ => bail!("Invalid compatibility level: '{v}'"),
             };
         }
-        "refcount_bits" => {
-            let bits: u32 = v
-                .parse()
-                .map_err(|_| anyhow!("Invalid refcount_bits '{v}'"))?;
-            if !bits.is_power_of_two() || bits > 64 {
-                bail!("Refcount width must be a power of two and may not exceed 64 bits");
+        "refcount_bits" => match v.parse::<u32>() {
+            Ok(bits) if bits.is_power_of_two() && bits <= 64 => {
+                o.qcow2.refcount_order = bits.trailing_zeros();
             }
-            o.qcow2.refcount_order = bits.trailing_zeros();
-        }
+            // The format refuses it: said after create's Formatting line.
+            _ => {
+                o.refused_refcount_bits = Some(v.to_string());
+                o.refused =
+                    Some("Refcount width must be a power of two and may not exceed 64 bits".into());
+            }
+        },
         "extended_l2" => {
             if on_off(k, v)? {
                 bail!("extended_l2=on is not supported");
