@@ -125,7 +125,7 @@ pub fn target_with_locking(
     } else if let Some(json) = text.strip_prefix("json:") {
         json_options(json)?
     } else if let Some(path) = text.strip_prefix("file:") {
-        return Ok((PathBuf::from(path), format.map(str::to_string), true));
+        return Ok((plain_path(path), format.map(str::to_string), true));
     } else {
         return Ok((name.to_path_buf(), format.map(str::to_string), true));
     };
@@ -154,6 +154,19 @@ pub fn target_with_locking(
         }
     }
     Ok((path, driver, locking))
+}
+
+/// A local file's name as QEMU names it once the protocol is known: a
+/// relative name whose first part holds a colon (`image:top.qcow2`, which
+/// would read as a protocol) gets `./` in front, so what is printed and
+/// what backing names resolve against can be given back as they are.
+fn plain_path(path: &str) -> PathBuf {
+    let head = path.split('/').next().unwrap_or("");
+    if !path.starts_with('/') && head.contains(':') {
+        PathBuf::from(format!("./{path}"))
+    } else {
+        PathBuf::from(path)
+    }
 }
 
 /// `key=value,...` with `,,` for a comma inside a value.

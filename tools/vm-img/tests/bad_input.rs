@@ -439,3 +439,53 @@ fn formats_qemu_can_only_read_are_refused_as_qemu_img_refuses_them() {
         assert_eq!(err.replacen("vm-img", "qemu-img", 1), want, "{args:?}");
     }
 }
+
+#[test]
+fn file_names_with_a_colon_as_qemu_img_takes_them() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let mut outs = Vec::new();
+    for tool in ["ours", "qemu"] {
+        let dir = d.path(tool);
+        std::fs::create_dir(&dir).unwrap();
+        let steps: [&[&str]; 3] = [
+            &["create", "-f", "qcow2", "base.qcow2", "64M"],
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                "file:image:top.qcow2",
+            ],
+            &["info", "file:image:top.qcow2"],
+        ];
+        let mut text = String::new();
+        for args in steps {
+            let out = if tool == "ours" {
+                vm_img().args(args).current_dir(&dir).output().unwrap()
+            } else {
+                std::process::Command::new("qemu-img")
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap()
+            };
+            let (code, stdout, stderr) = decode(&out);
+            assert_eq!(code, 0, "{tool} {args:?}: {stderr}");
+            text += &stdout;
+        }
+        outs.push(
+            text.lines()
+                .filter(|l| !l.starts_with("disk size"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    assert_eq!(outs[0], outs[1]);
+    assert!(outs[0].contains("image: ./image:top.qcow2"), "{}", outs[0]);
+}

@@ -46,6 +46,9 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         None => o.size,
     };
     let name = a.filename.display().to_string();
+    // `file:NAME` and `json:{...}` name a local file; the Formatting line
+    // and errors keep the name as given.
+    let (path, _) = util::target(&a.filename, None, false)?;
     if fmt == Format::Raw {
         if o.qcow2.backing_file.is_some() {
             bail!("{name}: Backing file not supported for file format 'raw'");
@@ -60,7 +63,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         };
         let bfmt: Format = bfmt.parse().map_err(|m: String| anyhow!(m))?;
         if !a.unsafe_backing {
-            let path = resolve_backing(&a.filename, &b);
+            let path = resolve_backing(&path, &b);
             let img = util::open_read(&path, Some(bfmt.as_str()), true)
                 .with_context(|| format!("{name}: Could not open backing image"))?;
             size.get_or_insert(img.size());
@@ -82,7 +85,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     if let Some(e) = &o.refused {
         bail!("{name}: {e}");
     }
-    let out = AtomicOutput::create(&a.filename, false)?;
+    let out = AtomicOutput::create(&path, false)?;
     // QEMU's file layer gives every new file a 1 MiB hint by default.
     crate::prealloc::extent_size_hint(&out.file, o.extent_size_hint.unwrap_or(1 << 20));
     // Every failure from here on names the file (a full disk says which).
