@@ -70,8 +70,14 @@ impl SnapshotCopy {
             let fmt = meta.header.backing_format.as_deref();
             qcow2::set_backing(&copy.path, Some(&abs.to_string_lossy()), fmt)?;
         }
-        qcow2::snapshot::apply(&copy.path, &id)
-            .map_err(|e| anyhow!("Failed to load snapshot: {e}"))?;
+        // Errors name the source, which the user gave, not the copy.
+        qcow2::snapshot::apply(&copy.path, &id).map_err(|e| {
+            let msg = e.to_string().replace(
+                &copy.path.display().to_string(),
+                &source.display().to_string(),
+            );
+            anyhow!("Failed to load snapshot: {msg}")
+        })?;
         Ok(copy)
     }
 }
