@@ -9,6 +9,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "vm-img",
     version,
+    // A repeated option's last value counts, as qemu-img takes `-f raw -f qcow2`.
+    args_override_self = true,
     about = "Create, inspect, check, resize and convert disk images (qemu-img compatible)",
     long_about = "vm-img manages raw and qcow2 disk images with qemu-img's subcommands, \
 options, output and exit codes, so scripts written for qemu-img keep working.\n\n\

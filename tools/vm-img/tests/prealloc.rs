@@ -152,3 +152,35 @@ fn refused_options_are_said_after_the_formatting_line() {
         assert!(!d.path("o.qcow2").exists(), "-o {o}: nothing is left");
     }
 }
+
+#[test]
+fn a_repeated_option_counts_its_last_value_as_in_qemu_img() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let (ours, theirs) = (d.s("o.img"), d.s("t.img"));
+    let args = |p: &str| {
+        [
+            "create",
+            "-f",
+            "raw",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            "-o",
+            "lazy_refcounts=on",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain([p.to_string(), "1M".to_string()])
+        .collect::<Vec<_>>()
+    };
+    let a = args(&ours);
+    let out = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = args(&theirs);
+    let want = qemu_ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.replace(&ours, &theirs), want);
+    assert!(out.contains("fmt=qcow2 cluster_size=4096"), "{out}");
+}
