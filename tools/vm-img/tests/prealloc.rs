@@ -184,3 +184,43 @@ fn a_repeated_option_counts_its_last_value_as_in_qemu_img() {
     assert_eq!(out.replace(&ours, &theirs), want);
     assert!(out.contains("fmt=qcow2 cluster_size=4096"), "{out}");
 }
+
+#[test]
+fn qcow2_grown_with_falloc_or_full_takes_later_writes_in_place() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    for mode in ["falloc", "full"] {
+        let img = d.path(&format!("{mode}.qcow2"));
+        let s = img.to_str().unwrap();
+        ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            s,
+            "2000k",
+        ]);
+        let (code, _, err) = run(&["resize", &format!("--preallocation={mode}"), s, "+80K"]);
+        assert_eq!(code, 0, "{mode}: {err}");
+        qemu_clean(&img);
+        let len = std::fs::metadata(&img).unwrap().len();
+        let used = blocks(&img);
+        qemu_io(&img, "qcow2", &["write -P 7 2000k 80k"]);
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().len(),
+            len,
+            "{mode}: the file grew"
+        );
+        assert_eq!(blocks(&img), used, "{mode}: the write took new space");
+        qemu_io(&img, "qcow2", &["read -P 7 2000k 80k", "read -P 0 0 2000k"]);
+        qemu_clean(&img);
+    }
+    let s = d.s("full.qcow2");
+    let (code, _, err) = run(&["resize", "--preallocation=metadata", &s, "+1M"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not supported for qcow2 images yet"), "{err}");
+}

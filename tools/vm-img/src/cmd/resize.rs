@@ -69,6 +69,10 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         .with_context(|| format!("Could not sync '{}'", path.display()))?;
     let qcow2 = img.format() == Format::Qcow2;
     drop(img);
+    if qcow2 && new > current && matches!(prealloc, Prealloc::Falloc | Prealloc::Full) {
+        allocate_grown(path, current, new)
+            .with_context(|| format!("Could not preallocate '{}'", path.display()))?;
+    }
     if qcow2 && new < current {
         // L2 tables past the end, and refcount blocks now counting nothing.
         vm_image::qcow2::shrink::release_past_end(path)
@@ -95,8 +99,34 @@ fn preallocation(mode: Option<&str>, fmt: Format, shrinking: bool) -> Result<Pre
     match (fmt, p) {
         (Format::Raw, Prealloc::Metadata) => bail!("Unsupported preallocation mode: metadata"),
         (_, Prealloc::Off) | (Format::Raw, _) => Ok(p),
-        (Format::Qcow2, _) => {
-            bail!("--preallocation is not supported for qcow2 images yet (raw only)")
+        (Format::Qcow2, Prealloc::Metadata) => {
+            bail!("--preallocation=metadata is not supported for qcow2 images yet (falloc and full are)")
         }
+        (Format::Qcow2, _) => Ok(p),
     }
+}
+
+/// qcow2 `falloc` and `full`: the grown area becomes data clusters holding
+/// zeroes, so later writes there neither grow the file nor take new space
+/// (what iotest 125 asks of both). The L2 tables come first, in the
+/// crash-safe order (`prepare_l2_tables`).
+fn allocate_grown(path: &std::path::Path, from: u64, to: u64) -> Result<()> {
+    vm_image::qcow2::l2prep::prepare_l2_tables(path, &[(from, to - from)])?;
+    let opts = OpenOptions {
+        format: Some(Format::Qcow2),
+        write: true,
+        lock: false,
+        backing: false,
+        ..OpenOptions::default()
+    };
+    let img = Image::open(path, &opts)?;
+    let zero = vec![0u8; 2 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zero.len() as u64) as usize;
+        img.write_at(&zero[..n], at)?;
+        at += n as u64;
+    }
+    img.sync()?;
+    Ok(())
 }
