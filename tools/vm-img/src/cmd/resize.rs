@@ -98,11 +98,10 @@ fn preallocation(mode: Option<&str>, fmt: Format, shrinking: bool) -> Result<Pre
     }
     match (fmt, p) {
         (Format::Raw, Prealloc::Metadata) => bail!("Unsupported preallocation mode: metadata"),
-        (_, Prealloc::Off) | (Format::Raw, _) => Ok(p),
-        (Format::Qcow2, Prealloc::Metadata) => {
-            bail!("--preallocation=metadata is not supported for qcow2 images yet (falloc and full are)")
-        }
-        (Format::Qcow2, _) => Ok(p),
+        (Format::Qcow2, Prealloc::Metadata) => bail!(
+            "--preallocation=metadata is not supported for qcow2 images yet (falloc and full are)"
+        ),
+        _ => Ok(p),
     }
 }
 
