@@ -66,7 +66,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand check" -l image-opts -d 'F
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand check" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
-complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l preallocation -d 'Preallocate the grown area: off, falloc (fallocate) or full (zeroes written); raw images only so far' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l preallocation -d 'Preallocate the grown area: off, metadata (qcow2: clusters mapped, nothing written), falloc (fallocate) or full (zeroes written)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -s q -l quiet -d 'Quiet: no progress or informational messages'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand resize" -l shrink -d 'Allow shrinking (data past the new end is lost)'

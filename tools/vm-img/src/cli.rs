@@ -175,8 +175,8 @@ pub struct ResizeArgs {
     /// Allow shrinking (data past the new end is lost).
     #[arg(long = "shrink")]
     pub shrink: bool,
-    /// Preallocate the grown area: off, falloc (fallocate) or full
-    /// (zeroes written); raw images only so far.
+    /// Preallocate the grown area: off, metadata (qcow2: clusters mapped,
+    /// nothing written), falloc (fallocate) or full (zeroes written).
     #[arg(long = "preallocation", value_name = "MODE")]
     pub preallocation: Option<String>,
     pub filename: PathBuf,

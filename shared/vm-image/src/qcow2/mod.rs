@@ -7,6 +7,7 @@ pub mod compress;
 mod copied;
 pub mod header;
 pub mod meta;
+pub mod prealloc;
 pub mod rebuild;
 pub mod refcounts;
 pub mod shrink;

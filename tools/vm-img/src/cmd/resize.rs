@@ -69,9 +69,14 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         .with_context(|| format!("Could not sync '{}'", path.display()))?;
     let qcow2 = img.format() == Format::Qcow2;
     drop(img);
-    if qcow2 && new > current && matches!(prealloc, Prealloc::Falloc | Prealloc::Full) {
-        allocate_grown(path, current, new)
-            .with_context(|| format!("Could not preallocate '{}'", path.display()))?;
+    if qcow2 && new > current && prealloc != Prealloc::Off {
+        let what = || format!("Could not preallocate '{}'", path.display());
+        if prealloc == Prealloc::Metadata {
+            vm_image::qcow2::prealloc::preallocate_metadata(path, current, new)
+                .with_context(what)?;
+        } else {
+            allocate_grown(path, current, new).with_context(what)?;
+        }
     }
     if qcow2 && new < current {
         // L2 tables past the end, and refcount blocks now counting nothing.
@@ -98,9 +103,6 @@ fn preallocation(mode: Option<&str>, fmt: Format, shrinking: bool) -> Result<Pre
     }
     match (fmt, p) {
         (Format::Raw, Prealloc::Metadata) => bail!("Unsupported preallocation mode: metadata"),
-        (Format::Qcow2, Prealloc::Metadata) => bail!(
-            "--preallocation=metadata is not supported for qcow2 images yet (falloc and full are)"
-        ),
         _ => Ok(p),
     }
 }
