@@ -18,6 +18,9 @@ use super::meta::{L2Entry, Meta};
 use super::refcounts::Refcounts;
 use crate::{Error, Result};
 
+/// Clusters mapped per batch.
+const BATCH: usize = 1 << 16;
+
 /// Maps the clusters of `[from, to)` that the image does not hold.
 pub fn preallocate_metadata(path: &Path, from: u64, to: u64) -> Result<()> {
     if to <= from {
@@ -29,51 +32,59 @@ pub fn preallocate_metadata(path: &Path, from: u64, to: u64) -> Result<()> {
             "the refcount table is full (growing it is not supported yet)",
         ));
     }
-    let meta = Meta::open_rw(path)?;
-    if meta.header.l2_entry_size() != 8 {
-        return Err(Error::unsupported(path, "extended L2 entries"));
-    }
-    let cs = meta.cluster_size();
-    let per_l2 = meta.header.l2_entries();
-    // The guest clusters to map, as (L2 table offset, index in it).
-    let mut wanted = Vec::new();
-    let (first, last) = (from / cs, to.min(meta.header.size).div_ceil(cs));
-    let mut c = first;
-    while c < last {
-        let l1i = (c / per_l2) as usize;
-        let l2_off = meta.l1.get(l1i).map_or(0, |e| e & OFFSET_MASK);
-        let table_end = ((c / per_l2) + 1) * per_l2;
-        if l2_off == 0 {
-            return Err(Error::corrupt(
-                path,
-                "an L2 table is missing after preparing it",
-            ));
+    // In batches, so memory stays bounded whatever the range: each maps
+    // up to BATCH clusters with a fresh view of the tables.
+    let mut c = None;
+    loop {
+        let meta = Meta::open_rw(path)?;
+        if meta.header.l2_entry_size() != 8 {
+            return Err(Error::unsupported(path, "extended L2 entries"));
         }
-        let entries = meta.read_l2(l2_off)?;
-        for k in c..table_end.min(last) {
-            let i = (k % per_l2) as usize;
-            if matches!(
-                entries[i],
-                L2Entry::Unallocated | L2Entry::Zero { host: None }
-            ) {
-                wanted.push((l2_off, i as u64));
+        let cs = meta.cluster_size();
+        let per_l2 = meta.header.l2_entries();
+        let last = to.min(meta.header.size).div_ceil(cs);
+        let mut k = *c.get_or_insert(from / cs);
+        // The guest clusters to map, as (L2 table offset, index in it).
+        let mut wanted = Vec::new();
+        while k < last && wanted.len() < BATCH {
+            let l2_off = meta
+                .l1
+                .get((k / per_l2) as usize)
+                .map_or(0, |e| e & OFFSET_MASK);
+            if l2_off == 0 {
+                return Err(Error::corrupt(
+                    path,
+                    "an L2 table is missing after preparing it",
+                ));
+            }
+            let entries = meta.read_l2(l2_off)?;
+            let table_end = ((k / per_l2) + 1) * per_l2;
+            while k < table_end.min(last) && wanted.len() < BATCH {
+                let i = (k % per_l2) as usize;
+                if matches!(
+                    entries[i],
+                    L2Entry::Unallocated | L2Entry::Zero { host: None }
+                ) {
+                    wanted.push((l2_off, i as u64));
+                }
+                k += 1;
             }
         }
-        c = table_end;
+        c = Some(k);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // One contiguous run, counted and synced before anything points at it.
+        let mut rc = Refcounts::new(&meta);
+        let start = rc.alloc(&meta, wanted.len() as u64 * cs)?;
+        rc.flush(&meta)?;
+        let io = |e| Error::io(path, e);
+        for (n, &(l2_off, i)) in wanted.iter().enumerate() {
+            let entry = (start + n as u64 * cs) | COPIED;
+            meta.file
+                .write_all_at(&entry.to_be_bytes(), l2_off + i * 8)
+                .map_err(io)?;
+        }
+        meta.file.sync_all().map_err(io)?;
     }
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    // One contiguous run, counted and synced before anything points at it.
-    let mut rc = Refcounts::new(&meta);
-    let start = rc.alloc(&meta, wanted.len() as u64 * cs)?;
-    rc.flush(&meta)?;
-    let io = |e| Error::io(path, e);
-    for (k, &(l2_off, i)) in wanted.iter().enumerate() {
-        let entry = (start + k as u64 * cs) | COPIED;
-        meta.file
-            .write_all_at(&entry.to_be_bytes(), l2_off + i * 8)
-            .map_err(io)?;
-    }
-    meta.file.sync_all().map_err(io)
 }
