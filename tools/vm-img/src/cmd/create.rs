@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::qcow2::writer::Qcow2Writer;
@@ -122,70 +121,48 @@ pub(crate) fn write_image(
             }
         }
     };
-    match prealloc {
-        Prealloc::Falloc => {
-            let len = file.metadata()?.len().max(size);
-            // SAFETY: fallocate on an open descriptor; no memory is passed.
-            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as i64) };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error()).context("Could not preallocate data");
+    // For qcow2, the data area the metadata preallocation mapped, which
+    // ends where the file ends.
+    let end = match fmt {
+        Format::Raw => size,
+        Format::Qcow2 => file.metadata()?.len().max(size),
+    };
+    match (prealloc, fmt) {
+        (Prealloc::Falloc, _) | (Prealloc::Full, Format::Raw) => {
+            crate::prealloc::grow(&file, 0, end, prealloc)?;
+        }
+        // qcow2 metadata is already in place: only the holes get zeroes.
+        (Prealloc::Full, Format::Qcow2) => {
+            let mut off = 0;
+            while let Some((hole, stop)) = next_hole(&file, off, end) {
+                crate::prealloc::grow(&file, hole, stop, Prealloc::Full)?;
+                off = stop;
             }
         }
-        Prealloc::Full => fill_zeroes(&file, fmt, size)?,
-        Prealloc::Off | Prealloc::Metadata => {}
+        (Prealloc::Off | Prealloc::Metadata, _) => {}
     }
     Ok(())
 }
 
-/// preallocation=full: every byte written (for qcow2, the data area the
-/// metadata preallocation mapped, which ends where the file ends).
-fn fill_zeroes(file: &std::fs::File, fmt: Format, size: u64) -> Result<()> {
-    let end = match fmt {
-        Format::Raw => size,
-        Format::Qcow2 => file.metadata()?.len(),
-    };
-    let buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    // qcow2 metadata is already in place; zero only what is a hole.
-    while off < end {
-        let n = (end - off).min(buf.len() as u64);
-        if fmt == Format::Raw {
-            file.write_all_at(&buf[..n as usize], off)?;
-        } else {
-            // SAFETY: lseek moves only this descriptor's offset; no memory is passed.
-            let data = unsafe { libc::lseek(file.as_raw_fd(), off as i64, libc::SEEK_HOLE) };
-            if data < 0 || data as u64 >= end {
-                break;
-            }
-            let hole = data as u64;
-            // SAFETY: as above.
-            let next = unsafe { libc::lseek(file.as_raw_fd(), hole as i64, libc::SEEK_DATA) };
-            let stop = if next < 0 {
-                end
-            } else {
-                (next as u64).min(end)
-            };
-            let mut p = hole;
-            while p < stop {
-                let k = (stop - p).min(buf.len() as u64);
-                file.write_all_at(&buf[..k as usize], p)?;
-                p += k;
-            }
-            off = stop;
-            continue;
-        }
-        off += n;
+/// The next hole of `file` in `[from, end)`, from SEEK_HOLE / SEEK_DATA.
+fn next_hole(file: &std::fs::File, from: u64, end: u64) -> Option<(u64, u64)> {
+    // SAFETY: lseek moves only this descriptor's offset; no memory is passed.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), from as i64, libc::SEEK_HOLE) };
+    if hole < 0 || hole as u64 >= end {
+        return None;
     }
-    Ok(())
+    // SAFETY: as above.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), hole, libc::SEEK_DATA) };
+    let stop = if next < 0 {
+        end
+    } else {
+        (next as u64).min(end)
+    };
+    Some((hole as u64, stop))
 }
 
 fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Prealloc) -> String {
-    let prealloc = match p {
-        Prealloc::Off => "off",
-        Prealloc::Metadata => "metadata",
-        Prealloc::Falloc => "falloc",
-        Prealloc::Full => "full",
-    };
+    let prealloc = p.as_str();
     if fmt != "qcow2" {
         let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
         if o.prealloc.is_some() {

@@ -12,6 +12,28 @@ pub enum Prealloc {
     Full,
 }
 
+impl Prealloc {
+    /// A mode as `-o preallocation=` and `resize --preallocation` name it.
+    pub fn parse(v: &str) -> Result<Self> {
+        Ok(match v {
+            "off" => Self::Off,
+            "metadata" => Self::Metadata,
+            "falloc" => Self::Falloc,
+            "full" => Self::Full,
+            _ => bail!("Invalid preallocation mode: '{v}'"),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Metadata => "metadata",
+            Self::Falloc => "falloc",
+            Self::Full => "full",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FormatOptions {
     pub qcow2: CreateOptions,
@@ -84,13 +106,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             o.qcow2.cluster_bits = cs.trailing_zeros();
         }
         "preallocation" => {
-            o.prealloc = Some(match v {
-                "off" => Prealloc::Off,
-                "metadata" => Prealloc::Metadata,
-                "falloc" => Prealloc::Falloc,
-                "full" => Prealloc::Full,
-                _ => bail!("Invalid preallocation mode: '{v}'"),
-            });
+            o.prealloc = Some(Prealloc::parse(v)?);
         }
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
         "extent_size_hint" => {

@@ -91,13 +91,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
 
 /// `--preallocation`, checked as qemu-img checks it.
 fn preallocation(mode: Option<&str>, fmt: Format, shrinking: bool) -> Result<Prealloc> {
-    let p = match mode.unwrap_or("off") {
-        "off" => Prealloc::Off,
-        "metadata" => Prealloc::Metadata,
-        "falloc" => Prealloc::Falloc,
-        "full" => Prealloc::Full,
-        other => bail!("Invalid preallocation mode: '{other}'"),
-    };
+    let p = mode.map_or(Ok(Prealloc::Off), Prealloc::parse)?;
     if p != Prealloc::Off && shrinking {
         bail!("Preallocation can only be used for growing images");
     }
