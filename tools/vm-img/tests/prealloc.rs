@@ -225,3 +225,44 @@ fn qcow2_grown_with_preallocation_takes_later_writes_in_place() {
         qemu_clean(&img);
     }
 }
+
+#[test]
+fn preallocation_never_writes_into_the_images_own_tables() {
+    for mode in ["metadata", "full"] {
+        hostile_l1_entry(mode);
+    }
+}
+
+fn hostile_l1_entry(mode: &str) {
+    use std::os::unix::fs::FileExt;
+    let d = Dir::new();
+    let img = d.path("hostile.qcow2");
+    let s = img.to_str().unwrap();
+    ok(&["create", "-q", "-f", "qcow2", s, "1M"]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let be64 = |at: u64| {
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, at).unwrap();
+        u64::from_be_bytes(b)
+    };
+    let (l1, reftable) = (be64(40), be64(48));
+    // The L1 entry for the area the resize grows into names the refcount
+    // table as its L2 table.
+    f.write_all_at(&reftable.to_be_bytes(), l1).unwrap();
+    drop(f);
+    let before = std::fs::read(&img).unwrap();
+    let (code, _, err) = run(&["resize", &format!("--preallocation={mode}"), s, "+1M"]);
+    assert_eq!(code, 1, "{mode}: {err}");
+    assert!(err.contains("overlaps the image's metadata"), "{err}");
+    let after = std::fs::read(&img).unwrap();
+    let (at, cs) = (reftable as usize, 65536);
+    assert_eq!(
+        before[at..at + cs],
+        after[at..at + cs],
+        "{mode}: the refcount table is as it was"
+    );
+}

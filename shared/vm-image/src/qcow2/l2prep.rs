@@ -27,22 +27,35 @@ pub enum Prepared {
 }
 
 /// Makes sure an L2 table exists for every guest range in `ranges`
-/// (offset, length; clipped to the disk) of the qcow2 image at `path`. The caller holds the
-/// image's write lock and no other handle has it open for writing.
+/// (offset, length; clipped to the disk) of the qcow2 image at `path`, and
+/// that none already there lies on the header, the L1 table or refcount
+/// structures. The caller holds the image's write lock and no other handle
+/// has it open for writing.
 pub fn prepare_l2_tables(path: &Path, ranges: &[(u64, u64)]) -> Result<Prepared> {
     let meta = Meta::open_rw(path)?;
     let cs = meta.cluster_size();
     let per_l2 = meta.header.l2_entries() * cs;
     let mut wanted = BTreeSet::new();
+    let metadata = meta.metadata_clusters();
     for &(off, len) in ranges {
         if len == 0 {
             continue;
         }
         let end = off.saturating_add(len).min(meta.header.size);
         for i in off / per_l2..end.div_ceil(per_l2) {
-            let i = i as usize;
-            if i < meta.l1.len() && meta.l1[i] & OFFSET_MASK == 0 {
-                wanted.insert(i);
+            let Some(&e) = meta.l1.get(i as usize) else {
+                continue;
+            };
+            let table = e & OFFSET_MASK;
+            if table == 0 {
+                wanted.insert(i as usize);
+            } else if metadata.contains(table) {
+                // The writes that follow would land in the image's own
+                // structures: a hostile or broken L1 entry, refused.
+                return Err(Error::corrupt(
+                    path,
+                    format!("the L2 table at 0x{table:x} overlaps the image's metadata"),
+                ));
             }
         }
     }

@@ -56,6 +56,25 @@ pub struct Meta {
     pub reftable: Vec<u64>,
 }
 
+/// See [`Meta::metadata_clusters`].
+#[derive(Debug)]
+pub struct MetadataClusters {
+    cs: u64,
+    /// Cluster ranges, first to last (exclusive).
+    l1: (u64, u64),
+    reftable: (u64, u64),
+    refblocks: std::collections::HashSet<u64>,
+}
+
+impl MetadataClusters {
+    /// Whether the cluster holding `offset` is one of them.
+    pub fn contains(&self, offset: u64) -> bool {
+        let c = offset / self.cs;
+        let within = |(a, b): (u64, u64)| c >= a && c < b;
+        c == 0 || within(self.l1) || within(self.reftable) || self.refblocks.contains(&c)
+    }
+}
+
 fn be64s(buf: &[u8]) -> Vec<u64> {
     buf.chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
@@ -144,6 +163,29 @@ impl Meta {
             && offset
                 .checked_add(self.cluster_size())
                 .is_some_and(|e| e <= self.file_len)
+    }
+
+    /// The clusters of the header, the active L1 table, the refcount table
+    /// and the refcount blocks: what a table an edit writes into must never
+    /// be (QEMU's metadata overlap check). Built once per edit, so a check
+    /// per table costs a lookup.
+    pub fn metadata_clusters(&self) -> MetadataClusters {
+        let cs = self.cluster_size();
+        let span = |start: u64, bytes: u64| (start / cs, (start / cs) + bytes.div_ceil(cs));
+        MetadataClusters {
+            cs,
+            l1: span(self.header.l1_table_offset, self.l1.len() as u64 * 8),
+            reftable: span(
+                self.header.refcount_table_offset,
+                u64::from(self.header.refcount_table_clusters) * cs,
+            ),
+            refblocks: self
+                .reftable
+                .iter()
+                .map(|e| (e & super::header::OFFSET_MASK) / cs)
+                .filter(|&c| c != 0)
+                .collect(),
+        }
     }
 
     /// Reads the L2 table at `offset` as decoded entries.

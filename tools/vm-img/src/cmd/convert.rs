@@ -7,7 +7,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::qcow2::compress::compress_cluster;
 use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
@@ -15,6 +14,7 @@ use vm_image::{Block, Format, Image};
 
 use super::options;
 use crate::cli::ConvertArgs;
+use crate::progress::Progress;
 use crate::snapshot_copy::SnapshotCopy;
 use crate::util::{self, is_zero, AtomicOutput};
 
@@ -226,16 +226,12 @@ fn over_backing(
     let mut pos = 0;
     while pos < size {
         let len = (size - pos).min(chunk);
-        let extents = src.map(pos, len)?;
-        let clusters = len.div_ceil(cs);
-        for k in 0..clusters {
-            let (lo, hi) = (pos + k * cs, (pos + (k + 1) * cs).min(size));
-            let top = extents
-                .iter()
-                .any(|e| e.depth == 0 && e.start < hi && e.start + e.length > lo);
+        for (k, top) in top_clusters(src, pos, len, cs)?.into_iter().enumerate() {
             if !top {
                 continue;
             }
+            let k = k as u64;
+            let (lo, hi) = (pos + k * cs, (pos + (k + 1) * cs).min(size));
             let b = &mut buf[..(hi - lo) as usize];
             src.read_at(b, lo)
                 .with_context(|| format!("Error while reading offset {lo}"))?;
