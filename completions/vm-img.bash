@@ -19,6 +19,9 @@ _vm__img() {
             vm__img,amend)
                 cmd="vm__img__subcmd__amend"
                 ;;
+            vm__img,bitmap)
+                cmd="vm__img__subcmd__bitmap"
+                ;;
             vm__img,check)
                 cmd="vm__img__subcmd__check"
                 ;;
@@ -60,6 +63,9 @@ _vm__img() {
                 ;;
             vm__img__subcmd__help,amend)
                 cmd="vm__img__subcmd__help__subcmd__amend"
+                ;;
+            vm__img__subcmd__help,bitmap)
+                cmd="vm__img__subcmd__help__subcmd__bitmap"
                 ;;
             vm__img__subcmd__help,check)
                 cmd="vm__img__subcmd__help__subcmd__check"
@@ -107,7 +113,7 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure amend help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -140,6 +146,48 @@ _vm__img() {
                     return 0
                     ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__bitmap)
+            opts="-f -q -g -b -F -h --format --quiet --image-opts --add --remove --clear --enable --disable --merge --granularity --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --merge)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --granularity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -g)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -F)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -237,7 +285,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__convert)
-            opts="-f -O -c -l -n -B -F -S -o -p -t -T -U -q -h --force-share --help"
+            opts="-f -O -c -l -n -B -F -S -o -p -t -T -U -q -h --force-share --bitmaps --skip-broken-bitmaps --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -351,7 +399,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase snapshot dd measure amend help"
+            opts="create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,6 +413,20 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help__subcmd__amend)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__help__subcmd__bitmap)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

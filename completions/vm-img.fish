@@ -39,6 +39,7 @@ complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "snapshot" -d 'List, c
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "measure" -d 'How large a new image would be: for a size, or for an image\'s data'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "amend" -d 'Change a qcow2 image\'s options in place (compat, lazy_refcounts, refcount_bits, size, backing_file, backing_fmt)'
+complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "bitmap" -d 'Add, remove, clear, enable, disable or merge a qcow2 image\'s persistent dirty bitmaps (what incremental backups read)'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
@@ -93,6 +94,8 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s n -d 'Write in
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s p -d 'Show a progress bar'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s q -d 'Quiet'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l bitmaps -d 'Copy the source\'s persistent dirty bitmaps too (qcow2 to qcow2)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l skip-broken-bitmaps -d 'With --bitmaps, leave out bitmaps that were not saved cleanly (in-use) instead of failing'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s f -d 'First image\'s format' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s F -d 'Second image\'s format' -r
@@ -165,17 +168,31 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l image-opts -d 'F
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s p -d 'Show progress (accepted; amend prints none yet)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l force -d 'Allow changes that may lose data (accepted for compatibility)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s h -l help -d 'Print help'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "create" -d 'Create a new image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "info" -d 'Describe an image'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "resize" -d 'Change an image\'s virtual size'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "rebase" -d 'Change an image\'s backing file'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "measure" -d 'How large a new image would be: for a size, or for an image\'s data'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "amend" -d 'Change a qcow2 image\'s options in place (compat, lazy_refcounts, refcount_bits, size, backing_file, backing_fmt)'
-complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l merge -d 'Add SOURCE\'s bits to BITMAP (SOURCE is in -b\'s image, else in this one)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s g -l granularity -d 'Granularity of a new bitmap (bytes, a power of two from 512; K and M suffixes); the cluster size within 4K..64K by default' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s b -d 'The image holding --merge\'s SOURCE bitmap' -r -F
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s F -d 'The format of -b\'s image' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s q -l quiet -d 'Quiet: no progress or informational messages'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l add -d 'Add BITMAP, empty and enabled (it then records every write)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l remove -d 'Remove BITMAP'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l clear -d 'Clear BITMAP\'s bits'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l enable -d 'Enable BITMAP: it records writes again'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -l disable -d 'Disable BITMAP: it keeps its bits and records no writes'
+complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s h -l help -d 'Print help'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "create" -d 'Create a new image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "info" -d 'Describe an image'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "check" -d 'Check a qcow2 image for leaks and corruptions, optionally repairing them'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "resize" -d 'Change an image\'s virtual size'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "convert" -d 'Copy an image to another file, changing format or compressing'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "compare" -d 'Compare the guest-visible contents of two images'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "map" -d 'Show how an image\'s guest ranges are stored'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "commit" -d 'Write an overlay\'s changes into its backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "rebase" -d 'Change an image\'s backing file'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "snapshot" -d 'List, create, apply or delete a qcow2 image\'s internal snapshots'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "dd" -d 'Copy part of an image into a new one, with dd\'s operands'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "measure" -d 'How large a new image would be: for a size, or for an image\'s data'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "amend" -d 'Change a qcow2 image\'s options in place (compat, lazy_refcounts, refcount_bits, size, backing_file, backing_fmt)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "bitmap" -d 'Add, remove, clear, enable, disable or merge a qcow2 image\'s persistent dirty bitmaps (what incremental backups read)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand help; and not __fish_seen_subcommand_from create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -100,6 +100,65 @@ pub enum Command {
     /// Change a qcow2 image's options in place (compat, lazy_refcounts,
     /// refcount_bits, size, backing_file, backing_fmt).
     Amend(AmendArgs),
+    /// Add, remove, clear, enable, disable or merge a qcow2 image's
+    /// persistent dirty bitmaps (what incremental backups read).
+    Bitmap(BitmapArgs),
+}
+
+/// One `bitmap` action, in the order given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitmapAction {
+    Add,
+    Remove,
+    Clear,
+    Enable,
+    Disable,
+    /// Merge the named source bitmap into BITMAP.
+    Merge(String),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Actions run in the order given, and the image changes only if all \
+of them succeed. Exit codes: 0 success, 1 error."
+)]
+pub struct BitmapArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Add BITMAP, empty and enabled (it then records every write).
+    #[arg(long = "add")]
+    pub add: bool,
+    /// Remove BITMAP.
+    #[arg(long = "remove")]
+    pub remove: bool,
+    /// Clear BITMAP's bits.
+    #[arg(long = "clear")]
+    pub clear: bool,
+    /// Enable BITMAP: it records writes again.
+    #[arg(long = "enable")]
+    pub enable: bool,
+    /// Disable BITMAP: it keeps its bits and records no writes.
+    #[arg(long = "disable")]
+    pub disable: bool,
+    /// Add SOURCE's bits to BITMAP (SOURCE is in -b's image, else in this one).
+    #[arg(long = "merge", value_name = "SOURCE", action = clap::ArgAction::Append)]
+    pub merge: Vec<String>,
+    /// Granularity of a new bitmap (bytes, a power of two from 512; K and M
+    /// suffixes); the cluster size within 4K..64K by default.
+    #[arg(short = 'g', long = "granularity", value_name = "GRANULARITY")]
+    pub granularity: Option<String>,
+    /// The image holding --merge's SOURCE bitmap.
+    #[arg(short = 'b', value_name = "SOURCE_FILE")]
+    pub source_file: Option<PathBuf>,
+    /// The format of -b's image.
+    #[arg(short = 'F', value_name = "SOURCE_FMT")]
+    pub source_format: Option<String>,
+    pub filename: PathBuf,
+    #[arg(value_name = "BITMAP")]
+    pub bitmap: String,
+    /// The actions in command-line order (filled in by `crate::parse`).
+    #[arg(skip)]
+    pub actions: Vec<BitmapAction>,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +302,13 @@ pub struct ConvertArgs {
     /// Quiet.
     #[arg(short = 'q')]
     pub quiet: bool,
+    /// Copy the source's persistent dirty bitmaps too (qcow2 to qcow2).
+    #[arg(long = "bitmaps")]
+    pub bitmaps: bool,
+    /// With --bitmaps, leave out bitmaps that were not saved cleanly
+    /// (in-use) instead of failing.
+    #[arg(long = "skip-broken-bitmaps")]
+    pub skip_broken_bitmaps: bool,
     pub source: PathBuf,
     pub output: PathBuf,
 }

@@ -15,6 +15,49 @@ fn qdict_bucket(key: &str) -> u32 {
     1_103_515_243u32.wrapping_mul(value).wrapping_add(12345) % 512
 }
 
+/// An object's keys in qemu-img's order.
+fn ordered_keys(m: &serde_json::Map<String, Value>) -> Vec<&String> {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort_by_key(|k| (qdict_bucket(k), *k));
+    keys
+}
+
+/// qemu-img's human form of a nested record (its "Format specific
+/// information"): `key: value` lines with dashes in keys as spaces, lists
+/// as `[i]:`, four spaces per level, starting at `level`.
+pub fn human(v: &Value, level: usize, out: &mut String) {
+    let line = |out: &mut String, label: &str, value: &Value| {
+        let composite = matches!(value, Value::Object(_) | Value::Array(_));
+        out.extend(std::iter::repeat_n(' ', level * 4));
+        out.push_str(label);
+        out.push(':');
+        if composite {
+            out.push('\n');
+            human(value, level + 1, out);
+        } else {
+            out.push(' ');
+            match value {
+                Value::String(s) => out.push_str(s),
+                other => out.push_str(&other.to_string()),
+            }
+            out.push('\n');
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for k in ordered_keys(m) {
+                line(out, &k.replace('-', " "), &m[k]);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                line(out, &format!("[{i}]"), x);
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn pretty(v: &Value) -> String {
     let mut out = String::new();
     write(v, 0, &mut out);
@@ -24,10 +67,10 @@ pub fn pretty(v: &Value) -> String {
 fn write(v: &Value, indent: usize, out: &mut String) {
     let pad = |n: usize, out: &mut String| out.extend(std::iter::repeat_n(' ', n));
     match v {
-        Value::Object(m) if !m.is_empty() => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by_key(|k| (qdict_bucket(k), *k));
+        Value::Object(m) => {
+            let keys = ordered_keys(m);
             out.push_str("{\n");
+            // Empty ones too close on a line of their own, as QEMU's writer.
             for (i, k) in keys.iter().enumerate() {
                 pad(indent + 4, out);
                 out.push_str(&Value::String((*k).clone()).to_string());
@@ -38,7 +81,7 @@ fn write(v: &Value, indent: usize, out: &mut String) {
             pad(indent, out);
             out.push('}');
         }
-        Value::Array(a) if !a.is_empty() => {
+        Value::Array(a) => {
             out.push_str("[\n");
             for (i, x) in a.iter().enumerate() {
                 pad(indent + 4, out);
@@ -89,7 +132,7 @@ mod tests {
         );
         assert_eq!(
             pretty(&serde_json::json!({"data": {}, "type": "qcow2", "snapshots": [1, {}]})),
-            "{\n    \"snapshots\": [\n        1,\n        {}\n    ],\n    \"type\": \"qcow2\",\n    \"data\": {}\n}"
+            "{\n    \"snapshots\": [\n        1,\n        {\n        }\n    ],\n    \"type\": \"qcow2\",\n    \"data\": {\n    }\n}"
         );
     }
 }

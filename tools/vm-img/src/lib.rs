@@ -9,7 +9,45 @@ pub mod progress;
 pub mod snapshot_copy;
 pub mod util;
 
-use cli::{Cli, Command};
+use clap::{CommandFactory, FromArgMatches};
+use cli::{BitmapAction, Cli, Command};
+
+/// Parses a command line. clap's derive keeps no order between different
+/// options, so `bitmap`'s actions are put in command-line order here, as
+/// qemu-img runs them.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Bitmap(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("bitmap"))
+    {
+        let mut actions: Vec<(usize, BitmapAction)> = Vec::new();
+        for (id, action) in [
+            ("add", BitmapAction::Add),
+            ("remove", BitmapAction::Remove),
+            ("clear", BitmapAction::Clear),
+            ("enable", BitmapAction::Enable),
+            ("disable", BitmapAction::Disable),
+        ] {
+            if m.get_flag(id) {
+                let at = m.indices_of(id).and_then(|mut i| i.next()).unwrap_or(0);
+                actions.push((at, action));
+            }
+        }
+        if let (Some(idx), Some(vals)) = (m.indices_of("merge"), m.get_many::<String>("merge")) {
+            actions.extend(
+                idx.zip(vals)
+                    .map(|(at, v)| (at, BitmapAction::Merge(v.clone()))),
+            );
+        }
+        actions.sort_by_key(|(at, _)| *at);
+        a.actions = actions.into_iter().map(|(_, x)| x).collect();
+    }
+    Ok(cli)
+}
 
 /// Runs one parsed command line; returns the process exit code.
 pub fn run(cli: &Cli) -> i32 {
@@ -27,6 +65,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Dd(a) => (cmd::dd::run(a), 1),
         Command::Measure(a) => (cmd::measure::run(a), 1),
         Command::Amend(a) => (cmd::amend::run(a), 1),
+        Command::Bitmap(a) => (cmd::bitmap::run(a), 1),
     };
     match result {
         Ok(code) => code,

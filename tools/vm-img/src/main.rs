@@ -1,9 +1,7 @@
 //! vm-img: disk images, compatible with qemu-img.
 
-use clap::Parser;
-
 fn main() {
-    let cli = match vm_img::cli::Cli::try_parse() {
+    let cli = match vm_img::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             // qemu-img exits 1 on usage errors; help and version exit 0.

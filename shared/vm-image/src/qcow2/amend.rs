@@ -14,24 +14,15 @@ use std::path::Path;
 
 use super::check::{check, Repair};
 use super::header::{
-    Header, COMPAT_LAZY_REFCOUNTS, COPIED, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY, OFFSET_MASK, ZERO,
+    COMPAT_LAZY_REFCOUNTS, COPIED, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY, OFFSET_MASK, ZERO,
 };
 use super::meta::{L2Entry, Meta};
 use super::refcounts::Refcounts;
+use super::write_header;
 use crate::{Error, Result};
 
 fn invalid(message: &str) -> Error {
     Error::Invalid(message.to_string())
-}
-
-/// Rewrites the header cluster from `h` (one write) and syncs.
-fn write_header(meta: &Meta, h: &Header) -> Result<()> {
-    let mut buf = h.serialize().map_err(|e| Error::io(&meta.path, e))?;
-    buf.resize(h.cluster_size() as usize, 0);
-    meta.file
-        .write_all_at(&buf, 0)
-        .and_then(|()| meta.file.sync_all())
-        .map_err(|e| Error::io(&meta.path, e))
 }
 
 /// Repairs the refcounts of an image left dirty by lazy refcounts, as

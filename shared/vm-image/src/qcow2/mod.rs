@@ -2,6 +2,7 @@
 //! streaming writer for new images.
 
 pub mod amend;
+pub mod bitmaps;
 pub mod check;
 pub mod compress;
 mod copied;
@@ -27,11 +28,16 @@ pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Res
     let mut h = meta.header.clone();
     h.backing_file = name.map(str::to_string);
     h.backing_format = name.and(format).map(str::to_string);
-    let mut buf = h.serialize().map_err(|e| Error::io(path, e))?;
+    write_header(&meta, &h)
+}
+
+/// Rewrites the header cluster from `h` (one write) and syncs.
+pub(crate) fn write_header(meta: &meta::Meta, h: &header::Header) -> Result<()> {
+    let mut buf = h.serialize().map_err(|e| Error::io(&meta.path, e))?;
     buf.resize(h.cluster_size() as usize, 0);
     meta.file
         .write_all_at(&buf, 0)
         .and_then(|()| meta.file.sync_all())
-        .map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::io(&meta.path, e))
 }
 pub mod l2prep;

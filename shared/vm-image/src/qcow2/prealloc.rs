@@ -79,6 +79,12 @@ pub fn preallocate_metadata(path: &Path, from: u64, to: u64) -> Result<()> {
         let start = rc.alloc(&meta, wanted.len() as u64 * cs)?;
         rc.flush(&meta)?;
         let io = |e| Error::io(path, e);
+        // Nothing is written there yet: the file must still cover the run
+        // (as QEMU extends it), or reads and later sizes come up short.
+        let end = start + wanted.len() as u64 * cs;
+        if meta.file.metadata().map_err(io)?.len() < end {
+            meta.file.set_len(end).map_err(io)?;
+        }
         for (n, &(l2_off, i)) in wanted.iter().enumerate() {
             let entry = (start + n as u64 * cs) | COPIED;
             meta.file

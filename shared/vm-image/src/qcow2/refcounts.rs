@@ -29,7 +29,9 @@ pub struct Refcounts {
     dirty: BTreeSet<u64>,
     /// Where the next first-fit search starts (everything below is in use).
     free_hint: u64,
-    /// End of the last cluster allocated, so the file covers it.
+    /// End of the last cluster allocated: past it, and past the file's end,
+    /// every cluster is free. (The file itself ends where the last write
+    /// does, as with QEMU: a table may end inside its cluster.)
     alloc_end: u64,
 }
 
@@ -153,9 +155,6 @@ impl Refcounts {
             new_blocks.push(b);
         }
         let io = |e| Error::io(&meta.path, e);
-        if meta.file_len < self.alloc_end {
-            meta.file.set_len(self.alloc_end).map_err(io)?;
-        }
         let mut buf = vec![0u8; self.cs as usize];
         for &b in &self.dirty {
             buf.fill(0);

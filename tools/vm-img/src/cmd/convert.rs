@@ -8,7 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::bitmaps::{self, Editor};
 use vm_image::qcow2::compress::compress_cluster;
+use vm_image::qcow2::meta::Meta;
 use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
 use vm_image::{Block, Format, Image};
 
@@ -81,12 +84,30 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         bail!("Invalid parameter 'cluster_size' for format 'raw'");
     }
     let size = src.size();
+    let bitmaps = if a.bitmaps {
+        source_bitmaps(
+            &a.source,
+            &src,
+            out_fmt,
+            o.qcow2.version,
+            a.skip_broken_bitmaps,
+        )?
+    } else if a.skip_broken_bitmaps {
+        bail!("--skip-broken-bitmaps requires --bitmaps");
+    } else {
+        Vec::new()
+    };
     let mut bar = Progress::over_data(a.progress && !a.quiet, &src, size)?;
     if a.no_create {
         if !a.options.is_empty() || a.backing.is_some() {
             bail!("-o has no effect when skipping image creation");
         }
         into_existing(&src, a, out_fmt, size, &mut bar)?;
+        if !bitmaps.is_empty() {
+            let _lock = ImageLock::acquire(&a.output, LockMode::Write)
+                .with_context(|| format!("Could not open '{}'", a.output.display()))?;
+            copy_bitmaps(&a.output, &bitmaps)?;
+        }
         bar.finish();
         return Ok(0);
     }
@@ -130,11 +151,74 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             }
             .with_context(what)?;
             w.finish().with_context(what)?;
+            copy_bitmaps(out.working_path(), &bitmaps)?;
         }
     }
     bar.finish();
     out.commit(a.cache.syncs())?;
     Ok(0)
+}
+
+/// `--bitmaps`: the source's bitmaps, with their bits, for a qcow2 v3
+/// output (qemu-img's checks and words).
+fn source_bitmaps(
+    path: &std::path::Path,
+    src: &Image,
+    out_fmt: Format,
+    out_version: u32,
+    skip_broken: bool,
+) -> Result<Vec<(bitmaps::Bitmap, bitmaps::Bits)>> {
+    if out_fmt != Format::Qcow2 || out_version < 3 {
+        bail!(
+            "Format driver '{}' does not support bitmaps",
+            out_fmt.as_str()
+        );
+    }
+    if src.header().is_none_or(|h| h.version < 3) {
+        bail!("Source lacks bitmap support");
+    }
+    let meta = Meta::open(path, File::open(path)?)?;
+    let mut out = Vec::new();
+    // qemu-img walks them last first (its in-memory list), so its errors
+    // and warnings name them in that order; they are added first first.
+    for bm in bitmaps::list(&meta)?.into_iter().rev() {
+        if bm.in_use() {
+            if skip_broken {
+                crate::error_line(format_args!(
+                    "warning: Skipping inconsistent bitmap '{}'",
+                    bm.name()
+                ));
+                continue;
+            }
+            bail!(
+                "Cannot copy inconsistent bitmap '{}'; try --skip-broken-bitmaps, or use \
+                 'vm-img bitmap --remove' to delete it",
+                bm.name()
+            );
+        }
+        let bits = bitmaps::load(&meta, &bm)?;
+        out.push((bm, bits));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Adds `bitmaps` to the qcow2 image at `path`, each with its granularity,
+/// bits and enabled state.
+fn copy_bitmaps(path: &std::path::Path, list: &[(bitmaps::Bitmap, bitmaps::Bits)]) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let what = || format!("Could not copy bitmaps into '{}'", path.display());
+    let mut ed = Editor::open(path).with_context(what)?;
+    for (bm, bits) in list {
+        let name = bm.name();
+        ed.add(&name, Some(bm.granularity()))
+            .and_then(|()| ed.merge(&name, bits))
+            .and_then(|()| ed.set_enabled(&name, bm.enabled()))
+            .with_context(what)?;
+    }
+    ed.commit().with_context(what)
 }
 
 /// Where `-l`'s copy of the source goes: beside the output, unless the

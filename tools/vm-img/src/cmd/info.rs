@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
+use vm_image::qcow2::bitmaps;
 use vm_image::qcow2::header::{CompressionType, Header};
 use vm_image::qcow2::meta::Meta;
 use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
@@ -119,6 +120,13 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
             data.insert("corrupt".into(), json!(h.corrupt()));
             data.insert("extended-l2".into(), json!(h.extended_l2()));
+            let file = std::fs::File::open(path)?;
+            let meta = Meta::open(path, file)?;
+            let list = bitmaps::list(&meta)
+                .with_context(|| format!("Could not open '{}'", path.display()))?;
+            if !list.is_empty() {
+                data.insert("bitmaps".into(), list.iter().map(bitmap_json).collect());
+            }
         }
         m.insert(
             "format-specific".into(),
@@ -138,6 +146,18 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         // qemu-img prints no cluster size for raw.
     }
     Ok(Value::Object(m))
+}
+
+/// One bitmap as qemu-img describes it.
+fn bitmap_json(b: &bitmaps::Bitmap) -> Value {
+    let mut flags = Vec::new();
+    if b.in_use() {
+        flags.push("in-use");
+    }
+    if b.enabled() {
+        flags.push("auto");
+    }
+    json!({"name": b.name(), "granularity": b.granularity(), "flags": flags})
 }
 
 fn human(v: &Value) -> String {
@@ -184,22 +204,7 @@ fn human(v: &Value) -> String {
         .and_then(Value::as_object)
     {
         out += "Format specific information:\n";
-        for key in [
-            "compat",
-            "compression-type",
-            "lazy-refcounts",
-            "refcount-bits",
-            "corrupt",
-            "extended-l2",
-        ] {
-            if let Some(val) = data.get(key) {
-                let text = match val {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                let _ = writeln!(out, "    {}: {text}", key.replace('-', " "));
-            }
-        }
+        crate::json::human(&Value::Object(data.clone()), 1, &mut out);
     }
     out
 }

@@ -4,6 +4,8 @@
 //! for raw, the virtual size.
 
 use anyhow::{anyhow, bail, Result};
+use vm_image::qcow2::bitmaps;
+use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format};
 use vm_spec::{parse_size, BareNumber};
 
@@ -52,10 +54,15 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
                         data_clusters(&img, size, cs)?
                     };
                     let (r, f) = qcow2(&o, size, data)?;
-                    // Only a qcow2 source can carry bitmaps (none are kept
-                    // yet, so their size is 0).
-                    let bitmaps =
-                        (o.qcow2.version >= 3 && img.format() == Format::Qcow2).then_some(0u64);
+                    // Only a qcow2 v3 source can carry bitmaps, and only a
+                    // v3 image keep them.
+                    let source_v3 = img.header().is_some_and(|h| h.version >= 3);
+                    let bitmaps = if o.qcow2.version >= 3 && source_v3 {
+                        let meta = Meta::open(path, std::fs::File::open(path)?)?;
+                        Some(bitmaps::measure(&bitmaps::list(&meta)?, size, cs))
+                    } else {
+                        None
+                    };
                     (r, f, bitmaps)
                 }
             }
