@@ -513,3 +513,30 @@ mod tests {
         assert!(!is_zero(&b));
     }
 }
+
+/// The persistent bitmaps of an image written through the data path,
+/// which clears their autoclear bit when it opens the image (QEMU would
+/// then drop them as stale): loaded before the write, and stored after it
+/// with the written ranges marked dirty in each enabled bitmap, as qemu-img
+/// keeps them up to date. A write that fails leaves them dropped, never
+/// wrong.
+#[derive(Debug)]
+pub struct KeptBitmaps(Option<vm_image::qcow2::bitmaps::Editor>);
+
+impl KeptBitmaps {
+    pub fn load(path: &Path) -> Result<Self> {
+        vm_image::qcow2::bitmaps::Editor::keep(path)
+            .map(Self)
+            .with_context(|| format!("Could not read the bitmaps of '{}'", path.display()))
+    }
+
+    pub fn store(self, written: &[(u64, u64)]) -> Result<()> {
+        let Some(ed) = self.0 else {
+            return Ok(());
+        };
+        let what = || "Could not update the image's bitmaps";
+        let mut ed = ed.refresh().with_context(what)?;
+        ed.mark_written(written);
+        ed.commit().with_context(what)
+    }
+}

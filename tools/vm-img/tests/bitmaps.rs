@@ -377,3 +377,103 @@ fn hostile_bitmap_directories_are_refused() {
         assert!(!d.path("o.qcow2").exists());
     }
 }
+
+/// Makes `name` in `d` a 10 MiB qcow2 image with data and an enabled
+/// bitmap `b0` that has recorded a write, plus a disabled `b1`.
+fn image_with_bitmaps(d: &Dir, name: &str, backing: Option<&str>) -> std::path::PathBuf {
+    let p = d.path(name);
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if let Some(b) = backing {
+        args.extend_from_slice(&["-b", b, "-F", "qcow2"]);
+    }
+    let s = p.to_str().unwrap().to_string();
+    args.extend_from_slice(&[&s, "10M"]);
+    qemu_ok(&args);
+    qemu_io(&p, "qcow2", &["write -P 1 0 1M"]);
+    qemu_ok(&["bitmap", "--add", "-g", "64k", &s, "b0"]);
+    qemu_ok(&["bitmap", "--add", "--disable", &s, "b1"]);
+    qemu_io(&p, "qcow2", &["write -P 2 2M 64k"]);
+    p
+}
+
+#[test]
+fn bitmaps_follow_vm_img_writes_as_qemu_img_keeps_them() {
+    if !have("qemu-img") || !have("qemu-io") || !have("qemu-nbd") {
+        return;
+    }
+    // Each command runs on twin images, by qemu-img and by vm-img; the
+    // written image's bitmaps must come out the same, QEMU must open it
+    // without calling them stale, and check must find nothing.
+    let cases: &[(&str, &[&str])] = &[
+        ("commit", &["commit", "-q", "TOP"]),
+        ("commit-d", &["commit", "-q", "-d", "TOP"]),
+        ("rebase", &["rebase", "-q", "-b", "", "-F", "qcow2", "TOP"]),
+        ("resize", &["resize", "-q", "TOP", "20M"]),
+        ("resize-shrink", &["resize", "-q", "--shrink", "TOP", "4M"]),
+        ("convert-n", &["convert", "-n", "-O", "qcow2", "SRC", "TOP"]),
+    ];
+    for (what, args) in cases {
+        let mut images = Vec::new();
+        for tool in ["q", "v"] {
+            let d = Dir::new();
+            let base = image_with_bitmaps(&d, "base.qcow2", None);
+            let top_path = d.path("top.qcow2");
+            let top = top_path.to_str().unwrap().to_string();
+            let base_s = base.to_str().unwrap().to_string();
+            qemu_ok(&[
+                "create", "-q", "-f", "qcow2", "-b", &base_s, "-F", "qcow2", &top, "10M",
+            ]);
+            qemu_io(
+                &top_path,
+                "qcow2",
+                &["write -P 3 4M 128k", "write -P 4 9M 64k"],
+            );
+            qemu_ok(&["bitmap", "--add", &top, "t0"]);
+            qemu_io(&top_path, "qcow2", &["write -P 5 6M 64k"]);
+            let src = d.s("src.qcow2");
+            qemu_ok(&["create", "-q", "-f", "qcow2", &src, "10M"]);
+            qemu_io(&d.path("src.qcow2"), "qcow2", &["write -P 6 1M 1M"]);
+            let a: Vec<String> = args
+                .iter()
+                .map(|x| match *x {
+                    "TOP" => top.clone(),
+                    "SRC" => src.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            if tool == "q" {
+                qemu_ok(&a);
+            } else {
+                ok(&a);
+            }
+            images.push((d, base, top_path));
+        }
+        let (q, v) = (&images[0], &images[1]);
+        for (qi, vi, names) in [(&q.1, &v.1, ["b0", "b1"]), (&q.2, &v.2, ["t0", "t0"])] {
+            qemu_clean(vi);
+            assert_eq!(
+                bitmaps(qi),
+                bitmaps(vi),
+                "{what}: bitmaps of {}",
+                vi.display()
+            );
+            // QEMU opens it without dropping the bitmaps as stale.
+            let out = Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", "read 0 512"])
+                .arg(vi)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("bitmap"), "{what}: {err}");
+            for n in names {
+                assert_eq!(
+                    dirty(qi, n),
+                    dirty(vi, n),
+                    "{what}: {n} of {}",
+                    vi.display()
+                );
+            }
+        }
+    }
+}

@@ -130,6 +130,7 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
             backing: true,
             ..OpenOptions::default()
         };
+        let bitmaps = util::KeptBitmaps::load(path)?;
         let mut img = Image::open(path, &opts)?;
         if size < img.size() {
             bail!("qcow2 doesn't support shrinking images yet");
@@ -137,6 +138,8 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         img.resize(size.div_ceil(512) * 512)
             .and_then(|()| img.sync())
             .context("Error resizing image")?;
+        drop(img);
+        bitmaps.store(&[])?;
     }
     if order != header.refcount_order {
         amend::set_refcount_order(path, order).map_err(|e| anyhow!(e))?;

@@ -60,6 +60,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         prepare_l2_tables(&base_layer.path, &ranges)
             .with_context(|| format!("Could not prepare '{}'", base_layer.path.display()))?;
     }
+    let base_bitmaps = util::KeptBitmaps::load(&base_layer.path)?;
     let mut base = Image::open(
         &base_layer.path,
         &OpenOptions {
@@ -85,8 +86,12 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     }
     .with_context(|| format!("Could not write '{}'", base_layer.path.display()))?;
     drop(base);
+    base_bitmaps.store(&ranges)?;
     drop(top);
     if empty {
+        // Emptying changes no data the guest sees (the base holds it now):
+        // nothing is marked, as with qemu-img.
+        let top_bitmaps = util::KeptBitmaps::load(path)?;
         let mut t = Image::open(
             path,
             &OpenOptions {
@@ -101,6 +106,8 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         t.discard_to_backing(0, size)
             .and_then(|()| if a.cache.syncs() { t.sync() } else { t.flush() })
             .with_context(|| format!("Could not empty '{}'", path.display()))?;
+        drop(t);
+        top_bitmaps.store(&[])?;
     }
     bar.finish();
     if !a.common.quiet {

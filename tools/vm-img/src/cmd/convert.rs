@@ -102,7 +102,10 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         if !a.options.is_empty() || a.backing.is_some() {
             bail!("-o has no effect when skipping image creation");
         }
+        let kept = util::KeptBitmaps::load(&a.output)?;
         into_existing(&src, a, out_fmt, size, &mut bar)?;
+        // Every byte of the disk was written (data or zeroes).
+        kept.store(&[(0, size)])?;
         if !bitmaps.is_empty() {
             let _lock = ImageLock::acquire(&a.output, LockMode::Write)
                 .with_context(|| format!("Could not open '{}'", a.output.display()))?;

@@ -53,7 +53,9 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     drop(probe);
     prepare_l2_tables(path, &ranges)
         .with_context(|| format!("Could not prepare '{}'", path.display()))?;
+    let bitmaps = util::KeptBitmaps::load(path)?;
     let top = open_qcow2(path, fmt, true, true)?;
+    let mut written = Vec::new();
     let new = match new_name {
         Some(n) => {
             let p = resolve_backing(path, n);
@@ -118,6 +120,7 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
                         top.write_at(o, at)
                     }
                     .with_context(|| format!("Could not write '{}'", path.display()))?;
+                    written.push((at, o.len() as u64));
                 }
             }
         }
@@ -132,6 +135,7 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     .with_context(|| format!("Could not write '{}'", path.display()))?;
     drop(top);
     vm_image::qcow2::set_backing(path, new_name, new_fmt.map(Format::as_str))?;
+    bitmaps.store(&written)?;
     bar.finish();
     Ok(0)
 }

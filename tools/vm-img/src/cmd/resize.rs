@@ -33,6 +33,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         backing: true,
         ..OpenOptions::default()
     };
+    let bitmaps = util::KeptBitmaps::load(path)?;
     let mut img =
         Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
     let current = img.size();
@@ -83,6 +84,8 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         vm_image::qcow2::shrink::release_past_end(path)
             .with_context(|| format!("Error resizing image '{}'", path.display()))?;
     }
+    // The bitmaps follow the new size; preallocation marks nothing.
+    bitmaps.store(&[])?;
     if !a.common.quiet {
         println!("Image resized.");
     }

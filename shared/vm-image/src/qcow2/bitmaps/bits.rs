@@ -28,6 +28,27 @@ impl Bits {
         })
     }
 
+    /// Fits the bits to a disk of `disk_size` bytes: new granules clear,
+    /// those past a shrunk end dropped.
+    pub fn resize(&mut self, disk_size: u64, cs: u64) -> Result<()> {
+        let mut new = Bits::new(self.granularity_bits, disk_size, cs)?;
+        let keep = new.bytes.len().min(self.bytes.len());
+        new.bytes[..keep].copy_from_slice(&self.bytes[..keep]);
+        new.clear_tail();
+        *self = new;
+        Ok(())
+    }
+
+    /// Clears the bits of the last byte that lie past the disk's end.
+    pub(super) fn clear_tail(&mut self) {
+        let granules = self.granules();
+        if granules % 8 != 0 {
+            if let Some(last) = self.bytes.last_mut() {
+                *last &= (1u8 << (granules % 8)) - 1;
+            }
+        }
+    }
+
     pub(super) fn granules(&self) -> u64 {
         self.disk_size.div_ceil(1 << self.granularity_bits)
     }

@@ -70,6 +70,50 @@ impl Editor {
         })
     }
 
+    /// Loads the bitmaps of `path` ahead of a write through the data path
+    /// (imago), which clears the bitmaps' autoclear bit when it opens an
+    /// image for writing and so would leave them stale. After the write:
+    /// [`Editor::refresh`], [`Editor::mark_written`], [`Editor::commit`].
+    /// `None` for an image that is not qcow2 or has no bitmaps.
+    pub fn keep(path: &Path) -> Result<Option<Self>> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let Ok(meta) = Meta::open(path, file) else {
+            // Not a qcow2 image (or not one we open): nothing to keep.
+            return Ok(None);
+        };
+        if list(&meta)?.is_empty() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
+    /// Re-reads the header and refcounts after a write through the data
+    /// path, and fits the bitmaps to the disk's size now (new bits clear),
+    /// as QEMU resizes them with the image.
+    pub fn refresh(mut self) -> Result<Self> {
+        let meta = Meta::open_rw(&self.meta.path)?;
+        let (size, cs) = (meta.header.size, meta.cluster_size());
+        for slot in &mut self.slots {
+            if let Some(bits) = &mut slot.bits {
+                bits.resize(size, cs)?;
+            }
+        }
+        self.meta = meta;
+        Ok(self)
+    }
+
+    /// Records that the disk's bytes in `ranges` were written: every
+    /// enabled, consistent bitmap marks them dirty.
+    pub fn mark_written(&mut self, ranges: &[(u64, u64)]) {
+        for slot in &mut self.slots {
+            if let (Some(bits), true) = (&mut slot.bits, slot.bm.enabled()) {
+                for &(start, len) in ranges {
+                    bits.set_range(start, len);
+                }
+            }
+        }
+    }
+
     pub fn bitmaps(&self) -> impl Iterator<Item = &Bitmap> {
         self.slots.iter().map(|s| &s.bm)
     }

@@ -244,12 +244,7 @@ pub fn load(meta: &Meta, bm: &Bitmap) -> Result<Bits> {
         }
     }
     // Bits past the disk's end stay clear, whatever the file held.
-    let granules = bits.granules();
-    if granules % 8 != 0 {
-        if let Some(last) = bits.bytes.last_mut() {
-            *last &= (1u8 << (granules % 8)) - 1;
-        }
-    }
+    bits.clear_tail();
     Ok(bits)
 }
 
