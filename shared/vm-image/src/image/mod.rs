@@ -141,14 +141,32 @@ pub struct Extent {
 }
 
 /// Resolves a backing file name as QEMU does: relative to the folder of the
-/// image that names it.
+/// image that names it. QEMU also takes `file:PATH` and a `json:` name
+/// whose file is a local file; those give their path. A name for any other
+/// protocol stays as it is, and then fails to open as a missing file.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
-    let p = Path::new(name);
+    let local = local_file(name).unwrap_or_else(|| name.to_string());
+    let p = Path::new(&local);
     if p.is_absolute() {
         p.to_path_buf()
     } else {
         image.parent().unwrap_or(Path::new("")).join(p)
     }
+}
+
+/// The local file a `file:` or `json:` backing name names.
+fn local_file(name: &str) -> Option<String> {
+    if let Some(path) = name.strip_prefix("file:") {
+        return Some(path.to_string());
+    }
+    let v: serde_json::Value = serde_json::from_str(name.strip_prefix("json:")?).ok()?;
+    // A format over a local file, as QEMU writes one:
+    // {"driver": "qcow2", "file": {"driver": "file", "filename": P}}.
+    let file = v.get("file")?;
+    if file.get("driver").is_some_and(|d| d != "file") {
+        return None;
+    }
+    file.get("filename")?.as_str().map(str::to_string)
 }
 
 /// Opens an image file: a regular file or a block device only. A FIFO or a
