@@ -390,6 +390,11 @@ fn open_layer(
     let storage = ImagoFile::from_open_file(file, storage_opts).map_err(|e| Error::io(path, e))?;
     let backing_name = header.as_ref().and_then(|h| h.backing_file.clone());
     let backing_fmt = header.as_ref().and_then(|h| h.backing_format.clone());
+    // Some(name) when the guest's clusters live in an external data file.
+    let data_file_name = header
+        .as_ref()
+        .filter(|h| h.has_data_file())
+        .map(|h| h.data_file.clone());
     layers.push(Layer {
         path: path.to_path_buf(),
         format,
@@ -448,14 +453,53 @@ fn open_layer(
                 }
                 _ => None,
             };
+            let data_file = match &data_file_name {
+                Some(name) => Some(open_data_file(path, name.as_deref(), write, opts, locks)?),
+                None => None,
+            };
             let q = Qcow2::<ImagoFile>::builder(storage)
                 .write(write)
                 .backing(backing)
+                .data_file(data_file)
                 .open(DenyImplicitOpenGate::default())
                 .map_err(|e| Error::corrupt(path, e.to_string()))?;
             Ok(FormatAccess::new(q))
         }
     }
+}
+
+/// Opens the external data file a qcow2 header names, locked as its image
+/// is. Its name is taken as given, relative to the current folder, as QEMU
+/// takes it (unlike a backing file's).
+fn open_data_file(
+    image: &Path,
+    name: Option<&str>,
+    write: bool,
+    opts: &OpenOptions,
+    locks: &mut Vec<ImageLock>,
+) -> Result<ImagoFile> {
+    let name = name.ok_or_else(|| {
+        Error::corrupt(
+            image,
+            "the image needs an external data file and names none",
+        )
+    })?;
+    let path = Path::new(name);
+    let what = |e: Error| Error::corrupt(image, format!("Could not open data file: {e}"));
+    if opts.lock {
+        let mode = if write {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        };
+        locks.push(ImageLock::acquire(path, mode).map_err(what)?);
+    }
+    let file = open_file(path, write, opts.direct).map_err(what)?;
+    let storage_opts = StorageOpenOptions::new()
+        .filename(path)
+        .write(write)
+        .direct(opts.direct);
+    ImagoFile::from_open_file(file, storage_opts).map_err(|e| what(Error::io(path, e)))
 }
 
 impl Image {

@@ -108,6 +108,17 @@ impl Counter<'_> {
             for entry in self.meta.read_l2(l2_off)? {
                 match entry {
                     L2Entry::Unallocated | L2Entry::Zero { host: None } => {}
+                    // In an external data file nothing is refcounted.
+                    L2Entry::Zero { host: Some(h) } if self.meta.header.has_data_file() => {
+                        if active && self.aligned("zero cluster", h) {
+                            self.count_allocated(h, &mut next_contiguous);
+                        }
+                    }
+                    L2Entry::Data { host, .. } if self.meta.header.has_data_file() => {
+                        if active && self.aligned("data cluster", host) {
+                            self.count_allocated(host, &mut next_contiguous);
+                        }
+                    }
                     L2Entry::Zero { host: Some(h) } => {
                         if self.aligned("zero cluster", h) {
                             self.add("zero cluster", h, cs);

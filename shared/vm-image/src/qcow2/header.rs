@@ -22,6 +22,8 @@ pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+/// Autoclear bit 1: the external data file alone reads as the disk.
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 pub const EXT_END: u32 = 0;
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
@@ -110,6 +112,13 @@ impl Header {
     }
     pub fn dirty(&self) -> bool {
         self.incompatible_features & INCOMPAT_DIRTY != 0
+    }
+    /// Guest clusters live in an external data file, at their own offsets.
+    pub fn has_data_file(&self) -> bool {
+        self.incompatible_features & INCOMPAT_DATA_FILE != 0
+    }
+    pub fn data_file_raw(&self) -> bool {
+        self.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
     }
     pub fn corrupt(&self) -> bool {
         self.incompatible_features & INCOMPAT_CORRUPT != 0
@@ -269,9 +278,6 @@ impl Header {
                 h.incompatible_features & !known,
                 names.unwrap_or_default(),
             ));
-        }
-        if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            return Err("images with an external data file are not supported".into());
         }
         Ok(h)
     }

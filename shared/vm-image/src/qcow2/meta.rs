@@ -221,7 +221,9 @@ impl Meta {
                 host: (host != 0).then_some(host),
             };
         }
-        if host == 0 {
+        // Offset 0 is a real place in an external data file; COPIED (always
+        // set there) tells it from an unallocated entry, as in QEMU.
+        if host == 0 && !(self.header.has_data_file() && e & super::header::COPIED != 0) {
             L2Entry::Unallocated
         } else {
             L2Entry::Data {

@@ -40,6 +40,12 @@ pub fn preallocate_metadata(path: &Path, from: u64, to: u64) -> Result<()> {
         if meta.header.l2_entry_size() != 8 {
             return Err(Error::unsupported(path, "extended L2 entries"));
         }
+        if meta.header.has_data_file() {
+            return Err(Error::unsupported(
+                path,
+                "preallocation of an image with an external data file is not supported yet",
+            ));
+        }
         let cs = meta.cluster_size();
         let per_l2 = meta.header.l2_entries();
         let last = to.min(meta.header.size).div_ceil(cs);

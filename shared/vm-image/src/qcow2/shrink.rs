@@ -56,6 +56,9 @@ fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
         if meta.cluster_in_file(l2) {
             for &raw in meta.read_table(l2, cs / 8)?.iter().step_by(step) {
                 match meta.decode_l2(raw & !COPIED) {
+                    // Clusters of an external data file are not refcounted.
+                    L2Entry::Data { .. } | L2Entry::Zero { host: Some(_) }
+                        if meta.header.has_data_file() => {}
                     L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
                         rc.add(&meta, host, -1)?;
                     }

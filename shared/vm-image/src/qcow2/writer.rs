@@ -11,7 +11,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::header::{CompressionType, Header, COMPAT_LAZY_REFCOUNTS, COMPRESSED, COPIED, ZERO};
+use super::header::{
+    CompressionType, Header, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSED, COPIED,
+    INCOMPAT_DATA_FILE, ZERO,
+};
 use super::meta::encode_refcount;
 
 #[derive(Debug, Clone)]
@@ -24,6 +27,11 @@ pub struct CreateOptions {
     pub refcount_order: u32,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
+    /// An external data file holding the guest's clusters, at the guest's
+    /// own offsets (QEMU's `data_file`); the image then holds metadata only.
+    pub data_file: Option<String>,
+    /// The data file alone is a valid raw image of the disk (`data_file_raw`).
+    pub data_file_raw: bool,
 }
 
 impl Default for CreateOptions {
@@ -36,6 +44,8 @@ impl Default for CreateOptions {
             refcount_order: 4,
             backing_file: None,
             backing_format: None,
+            data_file: None,
+            data_file_raw: false,
         }
     }
 }
@@ -92,21 +102,37 @@ impl Qcow2Writer {
             refcount_table_clusters: 0,
             nb_snapshots: 0,
             snapshots_offset: 0,
-            incompatible_features: 0,
+            incompatible_features: if o.data_file.is_some() {
+                INCOMPAT_DATA_FILE
+            } else {
+                0
+            },
             compatible_features: if o.lazy_refcounts {
                 COMPAT_LAZY_REFCOUNTS
             } else {
                 0
             },
-            autoclear_features: 0,
+            autoclear_features: if o.data_file_raw {
+                AUTOCLEAR_DATA_FILE_RAW
+            } else {
+                0
+            },
             refcount_order: o.refcount_order,
             header_length: if o.version == 3 { 112 } else { 72 },
             compression_type: CompressionType::Zlib,
             backing_file: o.backing_file.clone(),
             backing_format: o.backing_format.clone(),
-            data_file: None,
+            data_file: o.data_file.clone(),
             other_extensions: Vec::new(),
         };
+        if o.data_file.is_some() && o.version < 3 {
+            return Err(invalid(
+                "data-file is only supported with compatibility level 1.1 and above",
+            ));
+        }
+        if o.data_file_raw && o.data_file.is_none() {
+            return Err(invalid("data-file-raw requires data-file"));
+        }
         let l1_entries = header.l1_entries_for(o.size);
         if l1_entries * 8 > super::header::MAX_L1_BYTES || o.size > super::header::MAX_VIRTUAL_SIZE
         {
@@ -277,7 +303,12 @@ impl Qcow2Writer {
                 self.check_order(k)?;
             }
             self.l2_slot(g)?;
-            let host = self.alloc_clusters(run);
+            // With a data file, a guest cluster lives at its own offset there.
+            let host = if self.header.data_file.is_some() {
+                g * cs
+            } else {
+                self.alloc_clusters(run)
+            };
             for k in 0..run {
                 *self.l2_slot(g + k)? = (host + k * cs) | COPIED;
             }

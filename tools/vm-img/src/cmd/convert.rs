@@ -76,6 +76,10 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     if let Some(f) = &a.backing_format {
         o.qcow2.backing_format = Some(f.clone());
     }
+    if o.qcow2.data_file.is_some() || o.qcow2.data_file_raw {
+        // The streaming writer puts data in the image itself.
+        bail!("convert into an image with an external data file is not supported yet");
+    }
     let sparse = sparse_block(a.sparse.as_deref())?;
     if a.compress && out_fmt != Format::Qcow2 {
         bail!("Compression not supported for this file format");

@@ -84,13 +84,69 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     if let Some(e) = &o.refused {
         bail!("{name}: {e}");
     }
+    if let Some(e) = data_file_refusal(&o) {
+        bail!("{name}: {e}");
+    }
+    // With an external data file the guest's clusters go there, at their
+    // own offsets: the image gets the mapping (metadata) when anything is
+    // preallocated, or when the data file must read as the raw disk.
+    let data_file = o.qcow2.data_file.clone();
+    let (image_prealloc, data_prealloc) = match &data_file {
+        // The data file is raw: metadata preallocation is nothing there.
+        Some(_) if prealloc != Prealloc::Off || o.qcow2.data_file_raw => (
+            Prealloc::Metadata,
+            if prealloc == Prealloc::Metadata {
+                Prealloc::Off
+            } else {
+                prealloc
+            },
+        ),
+        Some(_) => (Prealloc::Off, Prealloc::Off),
+        None => (prealloc, Prealloc::Off),
+    };
+    let data_out = match &data_file {
+        Some(d) => {
+            let d = AtomicOutput::create(std::path::Path::new(d), false)?;
+            write_image(
+                &d,
+                Format::Raw,
+                size,
+                &mut options::FormatOptions::default(),
+                data_prealloc,
+            )
+            .with_context(|| name.clone())?;
+            Some(d)
+        }
+        None => None,
+    };
+    let prealloc = image_prealloc;
     let out = AtomicOutput::create(&path, false)?;
     // QEMU's file layer gives every new file a 1 MiB hint by default.
     crate::prealloc::extent_size_hint(&out.file, o.extent_size_hint.unwrap_or(1 << 20));
     // Every failure from here on names the file (a full disk says which).
     write_image(&out, fmt, size, &mut o, prealloc).with_context(|| name.clone())?;
+    if let Some(d) = data_out {
+        d.commit(true)?;
+    }
     out.commit(true)?;
     Ok(0)
+}
+
+/// What QEMU refuses about `data_file` and `data_file_raw`, in its words.
+fn data_file_refusal(o: &options::FormatOptions) -> Option<&'static str> {
+    let q = &o.qcow2;
+    if q.data_file_raw && q.data_file.is_none() {
+        Some("data-file-raw requires data-file")
+    } else if q.data_file.is_some() && q.version < 3 {
+        Some(
+            "External data files are only supported with compatibility level 1.1 and above \
+             (use version=v3 or greater)",
+        )
+    } else if q.data_file_raw && q.backing_file.is_some() {
+        Some("Backing file and data-file-raw cannot be used at the same time")
+    } else {
+        None
+    }
 }
 
 /// Writes a new, empty image of `size` into `out` (shared with `dd`).
@@ -189,6 +245,12 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     }
     if let Some(b) = &o.qcow2.backing_format {
         let _ = write!(s, " backing_fmt={b}");
+    }
+    if let Some(d) = &o.qcow2.data_file {
+        let _ = write!(s, " data_file={d}");
+    }
+    if o.qcow2.data_file_raw {
+        s.push_str(" data_file_raw=on");
     }
     let _ = write!(
         s,

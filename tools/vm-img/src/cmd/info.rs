@@ -120,6 +120,12 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
             data.insert("corrupt".into(), json!(h.corrupt()));
             data.insert("extended-l2".into(), json!(h.extended_l2()));
+            if let Some(d) = &h.data_file {
+                data.insert("data-file".into(), json!(d));
+            }
+            if h.has_data_file() {
+                data.insert("data-file-raw".into(), json!(h.data_file_raw()));
+            }
             let file = std::fs::File::open(path)?;
             let meta = Meta::open(path, file)?;
             let list = bitmaps::list(&meta)

@@ -41,7 +41,12 @@ pub fn run(a: &MapArgs) -> Result<i32> {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
             for e in extents.iter().filter(|e| e.data && e.present) {
                 if let Some(o) = e.offset {
-                    let file = img.layers()[e.depth as usize].path.display();
+                    // Data in an external data file is mapped there.
+                    let layer = &img.layers()[e.depth as usize];
+                    let file = match layer.header.as_ref() {
+                        Some(h) if h.has_data_file() => h.data_file.clone().unwrap_or_default(),
+                        _ => layer.path.display().to_string(),
+                    };
                     println!(
                         "{:<16}{:<16}{:<16}{file}",
                         hex(e.start),

@@ -109,6 +109,8 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             o.prealloc = Some(Prealloc::parse(v)?);
         }
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
+        "data_file" => o.qcow2.data_file = Some(v.to_string()),
+        "data_file_raw" => o.qcow2.data_file_raw = on_off(k, v)?,
         "extent_size_hint" => {
             let hint = parse_size(v, BareNumber::Bytes)
                 .map_err(|e| anyhow!("Parameter 'extent_size_hint': {e}"))?;
