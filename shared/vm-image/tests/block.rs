@@ -146,3 +146,43 @@ fn requests_past_the_end_fail() {
         "the file did not grow"
     );
 }
+
+/// A request for no bytes (a guest may send one) is done at once, for
+/// every format, without reaching the data path, which asserts on it.
+#[test]
+fn empty_requests_do_nothing() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for fmt in ["qcow2", "raw"] {
+        let img = dir.path().join(format!("disk.{fmt}"));
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", fmt])
+            .arg(&img)
+            .arg("1M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let disk = Image::open(
+            &img,
+            &OpenOptions {
+                format: Some(if fmt == "raw" {
+                    Format::Raw
+                } else {
+                    Format::Qcow2
+                }),
+                write: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        for at in [0, 4096, 1 << 20] {
+            disk.write_at(&[], at).unwrap();
+            disk.read_at(&mut [], at).unwrap();
+            disk.write_vectored(&[], at).unwrap();
+        }
+        // Still refused past the end.
+        assert!(disk.write_at(&[], (1 << 20) + 1).is_err());
+    }
+}
