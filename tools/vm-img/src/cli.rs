@@ -309,7 +309,9 @@ pub struct ConvertArgs {
     /// (in-use) instead of failing.
     #[arg(long = "skip-broken-bitmaps")]
     pub skip_broken_bitmaps: bool,
-    pub source: PathBuf,
+    /// The image to copy; several are read one after another as one disk.
+    #[arg(value_name = "SOURCE", required = true, num_args = 1..)]
+    pub sources: Vec<PathBuf>,
     pub output: PathBuf,
 }
 

@@ -7,6 +7,7 @@ pub mod json;
 pub mod prealloc;
 pub mod progress;
 pub mod snapshot_copy;
+pub mod sources;
 pub mod util;
 
 use clap::{CommandFactory, FromArgMatches};

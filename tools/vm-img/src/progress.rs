@@ -5,8 +5,6 @@
 
 use std::io::Write;
 
-use vm_image::Image;
-
 #[derive(Debug)]
 pub struct Progress {
     enabled: bool,
@@ -35,7 +33,11 @@ impl Progress {
 
     /// Progress over the data `src` holds in `[0, size)`: a position is
     /// worth the data bytes before it.
-    pub fn over_data(enabled: bool, src: &Image, size: u64) -> std::io::Result<Self> {
+    pub fn over_data(
+        enabled: bool,
+        src: &crate::sources::Sources,
+        size: u64,
+    ) -> std::io::Result<Self> {
         let mut p = Self::new(enabled, 0);
         if !enabled {
             return Ok(p);

@@ -15,6 +15,8 @@ use vm_image::qcow2::meta::Meta;
 use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
 use vm_image::{Block, Format, Image};
 
+use crate::sources::Sources;
+
 use super::options;
 use crate::cli::ConvertArgs;
 use crate::progress::Progress;
@@ -52,11 +54,20 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     // The output's format first: qemu-img refuses one it cannot make
     // before it looks at the source.
     let out_fmt = util::output_format(&a.output_format)?;
-    let source = util::open_read(&a.source, a.format.as_deref(), a.force_share)?;
+    let first = &a.sources[0];
+    let source = util::open_read(first, a.format.as_deref(), a.force_share)?;
+    let several = a.sources.len() > 1;
     // -l: a copy at the snapshot is read instead, while the source stays
     // open (and locked) so nobody writes it meanwhile.
     let (src, _snapshot) = match &a.snapshot {
-        None => (source, None),
+        None => {
+            let mut images = vec![source];
+            for p in &a.sources[1..] {
+                images.push(util::open_read(p, a.format.as_deref(), a.force_share)?);
+            }
+            (Sources::new(images), None)
+        }
+        Some(_) if several => bail!("No support for concatenating multiple snapshot"),
         Some(param) => {
             if source.format() != Format::Qcow2 {
                 bail!(
@@ -64,9 +75,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
                     source.format().as_str()
                 );
             }
-            let copy = SnapshotCopy::make(&a.source, param, &scratch_dir(&a.output))?;
+            let copy = SnapshotCopy::make(first, param, &scratch_dir(&a.output))?;
             let img = util::open_read(&copy.path, Some("qcow2"), true)?;
-            (img, Some((copy, source)))
+            (Sources::new(vec![img]), Some((copy, source)))
         }
     };
     let mut o = options::parse(&a.options)?;
@@ -87,11 +98,20 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     if out_fmt == Format::Raw && o.cluster_size_given {
         bail!("Invalid parameter 'cluster_size' for format 'raw'");
     }
+    if several && o.qcow2.backing_file.is_some() {
+        bail!(
+            "Having a backing file for the target makes no sense when concatenating multiple \
+             input images"
+        );
+    }
+    if several && a.bitmaps {
+        bail!("Cannot copy bitmaps from more than one source");
+    }
     let size = src.size();
     let bitmaps = if a.bitmaps {
         source_bitmaps(
-            &a.source,
-            &src,
+            first,
+            src.first(),
             out_fmt,
             o.qcow2.version,
             a.skip_broken_bitmaps,
@@ -103,7 +123,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     };
     let mut bar = Progress::over_data(a.progress && !a.quiet, &src, size)?;
     if a.no_create {
-        if !a.options.is_empty() || a.backing.is_some() {
+        // -B names the backing file of an image to be made: with -n there
+        // is none, and qemu-img ignores it.
+        if !a.options.is_empty() {
             bail!("-o has no effect when skipping image creation");
         }
         let kept = util::KeptBitmaps::load(&a.output)?;
@@ -142,19 +164,18 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
                 ..o.qcow2.clone()
             };
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
+            let backed = opts
+                .backing_file
+                .as_deref()
+                .map(|b| backing_end(&a.output, b, opts.backing_format.as_deref()));
+            // -S 0: zeroes are written as data, as qemu-img writes them.
+            let full = sparse.is_none();
             let w = if a.compress {
-                to_qcow2_compressed(
-                    &src,
-                    w,
-                    size,
-                    opts.backing_file.is_some(),
-                    &mut bar,
-                    &mut wb,
-                )
-            } else if opts.backing_file.is_some() {
-                over_backing(&src, w, size, &mut bar, &mut wb)
+                to_qcow2_compressed(&src, w, size, backed, full, &mut bar, &mut wb)
+            } else if let Some(end) = backed {
+                over_backing(&src, w, size, end, full, &mut bar, &mut wb)
             } else {
-                to_qcow2(&src, w, size, sparse.is_some(), &mut bar, &mut wb)
+                to_qcow2(&src, w, size, sparse, &mut bar, &mut wb)
             }
             .with_context(what)?;
             w.finish().with_context(what)?;
@@ -228,6 +249,13 @@ fn copy_bitmaps(path: &std::path::Path, list: &[(bitmaps::Bitmap, bitmaps::Bits)
     ed.commit().with_context(what)
 }
 
+/// Where the output's backing file (-B) ends, which the output reads as
+/// zeroes past; the whole disk when it cannot be opened (nothing skipped).
+fn backing_end(output: &std::path::Path, name: &str, format: Option<&str>) -> u64 {
+    let path = vm_image::resolve_backing(output, name);
+    util::open_read(&path, format, true).map_or(u64::MAX, |img| img.size())
+}
+
 /// Where `-l`'s copy of the source goes: beside the output, unless the
 /// output is a device.
 fn scratch_dir(output: &std::path::Path) -> std::path::PathBuf {
@@ -262,7 +290,7 @@ fn sparse_block(arg: Option<&str>) -> Result<Option<usize>> {
 /// `-n`: the output exists; the source's contents go into it through its
 /// own format, zero ranges as zeroes (it may hold old data there).
 fn into_existing(
-    src: &Image,
+    src: &Sources,
     a: &ConvertArgs,
     fmt: Format,
     size: u64,
@@ -273,11 +301,18 @@ fn into_existing(
         write: true,
         ..vm_image::OpenOptions::default()
     };
-    let dst = Image::open(&a.output, &opts)
+    let mut dst = Image::open(&a.output, &opts)
         .with_context(|| format!("Could not open '{}'", a.output.display()))?;
     if dst.size() < size {
         bail!("output file is smaller than input file");
     }
+    // qcow2 v2 has no zero clusters: without a backing file a cluster left
+    // unallocated reads as zero; over one, zeroes are written as data.
+    let v2_cluster = dst
+        .header()
+        .filter(|h| h.version < 3)
+        .map(vm_image::qcow2::header::Header::cluster_size);
+    let backed = dst.layers().len() > 1;
     let what = || format!("Could not write '{}'", a.output.display());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -287,7 +322,25 @@ fn into_existing(
         if read_chunk(src, pos, b)? {
             dst.write_at(b, pos).with_context(what)?;
         } else {
-            dst.write_zeroes(pos, len).with_context(what)?;
+            match v2_cluster {
+                None => dst.write_zeroes(pos, len),
+                Some(cs) if !backed => {
+                    let (lo, hi) = (pos.div_ceil(cs) * cs, (pos + len) / cs * cs);
+                    b.fill(0);
+                    if lo < hi {
+                        dst.write_at(&b[..(lo - pos) as usize], pos)
+                            .and_then(|()| dst.discard_to_backing(lo, hi - lo))
+                            .and_then(|()| dst.write_at(&b[..(pos + len - hi) as usize], hi))
+                    } else {
+                        dst.write_at(b, pos)
+                    }
+                }
+                Some(_) => {
+                    b.fill(0);
+                    dst.write_at(b, pos)
+                }
+            }
+            .with_context(what)?;
         }
         pos += len;
         bar.set_position(pos);
@@ -305,9 +358,11 @@ fn into_existing(
 /// chain holds, so only clusters the source's top layer decides are
 /// written (zeroes there as zero clusters, hiding the backing file).
 fn over_backing(
-    src: &Image,
+    src: &Sources,
     mut w: Qcow2Writer,
     size: u64,
+    backing_end: u64,
+    full: bool,
     bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
@@ -326,7 +381,10 @@ fn over_backing(
             let b = &mut buf[..(hi - lo) as usize];
             src.read_at(b, lo)
                 .with_context(|| format!("Error while reading offset {lo}"))?;
-            if is_zero(b) && w.write_zero(lo / cs).is_ok() {
+            // Past the output's backing file the output reads zeroes anyway;
+            // before it, a zero cluster hides the backing file's data (-S 0,
+            // or compat=0.10 without zero clusters: zeroes as data).
+            if is_zero(b) && (lo >= backing_end || (!full && w.write_zero(lo / cs).is_ok())) {
                 continue;
             }
             let mut whole = b.to_vec();
@@ -342,7 +400,7 @@ fn over_backing(
 
 /// Reads `[pos, pos + buf.len())` into `buf`, touching only ranges that
 /// hold data; returns false when the whole range reads as zero.
-fn read_chunk(src: &Image, pos: u64, buf: &mut [u8]) -> Result<bool> {
+fn read_chunk(src: &Sources, pos: u64, buf: &mut [u8]) -> Result<bool> {
     let extents = src.map(pos, buf.len() as u64)?;
     if extents.iter().all(|e| !e.data) {
         return Ok(false);
@@ -375,7 +433,7 @@ fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
 }
 
 fn to_raw(
-    src: &Image,
+    src: &Sources,
     out: &File,
     size: u64,
     sparse: Option<usize>,
@@ -383,6 +441,9 @@ fn to_raw(
     wb: &mut Writeback,
 ) -> Result<()> {
     util::set_output_len(out, size)?;
+    // A new file gets its first block written, as QEMU's file layer does
+    // when it makes one (data copied there later overwrites it).
+    crate::prealloc::first_block(out, size)?;
     // A device has no holes: its zero ranges are written as zeroes.
     let device = util::is_block_device(out);
     let mut buf = vec![0u8; CHUNK as usize];
@@ -424,15 +485,18 @@ fn to_raw(
 }
 
 fn to_qcow2(
-    src: &Image,
+    src: &Sources,
     mut w: Qcow2Writer,
     size: u64,
-    sparse: bool,
+    sparse: Option<usize>,
     bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
-    let chunk = CHUNK.max(cs);
+    // -S N: a zero run is left out only as whole blocks of N bytes (at
+    // least a cluster), aligned, as qemu-img judges them.
+    let block = sparse.map(|n| (n as u64).div_ceil(cs) * cs);
+    let chunk = CHUNK.max(cs).div_ceil(block.unwrap_or(cs)) * block.unwrap_or(cs);
     let mut buf = vec![0u8; chunk as usize];
     let mut pos = 0;
     while pos < size {
@@ -441,15 +505,15 @@ fn to_qcow2(
         let b = &mut buf[..padded as usize];
         if read_chunk(src, pos, &mut b[..len])? {
             b[len..].fill(0);
-            // Zero clusters stay unallocated (-S 0: written as data).
-            if sparse {
-                for (lo, hi) in data_runs(b, cs as usize) {
+            // Zero blocks stay unallocated (-S 0: written as data).
+            if let Some(block) = block {
+                for (lo, hi) in data_runs(b, block as usize) {
                     w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
                 }
             } else {
                 w.write_clusters(pos / cs, b)?;
             }
-        } else if !sparse {
+        } else if block.is_none() {
             b.fill(0);
             w.write_clusters(pos / cs, b)?;
         }
@@ -483,7 +547,7 @@ enum Slot {
 }
 
 /// Which clusters of `[pos, pos + len)` the source's top layer decides.
-fn top_clusters(src: &Image, pos: u64, len: u64, cs: u64) -> Result<Vec<bool>> {
+fn top_clusters(src: &Sources, pos: u64, len: u64, cs: u64) -> Result<Vec<bool>> {
     let extents = src.map(pos, len)?;
     Ok((0..len.div_ceil(cs))
         .map(|k| {
@@ -498,10 +562,11 @@ fn top_clusters(src: &Image, pos: u64, len: u64, cs: u64) -> Result<Vec<bool>> {
 /// `-c`, on every core; with `backed` (-B), only what the source's top
 /// layer decides is written, as `over_backing` does.
 fn to_qcow2_compressed(
-    src: &Image,
+    src: &Sources,
     mut w: Qcow2Writer,
     size: u64,
-    backed: bool,
+    backed: Option<u64>,
+    full: bool,
     bar: &mut Progress,
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
@@ -547,10 +612,11 @@ fn to_qcow2_compressed(
                 let padded = (len as u64).div_ceil(cs) * cs;
                 let mut data = vec![0u8; padded as usize];
                 let top = backed
+                    .is_some()
                     .then(|| top_clusters(src, pos, len as u64, cs))
                     .transpose()?;
                 let holds = read_chunk(src, pos, &mut data[..len])?;
-                if holds || top.as_ref().is_some_and(|t| t.contains(&true)) {
+                if holds || full || top.as_ref().is_some_and(|t| t.contains(&true)) {
                     let c = Chunk {
                         index,
                         first_cluster: pos / cs,
@@ -569,6 +635,9 @@ fn to_qcow2_compressed(
         });
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
+        let zero_cluster = full
+            .then(|| compress_cluster(&vec![0u8; cs as usize]))
+            .flatten();
         for c in done_rx {
             pending.insert(c.index, c);
             while let Some(c) = pending.remove(&next) {
@@ -576,7 +645,16 @@ fn to_qcow2_compressed(
                     let guest = c.first_cluster + i as u64;
                     match slot {
                         Slot::Skip => {}
-                        Slot::Zero if !backed => {}
+                        // Past the output's backing file, where the output
+                        // reads zeroes anyway.
+                        Slot::Zero if backed.is_some_and(|end| guest * cs >= end) => {}
+                        // -S 0: every cluster allocated, zeroes compressed.
+                        Slot::Zero if full => match &zero_cluster {
+                            Some(z) => w.write_compressed(guest, z)?,
+                            None => w.write_clusters(guest, &vec![0u8; cs as usize])?,
+                        },
+                        // Nothing to hide.
+                        Slot::Zero if backed.is_none() => {}
                         // Hides the backing file's data (compat=0.10 has no
                         // zero clusters: a cluster of zeroes then).
                         Slot::Zero => {
