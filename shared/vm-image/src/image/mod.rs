@@ -378,7 +378,16 @@ fn open_layer(
     let probed = format.is_none();
     let format = format.unwrap_or_else(|| Format::probe(&head));
     let header = match format {
-        Format::Qcow2 => Some(Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?),
+        Format::Qcow2 => {
+            let h = Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?;
+            if h.refcount_table_clusters == 0 {
+                return Err(Error::corrupt(
+                    path,
+                    "image has no refcount table (check -r all builds one)",
+                ));
+            }
+            Some(h)
+        }
         Format::Raw => None,
     };
     let file = open_file(path, write, opts.direct)?;

@@ -37,6 +37,10 @@ struct Counter<'a> {
     meta: &'a Meta,
     counts: Vec<u32>,
     report: CheckReport,
+    /// Found something only a new refcount structure fixes.
+    rebuild: bool,
+    /// What the walk may fix as it goes (misaligned zero clusters).
+    repair: Repair,
 }
 
 impl Counter<'_> {
@@ -78,11 +82,27 @@ impl Counter<'_> {
         *next_contiguous = host + self.meta.cluster_size();
     }
 
+    /// Makes entry `i` of the L2 table at `l2_off` a plain zero cluster
+    /// (the repair file is open for writing).
+    fn zero_entry(&mut self, l2_off: u64, i: usize) -> Result<()> {
+        let at = l2_off + i as u64 * self.meta.header.l2_entry_size();
+        self.meta
+            .file
+            .write_all_at(&super::header::ZERO.to_be_bytes(), at)
+            .map_err(|e| Error::io(&self.meta.path, e))
+    }
+
     fn aligned(&mut self, what: &str, offset: u64) -> bool {
         if offset % self.meta.cluster_size() == 0 {
             return true;
         }
         self.report.corruptions += 1;
+        if what == "L2 table" {
+            self.report.messages.push(format!(
+                "ERROR l2_offset={offset:x}: Table is not cluster aligned; L1 entry corrupted"
+            ));
+            return false;
+        }
         self.report.messages.push(format!(
             "ERROR {what} offset=0x{offset:x} is not cluster aligned"
         ));
@@ -92,8 +112,9 @@ impl Counter<'_> {
     /// Counts an L1 table, its L2 tables and their data clusters.
     fn walk_l1(&mut self, l1: &[u64], active: bool) -> Result<()> {
         let cs = self.meta.cluster_size();
-        let mut next_contiguous = 0u64;
         for &l1e in l1 {
+            // qemu-img follows contiguity within each L2 table.
+            let mut next_contiguous = 0u64;
             let l2_off = l1e & OFFSET_MASK;
             if l2_off == 0 {
                 continue;
@@ -102,39 +123,47 @@ impl Counter<'_> {
                 continue;
             }
             self.add("L2 table", l2_off, cs);
-            if !self.meta.cluster_in_file(l2_off) {
+            if l2_off >= self.meta.file_len {
                 continue;
             }
-            for entry in self.meta.read_l2(l2_off)? {
+            let data_file = self.meta.header.has_data_file();
+            for (i, entry) in self.meta.read_l2_padded(l2_off)?.into_iter().enumerate() {
                 match entry {
                     L2Entry::Unallocated | L2Entry::Zero { host: None } => {}
-                    // In an external data file nothing is refcounted.
-                    L2Entry::Zero { host: Some(h) } if self.meta.header.has_data_file() => {
-                        if active && self.aligned("zero cluster", h) {
-                            self.count_allocated(h, &mut next_contiguous);
-                        }
-                    }
-                    L2Entry::Data { host, .. } if self.meta.header.has_data_file() => {
-                        if active && self.aligned("data cluster", host) {
-                            self.count_allocated(host, &mut next_contiguous);
-                        }
-                    }
-                    L2Entry::Zero { host: Some(h) } => {
-                        if self.aligned("zero cluster", h) {
-                            self.add("zero cluster", h, cs);
-                            // An allocated zero cluster counts as data does.
-                            if active {
-                                self.count_allocated(h, &mut next_contiguous);
+                    L2Entry::Zero { host: Some(h) } | L2Entry::Data { host: h, .. } => {
+                        let zero = matches!(entry, L2Entry::Zero { .. });
+                        if h % cs != 0 {
+                            // qemu-img's words; a preallocated zero cluster
+                            // is repaired into a plain one.
+                            self.report.corruptions += 1;
+                            if !zero {
+                                self.report.messages.push(format!(
+                                    "ERROR offset={h:x}: Data cluster is not properly aligned; \
+                                     L2 entry corrupted."
+                                ));
+                            } else if self.repair == Repair::All {
+                                self.report.messages.push(format!(
+                                    "Repairing offset={h:x}: Preallocated cluster is not properly \
+                                     aligned; L2 entry corrupted."
+                                ));
+                                self.zero_entry(l2_off, i)?;
+                                self.report.corruptions -= 1;
+                                self.report.corruptions_fixed += 1;
+                                continue;
+                            } else {
+                                self.report.messages.push(format!(
+                                    "ERROR offset={h:x}: Preallocated cluster is not properly \
+                                     aligned; L2 entry corrupted."
+                                ));
                             }
                         }
-                    }
-                    L2Entry::Data { host, .. } => {
-                        if !self.aligned("data cluster", host) {
-                            continue;
-                        }
-                        self.add("data cluster", host, cs);
+                        // An allocated zero cluster counts as data does.
                         if active {
-                            self.count_allocated(host, &mut next_contiguous);
+                            self.count_allocated(h, &mut next_contiguous);
+                        }
+                        // In an external data file nothing is refcounted.
+                        if !data_file {
+                            self.add("data cluster", h, cs);
                         }
                     }
                     L2Entry::Compressed { host, len } => {
@@ -259,9 +288,29 @@ pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
 }
 
 fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
-    let (counts, mut report) = count(meta)?;
+    let grown = if repair == Repair::All {
+        refblocks_past_end(meta)
+    } else {
+        Grown::default()
+    };
+    // After growing the file, the tables are read again.
+    let reopened;
+    let meta = if grown.resized {
+        let file = meta
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(&meta.path, e))?;
+        reopened = Meta::open_for_repair(&meta.path, file)?;
+        &reopened
+    } else {
+        meta
+    };
+    let (counts, mut report, mut rebuild) = count(meta, repair)?;
+    report.messages.splice(0..0, grown.messages);
+    report.corruptions += grown.corruptions;
+    report.corruptions_fixed += grown.fixed;
+    rebuild |= grown.rebuild;
     let pre = report.clone();
-    let mut rebuild = false;
     compare_refcounts(meta, &counts, Repair::None, &mut report, &mut rebuild)?;
     if rebuild && repair == Repair::All {
         report.messages.push("Rebuilding refcount structure".into());
@@ -273,7 +322,7 @@ fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
             .map_err(|e| Error::io(&meta.path, e))?;
         let fresh_meta = Meta::open(&meta.path, file)?;
         // The old refcount structures are now leaks: free them.
-        let (counts, walked) = count(&fresh_meta)?;
+        let (counts, walked, _) = count(&fresh_meta, Repair::None)?;
         let mut pass = CheckReport {
             messages: std::mem::take(&mut report.messages),
             ..CheckReport::default()
@@ -289,7 +338,10 @@ fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
             messages: pass.messages,
             ..walked
         };
-        report.corruptions_fixed += old.corruptions.saturating_sub(report.corruptions);
+        // What was fixed before the rebuild (a refcount block the file
+        // was grown over) stays fixed.
+        report.corruptions_fixed =
+            old.corruptions_fixed + old.corruptions.saturating_sub(report.corruptions);
         report.leaks_fixed += old.leaks.saturating_sub(report.leaks);
         report.leaks += pass.leaks;
         super::copied::check_copied(&fresh_meta, repair, &mut report)?;
@@ -321,6 +373,46 @@ fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
         }
     }
     Ok(report)
+}
+
+/// What `refblocks_past_end` did.
+#[derive(Debug, Default)]
+struct Grown {
+    messages: Vec<String>,
+    corruptions: u64,
+    fixed: u64,
+    rebuild: bool,
+    resized: bool,
+}
+
+/// A repair's first step, as qemu-img takes it: a refcount block that
+/// lies past the end of the file gets the file grown over it (reading as
+/// zeroes); one too far out for that leaves a rebuild to do.
+fn refblocks_past_end(meta: &Meta) -> Grown {
+    let cs = meta.cluster_size();
+    let mut g = Grown::default();
+    let mut len = meta.file_len;
+    for (i, &rb) in meta.reftable.iter().enumerate() {
+        let off = rb & OFFSET_MASK;
+        if off == 0 || off % cs != 0 || off / cs < len.div_ceil(cs) {
+            continue;
+        }
+        g.messages
+            .push(format!("Repairing refcount block {i} is outside image"));
+        // The same bound as QEMU's (a signed 64-bit file size).
+        let end = off.checked_add(cs).filter(|&e| i64::try_from(e).is_ok());
+        if let Some(Ok(())) = end.map(|e| meta.file.set_len(e)) {
+            len = off + cs;
+            g.fixed += 1;
+            g.resized = true;
+        } else {
+            g.corruptions += 1;
+            g.rebuild = true;
+            g.messages
+                .push("ERROR could not resize image: Invalid argument".into());
+        }
+    }
+    g
 }
 
 /// The autoclear bits QEMU knows: bitmaps, raw external data file.
@@ -360,13 +452,13 @@ fn sync(meta: &Meta) -> Result<()> {
 
 /// Every cluster's references, as `check` counts them.
 pub fn reference_counts(meta: &Meta) -> Result<Vec<u32>> {
-    Ok(count(meta)?.0)
+    Ok(count(meta, Repair::None)?.0)
 }
 
 /// Counts every reference to every cluster of the file (tables, data,
 /// snapshots, bitmaps, the refcount structure itself), with the
 /// allocation statistics and the problems found on the way.
-fn count(meta: &Meta) -> Result<(Vec<u32>, CheckReport)> {
+fn count(meta: &Meta, repair: Repair) -> Result<(Vec<u32>, CheckReport, bool)> {
     let cs = meta.cluster_size();
     let nb_clusters = meta.file_len.div_ceil(cs);
     if nb_clusters > (1 << 32) {
@@ -378,6 +470,8 @@ fn count(meta: &Meta) -> Result<(Vec<u32>, CheckReport)> {
     let mut c = Counter {
         meta,
         counts: vec![0u32; nb_clusters as usize],
+        rebuild: false,
+        repair,
         report: CheckReport {
             total_clusters: meta.header.size.div_ceil(cs),
             ..CheckReport::default()
@@ -420,21 +514,46 @@ fn count(meta: &Meta) -> Result<(Vec<u32>, CheckReport)> {
         meta.header.refcount_table_offset,
         u64::from(meta.header.refcount_table_clusters) * cs,
     );
-    for &rb in &meta.reftable {
+    for (i, &rb) in meta.reftable.iter().enumerate() {
         let off = rb & OFFSET_MASK;
+        if off != 0 && off / cs >= nb_clusters {
+            // qemu-img's words (a repair has grown the file over it, or
+            // said why not: `refblocks_past_end`).
+            if c.repair != Repair::All {
+                c.report.corruptions += 1;
+                c.report
+                    .messages
+                    .push(format!("ERROR refcount block {i} is outside image"));
+            }
+            continue;
+        }
         if off != 0 && c.aligned("refcount block", off) {
             c.add("refcount block", off, cs);
+            // Anything else pointing at a refcount block (a data cluster
+            // mapped onto it) makes the structure unusable: rebuild.
+            if let Some(&n) = c.counts.get((off / cs) as usize) {
+                if n != 1 {
+                    c.report.corruptions += 1;
+                    c.report
+                        .messages
+                        .push(format!("ERROR refcount block {i} refcount={n}"));
+                    c.rebuild = true;
+                }
+            }
         }
     }
 
     let Counter {
-        counts, mut report, ..
+        counts,
+        mut report,
+        rebuild,
+        ..
     } = c;
     report.image_end_offset = counts
         .iter()
         .rposition(|&n| n > 0)
         .map_or(cs, |i| (i as u64 + 1) * cs);
-    Ok((counts, report))
+    Ok((counts, report, rebuild))
 }
 
 /// Compares stored refcounts with the counted references. Leaks are fixed
@@ -476,13 +595,10 @@ fn compare_refcounts(
                     unrecorded(cl, real, report);
                 }
             }
-            // A block outside the image needs a new one, whatever it counts.
+            // A block outside the image (reported by `count`) needs a new
+            // one, whatever it counts.
             if block_off != 0 {
                 unrecorded_block = true;
-                report.corruptions += 1;
-                report.messages.push(format!(
-                    "ERROR refcount block {bi} at 0x{block_off:x} is outside the image"
-                ));
             }
             continue;
         }
@@ -490,12 +606,18 @@ fn compare_refcounts(
         super::meta::read_exact_at(&meta.file, &meta.path, &mut raw, block_off)?;
         let stored = decode_refblock(&raw, order);
         let mut dirty = false;
+        let mut freed = Vec::new();
         // Only clusters of the file (or referenced past its end) are
         // compared, as qemu-img does: a refcount past both is no leak.
         let in_file = stored.len().min(nb_clusters.saturating_sub(first) as usize);
         for (i, &have) in stored[..in_file].iter().enumerate() {
             let cl = first + i as u64;
             let real = u64::from(counts[cl as usize]);
+            // qemu-img's image end: past the last cluster that is in use
+            // or has a refcount (leaked clusters count).
+            if have > 0 {
+                report.image_end_offset = report.image_end_offset.max((cl + 1) * cs);
+            }
             if have == real {
                 continue;
             }
@@ -519,6 +641,9 @@ fn compare_refcounts(
             if fix {
                 encode_refcount(&mut raw, order, i, real);
                 dirty = true;
+                if real == 0 {
+                    freed.push(cl * cs);
+                }
                 if have > real {
                     report.leaks_fixed += 1;
                 } else {
@@ -534,6 +659,10 @@ fn compare_refcounts(
             meta.file
                 .write_all_at(&raw, block_off)
                 .map_err(|e| Error::io(&meta.path, e))?;
+        }
+        // Freed clusters go from the disk too, as QEMU discards them.
+        for at in freed.drain(..) {
+            super::punch(&meta.file, at, cs);
         }
     }
     // Clusters past the last refcount block have no refcount at all.

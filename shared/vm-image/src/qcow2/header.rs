@@ -236,9 +236,9 @@ impl Header {
             cs,
             file_len,
         )?;
-        if h.refcount_table_clusters == 0 {
-            return Err("image has no refcount table".into());
-        }
+        // No refcount table at all (size 0, wherever it says it is): only
+        // `check -r all` opens such an image, to build one (`Meta::open` and
+        // the data path refuse it).
         let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
         if rt_bytes > MAX_REFTABLE_BYTES {
             return Err("refcount table is too large".into());

@@ -81,10 +81,26 @@ fn be64s(buf: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// What `Meta::open_with` lets pass that a plain open refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leniency {
+    None,
+    /// Tables past the end of the file read as empty (check).
+    Check,
+    /// No refcount table at all (repair).
+    NoReftable,
+}
+
 impl Meta {
     /// Reads and checks the header, L1 table and refcount table of `file`.
     pub fn open(path: &Path, file: File) -> Result<Self> {
-        Self::open_with(path, file, false)
+        Self::open_with(path, file, Leniency::None)
+    }
+
+    /// As `open`, for `check -r`: an image with no refcount table at all
+    /// opens (with none), so the repair can build one.
+    pub fn open_for_repair(path: &Path, file: File) -> Result<Self> {
+        Self::open_with(path, file, Leniency::NoReftable)
     }
 
     /// Opens `path` for reading and writing and reads its tables: what
@@ -103,16 +119,20 @@ impl Meta {
     /// cannot find as corruption (exit 2, as qemu-img), where `open` would
     /// say the image cannot be checked at all.
     pub fn open_for_check(path: &Path, file: File) -> Result<Self> {
-        Self::open_with(path, file, true)
+        Self::open_with(path, file, Leniency::Check)
     }
 
-    fn open_with(path: &Path, file: File, lenient: bool) -> Result<Self> {
+    fn open_with(path: &Path, file: File, leniency: Leniency) -> Result<Self> {
+        let lenient = leniency == Leniency::Check;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut first = vec![0u8; (file_len.min(2 << 20)) as usize];
         read_exact_at(&file, path, &mut first, 0)?;
         // Lenient: tables past the end are judged by `check`, not here.
         let limit = if lenient { u64::MAX } else { file_len };
         let header = Header::parse(&first, limit).map_err(|m| Error::corrupt(path, m))?;
+        if header.refcount_table_clusters == 0 && leniency == Leniency::None {
+            return Err(Error::corrupt(path, "image has no refcount table"));
+        }
         let mut meta = Meta {
             path: path.to_path_buf(),
             file,
@@ -199,6 +219,25 @@ impl Meta {
         let raw = self.read_table(offset, self.cluster_size() / 8)?;
         let step = (self.header.l2_entry_size() / 8) as usize;
         Ok(raw
+            .iter()
+            .step_by(step)
+            .map(|&e| self.decode_l2(e))
+            .collect())
+    }
+
+    /// As `read_l2`, for `check`: a table that starts inside the file but
+    /// runs past its end reads as zeroes there, as QEMU reads it (a file
+    /// may end inside its last table).
+    pub fn read_l2_padded(&self, offset: u64) -> Result<Vec<L2Entry>> {
+        let cs = self.cluster_size();
+        if offset % cs != 0 || offset >= self.file_len {
+            return self.read_l2(offset);
+        }
+        let mut buf = vec![0u8; cs as usize];
+        let avail = (self.file_len - offset).min(cs) as usize;
+        read_exact_at(&self.file, &self.path, &mut buf[..avail], offset)?;
+        let step = (self.header.l2_entry_size() / 8) as usize;
+        Ok(be64s(&buf)
             .iter()
             .step_by(step)
             .map(|&e| self.decode_l2(e))

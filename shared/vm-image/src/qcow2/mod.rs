@@ -31,6 +31,26 @@ pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Res
     write_header(&meta, &h)
 }
 
+/// Gives a freed cluster's space back to the host file system, as QEMU
+/// discards what it frees; where that is not possible the cluster merely
+/// keeps its old bytes.
+pub(crate) fn punch(file: &std::fs::File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: fallocate on a descriptor we own, with plain integers; it
+    // touches no memory of ours.
+    unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        );
+    }
+}
+
 /// Rewrites the header cluster from `h` (one write) and syncs.
 pub(crate) fn write_header(meta: &meta::Meta, h: &header::Header) -> Result<()> {
     let mut buf = h.serialize().map_err(|e| Error::io(&meta.path, e))?;

@@ -45,7 +45,7 @@ fn alloc(counts: &mut Vec<u64>, n: u64) -> u64 {
 /// Writes a new refcount structure holding `counts` (references per
 /// cluster, as `check` counted them) and points the header at it.
 pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
-    let (table_at, table_clusters) = write_structure(meta, counts, meta.header.refcount_order)?;
+    let (table_at, table_clusters) = write_rebuilt(meta, counts)?;
     // refcount_table_offset and refcount_table_clusters, side by side.
     let mut h = [0u8; 12];
     h[..8].copy_from_slice(&table_at.to_be_bytes());
@@ -129,6 +129,134 @@ pub fn write_structure(meta: &Meta, counts: &[u32], order: u32) -> Result<(u64, 
         }
         meta.file.write_all_at(&buf, at * cs).map_err(io)?;
         reftable[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&(at * cs).to_be_bytes());
+    }
+    meta.file
+        .write_all_at(&reftable, table_at * cs)
+        .map_err(io)?;
+    meta.file.sync_all().map_err(io)?;
+    Ok((table_at * cs, table_clusters as u32))
+}
+
+/// Finds `n` free clusters in a row at or after `*from` (first fit),
+/// counts them once, and moves `*from` to the first free cluster seen, so
+/// later searches start there. Past the end everything is free.
+fn alloc_from(counts: &mut Vec<u64>, n: u64, from: &mut u64) -> u64 {
+    let mut c = *from;
+    let mut run = 0;
+    let mut first_gap = true;
+    while run < n {
+        if counts.get(c as usize).copied().unwrap_or(0) == 0 {
+            if first_gap {
+                *from = c;
+                first_gap = false;
+            }
+            run += 1;
+        } else {
+            run = 0;
+        }
+        c += 1;
+    }
+    let start = c - n;
+    if counts.len() < c as usize {
+        counts.resize(c as usize, 0);
+    }
+    for k in start..c {
+        counts[k as usize] = 1;
+    }
+    start
+}
+
+/// The new structure of a repair, placed as QEMU places it, so the same
+/// repair lays the file out the same way: walking the clusters in order,
+/// each range with a count gets a block at the first free cluster at or
+/// after the range's own start (never inside a range already walked);
+/// then the table goes to the first free place from the file's start, and
+/// the ranges it lands in are walked again; a table that has to grow for
+/// them is placed anew (the old place leaks, for the check that follows).
+fn write_rebuilt(meta: &Meta, counts: &[u32]) -> Result<(u64, u32)> {
+    let cs = meta.cluster_size();
+    let order = meta.header.refcount_order;
+    let per_block = cs * 8 / (1u64 << order);
+    let max = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    let mut counts: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
+    if let Some(c) = counts.iter().position(|&c| c > max) {
+        return Err(Error::corrupt(
+            &meta.path,
+            format!(
+                "cluster {c} has {} references, more than refcount_bits allows",
+                counts[c]
+            ),
+        ));
+    }
+    let entries_per_cluster = cs / 8;
+    // Block cluster per range (0: none); its length is whole table clusters.
+    let mut table: Vec<u64> = Vec::new();
+    let walk = |counts: &mut Vec<u64>, table: &mut Vec<u64>, first: u64, end: u64| -> bool {
+        let mut grown = false;
+        let mut from = 0u64;
+        let mut end = end;
+        let mut c = first;
+        while c < end {
+            if counts.get(c as usize).copied().unwrap_or(0) == 0 {
+                c += 1;
+                continue;
+            }
+            let b = c / per_block;
+            let start = b * per_block;
+            if table.get(b as usize).copied().unwrap_or(0) == 0 {
+                from = from.max(start);
+                let at = alloc_from(counts, 1, &mut from);
+                // The block holding this block's own count is walked too.
+                end = end.max(at + 1);
+                if table.len() as u64 <= b {
+                    let want = (b + 1).div_ceil(entries_per_cluster) * entries_per_cluster;
+                    table.resize(want as usize, 0);
+                    grown = true;
+                }
+                table[b as usize] = at;
+            }
+            c = start + per_block;
+        }
+        grown
+    };
+    let len = counts.len() as u64;
+    walk(&mut counts, &mut table, 0, len);
+    let (table_at, table_clusters) = loop {
+        let clusters = (table.len() as u64 * 8).div_ceil(cs).max(1);
+        if clusters * cs > MAX_REFTABLE_BYTES {
+            return Err(Error::unsupported(
+                &meta.path,
+                "the rebuilt refcount table would be too large",
+            ));
+        }
+        let mut from = 0;
+        let at = alloc_from(&mut counts, clusters, &mut from);
+        if !walk(&mut counts, &mut table, at, at + clusters) {
+            break (at, clusters);
+        }
+    };
+    let io = |e| Error::io(&meta.path, e);
+    let mut buf = vec![0u8; cs as usize];
+    let mut reftable = vec![0u8; (table_clusters * cs) as usize];
+    for (b, &at) in table.iter().enumerate() {
+        if at == 0 {
+            continue;
+        }
+        buf.fill(0);
+        let lo = b as u64 * per_block;
+        for i in 0..per_block {
+            match counts.get((lo + i) as usize) {
+                Some(&v) if v > 0 => encode_refcount(&mut buf, order, i as usize, v),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        meta.file.write_all_at(&buf, at * cs).map_err(io)?;
+        reftable[b * 8..b * 8 + 8].copy_from_slice(&(at * cs).to_be_bytes());
     }
     meta.file
         .write_all_at(&reftable, table_at * cs)

@@ -136,7 +136,7 @@ fn source_bits(file: &Path, format: Option<&str>, name: &str) -> Result<Bits> {
     if img.format() != Format::Qcow2 {
         bail!("Dirty bitmap '{name}' not found");
     }
-    let meta = Meta::open(file, std::fs::File::open(file)?)?;
+    let meta = Meta::open(file, vm_image::open_image_file(file, false, false)?)?;
     let list = bitmaps::list(&meta)?;
     let bm = list
         .iter()

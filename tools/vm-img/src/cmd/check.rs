@@ -55,7 +55,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let open = if repair == Repair::None {
         Meta::open_for_check
     } else {
-        Meta::open
+        Meta::open_for_repair
     };
     let meta = open(path, file).with_context(|| format!("Could not open '{}'", path.display()))?;
     // A missing or broken backing file means the image cannot be checked

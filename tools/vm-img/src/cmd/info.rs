@@ -82,16 +82,20 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         backing: false,
         ..OpenOptions::default()
     };
-    let img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let (format, size, header) = match Image::open(path, &opts) {
+        Ok(img) => (img.format(), img.size(), img.header().cloned()),
+        Err(e) => corrupt_marked(path, opts.format)
+            .ok_or(e)
+            .with_context(|| format!("Could not open '{}'", path.display()))?,
+    };
     let mut m = Map::new();
     m.insert("filename".into(), json!(path.display().to_string()));
-    m.insert("format".into(), json!(img.format().as_str()));
-    m.insert("virtual-size".into(), json!(img.size()));
+    m.insert("format".into(), json!(format.as_str()));
+    m.insert("virtual-size".into(), json!(size));
     m.insert("actual-size".into(), json!(util::allocated_bytes(path)));
-    let dirty = img.header().is_some_and(Header::dirty);
+    let dirty = header.as_ref().is_some_and(Header::dirty);
     m.insert("dirty-flag".into(), json!(dirty));
-    if let Some(h) = img.header() {
+    if let Some(h) = &header {
         m.insert("cluster-size".into(), json!(h.cluster_size()));
         if let Some(b) = &h.backing_file {
             m.insert("backing-filename".into(), json!(b));
@@ -126,7 +130,7 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             if h.has_data_file() {
                 data.insert("data-file-raw".into(), json!(h.data_file_raw()));
             }
-            let file = std::fs::File::open(path)?;
+            let file = vm_image::open_image_file(path, false, false)?;
             let meta = Meta::open(path, file)?;
             let list = bitmaps::list(&meta)
                 .with_context(|| format!("Could not open '{}'", path.display()))?;
@@ -148,10 +152,21 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
                 .collect();
             m.insert("snapshots".into(), Value::Array(snaps));
         }
-    } else if img.format() == Format::Raw {
-        // qemu-img prints no cluster size for raw.
     }
     Ok(Value::Object(m))
+}
+
+/// A qcow2 image marked corrupt, which the data path will not open even
+/// to read: qemu-img still describes it (read-only), from the header.
+fn corrupt_marked(path: &Path, format: Option<Format>) -> Option<(Format, u64, Option<Header>)> {
+    if format.is_some_and(|f| f != Format::Qcow2) {
+        return None;
+    }
+    // Not a FIFO or other file a plain open would wait on.
+    let file = vm_image::open_image_file(path, false, false).ok()?;
+    let h = Meta::open(path, file).ok()?.header;
+    let size = h.size;
+    h.corrupt().then_some((Format::Qcow2, size, Some(h)))
 }
 
 /// One bitmap as qemu-img describes it.

@@ -58,7 +58,8 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
                     // v3 image keep them.
                     let source_v3 = img.header().is_some_and(|h| h.version >= 3);
                     let bitmaps = if o.qcow2.version >= 3 && source_v3 {
-                        let meta = Meta::open(path, std::fs::File::open(path)?)?;
+                        let meta =
+                            Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
                         Some(bitmaps::measure(&bitmaps::list(&meta)?, size, cs))
                     } else {
                         None

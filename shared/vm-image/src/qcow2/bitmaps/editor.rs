@@ -76,7 +76,8 @@ impl Editor {
     /// [`Editor::refresh`], [`Editor::mark_written`], [`Editor::commit`].
     /// `None` for an image that is not qcow2 or has no bitmaps.
     pub fn keep(path: &Path) -> Result<Option<Self>> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Not a FIFO or other file a plain open would wait on.
+        let file = crate::image::open_image_file(path, false, false)?;
         let Ok(meta) = Meta::open(path, file) else {
             // Not a qcow2 image (or not one we open): nothing to keep.
             return Ok(None);
@@ -345,28 +346,9 @@ impl Editor {
         // Freed bits go from the disk too, as QEMU discards them.
         for at in data {
             if rc.get(meta, at)? == 0 {
-                punch(meta, at, cs);
+                super::super::punch(&meta.file, at, cs);
             }
         }
         Ok(())
-    }
-}
-
-/// Gives a free cluster's space back to the host file system; where that
-/// is not possible the cluster merely keeps its old bytes.
-fn punch(meta: &Meta, at: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
-        return;
-    };
-    // SAFETY: fallocate on a descriptor we own, with plain integers; it
-    // touches no memory of ours.
-    unsafe {
-        libc::fallocate(
-            meta.file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            len,
-        );
     }
 }
