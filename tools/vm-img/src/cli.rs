@@ -309,9 +309,16 @@ pub struct ConvertArgs {
     /// (in-use) instead of failing.
     #[arg(long = "skip-broken-bitmaps")]
     pub skip_broken_bitmaps: bool,
-    /// The image to copy; several are read one after another as one disk.
-    #[arg(value_name = "SOURCE", required = true, num_args = 1..)]
+    /// SOURCE... OUTPUT: the image to copy (several are read one after
+    /// another as one disk), then the image to write; options may come
+    /// between them, as qemu-img takes them.
+    #[arg(value_name = "FILE", required = true, num_args = 1.., action = clap::ArgAction::Append)]
+    pub files: Vec<PathBuf>,
+    /// The sources (filled in by `crate::parse` from FILE...).
+    #[arg(skip)]
     pub sources: Vec<PathBuf>,
+    /// The output (the last FILE).
+    #[arg(skip)]
     pub output: PathBuf,
 }
 

@@ -23,6 +23,18 @@ where
 {
     let matches = Cli::command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Command::Convert(a) = &mut cli.command {
+        // clap keeps one positional list; the last FILE is the output.
+        let mut files = a.files.clone();
+        if files.len() < 2 {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "convert needs a source and an output: SOURCE... OUTPUT",
+            ));
+        }
+        a.output = files.pop().expect("two or more");
+        a.sources = files;
+    }
     if let (Command::Bitmap(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("bitmap"))
     {
         let mut actions: Vec<(usize, BitmapAction)> = Vec::new();

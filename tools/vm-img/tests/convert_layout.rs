@@ -198,6 +198,13 @@ fn convert_allocates_what_qemu_img_allocates() {
         &["convert", "-n", "-B", &base, "-O", "qcow2", &empty, "OUT"],
         prepare,
     );
+    // Options may come between the files, as qemu-img takes them.
+    same_as_qemu(
+        &d,
+        "interleaved",
+        &["convert", &s0, "-O", "qcow2", &s1, "-c", "OUT"],
+        none,
+    );
     // What qemu-img refuses with several sources.
     for extra in [
         &["-B", base.as_str(), "-F", "qcow2"][..],

@@ -205,7 +205,7 @@ fn source_bitmaps(
     if src.header().is_none_or(|h| h.version < 3) {
         bail!("Source lacks bitmap support");
     }
-    let meta = Meta::open(path, File::open(path)?)?;
+    let meta = Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
     let mut out = Vec::new();
     // qemu-img walks them last first (its in-memory list), so its errors
     // and warnings name them in that order; they are added first first.
