@@ -266,3 +266,68 @@ fn hostile_l1_entry(mode: &str) {
         "{mode}: the refcount table is as it was"
     );
 }
+
+/// `create -o preallocation=` lays the image out as qemu-img does (one L2
+/// table after another, each followed by what it maps), byte for byte;
+/// map then shows what qemu-img shows: data over holes reads as zero.
+#[test]
+fn preallocated_images_are_laid_out_as_qemu_img_lays_them_out() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    for (opts, size) in [
+        ("preallocation=metadata", "1100M"),
+        ("preallocation=metadata,cluster_size=1M", "600M"),
+        ("preallocation=metadata,compat=0.10", "200M"),
+        ("preallocation=falloc", "40M"),
+        ("preallocation=full", "4M"),
+    ] {
+        let (q, v) = (d.s("q.qcow2"), d.s("v.qcow2"));
+        qemu_ok(&["create", "-q", "-f", "qcow2", "-o", opts, &q, size]);
+        ok(&["create", "-q", "-f", "qcow2", "-o", opts, &v, size]);
+        assert!(
+            std::fs::read(&q).unwrap() == std::fs::read(&v).unwrap(),
+            "{opts} {size}: the files differ"
+        );
+        qemu_io(&d.path("v.qcow2"), "qcow2", &["write -P 7 1M 64k"]);
+        qemu_io(&d.path("q.qcow2"), "qcow2", &["write -P 7 1M 64k"]);
+        for args in [vec!["map", "--output=json"], vec!["map"]] {
+            let mut qa = args.clone();
+            qa.push(&q);
+            let mut va = args.clone();
+            va.push(&v);
+            assert_eq!(ok(&va).replace("v.qcow2", "q.qcow2"), qemu_ok(&qa), "{opts} {args:?}");
+        }
+    }
+}
+
+/// A shrink gives the space back as qemu-img does: the file ends after
+/// its last cluster in use, and freed clusters before that are holes.
+#[test]
+fn a_shrink_gives_space_back() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    for tool in ["q", "v"] {
+        let p = d.path(&format!("{tool}.qcow2"));
+        let s = p.to_str().unwrap();
+        qemu_ok(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=1M,preallocation=metadata", s, "300M"]);
+        // Data at the start of the disk mapped at the end of the file, so
+        // only punching (not trimming) frees the rest.
+        qemu_io(&p, "qcow2", &["discard 0 10M", "discard 290M 10M", "write 290M 10M", "write 0 10M"]);
+        let args = ["resize", "-q", "--shrink", s, "5M"];
+        if tool == "q" {
+            qemu_ok(&args);
+        } else {
+            ok(&args);
+        }
+    }
+    let (q, v) = (d.path("q.qcow2"), d.path("v.qcow2"));
+    qemu_clean(&v);
+    let len = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(len(&v), len(&q));
+    assert_eq!(blocks(&v), blocks(&q), "the same space in use");
+    qemu_same(&q, &v);
+}

@@ -68,14 +68,27 @@ impl Image {
             match m {
                 imago::ShallowMapping::Raw { offset, .. } => {
                     let info = &self.layers[depth.min(self.layers.len() - 1)];
-                    let (is_data, run) = if info.format == Format::Raw {
-                        data_or_hole(&info.file, offset, len)
-                    } else {
+                    let in_data_file = info.header.as_ref().is_some_and(Header::has_data_file);
+                    if info.format == Format::Raw {
+                        let (is_data, run) = data_or_hole(&info.file, offset, len);
+                        return Ok(Extent {
+                            zero: !is_data,
+                            data: is_data,
+                            offset: Some(offset),
+                            ..mk(depth, run)
+                        });
+                    }
+                    // A qcow2 data cluster over a hole in its file (as
+                    // preallocation leaves them) reads as zeroes: qemu-img
+                    // says zero, and still data.
+                    let (written, run) = if in_data_file {
                         (true, len)
+                    } else {
+                        data_or_hole(&info.file, offset, len)
                     };
                     return Ok(Extent {
-                        zero: !is_data,
-                        data: is_data,
+                        zero: !written,
+                        data: true,
                         offset: Some(offset),
                         ..mk(depth, run)
                     });
@@ -137,7 +150,7 @@ impl Image {
     }
 }
 
-/// For a raw file: whether `offset` starts data or a hole, and how long that
+/// For a file: whether `offset` starts data or a hole, and how long that
 /// run is (at most `len`), from SEEK_DATA / SEEK_HOLE.
 fn data_or_hole(f: &File, offset: u64, len: u64) -> (bool, u64) {
     let fd = f.as_raw_fd();

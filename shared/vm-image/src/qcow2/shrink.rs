@@ -18,7 +18,37 @@ use crate::{Error, Result};
 pub fn release_past_end(path: &Path) -> Result<()> {
     drop_l2_tables_past_end(path)?;
     drop_empty_blocks(path)?;
-    Ok(())
+    give_back_free_space(path)
+}
+
+/// As QEMU after a shrink: the file ends after its last cluster in use,
+/// and the free clusters before that are punched out (QEMU discards what
+/// it frees), so the space goes back to the host.
+fn give_back_free_space(path: &Path) -> Result<()> {
+    let meta = Meta::open_rw(path)?;
+    let cs = meta.cluster_size();
+    let clusters = meta.file_len.div_ceil(cs);
+    let mut rc = Refcounts::new(&meta);
+    let mut last_used = 0;
+    let mut free_runs: Vec<(u64, u64)> = Vec::new();
+    for c in 0..clusters {
+        if rc.get(&meta, c * cs)? > 0 {
+            last_used = c;
+            continue;
+        }
+        match free_runs.last_mut() {
+            Some((start, n)) if *start + *n == c => *n += 1,
+            _ => free_runs.push((c, 1)),
+        }
+    }
+    let end = (last_used + 1) * cs;
+    if end < meta.file_len {
+        meta.file.set_len(end).map_err(|e| Error::io(path, e))?;
+    }
+    for (start, n) in free_runs.into_iter().filter(|&(s, _)| s < last_used) {
+        super::punch(&meta.file, start * cs, n * cs);
+    }
+    meta.file.sync_all().map_err(|e| Error::io(path, e))
 }
 
 /// Clears the L1 entries past the disk's end and frees their L2 tables

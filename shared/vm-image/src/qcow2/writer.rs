@@ -317,6 +317,92 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// Lays out a new image with preallocated metadata as `qemu-img create
+    /// -o preallocation=...` does: the header, the refcount table, one
+    /// refcount block, the L1 table, then each L2 table followed by the
+    /// clusters it maps (none with an external data file, where a guest
+    /// cluster sits at its own offset); the file ends after the last, its
+    /// unwritten clusters holes. Hands the writer back where this does not
+    /// apply (something was written, or one refcount block cannot count
+    /// every cluster); then `preallocate_metadata` and `finish` lay it out
+    /// their own way. With `whole` (falloc and full), QEMU first moves the
+    /// refcount table past the L1 table to cover the whole file, and the
+    /// first L2 table takes the table's old cluster: so here too (for one
+    /// L2 table; QEMU places more after all the data).
+    pub fn finish_preallocated(mut self, whole: bool) -> io::Result<Result<File, Self>> {
+        let cs = self.cs();
+        let per_block = cs * 8 / u64::from(self.header.refcount_bits());
+        let l1_entries = self.l1.len() as u64;
+        let l1_clusters = (l1_entries * 8).div_ceil(cs);
+        let n = self.header.size.div_ceil(cs);
+        let per_l2 = self.header.l2_entries();
+        let tables = n.div_ceil(per_l2);
+        let data_file = self.header.data_file.is_some();
+        let total = 3 + l1_clusters + tables + if data_file { 0 } else { n };
+        if self.next != (1 + l1_clusters) * cs
+            || self.l2.is_some()
+            || self.l1.iter().any(|&e| e != 0)
+            || self.header.extended_l2()
+            || l1_entries == 0
+            || total > per_block
+            // QEMU puts later tables of falloc/full after all the data.
+            || (whole && tables > 1)
+        {
+            return Ok(Err(self));
+        }
+        let reftable_at = if whole { 3 + l1_clusters } else { 1 };
+        let mut at = if whole {
+            4 + l1_clusters
+        } else {
+            3 + l1_clusters
+        };
+        let mut l1 = vec![0u8; (l1_clusters * cs) as usize];
+        let mut l2 = vec![0u8; cs as usize];
+        for t in 0..tables {
+            let table_at = if whole && t == 0 { 1 } else { at };
+            if table_at == at {
+                at += 1;
+            }
+            let first = t * per_l2;
+            let count = per_l2.min(n - first);
+            l2.fill(0);
+            for k in 0..count {
+                let host = if data_file {
+                    (first + k) * cs
+                } else {
+                    (at + k) * cs
+                };
+                let e = host | COPIED;
+                l2[(k * 8) as usize..(k * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
+            }
+            if !data_file {
+                at += count;
+            }
+            self.file.write_all_at(&l2, table_at * cs)?;
+            let e = (table_at * cs) | COPIED;
+            l1[(t * 8) as usize..(t * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
+        }
+        self.file.write_all_at(&l1, 3 * cs)?;
+        let mut table = vec![0u8; cs as usize];
+        table[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+        self.file.write_all_at(&table, reftable_at * cs)?;
+        let mut block = vec![0u8; cs as usize];
+        for c in 0..total {
+            encode_refcount(&mut block, self.header.refcount_order, c as usize, 1);
+        }
+        self.file.write_all_at(&block, 2 * cs)?;
+        self.header.refcount_table_offset = reftable_at * cs;
+        self.header.refcount_table_clusters = 1;
+        self.header.l1_table_offset = 3 * cs;
+        let mut h = self.header.serialize()?;
+        h.resize(cs as usize, 0);
+        self.file.write_all_at(&h, 0)?;
+        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+            self.file.set_len(total * cs)?;
+        }
+        Ok(Ok(self.file))
+    }
+
     /// Lays out an image nothing was written to as `qemu-img create`
     /// does: the header, the refcount table (cluster 1), one refcount block
     /// (cluster 2), then the L1 table (cluster 3), the file ending where

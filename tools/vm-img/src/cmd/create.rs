@@ -167,13 +167,20 @@ pub(crate) fn write_image(
         }
         Format::Qcow2 => {
             o.qcow2.size = size;
-            let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)?;
-            if prealloc != Prealloc::Off {
-                w.preallocate_metadata()?;
-            }
-            match w.finish_empty()? {
+            let w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)?;
+            let laid_out = if prealloc == Prealloc::Off {
+                w.finish_empty()?
+            } else {
+                w.finish_preallocated(matches!(prealloc, Prealloc::Falloc | Prealloc::Full))?
+            };
+            match laid_out {
                 Ok(file) => file,
-                Err(w) => w.finish()?,
+                Err(mut w) => {
+                    if prealloc != Prealloc::Off {
+                        w.preallocate_metadata()?;
+                    }
+                    w.finish()?
+                }
             }
         }
     };

@@ -39,7 +39,8 @@ pub fn run(a: &MapArgs) -> Result<i32> {
         }
         OutputFormat::Human => {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-            for e in extents.iter().filter(|e| e.data && e.present) {
+            // As qemu-img: data that reads as zero (over a hole) is left out.
+            for e in extents.iter().filter(|e| e.data && e.present && !e.zero) {
                 if let Some(o) = e.offset {
                     // Data in an external data file is mapped there.
                     let layer = &img.layers()[e.depth as usize];
