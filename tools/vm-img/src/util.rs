@@ -540,3 +540,23 @@ impl KeptBitmaps {
         ed.commit().with_context(what)
     }
 }
+
+/// Takes the write lock of an image to be edited in place, then opens it
+/// (without its backing chain) to learn its format and header; the lock
+/// lasts as long as the returned guard.
+pub fn lock_for_edit(
+    path: &Path,
+    format: Option<vm_image::Format>,
+) -> Result<(vm_image::lock::ImageLock, vm_image::Image)> {
+    let what = || format!("Could not open '{}'", path.display());
+    let lock = vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write)
+        .with_context(what)?;
+    let opts = vm_image::OpenOptions {
+        format,
+        lock: false,
+        backing: false,
+        ..vm_image::OpenOptions::default()
+    };
+    let img = vm_image::Image::open(path, &opts).with_context(what)?;
+    Ok((lock, img))
+}

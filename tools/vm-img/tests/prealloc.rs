@@ -297,7 +297,11 @@ fn preallocated_images_are_laid_out_as_qemu_img_lays_them_out() {
             qa.push(&q);
             let mut va = args.clone();
             va.push(&v);
-            assert_eq!(ok(&va).replace("v.qcow2", "q.qcow2"), qemu_ok(&qa), "{opts} {args:?}");
+            assert_eq!(
+                ok(&va).replace("v.qcow2", "q.qcow2"),
+                qemu_ok(&qa),
+                "{opts} {args:?}"
+            );
         }
     }
 }
@@ -313,10 +317,28 @@ fn a_shrink_gives_space_back() {
     for tool in ["q", "v"] {
         let p = d.path(&format!("{tool}.qcow2"));
         let s = p.to_str().unwrap();
-        qemu_ok(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=1M,preallocation=metadata", s, "300M"]);
+        qemu_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=1M,preallocation=metadata",
+            s,
+            "300M",
+        ]);
         // Data at the start of the disk mapped at the end of the file, so
         // only punching (not trimming) frees the rest.
-        qemu_io(&p, "qcow2", &["discard 0 10M", "discard 290M 10M", "write 290M 10M", "write 0 10M"]);
+        qemu_io(
+            &p,
+            "qcow2",
+            &[
+                "discard 0 10M",
+                "discard 290M 10M",
+                "write 290M 10M",
+                "write 0 10M",
+            ],
+        );
         let args = ["resize", "-q", "--shrink", s, "5M"];
         if tool == "q" {
             qemu_ok(&args);
@@ -331,6 +353,9 @@ fn a_shrink_gives_space_back() {
     // The same space in use, within a cluster of file-system noise (the
     // 10 MiB written at the file's end must be gone in both).
     let (bq, bv) = (blocks(&q), blocks(&v));
-    assert!(bv.abs_diff(bq) <= 128, "space in use: ours {bv} blocks, qemu-img's {bq}");
+    assert!(
+        bv.abs_diff(bq) <= 128,
+        "space in use: ours {bv} blocks, qemu-img's {bq}"
+    );
     qemu_same(&q, &v);
 }

@@ -81,7 +81,10 @@ impl Image {
                     // A qcow2 data cluster over a hole in its file (as
                     // preallocation leaves them) reads as zeroes: qemu-img
                     // says zero, and still data.
-                    let (written, run) = if in_data_file {
+                    // Past the file's end (a file cut short) it stays data,
+                    // as qemu-img reports it.
+                    let past_end = super::file_len(&info.file).is_ok_and(|end| offset >= end);
+                    let (written, run) = if in_data_file || past_end {
                         (true, len)
                     } else {
                         data_or_hole(&info.file, offset, len)

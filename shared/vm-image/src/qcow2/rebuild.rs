@@ -17,6 +17,27 @@ use super::header::MAX_REFTABLE_BYTES;
 use super::meta::{encode_refcount, Meta};
 use crate::{Error, Result};
 
+/// The counted references as refcounts of `2^order` bits, or which
+/// cluster has more than that width holds.
+fn widened(meta: &Meta, counts: &[u32], order: u32) -> Result<Vec<u64>> {
+    let max = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    let counts: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
+    if let Some(c) = counts.iter().position(|&c| c > max) {
+        return Err(Error::corrupt(
+            &meta.path,
+            format!(
+                "cluster {c} has {} references, more than refcount_bits allows",
+                counts[c]
+            ),
+        ));
+    }
+    Ok(counts)
+}
+
 /// Finds `n` free clusters in a row (count 0), first fit from cluster 1,
 /// growing the table past the file's end as needed, and counts them once.
 fn alloc(counts: &mut Vec<u64>, n: u64) -> u64 {
@@ -61,21 +82,7 @@ pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
 pub fn write_structure(meta: &Meta, counts: &[u32], order: u32) -> Result<(u64, u32)> {
     let cs = meta.cluster_size();
     let per_block = cs * 8 / (1u64 << order);
-    let max = if order == 6 {
-        u64::MAX
-    } else {
-        (1u64 << (1 << order)) - 1
-    };
-    let mut counts: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
-    if let Some(c) = counts.iter().position(|&c| c > max) {
-        return Err(Error::corrupt(
-            &meta.path,
-            format!(
-                "cluster {c} has {} references, more than refcount_bits allows",
-                counts[c]
-            ),
-        ));
-    }
+    let mut counts = widened(meta, counts, order)?;
     // Blocks for every range with a count in it, then a table for them; a
     // new block or table may land in a range that had none: repeat.
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
@@ -177,21 +184,7 @@ fn write_rebuilt(meta: &Meta, counts: &[u32]) -> Result<(u64, u32)> {
     let cs = meta.cluster_size();
     let order = meta.header.refcount_order;
     let per_block = cs * 8 / (1u64 << order);
-    let max = if order == 6 {
-        u64::MAX
-    } else {
-        (1u64 << (1 << order)) - 1
-    };
-    let mut counts: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
-    if let Some(c) = counts.iter().position(|&c| c > max) {
-        return Err(Error::corrupt(
-            &meta.path,
-            format!(
-                "cluster {c} has {} references, more than refcount_bits allows",
-                counts[c]
-            ),
-        ));
-    }
+    let mut counts = widened(meta, counts, order)?;
     let entries_per_cluster = cs / 8;
     // Block cluster per range (0: none); its length is whole table clusters.
     let mut table: Vec<u64> = Vec::new();

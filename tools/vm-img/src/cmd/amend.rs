@@ -4,7 +4,7 @@
 //! (once what 0.10 cannot hold has been taken out).
 
 use anyhow::{anyhow, bail, Context, Result};
-use vm_image::lock::{ImageLock, LockMode};
+
 use vm_image::qcow2::amend;
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{parse_size, BareNumber};
@@ -74,16 +74,7 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
     let (path, format) =
         util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     let path = &path;
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
-    let opts = OpenOptions {
-        format: util::parse_format(format.as_deref())?,
-        lock: false,
-        backing: false,
-        ..OpenOptions::default()
-    };
-    let img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let (_lock, img) = util::lock_for_edit(path, util::parse_format(format.as_deref())?)?;
     if img.format() != Format::Qcow2 {
         bail!(
             "Format driver '{}' does not support option amendment",

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::bitmaps::{self, Bits, Editor};
 use vm_image::qcow2::meta::Meta;
 use vm_image::{Format, Image, OpenOptions};
@@ -49,16 +48,7 @@ pub fn run(a: &BitmapArgs) -> Result<i32> {
     let (path, format) =
         util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     let path = &path;
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
-    let opts = OpenOptions {
-        format: util::parse_format(format.as_deref())?,
-        lock: false,
-        backing: false,
-        ..OpenOptions::default()
-    };
-    let img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let (_lock, img) = util::lock_for_edit(path, util::parse_format(format.as_deref())?)?;
     let fmt = img.format();
     drop(img);
     let name = a.bitmap.as_str();

@@ -7,10 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::meta::{Meta, Snapshot};
 use vm_image::qcow2::snapshot;
-use vm_image::{Format, Image, OpenOptions};
+use vm_image::Format;
 
 use crate::cli::SnapshotArgs;
 use crate::util;
@@ -45,16 +44,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
     if a.force_share {
         bail!("force-share=on can only be used with read-only images");
     }
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
-    let opts = OpenOptions {
-        format,
-        lock: false,
-        backing: false,
-        ..OpenOptions::default()
-    };
-    let img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let (_lock, img) = util::lock_for_edit(path, format)?;
     let qcow2 = img.format() == Format::Qcow2;
     drop(img);
     match action {
