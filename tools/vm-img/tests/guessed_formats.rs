@@ -120,7 +120,7 @@ fn rebase_never_guesses_the_format_it_records() {
         let (code, _, err) = run(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(
-            one_error_line(&err).contains("without backing format"),
+            one_error_line(&err).contains("backing format must be specified"),
             "{err}"
         );
         assert_eq!(std::fs::read(d.path("ov.qcow2")).unwrap(), before);

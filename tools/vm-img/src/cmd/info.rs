@@ -84,9 +84,14 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
     };
     let (format, size, header) = match Image::open(path, &opts) {
         Ok(img) => (img.format(), img.size(), img.header().cloned()),
-        Err(e) => corrupt_marked(path, opts.format)
+        // Only what the data path refuses (never a lock held elsewhere).
+        Err(e @ vm_image::Error::Corrupt { .. }) => header_only(path, &opts)
             .ok_or(e)
             .with_context(|| format!("Could not open '{}'", path.display()))?,
+        Err(e) => {
+            return Err(anyhow::Error::new(e))
+                .with_context(|| format!("Could not open '{}'", path.display()))
+        }
     };
     let mut m = Map::new();
     m.insert("filename".into(), json!(path.display().to_string()));
@@ -156,17 +161,23 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
     Ok(Value::Object(m))
 }
 
-/// A qcow2 image marked corrupt, which the data path will not open even
-/// to read: qemu-img still describes it (read-only), from the header.
-fn corrupt_marked(path: &Path, format: Option<Format>) -> Option<(Format, u64, Option<Header>)> {
-    if format.is_some_and(|f| f != Format::Qcow2) {
+/// A qcow2 image the data path will not open even to read (marked
+/// corrupt, or with two backing format extensions): qemu-img still
+/// describes it, and so do we, from the header our own parser checked.
+fn header_only(path: &Path, opts: &OpenOptions) -> Option<(Format, u64, Option<Header>)> {
+    if opts.format.is_some_and(|f| f != Format::Qcow2) {
         return None;
     }
+    // Read under the same lock the open would have taken.
+    let _lock = if opts.lock {
+        Some(vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Read).ok()?)
+    } else {
+        None
+    };
     // Not a FIFO or other file a plain open would wait on.
     let file = vm_image::open_image_file(path, false, false).ok()?;
     let h = Meta::open(path, file).ok()?.header;
-    let size = h.size;
-    h.corrupt().then_some((Format::Qcow2, size, Some(h)))
+    Some((Format::Qcow2, h.size, Some(h)))
 }
 
 /// One bitmap as qemu-img describes it.

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::l2prep::prepare_l2_tables;
+use vm_image::qcow2::meta::Meta;
 use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
 
 use crate::cli::RebaseArgs;
@@ -23,8 +24,8 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
     // The format goes into the header: a guess here would be recorded for
     // every later VM (a raw base whose guest wrote a qcow2 header would
     // become a qcow2 image naming any host file), so it must be given.
-    if new_name.is_some() && a.backing_format.is_none() {
-        bail!("Backing file specified without backing format (use -F raw or -F qcow2)");
+    if let (Some(b), None) = (new_name, &a.backing_format) {
+        bail!("Could not change the backing file to '{b}': backing format must be specified");
     }
     if a.unsafe_mode {
         // Only written, never opened here: any of QEMU's driver names.
@@ -35,7 +36,16 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
             .transpose()?;
         let _lock = ImageLock::acquire(path, LockMode::Write)
             .with_context(|| format!("Could not open '{}'", path.display()))?;
-        open_qcow2(path, fmt, false, false)?;
+        // Only the header changes: a header our own parser takes is
+        // enough (the data path may refuse one, e.g. with two backing
+        // format extensions, which this rewrite repairs).
+        let header_ok = fmt != Some(Format::Raw)
+            && vm_image::open_image_file(path, false, false)
+                .and_then(|f| Meta::open(path, f))
+                .is_ok();
+        if !header_ok {
+            open_qcow2(path, fmt, false, false)?;
+        }
         vm_image::qcow2::set_backing(path, new_name, recorded)?;
         return Ok(0);
     }
