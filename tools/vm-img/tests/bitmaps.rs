@@ -477,3 +477,30 @@ fn bitmaps_follow_vm_img_writes_as_qemu_img_keeps_them() {
         }
     }
 }
+
+/// Bitmaps that together would need more memory than vm-img loads (each
+/// within QEMU's 512 MiB, but many of them) are refused with one line,
+/// the image left as it was.
+#[test]
+fn too_many_large_bitmaps_are_refused() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let img = d.s("big.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &img, "2T"]);
+    // 2 TiB at 512-byte granularity: 512 MiB of bits each.
+    for name in ["b1", "b2", "b3"] {
+        ok(&["bitmap", "--add", "-g", "512", &img, name]);
+    }
+    let before = std::fs::read(d.path("big.qcow2")).unwrap();
+    let (code, _, err) = run(&["bitmap", "--add", "-g", "512", &img, "b4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("more than the 1024 MiB"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(d.path("big.qcow2")).unwrap(), before);
+    let (code, _, err) = run(&["convert", "--bitmaps", "-O", "qcow2", &img, &d.s("o.qcow2")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!d.path("o.qcow2").exists());
+    qemu_clean(&d.path("big.qcow2"));
+}

@@ -206,6 +206,7 @@ fn source_bitmaps(
         bail!("Source lacks bitmap support");
     }
     let meta = Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
+    bitmaps::check_loadable(&meta, &bitmaps::list(&meta)?)?;
     let mut out = Vec::new();
     // qemu-img walks them last first (its in-memory list), so its errors
     // and warnings name them in that order; they are added first first.

@@ -49,6 +49,7 @@ impl Editor {
             ));
         }
         let old = list(&meta)?;
+        super::check_loadable(&meta, &old)?;
         let old_dir = directory(&meta)?.map(|d| (d.offset, d.size));
         let mut slots = Vec::with_capacity(old.len());
         for bm in &old {

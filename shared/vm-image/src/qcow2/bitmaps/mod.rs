@@ -209,6 +209,32 @@ fn fits(bm: &Bitmap, kind: u8, cs: u64, disk_size: u64) -> bool {
     ok && (bm.in_use() || disk_size <= (phys * 8) << bm.granularity_bits)
 }
 
+/// The most bitmap bits loaded at once (QEMU caps each bitmap at 512 MiB
+/// but not their sum; a hostile image could declare thousands of all-ones
+/// bitmaps and make a tool that loads them all run out of memory).
+pub const MAX_LOADED_BYTES: u64 = 1 << 30;
+
+/// Refuses to load `bitmaps` when their bits would need more memory than
+/// `MAX_LOADED_BYTES`.
+pub fn check_loadable(meta: &Meta, bitmaps: &[Bitmap]) -> Result<()> {
+    let total: u64 = bitmaps
+        .iter()
+        .filter(|b| !b.in_use())
+        .map(|b| meta.header.size.div_ceil(b.granularity()).div_ceil(8))
+        .sum();
+    if total > MAX_LOADED_BYTES {
+        return Err(Error::unsupported(
+            &meta.path,
+            format!(
+                "its bitmaps would need {} MiB of memory, more than the {} MiB vm-img loads",
+                total >> 20,
+                MAX_LOADED_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a consistent bitmap's bits.
 pub fn load(meta: &Meta, bm: &Bitmap) -> Result<Bits> {
     let cs = meta.cluster_size();
