@@ -78,6 +78,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s l -d 'Convert 
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s B -d 'Give the qcow2 output this backing file, and copy only what the source\'s top layer holds (the backing file holds the rest)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s F -d 'The backing file\'s format (needed with -B)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s S -d 'Zero runs shorter than SIZE are written as data (default 4k; 0 writes every byte, for a fully allocated output)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s m -d 'qemu-img\'s number of parallel copy requests (1..16). Taken and checked; vm-img\'s own parallelism (a worker per core with -c) stays' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s o -d 'Output format options, as for create' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s t -d 'Cache mode for the output: writeback (default) ends with one fsync, unsafe skips it; none, writethrough and directsync are accepted and behave as writeback (the output is new, so one fsync at the end gives the same durability)' -r -f -a "none\t''
 writeback\t''
@@ -91,6 +92,8 @@ directsync\t''
 unsafe\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s c -d 'Compress the output (qcow2), on every core'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s n -d 'Write into OUTPUT, which exists already (no new image is made)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s W -d 'Allow out-of-order writes (qemu-img\'s -W). Taken as allowed: vm-img writes in order, which -W permits too'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s C -d 'Try copy offloading (qemu-img\'s -C); qemu-img falls back to copying when it is not possible, and vm-img always copies. Refused with -c and -S, as qemu-img'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s p -d 'Show a progress bar'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s q -d 'Quiet'

@@ -277,6 +277,19 @@ pub struct ConvertArgs {
     /// writes every byte, for a fully allocated output).
     #[arg(short = 'S', value_name = "SIZE")]
     pub sparse: Option<String>,
+    /// Allow out-of-order writes (qemu-img's -W). Taken as allowed: vm-img
+    /// writes in order, which -W permits too.
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
+    /// qemu-img's number of parallel copy requests (1..16). Taken and
+    /// checked; vm-img's own parallelism (a worker per core with -c) stays.
+    #[arg(short = 'm', value_name = "NUM_COROUTINES")]
+    pub coroutines: Option<String>,
+    /// Try copy offloading (qemu-img's -C); qemu-img falls back to copying
+    /// when it is not possible, and vm-img always copies. Refused with -c
+    /// and -S, as qemu-img.
+    #[arg(short = 'C')]
+    pub copy_offload: bool,
     /// Output format options, as for create.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,

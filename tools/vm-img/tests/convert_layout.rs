@@ -198,6 +198,29 @@ fn convert_allocates_what_qemu_img_allocates() {
         &["convert", "-n", "-B", &base, "-O", "qcow2", &empty, "OUT"],
         prepare,
     );
+    // qemu-img's tuning options are taken, and refused where it refuses
+    // them, in its words.
+    for extra in [&["-W", "-m", "8"][..], &["-C"], &["-W", "-c"]] {
+        let mut a = vec!["convert", "-O", "qcow2"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[&s0, "OUT"]);
+        same_as_qemu(&d, &format!("tuned{}", extra.join("")), &a, none);
+    }
+    for extra in [
+        &["-C", "-c"][..],
+        &["-C", "-S", "4k"],
+        &["-m", "0"],
+        &["-m", "17"],
+    ] {
+        let mut a = vec!["convert", "-O", "qcow2"];
+        a.extend_from_slice(extra);
+        let out = s("refused.qcow2");
+        a.extend_from_slice(&[&s0, &out]);
+        let (qc, _, qe) = qemu_img(&a);
+        let (vc, _, ve) = run(&a);
+        assert_eq!((vc, ve.replace("vm-img:", "qemu-img:")), (qc, qe), "{a:?}");
+        assert!(!d.path("refused.qcow2").exists());
+    }
     // Options may come between the files, as qemu-img takes them.
     same_as_qemu(
         &d,

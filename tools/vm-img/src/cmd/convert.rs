@@ -91,6 +91,17 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         // The streaming writer puts data in the image itself.
         bail!("convert into an image with an external data file is not supported yet");
     }
+    if let Some(m) = &a.coroutines {
+        if !m.parse::<u32>().is_ok_and(|n| (1..=16).contains(&n)) {
+            bail!("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+        }
+    }
+    if a.copy_offload && a.compress {
+        bail!("Cannot enable copy offloading when -c is used");
+    }
+    if a.copy_offload && a.sparse.is_some() {
+        bail!("Cannot enable copy offloading when -S is used");
+    }
     let sparse = sparse_block(a.sparse.as_deref())?;
     if a.compress && out_fmt != Format::Qcow2 {
         bail!("Compression not supported for this file format");
