@@ -105,3 +105,13 @@ case_inplace "amend compat=0.10 (1 GiB)" full.qcow2 \
   "$vm" amend -o compat=0.10 work.qcow2 -- qemu-img amend -o compat=0.10 work.qcow2
 case_run "measure -O qcow2 (1 GiB allocated)" none \
   "$vm" measure -O qcow2 full.qcow2 -- qemu-img measure -O qcow2 full.qcow2
+# Dirty bitmaps: one that recorded 256 MiB of writes, for merge and copy.
+cp --sparse=always full.qcow2 bm.qcow2
+qemu-img bitmap --add bm.qcow2 b0
+qemu-io -c 'write -P 9 0 256M' bm.qcow2 >/dev/null
+case_inplace "bitmap --add (1 GiB allocated)" full.qcow2 \
+  "$vm" bitmap --add work.qcow2 b -- qemu-img bitmap --add work.qcow2 b
+case_inplace "bitmap --add --merge (256 MiB dirty)" bm.qcow2 \
+  "$vm" bitmap --add --merge b0 work.qcow2 b1 -- qemu-img bitmap --add --merge b0 work.qcow2 b1
+case_run "convert --bitmaps (1 GiB, 1 bitmap)" outb.qcow2 \
+  "$vm" convert --bitmaps -O qcow2 bm.qcow2 outb.qcow2 -- qemu-img convert -t writeback --bitmaps -O qcow2 bm.qcow2 outb.qcow2
