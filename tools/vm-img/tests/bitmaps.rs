@@ -504,3 +504,31 @@ fn too_many_large_bitmaps_are_refused() {
     assert!(!d.path("o.qcow2").exists());
     qemu_clean(&d.path("big.qcow2"));
 }
+
+/// Once a program that knows no bitmaps has cleared the autoclear bit,
+/// the bitmaps count as gone and their clusters as leaks, for check as
+/// for qemu-img; a leak repair frees them as qemu-img's does.
+#[test]
+fn stale_bitmaps_are_leaks_to_check() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let q = d.path("q.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "10M"]);
+    qemu_ok(&["bitmap", "--add", q.to_str().unwrap(), "b"]);
+    qemu_io(&q, "qcow2", &["write 0 1M"]);
+    let f = std::fs::OpenOptions::new().write(true).open(&q).unwrap();
+    f.write_all_at(&[0], 95).unwrap();
+    drop(f);
+    let v = d.path("v.qcow2");
+    std::fs::copy(&q, &v).unwrap();
+    let (qc, qo, _) = qemu_img(&["check", q.to_str().unwrap()]);
+    let (vc, vo, _) = run(&["check", v.to_str().unwrap()]);
+    assert_eq!((vc, vo.as_str()), (qc, qo.as_str()));
+    assert_eq!(vc, 3, "leaks only: {vo}");
+    let (qc, qo, _) = qemu_img(&["check", "-r", "leaks", q.to_str().unwrap()]);
+    let (vc, vo, _) = run(&["check", "-r", "leaks", v.to_str().unwrap()]);
+    assert_eq!((vc, vo.replace("v.qcow2", "q.qcow2")), (qc, qo));
+    qemu_clean(&v);
+}

@@ -242,6 +242,44 @@ fn data_file_refusals_are_qemu_imgs() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("names none"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The name in the header is the image's to choose, so anyone's: a FIFO,
+    // a character device or a folder as the data file is refused at once
+    // (a plain open of a FIFO would wait forever), in one line.
+    let fifo = d.path("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    for name in [fifo.to_str().unwrap(), "/dev/zero", dir.to_str().unwrap()] {
+        let _ = std::fs::remove_file(d.path("h.qcow2"));
+        let (c, _, e) = run_in(
+            dir,
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "data_file=hx.data",
+                "h.qcow2",
+                "1M",
+            ],
+        );
+        assert_eq!(c, 0, "{e}");
+        // The data file the header names is now the hostile thing.
+        std::fs::remove_file(d.path("hx.data")).unwrap();
+        std::os::unix::fs::symlink(name, d.path("hx.data")).unwrap();
+        let started = std::time::Instant::now();
+        let (code, _, err) = run_in(dir, "vm-img", &["convert", "-O", "raw", "h.qcow2", "h.raw"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("data file"), "{name}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{name}: waited"
+        );
+        assert!(!d.path("h.raw").exists());
+        std::fs::remove_file(d.path("hx.data")).unwrap();
+    }
     // Not done yet, and said so: convert into one (it would put the data
     // in the image), and preallocating one.
     let (code, _, err) = run_in(

@@ -182,66 +182,50 @@ impl Counter<'_> {
         Ok(())
     }
 
-    fn walk_bitmaps(&mut self) -> Result<()> {
+    /// Counts the bitmap directory, tables and data, read with the same
+    /// checked parser the bitmap edits use. As qemu-img: nothing when the
+    /// autoclear bit says the extension is stale (its clusters are then
+    /// leaks); a directory or table that does not parse is one corruption.
+    fn walk_bitmaps(&mut self) {
         let meta = self.meta;
-        let Some(ext) = meta
-            .header
-            .other_extensions
-            .iter()
-            .find(|e| e.kind == super::header::EXT_BITMAPS)
-        else {
-            return Ok(());
+        let corrupt = |c: &mut Self, e: Error| {
+            c.report.corruptions += 1;
+            c.report.messages.push(format!("ERROR bitmaps: {e}"));
         };
-        if ext.data.len() < 24 {
-            self.report.corruptions += 1;
-            self.report
-                .messages
-                .push("ERROR bitmaps extension is too short".into());
-            return Ok(());
-        }
-        let nb = u32::from_be_bytes(ext.data[0..4].try_into().expect("4"));
-        let dir_size = u64::from_be_bytes(ext.data[8..16].try_into().expect("8"));
-        let dir_off = u64::from_be_bytes(ext.data[16..24].try_into().expect("8"));
-        if dir_size > 64 << 20
-            || dir_off
-                .checked_add(dir_size)
-                .is_none_or(|e| e > meta.file_len)
-        {
-            self.report.corruptions += 1;
-            self.report
-                .messages
-                .push("ERROR bitmap directory lies past the end".into());
-            return Ok(());
-        }
-        self.add("bitmap directory", dir_off, dir_size);
-        let mut dir = vec![0u8; dir_size as usize];
-        super::meta::read_exact_at(&meta.file, &meta.path, &mut dir, dir_off)?;
-        let mut at = 0usize;
-        for _ in 0..nb {
-            let Some(e) = dir.get(at..at + 24) else { break };
-            let table_off = u64::from_be_bytes(e[0..8].try_into().expect("8"));
-            let table_size = u64::from(u32::from_be_bytes(e[8..12].try_into().expect("4")));
-            let name_size = usize::from(u16::from_be_bytes([e[18], e[19]]));
-            let extra = u32::from_be_bytes(e[20..24].try_into().expect("4")) as usize;
-            at += (24 + extra + name_size).div_ceil(8) * 8;
-            if !self.aligned("bitmap table", table_off) {
-                continue;
+        let dir = match super::bitmaps::directory(meta) {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                corrupt(self, e);
+                return;
             }
-            self.add("bitmap table", table_off, table_size * 8);
-            if table_size * 8 > 64 << 20 {
-                continue;
+        };
+        self.add("bitmap directory", dir.offset, dir.size);
+        let list = match super::bitmaps::list(meta) {
+            Ok(l) => l,
+            Err(e) => {
+                corrupt(self, e);
+                return;
             }
-            let Ok(table) = meta.read_table(table_off, table_size) else {
-                continue;
-            };
-            for t in table {
-                let off = t & OFFSET_MASK;
-                if off != 0 && self.aligned("bitmap data", off) {
-                    self.add("bitmap data", off, meta.cluster_size());
+        };
+        for bm in &list {
+            self.add(
+                "bitmap table",
+                bm.table_offset,
+                u64::from(bm.table_size) * 8,
+            );
+            match super::bitmaps::read_table(meta, bm) {
+                Ok(table) => {
+                    for off in table.iter().map(|e| e & OFFSET_MASK).filter(|&o| o != 0) {
+                        self.add("bitmap data", off, meta.cluster_size());
+                    }
+                }
+                Err(e) => {
+                    corrupt(self, e);
+                    return;
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -508,7 +492,7 @@ fn count(meta: &Meta, repair: Repair) -> Result<(Vec<u32>, CheckReport, bool)> {
             }
         }
     }
-    c.walk_bitmaps()?;
+    c.walk_bitmaps();
     c.add(
         "refcount table",
         meta.header.refcount_table_offset,

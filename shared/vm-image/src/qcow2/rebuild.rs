@@ -121,10 +121,34 @@ pub fn write_structure(meta: &Meta, counts: &[u32], order: u32) -> Result<(u64, 
         }
     }
     let (table_at, table_clusters) = table.expect("a table was placed");
+    write_out(
+        meta,
+        &counts,
+        order,
+        blocks.into_iter(),
+        table_at,
+        table_clusters,
+    )
+}
+
+/// Writes refcount block `b` at cluster `at` for each `(b, at)`, holding
+/// `counts` in `2^order`-bit entries, then the table naming them (at
+/// cluster `table_at`, `table_clusters` long), and syncs; returns the
+/// table's offset and length for the header.
+fn write_out(
+    meta: &Meta,
+    counts: &[u64],
+    order: u32,
+    blocks: impl Iterator<Item = (u64, u64)>,
+    table_at: u64,
+    table_clusters: u64,
+) -> Result<(u64, u32)> {
+    let cs = meta.cluster_size();
+    let per_block = cs * 8 / (1u64 << order);
     let io = |e| Error::io(&meta.path, e);
     let mut buf = vec![0u8; cs as usize];
     let mut reftable = vec![0u8; (table_clusters * cs) as usize];
-    for (&b, &at) in &blocks {
+    for (b, at) in blocks {
         buf.fill(0);
         let lo = b * per_block;
         for i in 0..per_block {
@@ -232,28 +256,10 @@ fn write_rebuilt(meta: &Meta, counts: &[u32]) -> Result<(u64, u32)> {
             break (at, clusters);
         }
     };
-    let io = |e| Error::io(&meta.path, e);
-    let mut buf = vec![0u8; cs as usize];
-    let mut reftable = vec![0u8; (table_clusters * cs) as usize];
-    for (b, &at) in table.iter().enumerate() {
-        if at == 0 {
-            continue;
-        }
-        buf.fill(0);
-        let lo = b as u64 * per_block;
-        for i in 0..per_block {
-            match counts.get((lo + i) as usize) {
-                Some(&v) if v > 0 => encode_refcount(&mut buf, order, i as usize, v),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        meta.file.write_all_at(&buf, at * cs).map_err(io)?;
-        reftable[b * 8..b * 8 + 8].copy_from_slice(&(at * cs).to_be_bytes());
-    }
-    meta.file
-        .write_all_at(&reftable, table_at * cs)
-        .map_err(io)?;
-    meta.file.sync_all().map_err(io)?;
-    Ok((table_at * cs, table_clusters as u32))
+    let blocks = table
+        .iter()
+        .enumerate()
+        .filter(|&(_, &at)| at != 0)
+        .map(|(b, &at)| (b as u64, at));
+    write_out(meta, &counts, order, blocks, table_at, table_clusters)
 }

@@ -317,6 +317,28 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// The fixed part of qemu-img's layout: the refcount table (one
+    /// cluster, at cluster `reftable_at`) naming one refcount block (cluster
+    /// 2) that counts clusters `0..used` once, then the header naming them
+    /// and the L1 table at `l1_at`.
+    fn write_head(&mut self, reftable_at: u64, used: u64, l1_at: u64) -> io::Result<()> {
+        let cs = self.cs();
+        let mut table = vec![0u8; cs as usize];
+        table[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+        self.file.write_all_at(&table, reftable_at * cs)?;
+        let mut block = vec![0u8; cs as usize];
+        for c in 0..used {
+            encode_refcount(&mut block, self.header.refcount_order, c as usize, 1);
+        }
+        self.file.write_all_at(&block, 2 * cs)?;
+        self.header.refcount_table_offset = reftable_at * cs;
+        self.header.refcount_table_clusters = 1;
+        self.header.l1_table_offset = l1_at;
+        let mut h = self.header.serialize()?;
+        h.resize(cs as usize, 0);
+        self.file.write_all_at(&h, 0)
+    }
+
     /// Lays out a new image with preallocated metadata as `qemu-img create
     /// -o preallocation=...` does: the header, the refcount table, one
     /// refcount block, the L1 table, then each L2 table followed by the
@@ -383,20 +405,7 @@ impl Qcow2Writer {
             l1[(t * 8) as usize..(t * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
         }
         self.file.write_all_at(&l1, 3 * cs)?;
-        let mut table = vec![0u8; cs as usize];
-        table[..8].copy_from_slice(&(2 * cs).to_be_bytes());
-        self.file.write_all_at(&table, reftable_at * cs)?;
-        let mut block = vec![0u8; cs as usize];
-        for c in 0..total {
-            encode_refcount(&mut block, self.header.refcount_order, c as usize, 1);
-        }
-        self.file.write_all_at(&block, 2 * cs)?;
-        self.header.refcount_table_offset = reftable_at * cs;
-        self.header.refcount_table_clusters = 1;
-        self.header.l1_table_offset = 3 * cs;
-        let mut h = self.header.serialize()?;
-        h.resize(cs as usize, 0);
-        self.file.write_all_at(&h, 0)?;
+        self.write_head(reftable_at, total, 3 * cs)?;
         if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
             self.file.set_len(total * cs)?;
         }
@@ -423,20 +432,7 @@ impl Qcow2Writer {
         {
             return Ok(Err(self));
         }
-        let mut table = vec![0u8; cs as usize];
-        table[..8].copy_from_slice(&(2 * cs).to_be_bytes());
-        self.file.write_all_at(&table, cs)?;
-        let mut block = vec![0u8; cs as usize];
-        for c in 0..used {
-            encode_refcount(&mut block, self.header.refcount_order, c as usize, 1);
-        }
-        self.file.write_all_at(&block, 2 * cs)?;
-        self.header.refcount_table_offset = cs;
-        self.header.refcount_table_clusters = 1;
-        self.header.l1_table_offset = if l1_bytes == 0 { 0 } else { 3 * cs };
-        let mut h = self.header.serialize()?;
-        h.resize(cs as usize, 0);
-        self.file.write_all_at(&h, 0)?;
+        self.write_head(1, used, if l1_bytes == 0 { 0 } else { 3 * cs })?;
         if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
             // The L1 table is all zeroes: the file's end makes it.
             self.file.set_len(3 * cs + l1_bytes)?;

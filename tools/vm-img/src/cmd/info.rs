@@ -112,6 +112,15 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         if let Some(f) = &h.backing_format {
             m.insert("backing-filename-format".into(), json!(f));
         }
+        // The tables, read once, for the bitmaps and the snapshots.
+        let opened = std::cell::OnceCell::new();
+        let meta = |path: &Path| -> Result<&Meta> {
+            if let Some(m) = opened.get() {
+                return Ok(m);
+            }
+            let m = Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
+            Ok(opened.get_or_init(|| m))
+        };
         let mut data = Map::new();
         data.insert(
             "compat".into(),
@@ -135,9 +144,7 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             if h.has_data_file() {
                 data.insert("data-file-raw".into(), json!(h.data_file_raw()));
             }
-            let file = vm_image::open_image_file(path, false, false)?;
-            let meta = Meta::open(path, file)?;
-            let list = bitmaps::list(&meta)
+            let list = bitmaps::list(meta(path)?)
                 .with_context(|| format!("Could not open '{}'", path.display()))?;
             if !list.is_empty() {
                 data.insert("bitmaps".into(), list.iter().map(bitmap_json).collect());
@@ -148,9 +155,7 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             json!({"type": "qcow2", "data": data}),
         );
         if h.nb_snapshots > 0 {
-            let file = std::fs::File::open(path)?;
-            let meta = Meta::open(path, file)?;
-            let snaps: Vec<Value> = meta
+            let snaps: Vec<Value> = meta(path)?
                 .snapshots()?
                 .iter()
                 .map(super::snapshot::to_json)
