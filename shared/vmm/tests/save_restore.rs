@@ -12,6 +12,7 @@ use vmm::{memory, Error, Restore, Vm, VmConfig};
 
 mod common;
 
+use test_guest::rundir::{contiguous, counts_in};
 use test_guest::{have_kvm, kvm_lock};
 
 fn config(cmdline: &str, vcpus: u8) -> VmConfig {
@@ -96,23 +97,10 @@ fn try_restore(
     .map_err(|e| e.to_string())
 }
 
-/// The numbers after `word` in the console, in order.
-fn counts(out: &str, word: &str) -> Vec<u32> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix(word))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
 /// The console before the save followed by the one after reads as one
-/// run (a line cut by the save is finished after it): counts go up one
-/// by one from the first.
+/// run (a line cut by the save is finished after it).
 fn assert_goes_on(before: &str, after: &str, word: &str) {
-    let all = format!("{before}{after}");
-    let c = counts(&all, word);
-    for w in c.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "{all}");
-    }
+    contiguous(&format!("{before}{after}"), word);
 }
 
 /// A guest that rewrites and checks 4 MiB every round goes on with the
@@ -127,7 +115,7 @@ fn a_restored_guest_goes_on_with_its_memory_intact() {
     let (log, path) = (dir.path().join("a.log"), dir.path().join("vm.save"));
     for vcpus in [1, 2] {
         let before = run_and_save("mode=memcount pages=64", vcpus, "round 3 ok", &log, &path);
-        let last = *counts(&before, "round ").last().unwrap();
+        let last = *counts_in(&before, "round ").last().unwrap();
         let log2 = dir.path().join("b.log");
         let vm = restore(&path, "mode=memcount pages=64", vcpus, &log2, false);
         let after = wait_for(&log2, &format!("round {} ok", last + 3));
@@ -149,7 +137,7 @@ fn a_heartbeat_goes_on_and_a_paused_restore_waits() {
     let dir = tempfile::tempdir().unwrap();
     let (log, path) = (dir.path().join("a.log"), dir.path().join("vm.save"));
     let before = run_and_save("mode=heartbeat", 1, "tick 2\n", &log, &path);
-    let last = *counts(&before, "tick ").last().unwrap();
+    let last = *counts_in(&before, "tick ").last().unwrap();
     let log2 = dir.path().join("b.log");
     let vm = restore(&path, "mode=heartbeat", 1, &log2, true);
     std::thread::sleep(Duration::from_millis(600));

@@ -32,15 +32,22 @@ pub fn json(out: &str) -> serde_json::Value {
 /// saved or migrated mid-line finishes that line where it goes on, so
 /// the consoles before and after read as one run.
 pub fn contiguous(text: &str, word: &str) -> Vec<u32> {
-    let c: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(word))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect();
+    let c = counts_in(text, word);
     for w in c.windows(2) {
         assert_eq!(w[1], w[0] + 1, "counts go on one by one: {text}");
     }
     c
+}
+
+/// The counts after `word` on the finished lines of `text`. A console
+/// read while the guest writes may end inside a line ("flushed 3" of
+/// "flushed 34"): that line is left out until its newline arrives.
+pub fn counts_in(text: &str, word: &str) -> Vec<u32> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(word))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 impl RunDir {
@@ -105,11 +112,7 @@ impl RunDir {
     }
     /// The counts after `word` in the VM's console, in order.
     pub fn counts(&self, name: &str, word: &str) -> Vec<u32> {
-        self.console(name)
-            .lines()
-            .filter_map(|l| l.strip_prefix(word))
-            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-            .collect()
+        counts_in(&self.console(name), word)
     }
     pub fn wait_count(&self, name: &str, word: &str, n: u32) {
         let t0 = Instant::now();
