@@ -90,6 +90,7 @@ writeback\t''
 writethrough\t''
 directsync\t''
 unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l image-opts -d 'The sources are option lists (`driver=qcow2,file.filename=PATH`), not file names'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s c -d 'Compress the output (qcow2), on every core'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s n -d 'Write into OUTPUT, which exists already (no new image is made)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s W -d 'Allow out-of-order writes (qemu-img\'s -W). Taken as allowed: vm-img writes in order, which -W permits too'

@@ -9,6 +9,7 @@ mod format;
 pub mod fuzzing;
 mod image;
 pub mod lock;
+pub mod nbd;
 pub mod qcow2;
 pub mod tracked;
 

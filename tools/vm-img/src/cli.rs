@@ -249,6 +249,10 @@ pub struct ConvertArgs {
     /// Source format; probed when left out.
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
+    /// The sources are option lists (`driver=qcow2,file.filename=PATH`),
+    /// not file names.
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     /// Output format (default raw).
     #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
     pub output_format: String,

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod input;
 pub mod json;
 pub mod prealloc;
 pub mod progress;

@@ -3,17 +3,19 @@
 
 use std::io;
 
-use vm_image::{Block, Extent, Image};
+use vm_image::Extent;
+
+use crate::input::Input;
 
 #[derive(Debug)]
 pub struct Sources {
     /// Each image with the disk offset where it starts.
-    parts: Vec<(u64, Image)>,
+    parts: Vec<(u64, Input)>,
     size: u64,
 }
 
 impl Sources {
-    pub fn new(images: Vec<Image>) -> Self {
+    pub fn new(images: Vec<Input>) -> Self {
         let mut parts = Vec::with_capacity(images.len());
         let mut size = 0;
         for img in images {
@@ -29,7 +31,7 @@ impl Sources {
     }
 
     /// The first image (the only one unless concatenating).
-    pub fn first(&self) -> &Image {
+    pub fn first(&self) -> &Input {
         &self.parts[0].1
     }
 
@@ -38,7 +40,7 @@ impl Sources {
     }
 
     /// The parts overlapping `[pos, pos + len)`: (part's start, image).
-    fn overlapping(&self, pos: u64, len: u64) -> impl Iterator<Item = &(u64, Image)> {
+    fn overlapping(&self, pos: u64, len: u64) -> impl Iterator<Item = &(u64, Input)> {
         let end = pos.saturating_add(len);
         self.parts
             .iter()
@@ -95,7 +97,7 @@ mod tests {
                 format: Some(vm_image::Format::Raw),
                 ..vm_image::OpenOptions::default()
             };
-            images.push(Image::open(&p, &opts).unwrap());
+            images.push(Input::Image(vm_image::Image::open(&p, &opts).unwrap()));
         }
         let s = Sources::new(images);
         assert_eq!(s.size(), 3072);

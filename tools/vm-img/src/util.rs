@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::{Format, Image, OpenOptions};
 
+pub use crate::input::{target, target_with_locking};
+
 pub fn parse_format(f: Option<&str>) -> Result<Option<Format>> {
     f.map(|s| s.parse::<Format>().map_err(|m| anyhow!(m)))
         .transpose()
@@ -97,143 +99,6 @@ pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result
         ..OpenOptions::default()
     };
     Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))
-}
-
-/// The image a qemu-img filename names: a path, `file:PATH`, `json:{...}`,
-/// or (with --image-opts) `driver=FMT,file.filename=PATH`. The format
-/// given there takes the place of `-f`. Only local files are opened: a
-/// json or option filename naming another protocol (nbd, blkdebug, ssh,
-/// null-co...) is refused, saying so, never guessed at.
-pub fn target(
-    name: &Path,
-    format: Option<&str>,
-    image_opts: bool,
-) -> Result<(PathBuf, Option<String>)> {
-    target_with_locking(name, format, image_opts).map(|(p, f, _)| (p, f))
-}
-
-/// As `target`, with whether the name allows image locks (`file.locking=off`
-/// says not, as for qemu-img's `-U`).
-pub fn target_with_locking(
-    name: &Path,
-    format: Option<&str>,
-    image_opts: bool,
-) -> Result<(PathBuf, Option<String>, bool)> {
-    let text = name.to_string_lossy();
-    let opts: Vec<(String, String)> = if image_opts {
-        option_list(&text)?
-    } else if let Some(json) = text.strip_prefix("json:") {
-        json_options(json)?
-    } else if let Some(path) = text.strip_prefix("file:") {
-        return Ok((plain_path(path), format.map(str::to_string), true));
-    } else {
-        return Ok((name.to_path_buf(), format.map(str::to_string), true));
-    };
-    let mut driver = format.map(str::to_string);
-    let mut path = None;
-    let mut locking = true;
-    for (k, v) in opts {
-        match k.as_str() {
-            "driver" => driver = Some(v),
-            "file.filename" | "filename" => path = Some(PathBuf::from(v)),
-            "file.driver" if v == "file" => {}
-            "file.driver" | "file" => {
-                bail!("'{text}': only local files can be opened (driver '{v}' is not supported)")
-            }
-            "file.locking" => locking = !matches!(v.as_str(), "off" | "false"),
-            // Options that change nothing about what is read.
-            "file.aio" | "cache.direct" | "cache.no-flush" | "read-only" | "force-share"
-            | "node-name" | "file.node-name" => {}
-            other => bail!("'{text}': option '{other}' is not supported"),
-        }
-    }
-    let path = path.ok_or_else(|| anyhow!("'{text}': no file.filename given"))?;
-    if let Some(d) = &driver {
-        if d == "file" {
-            driver = Some("raw".to_string());
-        }
-    }
-    Ok((path, driver, locking))
-}
-
-/// A local file's name as QEMU names it once the protocol is known: a
-/// relative name whose first part holds a colon (`image:top.qcow2`, which
-/// would read as a protocol) gets `./` in front, so what is printed and
-/// what backing names resolve against can be given back as they are.
-fn plain_path(path: &str) -> PathBuf {
-    let head = path.split('/').next().unwrap_or("");
-    if !path.starts_with('/') && head.contains(':') {
-        PathBuf::from(format!("./{path}"))
-    } else {
-        PathBuf::from(path)
-    }
-}
-
-/// `key=value,...` with `,,` for a comma inside a value.
-fn option_list(text: &str) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    let mut item = String::new();
-    let mut chars = text.chars().peekable();
-    let mut push = |item: &mut String| -> Result<()> {
-        if !item.is_empty() {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;
-            out.push((k.to_string(), v.to_string()));
-            item.clear();
-        }
-        Ok(())
-    };
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                item.push(',');
-            } else {
-                push(&mut item)?;
-            }
-        } else {
-            item.push(c);
-        }
-    }
-    push(&mut item)?;
-    Ok(out)
-}
-
-/// Flattens nested JSON objects into dotted keys (`file.filename`).
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
-        other => out.push((prefix.to_string(), other.to_string())),
-    }
-}
-
-/// A `json:` filename's object, flattened to dotted keys. QEMU's JSON
-/// takes single-quoted strings too.
-fn json_options(json: &str) -> Result<Vec<(String, String)>> {
-    let normal = if json.contains('"') {
-        json.to_string()
-    } else {
-        json.replace('\'', "\"")
-    };
-    let value: serde_json::Value = serde_json::from_str(&normal)
-        .map_err(|e| anyhow!("Could not parse json: filename: {e}"))?;
-    let mut out = Vec::new();
-    if !value.is_object() {
-        bail!("Could not parse json: filename: not an object");
-    }
-    flatten("", &value, &mut out);
-    Ok(out)
 }
 
 /// qemu-img's human sizes: three significant digits and a binary unit,

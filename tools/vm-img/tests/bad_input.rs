@@ -367,11 +367,22 @@ fn json_file_and_image_opts_names() {
     }
     let (code, _, err) = run(&[
         "info",
+        "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"ssh\",\"host\":\"x\"}}",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line(&err, "ssh in json:");
+    assert!(err.contains("driver 'ssh' is not supported"), "{err}");
+    // qcow2 over NBD is refused before anything connects (no name lookup).
+    let (code, _, err) = run(&[
+        "info",
         "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"nbd\",\"host\":\"x\"}}",
     ]);
     assert_eq!(code, 1);
-    assert_one_line(&err, "nbd in json:");
-    assert!(err.contains("only local files"), "{err}");
+    assert_one_line(&err, "qcow2 over nbd:");
+    assert!(
+        err.contains("format 'qcow2' over NBD is not supported"),
+        "{err}"
+    );
     let (code, _, err) = run(&["info", "json:{not json"]);
     assert_eq!(code, 1);
     assert_one_line(&err, "bad json:");

@@ -12,6 +12,32 @@ use crate::block::Block;
 use crate::qcow2::header::Header;
 use crate::Format;
 
+impl Extent {
+    /// Appends `e`, or grows the last extent when `e` continues it (same
+    /// kind, same layer, host offsets that follow on), as qemu-img map
+    /// merges its entries.
+    pub fn push_merged(out: &mut Vec<Self>, e: Self) {
+        if let Some(last) = out.last_mut() {
+            let contiguous = match (last.offset, e.offset) {
+                (Some(a), Some(b)) => a + last.length == b,
+                (None, None) => true,
+                _ => false,
+            };
+            if last.depth == e.depth
+                && last.present == e.present
+                && last.zero == e.zero
+                && last.data == e.data
+                && last.compressed == e.compressed
+                && contiguous
+            {
+                last.length += e.length;
+                return;
+            }
+        }
+        out.push(e);
+    }
+}
+
 impl Image {
     /// How `[start, start + len)` is stored, one extent per run of equal
     /// kind (adjacent data extents merge when their host offsets continue).
@@ -25,24 +51,7 @@ impl Image {
                 break;
             }
             pos += e.length;
-            if let Some(last) = out.last_mut() {
-                let contiguous = match (last.offset, e.offset) {
-                    (Some(a), Some(b)) => a + last.length == b,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if last.depth == e.depth
-                    && last.present == e.present
-                    && last.zero == e.zero
-                    && last.data == e.data
-                    && last.compressed == e.compressed
-                    && contiguous
-                {
-                    last.length += e.length;
-                    continue;
-                }
-            }
-            out.push(e);
+            Extent::push_merged(&mut out, e);
         }
         Ok(out)
     }

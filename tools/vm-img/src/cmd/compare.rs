@@ -2,16 +2,16 @@
 //! 3 allocation-check error, 4 read error (qemu-img's codes).
 
 use anyhow::Result;
-use vm_image::{Block, Extent, Image};
+use vm_image::Extent;
 
 use crate::cli::CompareArgs;
+use crate::input::Input;
 use crate::progress::Progress;
-use crate::util;
 
 const CHUNK: u64 = 1 << 20;
 
 pub fn run(a: &CompareArgs) -> Result<i32> {
-    let open = |p, f: &Option<String>| util::open_read(p, f.as_deref(), a.force_share);
+    let open = |p, f: &Option<String>| Input::open(p, f.as_deref(), false, a.force_share);
     let img1 = match open(&a.image1, &a.format1) {
         Ok(i) => i,
         Err(e) => return Ok(fail(&e, 2)),
@@ -88,7 +88,7 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
 
 fn tail_zero(
     a: &CompareArgs,
-    img: &Image,
+    img: &Input,
     path: &std::path::Path,
     from: u64,
     to: u64,

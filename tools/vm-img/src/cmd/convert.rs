@@ -15,6 +15,7 @@ use vm_image::qcow2::meta::Meta;
 use vm_image::qcow2::writer::{CreateOptions, Qcow2Writer};
 use vm_image::{Block, Format, Image};
 
+use crate::input::Input;
 use crate::sources::Sources;
 
 use super::options;
@@ -55,7 +56,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     // before it looks at the source.
     let out_fmt = util::output_format(&a.output_format)?;
     let first = &a.sources[0];
-    let source = util::open_read(first, a.format.as_deref(), a.force_share)?;
+    let open =
+        |p: &std::path::Path| Input::open(p, a.format.as_deref(), a.image_opts, a.force_share);
+    let source = open(first)?;
     let several = a.sources.len() > 1;
     // -l: a copy at the snapshot is read instead, while the source stays
     // open (and locked) so nobody writes it meanwhile.
@@ -63,21 +66,21 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         None => {
             let mut images = vec![source];
             for p in &a.sources[1..] {
-                images.push(util::open_read(p, a.format.as_deref(), a.force_share)?);
+                images.push(open(p)?);
             }
             (Sources::new(images), None)
         }
         Some(_) if several => bail!("No support for concatenating multiple snapshot"),
         Some(param) => {
-            if source.format() != Format::Qcow2 {
+            let Some(img) = source.image().filter(|i| i.format() == Format::Qcow2) else {
                 bail!(
                     "Failed to load snapshot: image format '{}' has no internal snapshots",
                     source.format().as_str()
                 );
-            }
-            let copy = SnapshotCopy::make(first, param, &scratch_dir(&a.output))?;
+            };
+            let copy = SnapshotCopy::make(img.path(), param, &scratch_dir(&a.output))?;
             let img = util::open_read(&copy.path, Some("qcow2"), true)?;
-            (Sources::new(vec![img]), Some((copy, source)))
+            (Sources::new(vec![Input::Image(img)]), Some((copy, source)))
         }
     };
     let mut o = options::parse(&a.options)?;
@@ -121,8 +124,7 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     let size = src.size();
     let bitmaps = if a.bitmaps {
         source_bitmaps(
-            first,
-            src.first(),
+            src.first().image(),
             out_fmt,
             o.qcow2.version,
             a.skip_broken_bitmaps,
@@ -201,8 +203,7 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
 /// `--bitmaps`: the source's bitmaps, with their bits, for a qcow2 v3
 /// output (qemu-img's checks and words).
 fn source_bitmaps(
-    path: &std::path::Path,
-    src: &Image,
+    src: Option<&Image>,
     out_fmt: Format,
     out_version: u32,
     skip_broken: bool,
@@ -213,9 +214,10 @@ fn source_bitmaps(
             out_fmt.as_str()
         );
     }
-    if src.header().is_none_or(|h| h.version < 3) {
+    let Some(src) = src.filter(|i| i.header().is_some_and(|h| h.version >= 3)) else {
         bail!("Source lacks bitmap support");
-    }
+    };
+    let path = src.path();
     let meta = Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
     bitmaps::check_loadable(&meta, &bitmaps::list(&meta)?)?;
     let mut out = Vec::new();

@@ -10,6 +10,7 @@ use vm_spec::{parse_size, BareNumber};
 
 use super::options::{self, Prealloc};
 use crate::cli::CreateArgs;
+use crate::input::{self, Input, Located};
 use crate::util::{self, AtomicOutput};
 
 pub fn run(a: &CreateArgs) -> Result<i32> {
@@ -62,10 +63,22 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         };
         let bfmt: Format = bfmt.parse().map_err(|m: String| anyhow!(m))?;
         if !a.unsafe_backing {
-            let path = resolve_backing(&path, &b);
-            let img = util::open_read(&path, Some(bfmt.as_str()), true)
-                .with_context(|| format!("{name}: Could not open backing image"))?;
-            size.get_or_insert(img.size());
+            let what = || format!("{name}: Could not open backing image");
+            // An NBD export or the null device is opened as named; a
+            // local file relative to the new image's folder.
+            let named = std::path::Path::new(&b);
+            let len = match input::locate(named, Some(bfmt.as_str()), false).with_context(what)? {
+                Located::File { .. } => {
+                    let path = resolve_backing(&path, &b);
+                    util::open_read(&path, Some(bfmt.as_str()), true)
+                        .with_context(what)?
+                        .size()
+                }
+                _ => Input::open(named, Some(bfmt.as_str()), false, true)
+                    .with_context(what)?
+                    .size(),
+            };
+            size.get_or_insert(len);
         }
     }
     // qemu-img rounds sizes up to whole 512-byte sectors, for every format

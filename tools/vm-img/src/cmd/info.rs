@@ -11,12 +11,39 @@ use vm_image::qcow2::meta::Meta;
 use vm_image::{resolve_backing, Block, Format, Image, OpenOptions};
 
 use crate::cli::{InfoArgs, OutputFormat};
+use crate::input::{self, Input, Located};
 use crate::util::{self, human_size};
 
 pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
-    let (mut path, mut fmt) =
-        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let located = input::locate(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let Located::File {
+        mut path,
+        format: mut fmt,
+        ..
+    } = located
+    else {
+        // An NBD export or the null device: a raw disk with a size, and
+        // no file to measure (qemu-img's "disk size: unavailable").
+        let i = Input::open(
+            &a.filename,
+            a.common.format.as_deref(),
+            a.common.image_opts,
+            a.force_share,
+        )?;
+        let mut v = json!({
+            "virtual-size": i.size(),
+            "filename": i.display(&a.filename),
+            "format": "raw",
+        });
+        if let Input::Null { .. } = i {
+            // QEMU's null device is its own format, taking no space.
+            v["format"] = json!("null-co");
+            v["actual-size"] = json!(0);
+        }
+        infos.push(v);
+        return Ok(print(a, infos));
+    };
     // Files already described, by their real path: a chain that comes back
     // to one loops (qemu-img names the file where it does).
     let mut seen = Vec::new();
@@ -53,6 +80,10 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
             _ => break,
         }
     }
+    Ok(print(a, infos))
+}
+
+fn print(a: &InfoArgs, mut infos: Vec<Value>) -> i32 {
     match a.output {
         OutputFormat::Json => {
             let doc = if a.backing_chain {
@@ -71,7 +102,7 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
             }
         }
     }
-    Ok(0)
+    0
 }
 
 /// One image's description, without opening its backing file (as qemu-img).
@@ -214,7 +245,12 @@ fn human(v: &Value) -> String {
         human_size(n("virtual-size")),
         n("virtual-size")
     );
-    let _ = writeln!(out, "disk size: {}", human_size(n("actual-size")));
+    match v.get("actual-size") {
+        Some(_) => {
+            let _ = writeln!(out, "disk size: {}", human_size(n("actual-size")));
+        }
+        None => out += "disk size: unavailable\n",
+    }
     if v.get("cluster-size").is_some() {
         let _ = writeln!(out, "cluster_size: {}", n("cluster-size"));
     }

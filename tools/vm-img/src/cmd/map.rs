@@ -5,12 +5,15 @@ use std::fmt::Write as _;
 use vm_spec::{parse_size, BareNumber};
 
 use crate::cli::{MapArgs, OutputFormat};
-use crate::util;
+use crate::input::Input;
 
 pub fn run(a: &MapArgs) -> Result<i32> {
-    let (path, format) =
-        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
-    let img = util::open_read(&path, format.as_deref(), a.force_share)?;
+    let img = Input::open(
+        &a.filename,
+        a.common.format.as_deref(),
+        a.common.image_opts,
+        a.force_share,
+    )?;
     let num = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
         s.as_deref()
             .map(|v| parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Invalid {what}: {e}")))
@@ -43,10 +46,12 @@ pub fn run(a: &MapArgs) -> Result<i32> {
             for e in extents.iter().filter(|e| e.data && e.present && !e.zero) {
                 if let Some(o) = e.offset {
                     // Data in an external data file is mapped there.
-                    let layer = &img.layers()[e.depth as usize];
-                    let file = match layer.header.as_ref() {
-                        Some(h) if h.has_data_file() => h.data_file.clone().unwrap_or_default(),
-                        _ => layer.path.display().to_string(),
+                    let file = match img.image().map(|i| &i.layers()[e.depth as usize]) {
+                        Some(layer) => match layer.header.as_ref() {
+                            Some(h) if h.has_data_file() => h.data_file.clone().unwrap_or_default(),
+                            _ => layer.path.display().to_string(),
+                        },
+                        None => img.display(&a.filename),
                     };
                     println!(
                         "{:<16}{:<16}{:<16}{file}",

@@ -1,0 +1,600 @@
+//! A read-only NBD client: what vm-img needs to read an export that
+//! qemu-nbd, qemu-storage-daemon or nbdkit serves (`info`, `map`,
+//! `compare`, `convert` from it). One connection, one request in flight.
+//!
+//! The server is not trusted: every length it sends is capped before
+//! anything is allocated, a reply must answer the request in flight and
+//! stay inside the range asked for, and a connection that broke the
+//! protocol once is not used again. A server that stops answering fails
+//! the request after [`REPLY_TIMEOUT`] instead of hanging the tool.
+
+mod address;
+mod wire;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use address::{Address, Socket, DEFAULT_PORT};
+use wire::{get_u16, get_u32, get_u64, get_vec, ReplyHead};
+
+/// How long one reply may take before the request fails.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection failed (it is not used again).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server answered a request with an error (the connection stays
+    /// usable).
+    #[error("{0}")]
+    Server(io::Error),
+    #[error("NBD protocol error: {0}")]
+    Protocol(String),
+    /// The server refused an option (NBD_REP_ERR_*), with its message.
+    #[error("{}", refused_text(*.code, .message))]
+    Refused { code: u32, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn refused_text(code: u32, message: &str) -> String {
+    let what = match code {
+        1 => "not supported by the server",
+        2 => "refused by the server's policy",
+        3 => "invalid",
+        5 => "the server requires TLS",
+        6 => "Requested export not available",
+        7 => "the server is shutting down",
+        _ => "refused by the server",
+    };
+    if message.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {message}")
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) | Error::Server(e) => e,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// What a block-status query says of a range: NBD's `base:allocation`
+/// bits (or, with `x-dirty-bitmap`, the chosen context's bits read as
+/// those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub length: u64,
+    /// Bit 0 set: a hole (reads as zero, takes no space).
+    pub hole: bool,
+    /// Bit 1 set: reads as zeroes.
+    pub zero: bool,
+}
+
+#[derive(Debug)]
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(b),
+            Self::Tcp(s) => s.read(b),
+        }
+    }
+}
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.write(b),
+            Self::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.flush(),
+            Self::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    fn connect(socket: &Socket) -> io::Result<Self> {
+        let s = match socket {
+            Socket::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                Self::Unix(s)
+            }
+            Socket::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port))?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                Self::Tcp(s)
+            }
+        };
+        Ok(s)
+    }
+    fn shutdown(&self) {
+        let _ = match self {
+            Self::Unix(s) => s.shutdown(Shutdown::Both),
+            Self::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: Stream,
+    next_handle: u64,
+    /// Set when a reply broke the protocol: the stream's position is
+    /// unknown, so nothing more is read from it.
+    broken: bool,
+}
+
+/// A connected, negotiated export.
+#[derive(Debug)]
+pub struct Client {
+    conn: Mutex<Conn>,
+    address: Address,
+    size: u64,
+    /// The id of the metadata context block status answers with.
+    context: Option<u32>,
+    /// The server's largest request (our cap where it names none).
+    max_request: u32,
+    /// The server's smallest request size (1 when it names none).
+    min_block: u32,
+}
+
+impl Client {
+    /// Connects, negotiates and opens the export.
+    pub fn connect(address: &Address) -> Result<Self, Error> {
+        let mut stream = Stream::connect(&address.socket)?;
+        let (context, info) = match handshake(&mut stream, address) {
+            Ok(v) => v,
+            Err(e) => {
+                // Tell a server that refused an option that we are going
+                // (it logs a broken negotiation otherwise).
+                if let Error::Refused { .. } | Error::Unsupported(_) = e {
+                    let _ = wire::send_option(&mut stream, wire::OPT_ABORT, &[]);
+                }
+                return Err(e);
+            }
+        };
+        let max_request = match info.max_block {
+            0 => wire::MAX_READ,
+            m => m.min(wire::MAX_READ),
+        };
+        Ok(Self {
+            conn: Mutex::new(Conn {
+                stream,
+                next_handle: 1,
+                broken: false,
+            }),
+            address: address.clone(),
+            size: info.size,
+            context,
+            max_request,
+            min_block: info.min_block.max(1),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+    /// Whether block status answers (the server agreed on a context).
+    pub fn has_block_status(&self) -> bool {
+        self.context.is_some()
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, all inside the export.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(Error::Invalid("read past the end of the export".into()));
+        }
+        let mut conn = self.lock()?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(self.max_request as usize);
+            let part = &mut buf[done..done + n];
+            conn.call(
+                |c, handle| c.read_reply(handle, offset + done as u64, part),
+                |s, h| wire::send_request(s, 0, wire::CMD_READ, h, offset + done as u64, n as u32),
+            )?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The status of the range starting at `offset`: one extent, of at
+    /// most `max` bytes. Without a context every byte is data.
+    pub fn block_status(&self, offset: u64, max: u64) -> Result<Status, Error> {
+        if offset >= self.size || max == 0 {
+            return Err(Error::Invalid(
+                "block status past the end of the export".into(),
+            ));
+        }
+        let max = max.min(self.size - offset);
+        let Some(id) = self.context else {
+            return Ok(Status {
+                length: max,
+                hole: false,
+                zero: false,
+            });
+        };
+        // A request length stays a multiple of the server's block size.
+        let cap = u64::from(u32::MAX - u32::MAX % self.min_block);
+        let len = max.min(cap) as u32;
+        let mut conn = self.lock()?;
+        conn.call(
+            |c, handle| c.status_reply(handle, id, len),
+            |s, h| {
+                wire::send_request(
+                    s,
+                    wire::CMD_FLAG_REQ_ONE,
+                    wire::CMD_BLOCK_STATUS,
+                    h,
+                    offset,
+                    len,
+                )
+            },
+        )
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Conn>, Error> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| Error::Protocol("connection lost by a failed request".into()))?;
+        if conn.broken {
+            return Err(Error::Protocol(
+                "the connection broke on an earlier reply".into(),
+            ));
+        }
+        Ok(conn)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Ok(c) = self.conn.get_mut() {
+            if !c.broken {
+                let h = c.next_handle;
+                let _ = wire::send_request(&mut c.stream, 0, wire::CMD_DISC, h, 0, 0);
+            }
+            c.stream.shutdown();
+        }
+    }
+}
+
+impl Conn {
+    /// Sends one request and reads its whole reply. A protocol error or a
+    /// broken stream marks the connection broken; an error the server
+    /// reported cleanly (an errno for this request) does not.
+    fn call<T>(
+        &mut self,
+        reply: impl FnOnce(&mut Self, u64) -> Result<T, Error>,
+        send: impl FnOnce(&mut Stream, u64) -> io::Result<()>,
+    ) -> Result<T, Error> {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        if let Err(e) = send(&mut self.stream, handle) {
+            self.broken = true;
+            return Err(e.into());
+        }
+        let r = reply(self, handle);
+        match r {
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.broken = true;
+                Err(Error::Protocol("the server closed the connection".into()))
+            }
+            Err(Error::Protocol(_) | Error::Io(_)) => {
+                self.broken = true;
+                r
+            }
+            _ => r,
+        }
+    }
+
+    /// The reply to a read of `buf.len()` bytes at `offset`.
+    fn read_reply(&mut self, handle: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let mut failure = None;
+        let mut covered = 0u64;
+        // Chunks may leave gaps only on error; zero first so nothing
+        // stale from the caller's buffer survives a short server.
+        buf.fill(0);
+        loop {
+            match wire::reply_head(&mut self.stream, handle)? {
+                ReplyHead::Simple { error: 0 } => {
+                    self.stream.read_exact(buf)?;
+                    return Ok(());
+                }
+                ReplyHead::Simple { error } => return Err(wire::server_error(error, "")),
+                ReplyHead::Chunk { flags, kind, len } => {
+                    match self.read_chunk(kind, len, offset, buf) {
+                        Ok(n) => covered += n,
+                        Err(e @ Error::Server(_)) => {
+                            failure.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if flags & wire::REPLY_FLAG_DONE != 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if covered != buf.len() as u64 {
+            return Err(Error::Protocol(format!(
+                "read reply covered {covered} of {} bytes",
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One chunk of a read reply; the bytes it covered.
+    fn read_chunk(
+        &mut self,
+        kind: u16,
+        len: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<u64, Error> {
+        let s = &mut self.stream;
+        let within = |at: u64, n: u64| -> Result<usize, Error> {
+            at.checked_sub(offset)
+                .filter(|rel| {
+                    rel.checked_add(n)
+                        .is_some_and(|end| end <= buf.len() as u64)
+                })
+                .map(|rel| rel as usize)
+                .ok_or_else(|| Error::Protocol("reply chunk outside the range read".into()))
+        };
+        match kind {
+            wire::REPLY_TYPE_NONE if len == 0 => Ok(0),
+            wire::REPLY_TYPE_OFFSET_DATA if len >= 8 => {
+                let at = get_u64(s)?;
+                let n = u64::from(len - 8);
+                let rel = within(at, n)?;
+                s.read_exact(&mut buf[rel..rel + n as usize])?;
+                Ok(n)
+            }
+            wire::REPLY_TYPE_OFFSET_HOLE if len == 12 => {
+                let at = get_u64(s)?;
+                let n = u64::from(get_u32(s)?);
+                let rel = within(at, n)?;
+                buf[rel..rel + n as usize].fill(0);
+                Ok(n)
+            }
+            k if k & 0x8000 != 0 && (6..=wire::MAX_OPTION_REPLY).contains(&len) => {
+                let data = get_vec(s, len)?;
+                Err(wire::error_chunk(k, &data))
+            }
+            k => Err(Error::Protocol(format!(
+                "read reply chunk of type {k} and {len} bytes"
+            ))),
+        }
+    }
+
+    /// The reply to a one-extent block-status request of `len` bytes.
+    fn status_reply(&mut self, handle: u64, id: u32, len: u32) -> Result<Status, Error> {
+        let mut status = None;
+        let mut failure = None;
+        loop {
+            let ReplyHead::Chunk {
+                flags,
+                kind,
+                len: n,
+            } = wire::reply_head(&mut self.stream, handle)?
+            else {
+                return Err(Error::Protocol("simple reply to block status".into()));
+            };
+            if n > wire::MAX_OPTION_REPLY {
+                return Err(Error::Protocol(format!("block status chunk of {n} bytes")));
+            }
+            let data = get_vec(&mut self.stream, n)?;
+            match kind {
+                wire::REPLY_TYPE_BLOCK_STATUS => {
+                    if data.len() < 12 || (data.len() - 4) % 8 != 0 {
+                        return Err(Error::Protocol("malformed block status chunk".into()));
+                    }
+                    let be = |i: usize| {
+                        u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]])
+                    };
+                    if be(0) != id || status.is_some() {
+                        return Err(Error::Protocol(
+                            "block status for a context not asked for".into(),
+                        ));
+                    }
+                    let length = be(4);
+                    if length == 0 {
+                        return Err(Error::Protocol("block status extent of 0 bytes".into()));
+                    }
+                    let flags = be(8);
+                    status = Some(Status {
+                        length: u64::from(length.min(len)),
+                        hole: flags & 1 != 0,
+                        zero: flags & 2 != 0,
+                    });
+                }
+                wire::REPLY_TYPE_NONE if n == 0 => {}
+                k if k & 0x8000 != 0 => {
+                    failure.get_or_insert(wire::error_chunk(k, &data));
+                }
+                k => {
+                    return Err(Error::Protocol(format!(
+                        "block status reply chunk of type {k}"
+                    )))
+                }
+            }
+            if flags & wire::REPLY_FLAG_DONE != 0 {
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        status.ok_or_else(|| Error::Protocol("block status reply without an extent".into()))
+    }
+}
+
+#[derive(Debug, Default)]
+struct ExportInfo {
+    size: u64,
+    min_block: u32,
+    max_block: u32,
+}
+
+/// The fixed newstyle handshake: structured replies, the metadata
+/// context, then NBD_OPT_GO. Returns the context's id and what the server
+/// said of the export. Without structured replies reads still work
+/// (simple replies) and block status says every byte is data.
+fn handshake(s: &mut Stream, a: &Address) -> Result<(Option<u32>, ExportInfo), Error> {
+    if get_u64(s)? != wire::NBDMAGIC {
+        return Err(Error::Protocol("not an NBD server".into()));
+    }
+    if get_u64(s)? != wire::IHAVEOPT {
+        return Err(Error::Unsupported(
+            "the server speaks NBD's oldstyle protocol, which is not supported".into(),
+        ));
+    }
+    let server_flags = get_u16(s)?;
+    if server_flags & wire::FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(Error::Unsupported(
+            "the server does not speak NBD's fixed newstyle protocol".into(),
+        ));
+    }
+    let client_flags = u32::from(server_flags & (wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES));
+    s.write_all(&client_flags.to_be_bytes())?;
+
+    wire::send_option(s, wire::OPT_STRUCTURED_REPLY, &[])?;
+    let structured = match wire::option_reply(s, wire::OPT_STRUCTURED_REPLY) {
+        Ok((wire::REP_ACK, _)) => true,
+        Ok(_) => {
+            return Err(Error::Protocol(
+                "unexpected reply to structured replies".into(),
+            ))
+        }
+        Err(Error::Refused { .. }) => false,
+        Err(e) => return Err(e),
+    };
+
+    let context = if structured {
+        meta_context(s, a)?
+    } else {
+        None
+    };
+    if a.meta_context.is_some() && context.is_none() {
+        return Err(Error::Unsupported(format!(
+            "the server does not provide the metadata context '{}'",
+            a.meta_context.as_deref().unwrap_or_default()
+        )));
+    }
+
+    let mut go = Vec::new();
+    wire::put_name(&mut go, &a.export)?;
+    go.extend_from_slice(&1u16.to_be_bytes());
+    go.extend_from_slice(&wire::INFO_BLOCK_SIZE.to_be_bytes());
+    wire::send_option(s, wire::OPT_GO, &go)?;
+    let mut info = ExportInfo::default();
+    let mut have_export = false;
+    loop {
+        let (kind, data) = wire::option_reply(s, wire::OPT_GO)?;
+        match kind {
+            wire::REP_ACK => break,
+            wire::REP_INFO if data.len() >= 2 => {
+                let d = &data[2..];
+                match u16::from_be_bytes([data[0], data[1]]) {
+                    wire::INFO_EXPORT if d.len() == 10 => {
+                        let mut r = d;
+                        info.size = get_u64(&mut r)?;
+                        have_export = true;
+                    }
+                    wire::INFO_BLOCK_SIZE if d.len() == 12 => {
+                        let mut r = d;
+                        info.min_block = get_u32(&mut r)?;
+                        let _preferred = get_u32(&mut r)?;
+                        info.max_block = get_u32(&mut r)?;
+                        if info.min_block > 64 << 10
+                            || !info.min_block.is_power_of_two() && info.min_block != 0
+                        {
+                            return Err(Error::Protocol(format!(
+                                "minimum block size {}",
+                                info.min_block
+                            )));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "unexpected reply {kind} to NBD_OPT_GO"
+                )))
+            }
+        }
+    }
+    if !have_export {
+        return Err(Error::Protocol(
+            "the server did not say how large the export is".into(),
+        ));
+    }
+    if info.size > i64::MAX as u64 {
+        return Err(Error::Protocol(format!("export of {} bytes", info.size)));
+    }
+    Ok((context, info))
+}
+
+/// Asks for one metadata context (`base:allocation`, or the one
+/// `x-dirty-bitmap` names); its id when the server has it.
+fn meta_context(s: &mut Stream, a: &Address) -> Result<Option<u32>, Error> {
+    let want = a.meta_context.as_deref().unwrap_or("base:allocation");
+    let mut q = Vec::new();
+    wire::put_name(&mut q, &a.export)?;
+    q.extend_from_slice(&1u32.to_be_bytes());
+    wire::put_name(&mut q, want)?;
+    wire::send_option(s, wire::OPT_SET_META_CONTEXT, &q)?;
+    let mut id = None;
+    loop {
+        match wire::option_reply(s, wire::OPT_SET_META_CONTEXT) {
+            Ok((wire::REP_ACK, _)) => return Ok(id),
+            Ok((wire::REP_META_CONTEXT, d)) if d.len() >= 4 => {
+                if &d[4..] != want.as_bytes() || id.is_some() {
+                    return Err(Error::Protocol("a metadata context not asked for".into()));
+                }
+                id = Some(u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
+            }
+            Ok((kind, _)) => {
+                return Err(Error::Protocol(format!(
+                    "unexpected reply {kind} to NBD_OPT_SET_META_CONTEXT"
+                )))
+            }
+            Err(Error::Refused { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! What the reading commands (map, convert, compare) read: an image
+//! chain of local files, an NBD export, or the null device. Only local
+//! images have layers, headers and snapshots; the others are one raw
+//! disk with block status.
+
+pub mod names;
+
+use std::io;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use vm_image::nbd::Client;
+use vm_image::{Block, Extent, Format, Image};
+
+pub use names::{locate, target, target_with_locking, Located};
+
+use crate::util;
+
+#[derive(Debug)]
+pub enum Input {
+    Image(Image),
+    Nbd(Client),
+    Null { size: u64, read_zeroes: bool },
+}
+
+impl Input {
+    /// Opens what `name` names, read-only; `force_share` is `-U`.
+    pub fn open(
+        name: &Path,
+        format: Option<&str>,
+        image_opts: bool,
+        force_share: bool,
+    ) -> Result<Self> {
+        match locate(name, format, image_opts)? {
+            Located::File {
+                path,
+                format,
+                locking,
+            } => {
+                util::open_read(&path, format.as_deref(), force_share || !locking).map(Self::Image)
+            }
+            Located::Nbd { address, format } => {
+                let uri = address.uri();
+                // A format named over the export is refused before any
+                // connection is made.
+                if let Some(f) = format.as_deref().filter(|&f| f != "raw") {
+                    bail!("'{uri}': format '{f}' over NBD is not supported (only raw exports are read)");
+                }
+                let client =
+                    Client::connect(&address).with_context(|| format!("Could not open '{uri}'"))?;
+                raw_only(&client, format.as_deref(), &uri)?;
+                Ok(Self::Nbd(client))
+            }
+            Located::Null { size, read_zeroes } => Ok(Self::Null { size, read_zeroes }),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Image(i) => i.size(),
+            Self::Nbd(c) => c.size(),
+            Self::Null { size, .. } => *size,
+        }
+    }
+
+    /// The local image, when this is one.
+    pub fn image(&self) -> Option<&Image> {
+        match self {
+            Self::Image(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.image().map_or(Format::Raw, Image::format)
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        match self {
+            Self::Image(i) => i.read_at(buf, pos),
+            Self::Nbd(c) => Ok(c.read_at(buf, pos)?),
+            Self::Null { size, .. } => {
+                if pos.checked_add(buf.len() as u64).is_none_or(|e| e > *size) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "read past the end of the null device",
+                    ));
+                }
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// qemu-img map's extents for `[start, start + len)`. For an export
+    /// or the null device, the offset is the disk offset itself (QEMU maps
+    /// them onto themselves), and a range that is neither data nor zero
+    /// is "not present".
+    pub fn map(&self, start: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = start.saturating_add(len).min(self.size());
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let (length, data, zero) = match self {
+                Self::Image(i) => return i.map(start, len),
+                Self::Nbd(c) => {
+                    let s = c.block_status(pos, end - pos)?;
+                    (s.length, !s.hole, s.zero)
+                }
+                Self::Null { read_zeroes, .. } => (end - pos, false, *read_zeroes),
+            };
+            let present = data || zero;
+            Extent::push_merged(
+                &mut out,
+                Extent {
+                    start: pos,
+                    length,
+                    depth: 0,
+                    present,
+                    zero,
+                    data,
+                    compressed: false,
+                    offset: present.then_some(pos),
+                },
+            );
+            pos += length;
+        }
+        Ok(out)
+    }
+
+    /// The name qemu-img prints for this input.
+    pub fn display(&self, given: &Path) -> String {
+        match self {
+            Self::Image(i) => i.path().display().to_string(),
+            Self::Nbd(c) => c.address().uri(),
+            Self::Null { .. } => given.display().to_string(),
+        }
+    }
+}
+
+/// An export is read as a raw disk: a qcow2 (or other format) inside one
+/// needs the format layer over NBD, which vm-img does not have yet.
+fn raw_only(client: &Client, format: Option<&str>, uri: &str) -> Result<()> {
+    let probed = if let Some(f) = format {
+        f.to_string()
+    } else {
+        let mut head = vec![0u8; client.size().min(512) as usize];
+        client
+            .read_at(&mut head, 0)
+            .with_context(|| format!("Could not read '{uri}'"))?;
+        Format::probe(&head).as_str().to_string()
+    };
+    if probed != "raw" {
+        bail!("'{uri}': format '{probed}' over NBD is not supported (only raw exports are read)");
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! What a qemu-img filename names: a local file (a path, `file:PATH`,
+//! `json:{...}` or, with --image-opts, `driver=FMT,file.filename=PATH`),
+//! an NBD export (`nbd://`, `nbd+unix://`, `nbd:`, or the nbd driver's
+//! options), or QEMU's null device (`null-co://`, driver `null-co`).
+//! Other protocols (blkdebug, ssh, http...) are refused, saying so,
+//! never guessed at.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use vm_image::nbd::Address;
+
+/// The null device's size when none is given (QEMU's default).
+const NULL_DEFAULT_SIZE: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    File {
+        path: PathBuf,
+        format: Option<String>,
+        /// False when `file.locking=off` says so (qemu-img's `-U`).
+        locking: bool,
+    },
+    Nbd {
+        address: Address,
+        /// The format over the export (`None`: probed; the nbd driver
+        /// alone is `raw`).
+        format: Option<String>,
+    },
+    /// Reads as zeroes (QEMU's null-co reads as whatever its buffer held
+    /// unless `read-zeroes` is on; here it is always zeroes), and says so
+    /// to block status only when `read-zeroes` is on, as QEMU does.
+    Null { size: u64, read_zeroes: bool },
+}
+
+/// Parses a filename as qemu-img does. `format` is `-f`'s value.
+pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Located> {
+    let text = name.to_string_lossy();
+    let opts: Vec<(String, String)> = if image_opts {
+        option_list(&text)?
+    } else if let Some(json) = text.strip_prefix("json:") {
+        json_options(json)?
+    } else if let Some(path) = text.strip_prefix("file:") {
+        return Ok(Located::File {
+            path: plain_path(path),
+            format: format.map(str::to_string),
+            locking: true,
+        });
+    } else if text.starts_with("null-co://") {
+        return Ok(Located::Null {
+            size: NULL_DEFAULT_SIZE,
+            read_zeroes: false,
+        });
+    } else if Address::is_nbd_name(&text) {
+        return Ok(Located::Nbd {
+            address: Address::parse(&text).map_err(|e| anyhow!("{e}"))?,
+            format: format.map(str::to_string),
+        });
+    } else {
+        return Ok(Located::File {
+            path: name.to_path_buf(),
+            format: format.map(str::to_string),
+            locking: true,
+        });
+    };
+    let mut driver = format.map(str::to_string);
+    let mut rest = Vec::new();
+    for (k, v) in opts {
+        if k == "driver" {
+            driver = Some(v);
+        } else {
+            rest.push((k, v));
+        }
+    }
+    // A protocol driver on top has its options at the top level; a format
+    // driver has its protocol's under `file.`.
+    let (format, protocol, popts) = if let Some(p @ ("file" | "nbd" | "null-co" | "null-aio")) =
+        driver.as_deref()
+    {
+        (Some("raw".to_string()), p.to_string(), rest)
+    } else {
+        let mut protocol = "file".to_string();
+        let mut popts = Vec::new();
+        for (k, v) in rest {
+            match k.strip_prefix("file.") {
+                Some("driver") => protocol = v,
+                Some(sub) => popts.push((sub.to_string(), v)),
+                None if k == "file" => protocol = v,
+                None if k == "filename" => popts.push((k, v)),
+                // Options that change nothing about what is read.
+                None if matches!(
+                    k.as_str(),
+                    "cache.direct" | "cache.no-flush" | "read-only" | "force-share" | "node-name"
+                ) => {}
+                None => bail!("'{text}': option '{k}' is not supported"),
+            }
+        }
+        (driver, protocol, popts)
+    };
+    match protocol.as_str() {
+        "file" => file_options(&text, format, &popts),
+        "nbd" => Ok(Located::Nbd {
+            address: Address::from_options(&text, &popts).map_err(|e| anyhow!("{e}"))?,
+            format,
+        }),
+        "null-co" | "null-aio" => null_options(&text, &popts),
+        other => {
+            bail!("'{text}': only local files, nbd and null-co can be opened (driver '{other}' is not supported)")
+        }
+    }
+}
+
+fn file_options(text: &str, format: Option<String>, opts: &[(String, String)]) -> Result<Located> {
+    let mut path = None;
+    let mut locking = true;
+    for (k, v) in opts {
+        match k.as_str() {
+            "filename" => path = Some(PathBuf::from(v)),
+            "locking" => locking = !matches!(v.as_str(), "off" | "false"),
+            // Options that change nothing about what is read.
+            "aio" | "node-name" | "cache.direct" | "cache.no-flush" | "read-only"
+            | "force-share" => {}
+            other => bail!("'{text}': option '{other}' is not supported"),
+        }
+    }
+    let path = path.ok_or_else(|| anyhow!("'{text}': no file.filename given"))?;
+    Ok(Located::File {
+        path,
+        format,
+        locking,
+    })
+}
+
+fn null_options(text: &str, opts: &[(String, String)]) -> Result<Located> {
+    let mut size = NULL_DEFAULT_SIZE;
+    let mut read_zeroes = false;
+    for (k, v) in opts {
+        match k.as_str() {
+            "size" => {
+                size = v
+                    .parse()
+                    .map_err(|_| anyhow!("'{text}': size '{v}' is not a number of bytes"))?;
+            }
+            "read-zeroes" => {
+                read_zeroes = match v.as_str() {
+                    "true" | "on" => true,
+                    "false" | "off" => false,
+                    _ => bail!("'{text}': read-zeroes must be true or false"),
+                };
+            }
+            "latency-ns" | "node-name" | "read-only" => {}
+            other => bail!("'{text}': option '{other}' is not supported for null-co"),
+        }
+    }
+    Ok(Located::Null { size, read_zeroes })
+}
+
+/// A local image's path and format (the format given in the name takes
+/// the place of `-f`), for the commands that open local files only.
+pub fn target(
+    name: &Path,
+    format: Option<&str>,
+    image_opts: bool,
+) -> Result<(PathBuf, Option<String>)> {
+    target_with_locking(name, format, image_opts).map(|(p, f, _)| (p, f))
+}
+
+/// As `target`, with whether the name allows image locks.
+pub fn target_with_locking(
+    name: &Path,
+    format: Option<&str>,
+    image_opts: bool,
+) -> Result<(PathBuf, Option<String>, bool)> {
+    match locate(name, format, image_opts)? {
+        Located::File {
+            path,
+            format,
+            locking,
+        } => Ok((path, format, locking)),
+        Located::Nbd { .. } => bail!(
+            "'{}': this command opens local files only (info, map, compare and convert read NBD exports)",
+            name.display()
+        ),
+        Located::Null { .. } => bail!(
+            "'{}': this command opens local files only (null-co is read by map and convert)",
+            name.display()
+        ),
+    }
+}
+
+/// A local file's name as QEMU names it once the protocol is known: a
+/// relative name whose first part holds a colon (`image:top.qcow2`, which
+/// would read as a protocol) gets `./` in front, so what is printed and
+/// what backing names resolve against can be given back as they are.
+fn plain_path(path: &str) -> PathBuf {
+    let head = path.split('/').next().unwrap_or("");
+    if !path.starts_with('/') && head.contains(':') {
+        PathBuf::from(format!("./{path}"))
+    } else {
+        PathBuf::from(path)
+    }
+}
+
+/// `key=value,...` with `,,` for a comma inside a value.
+fn option_list(text: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut item = String::new();
+    let mut chars = text.chars().peekable();
+    let mut push = |item: &mut String| -> Result<()> {
+        if !item.is_empty() {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;
+            out.push((k.to_string(), v.to_string()));
+            item.clear();
+        }
+        Ok(())
+    };
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                item.push(',');
+            } else {
+                push(&mut item)?;
+            }
+        } else {
+            item.push(c);
+        }
+    }
+    push(&mut item)?;
+    Ok(out)
+}
+
+/// Flattens nested JSON objects into dotted keys (`file.filename`).
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// A `json:` filename's object, flattened to dotted keys. QEMU's JSON
+/// takes single-quoted strings too.
+fn json_options(json: &str) -> Result<Vec<(String, String)>> {
+    let normal = if json.contains('"') {
+        json.to_string()
+    } else {
+        json.replace('\'', "\"")
+    };
+    let value: serde_json::Value = serde_json::from_str(&normal)
+        .map_err(|e| anyhow!("Could not parse json: filename: {e}"))?;
+    let mut out = Vec::new();
+    if !value.is_object() {
+        bail!("Could not parse json: filename: not an object");
+    }
+    flatten("", &value, &mut out);
+    Ok(out)
+}
