@@ -339,7 +339,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__create)
-            opts="-f -q -o -b -F -u -h --format --quiet --image-opts --backing --backing-format --help"
+            opts="-f -q -o -b -F -u -h --format --quiet --image-opts --backing --backing-format --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -370,6 +370,10 @@ _vm__img() {
                     return 0
                     ;;
                 -F)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -695,7 +699,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__measure)
-            opts="-f -O -o -U -h --size --output --force-share --help"
+            opts="-f -O -o -U -h --size --output --force-share --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -719,6 +723,10 @@ _vm__img() {
                     ;;
                 --output)
                     COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                --object)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

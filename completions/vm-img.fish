@@ -45,6 +45,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s b -l backing -d 'Backing file (qcow2 only)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s F -l backing-format -d 'Backing file format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -l object -d 'A secret for encryption: `secret,id=ID,data=PASSWORD[,format=base64]` or `secret,id=ID,file=PATH`, named by `-o encrypt.key-secret=ID` (qcow2 with `encrypt.format=luks`) or `-o key-secret=ID` (`-f luks`)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s q -l quiet -d 'Quiet: no progress or informational messages'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s u -d 'Do not open the backing file (the size must then be given)'
@@ -162,6 +163,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s o -d 'Creation
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l size -d 'Measure an empty image of this virtual size instead of FILENAME' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l output -r -f -a "human\t''
 json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l object -d 'A secret (as for create); checked, not needed to measure' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s U -l force-share -d 'Read FILENAME without locks (force share)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r

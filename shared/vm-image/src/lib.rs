@@ -3,6 +3,7 @@
 
 mod block;
 pub mod commit;
+pub mod crypto;
 mod error;
 mod format;
 #[doc(hidden)]

@@ -183,6 +183,11 @@ pub struct CreateArgs {
     /// Do not open the backing file (the size must then be given).
     #[arg(short = 'u')]
     pub unsafe_backing: bool,
+    /// A secret for encryption: `secret,id=ID,data=PASSWORD[,format=base64]`
+    /// or `secret,id=ID,file=PATH`, named by `-o encrypt.key-secret=ID`
+    /// (qcow2 with `encrypt.format=luks`) or `-o key-secret=ID` (`-f luks`).
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     pub filename: PathBuf,
     /// Virtual size, e.g. 4G; defaults to the backing file's size.
     pub size: Option<String>,
@@ -496,6 +501,9 @@ pub struct MeasureArgs {
     /// Read FILENAME without locks (force share).
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// A secret (as for create); checked, not needed to measure.
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     pub filename: Option<PathBuf>,
 }
 

@@ -3,10 +3,12 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod encryption;
 pub mod input;
 pub mod json;
 pub mod prealloc;
 pub mod progress;
+pub mod secrets;
 pub mod snapshot_copy;
 pub mod sources;
 pub mod util;

@@ -493,6 +493,9 @@ fn count(meta: &Meta, repair: Repair) -> Result<(Vec<u32>, CheckReport, bool)> {
         }
     }
     c.walk_bitmaps();
+    if let Some((off, len)) = meta.header.crypto_area() {
+        c.add("LUKS header", off, len);
+    }
     c.add(
         "refcount table",
         meta.header.refcount_table_offset,

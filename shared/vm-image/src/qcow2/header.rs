@@ -30,6 +30,12 @@ pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 pub const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Full disk encryption header pointer: where a LUKS header sits.
+pub const EXT_CRYPTO: u32 = 0x0537_be77;
+/// `crypt_method`: none, QEMU's old AES-CBC, LUKS.
+pub const CRYPT_NONE: u32 = 0;
+pub const CRYPT_AES: u32 = 1;
+pub const CRYPT_LUKS: u32 = 2;
 
 /// Bits 9..55 of an L1/L2/refcount-table entry hold a host offset.
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -112,6 +118,19 @@ impl Header {
     }
     pub fn dirty(&self) -> bool {
         self.incompatible_features & INCOMPAT_DIRTY != 0
+    }
+    /// Where the LUKS header is (offset, length), as the full disk
+    /// encryption extension says (16 bytes; anything else is no pointer).
+    pub fn crypto_area(&self) -> Option<(u64, u64)> {
+        let e = self
+            .other_extensions
+            .iter()
+            .find(|e| e.kind == EXT_CRYPTO)?;
+        let b = e.data.get(..16)?;
+        Some((
+            u64::from_be_bytes(b[..8].try_into().ok()?),
+            u64::from_be_bytes(b[8..16].try_into().ok()?),
+        ))
     }
     /// Guest clusters live in an external data file, at their own offsets.
     pub fn has_data_file(&self) -> bool {
@@ -211,8 +230,8 @@ impl Header {
             | INCOMPAT_DATA_FILE
             | INCOMPAT_COMPRESSION
             | INCOMPAT_EXTL2;
-        if h.crypt_method != 0 {
-            return Err("encrypted images are not supported".into());
+        if h.crypt_method > CRYPT_LUKS {
+            return Err(format!("unknown encryption method {}", h.crypt_method));
         }
         if h.size > MAX_VIRTUAL_SIZE {
             return Err(format!("virtual size {} is too large", h.size));
@@ -273,6 +292,21 @@ impl Header {
             );
         }
         let names = h.parse_extensions(buf)?;
+        match (h.crypt_method, h.crypto_area()) {
+            (CRYPT_LUKS, Some((off, len))) => {
+                if len == 0 || len > crate::crypto::luks::MAX_AREA {
+                    return Err(format!("LUKS header of {len} bytes"));
+                }
+                check_table("LUKS header", off, len, cs, file_len)?;
+            }
+            (CRYPT_LUKS, None) => {
+                return Err("LUKS encryption without its header pointer".into());
+            }
+            (_, Some(_)) => {
+                return Err("an encryption header pointer without LUKS encryption".into());
+            }
+            _ => {}
+        }
         if h.incompatible_features & !known != 0 {
             return Err(unsupported_features(
                 h.incompatible_features & !known,
@@ -368,6 +402,13 @@ impl Header {
         if let Some(f) = &self.backing_format {
             ext(&mut b, EXT_BACKING_FORMAT, f.as_bytes());
         }
+        for e in self
+            .other_extensions
+            .iter()
+            .filter(|e| e.kind == EXT_CRYPTO)
+        {
+            ext(&mut b, e.kind, &e.data);
+        }
         if let Some(f) = &self.data_file {
             ext(&mut b, EXT_DATA_FILE, f.as_bytes());
         }
@@ -376,7 +417,11 @@ impl Header {
         if self.version >= 3 && self.cluster_size() > 4096 {
             ext(&mut b, EXT_FEATURE_TABLE, &feature_table());
         }
-        for e in &self.other_extensions {
+        for e in self
+            .other_extensions
+            .iter()
+            .filter(|e| e.kind != EXT_CRYPTO)
+        {
             ext(&mut b, e.kind, &e.data);
         }
         if self.version >= 3 || self.backing_file.is_some() {

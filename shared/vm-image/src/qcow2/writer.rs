@@ -60,6 +60,8 @@ pub struct Qcow2Writer {
     l1: Vec<u64>,
     l2: Option<(usize, Vec<u64>)>,
     last_guest: Option<u64>,
+    /// A LUKS header area to place after the L1 table (empty images only).
+    luks: Option<Vec<u8>>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -160,7 +162,26 @@ impl Qcow2Writer {
             l1: vec![0; l1_entries as usize],
             l2: None,
             last_guest: None,
+            luks: None,
         })
+    }
+
+    /// Makes the image LUKS-encrypted with this header area (from
+    /// `crypto::luks::create`), placed as QEMU places it: in whole
+    /// clusters right after the L1 table. Only an empty, unpreallocated
+    /// image takes it (its data would have to be encrypted).
+    pub fn set_luks(&mut self, area: Vec<u8>) {
+        self.header.crypt_method = super::header::CRYPT_LUKS;
+        self.luks = Some(area);
+    }
+
+    fn refuse_luks(&self) -> io::Result<()> {
+        if self.luks.is_some() {
+            return Err(invalid(
+                "encrypted images are made empty only (no preallocation, no data yet)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -352,6 +373,7 @@ impl Qcow2Writer {
     /// first L2 table takes the table's old cluster: so here too (for one
     /// L2 table; QEMU places more after all the data).
     pub fn finish_preallocated(mut self, whole: bool) -> io::Result<Result<File, Self>> {
+        self.refuse_luks()?;
         let cs = self.cs();
         let per_block = cs * 8 / u64::from(self.header.refcount_bits());
         let l1_entries = self.l1.len() as u64;
@@ -424,28 +446,52 @@ impl Qcow2Writer {
         let cs = self.cs();
         let per_block = cs * 8 / u64::from(self.header.refcount_bits());
         let l1_bytes = self.l1.len() as u64 * 8;
-        let used = 3 + l1_bytes.div_ceil(cs);
+        let luks_at = 3 + l1_bytes.div_ceil(cs);
+        let luks_clusters = self
+            .luks
+            .as_ref()
+            .map_or(0, |a| (a.len() as u64).div_ceil(cs));
+        let used = luks_at + luks_clusters;
         if self.next != (1 + l1_bytes.div_ceil(cs)) * cs
             || self.l2.is_some()
             || self.l1.iter().any(|&e| e != 0)
             || used > per_block
         {
+            self.refuse_luks()?;
             return Ok(Err(self));
         }
-        self.write_head(1, used, if l1_bytes == 0 { 0 } else { 3 * cs })?;
-        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+        let block_device =
+            std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type());
+        if let Some(area) = self.luks.take() {
+            let mut clusters = area;
+            let len = clusters.len() as u64;
+            clusters.resize((luks_clusters * cs) as usize, 0);
+            self.file.write_all_at(&clusters, luks_at * cs)?;
+            let mut ext = (luks_at * cs).to_be_bytes().to_vec();
+            ext.extend_from_slice(&len.to_be_bytes());
+            self.header.other_extensions.push(super::header::Extension {
+                kind: super::header::EXT_CRYPTO,
+                data: ext,
+            });
+            if l1_bytes > 0 {
+                self.file
+                    .write_all_at(&vec![0u8; l1_bytes as usize], 3 * cs)?;
+            }
+        } else if !block_device {
             // The L1 table is all zeroes: the file's end makes it.
             self.file.set_len(3 * cs + l1_bytes)?;
         } else if l1_bytes > 0 {
             self.file
                 .write_all_at(&vec![0u8; l1_bytes as usize], 3 * cs)?;
         }
+        self.write_head(1, used, if l1_bytes == 0 { 0 } else { 3 * cs })?;
         Ok(Ok(self.file))
     }
 
     /// Writes the remaining L2 table, refcounts, L1 and header. The caller
     /// fsyncs (or not, for `-t unsafe`).
     pub fn finish(mut self) -> io::Result<File> {
+        self.refuse_luks()?;
         self.flush_l2()?;
         self.align_next();
         let cs = self.cs();

@@ -84,6 +84,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         }
     };
     let mut o = options::parse(&a.options)?;
+    if let Some(k) = o.encrypt.any_key() {
+        bail!("'{k}': convert into an encrypted image is not supported yet");
+    }
     if let Some(b) = &a.backing {
         o.qcow2.backing_file = Some(b.clone());
     }

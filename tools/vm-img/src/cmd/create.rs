@@ -11,11 +11,16 @@ use vm_spec::{parse_size, BareNumber};
 use super::options::{self, Prealloc};
 use crate::cli::CreateArgs;
 use crate::input::{self, Input, Located};
+use crate::secrets::Secrets;
 use crate::util::{self, AtomicOutput};
 
 pub fn run(a: &CreateArgs) -> Result<i32> {
     if a.common.image_opts {
         bail!("--image-opts is not supported by create yet");
+    }
+    let secrets = Secrets::parse(&a.objects)?;
+    if a.common.format.as_deref() == Some("luks") {
+        return crate::encryption::luks_file(a, &secrets);
     }
     let fmt = match a.common.format.as_deref() {
         Some(f) if util::read_only_format(f) => bail!(
@@ -57,6 +62,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             bail!("{name}: Invalid parameter 'cluster_size' for format 'raw'");
         }
     }
+    crate::encryption::qcow2_encryption(&name, fmt, &mut o, &secrets)?;
     if let Some(b) = o.qcow2.backing_file.clone() {
         let Some(bfmt) = o.qcow2.backing_format.clone() else {
             bail!("{name}: Backing file specified without backing format");
@@ -70,9 +76,14 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
             let len = match input::locate(named, Some(bfmt.as_str()), false).with_context(what)? {
                 Located::File { .. } => {
                     let path = resolve_backing(&path, &b);
-                    util::open_read(&path, Some(bfmt.as_str()), true)
-                        .with_context(what)?
-                        .size()
+                    match util::open_read(&path, Some(bfmt.as_str()), true) {
+                        Ok(img) => img.size(),
+                        // An encrypted backing file's size is in its
+                        // header; its data needs no key for that.
+                        Err(e) => crate::encryption::encrypted_size(&path)
+                            .ok_or(e)
+                            .with_context(what)?,
+                    }
                 }
                 _ => Input::open(named, Some(bfmt.as_str()), false, true)
                     .with_context(what)?
@@ -180,7 +191,10 @@ pub(crate) fn write_image(
         }
         Format::Qcow2 => {
             o.qcow2.size = size;
-            let w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)?;
+            let mut w = Qcow2Writer::new(out.file.try_clone()?, &o.qcow2)?;
+            if let Some(area) = o.luks_area.take() {
+                w.set_luks(area);
+            }
             let laid_out = if prealloc == Prealloc::Off {
                 w.finish_empty()?
             } else {
@@ -247,8 +261,14 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
         hint(&mut s, o);
         return s;
     }
-    let mut s = format!(
-        "Formatting '{name}', fmt=qcow2 cluster_size={} extended_l2=off",
+    let mut s = format!("Formatting '{name}', fmt=qcow2");
+    if let Some(on) = o.encrypt.legacy {
+        let _ = write!(s, " encryption={}", if on { "on" } else { "off" });
+    }
+    s += &o.encrypt.describe("encrypt.");
+    let _ = write!(
+        s,
+        " cluster_size={} extended_l2=off",
         o.refused_cluster_size
             .unwrap_or(1u64 << o.qcow2.cluster_bits)
     );

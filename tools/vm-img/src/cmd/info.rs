@@ -116,9 +116,11 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
     let (format, size, header) = match Image::open(path, &opts) {
         Ok(img) => (img.format(), img.size(), img.header().cloned()),
         // Only what the data path refuses (never a lock held elsewhere).
-        Err(e @ vm_image::Error::Corrupt { .. }) => header_only(path, &opts)
-            .ok_or(e)
-            .with_context(|| format!("Could not open '{}'", path.display()))?,
+        Err(e @ (vm_image::Error::Corrupt { .. } | vm_image::Error::Unsupported { .. })) => {
+            header_only(path, &opts)
+                .ok_or(e)
+                .with_context(|| format!("Could not open '{}'", path.display()))?
+        }
         Err(e) => {
             return Err(anyhow::Error::new(e))
                 .with_context(|| format!("Could not open '{}'", path.display()))
@@ -165,6 +167,14 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             }),
         );
         data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+        if h.crypt_method != 0 {
+            m.insert("encrypted".into(), json!(true));
+            data.insert(
+                "encrypt".into(),
+                encrypt_json(path, h)
+                    .with_context(|| format!("Could not open '{}'", path.display()))?,
+            );
+        }
         if h.version >= 3 {
             data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
             data.insert("corrupt".into(), json!(h.corrupt()));
@@ -195,6 +205,43 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         }
     }
     Ok(Value::Object(m))
+}
+
+/// qemu-img's description of an image's encryption: the format, and for
+/// LUKS what its header says (never the key material).
+fn encrypt_json(path: &Path, h: &Header) -> Result<Value> {
+    use std::os::unix::fs::FileExt;
+    use vm_image::crypto::luks;
+    let Some((off, len)) = h.crypto_area() else {
+        return Ok(json!({"format": "aes"}));
+    };
+    let f = vm_image::open_image_file(path, false, false)?;
+    let mut head = vec![0u8; luks::HEADER_LEN.min(len as usize)];
+    f.read_exact_at(&mut head, off)?;
+    let l = luks::Header::parse(&head, len)?;
+    let slots: Vec<Value> = l
+        .slots
+        .iter()
+        .map(|s| {
+            let at = u64::from(s.material_offset) * 512;
+            if s.active {
+                json!({"active": true, "iters": s.iterations, "key-offset": at, "stripes": s.stripes})
+            } else {
+                json!({"active": false, "key-offset": at})
+            }
+        })
+        .collect();
+    Ok(json!({
+        "format": "luks",
+        "cipher-alg": if l.key_bytes == 64 { "aes-256" } else { "aes-128" },
+        "cipher-mode": "xts",
+        "ivgen-alg": "plain64",
+        "hash-alg": l.hash.name(),
+        "uuid": l.uuid,
+        "slots": slots,
+        "payload-offset": u64::from(l.payload_offset) * 512,
+        "master-key-iters": l.mk_iterations,
+    }))
 }
 
 /// A qcow2 image the data path will not open even to read (marked
@@ -250,6 +297,9 @@ fn human(v: &Value) -> String {
             let _ = writeln!(out, "disk size: {}", human_size(n("actual-size")));
         }
         None => out += "disk size: unavailable\n",
+    }
+    if v.get("encrypted").and_then(Value::as_bool) == Some(true) {
+        out += "encrypted: yes\n";
     }
     if v.get("cluster-size").is_some() {
         let _ = writeln!(out, "cluster_size: {}", n("cluster-size"));

@@ -15,6 +15,7 @@ use crate::util;
 
 pub fn run(a: &MeasureArgs) -> Result<i32> {
     let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
+    crate::secrets::Secrets::parse(&a.objects)?;
     let o = options::parse(&a.options)?;
     let (required, fully, bitmaps) = match (&a.size, &a.filename) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
@@ -121,7 +122,14 @@ fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> Result<(u64, u64)>
         bail!("The image size is too large (try using a larger cluster size)");
     }
     let virtual_size = size.div_ceil(cs) * cs;
-    let fully = prealloc_size(virtual_size, cs, o.qcow2.refcount_order);
+    // A LUKS header takes whole clusters of its own.
+    let luks = match o.encrypt.format.as_deref() {
+        Some("luks") => {
+            vm_image::crypto::luks::header_area_len(o.encrypt.luks()?.key_bytes).div_ceil(cs) * cs
+        }
+        _ => 0,
+    };
+    let fully = luks + prealloc_size(virtual_size, cs, o.qcow2.refcount_order);
     let data = match o.prealloc {
         Some(Prealloc::Full | Prealloc::Falloc) => virtual_size,
         _ => data,

@@ -1,5 +1,7 @@
 //! `-o key=value,...` format options, as qemu-img takes them.
 
+use std::fmt::Write as _;
+
 use anyhow::{anyhow, bail, Result};
 use vm_image::qcow2::writer::CreateOptions;
 use vm_spec::{parse_size, BareNumber};
@@ -51,6 +53,86 @@ pub struct FormatOptions {
     pub extent_size_hint: Option<u64>,
     /// `compat` as given (create's Formatting line repeats it).
     pub compat: Option<String>,
+    pub encrypt: Encrypt,
+    /// A LUKS header area for create to place (made from `encrypt`).
+    pub luks_area: Option<Vec<u8>>,
+}
+
+/// Encryption options: qcow2's `encryption` and `encrypt.*`, and the
+/// `luks` format's own names (the same keys without the prefix).
+#[derive(Debug, Default, Clone)]
+pub struct Encrypt {
+    /// The old `encryption=on|off`.
+    pub legacy: Option<bool>,
+    pub format: Option<String>,
+    pub key_secret: Option<String>,
+    pub cipher_alg: Option<String>,
+    pub cipher_mode: Option<String>,
+    pub ivgen_alg: Option<String>,
+    pub ivgen_hash_alg: Option<String>,
+    pub hash_alg: Option<String>,
+    pub iter_time: Option<u64>,
+    /// The first key given in one form and not the other, for the error
+    /// a format gives about a key it does not have.
+    pub first_prefixed: Option<String>,
+    pub first_bare: Option<String>,
+}
+
+impl Encrypt {
+    /// What was given, in QEMU's order, with `prefix` before each key.
+    pub fn describe(&self, prefix: &str) -> String {
+        let mut s = String::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                let _ = write!(s, " {prefix}{k}={v}");
+            }
+        };
+        put("format", self.format.clone());
+        put("key-secret", self.key_secret.clone());
+        put("cipher-alg", self.cipher_alg.clone());
+        put("cipher-mode", self.cipher_mode.clone());
+        put("ivgen-alg", self.ivgen_alg.clone());
+        put("ivgen-hash-alg", self.ivgen_hash_alg.clone());
+        put("hash-alg", self.hash_alg.clone());
+        put("iter-time", self.iter_time.map(|t| t.to_string()));
+        s
+    }
+
+    /// Whether any encryption was asked for.
+    pub fn wanted(&self) -> bool {
+        self.legacy == Some(true) || self.format.is_some() || self.key_secret.is_some()
+    }
+
+    /// The first encryption key given, in either form.
+    pub fn any_key(&self) -> Option<&str> {
+        self.first_prefixed
+            .as_deref()
+            .or(self.first_bare.as_deref())
+            .or(self.legacy.map(|_| "encryption"))
+    }
+
+    /// The LUKS header options these name (QEMU's defaults otherwise:
+    /// aes-256, xts, plain64, sha256, 2000 ms).
+    pub fn luks(&self) -> Result<vm_image::crypto::luks::CreateOptions> {
+        use vm_image::crypto::Hash;
+        let key_bytes = match self.cipher_alg.as_deref().unwrap_or("aes-256") {
+            "aes-256" => 64,
+            "aes-128" => 32,
+            other => bail!("cipher algorithm '{other}' is not supported (aes-256, aes-128)"),
+        };
+        if let Some(m) = self.cipher_mode.as_deref().filter(|&m| m != "xts") {
+            bail!("cipher mode '{m}' is not supported (xts)");
+        }
+        if let Some(g) = self.ivgen_alg.as_deref().filter(|&g| g != "plain64") {
+            bail!("IV generator '{g}' is not supported (plain64)");
+        }
+        let hash = Hash::parse(self.hash_alg.as_deref().unwrap_or("sha256"))?;
+        Ok(vm_image::crypto::luks::CreateOptions {
+            key_bytes,
+            hash,
+            iter_time_ms: self.iter_time.unwrap_or(2000),
+        })
+    }
 }
 
 /// Parses all `-o` arguments (each may hold several comma-separated pairs).
@@ -74,6 +156,25 @@ pub fn parse_for_create(opts: &[String]) -> Result<FormatOptions> {
         }
     }
     Ok(out)
+}
+
+/// An encryption key without its `encrypt.` prefix, and whether it had one.
+fn encrypt_key(k: &str) -> Option<(&str, bool)> {
+    const KEYS: [&str; 8] = [
+        "format",
+        "key-secret",
+        "cipher-alg",
+        "cipher-mode",
+        "ivgen-alg",
+        "ivgen-hash-alg",
+        "hash-alg",
+        "iter-time",
+    ];
+    match k.strip_prefix("encrypt.") {
+        Some(bare) if KEYS.contains(&bare) => Some((bare, true)),
+        None if k != "format" && KEYS.contains(&k) => Some((k, false)),
+        _ => None,
+    }
 }
 
 fn on_off(k: &str, v: &str) -> Result<bool> {
@@ -141,6 +242,33 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         "extended_l2" => {
             if on_off(k, v)? {
                 bail!("extended_l2=on is not supported");
+            }
+        }
+        "encryption" => o.encrypt.legacy = Some(on_off(k, v)?),
+        _ if encrypt_key(k).is_some() => {
+            let (bare, prefixed) = encrypt_key(k).expect("checked");
+            let e = &mut o.encrypt;
+            let first = if prefixed {
+                &mut e.first_prefixed
+            } else {
+                &mut e.first_bare
+            };
+            first.get_or_insert_with(|| k.to_string());
+            let v = Some(v.to_string());
+            match bare {
+                "format" => e.format = v,
+                "key-secret" => e.key_secret = v,
+                "cipher-alg" => e.cipher_alg = v,
+                "cipher-mode" => e.cipher_mode = v,
+                "ivgen-alg" => e.ivgen_alg = v,
+                "ivgen-hash-alg" => e.ivgen_hash_alg = v,
+                "hash-alg" => e.hash_alg = v,
+                _ => {
+                    let ms = v.as_deref().and_then(|t| t.parse::<u64>().ok());
+                    e.iter_time = Some(ms.ok_or_else(|| {
+                        anyhow!("Parameter '{k}' expects a number of milliseconds")
+                    })?);
+                }
             }
         }
         "compression_type" => {

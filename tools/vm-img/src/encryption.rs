@@ -1,0 +1,124 @@
+//! create's encryption: LUKS headers for qcow2 (`encrypt.format=luks`)
+//! and for the `luks` format, made with a secret from `--object`.
+//!
+//! QEMU's old AES-CBC qcow2 encryption (`encryption=on`,
+//! `encrypt.format=aes`) is not made: QEMU deprecates it (no integrity,
+//! predictable IVs, the password is the key) and its system emulators
+//! refuse it.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vm_image::crypto::luks;
+use vm_image::qcow2::meta::Meta;
+use vm_image::Format;
+use vm_spec::{parse_size, BareNumber};
+
+use crate::cli::CreateArgs;
+use crate::cmd::options::{self, FormatOptions, Prealloc};
+use crate::secrets::Secrets;
+use crate::util::AtomicOutput;
+
+/// Checks qcow2's encryption options and, for LUKS, makes the header
+/// area create places (in `o.luks_area`). `name` is the new image's.
+pub fn qcow2_encryption(
+    name: &str,
+    fmt: Format,
+    o: &mut FormatOptions,
+    secrets: &Secrets,
+) -> Result<()> {
+    let e = &o.encrypt;
+    if fmt != Format::Qcow2 || e.first_bare.is_some() {
+        if let Some(k) = e.first_bare.as_deref().or(e.any_key()) {
+            bail!("Invalid parameter '{k}'");
+        }
+        return Ok(());
+    }
+    if e.legacy == Some(true) || e.format.as_deref() == Some("aes") {
+        bail!(
+            "{name}: AES-encrypted qcow2 images are not made (QEMU deprecates the format); \
+             use -o encrypt.format=luks"
+        );
+    }
+    match e.format.as_deref() {
+        None if e.any_key().is_some_and(|k| k != "encryption") => {
+            bail!("{name}: encrypt.format is required with the other encrypt.* options")
+        }
+        None => Ok(()),
+        Some("luks") => {
+            if o.prealloc.is_some_and(|p| p != Prealloc::Off) {
+                bail!("{name}: preallocation of an encrypted image is not supported yet");
+            }
+            if o.qcow2.data_file.is_some() {
+                bail!("{name}: an encrypted image with an external data file is not supported yet");
+            }
+            let id = e.key_secret.as_deref().ok_or_else(|| {
+                anyhow!("{name}: Parameter 'encrypt.key-secret' is required for cipher")
+            })?;
+            let password = secrets.get(id)?;
+            let (area, _) = luks::create(password, e.luks()?).with_context(|| name.to_string())?;
+            o.luks_area = Some(area);
+            Ok(())
+        }
+        Some(f) => bail!("{name}: Invalid encrypt.format '{f}' (luks)"),
+    }
+}
+
+/// `create -f luks`: a LUKS header, then the (encrypted) disk.
+pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
+    let name = a.filename.display().to_string();
+    let o = options::parse_for_create(&a.options)?;
+    if let Some(k) = o.encrypt.first_prefixed.as_deref() {
+        bail!("Invalid parameter '{k}'");
+    }
+    if o.qcow2.backing_file.is_some() || a.backing.is_some() {
+        bail!("{name}: Backing file not supported for file format 'luks'");
+    }
+    if o.cluster_size_given || o.compat.is_some() || o.qcow2.data_file.is_some() {
+        bail!("{name}: Invalid parameter for format 'luks' (size, preallocation and the LUKS options only)");
+    }
+    let size = match &a.size {
+        Some(s) => parse_size(s, BareNumber::Bytes)
+            .map_err(|e| anyhow!("Invalid image size specified. {e}"))?,
+        None => o
+            .size
+            .ok_or_else(|| anyhow!("Image creation needs a size parameter"))?,
+    };
+    let size = size.div_ceil(512).saturating_mul(512);
+    if !a.common.quiet {
+        let mut s = format!("Formatting '{name}', fmt=luks size={size}");
+        s += &o.encrypt.describe("");
+        if let Some(p) = o.prealloc {
+            let _ = write!(s, " preallocation={}", p.as_str());
+        }
+        println!("{s}");
+    }
+    if o.prealloc.is_some_and(|p| p != Prealloc::Off) {
+        bail!("{name}: preallocation of a LUKS image is not supported yet");
+    }
+    let id = o
+        .encrypt
+        .key_secret
+        .as_deref()
+        .ok_or_else(|| anyhow!("{name}: Parameter 'key-secret' is required for cipher"))?;
+    let (area, _) =
+        luks::create(secrets.get(id)?, o.encrypt.luks()?).with_context(|| name.clone())?;
+    let path = crate::input::target(&a.filename, None, false)?.0;
+    let out = AtomicOutput::create(&path, false)?;
+    out.file
+        .write_all_at(&area, 0)
+        .with_context(|| name.clone())?;
+    crate::util::set_output_len(&out.file, area.len() as u64 + size)?;
+    out.commit(true)?;
+    Ok(0)
+}
+
+/// The virtual size of an encrypted qcow2 image, from its header alone
+/// (the data path does not open encrypted images yet).
+pub fn encrypted_size(path: &Path) -> Option<u64> {
+    let file = vm_image::open_image_file(path, false, false).ok()?;
+    let h = Meta::open(path, file).ok()?.header;
+    (h.crypt_method != 0).then_some(h.size)
+}
