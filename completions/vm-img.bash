@@ -263,7 +263,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__compare)
-            opts="-f -F -s -U -p -q -h --force-share --help"
+            opts="-f -F -s -U -p -q -h --force-share --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -277,6 +277,10 @@ _vm__img() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --object)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -285,7 +289,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__convert)
-            opts="-f -O -c -l -n -B -F -S -W -m -C -o -p -t -T -U -q -h --image-opts --force-share --bitmaps --skip-broken-bitmaps --help"
+            opts="-f -O -c -l -n -B -F -S -W -m -C -o -p -t -T -U -q -h --image-opts --force-share --bitmaps --skip-broken-bitmaps --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -329,6 +333,10 @@ _vm__img() {
                     ;;
                 -T)
                     COMPREPLY=($(compgen -W "none writeback writethrough directsync unsafe" -- "${cur}"))
+                    return 0
+                    ;;
+                --object)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -631,7 +639,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__info)
-            opts="-f -q -U -h --format --quiet --image-opts --output --backing-chain --force-share --help"
+            opts="-f -q -U -h --format --quiet --image-opts --output --backing-chain --object --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -649,6 +657,10 @@ _vm__img() {
                     COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
+                --object)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -657,7 +669,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__map)
-            opts="-f -q -U -s -l -h --format --quiet --image-opts --output --force-share --start-offset --max-length --help"
+            opts="-f -q -U -s -l -h --format --quiet --image-opts --output --force-share --start-offset --max-length --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -688,6 +700,10 @@ _vm__img() {
                     return 0
                     ;;
                 -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -53,6 +53,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s h -l help -d 'P
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l output -r -f -a "human\t''
 json\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l object -d 'A secret for an encrypted image (`secret,id=ID,data=...`), named by `encrypt.key-secret=ID` in an --image-opts list' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -s q -l quiet -d 'Quiet: no progress or informational messages'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand info" -l backing-chain -d 'Describe every image of the backing chain'
@@ -91,6 +92,7 @@ writeback\t''
 writethrough\t''
 directsync\t''
 unsafe\t''"
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l object -d 'A secret for an encrypted image (`secret,id=ID,data=...`), named by `encrypt.key-secret=ID` in an --image-opts list' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l image-opts -d 'The sources are option lists (`driver=qcow2,file.filename=PATH`), not file names'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s c -d 'Compress the output (qcow2), on every core'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s n -d 'Write into OUTPUT, which exists already (no new image is made)'
@@ -104,6 +106,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l skip-broken-bi
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s f -d 'First image\'s format' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s F -d 'Second image\'s format' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -l object -d 'A secret for an encrypted image (`secret,id=ID,data=...`), named by `encrypt.key-secret=ID` in an --image-opts list' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s s -d 'Strict: images of different sizes, or allocated in one and not the other, differ even where both read the same'
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s p -d 'Show a progress bar'
@@ -114,6 +117,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l output -r -f -a "h
 json\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s s -l start-offset -d 'Start of the range to map' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s l -l max-length -d 'Length of the range to map' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l object -d 'A secret for an encrypted image (`secret,id=ID,data=...`), named by `encrypt.key-secret=ID` in an --image-opts list' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s q -l quiet -d 'Quiet: no progress or informational messages'
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s U -l force-share

@@ -207,6 +207,10 @@ pub struct InfoArgs {
     /// Describe every image of the backing chain.
     #[arg(long = "backing-chain")]
     pub backing_chain: bool,
+    /// A secret for an encrypted image (`secret,id=ID,data=...`), named
+    /// by `encrypt.key-secret=ID` in an --image-opts list.
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     /// Read without locks (force share), as for an image in use.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
@@ -331,6 +335,10 @@ pub struct ConvertArgs {
     /// (in-use) instead of failing.
     #[arg(long = "skip-broken-bitmaps")]
     pub skip_broken_bitmaps: bool,
+    /// A secret for an encrypted image (`secret,id=ID,data=...`), named
+    /// by `encrypt.key-secret=ID` in an --image-opts list.
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     /// SOURCE... OUTPUT: the image to copy (several are read one after
     /// another as one disk), then the image to write; options may come
     /// between them, as qemu-img takes them.
@@ -363,6 +371,10 @@ pub struct CompareArgs {
     pub progress: bool,
     #[arg(short = 'q')]
     pub quiet: bool,
+    /// A secret for an encrypted image (`secret,id=ID,data=...`), named
+    /// by `encrypt.key-secret=ID` in an --image-opts list.
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     pub image1: PathBuf,
     pub image2: PathBuf,
 }
@@ -386,6 +398,10 @@ pub struct MapArgs {
     /// Length of the range to map.
     #[arg(short = 'l', long = "max-length", value_name = "LENGTH")]
     pub length: Option<String>,
+    /// A secret for an encrypted image (`secret,id=ID,data=...`), named
+    /// by `encrypt.key-secret=ID` in an --image-opts list.
+    #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
+    pub objects: Vec<String>,
     pub filename: PathBuf,
 }
 

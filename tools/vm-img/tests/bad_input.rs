@@ -146,7 +146,7 @@ fn header_fields_out_of_range() {
             "snapshots",
         ),
         ("bad version", 4, &7u32.to_be_bytes(), "version"),
-        ("encrypted", 32, &1u32.to_be_bytes(), "encrypted"),
+        ("unknown encryption", 32, &3u32.to_be_bytes(), "encryption"),
         (
             "unknown incompatible bit",
             72,

@@ -9,6 +9,9 @@
 
 pub mod af;
 pub mod luks;
+mod reader;
+
+pub use reader::EncryptedImage;
 
 use std::io;
 use std::time::{Duration, Instant};

@@ -383,7 +383,10 @@ fn open_layer(
             if h.crypt_method != 0 {
                 return Err(Error::unsupported(
                     path,
-                    "encrypted images are not read yet (vm-img makes, describes and checks them)",
+                    "the image is encrypted: vm-img reads it given its password \
+                     (--object secret,id=ID,data=... --image-opts \
+                     driver=qcow2,file.filename=PATH,encrypt.key-secret=ID); \
+                     nothing else opens it yet",
                 ));
             }
             if h.refcount_table_clusters == 0 {

@@ -11,7 +11,11 @@ use crate::progress::Progress;
 const CHUNK: u64 = 1 << 20;
 
 pub fn run(a: &CompareArgs) -> Result<i32> {
-    let open = |p, f: &Option<String>| Input::open(p, f.as_deref(), false, a.force_share);
+    let secrets = match crate::secrets::Secrets::parse(&a.objects) {
+        Ok(s) => s,
+        Err(e) => return Ok(fail(&e, 2)),
+    };
+    let open = |p, f: &Option<String>| Input::open(p, f.as_deref(), false, a.force_share, &secrets);
     let img1 = match open(&a.image1, &a.format1) {
         Ok(i) => i,
         Err(e) => return Ok(fail(&e, 2)),

@@ -56,8 +56,16 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     // before it looks at the source.
     let out_fmt = util::output_format(&a.output_format)?;
     let first = &a.sources[0];
-    let open =
-        |p: &std::path::Path| Input::open(p, a.format.as_deref(), a.image_opts, a.force_share);
+    let secrets = crate::secrets::Secrets::parse(&a.objects)?;
+    let open = |p: &std::path::Path| {
+        Input::open(
+            p,
+            a.format.as_deref(),
+            a.image_opts,
+            a.force_share,
+            &secrets,
+        )
+    };
     let source = open(first)?;
     let several = a.sources.len() > 1;
     // -l: a copy at the snapshot is read instead, while the source stays

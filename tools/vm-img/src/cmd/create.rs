@@ -85,7 +85,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
                             .with_context(what)?,
                     }
                 }
-                _ => Input::open(named, Some(bfmt.as_str()), false, true)
+                _ => Input::open(named, Some(bfmt.as_str()), false, true, &secrets)
                     .with_context(what)?
                     .size(),
             };

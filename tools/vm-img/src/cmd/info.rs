@@ -16,6 +16,7 @@ use crate::util::{self, human_size};
 
 pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
+    let secrets = crate::secrets::Secrets::parse(&a.objects)?;
     let located = input::locate(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     let Located::File {
         mut path,
@@ -30,6 +31,7 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
             a.common.format.as_deref(),
             a.common.image_opts,
             a.force_share,
+            &secrets,
         )?;
         let mut v = json!({
             "virtual-size": i.size(),

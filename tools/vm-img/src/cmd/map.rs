@@ -13,6 +13,7 @@ pub fn run(a: &MapArgs) -> Result<i32> {
         a.common.format.as_deref(),
         a.common.image_opts,
         a.force_share,
+        &crate::secrets::Secrets::parse(&a.objects)?,
     )?;
     let num = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
         s.as_deref()

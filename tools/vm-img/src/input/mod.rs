@@ -9,35 +9,62 @@ use std::io;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use vm_image::crypto::EncryptedImage;
 use vm_image::nbd::Client;
 use vm_image::{Block, Extent, Format, Image};
 
 pub use names::{locate, target, target_with_locking, Located};
 
+use crate::secrets::Secrets;
 use crate::util;
 
 #[derive(Debug)]
 pub enum Input {
     Image(Image),
+    /// An encrypted image, opened with its password.
+    Encrypted(EncryptedImage),
     Nbd(Client),
-    Null { size: u64, read_zeroes: bool },
+    Null {
+        size: u64,
+        read_zeroes: bool,
+    },
 }
 
 impl Input {
-    /// Opens what `name` names, read-only; `force_share` is `-U`.
+    /// Opens what `name` names, read-only; `force_share` is `-U`;
+    /// `secrets` holds the passwords of encrypted images.
     pub fn open(
         name: &Path,
         format: Option<&str>,
         image_opts: bool,
         force_share: bool,
+        secrets: &Secrets,
     ) -> Result<Self> {
         match locate(name, format, image_opts)? {
             Located::File {
                 path,
                 format,
                 locking,
+                key_secret,
             } => {
-                util::open_read(&path, format.as_deref(), force_share || !locking).map(Self::Image)
+                let what = || format!("Could not open '{}'", path.display());
+                let luks = format.as_deref() == Some("luks");
+                match key_secret {
+                    Some(id) => {
+                        let password = secrets.get(&id)?;
+                        let img = if luks {
+                            EncryptedImage::open_luks(&path, password)
+                        } else {
+                            EncryptedImage::open_qcow2(&path, password)
+                        };
+                        img.map(Self::Encrypted).with_context(what)
+                    }
+                    None if luks => {
+                        bail!("{}: Parameter 'key-secret' is required for cipher", what())
+                    }
+                    None => util::open_read(&path, format.as_deref(), force_share || !locking)
+                        .map(Self::Image),
+                }
             }
             Located::Nbd { address, format } => {
                 let uri = address.uri();
@@ -58,6 +85,7 @@ impl Input {
     pub fn size(&self) -> u64 {
         match self {
             Self::Image(i) => i.size(),
+            Self::Encrypted(e) => e.size(),
             Self::Nbd(c) => c.size(),
             Self::Null { size, .. } => *size,
         }
@@ -78,6 +106,7 @@ impl Input {
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         match self {
             Self::Image(i) => i.read_at(buf, pos),
+            Self::Encrypted(e) => e.read_at(buf, pos),
             Self::Nbd(c) => Ok(c.read_at(buf, pos)?),
             Self::Null { size, .. } => {
                 if pos.checked_add(buf.len() as u64).is_none_or(|e| e > *size) {
@@ -103,6 +132,7 @@ impl Input {
         while pos < end {
             let (length, data, zero) = match self {
                 Self::Image(i) => return i.map(start, len),
+                Self::Encrypted(e) => return e.map(start, len),
                 Self::Nbd(c) => {
                     let s = c.block_status(pos, end - pos)?;
                     (s.length, !s.hole, s.zero)
@@ -132,6 +162,7 @@ impl Input {
     pub fn display(&self, given: &Path) -> String {
         match self {
             Self::Image(i) => i.path().display().to_string(),
+            Self::Encrypted(e) => e.path().display().to_string(),
             Self::Nbd(c) => c.address().uri(),
             Self::Null { .. } => given.display().to_string(),
         }

@@ -20,6 +20,9 @@ pub enum Located {
         format: Option<String>,
         /// False when `file.locking=off` says so (qemu-img's `-U`).
         locking: bool,
+        /// The `--object secret` id an encrypted image's password is
+        /// (`encrypt.key-secret` for qcow2, `key-secret` for luks).
+        key_secret: Option<String>,
     },
     Nbd {
         address: Address,
@@ -45,6 +48,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             path: plain_path(path),
             format: format.map(str::to_string),
             locking: true,
+            key_secret: None,
         });
     } else if text.starts_with("null-co://") {
         return Ok(Located::Null {
@@ -61,9 +65,11 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             path: name.to_path_buf(),
             format: format.map(str::to_string),
             locking: true,
+            key_secret: None,
         });
     };
     let mut driver = format.map(str::to_string);
+    let mut key_secret = None;
     let mut rest = Vec::new();
     for (k, v) in opts {
         if k == "driver" {
@@ -87,6 +93,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
                 Some(sub) => popts.push((sub.to_string(), v)),
                 None if k == "file" => protocol = v,
                 None if k == "filename" => popts.push((k, v)),
+                None if k == "encrypt.key-secret" || k == "key-secret" => key_secret = Some(v),
                 // Options that change nothing about what is read.
                 None if matches!(
                     k.as_str(),
@@ -98,7 +105,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
         (driver, protocol, popts)
     };
     match protocol.as_str() {
-        "file" => file_options(&text, format, &popts),
+        "file" => file_options(&text, format, &popts, key_secret),
         "nbd" => Ok(Located::Nbd {
             address: Address::from_options(&text, &popts).map_err(|e| anyhow!("{e}"))?,
             format,
@@ -110,7 +117,12 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
     }
 }
 
-fn file_options(text: &str, format: Option<String>, opts: &[(String, String)]) -> Result<Located> {
+fn file_options(
+    text: &str,
+    format: Option<String>,
+    opts: &[(String, String)],
+    key_secret: Option<String>,
+) -> Result<Located> {
     let mut path = None;
     let mut locking = true;
     for (k, v) in opts {
@@ -128,6 +140,7 @@ fn file_options(text: &str, format: Option<String>, opts: &[(String, String)]) -
         path,
         format,
         locking,
+        key_secret,
     })
 }
 
@@ -176,6 +189,7 @@ pub fn target_with_locking(
             path,
             format,
             locking,
+            ..
         } => Ok((path, format, locking)),
         Located::Nbd { .. } => bail!(
             "'{}': this command opens local files only (info, map, compare and convert read NBD exports)",
