@@ -18,7 +18,7 @@ use vm_image::{Block, Format, Image};
 use crate::input::Input;
 use crate::sources::Sources;
 
-use super::options;
+use super::options::{self, Prealloc};
 use crate::cli::ConvertArgs;
 use crate::progress::Progress;
 use crate::snapshot_copy::SnapshotCopy;
@@ -153,7 +153,15 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             bail!("-o has no effect when skipping image creation");
         }
         let kept = util::KeptBitmaps::load(&a.output)?;
-        into_existing(&src, a, out_fmt, size, &mut bar)?;
+        into_existing(
+            &src,
+            &a.output,
+            out_fmt,
+            size,
+            &mut bar,
+            a.cache.syncs(),
+            false,
+        )?;
         // Every byte of the disk was written (data or zeroes).
         kept.store(&[(0, size)])?;
         if !bitmaps.is_empty() {
@@ -172,7 +180,37 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             bail!("Use of backing file requires explicit backing format");
         }
     }
+    let prealloc = o.prealloc.filter(|&p| p != Prealloc::Off);
+    if let Some(p) = prealloc {
+        // As qemu-img: an image made preallocated, the data written into it.
+        if out_fmt == Format::Raw && p == Prealloc::Metadata {
+            bail!("Unsupported preallocation mode 'metadata' for format 'raw'");
+        }
+        if a.compress || o.qcow2.backing_file.is_some() {
+            bail!("preallocation with -c or a backing file is not supported");
+        }
+    }
     let out = AtomicOutput::create(&a.output, false)?;
+    if let Some(p) = prealloc {
+        let what = || format!("Could not write '{}'", a.output.display());
+        super::create::write_image(&out, out_fmt, size.div_ceil(512) * 512, &mut o, p)
+            .with_context(what)?;
+        into_existing(
+            &src,
+            out.working_path(),
+            out_fmt,
+            size,
+            &mut bar,
+            a.cache.syncs(),
+            true,
+        )?;
+        if out_fmt == Format::Qcow2 {
+            copy_bitmaps(out.working_path(), &bitmaps)?;
+        }
+        bar.finish();
+        out.commit(a.cache.syncs())?;
+        return Ok(0);
+    }
     let what = || format!("Could not write '{}'", a.output.display());
     let mut wb = Writeback {
         file: a.cache.syncs().then_some(&out.file),
@@ -314,20 +352,25 @@ fn sparse_block(arg: Option<&str>) -> Result<Option<usize>> {
 
 /// `-n`: the output exists; the source's contents go into it through its
 /// own format, zero ranges as zeroes (it may hold old data there).
+/// Writes the source into the existing image `output` (`-n`, and the
+/// preallocated image made for `-o preallocation`). `skip_zeroes`: the
+/// image is new and reads as zeroes already, so zero runs are left alone.
 fn into_existing(
     src: &Sources,
-    a: &ConvertArgs,
+    output: &std::path::Path,
     fmt: Format,
     size: u64,
     bar: &mut Progress,
+    syncs: bool,
+    skip_zeroes: bool,
 ) -> Result<()> {
     let opts = vm_image::OpenOptions {
         format: Some(fmt),
         write: true,
         ..vm_image::OpenOptions::default()
     };
-    let mut dst = Image::open(&a.output, &opts)
-        .with_context(|| format!("Could not open '{}'", a.output.display()))?;
+    let mut dst = Image::open(output, &opts)
+        .with_context(|| format!("Could not open '{}'", output.display()))?;
     if dst.size() < size {
         bail!("output file is smaller than input file");
     }
@@ -338,15 +381,24 @@ fn into_existing(
         .filter(|h| h.version < 3)
         .map(vm_image::qcow2::header::Header::cluster_size);
     let backed = dst.layers().len() > 1;
-    let what = || format!("Could not write '{}'", a.output.display());
+    let what = || format!("Could not write '{}'", output.display());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
         let len = (size - pos).min(CHUNK);
         let b = &mut buf[..len as usize];
         if read_chunk(src, pos, b)? {
-            dst.write_at(b, pos).with_context(what)?;
-        } else {
+            if skip_zeroes {
+                // Only the data, in qemu-img's 4 KiB blocks: the rest of
+                // the new image reads as zeroes already.
+                for (lo, hi) in data_runs(b, 4096) {
+                    dst.write_at(&b[lo..hi], pos + lo as u64)
+                        .with_context(what)?;
+                }
+            } else {
+                dst.write_at(b, pos).with_context(what)?;
+            }
+        } else if !skip_zeroes {
             match v2_cluster {
                 None => dst.write_zeroes(pos, len),
                 Some(cs) if !backed => {
@@ -370,12 +422,7 @@ fn into_existing(
         pos += len;
         bar.set_position(pos);
     }
-    if a.cache.syncs() {
-        dst.sync()
-    } else {
-        dst.flush()
-    }
-    .with_context(what)?;
+    if syncs { dst.sync() } else { dst.flush() }.with_context(what)?;
     Ok(())
 }
 
