@@ -406,3 +406,60 @@ fn convert_preallocates_as_qemu_img() {
         }
     }
 }
+
+/// `resize --preallocation=metadata` of an overlay whose backing file is
+/// longer: each new L2 table followed by its clusters, as zero clusters
+/// (the backing file's data must not show through), byte-for-byte the
+/// map qemu-img's resize makes; the old last cluster's tail reads zero.
+#[test]
+fn metadata_preallocation_over_a_longer_backing_file_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let base = d.s("base.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &base, "16M"]);
+    qemu_io(&d.path("base.qcow2"), "qcow2", &["write -P 1 0 16M"]);
+    for (tool, name) in [("vm-img", "ours.qcow2"), ("qemu-img", "theirs.qcow2")] {
+        let top = d.s(name);
+        // 4 KiB clusters: an L2 table maps 2 MiB, so the growth takes four.
+        qemu_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            "-b",
+            &base,
+            "-F",
+            "qcow2",
+            &top,
+            "4M",
+        ]);
+        // Data in the last cluster, then a shrink inside it: its tail held
+        // data once, and must read as zeroes after the growth.
+        qemu_io(&d.path(name), "qcow2", &["write -P 2 4092k 4k"]);
+        qemu_ok(&["resize", "-q", "--shrink", &top, "4193792"]);
+        let args = ["resize", "-q", "--preallocation=metadata", &top, "12M"];
+        if tool == "vm-img" {
+            ok(&args);
+        } else {
+            qemu_ok(&args);
+        }
+    }
+    let map = |p: &str| qemu_ok(&["map", "--output=json", &d.s(p)]);
+    assert_eq!(map("ours.qcow2"), map("theirs.qcow2"));
+    qemu_same(&d.path("ours.qcow2"), &d.path("theirs.qcow2"));
+    qemu_clean(&d.path("ours.qcow2"));
+    qemu_io(
+        &d.path("ours.qcow2"),
+        "qcow2",
+        &[
+            "read -P 2 4092k 3584",
+            "read -P 0 4193792 512",
+            "read -P 0 4M 8M",
+            "read -P 1 0 4092k",
+        ],
+    );
+}

@@ -311,6 +311,24 @@ impl Image {
         Ok(())
     }
 
+    /// Grows the guest-visible size for a metadata preallocation that
+    /// follows (`qcow2::prealloc::preallocate_metadata`, which maps the new
+    /// clusters, as zero clusters over a backing file): only the rest of
+    /// the old last cluster is zeroed here, so the new L2 tables are the
+    /// preallocation's, each followed by its clusters, as QEMU lays them.
+    pub fn grow_for_preallocation(&mut self, new_size: u64) -> io::Result<()> {
+        let old = self.size();
+        self.access
+            .resize(new_size, imago::format::PreallocateMode::None)?;
+        if let Some(cs) = self.header().map(Header::cluster_size) {
+            let end = old.div_ceil(cs).saturating_mul(cs).min(new_size);
+            if end > old {
+                self.access.write_zeroes(old, end - old)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `[offset, offset + len)` read as zeroes with its clusters
     /// freed (zeroes written where the format cannot free).
     pub fn discard_to_zero(&mut self, offset: u64, len: u64) -> io::Result<()> {

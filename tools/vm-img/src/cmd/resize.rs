@@ -52,8 +52,14 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         bail!("The new size must be a multiple of 512");
     }
     let prealloc = preallocation(a.preallocation.as_deref(), img.format(), new < current)?;
-    img.resize(new)
-        .with_context(|| format!("Error resizing image '{}'", path.display()))?;
+    let qcow2_metadata =
+        img.format() == Format::Qcow2 && prealloc == Prealloc::Metadata && new > current;
+    if qcow2_metadata {
+        img.grow_for_preallocation(new)
+    } else {
+        img.resize(new)
+    }
+    .with_context(|| format!("Error resizing image '{}'", path.display()))?;
     if img.format() == Format::Raw && new > current {
         // As QEMU's file layer: the grown area preallocated as asked, and
         // the first block of a file that was empty written.
