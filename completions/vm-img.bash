@@ -289,7 +289,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__convert)
-            opts="-f -O -c -l -n -B -F -S -W -m -C -o -p -t -T -U -q -h --image-opts --force-share --bitmaps --skip-broken-bitmaps --object --help"
+            opts="-f -O -c -l -n -B -F -S -W -m -C -o -p -t -T -U -q -h --image-opts --force-share --salvage --bitmaps --skip-broken-bitmaps --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -101,6 +101,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s C -d 'Try copy
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s p -d 'Show a progress bar'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s q -d 'Quiet'
+complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l salvage -d 'Go on past read errors: a sector that cannot be read is written as zeroes, with a warning naming it (and a range whose allocation cannot be read is copied as data)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l bitmaps -d 'Copy the source\'s persistent dirty bitmaps too (qcow2 to qcow2)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -l skip-broken-bitmaps -d 'With --bitmaps, leave out bitmaps that were not saved cleanly (in-use) instead of failing'
 complete -c vm-img -n "__fish_vm_img_using_subcommand convert" -s h -l help -d 'Print help'

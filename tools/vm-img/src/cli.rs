@@ -328,6 +328,11 @@ pub struct ConvertArgs {
     /// Quiet.
     #[arg(short = 'q')]
     pub quiet: bool,
+    /// Go on past read errors: a sector that cannot be read is written as
+    /// zeroes, with a warning naming it (and a range whose allocation
+    /// cannot be read is copied as data).
+    #[arg(long = "salvage")]
+    pub salvage: bool,
     /// Copy the source's persistent dirty bitmaps too (qcow2 to qcow2).
     #[arg(long = "bitmaps")]
     pub bitmaps: bool,

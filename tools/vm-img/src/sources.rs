@@ -12,6 +12,9 @@ pub struct Sources {
     /// Each image with the disk offset where it starts.
     parts: Vec<(u64, Input)>,
     size: u64,
+    /// `--salvage`: a sector that cannot be read is warned about and read
+    /// as zeroes; a range whose block status fails is read as data.
+    salvage: bool,
 }
 
 impl Sources {
@@ -23,7 +26,15 @@ impl Sources {
             parts.push((size, img));
             size += len;
         }
-        Self { parts, size }
+        Self {
+            parts,
+            size,
+            salvage: false,
+        }
+    }
+
+    pub fn set_salvage(&mut self, on: bool) {
+        self.salvage = on;
     }
 
     pub fn size(&self) -> u64 {
@@ -48,6 +59,34 @@ impl Sources {
     }
 
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        match self.read_plain(buf, pos) {
+            Err(e) if self.salvage && e.kind() != io::ErrorKind::InvalidInput => {
+                self.read_salvaging(buf, pos);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Sector by sector: what reads is kept, what does not is zeroes, with
+    /// qemu-img's warning for each.
+    fn read_salvaging(&self, buf: &mut [u8], pos: u64) {
+        let mut off = 0usize;
+        while off < buf.len() {
+            let at = pos + off as u64;
+            let n = ((512 - at % 512) as usize).min(buf.len() - off);
+            let piece = &mut buf[off..off + n];
+            if let Err(e) = self.read_plain(piece, at) {
+                crate::error_line(format_args!(
+                    "warning: error while reading offset {at}: {e}"
+                ));
+                piece.fill(0);
+            }
+            off += n;
+        }
+    }
+
+    fn read_plain(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         let end = pos + buf.len() as u64;
         if end > self.size {
             return Err(io::Error::new(
@@ -68,6 +107,27 @@ impl Sources {
 
     /// How `[pos, pos + len)` is stored, with starts on the joined disk.
     pub fn map(&self, pos: u64, len: u64) -> io::Result<Vec<Extent>> {
+        match self.map_plain(pos, len) {
+            Err(e) if self.salvage => {
+                crate::error_line(format_args!(
+                    "warning: error while reading block status at offset {pos}: {e}"
+                ));
+                Ok(vec![Extent {
+                    start: pos,
+                    length: pos.saturating_add(len).min(self.size) - pos,
+                    depth: 0,
+                    present: true,
+                    zero: false,
+                    data: true,
+                    compressed: false,
+                    offset: None,
+                }])
+            }
+            r => r,
+        }
+    }
+
+    fn map_plain(&self, pos: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = pos.saturating_add(len).min(self.size);
         let mut out = Vec::new();
         for (start, img) in self.overlapping(pos, len) {

@@ -228,6 +228,10 @@ enum Misdeed {
     ShortRead,
     /// Hangs up in the middle of a reply.
     HangUp,
+    /// Answers EIO to reads of this sector (and only those).
+    BadSector(u64),
+    /// Answers EIO to block status from this offset on.
+    BadStatus(u64),
 }
 
 const EXPORT: u64 = 1 << 20;
@@ -243,6 +247,14 @@ fn option_reply(s: &mut impl Write, opt: u32, kind: u32, data: &[u8]) {
     m.extend_from_slice(&(data.len() as u32).to_be_bytes());
     m.extend_from_slice(data);
     let _ = s.write_all(&m);
+}
+
+/// An error chunk's payload: EIO, with a message.
+fn eio() -> Vec<u8> {
+    let mut p = 5u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&4u16.to_be_bytes());
+    p.extend_from_slice(b"bad!");
+    p
 }
 
 fn chunk(flags: u16, kind: u16, handle: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -333,6 +345,14 @@ fn serve(mut s: impl Read + Write, bad: Misdeed) {
                 p.extend(vec![0x5a; len as usize / 2]);
                 chunk(1, 1, &handle, &p)
             }
+            (0, Misdeed::BadSector(bad))
+                if from / 512 <= bad && bad < (from + u64::from(len)).div_ceil(512) =>
+            {
+                chunk(1, 0x8001, &handle, &eio())
+            }
+            (7, Misdeed::BadStatus(bad)) if from + u64::from(len) > bad => {
+                chunk(1, 0x8001, &handle, &eio())
+            }
             (0, Misdeed::HangUp) => {
                 let mut p = from.to_be_bytes().to_vec();
                 p.extend(vec![0x5a; len as usize]);
@@ -416,6 +436,57 @@ fn hostile_servers_get_one_error_line() {
         assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
         // Nothing half-made is left where the output was to be.
         assert!(!Path::new(&out).exists(), "{bad:?}");
+        h.join().unwrap();
+    }
+}
+
+/// convert --salvage over an export with a bad sector and a range whose
+/// block status fails: the rest is copied, the bad sector reads as zeroes,
+/// each failure is one warning, and the exit code is 0. Without
+/// --salvage, one error line and no output.
+#[test]
+fn salvage_goes_on_past_read_errors() {
+    let d = Dir::new();
+    for (i, bad) in [Misdeed::BadSector(700), Misdeed::BadStatus(4 << 10)]
+        .into_iter()
+        .enumerate()
+    {
+        let sock = d.path(&format!("s{i}"));
+        let l = UnixListener::bind(&sock).unwrap();
+        let h = std::thread::spawn(move || {
+            for _ in 0..2 {
+                if let Ok((c, _)) = l.accept() {
+                    serve(c, bad);
+                }
+            }
+        });
+        let uri = format!("nbd+unix:///?socket={}", sock.display());
+        let out = d.s(&format!("out{i}"));
+        let (code, _, err) = run(&["convert", "-f", "raw", "-O", "raw", &uri, &out]);
+        assert_eq!((code, err.lines().count()), (1, 1), "{bad:?}: {err}");
+        assert!(!Path::new(&out).exists(), "{bad:?}");
+        let (code, _, err) = run(&["convert", "--salvage", "-f", "raw", "-O", "raw", &uri, &out]);
+        assert_eq!(code, 0, "{bad:?}: {err}");
+        assert!(
+            err.lines().count() >= 1
+                && err
+                    .lines()
+                    .all(|l| l.contains("warning: error while reading")),
+            "{bad:?}: {err}"
+        );
+        let data = std::fs::read(&out).unwrap();
+        assert_eq!(data.len() as u64, EXPORT);
+        if let Misdeed::BadSector(s) = bad {
+            let s = s as usize * 512;
+            assert!(data[s..s + 512].iter().all(|&b| b == 0), "the bad sector");
+            assert!(data[..s].iter().chain(&data[s + 512..]).all(|&b| b == 0x5a));
+            assert_eq!(err.lines().count(), 1, "one sector, one warning: {err}");
+            assert!(err.contains(&format!("offset {s}")), "{err}");
+        } else {
+            // Block status failed: read as data, all of it.
+            assert!(data.iter().all(|&b| b == 0x5a));
+            assert!(err.contains("block status"), "{err}");
+        }
         h.join().unwrap();
     }
 }

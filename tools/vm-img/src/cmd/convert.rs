@@ -91,6 +91,8 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             (Sources::new(vec![Input::Image(img)]), Some((copy, source)))
         }
     };
+    let mut src = src;
+    src.set_salvage(a.salvage);
     let mut o = options::parse(&a.options)?;
     if let Some(k) = o.encrypt.any_key() {
         bail!("'{k}': convert into an encrypted image is not supported yet");
