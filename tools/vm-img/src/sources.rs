@@ -78,7 +78,8 @@ impl Sources {
             let piece = &mut buf[off..off + n];
             if let Err(e) = self.read_plain(piece, at) {
                 crate::error_line(format_args!(
-                    "warning: error while reading offset {at}: {e}"
+                    "warning: error while reading offset {at}: {}",
+                    vm_spec::text::one_line(&e)
                 ));
                 piece.fill(0);
             }
@@ -107,24 +108,51 @@ impl Sources {
 
     /// How `[pos, pos + len)` is stored, with starts on the joined disk.
     pub fn map(&self, pos: u64, len: u64) -> io::Result<Vec<Extent>> {
-        match self.map_plain(pos, len) {
-            Err(e) if self.salvage => {
-                crate::error_line(format_args!(
-                    "warning: error while reading block status at offset {pos}: {e}"
-                ));
-                Ok(vec![Extent {
-                    start: pos,
-                    length: pos.saturating_add(len).min(self.size) - pos,
-                    depth: 0,
-                    present: true,
-                    zero: false,
-                    data: true,
-                    compressed: false,
-                    offset: None,
-                }])
-            }
-            r => r,
+        if !self.salvage {
+            return self.map_plain(pos, len);
         }
+        // As qemu-img: a failed query is retried on a quarter of the range
+        // until one sector fails, which is warned about and read as data.
+        let end = pos.saturating_add(len).min(self.size);
+        let mut out = Vec::new();
+        let mut at = pos;
+        while at < end {
+            let mut n = end - at;
+            loop {
+                match self.map_plain(at, n) {
+                    Ok(extents) => {
+                        out.extend(extents);
+                        at += n;
+                        break;
+                    }
+                    Err(e) if n <= 512 - at % 512 => {
+                        crate::error_line(format_args!(
+                            "warning: error while reading block status at offset {at}: {}",
+                            vm_spec::text::one_line(&e)
+                        ));
+                        out.push(Extent {
+                            start: at,
+                            length: n,
+                            depth: 0,
+                            present: true,
+                            zero: false,
+                            data: true,
+                            compressed: false,
+                            offset: None,
+                        });
+                        at += n;
+                        break;
+                    }
+                    // A quarter, whole sectors, at least the rest of this one.
+                    Err(_) => {
+                        n = (n.div_ceil(4).div_ceil(512) * 512)
+                            .max(512 - at % 512)
+                            .min(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn map_plain(&self, pos: u64, len: u64) -> io::Result<Vec<Extent>> {

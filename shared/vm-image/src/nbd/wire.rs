@@ -206,6 +206,9 @@ pub fn server_error(code: u32, message: &str) -> Error {
     if message.is_empty() {
         Error::Server(e)
     } else {
-        Error::Server(io::Error::new(e.kind(), format!("{e}: {message}")))
+        // strerror's words, then what the server said.
+        let text = e.to_string();
+        let text = text.split(" (os error").next().unwrap_or_default();
+        Error::Server(io::Error::new(e.kind(), format!("{text}: {message}")))
     }
 }

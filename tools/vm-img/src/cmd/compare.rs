@@ -78,10 +78,18 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         (&img2, &a.image2)
     };
     if s1 != s2 {
-        if let Some(code) = tail_zero(a, longer, path, common, s1.max(s2), &mut buf1) {
-            return Ok(code);
-        }
+        let verdict = tail_zero(longer, path, common, s1.max(s2), &mut buf1);
+        // qemu-img says this before reading the tail; its stdout reaches a
+        // pipe after its error lines, so a read error comes first here.
         say(a, "Warning: Image size mismatch!");
+        match verdict {
+            Ok(None) => {}
+            Ok(Some(at)) => {
+                say(a, &format!("Content mismatch at offset {at}!"));
+                return Ok(1);
+            }
+            Err(code) => return Ok(code),
+        }
     }
     // qemu-img's order: 100%, the verdict, then the line's end.
     bar.done();
@@ -90,33 +98,31 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The longer image's tail from `from` to `to`: `Ok(None)` when it reads
+/// as zeroes, `Ok(Some(offset))` at the first byte that does not, `Err`
+/// with the exit code once a read error is said.
 fn tail_zero(
-    a: &CompareArgs,
     img: &Input,
     path: &std::path::Path,
     from: u64,
     to: u64,
     buf: &mut [u8],
-) -> Option<i32> {
+) -> Result<Option<u64>, i32> {
     let mut pos = from;
     while pos < to {
         let len = (to - pos).min(CHUNK);
         let data = img.map(pos, len).map_or(true, |m| m.iter().any(|e| e.data));
         if data {
             if let Err(e) = img.read_at(&mut buf[..len as usize], pos) {
-                return Some(read_error(path, pos, &e));
+                return Err(read_error(path, pos, &e));
             }
             if let Some(i) = buf[..len as usize].iter().position(|&b| b != 0) {
-                say(
-                    a,
-                    &format!("Content mismatch at offset {}!", pos + i as u64),
-                );
-                return Some(1);
+                return Ok(Some(pos + i as u64));
             }
         }
         pos += len;
     }
-    None
+    Ok(None)
 }
 
 /// Allocation as strict mode compares it: allocated ranges, by offset.
@@ -151,8 +157,9 @@ fn fail(e: &anyhow::Error, code: i32) -> i32 {
 
 fn read_error(path: &std::path::Path, pos: u64, e: &std::io::Error) -> i32 {
     crate::error_line(format_args!(
-        "Error while reading offset {pos} of {}: {e}",
-        path.display()
+        "Error while reading offset {pos} of {}: {}",
+        path.display(),
+        vm_spec::text::one_line(e)
     ));
     4
 }

@@ -93,6 +93,12 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     };
     let mut src = src;
     src.set_salvage(a.salvage);
+    if a.salvage {
+        // qemu-img reads the whole allocation once before it copies (to
+        // count what it will copy): with --salvage its warnings come from
+        // both passes, and so they do here.
+        src.map(0, src.size())?;
+    }
     let mut o = options::parse(&a.options)?;
     if let Some(k) = o.encrypt.any_key() {
         bail!("'{k}': convert into an encrypted image is not supported yet");

@@ -17,7 +17,16 @@ use crate::util::{self, human_size};
 pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
     let secrets = crate::secrets::Secrets::parse(&a.objects)?;
-    let located = input::locate(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let mut located = input::locate(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    // blkdebug over a local image: info reads no data, so no rule fires;
+    // the image is described under the name given.
+    let mut shown_as = None;
+    if let Located::Debug { inner, .. } = located {
+        if matches!(*inner, Located::File { .. }) {
+            shown_as = Some(a.filename.display().to_string());
+        }
+        located = *inner;
+    }
     let Located::File {
         mut path,
         format: mut fmt,
@@ -58,7 +67,10 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
             );
         }
         seen.push(real);
-        let info = describe(&path, fmt.as_deref(), a.force_share)?;
+        let mut info = describe(&path, fmt.as_deref(), a.force_share)?;
+        if let Some(name) = shown_as.take() {
+            info["filename"] = Value::String(name);
+        }
         let next = info
             .get("full-backing-filename")
             .and_then(Value::as_str)

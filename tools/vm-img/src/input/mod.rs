@@ -3,6 +3,7 @@
 //! images have layers, headers and snapshots; the others are one raw
 //! disk with block status.
 
+pub mod blkdebug;
 pub mod names;
 
 use std::io;
@@ -24,6 +25,8 @@ pub enum Input {
     /// An encrypted image, opened with its password.
     Encrypted(EncryptedImage),
     Nbd(Client),
+    /// Errors injected as QEMU's blkdebug injects them.
+    Debug(Box<blkdebug::Debug>),
     Null {
         size: u64,
         read_zeroes: bool,
@@ -40,7 +43,21 @@ impl Input {
         force_share: bool,
         secrets: &Secrets,
     ) -> Result<Self> {
-        match locate(name, format, image_opts)? {
+        Self::open_located(
+            locate(name, format, image_opts)?,
+            name,
+            force_share,
+            secrets,
+        )
+    }
+
+    fn open_located(
+        located: Located,
+        name: &Path,
+        force_share: bool,
+        secrets: &Secrets,
+    ) -> Result<Self> {
+        match located {
             Located::File {
                 path,
                 format,
@@ -79,6 +96,13 @@ impl Input {
                 Ok(Self::Nbd(client))
             }
             Located::Null { size, read_zeroes } => Ok(Self::Null { size, read_zeroes }),
+            Located::Debug { inner, rules } => {
+                let inner = Self::open_located(*inner, name, force_share, secrets)?;
+                let name = name.display().to_string();
+                Ok(Self::Debug(Box::new(blkdebug::Debug::new(
+                    inner, rules, name,
+                ))))
+            }
         }
     }
 
@@ -87,6 +111,7 @@ impl Input {
             Self::Image(i) => i.size(),
             Self::Encrypted(e) => e.size(),
             Self::Nbd(c) => c.size(),
+            Self::Debug(d) => d.inner.size(),
             Self::Null { size, .. } => *size,
         }
     }
@@ -95,6 +120,7 @@ impl Input {
     pub fn image(&self) -> Option<&Image> {
         match self {
             Self::Image(i) => Some(i),
+            Self::Debug(d) => d.inner.image(),
             _ => None,
         }
     }
@@ -108,6 +134,7 @@ impl Input {
             Self::Image(i) => i.read_at(buf, pos),
             Self::Encrypted(e) => e.read_at(buf, pos),
             Self::Nbd(c) => Ok(c.read_at(buf, pos)?),
+            Self::Debug(d) => d.read_at(buf, pos),
             Self::Null { size, .. } => {
                 if pos.checked_add(buf.len() as u64).is_none_or(|e| e > *size) {
                     return Err(io::Error::new(
@@ -133,6 +160,7 @@ impl Input {
             let (length, data, zero) = match self {
                 Self::Image(i) => return i.map(start, len),
                 Self::Encrypted(e) => return e.map(start, len),
+                Self::Debug(d) => return d.map(start, len),
                 Self::Nbd(c) => {
                     let s = c.block_status(pos, end - pos)?;
                     (s.length, !s.hole, s.zero)
@@ -163,6 +191,7 @@ impl Input {
         match self {
             Self::Image(i) => i.path().display().to_string(),
             Self::Encrypted(e) => e.path().display().to_string(),
+            Self::Debug(d) => d.name().to_string(),
             Self::Nbd(c) => c.address().uri(),
             Self::Null { .. } => given.display().to_string(),
         }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use vm_image::nbd::Address;
 
+use super::blkdebug;
+
 /// The null device's size when none is given (QEMU's default).
 const NULL_DEFAULT_SIZE: u64 = 1 << 30;
 
@@ -34,6 +36,11 @@ pub enum Located {
     /// unless `read-zeroes` is on; here it is always zeroes), and says so
     /// to block status only when `read-zeroes` is on, as QEMU does.
     Null { size: u64, read_zeroes: bool },
+    /// QEMU's blkdebug over `inner`: errors injected as `rules` say.
+    Debug {
+        inner: Box<Located>,
+        rules: blkdebug::Rules,
+    },
 }
 
 /// Parses a filename as qemu-img does. `format` is `-f`'s value.
@@ -49,6 +56,28 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             format: format.map(str::to_string),
             locking: true,
             key_secret: None,
+        });
+    } else if let Some(rest) = text.strip_prefix("blkdebug:") {
+        // blkdebug:[CONFIG]:FILE, the format (-f) over it.
+        let (conf, file) = rest
+            .split_once(':')
+            .ok_or_else(|| anyhow!("'{text}': blkdebug:CONFIG:FILE expected"))?;
+        let rules = if conf.is_empty() {
+            blkdebug::Rules::default()
+        } else {
+            let t = std::fs::read_to_string(conf)
+                .map_err(|e| anyhow!("'{text}': could not read blkdebug config '{conf}': {e}"))?;
+            blkdebug::Rules::parse_config(&t)?
+        };
+        blkdebug::check_placement(&rules, Some(format.unwrap_or("unknown")))?;
+        return Ok(Located::Debug {
+            inner: Box::new(Located::File {
+                path: plain_path(file),
+                format: format.map(str::to_string),
+                locking: true,
+                key_secret: None,
+            }),
+            rules,
         });
     } else if text.starts_with("null-co://") {
         return Ok(Located::Null {
@@ -68,7 +97,16 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             key_secret: None,
         });
     };
-    let mut driver = format.map(str::to_string);
+    from_options(&text, format.map(str::to_string), opts)
+}
+
+/// A name given as options (flattened `json:`, or `--image-opts`).
+fn from_options(
+    text: &str,
+    format: Option<String>,
+    opts: Vec<(String, String)>,
+) -> Result<Located> {
+    let mut driver = format;
     let mut key_secret = None;
     let mut rest = Vec::new();
     for (k, v) in opts {
@@ -77,6 +115,16 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
         } else {
             rest.push((k, v));
         }
+    }
+    if driver.as_deref() == Some("blkdebug") {
+        // Over its image (a format, or a file read as raw): its sectors
+        // are the guest's.
+        let (rules, image) = blkdebug::from_options(text, rest)?;
+        let inner = from_options(text, None, image)?;
+        return Ok(Located::Debug {
+            inner: Box::new(inner),
+            rules,
+        });
     }
     // A protocol driver on top has its options at the top level; a format
     // driver has its protocol's under `file.`.
@@ -105,12 +153,35 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
         (driver, protocol, popts)
     };
     match protocol.as_str() {
-        "file" => file_options(&text, format, &popts, key_secret),
+        "file" => file_options(text, format, &popts, key_secret),
         "nbd" => Ok(Located::Nbd {
-            address: Address::from_options(&text, &popts).map_err(|e| anyhow!("{e}"))?,
+            address: Address::from_options(text, &popts).map_err(|e| anyhow!("{e}"))?,
             format,
         }),
-        "null-co" | "null-aio" => null_options(&text, &popts),
+        "null-co" | "null-aio" => null_options(text, &popts),
+        "blkdebug" => {
+            // Under a format: it filters the file the format reads.
+            let (rules, image) = blkdebug::from_options(text, popts)?;
+            let inner = match from_options(text, None, image)? {
+                Located::File {
+                    path,
+                    locking,
+                    key_secret: k,
+                    ..
+                } => Located::File {
+                    path,
+                    format: format.clone(),
+                    locking,
+                    key_secret: k.or(key_secret),
+                },
+                _ => bail!("'{text}': blkdebug under a format must wrap a local file"),
+            };
+            blkdebug::check_placement(&rules, Some(format.as_deref().unwrap_or("unknown")))?;
+            Ok(Located::Debug {
+                inner: Box::new(inner),
+                rules,
+            })
+        }
         other => {
             bail!("'{text}': only local files, nbd and null-co can be opened (driver '{other}' is not supported)")
         }
@@ -199,6 +270,11 @@ pub fn target_with_locking(
             "'{}': this command opens local files only (null-co is read by map and convert)",
             name.display()
         ),
+        Located::Debug { .. } => bail!(
+            "'{}': this command opens local files only (blkdebug is read by info, map, compare \
+             and convert)",
+            name.display()
+        ),
     }
 }
 
@@ -246,7 +322,8 @@ fn option_list(text: &str) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Flattens nested JSON objects into dotted keys (`file.filename`).
+/// Flattens nested JSON objects and lists into dotted keys
+/// (`file.filename`, `inject-error.0.event`).
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
     match v {
         serde_json::Value::Object(m) => {
@@ -257,6 +334,12 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
                     format!("{prefix}.{k}")
                 };
                 flatten(&key, v, out);
+            }
+        }
+        // Lists as QEMU's dotted keys: `inject-error.0.event`.
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}.{i}"), v, out);
             }
         }
         serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),

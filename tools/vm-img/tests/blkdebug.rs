@@ -1,0 +1,138 @@
+//! QEMU's blkdebug for the reading commands: the same names, rules and
+//! errors make vm-img say and write what qemu-img says and writes
+//! (convert --salvage's warnings, compare's read error and exit code), a
+//! blkdebug backing name is sized through it, and what vm-img does not
+//! model is refused in one line.
+
+mod common;
+
+use common::*;
+
+/// stderr of both tools for the same arguments, with the program's name
+/// taken off; both exit codes.
+fn both(args: &[&str]) -> ((i32, String), (i32, String)) {
+    let strip = |e: String| {
+        e.lines()
+            .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (c1, _, e1) = run(args);
+    let (c2, _, e2) = qemu_img(args);
+    ((c1, strip(e1)), (c2, strip(e2)))
+}
+
+#[test]
+fn salvage_through_blkdebug_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    for fmt in ["qcow2", "raw"] {
+        let src = d.s(&format!("src.{fmt}"));
+        qemu_ok(&["create", "-q", "-f", fmt, &src, "8M"]);
+        qemu_io(&d.path(&format!("src.{fmt}")), fmt, &["write -P 42 0 8M"]);
+        let rule = |iotype: &str, sector: u64| {
+            format!("{{'event': 'none', 'iotype': '{iotype}', 'errno': 5, 'sector': {sector}}}")
+        };
+        let name = format!(
+            "json:{{'driver': 'blkdebug', 'image': {{'driver': '{fmt}', 'file': {{'driver': \
+             'file', 'filename': '{src}'}}}}, 'inject-error': [{}, {}, {}, {}]}}",
+            rule("block-status", 2 * 2048 + 16),
+            rule("read", 3 * 2048 - 128),
+            rule("read", 5 * 2048 + 1),
+            rule("read", 5 * 2048 + 2),
+        );
+        let (ours, theirs) = (d.s("ours"), d.s("theirs"));
+        let (o, t) = (
+            run(&["convert", "--salvage", &name, &ours]),
+            qemu_img(&["convert", "--salvage", &name, &theirs]),
+        );
+        assert_eq!(o.0, 0, "{fmt}: {}", o.2);
+        assert_eq!(t.0, 0, "{fmt}: {}", t.2);
+        let strip = |e: &str| -> Vec<String> {
+            e.lines()
+                .map(|l| l.split_once(": ").map_or(l, |x| x.1).to_string())
+                .collect()
+        };
+        assert_eq!(
+            strip(&o.2),
+            strip(&t.2),
+            "{fmt}: the same warnings, in order"
+        );
+        assert_eq!(strip(&o.2).len(), 5, "{fmt}: {}", o.2);
+        qemu_same(&d.path("ours"), &d.path("theirs"));
+        // Without --salvage: one line, no output.
+        let (code, _, err) = run(&["convert", &name, &d.s("nothing")]);
+        assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+        assert!(!d.path("nothing").exists());
+    }
+}
+
+#[test]
+fn compare_and_create_through_blkdebug_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let a = d.s("a.qcow2");
+    let b = d.s("b.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &a, "64M"]);
+    std::fs::copy(&a, &b).unwrap();
+    qemu_io(&d.path("a.qcow2"), "qcow2", &["write -P 7 512 512"]);
+    let conf = d.s("blkdebug.conf");
+    std::fs::write(
+        &conf,
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nonce =\"off\"\n",
+    )
+    .unwrap();
+    let name = format!("blkdebug:{conf}:{a}");
+    let (ours, theirs) = both(&["compare", "-f", "qcow2", &name, &b]);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.0, 4, "{}", ours.1);
+    // Only data reads fire read_aio: an image that holds none compares.
+    let (ours, theirs) = both(&[
+        "compare",
+        "-f",
+        "qcow2",
+        &format!("blkdebug:{conf}:{b}"),
+        &b,
+    ]);
+    assert_eq!((ours.0, theirs.0), (0, 0), "{ours:?} {theirs:?}");
+
+    // A backing file named through blkdebug: sized through it.
+    let raw = d.s("base.raw");
+    qemu_ok(&["create", "-q", "-f", "raw", &raw, "3M"]);
+    let top = d.s("top.qcow2");
+    let backing = format!("blkdebug:{conf}:{raw}");
+    ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("backing_file={backing},backing_fmt=raw"),
+        &top,
+    ]);
+    let info = qemu_ok(&["info", "-U", &top]);
+    assert!(info.contains("virtual size: 3 MiB"), "{info}");
+
+    // What vm-img does not model: one line each.
+    let sector = format!(
+        "json:{{'driver': 'qcow2', 'file': {{'driver': 'blkdebug', 'image': {{'driver': \
+         'file', 'filename': '{a}'}}, 'inject-error': [{{'event': 'none', 'sector': 1}}]}}}}"
+    );
+    for args in [
+        vec!["map".to_string(), sector],
+        vec!["check".to_string(), name.clone()],
+        vec!["commit".to_string(), name.clone()],
+        vec![
+            "map".to_string(),
+            format!("json:{{'driver': 'blkdebug', 'align': 4096, 'image': '{a}'}}"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = run(&args);
+        assert_eq!((code, err.lines().count()), (1, 1), "{args:?}: {err}");
+    }
+}
