@@ -50,6 +50,8 @@ pub struct SetState {
 pub struct Rules {
     inject: Vec<Rule>,
     set_state: Vec<SetState>,
+    /// `align`: the request alignment blkdebug imposes.
+    pub align: Option<u64>,
 }
 
 fn number(what: &str, v: &str) -> Result<u64> {
@@ -219,6 +221,13 @@ pub fn from_options(
             let parsed = Rules::parse_config(&conf)?;
             rules.inject.extend(parsed.inject);
             rules.set_state.extend(parsed.set_state);
+        } else if k == "align" {
+            let a = vm_spec::parse_size(&v, vm_spec::BareNumber::Bytes)
+                .map_err(|e| anyhow!("'{text}': blkdebug align: {e}"))?;
+            if !a.is_power_of_two() {
+                bail!("'{text}': blkdebug align must be a power of two");
+            }
+            rules.align = Some(a);
         } else if k == "node-name" || k == "read-only" {
         } else {
             bail!("'{text}': blkdebug option '{k}' is not supported");
@@ -249,8 +258,24 @@ struct Live {
 }
 
 impl Debug {
-    pub fn new(inner: Input, rules: Rules, name: String) -> Self {
-        Self {
+    /// Wraps `inner`. An `align` is taken only where it changes nothing
+    /// a reading command sees: block status of a qcow2 image comes in
+    /// whole clusters, so an alignment up to the cluster size leaves it as
+    /// it is (reads are split, not changed). Elsewhere it is refused.
+    pub fn new(inner: Input, rules: Rules, name: String) -> Result<Self> {
+        if let Some(align) = rules.align.filter(|&a| a > 1) {
+            let cluster = inner
+                .image()
+                .and_then(vm_image::Image::header)
+                .map(vm_image::qcow2::header::Header::cluster_size);
+            if cluster.is_none_or(|cs| align > cs) {
+                bail!(
+                    "'{name}': blkdebug align={align} is taken over a qcow2 image with clusters of \
+                     at least that size only"
+                );
+            }
+        }
+        Ok(Self {
             inner,
             name,
             live: Mutex::new(Live {
@@ -259,7 +284,7 @@ impl Debug {
                 state: 1,
                 read_aio: false,
             }),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -99,9 +99,8 @@ impl Input {
             Located::Debug { inner, rules } => {
                 let inner = Self::open_located(*inner, name, force_share, secrets)?;
                 let name = name.display().to_string();
-                Ok(Self::Debug(Box::new(blkdebug::Debug::new(
-                    inner, rules, name,
-                ))))
+                let debug = blkdebug::Debug::new(inner, rules, name)?;
+                Ok(Self::Debug(Box::new(debug)))
             }
         }
     }
