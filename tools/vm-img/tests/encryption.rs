@@ -386,3 +386,70 @@ fn bad_secrets_options_and_headers_get_one_line() {
     let (code, _, err) = run(&["convert", "-O", "raw", &aes, &d.s("aes.raw")]);
     assert_eq!((code, err.lines().count()), (1, 1), "{err}");
 }
+
+/// QEMU's old AES-CBC qcow2 (made by qemu-img, written by qemu-io) is read
+/// with its password to convert out of it: the same bytes and map as
+/// qemu-img's; vm-img itself does not make one.
+#[test]
+fn aes_images_are_read_to_convert_out_of_them() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let img = d.s("aes.qcow2");
+    let secret = "secret,id=sec0,data=hunter2";
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        secret,
+        "-o",
+        "encryption=on,encrypt.key-secret=sec0",
+        &img,
+        "8M",
+    ]);
+    let spec = format!("driver=qcow2,file.filename={img},encrypt.key-secret=sec0");
+    let (code, out) = qemu_io_secret(
+        secret,
+        &spec,
+        &[
+            "write -P 5 1000 70k",
+            "write -P 9 4M 64k",
+            "write -z 6M 64k",
+        ],
+    );
+    assert!(code == 0 && !out.contains("fail"), "{out}");
+    assert_eq!(ok(&["info", &img]), qemu_ok(&["info", &img]));
+    let (ours, theirs) = (d.s("ours.raw"), d.s("theirs.raw"));
+    let convert = |out: &str| {
+        [
+            "convert",
+            "--object",
+            secret,
+            "--image-opts",
+            &spec,
+            "-O",
+            "raw",
+            out,
+        ]
+        .map(str::to_string)
+    };
+    let args = convert(&ours);
+    ok(&args.each_ref().map(String::as_str));
+    let args = convert(&theirs);
+    qemu_ok(&args.each_ref().map(String::as_str));
+    let data = std::fs::read(&ours).unwrap();
+    assert_eq!(data, std::fs::read(&theirs).unwrap());
+    assert!(data[1000..1000 + 70 * 1024].iter().all(|&b| b == 5));
+    let map = [
+        "map",
+        "--output=json",
+        "--object",
+        secret,
+        "--image-opts",
+        &spec,
+    ];
+    assert_eq!(ok(&map), qemu_ok(&map));
+}

@@ -117,10 +117,13 @@ pub fn random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// AES-XTS with plain64 IVs: the tweak is the sector's number.
+/// AES-XTS with plain64 IVs (the tweak is the sector's number), and the
+/// AES-128-CBC of QEMU's old qcow2 encryption (the IV is the sector's
+/// number too), which is only ever decrypted here.
 pub enum Cipher {
     Aes128(Box<Xts128<Aes128>>),
     Aes256(Box<Xts128<Aes256>>),
+    Aes128Cbc(Box<Aes128>),
 }
 
 impl std::fmt::Debug for Cipher {
@@ -128,6 +131,7 @@ impl std::fmt::Debug for Cipher {
         f.write_str(match self {
             Self::Aes128(_) => "Cipher(aes-128-xts-plain64)",
             Self::Aes256(_) => "Cipher(aes-256-xts-plain64)",
+            Self::Aes128Cbc(_) => "Cipher(aes-128-cbc-plain64)",
         })
     }
 }
@@ -152,10 +156,22 @@ impl Cipher {
         }
     }
 
-    /// Encrypts whole sectors in place, the first numbered `sector`.
+    /// QEMU's old qcow2 AES key: the password's first 16 bytes, zeroes
+    /// after a shorter one (no key derivation at all: one reason the
+    /// format is deprecated).
+    pub fn qcow_aes(password: &[u8]) -> Self {
+        let mut key = [0u8; 16];
+        let n = password.len().min(16);
+        key[..n].copy_from_slice(&password[..n]);
+        Self::Aes128Cbc(Box::new(Aes128::new(&key.into())))
+    }
+
+    /// Encrypts whole sectors in place, the first numbered `sector`
+    /// (XTS only: CBC images are not written).
     pub fn encrypt(&self, buf: &mut [u8], sector: u64) {
         debug_assert!(buf.len() % SECTOR == 0);
         match self {
+            Self::Aes128Cbc(_) => unreachable!("AES-CBC images are only read"),
             Self::Aes128(x) => x.encrypt_area(buf, SECTOR, u128::from(sector), get_tweak_default),
             Self::Aes256(x) => x.encrypt_area(buf, SECTOR, u128::from(sector), get_tweak_default),
         }
@@ -165,6 +181,22 @@ impl Cipher {
     pub fn decrypt(&self, buf: &mut [u8], sector: u64) {
         debug_assert!(buf.len() % SECTOR == 0);
         match self {
+            Self::Aes128Cbc(aes) => {
+                use aes::cipher::BlockDecrypt;
+                for (i, s) in buf.chunks_exact_mut(SECTOR).enumerate() {
+                    // plain64: the sector number, little-endian, in 16 bytes.
+                    let mut prev = [0u8; 16];
+                    prev[..8].copy_from_slice(&(sector + i as u64).to_le_bytes());
+                    for block in s.chunks_exact_mut(16) {
+                        let cipher: [u8; 16] = (&*block).try_into().expect("16 bytes");
+                        aes.decrypt_block(block.into());
+                        for (b, p) in block.iter_mut().zip(prev) {
+                            *b ^= p;
+                        }
+                        prev = cipher;
+                    }
+                }
+            }
             Self::Aes128(x) => x.decrypt_area(buf, SECTOR, u128::from(sector), get_tweak_default),
             Self::Aes256(x) => x.decrypt_area(buf, SECTOR, u128::from(sector), get_tweak_default),
         }

@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use super::luks::{self, Header as LuksHeader};
 use super::{Cipher, Error, SECTOR};
 use crate::image::{file_len, open_image_file, Extent};
-use crate::qcow2::header::{CRYPT_LUKS, OFFSET_MASK};
+use crate::qcow2::header::{CRYPT_AES, CRYPT_LUKS, OFFSET_MASK};
 use crate::qcow2::meta::{L2Entry, Meta};
 
 #[derive(Debug)]
 enum Layout {
-    Qcow2(Box<Meta>),
+    /// A qcow2 image; `physical`: the IV counts host sectors (LUKS), not
+    /// guest ones (the old AES).
+    Qcow2 { meta: Box<Meta>, physical: bool },
     /// Where the payload starts in the file.
     Luks(u64),
 }
@@ -55,7 +57,9 @@ fn unlock(path: &Path, h: &LuksHeader, area: &[u8], password: &[u8]) -> crate::R
 }
 
 impl EncryptedImage {
-    /// A qcow2 image encrypted with LUKS.
+    /// An encrypted qcow2 image: LUKS, or QEMU's old AES-CBC (read to
+    /// convert out of it; a wrong password there cannot be told, the data
+    /// just reads as noise, as in QEMU).
     pub fn open_qcow2(path: &Path, password: &[u8]) -> crate::Result<Self> {
         let file = open_image_file(path, false, false)?;
         let meta = Meta::open(
@@ -63,8 +67,8 @@ impl EncryptedImage {
             file.try_clone().map_err(|e| crate::Error::io(path, e))?,
         )?;
         let h = &meta.header;
-        if h.crypt_method != CRYPT_LUKS {
-            return Err(bad(path, "not a LUKS-encrypted qcow2 image"));
+        if h.crypt_method != CRYPT_LUKS && h.crypt_method != CRYPT_AES {
+            return Err(bad(path, "not an encrypted qcow2 image"));
         }
         if h.backing_file.is_some() || h.has_data_file() {
             return Err(crate::Error::unsupported(
@@ -72,14 +76,22 @@ impl EncryptedImage {
                 "an encrypted image with a backing or data file is not read yet",
             ));
         }
-        let (off, len) = h.crypto_area().ok_or_else(|| bad(path, "no LUKS header"))?;
-        let (lh, area) = read_area(path, &file, off, len)?;
-        let cipher = unlock(path, &lh, &area, password)?;
+        let physical = h.crypt_method == CRYPT_LUKS;
+        let cipher = if physical {
+            let (off, len) = h.crypto_area().ok_or_else(|| bad(path, "no LUKS header"))?;
+            let (lh, area) = read_area(path, &file, off, len)?;
+            unlock(path, &lh, &area, password)?
+        } else {
+            Cipher::qcow_aes(password)
+        };
         let size = h.size;
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            layout: Layout::Qcow2(Box::new(meta)),
+            layout: Layout::Qcow2 {
+                meta: Box::new(meta),
+                physical,
+            },
             cipher,
             size,
             l2_cache: std::sync::Mutex::default(),
@@ -122,7 +134,7 @@ impl EncryptedImage {
     fn locate(&self, pos: u64) -> io::Result<(Option<u64>, u64, bool)> {
         match &self.layout {
             Layout::Luks(payload) => Ok((Some(payload + pos), self.size - pos, true)),
-            Layout::Qcow2(meta) => {
+            Layout::Qcow2 { meta, .. } => {
                 let cs = meta.cluster_size();
                 let per_l2 = meta.header.l2_entries();
                 let cluster = pos / cs;
@@ -164,11 +176,15 @@ impl EncryptedImage {
         Ok(t)
     }
 
-    /// The sector number an encrypted sector at `host` is keyed with.
-    fn iv_sector(&self, host: u64) -> u64 {
+    /// The sector number the encrypted sector at `host` (guest `guest`)
+    /// is keyed with.
+    fn iv_sector(&self, host: u64, guest: u64) -> u64 {
         match &self.layout {
             Layout::Luks(payload) => (host - payload) / SECTOR as u64,
-            Layout::Qcow2(_) => host / SECTOR as u64,
+            Layout::Qcow2 { physical: true, .. } => host / SECTOR as u64,
+            Layout::Qcow2 {
+                physical: false, ..
+            } => guest / SECTOR as u64,
         }
     }
 
@@ -196,7 +212,8 @@ impl EncryptedImage {
                     let end = (h + n as u64).div_ceil(SECTOR as u64) * SECTOR as u64;
                     let mut sectors = vec![0u8; (end - first) as usize];
                     self.file.read_exact_at(&mut sectors, first)?;
-                    self.cipher.decrypt(&mut sectors, self.iv_sector(first));
+                    self.cipher
+                        .decrypt(&mut sectors, self.iv_sector(first, pos - (h - first)));
                     let skip = (h - first) as usize;
                     out.copy_from_slice(&sectors[skip..skip + n]);
                 }
