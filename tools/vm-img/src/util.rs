@@ -91,8 +91,26 @@ pub fn read_only_format(name: &str) -> bool {
     READ_ONLY_FORMATS.contains(&name)
 }
 
-/// Opens an image for reading, with locks unless `force_share`.
+/// Whether the file starts with LUKS's magic (probing, as qemu-img does).
+pub fn is_luks(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 6];
+    vm_image::open_image_file(path, false, false).is_ok_and(|f| {
+        f.read_exact_at(&mut magic, 0).is_ok() && magic == vm_image::crypto::luks::MAGIC
+    })
+}
+
+/// Opens an image for reading, with locks unless `force_share`. A LUKS
+/// file is never probed as raw (its ciphertext would be taken for the
+/// disk): it is read only with its password.
 pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result<Image> {
+    if format.is_none() && is_luks(path) {
+        bail!(
+            "'{}' is a LUKS image: it is read with its password (--object secret,id=ID,data=... \
+             --image-opts driver=luks,file.filename=PATH,key-secret=ID)",
+            path.display()
+        );
+    }
     let opts = OpenOptions {
         format: parse_format(format)?,
         lock: !force_share,

@@ -234,6 +234,18 @@ fn luks_files_open_in_qemu() {
     assert!(std::fs::read(&ours).unwrap()[..65536]
         .iter()
         .all(|&b| b == 5));
+    // Described as qemu-img describes it (probed or named); never probed
+    // as raw for reading (its ciphertext is not the disk).
+    for args in [
+        vec!["info", &f],
+        vec!["info", "-f", "luks", &f],
+        vec!["info", "--output=json", &f],
+    ] {
+        assert_eq!(ok(&args), qemu_ok(&args), "{args:?}");
+    }
+    let (code, _, err) = run(&["convert", "-O", "raw", &f, &d.s("cipher.raw")]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    assert!(err.contains("LUKS"), "{err}");
     // aes-128 and sha1 are taken too.
     let g = d.s("u.luks");
     ok(&[

@@ -121,6 +121,10 @@ fn print(a: &InfoArgs, mut infos: Vec<Value>) -> i32 {
 
 /// One image's description, without opening its backing file (as qemu-img).
 pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<Value> {
+    if format == Some("luks") || (format.is_none() && util::is_luks(path)) {
+        return describe_luks(path, force_share)
+            .with_context(|| format!("Could not open '{}'", path.display()));
+    }
     let opts = OpenOptions {
         format: util::parse_format(format)?,
         lock: !force_share,
@@ -221,15 +225,52 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
     Ok(Value::Object(m))
 }
 
+/// A `luks` file: the header says where the disk starts; what follows
+/// is its (encrypted) size.
+fn describe_luks(path: &Path, force_share: bool) -> Result<Value> {
+    let _lock = if force_share {
+        None
+    } else {
+        Some(vm_image::lock::ImageLock::acquire(
+            path,
+            vm_image::lock::LockMode::Read,
+        )?)
+    };
+    let f = vm_image::open_image_file(path, false, false)?;
+    let len = vm_image::file_len(&f)?;
+    let data = luks_json(&f, 0, len.min(vm_image::crypto::luks::MAX_AREA))?;
+    let payload = data["payload-offset"].as_u64().unwrap_or(0);
+    if payload > len {
+        anyhow::bail!("LUKS payload offset past the end of the file");
+    }
+    Ok(json!({
+        "filename": path.display().to_string(),
+        "format": "luks",
+        "virtual-size": (len - payload) / 512 * 512,
+        "actual-size": util::allocated_bytes(path),
+        "dirty-flag": false,
+        "encrypted": true,
+        "format-specific": {"type": "luks", "data": data},
+    }))
+}
+
 /// qemu-img's description of an image's encryption: the format, and for
 /// LUKS what its header says (never the key material).
 fn encrypt_json(path: &Path, h: &Header) -> Result<Value> {
-    use std::os::unix::fs::FileExt;
-    use vm_image::crypto::luks;
     let Some((off, len)) = h.crypto_area() else {
         return Ok(json!({"format": "aes"}));
     };
     let f = vm_image::open_image_file(path, false, false)?;
+    let mut v = luks_json(&f, off, len)?;
+    v["format"] = json!("luks");
+    Ok(v)
+}
+
+/// What a LUKS header at `off` (in an area of `len` bytes) says, as
+/// qemu-img shows it: never the key material.
+fn luks_json(f: &std::fs::File, off: u64, len: u64) -> Result<Value> {
+    use std::os::unix::fs::FileExt;
+    use vm_image::crypto::luks;
     let mut head = vec![0u8; luks::HEADER_LEN.min(len as usize)];
     f.read_exact_at(&mut head, off)?;
     let l = luks::Header::parse(&head, len)?;
@@ -246,7 +287,6 @@ fn encrypt_json(path: &Path, h: &Header) -> Result<Value> {
         })
         .collect();
     Ok(json!({
-        "format": "luks",
         "cipher-alg": if l.key_bytes == 64 { "aes-256" } else { "aes-128" },
         "cipher-mode": "xts",
         "ivgen-alg": "plain64",
