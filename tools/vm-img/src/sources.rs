@@ -130,16 +130,7 @@ impl Sources {
                             "warning: error while reading block status at offset {at}: {}",
                             vm_spec::text::one_line(&e)
                         ));
-                        out.push(Extent {
-                            start: at,
-                            length: n,
-                            depth: 0,
-                            present: true,
-                            zero: false,
-                            data: true,
-                            compressed: false,
-                            offset: None,
-                        });
+                        out.push(Extent::single_layer((at, n), true, true, false, None));
                         at += n;
                         break;
                     }

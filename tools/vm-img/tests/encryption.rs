@@ -270,90 +270,45 @@ fn bad_secrets_options_and_headers_get_one_line() {
     let d = Dir::new();
     let img = d.s("x.qcow2");
     let luks = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10";
-    for args in [
+    // create -f FMT [--object OBJ] -o OPTS IMG 1M
+    let create = |fmt: &'static str, object: Option<&'static str>, opts: &'static str| {
+        let mut v = vec!["create", "-f", fmt];
+        if let Some(o) = object {
+            v.extend(["--object", o]);
+        }
+        if !opts.is_empty() {
+            v.extend(["-o", opts]);
+        }
+        v
+    };
+    let aes = "encryption=on,encrypt.key-secret=sec0";
+    let twofish = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=twofish-256";
+    let cbc = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-mode=cbc";
+    let refused = [
         // no such secret; no secret named; a bad object
-        vec!["create", "-f", "qcow2", "-o", luks, &img, "1M"],
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            SECRET,
-            "-o",
-            "encrypt.format=luks",
-            &img,
-            "1M",
-        ],
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            "iothread,id=x",
-            &img,
-            "1M",
-        ],
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            "secret,id=s,data=@,format=base64",
-            &img,
-            "1M",
-        ],
+        create("qcow2", None, luks),
+        create("qcow2", Some(SECRET), "encrypt.format=luks"),
+        create("qcow2", Some("iothread,id=x"), ""),
+        create("qcow2", Some("secret,id=s,data=@,format=base64"), ""),
         // AES, refused on purpose
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            SECRET,
-            "-o",
-            "encryption=on,encrypt.key-secret=sec0",
-            &img,
-            "1M",
-        ],
+        create("qcow2", Some(SECRET), aes),
         // ciphers and modes not made; the luks format's keys on qcow2
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            SECRET,
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=twofish-256",
-            &img,
-            "1M",
-        ],
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            SECRET,
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-mode=cbc",
-            &img,
-            "1M",
-        ],
-        vec![
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            SECRET,
-            "-o",
-            "key-secret=sec0",
-            &img,
-            "1M",
-        ],
-        vec![
-            "create", "-f", "raw", "--object", SECRET, "-o", luks, &img, "1M",
-        ],
-        // convert into an encrypted image is not there yet
-        vec!["convert", "-O", "qcow2", "-o", luks, &img, &img],
-    ] {
+        create("qcow2", Some(SECRET), twofish),
+        create("qcow2", Some(SECRET), cbc),
+        create("qcow2", Some(SECRET), "key-secret=sec0"),
+        create("raw", Some(SECRET), luks),
+    ];
+    for args in refused
+        .into_iter()
+        .map(|mut v| {
+            v.extend([img.as_str(), "1M"]);
+            v
+        })
+        .chain([
+            // convert into an encrypted image is not there yet
+            vec!["convert", "-O", "qcow2", "-o", luks, &img, &img],
+        ])
+    {
         let (code, _, err) = run(&args);
         assert_eq!(code, 1, "{args:?}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");

@@ -232,21 +232,11 @@ impl EncryptedImage {
         while pos < end {
             let (host, run, present) = self.locate(pos)?;
             let length = run.min(end - pos);
-            Extent::push_merged(
-                &mut out,
-                Extent {
-                    start: pos,
-                    length,
-                    depth: 0,
-                    present,
-                    zero: host.is_none(),
-                    data: host.is_some(),
-                    compressed: false,
-                    // As QEMU: where encrypted data sits is not given out
-                    // (reading it there would give ciphertext).
-                    offset: None,
-                },
-            );
+            // As QEMU: where encrypted data sits is not given out (reading
+            // it there would give ciphertext).
+            let e =
+                Extent::single_layer((pos, length), present, host.is_some(), host.is_none(), None);
+            Extent::push_merged(&mut out, e);
             pos += length;
         }
         Ok(out)

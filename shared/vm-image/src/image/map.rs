@@ -13,6 +13,27 @@ use crate::qcow2::header::Header;
 use crate::Format;
 
 impl Extent {
+    /// An extent of a one-layer disk (depth 0, not compressed): NBD
+    /// exports, encrypted images, the null device.
+    pub fn single_layer(
+        (start, length): (u64, u64),
+        present: bool,
+        data: bool,
+        zero: bool,
+        offset: Option<u64>,
+    ) -> Self {
+        Self {
+            start,
+            length,
+            depth: 0,
+            present,
+            zero,
+            data,
+            compressed: false,
+            offset,
+        }
+    }
+
     /// Appends `e`, or grows the last extent when `e` continues it (same
     /// kind, same layer, host offsets that follow on), as qemu-img map
     /// merges its entries.

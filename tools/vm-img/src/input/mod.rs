@@ -167,19 +167,9 @@ impl Input {
                 Self::Null { read_zeroes, .. } => (end - pos, false, *read_zeroes),
             };
             let present = data || zero;
-            Extent::push_merged(
-                &mut out,
-                Extent {
-                    start: pos,
-                    length,
-                    depth: 0,
-                    present,
-                    zero,
-                    data,
-                    compressed: false,
-                    offset: present.then_some(pos),
-                },
-            );
+            let e =
+                Extent::single_layer((pos, length), present, data, zero, present.then_some(pos));
+            Extent::push_merged(&mut out, e);
             pos += length;
         }
         Ok(out)
