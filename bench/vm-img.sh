@@ -115,3 +115,13 @@ case_inplace "bitmap --add --merge (256 MiB dirty)" bm.qcow2 \
   "$vm" bitmap --add --merge b0 work.qcow2 b1 -- qemu-img bitmap --add --merge b0 work.qcow2 b1
 case_run "convert --bitmaps (1 GiB, 1 bitmap)" outb.qcow2 \
   "$vm" convert --bitmaps -O qcow2 bm.qcow2 outb.qcow2 -- qemu-img convert -t writeback --bitmaps -O qcow2 bm.qcow2 outb.qcow2
+# An NBD export (qemu-nbd serving the 1 GiB allocated qcow2) read out.
+if command -v qemu-nbd >/dev/null; then
+  qemu-nbd -k "$work/nbd.sock" -x exp -r -t -f qcow2 full.qcow2 &
+  nbd_pid=$!
+  for _ in $(seq 100); do [ -S "$work/nbd.sock" ] && break; sleep 0.05; done
+  uri="nbd+unix:///exp?socket=$work/nbd.sock"
+  case_run "convert from NBD (1 GiB allocated)" outn.raw \
+    "$vm" convert -O raw "$uri" outn.raw -- qemu-img convert -t writeback -O raw "$uri" outn.raw
+  kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || true
+fi

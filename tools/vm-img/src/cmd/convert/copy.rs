@@ -170,6 +170,54 @@ fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Calls `each(pos, len, data)` for every `chunk`-sized step of the
+/// source in order, `data` the step's bytes (in a buffer of `chunk`
+/// bytes) or `None` where it reads as zero. The source is read one step
+/// ahead on a thread of its own, so reading (an NBD server, another disk)
+/// and writing overlap, as qemu-img overlaps them with its coroutines.
+fn read_ahead(
+    src: &Sources,
+    size: u64,
+    chunk: u64,
+    mut each: impl FnMut(u64, usize, Option<&mut [u8]>) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Result<(u64, usize, Option<Vec<u8>>)>>(4);
+        let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || {
+            let mut pos = 0;
+            while pos < size {
+                let len = (size - pos).min(chunk) as usize;
+                let mut buf = spare_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| vec![0u8; chunk as usize]);
+                let msg = match read_chunk(src, pos, &mut buf[..len]) {
+                    Ok(true) => Ok((pos, len, Some(buf))),
+                    Ok(false) => Ok((pos, len, None)),
+                    Err(e) => Err(e),
+                };
+                let failed = msg.is_err();
+                // The writer stopped (an error of its own): so does this.
+                if tx.send(msg).is_err() || failed {
+                    return;
+                }
+                pos += len as u64;
+            }
+        });
+        for msg in rx {
+            let (pos, len, data) = msg?;
+            match data {
+                Some(mut buf) => {
+                    each(pos, len, Some(&mut buf))?;
+                    let _ = spare_tx.send(buf);
+                }
+                None => each(pos, len, None)?,
+            }
+        }
+        Ok(())
+    })
+}
+
 pub(super) fn to_raw(
     src: &Sources,
     out: &File,
@@ -184,42 +232,42 @@ pub(super) fn to_raw(
     crate::prealloc::first_block(out, size)?;
     // A device has no holes: its zero ranges are written as zeroes.
     let device = util::is_block_device(out);
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut pos = 0;
-    while pos < size {
-        let len = (size - pos).min(CHUNK) as usize;
-        let Some(block) = sparse else {
+    let mut zeroes = Vec::new();
+    read_ahead(src, size, CHUNK, |pos, len, data| {
+        match (data, sparse) {
             // -S 0: every byte written, zeroes too.
-            if !read_chunk(src, pos, &mut buf[..len])? {
-                buf[..len].fill(0);
+            (data, None) => {
+                let b = if let Some(b) = data {
+                    &b[..len]
+                } else {
+                    zeroes.resize(len, 0);
+                    &zeroes[..]
+                };
+                out.write_all_at(b, pos)?;
             }
-            out.write_all_at(&buf[..len], pos)?;
-            pos += len as u64;
-            bar.set_position(pos);
-            wb.progress(pos);
-            continue;
-        };
-        if read_chunk(src, pos, &mut buf[..len])? {
-            // Zero blocks stay holes.
-            let mut done = 0;
-            for (lo, hi) in data_runs(&buf[..len], block) {
-                if device && lo > done {
-                    util::zero_device_range(out, pos + done as u64, (lo - done) as u64)?;
+            (Some(b), Some(block)) => {
+                // Zero blocks stay holes.
+                let b = &b[..len];
+                let mut done = 0;
+                for (lo, hi) in data_runs(b, block) {
+                    if device && lo > done {
+                        util::zero_device_range(out, pos + done as u64, (lo - done) as u64)?;
+                    }
+                    out.write_all_at(&b[lo..hi], pos + lo as u64)?;
+                    done = hi;
                 }
-                out.write_all_at(&buf[lo..hi], pos + lo as u64)?;
-                done = hi;
+                if device && done < len {
+                    util::zero_device_range(out, pos + done as u64, (len - done) as u64)?;
+                }
             }
-            if device && done < len {
-                util::zero_device_range(out, pos + done as u64, (len - done) as u64)?;
-            }
-        } else if device {
-            util::zero_device_range(out, pos, len as u64)?;
+            (None, Some(_)) if device => util::zero_device_range(out, pos, len as u64)?,
+            (None, Some(_)) => {}
         }
-        pos += len as u64;
-        bar.set_position(pos);
-        wb.progress(pos);
-    }
-    Ok(())
+        let end = pos + len as u64;
+        bar.set_position(end);
+        wb.progress(end);
+        Ok(())
+    })
 }
 
 pub(super) fn to_qcow2(
@@ -235,30 +283,33 @@ pub(super) fn to_qcow2(
     // least a cluster), aligned, as qemu-img judges them.
     let block = sparse.map(|n| (n as u64).div_ceil(cs) * cs);
     let chunk = CHUNK.max(cs).div_ceil(block.unwrap_or(cs)) * block.unwrap_or(cs);
-    let mut buf = vec![0u8; chunk as usize];
-    let mut pos = 0;
-    while pos < size {
-        let len = (size - pos).min(chunk) as usize;
+    let mut zeroes = Vec::new();
+    read_ahead(src, size, chunk, |pos, len, data| {
         let padded = (len as u64).div_ceil(cs) * cs;
-        let b = &mut buf[..padded as usize];
-        if read_chunk(src, pos, &mut b[..len])? {
-            b[len..].fill(0);
-            // Zero blocks stay unallocated (-S 0: written as data).
-            if let Some(block) = block {
-                for (lo, hi) in data_runs(b, block as usize) {
-                    w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
+        match data {
+            Some(b) => {
+                let b = &mut b[..padded as usize];
+                b[len..].fill(0);
+                // Zero blocks stay unallocated (-S 0: written as data).
+                if let Some(block) = block {
+                    for (lo, hi) in data_runs(b, block as usize) {
+                        w.write_clusters((pos + lo as u64) / cs, &b[lo..hi])?;
+                    }
+                } else {
+                    w.write_clusters(pos / cs, b)?;
                 }
-            } else {
-                w.write_clusters(pos / cs, b)?;
             }
-        } else if block.is_none() {
-            b.fill(0);
-            w.write_clusters(pos / cs, b)?;
+            None if block.is_none() => {
+                zeroes.resize(padded as usize, 0);
+                w.write_clusters(pos / cs, &zeroes)?;
+            }
+            None => {}
         }
-        pos += len as u64;
-        bar.set_position(pos);
-        wb.progress(pos);
-    }
+        let end = pos + len as u64;
+        bar.set_position(end);
+        wb.progress(end);
+        Ok(())
+    })?;
     Ok(w)
 }
 
