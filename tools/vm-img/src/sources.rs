@@ -134,11 +134,18 @@ impl Sources {
                         at += n;
                         break;
                     }
-                    // A quarter, whole sectors, at least the rest of this one.
+                    // A quarter, ending on a sector boundary, at least the
+                    // rest of this sector; always shorter than before, so
+                    // the search ends at one sector.
                     Err(_) => {
-                        n = (n.div_ceil(4).div_ceil(512) * 512)
-                            .max(512 - at % 512)
-                            .min(n);
+                        let sector_end = (at / 512 + 1) * 512;
+                        let quarter_end = (at + n.div_ceil(4)).div_ceil(512) * 512;
+                        let shorter = quarter_end.max(sector_end) - at;
+                        n = if shorter < n {
+                            shorter
+                        } else {
+                            sector_end - at
+                        };
                     }
                 }
             }
@@ -191,5 +198,38 @@ mod tests {
             "{starts:?}"
         );
         assert!(s.read_at(&mut buf, 2560).is_err());
+    }
+
+    /// --salvage over a failing block status narrows the failure down to
+    /// its sector from any start, aligned or not, and reads the rest.
+    #[test]
+    fn salvage_narrows_a_failed_block_status_to_its_sector() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.raw");
+        std::fs::write(&p, vec![7u8; 64 << 10]).unwrap();
+        let opts = vm_image::OpenOptions {
+            format: Some(vm_image::Format::Raw),
+            ..vm_image::OpenOptions::default()
+        };
+        let mut rules = crate::input::blkdebug::Rules::default();
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        rules
+            .add_options(&[
+                kv("inject-error.0.event", "none"),
+                kv("inject-error.0.iotype", "block-status"),
+                kv("inject-error.0.sector", "77"),
+            ])
+            .unwrap();
+        let img = Input::Image(vm_image::Image::open(&p, &opts).unwrap());
+        let debug = crate::input::blkdebug::Debug::new(img, rules, "d".into()).unwrap();
+        let mut s = Sources::new(vec![Input::Debug(Box::new(debug))]);
+        assert!(s.map(0, 64 << 10).is_err());
+        s.set_salvage(true);
+        for start in [0u64, 1, 511, 777, 39_000] {
+            let m = s.map(start, (64 << 10) - start).unwrap();
+            let covered: u64 = m.iter().map(|e| e.length).sum();
+            assert_eq!(covered, (64 << 10) - start, "from {start}");
+            assert!(m.iter().all(|e| e.data), "from {start}: {m:?}");
+        }
     }
 }
