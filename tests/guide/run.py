@@ -217,8 +217,11 @@ def outputs_of(out, shown):
     got = {}
     for m in re.finditer(r"@@guide-begin (\d+)\n(.*?)@@guide-end \1 (\d+)\n", out, re.S):
         # A guest's tty ends lines with CR LF (and sometimes CR CR LF):
-        # lines as a terminal shows them.
+        # lines as a terminal shows them. A shell's terminal queries
+        # (ESC [ 6 n after a prompt, say) show nothing either, and a read
+        # that stops at the prompt may hold only their first byte.
         text = m.group(2).replace("\r", "")
+        text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z])?", "", text)
         for path, name in shown.items():
             text = text.replace(path, name)
         lines = text.splitlines()
