@@ -420,3 +420,103 @@ fn aes_images_are_read_to_convert_out_of_them() {
     ];
     assert_eq!(ok(&map), qemu_ok(&map));
 }
+
+/// Forged fields on the read path, with the right password: a `luks`
+/// file whose payload offset lies past its end or inside its header, or
+/// whose key slot points past the file; an encrypted qcow2 whose L1 table
+/// points past the file. One error line each, no output left behind.
+#[test]
+fn forged_encrypted_images_are_refused_when_read() {
+    let d = Dir::new();
+    let luks = d.s("t.luks");
+    let qcow2 = d.s("t.qcow2");
+    let opts = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10";
+    let make = || {
+        let _ = std::fs::remove_file(&luks);
+        let _ = std::fs::remove_file(&qcow2);
+        ok(&[
+            "create",
+            "-q",
+            "-f",
+            "luks",
+            "--object",
+            SECRET,
+            "-o",
+            "key-secret=sec0,iter-time=10",
+            &luks,
+            "1M",
+        ]);
+        ok(&[
+            "create", "-q", "-f", "qcow2", "--object", SECRET, "-o", opts, &qcow2, "1M",
+        ]);
+    };
+    let patch = |path: &str, at: u64, bytes: &[u8]| {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, at).unwrap();
+    };
+    let luks_spec = format!("driver=luks,file.filename={luks},key-secret=sec0");
+    let qcow2_spec = format!("driver=qcow2,file.filename={qcow2},encrypt.key-secret=sec0");
+    let cases: [(&str, &str, u64, Vec<u8>); 5] = [
+        (
+            "payload past the end",
+            "luks",
+            104,
+            u32::MAX.to_be_bytes().to_vec(),
+        ),
+        (
+            "payload inside the header",
+            "luks",
+            104,
+            1u32.to_be_bytes().to_vec(),
+        ),
+        (
+            "key slot past the file",
+            "luks",
+            208 + 40,
+            0x00ff_ffffu32.to_be_bytes().to_vec(),
+        ),
+        // L1 entry 0 (the table is cluster 3): an L2 table past the end.
+        (
+            "L2 table past the end",
+            "qcow2",
+            3 * 65536,
+            (0x8000_0000_0000_0000u64 | (1 << 40))
+                .to_be_bytes()
+                .to_vec(),
+        ),
+        // The LUKS header pointer (extension data after the 112-byte header
+        // and its 8-byte extension head): past the end of the file.
+        (
+            "LUKS header past the end",
+            "qcow2",
+            120,
+            (1u64 << 40).to_be_bytes().to_vec(),
+        ),
+    ];
+    for (what, kind, at, bytes) in cases {
+        make();
+        let (path, spec) = if kind == "luks" {
+            (&luks, &luks_spec)
+        } else {
+            (&qcow2, &qcow2_spec)
+        };
+        patch(path, at, &bytes);
+        let out = d.s("out.raw");
+        let (code, _, err) = run(&[
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            spec,
+            "-O",
+            "raw",
+            &out,
+        ]);
+        assert_eq!((code, err.lines().count()), (1, 1), "{what}: {err}");
+        assert!(!std::path::Path::new(&out).exists(), "{what}");
+        let (code, _, err) = run(&["info", path]);
+        if code != 0 {
+            assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        }
+    }
+}

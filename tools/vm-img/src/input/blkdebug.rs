@@ -112,11 +112,8 @@ impl Rules {
             // QEMU's default: every data request, block status not among them.
             None | Some("read") => (true, false),
             Some("block-status") => (false, true),
-            Some(t @ ("write" | "write-zeroes" | "discard" | "flush")) => {
-                // Never met by a command that only reads.
-                let _ = t;
-                (false, false)
-            }
+            // Never met by a command that only reads.
+            Some("write" | "write-zeroes" | "discard" | "flush") => (false, false),
             Some(t) => bail!("blkdebug: unknown iotype '{t}'"),
         };
         let errno = get("errno").map_or(Ok(5), |v| number("errno", v))?;
@@ -341,17 +338,18 @@ impl Debug {
     }
 }
 
-/// Refuses `sector` rules where vm-img cannot see the sectors meant: under
-/// a format other than raw, blkdebug's sectors are the file's, not the
-/// guest's.
-pub fn check_placement(rules: &Rules, under_format: Option<&str>) -> Result<()> {
-    match under_format {
-        Some(f) if f != "raw" && rules.has_sector() => bail!(
-            "blkdebug 'sector' rules under a {f} image are not supported (they name the file's \
-             sectors)"
-        ),
-        _ => Ok(()),
+/// Refuses `sector` rules for blkdebug under a format (`None`: one to
+/// be probed) other than raw: its sectors are then the file's, not the
+/// disk's, which vm-img does not see.
+pub fn check_placement(rules: &Rules, format: Option<&str>) -> Result<()> {
+    if rules.has_sector() && format != Some("raw") {
+        bail!(
+            "blkdebug 'sector' rules under a {} image are not supported (they name the file's \
+             sectors)",
+            format.unwrap_or("probed")
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
                 .map_err(|e| anyhow!("'{text}': could not read blkdebug config '{conf}': {e}"))?;
             blkdebug::Rules::parse_config(&t)?
         };
-        blkdebug::check_placement(&rules, Some(format.unwrap_or("unknown")))?;
+        blkdebug::check_placement(&rules, format)?;
         return Ok(Located::Debug {
             inner: Box::new(Located::File {
                 path: plain_path(file),
@@ -176,7 +176,7 @@ fn from_options(
                 },
                 _ => bail!("'{text}': blkdebug under a format must wrap a local file"),
             };
-            blkdebug::check_placement(&rules, Some(format.as_deref().unwrap_or("unknown")))?;
+            blkdebug::check_placement(&rules, format.as_deref())?;
             Ok(Located::Debug {
                 inner: Box::new(inner),
                 rules,
