@@ -201,11 +201,6 @@ impl Client {
     pub fn address(&self) -> &Address {
         &self.address
     }
-    /// Whether block status answers (the server agreed on a context).
-    pub fn has_block_status(&self) -> bool {
-        self.context.is_some()
-    }
-
     /// Reads `buf.len()` bytes at `offset`, all inside the export.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         if offset

@@ -98,11 +98,6 @@ impl Encrypt {
         s
     }
 
-    /// Whether any encryption was asked for.
-    pub fn wanted(&self) -> bool {
-        self.legacy == Some(true) || self.format.is_some() || self.key_secret.is_some()
-    }
-
     /// The first encryption key given, in either form.
     pub fn any_key(&self) -> Option<&str> {
         self.first_prefixed
