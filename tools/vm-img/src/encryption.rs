@@ -2,9 +2,11 @@
 //! and for the `luks` format, made with a secret from `--object`.
 //!
 //! QEMU's old AES-CBC qcow2 encryption (`encryption=on`,
-//! `encrypt.format=aes`) is not made: QEMU deprecates it (no integrity,
-//! predictable IVs, the password is the key) and its system emulators
-//! refuse it.
+//! `encrypt.format=aes`) is made as qemu-img makes it (the header's
+//! method; the key is the password and is stored nowhere), so scripts
+//! written for qemu-img keep working. QEMU deprecates the scheme (no
+//! integrity, predictable IVs) and its system emulators refuse it; vm-run
+//! does not run encrypted disks at all.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::FileExt;
@@ -36,34 +38,39 @@ pub fn qcow2_encryption(
         }
         return Ok(());
     }
-    if e.legacy == Some(true) || e.format.as_deref() == Some("aes") {
-        bail!(
-            "{name}: AES-encrypted qcow2 images are not made (QEMU deprecates the format); \
-             use -o encrypt.format=luks"
-        );
-    }
-    match e.format.as_deref() {
-        None if e.any_key().is_some_and(|k| k != "encryption") => {
+    let format = match (e.legacy, e.format.as_deref()) {
+        (Some(true), None | Some("aes")) | (None | Some(false), Some("aes")) => "aes",
+        (Some(true), Some(f)) => {
+            bail!("{name}: encryption=on and encrypt.format={f} disagree (encryption=on is aes)")
+        }
+        (_, Some("luks")) => "luks",
+        (_, Some(f)) => bail!("{name}: Invalid encrypt.format '{f}' (luks, aes)"),
+        (_, None) if e.any_key().is_some_and(|k| k != "encryption") => {
             bail!("{name}: encrypt.format is required with the other encrypt.* options")
         }
-        None => Ok(()),
-        Some("luks") => {
-            if o.prealloc.is_some_and(|p| p != Prealloc::Off) {
-                bail!("{name}: preallocation of an encrypted image is not supported yet");
-            }
-            if o.qcow2.data_file.is_some() {
-                bail!("{name}: an encrypted image with an external data file is not supported yet");
-            }
-            let id = e.key_secret.as_deref().ok_or_else(|| {
-                anyhow!("{name}: Parameter 'encrypt.key-secret' is required for cipher")
-            })?;
-            let password = secrets.get(id)?;
-            let (area, _) = luks::create(password, e.luks()?).with_context(|| name.to_string())?;
-            o.luks_area = Some(area);
-            Ok(())
-        }
-        Some(f) => bail!("{name}: Invalid encrypt.format '{f}' (luks)"),
+        (_, None) => return Ok(()),
+    };
+    if o.prealloc.is_some_and(|p| p != Prealloc::Off) {
+        bail!("{name}: preallocation of an encrypted image is not supported yet");
     }
+    if o.qcow2.data_file.is_some() {
+        bail!("{name}: an encrypted image with an external data file is not supported yet");
+    }
+    // qemu-img says this after its Formatting line, as it says what the
+    // format refuses.
+    let Some(id) = e.key_secret.as_deref() else {
+        o.refused
+            .get_or_insert_with(|| "Parameter 'encrypt.key-secret' is required for cipher".into());
+        return Ok(());
+    };
+    let password = secrets.get(id)?;
+    if format == "aes" {
+        o.aes = true;
+        return Ok(());
+    }
+    let (area, _) = luks::create(password, e.luks()?).with_context(|| name.to_string())?;
+    o.luks_area = Some(area);
+    Ok(())
 }
 
 /// `create -f luks`: a LUKS header, then the (encrypted) disk.

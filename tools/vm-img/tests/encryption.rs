@@ -281,7 +281,7 @@ fn bad_secrets_options_and_headers_get_one_line() {
         }
         v
     };
-    let aes = "encryption=on,encrypt.key-secret=sec0";
+    let aes = "encryption=on";
     let twofish = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=twofish-256";
     let cbc = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-mode=cbc";
     let refused = [
@@ -290,8 +290,18 @@ fn bad_secrets_options_and_headers_get_one_line() {
         create("qcow2", Some(SECRET), "encrypt.format=luks"),
         create("qcow2", Some("iothread,id=x"), ""),
         create("qcow2", Some("secret,id=s,data=@,format=base64"), ""),
-        // AES, refused on purpose
+        // AES with no secret named; AES over a data file or preallocated
         create("qcow2", Some(SECRET), aes),
+        create(
+            "qcow2",
+            Some(SECRET),
+            "encryption=on,encrypt.key-secret=sec0,preallocation=metadata",
+        ),
+        create(
+            "qcow2",
+            Some(SECRET),
+            "encrypt.format=aes,encrypt.key-secret=sec0,data_file=x.raw",
+        ),
         // ciphers and modes not made; the luks format's keys on qcow2
         create("qcow2", Some(SECRET), twofish),
         create("qcow2", Some(SECRET), cbc),
@@ -358,25 +368,36 @@ fn bad_secrets_options_and_headers_get_one_line() {
 /// with its password to convert out of it: the same bytes and map as
 /// qemu-img's; vm-img itself does not make one.
 #[test]
-fn aes_images_are_read_to_convert_out_of_them() {
+fn aes_images_are_made_as_qemu_img_makes_them_and_read_to_convert_out() {
     if !have("qemu-img") || !have("qemu-io") {
         return;
     }
     let d = Dir::new();
     let img = d.s("aes.qcow2");
     let secret = "secret,id=sec0,data=hunter2";
-    qemu_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        secret,
-        "-o",
-        "encryption=on,encrypt.key-secret=sec0",
-        &img,
-        "8M",
-    ]);
+    // vm-img makes the image as qemu-img does, byte for byte.
+    let create = |img: &str| {
+        [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            secret,
+            "-o",
+            "encryption=on,encrypt.key-secret=sec0",
+            img,
+            "8M",
+        ]
+        .map(str::to_string)
+    };
+    let theirs_made = d.s("theirs.qcow2");
+    qemu_ok(&create(&theirs_made).each_ref().map(String::as_str));
+    ok(&create(&img).each_ref().map(String::as_str));
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        std::fs::read(&theirs_made).unwrap()
+    );
     let spec = format!("driver=qcow2,file.filename={img},encrypt.key-secret=sec0");
     let (code, out) = qemu_io_secret(
         secret,

@@ -175,8 +175,15 @@ impl Qcow2Writer {
         self.luks = Some(area);
     }
 
+    /// Marks the image as encrypted with QEMU's old AES-CBC scheme: the
+    /// header's method only (the key is the password, stored nowhere).
+    /// Made for qemu-img compatibility; empty images only, as with LUKS.
+    pub fn set_aes(&mut self) {
+        self.header.crypt_method = super::header::CRYPT_AES;
+    }
+
     fn refuse_luks(&self) -> io::Result<()> {
-        if self.luks.is_some() {
+        if self.header.crypt_method != 0 {
             return Err(invalid(
                 "encrypted images are made empty only (no preallocation, no data yet)",
             ));

@@ -195,6 +195,9 @@ pub(crate) fn write_image(
             if let Some(area) = o.luks_area.take() {
                 w.set_luks(area);
             }
+            if o.aes {
+                w.set_aes();
+            }
             let laid_out = if prealloc == Prealloc::Off {
                 w.finish_empty()?
             } else {

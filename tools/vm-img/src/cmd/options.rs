@@ -56,6 +56,9 @@ pub struct FormatOptions {
     pub encrypt: Encrypt,
     /// A LUKS header area for create to place (made from `encrypt`).
     pub luks_area: Option<Vec<u8>>,
+    /// QEMU's old AES-CBC encryption (`encryption=on`): the header's
+    /// method only.
+    pub aes: bool,
 }
 
 /// Encryption options: qcow2's `encryption` and `encrypt.*`, and the
