@@ -19,10 +19,11 @@ impl Secrets {
             let mut data = None;
             let mut file = None;
             let mut format = "raw";
-            for (i, item) in obj.split(',').enumerate() {
+            let items = crate::input::names::option_items(obj);
+            for (i, item) in items.iter().enumerate() {
                 let (k, v) = match item.split_once('=') {
                     Some(kv) => kv,
-                    None if i == 0 => ("qom-type", item),
+                    None if i == 0 => ("qom-type", item.as_str()),
                     None => bail!("Invalid parameter '{item}'"),
                 };
                 match k {
@@ -121,11 +122,15 @@ mod tests {
         let s = Secrets::parse(&[
             "secret,id=a,data=hunter2".into(),
             "qom-type=secret,id=b,data=MTIzNDU2,format=base64".into(),
+            // `,,` is a comma inside a value
+            "secret,id=c,,d,data=x,,y,,,,z".into(),
         ])
         .unwrap();
+        assert_eq!(s.get("c,d").unwrap(), b"x,y,,z");
         assert_eq!(s.get("a").unwrap(), b"hunter2");
         assert_eq!(s.get("b").unwrap(), b"123456");
         assert!(s.get("c").is_err());
+        assert!(s.get("d").is_err());
         for bad in [
             "iothread,id=x",
             "secret,data=x",

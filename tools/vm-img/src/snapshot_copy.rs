@@ -14,8 +14,9 @@ use vm_image::qcow2;
 /// or a bare ID or name (an ID first, as qemu-img looks).
 fn wanted(param: &str, snaps: &[qcow2::meta::Snapshot]) -> Result<String> {
     let (mut id, mut name) = (None, None);
+    let items = crate::input::names::option_items(param);
     if param.starts_with("snapshot.") {
-        for item in param.split(',') {
+        for item in &items {
             match item.split_once('=') {
                 Some(("snapshot.id", v)) => id = Some(v),
                 Some(("snapshot.name", v)) => name = Some(v),

@@ -393,6 +393,54 @@ fn commit_matches_qemu_img_commit() {
     }
 }
 
+/// `commit -b` names a layer as its backing file is recorded: relative to
+/// the folder of the image above it, or absolute; a name relative to the
+/// current folder is not found, with qemu-img's words (iotest 020).
+#[test]
+fn commit_base_names_are_relative_to_the_overlay() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let tool = |qemu: bool, args: &[&str]| {
+        let mut c = if qemu {
+            std::process::Command::new("qemu-img")
+        } else {
+            vm_img()
+        };
+        decode(&c.args(args).current_dir(d.path("")).output().unwrap())
+    };
+    std::fs::create_dir(d.path("sub")).unwrap();
+    for qemu in [true, false] {
+        qemu_ok(&["create", "-q", "-f", "qcow2", &d.s("sub/base"), "1M"]);
+        for (img, backing) in [("sub/mid", "base"), ("sub/top", "mid")] {
+            qemu_ok(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                backing,
+                "-F",
+                "qcow2",
+                &d.s(img),
+            ]);
+        }
+        let (code, out, _) = tool(qemu, &["commit", "-b", "mid", "sub/top"]);
+        assert_eq!((code, out.trim()), (0, "Image committed."), "qemu {qemu}");
+        let (code, _, err) = tool(qemu, &["commit", "-b", "sub/mid", "sub/top"]);
+        assert_eq!(code, 1);
+        let message = err.split_once(": ").unwrap().1;
+        assert_eq!(
+            message.trim_end(),
+            "Did not find 'sub/mid' in the backing chain of 'sub/top'"
+        );
+        assert_eq!(err.lines().count(), 1);
+        let (code, _, err) = tool(qemu, &["commit", "-b", &d.s("sub/mid"), "sub/top"]);
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
 /// old <- top, and a new backing file that differs from old in places.
 fn rebase_setup(d: &Dir) {
     qemu_ok(&["create", "-q", "-f", "qcow2", &d.s("old.qcow2"), "8M"]);

@@ -25,7 +25,7 @@ struct Changes {
 fn parse(opts: &[String]) -> Result<Changes> {
     let mut c = Changes::default();
     for arg in opts {
-        for item in arg.split(',').filter(|s| !s.is_empty()) {
+        for item in crate::input::names::option_items(arg) {
             let (k, v) = item
                 .split_once('=')
                 .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;

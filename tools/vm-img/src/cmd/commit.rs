@@ -1,7 +1,7 @@
 //! `vm-img commit`: write an overlay's data into its backing file (or a
 //! deeper base with -b), then empty the overlay unless -d.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
@@ -116,15 +116,28 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The chain layer `-b` names. As in QEMU, a relative name is taken
+/// relative to the folder of the image whose backing file it would be
+/// (the way backing file names are recorded), not to the current folder.
 fn find_layer(top: &Image, base: &Path) -> Result<usize> {
-    let want: PathBuf = base
-        .canonicalize()
-        .with_context(|| format!("Could not open base '{}'", base.display()))?;
-    top.layers()
-        .iter()
-        .enumerate()
-        .skip(1)
-        .find(|(_, l)| l.path.canonicalize().ok().as_ref() == Some(&want))
-        .map(|(i, _)| i)
-        .ok_or_else(|| anyhow!("Base '{}' not found in the backing chain", base.display()))
+    let layers = top.layers();
+    (1..layers.len())
+        .find(|&i| {
+            let named = match layers[i - 1].path.parent() {
+                Some(dir) if base.is_relative() => dir.join(base),
+                _ => base.to_path_buf(),
+            };
+            let (Ok(named), Ok(layer)) = (named.canonicalize(), layers[i].path.canonicalize())
+            else {
+                return false;
+            };
+            named == layer
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "Did not find '{}' in the backing chain of '{}'",
+                base.display(),
+                top.path().display()
+            )
+        })
 }

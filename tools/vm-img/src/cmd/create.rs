@@ -284,13 +284,13 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
         let _ = write!(s, " compat={c}");
     }
     if let Some(b) = &o.qcow2.backing_file {
-        let _ = write!(s, " backing_file={b}");
+        let _ = write!(s, " backing_file={}", escaped(b));
     }
     if let Some(b) = &o.qcow2.backing_format {
-        let _ = write!(s, " backing_fmt={b}");
+        let _ = write!(s, " backing_fmt={}", escaped(b));
     }
     if let Some(d) = &o.qcow2.data_file {
-        let _ = write!(s, " data_file={d}");
+        let _ = write!(s, " data_file={}", escaped(d));
     }
     if o.qcow2.data_file_raw {
         s.push_str(" data_file_raw=on");
@@ -305,6 +305,12 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     );
     hint(&mut s, o);
     s
+}
+
+/// A string option's value as qemu-img prints it: commas doubled, as
+/// they are written in an option list.
+fn escaped(v: &str) -> String {
+    v.replace(',', ",,")
 }
 
 fn hint(s: &mut String, o: &options::FormatOptions) {

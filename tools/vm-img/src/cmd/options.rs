@@ -87,7 +87,8 @@ impl Encrypt {
         let mut s = String::new();
         let mut put = |k: &str, v: Option<String>| {
             if let Some(v) = v {
-                let _ = write!(s, " {prefix}{k}={v}");
+                // Commas doubled, as qemu-img prints string options.
+                let _ = write!(s, " {prefix}{k}={}", v.replace(',', ",,"));
             }
         };
         put("format", self.format.clone());
@@ -146,7 +147,7 @@ pub fn parse(opts: &[String]) -> Result<FormatOptions> {
 pub fn parse_for_create(opts: &[String]) -> Result<FormatOptions> {
     let mut out = FormatOptions::default();
     for arg in opts {
-        for item in arg.split(',').filter(|s| !s.is_empty()) {
+        for item in crate::input::names::option_items(arg) {
             let (k, v) = item
                 .split_once('=')
                 .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;

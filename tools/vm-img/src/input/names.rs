@@ -291,35 +291,37 @@ fn plain_path(path: &str) -> PathBuf {
     }
 }
 
-/// `key=value,...` with `,,` for a comma inside a value.
-fn option_list(text: &str) -> Result<Vec<(String, String)>> {
+/// The items of a QEMU option list (`a=1,b=2`), where `,,` stands for a
+/// comma inside an item. Empty items are dropped.
+pub fn option_items(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut item = String::new();
     let mut chars = text.chars().peekable();
-    let mut push = |item: &mut String| -> Result<()> {
-        if !item.is_empty() {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| anyhow!("Invalid option '{item}': expected key=value"))?;
-            out.push((k.to_string(), v.to_string()));
-            item.clear();
-        }
-        Ok(())
-    };
     while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                item.push(',');
-            } else {
-                push(&mut item)?;
-            }
-        } else {
+        if c != ',' {
             item.push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            item.push(',');
+        } else if !item.is_empty() {
+            out.push(std::mem::take(&mut item));
         }
     }
-    push(&mut item)?;
-    Ok(out)
+    if !item.is_empty() {
+        out.push(item);
+    }
+    out
+}
+
+/// `key=value,...` with `,,` for a comma inside a value.
+fn option_list(text: &str) -> Result<Vec<(String, String)>> {
+    option_items(text)
+        .into_iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("Invalid option '{item}': expected key=value"),
+        })
+        .collect()
 }
 
 /// Flattens nested JSON objects and lists into dotted keys
