@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use imago::FormatAccess;
 
-use super::{Extent, Image, ImagoFile};
+use super::{Extent, Image, LayerFile};
 use crate::block::Block;
 use crate::qcow2::header::Header;
 use crate::Format;
@@ -78,7 +78,7 @@ impl Image {
     }
 
     fn extent_at(&self, pos: u64, max: u64) -> io::Result<Extent> {
-        let mut layer: &FormatAccess<ImagoFile> = &self.access;
+        let mut layer: &FormatAccess<LayerFile> = &self.access;
         let mut off = pos;
         let mut max = max;
         let mut depth = 0usize;

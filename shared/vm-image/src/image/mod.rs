@@ -17,15 +17,18 @@ use vm_memory::VolatileSlice;
 
 use crate::block::{Alignment, Block};
 use crate::lock::{ImageLock, LockMode};
-use crate::qcow2::header::Header;
+use crate::qcow2::header::{CompressionType, Header};
 use crate::qcow2::meta::{L2Entry, Meta};
 use crate::{Error, Format, Result};
 
 mod files;
 mod map;
+mod storage;
+mod zstd;
 
 pub use files::{file_len, open_image_file, resolve_backing, same_file};
 use files::{open_file, read_head};
+use storage::LayerFile;
 
 /// qemu-img refuses chains deeper than this too.
 const MAX_CHAIN: usize = 64;
@@ -107,7 +110,7 @@ impl Layer {
 
 #[derive(Debug)]
 pub struct Image {
-    access: FormatAccess<ImagoFile>,
+    access: FormatAccess<LayerFile>,
     layers: Vec<Layer>,
     read_only: bool,
     /// A raw top layer whose format was guessed: no write of ours may make
@@ -190,7 +193,7 @@ impl Image {
     pub fn header(&self) -> Option<&Header> {
         self.layers[0].header.as_ref()
     }
-    pub fn access(&self) -> &FormatAccess<ImagoFile> {
+    pub fn access(&self) -> &FormatAccess<LayerFile> {
         &self.access
     }
 
@@ -268,7 +271,7 @@ fn open_layer(
     seen: &mut HashSet<PathBuf>,
     layers: &mut Vec<Layer>,
     locks: &mut Vec<ImageLock>,
-) -> Result<FormatAccess<ImagoFile>> {
+) -> Result<FormatAccess<LayerFile>> {
     let (top, guess_backing) = match depth {
         Depth::Top { guess_backing } => (true, guess_backing),
         Depth::Backing { guess_backing } => (false, guess_backing),
@@ -332,7 +335,13 @@ fn open_layer(
         .filename(path)
         .write(write)
         .direct(opts.direct);
-    let storage = ImagoFile::from_open_file(file, storage_opts).map_err(|e| Error::io(path, e))?;
+    let zstd = header
+        .as_ref()
+        .is_some_and(|h| h.compression_type == CompressionType::Zstd);
+    let storage = LayerFile::new(
+        ImagoFile::from_open_file(file, storage_opts).map_err(|e| Error::io(path, e))?,
+        zstd,
+    );
     let backing_name = header.as_ref().and_then(|h| h.backing_file.clone());
     let backing_fmt = header.as_ref().and_then(|h| h.backing_format.clone());
     // Some(name) when the guest's clusters live in an external data file.
@@ -402,7 +411,7 @@ fn open_layer(
                 Some(name) => Some(open_data_file(path, name.as_deref(), write, opts, locks)?),
                 None => None,
             };
-            let q = Qcow2::<ImagoFile>::builder(storage)
+            let q = Qcow2::<LayerFile>::builder(storage)
                 .write(write)
                 .backing(backing)
                 .data_file(data_file)
@@ -422,7 +431,7 @@ fn open_data_file(
     write: bool,
     opts: &OpenOptions,
     locks: &mut Vec<ImageLock>,
-) -> Result<ImagoFile> {
+) -> Result<LayerFile> {
     let name = name.ok_or_else(|| {
         Error::corrupt(
             image,
@@ -444,7 +453,9 @@ fn open_data_file(
         .filename(path)
         .write(write)
         .direct(opts.direct);
-    ImagoFile::from_open_file(file, storage_opts).map_err(|e| what(Error::io(path, e)))
+    ImagoFile::from_open_file(file, storage_opts)
+        .map(|f| LayerFile::new(f, false))
+        .map_err(|e| what(Error::io(path, e)))
 }
 
 impl Image {
@@ -523,6 +534,9 @@ impl Block for Image {
         // imago asserts on an empty vector; a request for nothing is done.
         if total_len(bufs) == 0 {
             return Ok(());
+        }
+        if self.layers.iter().any(Layer::zstd) {
+            return self.read_through_zstd(bufs, offset);
         }
         let (v, _guard) = IoVectorMut::from_volatile_slice(bufs);
         self.access.readv(v, offset)

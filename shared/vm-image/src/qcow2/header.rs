@@ -211,12 +211,18 @@ impl Header {
                     );
                 }
                 h.compression_type = match buf[104] {
-                    0 => CompressionType::Zlib,
+                    // QEMU's rule: zlib is the default, never flagged.
+                    0 => {
+                        return Err(
+                            "qcow2: Compression type incompatible feature bit must not be set"
+                                .into(),
+                        )
+                    }
                     1 => CompressionType::Zstd,
                     t => return Err(format!("unknown compression type {t}")),
                 };
             } else if h.header_length > 104 && buf[104] != 0 {
-                return Err("compression type set without its incompatible bit".into());
+                return Err("qcow2: Compression type incompatible feature bit must be set".into());
             }
         }
         if h.refcount_order > 6 {

@@ -246,30 +246,7 @@ impl Meta {
 
     /// Decodes one standard L2 entry (the first word of an extended one).
     pub fn decode_l2(&self, e: u64) -> L2Entry {
-        if e & COMPRESSED != 0 {
-            let cb = self.header.cluster_bits;
-            let shift = 62 - (cb - 8);
-            let host = e & ((1u64 << shift) - 1);
-            let sectors = ((e >> shift) & ((1u64 << (cb - 8)) - 1)) + 1;
-            let len = sectors * 512 - (host & 511);
-            return L2Entry::Compressed { host, len };
-        }
-        let host = e & OFFSET_MASK;
-        if self.header.version >= 3 && e & ZERO != 0 {
-            return L2Entry::Zero {
-                host: (host != 0).then_some(host),
-            };
-        }
-        // Offset 0 is a real place in an external data file; COPIED (always
-        // set there) tells it from an unallocated entry, as in QEMU.
-        if host == 0 && !(self.header.has_data_file() && e & super::header::COPIED != 0) {
-            L2Entry::Unallocated
-        } else {
-            L2Entry::Data {
-                host,
-                copied: e & super::header::COPIED != 0,
-            }
-        }
+        decode_l2(&self.header, e)
     }
 
     /// Reads the refcount block at `offset` as numbers.
@@ -398,6 +375,35 @@ pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> R
             Error::io(path, e)
         }
     })
+}
+
+/// Decodes one standard L2 entry (the first word of an extended one) of
+/// an image with header `h`.
+pub fn decode_l2(h: &Header, e: u64) -> L2Entry {
+    if e & COMPRESSED != 0 {
+        let cb = h.cluster_bits;
+        let shift = 62 - (cb - 8);
+        let host = e & ((1u64 << shift) - 1);
+        let sectors = ((e >> shift) & ((1u64 << (cb - 8)) - 1)) + 1;
+        let len = sectors * 512 - (host & 511);
+        return L2Entry::Compressed { host, len };
+    }
+    let host = e & OFFSET_MASK;
+    if h.version >= 3 && e & ZERO != 0 {
+        return L2Entry::Zero {
+            host: (host != 0).then_some(host),
+        };
+    }
+    // Offset 0 is a real place in an external data file; COPIED (always
+    // set there) tells it from an unallocated entry, as in QEMU.
+    if host == 0 && !(h.has_data_file() && e & super::header::COPIED != 0) {
+        L2Entry::Unallocated
+    } else {
+        L2Entry::Data {
+            host,
+            copied: e & super::header::COPIED != 0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub struct CreateOptions {
     pub data_file: Option<String>,
     /// The data file alone is a valid raw image of the disk (`data_file_raw`).
     pub data_file_raw: bool,
+    /// How compressed clusters are compressed (zstd needs version 3).
+    pub compression_type: CompressionType,
 }
 
 impl Default for CreateOptions {
@@ -46,6 +48,7 @@ impl Default for CreateOptions {
             backing_format: None,
             data_file: None,
             data_file_raw: false,
+            compression_type: CompressionType::Zlib,
         }
     }
 }
@@ -121,12 +124,17 @@ impl Qcow2Writer {
             },
             refcount_order: o.refcount_order,
             header_length: if o.version == 3 { 112 } else { 72 },
-            compression_type: CompressionType::Zlib,
+            compression_type: o.compression_type,
             backing_file: o.backing_file.clone(),
             backing_format: o.backing_format.clone(),
             data_file: o.data_file.clone(),
             other_extensions: Vec::new(),
         };
+        if o.compression_type != CompressionType::Zlib && o.version < 3 {
+            return Err(invalid(
+                "Non-zlib compression type is only supported with compatibility level 1.1 and above",
+            ));
+        }
         if o.data_file.is_some() && o.version < 3 {
             return Err(invalid(
                 "data-file is only supported with compatibility level 1.1 and above",
@@ -287,6 +295,11 @@ impl Qcow2Writer {
             i += run;
         }
         Ok(())
+    }
+
+    /// How this image's compressed clusters must be compressed.
+    pub fn compression_type(&self) -> CompressionType {
+        self.header.compression_type
     }
 
     /// Writes one guest cluster as compressed bytes (from `compress_cluster`).

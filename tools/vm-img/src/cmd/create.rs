@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, bail, Context, Result};
+use vm_image::qcow2::header::CompressionType;
 use vm_image::qcow2::writer::Qcow2Writer;
 use vm_image::{resolve_backing, Block, Format};
 use vm_spec::{parse_size, BareNumber};
@@ -156,7 +157,8 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// What QEMU refuses about `data_file` and `data_file_raw`, in its words.
+/// What QEMU refuses about `data_file`, `data_file_raw` and a compression
+/// type the compat level lacks, in its words.
 fn data_file_refusal(o: &options::FormatOptions) -> Option<&'static str> {
     let q = &o.qcow2;
     if q.data_file_raw && q.data_file.is_none() {
@@ -165,6 +167,11 @@ fn data_file_refusal(o: &options::FormatOptions) -> Option<&'static str> {
         Some(
             "External data files are only supported with compatibility level 1.1 and above \
              (use version=v3 or greater)",
+        )
+    } else if q.compression_type != CompressionType::Zlib && q.version < 3 {
+        Some(
+            "Non-zlib compression type is only supported with compatibility level 1.1 and \
+             above (use version=v3 or greater)",
         )
     } else if q.data_file_raw && q.backing_file.is_some() {
         Some("Backing file and data-file-raw cannot be used at the same time")
@@ -278,7 +285,11 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     if o.prealloc.is_some() {
         let _ = write!(s, " preallocation={prealloc}");
     }
-    s.push_str(" compression_type=zlib");
+    let _ = write!(
+        s,
+        " compression_type={}",
+        escaped(o.compression_type.as_deref().unwrap_or("zlib"))
+    );
     let _ = write!(s, " size={size}");
     if let Some(c) = &o.compat {
         let _ = write!(s, " compat={c}");

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, bail, Result};
+use vm_image::qcow2::header::CompressionType;
 use vm_image::qcow2::writer::CreateOptions;
 use vm_spec::{parse_size, BareNumber};
 
@@ -53,6 +54,8 @@ pub struct FormatOptions {
     pub extent_size_hint: Option<u64>,
     /// `compat` as given (create's Formatting line repeats it).
     pub compat: Option<String>,
+    /// `compression_type` as given (the Formatting line repeats it).
+    pub compression_type: Option<String>,
     pub encrypt: Encrypt,
     /// A LUKS header area for create to place (made from `encrypt`).
     pub luks_area: Option<Vec<u8>>,
@@ -271,9 +274,17 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             }
         }
         "compression_type" => {
-            if v != "zlib" {
-                bail!("compression_type={v} is not supported (zlib only)");
-            }
+            o.compression_type = Some(v.to_string());
+            o.qcow2.compression_type = match v {
+                "zlib" => CompressionType::Zlib,
+                "zstd" => CompressionType::Zstd,
+                _ => {
+                    o.refused = Some(format!(
+                        "Parameter 'compression-type' does not accept value '{v}'"
+                    ));
+                    return Ok(());
+                }
+            };
         }
         _ => bail!("Invalid parameter '{k}'"),
     }

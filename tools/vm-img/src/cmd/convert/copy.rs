@@ -360,6 +360,7 @@ pub(super) fn to_qcow2_compressed(
     wb: &mut Writeback,
 ) -> Result<Qcow2Writer> {
     let cs = w.cluster_size();
+    let kind = w.compression_type();
     let chunk = CHUNK.max(cs);
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let (job_tx, job_rx) = mpsc::sync_channel::<Chunk>(workers * 2);
@@ -382,7 +383,7 @@ pub(super) fn to_qcow2_compressed(
                         } else if is_zero(cl) {
                             Slot::Zero
                         } else {
-                            compress_cluster(cl).map_or(Slot::Plain, Slot::Compressed)
+                            compress_cluster(cl, kind).map_or(Slot::Plain, Slot::Compressed)
                         }
                     })
                     .collect();
@@ -425,7 +426,7 @@ pub(super) fn to_qcow2_compressed(
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         let zero_cluster = full
-            .then(|| compress_cluster(&vec![0u8; cs as usize]))
+            .then(|| compress_cluster(&vec![0u8; cs as usize], kind))
             .flatten();
         for c in done_rx {
             pending.insert(c.index, c);
