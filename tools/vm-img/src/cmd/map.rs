@@ -43,8 +43,18 @@ pub fn run(a: &MapArgs) -> Result<i32> {
         }
         OutputFormat::Human => {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-            // As qemu-img: data that reads as zero (over a hole) is left out.
-            for e in extents.iter().filter(|e| e.data && e.present && !e.zero) {
+            for e in &extents {
+                // The table has no way to show data that has no place in
+                // a file (compressed, encrypted, a quorum's): as qemu-img,
+                // that ends the listing with an error, not a gap.
+                if e.data && e.offset.is_none() {
+                    anyhow::bail!("File contains external, encrypted or compressed clusters.");
+                }
+                // As qemu-img: data that reads as zero (over a hole) is
+                // left out.
+                if !(e.data && e.present && !e.zero) {
+                    continue;
+                }
                 if let Some(o) = e.offset {
                     // Data in an external data file is mapped there.
                     let file = match img.image().map(|i| &i.layers()[e.depth as usize]) {

@@ -1,10 +1,12 @@
 //! What the reading commands (map, convert, compare) read: an image
-//! chain of local files, an NBD export, or the null device. Only local
+//! chain of local files, an NBD export, the null device, or a quorum of
+//! any of them. Only local
 //! images have layers, headers and snapshots; the others are one raw
 //! disk with block status.
 
 pub mod blkdebug;
 pub mod names;
+pub mod quorum;
 
 use std::io;
 use std::path::Path;
@@ -27,6 +29,8 @@ pub enum Input {
     Nbd(Client),
     /// Errors injected as QEMU's blkdebug injects them.
     Debug(Box<blkdebug::Debug>),
+    /// Copies voted on, as QEMU's quorum does.
+    Quorum(Box<quorum::Quorum>),
     Null {
         size: u64,
         read_zeroes: bool,
@@ -102,6 +106,15 @@ impl Input {
                 let debug = blkdebug::Debug::new(inner, rules, name)?;
                 Ok(Self::Debug(Box::new(debug)))
             }
+            Located::Quorum { children, settings } => {
+                let text = name.display().to_string();
+                let children = children
+                    .into_iter()
+                    .map(|c| Self::open_located(c, name, force_share, secrets))
+                    .collect::<Result<Vec<_>>>()?;
+                let q = quorum::Quorum::new(&text, children, &settings)?;
+                Ok(Self::Quorum(Box::new(q)))
+            }
         }
     }
 
@@ -111,6 +124,7 @@ impl Input {
             Self::Encrypted(e) => e.size(),
             Self::Nbd(c) => c.size(),
             Self::Debug(d) => d.inner.size(),
+            Self::Quorum(q) => q.size(),
             Self::Null { size, .. } => *size,
         }
     }
@@ -134,6 +148,7 @@ impl Input {
             Self::Encrypted(e) => e.read_at(buf, pos),
             Self::Nbd(c) => Ok(c.read_at(buf, pos)?),
             Self::Debug(d) => d.read_at(buf, pos),
+            Self::Quorum(q) => q.read_at(buf, pos),
             Self::Null { size, .. } => {
                 if pos.checked_add(buf.len() as u64).is_none_or(|e| e > *size) {
                     return Err(io::Error::new(
@@ -160,6 +175,7 @@ impl Input {
                 Self::Image(i) => return i.map(start, len),
                 Self::Encrypted(e) => return e.map(start, len),
                 Self::Debug(d) => return d.map(start, len),
+                Self::Quorum(q) => return q.map(start, len),
                 Self::Nbd(c) => {
                     let s = c.block_status(pos, end - pos)?;
                     (s.length, !s.hole, s.zero)
@@ -182,7 +198,7 @@ impl Input {
             Self::Encrypted(e) => e.path().display().to_string(),
             Self::Debug(d) => d.name().to_string(),
             Self::Nbd(c) => c.address().uri(),
-            Self::Null { .. } => given.display().to_string(),
+            Self::Quorum(_) | Self::Null { .. } => given.display().to_string(),
         }
     }
 }

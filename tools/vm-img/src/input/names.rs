@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use vm_image::nbd::Address;
 
-use super::blkdebug;
+use super::{blkdebug, quorum};
 
 /// The null device's size when none is given (QEMU's default).
 const NULL_DEFAULT_SIZE: u64 = 1 << 30;
@@ -40,6 +40,11 @@ pub enum Located {
     Debug {
         inner: Box<Located>,
         rules: blkdebug::Rules,
+    },
+    /// QEMU's quorum: one disk voted from `children`.
+    Quorum {
+        children: Vec<Located>,
+        settings: quorum::Settings,
     },
 }
 
@@ -128,30 +133,33 @@ fn from_options(
     }
     // A protocol driver on top has its options at the top level; a format
     // driver has its protocol's under `file.`.
-    let (format, protocol, popts) = if let Some(p @ ("file" | "nbd" | "null-co" | "null-aio")) =
-        driver.as_deref()
-    {
-        (Some("raw".to_string()), p.to_string(), rest)
-    } else {
-        let mut protocol = "file".to_string();
-        let mut popts = Vec::new();
-        for (k, v) in rest {
-            match k.strip_prefix("file.") {
-                Some("driver") => protocol = v,
-                Some(sub) => popts.push((sub.to_string(), v)),
-                None if k == "file" => protocol = v,
-                None if k == "filename" => popts.push((k, v)),
-                None if k == "encrypt.key-secret" || k == "key-secret" => key_secret = Some(v),
-                // Options that change nothing about what is read.
-                None if matches!(
-                    k.as_str(),
-                    "cache.direct" | "cache.no-flush" | "read-only" | "force-share" | "node-name"
-                ) => {}
-                None => bail!("'{text}': option '{k}' is not supported"),
+    let (format, protocol, popts) =
+        if let Some(p @ ("file" | "nbd" | "null-co" | "null-aio" | "quorum")) = driver.as_deref() {
+            (Some("raw".to_string()), p.to_string(), rest)
+        } else {
+            let mut protocol = "file".to_string();
+            let mut popts = Vec::new();
+            for (k, v) in rest {
+                match k.strip_prefix("file.") {
+                    Some("driver") => protocol = v,
+                    Some(sub) => popts.push((sub.to_string(), v)),
+                    None if k == "file" => protocol = v,
+                    None if k == "filename" => popts.push((k, v)),
+                    None if k == "encrypt.key-secret" || k == "key-secret" => key_secret = Some(v),
+                    // Options that change nothing about what is read.
+                    None if matches!(
+                        k.as_str(),
+                        "cache.direct"
+                            | "cache.no-flush"
+                            | "read-only"
+                            | "force-share"
+                            | "node-name"
+                    ) => {}
+                    None => bail!("'{text}': option '{k}' is not supported"),
+                }
             }
-        }
-        (driver, protocol, popts)
-    };
+            (driver, protocol, popts)
+        };
     match protocol.as_str() {
         "file" => file_options(text, format, &popts, key_secret),
         "nbd" => Ok(Located::Nbd {
@@ -159,6 +167,12 @@ fn from_options(
             format,
         }),
         "null-co" | "null-aio" => null_options(text, &popts),
+        "quorum" => {
+            if let Some(f) = format.as_deref().filter(|&f| f != "raw") {
+                bail!("'{text}': format '{f}' over quorum is not supported (a quorum is read as a raw disk)");
+            }
+            quorum_options(text, popts)
+        }
         "blkdebug" => {
             // Under a format: it filters the file the format reads.
             let (rules, image) = blkdebug::from_options(text, popts)?;
@@ -213,6 +227,40 @@ fn file_options(
         locking,
         key_secret,
     })
+}
+
+/// The quorum driver's options: its own, and each child's under
+/// `children.N.` (N from 0, none left out).
+fn quorum_options(text: &str, opts: Vec<(String, String)>) -> Result<Located> {
+    let mut own = Vec::new();
+    let mut groups: Vec<Vec<(String, String)>> = Vec::new();
+    for (k, v) in opts {
+        let Some(rest) = k.strip_prefix("children.") else {
+            own.push((k, v));
+            continue;
+        };
+        let (n, key) = rest
+            .split_once('.')
+            .and_then(|(n, key)| Some((n.parse::<usize>().ok()?, key)))
+            .ok_or_else(|| anyhow!("'{text}': quorum child option '{k}' is not understood"))?;
+        // A bound on what a name can make us open.
+        if n >= 64 {
+            bail!("'{text}': quorum takes at most 64 children");
+        }
+        if groups.len() <= n {
+            groups.resize(n + 1, Vec::new());
+        }
+        groups[n].push((key.to_string(), v));
+    }
+    if let Some(n) = groups.iter().position(Vec::is_empty) {
+        bail!("'{text}': quorum child {n} is missing");
+    }
+    let settings = quorum::Settings::parse(text, &own)?;
+    let children = groups
+        .into_iter()
+        .map(|g| from_options(text, None, g))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Located::Quorum { children, settings })
 }
 
 fn null_options(text: &str, opts: &[(String, String)]) -> Result<Located> {
@@ -272,6 +320,11 @@ pub fn target_with_locking(
         ),
         Located::Debug { .. } => bail!(
             "'{}': this command opens local files only (blkdebug is read by info, map, compare \
+             and convert)",
+            name.display()
+        ),
+        Located::Quorum { .. } => bail!(
+            "'{}': this command opens local files only (quorum is read by info, map, compare \
              and convert)",
             name.display()
         ),
