@@ -26,9 +26,8 @@ pub fn compress_cluster(data: &[u8], kind: CompressionType) -> Option<Vec<u8>> {
                 _ => return None,
             }
         }
-        CompressionType::Zstd => {
-            ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
-        }
+        // QEMU's level (zstd's default, 3); one frame, no checksum.
+        CompressionType::Zstd => zstd::bulk::compress(data, 3).ok()?,
     };
     (out.len() < data.len() - 1).then_some(out)
 }
