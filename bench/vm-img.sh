@@ -72,6 +72,11 @@ case_run "convert qcow2 -> raw (1 GiB)" out.raw \
   "$vm" convert -O raw src.qcow2 out.raw -- qemu-img convert -t writeback -O raw src.qcow2 out.raw
 case_run "convert -c raw -> qcow2 (1 GiB)" outc.qcow2 \
   "$vm" convert -c -O qcow2 src.raw outc.qcow2 -- qemu-img convert -c -t writeback -O qcow2 src.raw outc.qcow2
+case_run "convert -c zstd raw -> qcow2 (1 GiB)" outz.qcow2 \
+  "$vm" convert -c -O qcow2 -o compression_type=zstd src.raw outz.qcow2 -- \
+  qemu-img convert -c -t writeback -O qcow2 -o compression_type=zstd src.raw outz.qcow2
+case_run "bench: 75000 reads of 4 KiB, 64 deep" none \
+  "$vm" bench full.qcow2 -- qemu-img bench full.qcow2
 case_run "check qcow2 (1 GiB allocated)" none \
   "$vm" check full.qcow2 -- qemu-img check full.qcow2
 

@@ -19,6 +19,9 @@ _vm__img() {
             vm__img,amend)
                 cmd="vm__img__subcmd__amend"
                 ;;
+            vm__img,bench)
+                cmd="vm__img__subcmd__bench"
+                ;;
             vm__img,bitmap)
                 cmd="vm__img__subcmd__bitmap"
                 ;;
@@ -63,6 +66,9 @@ _vm__img() {
                 ;;
             vm__img__subcmd__help,amend)
                 cmd="vm__img__subcmd__help__subcmd__amend"
+                ;;
+            vm__img__subcmd__help,bench)
+                cmd="vm__img__subcmd__help__subcmd__bench"
                 ;;
             vm__img__subcmd__help,bitmap)
                 cmd="vm__img__subcmd__help__subcmd__bitmap"
@@ -113,7 +119,7 @@ _vm__img() {
 
     case "${cmd}" in
         vm__img)
-            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help"
+            opts="-h -V --help --version create info check resize convert compare map commit rebase snapshot dd measure amend bitmap bench help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -146,6 +152,64 @@ _vm__img() {
                     return 0
                     ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__bench)
+            opts="-f -q -c -d -s -S -o -w -n -t -i -U -h --format --quiet --image-opts --pattern --flush-interval --no-drain --force-share --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -S)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pattern)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --flush-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -415,7 +479,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help)
-            opts="create info check resize convert compare map commit rebase snapshot dd measure amend bitmap help"
+            opts="create info check resize convert compare map commit rebase snapshot dd measure amend bitmap bench help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -429,6 +493,20 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__help__subcmd__amend)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__img__subcmd__help__subcmd__bench)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

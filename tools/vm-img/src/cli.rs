@@ -103,6 +103,8 @@ pub enum Command {
     /// Add, remove, clear, enable, disable or merge a qcow2 image's
     /// persistent dirty bitmaps (what incremental backups read).
     Bitmap(BitmapArgs),
+    /// Time a run of reads or writes against an image, as qemu-img bench.
+    Bench(BenchArgs),
 }
 
 /// One `bitmap` action, in the order given on the command line.
@@ -501,6 +503,75 @@ pub struct DdArgs {
     /// [skip=BLOCKS] (bs defaults to 512 and takes K, M, G).
     #[arg(value_name = "OPERAND", required = true)]
     pub operands: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of requests (default 75000).
+    #[arg(
+        short = 'c',
+        value_name = "COUNT",
+        default_value = "75000",
+        allow_hyphen_values = true
+    )]
+    pub count: String,
+    /// Requests in flight at once (default 64).
+    #[arg(
+        short = 'd',
+        value_name = "DEPTH",
+        default_value = "64",
+        allow_hyphen_values = true
+    )]
+    pub depth: String,
+    /// Bytes per request; takes K, M, G (default 4096).
+    #[arg(
+        short = 's',
+        value_name = "SIZE",
+        default_value = "4096",
+        allow_hyphen_values = true
+    )]
+    pub size: String,
+    /// Distance between requests (default: the request size).
+    #[arg(short = 'S', value_name = "STEP", allow_hyphen_values = true)]
+    pub step: Option<String>,
+    /// Offset of the first request (default 0).
+    #[arg(
+        short = 'o',
+        value_name = "OFFSET",
+        default_value = "0",
+        allow_hyphen_values = true
+    )]
+    pub offset: String,
+    /// Write instead of read.
+    #[arg(short = 'w')]
+    pub write: bool,
+    /// The byte written (0 to 255, default 0).
+    #[arg(long = "pattern", value_name = "BYTE")]
+    pub pattern: Option<String>,
+    /// Flush after every N write requests.
+    #[arg(long = "flush-interval", value_name = "N")]
+    pub flush_interval: Option<String>,
+    /// With --flush-interval: flush without waiting for the requests in
+    /// flight.
+    #[arg(long = "no-drain")]
+    pub no_drain: bool,
+    /// O_DIRECT (cache mode none).
+    #[arg(short = 'n')]
+    pub nocache: bool,
+    /// Cache mode: none and directsync open with O_DIRECT; writeback,
+    /// writethrough and unsafe do not.
+    #[arg(short = 't', value_name = "CACHE")]
+    pub cache: Option<String>,
+    /// AIO mode (threads, native, io_uring): taken, and requests run on
+    /// threads whatever it says.
+    #[arg(short = 'i', value_name = "AIO")]
+    pub aio: Option<String>,
+    /// Open without locks (force share; reads only).
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    pub filename: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -82,6 +82,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Measure(a) => (cmd::measure::run(a), 1),
         Command::Amend(a) => (cmd::amend::run(a), 1),
         Command::Bitmap(a) => (cmd::bitmap::run(a), 1),
+        Command::Bench(a) => (cmd::bench::run(a), 1),
     };
     match result {
         Ok(code) => code,
