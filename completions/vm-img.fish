@@ -43,7 +43,7 @@ complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "bitmap" -d 'Add, remo
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "bench" -d 'Time a run of reads or writes against an image, as qemu-img bench'
 complete -c vm-img -n "__fish_vm_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
-complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value)' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s o -d 'Format options: backing_file, backing_fmt, cluster_size, preallocation, lazy_refcounts, compat, refcount_bits, size (comma separated, key=value; `help` lists them all)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s b -l backing -d 'Backing file (qcow2 only)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -s F -l backing-format -d 'Backing file format' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand create" -l object -d 'A secret for encryption: `secret,id=ID,data=PASSWORD[,format=base64]` or `secret,id=ID,file=PATH`, named by `-o encrypt.key-secret=ID` (qcow2 with `encrypt.format=luks`) or `-o key-secret=ID` (`-f luks`)' -r

@@ -168,7 +168,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub common: Common,
     /// Format options: backing_file, backing_fmt, cluster_size, preallocation,
-    /// lazy_refcounts, compat, refcount_bits, size (comma separated, key=value).
+    /// lazy_refcounts, compat, refcount_bits, size (comma separated, key=value;
+    /// `help` lists them all).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Backing file (qcow2 only).
@@ -190,9 +191,19 @@ pub struct CreateArgs {
     /// (qcow2 with `encrypt.format=luks`) or `-o key-secret=ID` (`-f luks`).
     #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
     pub objects: Vec<String>,
-    pub filename: PathBuf,
+    /// The image to make (needed unless `-o help` only lists options).
+    pub filename: Option<PathBuf>,
     /// Virtual size, e.g. 4G; defaults to the backing file's size.
     pub size: Option<String>,
+}
+
+impl CreateArgs {
+    /// The image to make: qemu-img's error when none is named.
+    pub fn file(&self) -> anyhow::Result<&std::path::Path> {
+        self.filename
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("Expecting image file name"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -349,7 +360,7 @@ pub struct ConvertArgs {
     /// SOURCE... OUTPUT: the image to copy (several are read one after
     /// another as one disk), then the image to write; options may come
     /// between them, as qemu-img takes them.
-    #[arg(value_name = "FILE", required = true, num_args = 1.., action = clap::ArgAction::Append)]
+    #[arg(value_name = "FILE", num_args = 1.., action = clap::ArgAction::Append)]
     pub files: Vec<PathBuf>,
     /// The sources (filled in by `crate::parse` from FILE...).
     #[arg(skip)]
@@ -616,5 +627,7 @@ pub struct AmendArgs {
     /// Allow changes that may lose data (accepted for compatibility).
     #[arg(long = "force")]
     pub force: bool,
-    pub filename: PathBuf,
+    /// The image to change (needed unless `-o help` lists a format's
+    /// options, given with -f).
+    pub filename: Option<PathBuf>,
 }

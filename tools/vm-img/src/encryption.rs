@@ -75,7 +75,7 @@ pub fn qcow2_encryption(
 
 /// `create -f luks`: a LUKS header, then the (encrypted) disk.
 pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
-    let name = a.filename.display().to_string();
+    let name = a.file()?.display().to_string();
     let o = options::parse_for_create(&a.options)?;
     if let Some(k) = o.encrypt.first_prefixed.as_deref() {
         bail!("Invalid parameter '{k}'");
@@ -112,7 +112,7 @@ pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
         .ok_or_else(|| anyhow!("{name}: Parameter 'key-secret' is required for cipher"))?;
     let (area, _) =
         luks::create(secrets.get(id)?, o.encrypt.luks()?).with_context(|| name.clone())?;
-    let path = crate::input::target(&a.filename, None, false)?.0;
+    let path = crate::input::target(a.file()?, None, false)?.0;
     let out = AtomicOutput::create(&path, false)?;
     out.file
         .write_all_at(&area, 0)

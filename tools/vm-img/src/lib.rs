@@ -29,13 +29,13 @@ where
     if let Command::Convert(a) = &mut cli.command {
         // clap keeps one positional list; the last FILE is the output.
         let mut files = a.files.clone();
-        if files.len() < 2 {
+        if files.len() < 2 && !cmd::option_help::wanted(&a.options) {
             return Err(Cli::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "convert needs a source and an output: SOURCE... OUTPUT",
             ));
         }
-        a.output = files.pop().expect("two or more");
+        a.output = files.pop().unwrap_or_default();
         a.sources = files;
     }
     if let (Command::Bitmap(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("bitmap"))

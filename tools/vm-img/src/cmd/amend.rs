@@ -70,9 +70,31 @@ fn parse(opts: &[String]) -> Result<Changes> {
 }
 
 pub fn run(a: &AmendArgs) -> Result<i32> {
+    super::option_help::check_lists(&a.options)?;
+    let Some(filename) = &a.filename else {
+        match a.common.format.as_deref() {
+            Some(fmt) if super::option_help::wanted(&a.options) => {
+                print!("{}", super::option_help::amendment(fmt)?);
+                return Ok(0);
+            }
+            _ => bail!("Expecting one image file name"),
+        }
+    };
+    if super::option_help::wanted(&a.options) {
+        // The format given, or the image's own.
+        let fmt = match a.common.format.as_deref() {
+            Some(f) => f.to_string(),
+            None => util::open_read(filename, None, true)
+                .with_context(|| format!("Could not open '{}'", filename.display()))?
+                .format()
+                .as_str()
+                .to_string(),
+        };
+        print!("{}", super::option_help::amendment(&fmt)?);
+        return Ok(0);
+    }
     let c = parse(&a.options)?;
-    let (path, format) =
-        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let (path, format) = util::target(filename, a.common.format.as_deref(), a.common.image_opts)?;
     let path = &path;
     let (_lock, img) = util::lock_for_edit(path, util::parse_format(format.as_deref())?)?;
     if img.format() != Format::Qcow2 {

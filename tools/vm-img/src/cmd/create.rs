@@ -16,6 +16,19 @@ use crate::secrets::Secrets;
 use crate::util::{self, AtomicOutput};
 
 pub fn run(a: &CreateArgs) -> Result<i32> {
+    super::option_help::check_lists(&a.options)?;
+    if super::option_help::wanted(&a.options) {
+        let fmt = a.common.format.as_deref().unwrap_or("raw");
+        if util::read_only_format(fmt) {
+            bail!("Format driver '{fmt}' does not support image creation");
+        }
+        print!(
+            "{}",
+            super::option_help::creation(fmt, a.filename.is_some())?
+        );
+        return Ok(0);
+    }
+    let filename = a.file()?;
     if a.common.image_opts {
         bail!("--image-opts is not supported by create yet");
     }
@@ -26,7 +39,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     let fmt = match a.common.format.as_deref() {
         Some(f) if util::read_only_format(f) => bail!(
             "{}: Format driver '{f}' does not support image creation",
-            a.filename.display()
+            filename.display()
         ),
         // QEMU's file protocol as a format: a raw file, named so.
         Some("file") | None => Format::Raw,
@@ -51,10 +64,10 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         ),
         None => o.size,
     };
-    let name = a.filename.display().to_string();
+    let name = filename.display().to_string();
     // `file:NAME` and `json:{...}` name a local file; the Formatting line
     // and errors keep the name as given.
-    let (path, _) = util::target(&a.filename, None, false)?;
+    let (path, _) = util::target(filename, None, false)?;
     if fmt == Format::Raw {
         if o.qcow2.backing_file.is_some() {
             bail!("{name}: Backing file not supported for file format 'raw'");

@@ -12,6 +12,7 @@ pub mod dd;
 pub mod info;
 pub mod map;
 pub mod measure;
+pub mod option_help;
 pub mod options;
 pub mod rebase;
 pub mod resize;

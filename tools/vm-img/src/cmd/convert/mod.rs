@@ -51,6 +51,18 @@ impl Writeback<'_> {
 const ZERO_BLOCK: usize = 4096;
 
 pub fn run(a: &ConvertArgs) -> Result<i32> {
+    super::option_help::check_lists(&a.options)?;
+    if super::option_help::wanted(&a.options) {
+        if util::read_only_format(&a.output_format) {
+            bail!(
+                "Format driver '{}' does not support image creation",
+                a.output_format
+            );
+        }
+        let named = !a.output.as_os_str().is_empty();
+        print!("{}", super::option_help::creation(&a.output_format, named)?);
+        return Ok(0);
+    }
     // The output's format first: qemu-img refuses one it cannot make
     // before it looks at the source.
     let out_fmt = util::output_format(&a.output_format)?;
@@ -123,6 +135,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     if a.copy_offload && a.sparse.is_some() {
         bail!("Cannot enable copy offloading when -S is used");
     }
+    if a.copy_offload && a.salvage {
+        bail!("Cannot use copy offloading in salvaging mode");
+    }
     let sparse = sparse_block(a.sparse.as_deref())?;
     if a.compress && out_fmt != Format::Qcow2 {
         bail!("Compression not supported for this file format");
@@ -185,6 +200,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         }
         if o.qcow2.backing_format.is_none() {
             bail!("Use of backing file requires explicit backing format");
+        }
+        if !a.no_create {
+            check_backing(&a.output, &o.qcow2)?;
         }
     }
     let prealloc = o.prealloc.filter(|&p| p != Prealloc::Off);
@@ -254,6 +272,34 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     bar.finish();
     out.commit(a.cache.syncs())?;
     Ok(0)
+}
+
+/// The new output's backing file must open, as qemu-img opens it (a
+/// local file, relative to the output's folder; an NBD export or the null
+/// device is read only as the copy needs it).
+fn check_backing(
+    output: &std::path::Path,
+    o: &vm_image::qcow2::writer::CreateOptions,
+) -> Result<()> {
+    let (Some(name), Some(format)) = (&o.backing_file, &o.backing_format) else {
+        return Ok(());
+    };
+    if !matches!(
+        crate::input::locate(std::path::Path::new(name), Some(format), false)?,
+        crate::input::Located::File { .. }
+    ) {
+        return Ok(());
+    }
+    let path = vm_image::resolve_backing(output, name);
+    util::open_read(&path, Some(format), true).map_err(|e| {
+        anyhow::anyhow!(
+            "Could not open '{}': Could not open backing file: Could not open '{}': {}",
+            output.display(),
+            path.display(),
+            e.root_cause()
+        )
+    })?;
+    Ok(())
 }
 
 /// Where the output's backing file (-B) ends, which the output reads as
