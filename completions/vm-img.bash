@@ -793,13 +793,17 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__measure)
-            opts="-f -O -o -U -h --size --output --force-share --object --help"
+            opts="-f -l -O -o -U -h --image-opts --size --output --force-share --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

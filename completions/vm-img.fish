@@ -164,12 +164,14 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s O -d 'Output format
 complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s U -l force-share -d 'Read the input without locks (force share)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand dd" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s f -d 'The measured image\'s format; probed when left out' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s l -d 'Measure the image as it was at this internal snapshot (an ID or name, or `snapshot.id=ID`/`snapshot.name=NAME`)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s O -d 'Format of the image to be made (default raw)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s o -d 'Creation options of the image to be made, as for create' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l size -d 'Measure an empty image of this virtual size instead of FILENAME' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l output -r -f -a "human\t''
 json\t''"
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l object -d 'A secret (as for create); checked, not needed to measure' -r
+complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -l image-opts -d 'FILENAME is an option list (`driver=qcow2,file.filename=PATH`)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s U -l force-share -d 'Read FILENAME without locks (force share)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand measure" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r

@@ -590,6 +590,13 @@ pub struct MeasureArgs {
     /// The measured image's format; probed when left out.
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
+    /// FILENAME is an option list (`driver=qcow2,file.filename=PATH`).
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
+    /// Measure the image as it was at this internal snapshot (an ID or
+    /// name, or `snapshot.id=ID`/`snapshot.name=NAME`).
+    #[arg(short = 'l', value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
     /// Format of the image to be made (default raw).
     #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
     pub output_format: String,

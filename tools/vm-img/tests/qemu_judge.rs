@@ -853,7 +853,16 @@ fn measure_says_what_qemu_img_measure_says() {
         "qcow2",
         &["write 0 1M", "write 20M 100k", "write -z 30M 1M"],
     );
+    // An internal snapshot, then more data after it: -l measures the
+    // image as it was.
+    qemu_ok(&["snapshot", "-c", "before", s]);
+    qemu_io(&src, "qcow2", &["write 40M 8M"]);
+    let opts = format!("driver=qcow2,file.filename={s}");
     let cases: &[&[&str]] = &[
+        &["-O", "qcow2", "-l", "before", s],
+        &["-O", "qcow2", "-l", "snapshot.id=1", "--output=json", s],
+        &["-O", "raw", "-l", "snapshot.name=before", s],
+        &["-O", "qcow2", "--image-opts", &opts],
         &["-O", "qcow2", s],
         &["-O", "raw", s],
         &["--output", "json", "-O", "qcow2", s],
@@ -886,6 +895,20 @@ fn measure_says_what_qemu_img_measure_says() {
     let (code, _, err) = run(&["measure", "-O", "qcow2"]);
     assert_eq!(code, 1);
     assert!(err.contains("Either --size N or one filename"), "{err}");
+    for case in [
+        ["--size", "1G", "--image-opts"].as_slice(),
+        &["--size", "1G", "-l", "before"],
+        &["-l", "nope", s],
+    ] {
+        let mut a = vec!["measure"];
+        a.extend_from_slice(case);
+        let (code, _, err) = run(&a);
+        let (_, _, qerr) = qemu_img(&a);
+        assert_eq!(code, 1, "{case:?}");
+        assert_eq!(err.replace("vm-img:", "qemu-img:"), qerr, "{case:?}");
+    }
+    // The copy -l measured is gone.
+    assert_eq!(std::fs::read_dir(d.path("")).unwrap().count(), 1);
     // Sizes past what the format or a file can hold: refused as qemu-img
     // refuses them, never a wrapped sum.
     for case in [

@@ -14,10 +14,49 @@ use crate::cli::{MeasureArgs, OutputFormat};
 use crate::util;
 
 pub fn run(a: &MeasureArgs) -> Result<i32> {
+    // qemu-img's order of complaints.
+    super::option_help::check_lists(&a.options)?;
+    match (&a.filename, &a.size) {
+        (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
+        (None, _) if a.image_opts || a.format.is_some() || a.snapshot.is_some() => {
+            bail!("--image-opts, -f, and -l require a filename argument.")
+        }
+        (None, None) => bail!("Either --size N or one filename must be specified."),
+        _ => {}
+    }
     let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
     crate::secrets::Secrets::parse(&a.objects)?;
     let o = options::parse(&a.options)?;
-    let (required, fully, bitmaps) = match (&a.size, &a.filename) {
+    // The image named, or for -l a copy of it at the snapshot (removed
+    // when done).
+    let mut at_snapshot = None;
+    let mut format = a.format.clone();
+    let located = match &a.filename {
+        Some(name) => {
+            let (path, fmt, locking) =
+                util::target_with_locking(name, format.as_deref(), a.image_opts)?;
+            format = fmt;
+            if let Some(param) = &a.snapshot {
+                // Held (locked) while the copy is made.
+                let _source = util::open_read(&path, format.as_deref(), a.force_share || !locking)?;
+                // Beside the image, as convert -l makes its copy (a temp
+                // folder may be memory).
+                let dir = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => ".".into(),
+                };
+                let copy = crate::snapshot_copy::SnapshotCopy::make(&path, param, &dir)?;
+                let p = copy.path.clone();
+                at_snapshot = Some(copy);
+                format = Some("qcow2".into());
+                Some((p, false))
+            } else {
+                Some((path, locking))
+            }
+        }
+        None => None,
+    };
+    let (required, fully, bitmaps) = match (&a.size, located.as_ref()) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
         (None, None) => bail!("Either --size N or one filename must be specified."),
         (Some(text), None) => {
@@ -37,11 +76,11 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
                 }
             }
         }
-        (None, Some(path)) => {
-            if a.format.is_none() && o.size.is_some() {
+        (None, Some((path, locking))) => {
+            if format.is_none() && o.size.is_some() {
                 bail!("--size N cannot be used together with a filename.");
             }
-            let img = util::open_read(path, a.format.as_deref(), a.force_share)?;
+            let img = util::open_read(path, format.as_deref(), a.force_share || !locking)?;
             let size = img.size();
             match out_fmt {
                 Format::Raw => (size, size, None),
@@ -70,6 +109,7 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
             }
         }
     };
+    drop(at_snapshot);
     match a.output {
         OutputFormat::Human => {
             println!("required size: {required}");
