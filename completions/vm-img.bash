@@ -327,7 +327,7 @@ _vm__img() {
             return 0
             ;;
         vm__subcmd__img__subcmd__compare)
-            opts="-f -F -s -U -p -q -h --force-share --object --help"
+            opts="-f -F -s -U -p -q -h --force-share --object --image-opts --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

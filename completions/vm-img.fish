@@ -113,6 +113,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s s -d 'Strict: 
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s U -l force-share
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s p -d 'Show a progress bar'
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s q
+complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -l image-opts -d 'Both images are option lists (`driver=qcow2,file.filename=PATH`)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand compare" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand map" -l output -r -f -a "human\t''

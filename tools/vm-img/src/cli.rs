@@ -393,6 +393,9 @@ pub struct CompareArgs {
     /// by `encrypt.key-secret=ID` in an --image-opts list.
     #[arg(long = "object", value_name = "OBJECT", action = clap::ArgAction::Append)]
     pub objects: Vec<String>,
+    /// Both images are option lists (`driver=qcow2,file.filename=PATH`).
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
     pub image1: PathBuf,
     pub image2: PathBuf,
 }

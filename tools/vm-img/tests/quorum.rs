@@ -60,6 +60,10 @@ fn quorum_reads_and_maps_as_qemu_img() {
             std::fs::read(&theirs).unwrap(),
             "{extra}"
         );
+        // compare takes option lists for both images too.
+        let copy = format!("driver=raw,file.filename={ours}");
+        let same = ["compare", "--image-opts", q.as_str(), copy.as_str()];
+        assert_eq!(ok(&same).trim(), "Images are identical.", "{extra}");
         // The human table cannot show data with no host offset: both
         // tools stop there with the same error.
         let human = ["map", "--image-opts", q.as_str()];
@@ -79,6 +83,13 @@ fn quorum_reads_and_maps_as_qemu_img() {
     assert_ne!(
         qemu_img(&["convert", "-O", "raw", "--image-opts", &q, &out]).0,
         0
+    );
+    // --image-opts names the formats: -f besides it is refused.
+    let (code, _, err) = run(&["compare", "--image-opts", "-f", "raw", &q, &q]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim_end(),
+        "vm-img: --image-opts and --format are mutually exclusive"
     );
 }
 

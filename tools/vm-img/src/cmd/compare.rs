@@ -15,7 +15,14 @@ pub fn run(a: &CompareArgs) -> Result<i32> {
         Ok(s) => s,
         Err(e) => return Ok(fail(&e, 2)),
     };
-    let open = |p, f: &Option<String>| Input::open(p, f.as_deref(), false, a.force_share, &secrets);
+    if a.image_opts && (a.format1.is_some() || a.format2.is_some()) {
+        return Ok(fail(
+            &anyhow::anyhow!("--image-opts and --format are mutually exclusive"),
+            2,
+        ));
+    }
+    let open =
+        |p, f: &Option<String>| Input::open(p, f.as_deref(), a.image_opts, a.force_share, &secrets);
     let img1 = match open(&a.image1, &a.format1) {
         Ok(i) => i,
         Err(e) => return Ok(fail(&e, 2)),
