@@ -85,3 +85,20 @@ pub fn extent_size_hint(file: &File, hint: u64) {
     // SAFETY: as above; the ioctl only reads the struct.
     unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, &raw const attr) };
 }
+
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
+
+/// `nocow=on`: no copy-on-write for a new, empty file (btrfs honours it;
+/// elsewhere the flag is refused, which is no error, as for QEMU).
+pub fn no_copy_on_write(file: &File) {
+    let mut flags: libc::c_long = 0;
+    // SAFETY: the ioctl writes one long into `flags`, which outlives it.
+    if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &raw mut flags) } < 0 {
+        return;
+    }
+    flags |= FS_NOCOW_FL;
+    // SAFETY: as above; the ioctl only reads the long.
+    unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &raw const flags) };
+}

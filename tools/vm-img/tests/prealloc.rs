@@ -117,6 +117,9 @@ fn formatting_lines_name_the_options_given() {
         // Commas in a string value are doubled, as written in an option
         // list (iotest 020).
         ("qcow2", "backing_file=a,,b.qcow2,backing_fmt=raw"),
+        // nocow (btrfs's no-copy-on-write flag; a no-op elsewhere).
+        ("raw", "extent_size_hint=2M,nocow=on,preallocation=off"),
+        ("qcow2", "nocow=off,preallocation=off"),
     ] {
         let (ours, theirs) = (d.s("o.img"), d.s("t.img"));
         let (code, out, err) = run(&["create", "-u", "-f", fmt, "-o", o, &ours, "1M"]);

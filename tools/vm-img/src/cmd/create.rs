@@ -161,6 +161,9 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     let out = AtomicOutput::create(&path, false)?;
     // QEMU's file layer gives every new file a 1 MiB hint by default.
     crate::prealloc::extent_size_hint(&out.file, o.extent_size_hint.unwrap_or(1 << 20));
+    if o.nocow == Some(true) {
+        crate::prealloc::no_copy_on_write(&out.file);
+    }
     // Every failure from here on names the file (a full disk says which).
     write_image(&out, fmt, size, &mut o, prealloc).with_context(|| name.clone())?;
     if let Some(d) = data_out {
@@ -278,6 +281,7 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     let prealloc = p.as_str();
     if fmt != "qcow2" {
         let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
+        nocow(&mut s, o);
         if o.prealloc.is_some() {
             let _ = write!(s, " preallocation={prealloc}");
         }
@@ -327,8 +331,15 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
             .clone()
             .unwrap_or_else(|| (1u32 << o.qcow2.refcount_order).to_string())
     );
+    nocow(&mut s, o);
     hint(&mut s, o);
     s
+}
+
+fn nocow(s: &mut String, o: &options::FormatOptions) {
+    if let Some(on) = o.nocow {
+        let _ = write!(s, " nocow={}", if on { "on" } else { "off" });
+    }
 }
 
 /// A string option's value as qemu-img prints it: commas doubled, as

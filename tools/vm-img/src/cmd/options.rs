@@ -56,6 +56,8 @@ pub struct FormatOptions {
     pub compat: Option<String>,
     /// `compression_type` as given (the Formatting line repeats it).
     pub compression_type: Option<String>,
+    /// The file protocol's `nocow` (btrfs: no copy-on-write for the file).
+    pub nocow: Option<bool>,
     pub encrypt: Encrypt,
     /// A LUKS header area for create to place (made from `encrypt`).
     pub luks_area: Option<Vec<u8>>,
@@ -212,6 +214,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             o.prealloc = Some(Prealloc::parse(v)?);
         }
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
+        "nocow" => o.nocow = Some(on_off(k, v)?),
         "data_file" => o.qcow2.data_file = Some(v.to_string()),
         "data_file_raw" => o.qcow2.data_file_raw = on_off(k, v)?,
         "extent_size_hint" => {

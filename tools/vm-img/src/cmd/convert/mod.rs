@@ -216,6 +216,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         }
     }
     let out = AtomicOutput::create(&a.output, false)?;
+    if o.nocow == Some(true) {
+        crate::prealloc::no_copy_on_write(&out.file);
+    }
     if let Some(p) = prealloc {
         let what = || format!("Could not write '{}'", a.output.display());
         super::create::write_image(&out, out_fmt, size.div_ceil(512) * 512, &mut o, p)
