@@ -372,9 +372,10 @@ fn json_file_and_image_opts_names() {
     assert_eq!(code, 1);
     assert_one_line(&err, "ssh in json:");
     assert!(err.contains("driver 'ssh' is not supported"), "{err}");
-    // qcow2 over NBD is refused before anything connects (no name lookup).
+    // Reading a qcow2 over NBD is refused before anything connects (no
+    // name lookup); info alone reads its header (tests/nbd.rs).
     let (code, _, err) = run(&[
-        "info",
+        "map",
         "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"nbd\",\"host\":\"x\"}}",
     ]);
     assert_eq!(code, 1);

@@ -499,3 +499,52 @@ fn salvage_goes_on_past_read_errors() {
         h.join().unwrap();
     }
 }
+
+/// A qcow2 file exported as it is (qemu-nbd -f raw): info reads its
+/// header through the export, named or probed, as qemu-img does (but for
+/// the disk size, which neither tool can know over NBD the same way).
+#[test]
+fn info_describes_a_qcow2_inside_an_export() {
+    if !have("qemu-img") || !have("qemu-io") || !have("qemu-nbd") {
+        return;
+    }
+    let d = Dir::new();
+    let img = d.s("inner.qcow2");
+    qemu_ok(&["create", "-q", "-f", "raw", &d.s("base.raw"), "16M"]);
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        &img,
+        "16M",
+    ]);
+    qemu_io(&d.path("inner.qcow2"), "qcow2", &["write -P 1 0 1M"]);
+    let s = Server::start(&d, &img, &["-f", "raw"]);
+    let uri = s.uri.as_str();
+    let sizeless = |t: String| {
+        t.lines()
+            .filter(|l| !l.starts_with("disk size") && !l.contains("actual-size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for args in [
+        vec!["info", uri],
+        vec!["info", "-f", "qcow2", uri],
+        vec!["info", "--output=json", uri],
+    ] {
+        assert_eq!(sizeless(ok(&args)), sizeless(qemu_ok(&args)), "{args:?}");
+    }
+    let out = ok(&["info", uri]);
+    assert!(out.contains("(cannot determine actual path)"), "{out}");
+    // Its data is not read through the export yet: refused by name.
+    let (code, _, err) = run(&["map", uri]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

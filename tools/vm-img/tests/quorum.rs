@@ -120,3 +120,40 @@ fn bad_quorums_get_one_line() {
         assert_eq!(err.lines().count(), 1, "{q}: {err}");
     }
 }
+
+/// A qcow2 image over a quorum of files: info reads its header through
+/// the quorum (iotest 110); reading its data that way is refused.
+#[test]
+fn info_describes_a_qcow2_over_a_quorum() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    qemu_ok(&["create", "-q", "-f", "qcow2", &d.s("base"), "64M"]);
+    let top = d.s("top");
+    qemu_ok(&[
+        "create", "-q", "-f", "qcow2", "-b", "base", "-F", "qcow2", &top,
+    ]);
+    std::fs::copy(&top, d.path("top.copy")).unwrap();
+    let name = format!(
+        "json:{{'driver': 'qcow2', 'file': {{'driver': 'quorum', 'vote-threshold': 1, \
+         'children': [{{'driver': 'file', 'filename': '{top}'}}, \
+         {{'driver': 'file', 'filename': '{}'}}]}}}}",
+        d.s("top.copy")
+    );
+    let kept = |t: String| {
+        t.lines()
+            .filter(|l| !l.starts_with("image:") && !l.starts_with("disk size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ours = ok(&["info", &name]);
+    assert_eq!(kept(ours.clone()), kept(qemu_ok(&["info", &name])));
+    assert!(
+        ours.contains("backing file: base (cannot determine actual path)"),
+        "{ours}"
+    );
+    let (code, _, err) = run(&["convert", "-O", "raw", &name, &d.s("out")]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -33,6 +33,23 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
         ..
     } = located
     else {
+        // A qcow2 image read through NBD or a quorum (named, or probed
+        // over NBD): what its header says.
+        let named = located.format_over_protocol().map(str::to_string);
+        if matches!(named.as_deref(), None | Some("qcow2"))
+            && matches!(located, Located::Nbd { .. } | Located::Quorum { .. })
+        {
+            let raw = Input::open_located(
+                located.clone().as_raw(),
+                &a.filename,
+                a.force_share,
+                &secrets,
+            )?;
+            if let Some(v) = describe_over(&raw, &a.filename, named.is_some())? {
+                infos.push(v);
+                return Ok(print(a, infos));
+            }
+        }
         // An NBD export or the null device: a raw disk with a size, and
         // no file to measure (qemu-img's "disk size: unavailable").
         let i = Input::open(
@@ -172,19 +189,7 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             let m = Meta::open(path, vm_image::open_image_file(path, false, false)?)?;
             Ok(opened.get_or_init(|| m))
         };
-        let mut data = Map::new();
-        data.insert(
-            "compat".into(),
-            json!(if h.version >= 3 { "1.1" } else { "0.10" }),
-        );
-        data.insert(
-            "compression-type".into(),
-            json!(match h.compression_type {
-                CompressionType::Zlib => "zlib",
-                CompressionType::Zstd => "zstd",
-            }),
-        );
-        data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+        let mut data = specific(h);
         if h.crypt_method != 0 {
             m.insert("encrypted".into(), json!(true));
             data.insert(
@@ -194,15 +199,6 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             );
         }
         if h.version >= 3 {
-            data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
-            data.insert("corrupt".into(), json!(h.corrupt()));
-            data.insert("extended-l2".into(), json!(h.extended_l2()));
-            if let Some(d) = &h.data_file {
-                data.insert("data-file".into(), json!(d));
-            }
-            if h.has_data_file() {
-                data.insert("data-file-raw".into(), json!(h.data_file_raw()));
-            }
             let list = bitmaps::list(meta(path)?)
                 .with_context(|| format!("Could not open '{}'", path.display()))?;
             if !list.is_empty() {
@@ -223,6 +219,72 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         }
     }
     Ok(Value::Object(m))
+}
+
+/// A qcow2 image inside an NBD export or a quorum, from its header alone
+/// (`named`: the format was given; otherwise it is probed, and `None` is
+/// returned for anything but qcow2). Its tables are not read: no bitmaps
+/// or snapshots are listed, and its backing file's path is not known.
+fn describe_over(raw: &Input, name: &Path, named: bool) -> Result<Option<Value>> {
+    let what = || format!("Could not open '{}'", name.display());
+    // The header and its extensions lie in the first cluster (2 MiB at most).
+    let mut head = vec![0u8; raw.size().min(2 << 20) as usize];
+    raw.read_at(&mut head, 0).with_context(what)?;
+    if !named && Format::probe(&head) != Format::Qcow2 {
+        return Ok(None);
+    }
+    let h = Header::parse(&head, raw.size())
+        .map_err(|m| anyhow::anyhow!(m))
+        .with_context(what)?;
+    let mut m = Map::new();
+    m.insert("filename".into(), json!(raw.display(name)));
+    m.insert("format".into(), json!("qcow2"));
+    m.insert("virtual-size".into(), json!(h.size));
+    m.insert("dirty-flag".into(), json!(h.dirty()));
+    m.insert("cluster-size".into(), json!(h.cluster_size()));
+    if let Some(b) = &h.backing_file {
+        m.insert("backing-filename".into(), json!(b));
+    }
+    if let Some(f) = &h.backing_format {
+        m.insert("backing-filename-format".into(), json!(f));
+    }
+    if h.crypt_method != 0 {
+        m.insert("encrypted".into(), json!(true));
+    }
+    m.insert(
+        "format-specific".into(),
+        json!({"type": "qcow2", "data": specific(&h)}),
+    );
+    Ok(Some(Value::Object(m)))
+}
+
+/// The format-specific fields a qcow2 header gives by itself.
+fn specific(h: &Header) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert(
+        "compat".into(),
+        json!(if h.version >= 3 { "1.1" } else { "0.10" }),
+    );
+    data.insert(
+        "compression-type".into(),
+        json!(match h.compression_type {
+            CompressionType::Zlib => "zlib",
+            CompressionType::Zstd => "zstd",
+        }),
+    );
+    data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+    if h.version >= 3 {
+        data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
+        data.insert("corrupt".into(), json!(h.corrupt()));
+        data.insert("extended-l2".into(), json!(h.extended_l2()));
+        if let Some(d) = &h.data_file {
+            data.insert("data-file".into(), json!(d));
+        }
+        if h.has_data_file() {
+            data.insert("data-file-raw".into(), json!(h.data_file_raw()));
+        }
+    }
+    data
 }
 
 /// A `luks` file: the header says where the disk starts; what follows
@@ -361,7 +423,10 @@ fn human(v: &Value) -> String {
     if v.get("backing-filename").is_some() {
         let b = s("backing-filename");
         let full = s("full-backing-filename");
-        if b == full {
+        if v.get("full-backing-filename").is_none() {
+            // Read through a protocol with no folder to resolve it in.
+            let _ = writeln!(out, "backing file: {b} (cannot determine actual path)");
+        } else if b == full {
             let _ = writeln!(out, "backing file: {b}");
         } else {
             let _ = writeln!(out, "backing file: {b} (actual path: {full})");

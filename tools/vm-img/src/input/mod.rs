@@ -55,7 +55,8 @@ impl Input {
         )
     }
 
-    fn open_located(
+    /// As `open`, for a name already parsed.
+    pub fn open_located(
         located: Located,
         name: &Path,
         force_share: bool,
@@ -106,8 +107,18 @@ impl Input {
                 let debug = blkdebug::Debug::new(inner, rules, name)?;
                 Ok(Self::Debug(Box::new(debug)))
             }
-            Located::Quorum { children, settings } => {
+            Located::Quorum {
+                children,
+                settings,
+                format,
+            } => {
                 let text = name.display().to_string();
+                if let Some(f) = format.as_deref().filter(|&f| f != "raw") {
+                    bail!(
+                        "'{text}': format '{f}' over quorum is not supported (info describes \
+                         it; the other commands read a quorum as a raw disk)"
+                    );
+                }
                 let children = children
                     .into_iter()
                     .map(|c| Self::open_located(c, name, force_share, secrets))

@@ -41,11 +41,43 @@ pub enum Located {
         inner: Box<Located>,
         rules: blkdebug::Rules,
     },
-    /// QEMU's quorum: one disk voted from `children`.
+    /// QEMU's quorum: one disk voted from `children`, read as `format`
+    /// (raw; a qcow2 over a quorum is described by info only).
     Quorum {
         children: Vec<Located>,
         settings: quorum::Settings,
+        format: Option<String>,
     },
+}
+
+impl Located {
+    /// The format named over a protocol other than a local file (NBD, a
+    /// quorum): info describes a qcow2 header read through it.
+    pub fn format_over_protocol(&self) -> Option<&str> {
+        match self {
+            Self::Nbd { format, .. } | Self::Quorum { format, .. } => format.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The same protocol, read as a raw disk.
+    #[must_use]
+    pub fn as_raw(self) -> Self {
+        match self {
+            Self::Nbd { address, .. } => Self::Nbd {
+                address,
+                format: Some("raw".into()),
+            },
+            Self::Quorum {
+                children, settings, ..
+            } => Self::Quorum {
+                children,
+                settings,
+                format: Some("raw".into()),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Parses a filename as qemu-img does. `format` is `-f`'s value.
@@ -167,12 +199,7 @@ fn from_options(
             format,
         }),
         "null-co" | "null-aio" => null_options(text, &popts),
-        "quorum" => {
-            if let Some(f) = format.as_deref().filter(|&f| f != "raw") {
-                bail!("'{text}': format '{f}' over quorum is not supported (a quorum is read as a raw disk)");
-            }
-            quorum_options(text, popts)
-        }
+        "quorum" => quorum_options(text, format, popts),
         "blkdebug" => {
             // Under a format: it filters the file the format reads.
             let (rules, image) = blkdebug::from_options(text, popts)?;
@@ -231,7 +258,11 @@ fn file_options(
 
 /// The quorum driver's options: its own, and each child's under
 /// `children.N.` (N from 0, none left out).
-fn quorum_options(text: &str, opts: Vec<(String, String)>) -> Result<Located> {
+fn quorum_options(
+    text: &str,
+    format: Option<String>,
+    opts: Vec<(String, String)>,
+) -> Result<Located> {
     let mut own = Vec::new();
     let mut groups: Vec<Vec<(String, String)>> = Vec::new();
     for (k, v) in opts {
@@ -260,7 +291,11 @@ fn quorum_options(text: &str, opts: Vec<(String, String)>) -> Result<Located> {
         .into_iter()
         .map(|g| from_options(text, None, g))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Located::Quorum { children, settings })
+    Ok(Located::Quorum {
+        children,
+        settings,
+        format,
+    })
 }
 
 fn null_options(text: &str, opts: &[(String, String)]) -> Result<Located> {
