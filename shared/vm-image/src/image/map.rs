@@ -64,15 +64,20 @@ impl Image {
     /// kind (adjacent data extents merge when their host offsets continue).
     pub fn map(&self, start: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = start.saturating_add(len).min(self.size());
+        let tail = self.tail_extent(start, end);
+        let in_file = tail.map_or(end, |t| t.start);
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = start;
-        while pos < end {
-            let e = self.extent_at(pos, end - pos)?;
+        while pos < in_file {
+            let e = self.extent_at(pos, in_file - pos)?;
             if e.length == 0 {
                 break;
             }
             pos += e.length;
             Extent::push_merged(&mut out, e);
+        }
+        if let Some(t) = tail {
+            Extent::push_merged(&mut out, t);
         }
         Ok(out)
     }

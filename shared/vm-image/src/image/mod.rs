@@ -23,6 +23,7 @@ use crate::{Error, Format, Result};
 
 mod files;
 mod map;
+mod raw_tail;
 mod storage;
 mod zstd;
 
@@ -463,7 +464,7 @@ impl Image {
     /// read zeroes there; a guest must get an error).
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.access.size() => Ok(()),
+            Some(end) if end <= self.disk_size() => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("request at {offset} + {len} is past the end of the disk"),
@@ -515,7 +516,7 @@ fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
 
 impl Block for Image {
     fn size(&self) -> u64 {
-        self.access.size()
+        self.disk_size()
     }
 
     fn alignment(&self) -> Alignment {
@@ -534,6 +535,11 @@ impl Block for Image {
         // imago asserts on an empty vector; a request for nothing is done.
         if total_len(bufs) == 0 {
             return Ok(());
+        }
+        if let Some(file_end) = self.raw_file_end() {
+            if offset + total_len(bufs) > file_end {
+                return self.read_with_tail(bufs, offset, file_end);
+            }
         }
         if self.layers.iter().any(Layer::zstd) {
             return self.read_through_zstd(bufs, offset);
@@ -556,12 +562,17 @@ impl Block for Image {
         if self.guard_head && offset < HEAD_GUARD {
             guard_head(bufs, offset)?;
         }
+        self.grow_for_write(offset + total_len(bufs))?;
         let (v, _guard) = IoVector::from_volatile_slice(bufs);
         self.access.writev(v, offset)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check_range(offset, len)?;
+        let (offset, len) = self.within_file(offset, len);
+        if len == 0 {
+            return Ok(());
+        }
         self.access.write_zeroes(offset, len)
     }
 
@@ -569,6 +580,10 @@ impl Block for Image {
         // Discarded ranges read as zeroes here, which the guest may rely on
         // only after write-zeroes; it is what QEMU does with unmap=on too.
         self.check_range(offset, len)?;
+        let (offset, len) = self.within_file(offset, len);
+        if len == 0 {
+            return Ok(());
+        }
         self.access.write_zeroes(offset, len)
     }
 
