@@ -37,7 +37,7 @@ best() { # best time in ms of a command run once, after running $prep
 }
 
 report() { # name, vm-img ms, qemu-img ms
-  printf '%-34s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$1" "$2" "$3" \
+  printf '%-38s vm-img %6d ms   qemu-img %6d ms   ratio %s\n' "$1" "$2" "$3" \
     "$(awk -v a="$2" -v b="$3" 'BEGIN { printf "%.2f", (b ? a / b : 0) }')"
 }
 

@@ -514,6 +514,15 @@ fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
     bufs.iter().map(|b| b.len() as u64).sum()
 }
 
+/// Copies `data` (as long as the buffers together) into `bufs` in order.
+fn scatter(bufs: &[VolatileSlice<'_>], data: &[u8]) {
+    let mut at = 0;
+    for b in bufs {
+        b.copy_from(&data[at..at + b.len()]);
+        at += b.len();
+    }
+}
+
 impl Block for Image {
     fn size(&self) -> u64 {
         self.disk_size()

@@ -48,11 +48,7 @@ impl Image {
             v.push(&mut data[..in_file]);
             self.access.readv(v, offset)?;
         }
-        let mut at = 0;
-        for b in bufs {
-            b.copy_from(&data[at..at + b.len()]);
-            at += b.len();
-        }
+        super::scatter(bufs, &data);
         Ok(())
     }
 

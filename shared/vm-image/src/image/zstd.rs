@@ -92,11 +92,7 @@ impl Image {
         while pos < total {
             pos += self.read_piece(&mut data[pos..], offset + pos as u64)?;
         }
-        let mut at = 0;
-        for b in bufs {
-            b.copy_from(&data[at..at + b.len()]);
-            at += b.len();
-        }
+        super::scatter(bufs, &data);
         Ok(())
     }
 

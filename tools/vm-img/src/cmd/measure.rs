@@ -45,7 +45,15 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                     _ => ".".into(),
                 };
-                let copy = crate::snapshot_copy::SnapshotCopy::make(&path, param, &dir)?;
+                // A folder measure may not write in: the temp folder then.
+                let copy =
+                    crate::snapshot_copy::SnapshotCopy::make(&path, param, &dir).or_else(|_| {
+                        crate::snapshot_copy::SnapshotCopy::make(
+                            &path,
+                            param,
+                            &std::env::temp_dir(),
+                        )
+                    })?;
                 let p = copy.path.clone();
                 at_snapshot = Some(copy);
                 format = Some("qcow2".into());
