@@ -232,6 +232,18 @@ enum Misdeed {
     BadSector(u64),
     /// Answers EIO to block status of ranges that hold this offset.
     BadStatus(u64),
+    /// Not a misdeed: answers large reads two at a time, the later first,
+    /// each in two chunks interleaved with the other's (as a server with
+    /// several requests in flight may), the bytes telling their sector.
+    Reordered,
+}
+
+/// What `Misdeed::Reordered` serves at `from`: each byte its sector's
+/// number (low byte).
+fn sector_pattern(from: u64, len: u32) -> Vec<u8> {
+    (0..u64::from(len))
+        .map(|i| ((from + i) / 512) as u8)
+        .collect()
 }
 
 const EXPORT: u64 = 1 << 20;
@@ -325,6 +337,8 @@ fn serve(mut s: impl Read + Write, bad: Misdeed) {
             _ => option_reply(&mut s, opt, 0x8000_0001, &[]),
         }
     }
+    // A read held back by `Reordered` until the next one comes.
+    let mut held: Option<(Vec<u8>, u64, u32)> = None;
     loop {
         let mut req = [0u8; 28];
         if s.read_exact(&mut req).is_err() {
@@ -334,6 +348,31 @@ fn serve(mut s: impl Read + Write, bad: Misdeed) {
         let mut handle = req[8..16].to_vec();
         let from = u64::from_be_bytes(req[16..24].try_into().unwrap());
         let len = u32_at(&req, 24);
+        // Only reads that go out several at a time (large ones) are held:
+        // a lone small read would wait for a partner forever.
+        if let (0, Misdeed::Reordered, true) = (kind, bad, len >= 128 << 10) {
+            let Some((h0, f0, l0)) = held.take() else {
+                held = Some((handle, from, len));
+                continue;
+            };
+            // Halves: (handle, offset, bytes, last).
+            let halves = |h: &[u8], f: u64, l: u32| {
+                let a = l / 2;
+                let mut first = f.to_be_bytes().to_vec();
+                first.extend(sector_pattern(f, a));
+                let mut second = (f + u64::from(a)).to_be_bytes().to_vec();
+                second.extend(sector_pattern(f + u64::from(a), l - a));
+                (chunk(0, 1, h, &first), chunk(1, 1, h, &second))
+            };
+            let (a1, a2) = halves(&h0, f0, l0);
+            let (b1, b2) = halves(&handle, from, len);
+            for c in [b1, a1, a2, b2] {
+                if s.write_all(&c).is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let reply = match (kind, bad) {
             (0, Misdeed::ChunkOutsideRead) => {
                 let mut p = from.wrapping_sub(512).to_be_bytes().to_vec();
@@ -404,6 +443,22 @@ fn hostile_servers_get_one_error_line() {
     let copy = d.s("copy.raw");
     ok(&["convert", "-O", "raw", &uri, &copy]);
     assert_eq!(std::fs::read(&copy).unwrap(), vec![0x5a; EXPORT as usize]);
+    h.join().unwrap();
+    // Replies out of order, their chunks interleaved: each still lands
+    // where its request asked (reads go out several at a time).
+    let sock = d.path("reordered");
+    let l = UnixListener::bind(&sock).unwrap();
+    let h = std::thread::spawn(move || {
+        if let Ok((c, _)) = l.accept() {
+            serve(c, Misdeed::Reordered);
+        }
+    });
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    ok(&["convert", "-O", "raw", &uri, &copy]);
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        sector_pattern(0, EXPORT as u32)
+    );
     h.join().unwrap();
 
     for (i, bad) in [

@@ -1,11 +1,13 @@
 //! A read-only NBD client: what vm-img needs to read an export that
 //! qemu-nbd, qemu-storage-daemon or nbdkit serves (`info`, `map`,
-//! `compare`, `convert` from it). One connection, one request in flight.
+//! `compare`, `convert` from it). One connection; a large read goes out
+//! as several requests in flight at once (the server works on the next
+//! while this side takes in the last), block status one at a time.
 //!
 //! The server is not trusted: every length it sends is capped before
-//! anything is allocated, a reply must answer the request in flight and
-//! stay inside the range asked for, and a connection that broke the
-//! protocol once is not used again. A server that stops answering fails
+//! anything is allocated, a reply must answer a request in flight and
+//! stay inside the range that request asked for, and a connection that
+//! broke the protocol once is not used again. A server that stops answering fails
 //! the request after [`REPLY_TIMEOUT`] instead of hanging the tool.
 
 mod address;
@@ -21,6 +23,11 @@ use std::time::Duration;
 pub use address::{Address, Socket, DEFAULT_PORT};
 use handshake::handshake;
 use wire::{get_u32, get_u64, get_vec, ReplyHead};
+
+/// A large read is sent as requests of this size, at most
+/// [`READS_IN_FLIGHT`] of them unanswered at once.
+const READ_PART: usize = 256 << 10;
+const READS_IN_FLIGHT: usize = 4;
 
 /// How long one reply may take before the request fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -209,18 +216,20 @@ impl Client {
         {
             return Err(Error::Invalid("read past the end of the export".into()));
         }
+        let part = (self.max_request as usize).min(READ_PART);
         let mut conn = self.lock()?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(self.max_request as usize);
-            let part = &mut buf[done..done + n];
-            conn.call(
-                |c, handle| c.read_reply(handle, offset + done as u64, part),
-                |s, h| wire::send_request(s, 0, wire::CMD_READ, h, offset + done as u64, n as u32),
-            )?;
-            done += n;
+        if buf.len() <= part {
+            let n = buf.len() as u32;
+            return conn.call(
+                |c, handle| c.read_reply(handle, offset, buf),
+                |s, h| wire::send_request(s, 0, wire::CMD_READ, h, offset, n),
+            );
         }
-        Ok(())
+        let r = conn.read_in_flight(buf, offset, part);
+        if matches!(r, Err(Error::Io(_) | Error::Protocol(_))) {
+            conn.broken = true;
+        }
+        r
     }
 
     /// The status of the range starting at `offset`: one extent, of at
@@ -313,6 +322,105 @@ impl Conn {
         }
     }
 
+    /// A read of `buf` at `offset` as requests of `part` bytes, several in
+    /// flight; the replies may come in any order and their chunks
+    /// interleave, so each is matched to its request by handle. A request
+    /// the server failed cleanly still has its reply read to the end (the
+    /// others' too), so the connection stays in step; the first such
+    /// failure, in disk order, is the error.
+    fn read_in_flight(&mut self, buf: &mut [u8], offset: u64, part: usize) -> Result<(), Error> {
+        struct Part<'b> {
+            handle: u64,
+            at: u64,
+            buf: &'b mut [u8],
+            covered: u64,
+            failure: Option<Error>,
+            done: bool,
+        }
+        // Zero first: chunks may leave gaps only on error.
+        buf.fill(0);
+        let mut parts: Vec<Part<'_>> = Vec::new();
+        let mut at = offset;
+        for b in buf.chunks_mut(part) {
+            let n = b.len() as u64;
+            parts.push(Part {
+                handle: 0,
+                at,
+                buf: b,
+                covered: 0,
+                failure: None,
+                done: false,
+            });
+            at += n;
+        }
+        let mut sent = 0;
+        let mut open = 0;
+        loop {
+            while sent < parts.len() && open < READS_IN_FLIGHT {
+                let p = &mut parts[sent];
+                p.handle = self.next_handle;
+                self.next_handle += 1;
+                wire::send_request(
+                    &mut self.stream,
+                    0,
+                    wire::CMD_READ,
+                    p.handle,
+                    p.at,
+                    p.buf.len() as u32,
+                )?;
+                sent += 1;
+                open += 1;
+            }
+            if open == 0 {
+                break;
+            }
+            let (handle, head) = wire::any_reply_head(&mut self.stream)?;
+            let p = parts[..sent]
+                .iter_mut()
+                .find(|p| p.handle == handle && !p.done)
+                .ok_or_else(|| {
+                    Error::Protocol(format!(
+                        "reply for request {handle}, which is not in flight"
+                    ))
+                })?;
+            match head {
+                ReplyHead::Simple { error: 0 } => {
+                    self.stream.read_exact(p.buf)?;
+                    p.covered = p.buf.len() as u64;
+                    p.done = true;
+                }
+                ReplyHead::Simple { error } => {
+                    p.failure = Some(wire::server_error(error, ""));
+                    p.done = true;
+                }
+                ReplyHead::Chunk { flags, kind, len } => {
+                    match Self::read_chunk(&mut self.stream, kind, len, p.at, p.buf) {
+                        Ok(n) => p.covered += n,
+                        Err(e @ Error::Server(_)) => {
+                            p.failure.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    p.done = flags & wire::REPLY_FLAG_DONE != 0;
+                }
+            }
+            if p.done {
+                open -= 1;
+                if p.failure.is_none() && p.covered != p.buf.len() as u64 {
+                    return Err(Error::Protocol(format!(
+                        "read reply covered {} of {} bytes",
+                        p.covered,
+                        p.buf.len()
+                    )));
+                }
+            }
+        }
+        match parts.into_iter().find_map(|p| p.failure) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// The reply to a read of `buf.len()` bytes at `offset`.
     fn read_reply(&mut self, handle: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         let mut failure = None;
@@ -328,7 +436,7 @@ impl Conn {
                 }
                 ReplyHead::Simple { error } => return Err(wire::server_error(error, "")),
                 ReplyHead::Chunk { flags, kind, len } => {
-                    match self.read_chunk(kind, len, offset, buf) {
+                    match Self::read_chunk(&mut self.stream, kind, len, offset, buf) {
                         Ok(n) => covered += n,
                         Err(e @ Error::Server(_)) => {
                             failure.get_or_insert(e);
@@ -355,13 +463,12 @@ impl Conn {
 
     /// One chunk of a read reply; the bytes it covered.
     fn read_chunk(
-        &mut self,
+        s: &mut Stream,
         kind: u16,
         len: u32,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<u64, Error> {
-        let s = &mut self.stream;
         let within = |at: u64, n: u64| -> Result<usize, Error> {
             at.checked_sub(offset)
                 .filter(|rel| {

@@ -148,23 +148,29 @@ pub enum ReplyHead {
 }
 
 pub fn reply_head(r: &mut impl Read, handle: u64) -> Result<ReplyHead, Error> {
+    let (got, head) = any_reply_head(r)?;
+    check_handle(got, handle)?;
+    Ok(head)
+}
+
+/// A reply's head and the request (handle) it answers, whichever it is.
+pub fn any_reply_head(r: &mut impl Read) -> Result<(u64, ReplyHead), Error> {
     let magic = get_u32(r)?;
-    let head = match magic {
+    match magic {
         SIMPLE_REPLY_MAGIC => {
             let error = get_u32(r)?;
-            check_handle(get_u64(r)?, handle)?;
-            ReplyHead::Simple { error }
+            let handle = get_u64(r)?;
+            Ok((handle, ReplyHead::Simple { error }))
         }
         STRUCTURED_REPLY_MAGIC => {
             let flags = get_u16(r)?;
             let kind = get_u16(r)?;
-            check_handle(get_u64(r)?, handle)?;
+            let handle = get_u64(r)?;
             let len = get_u32(r)?;
-            ReplyHead::Chunk { flags, kind, len }
+            Ok((handle, ReplyHead::Chunk { flags, kind, len }))
         }
-        m => return Err(Error::Protocol(format!("bad reply magic {m:#x}"))),
-    };
-    Ok(head)
+        m => Err(Error::Protocol(format!("bad reply magic {m:#x}"))),
+    }
 }
 
 fn check_handle(got: u64, want: u64) -> Result<(), Error> {
