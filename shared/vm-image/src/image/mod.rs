@@ -117,6 +117,8 @@ pub struct Image {
     /// A raw top layer whose format was guessed: no write of ours may make
     /// its first sector probe as another format (QEMU's rule).
     guard_head: bool,
+    /// Some layer compresses with zstd: reads walk the mappings (zstd.rs).
+    zstd: bool,
     _locks: Vec<ImageLock>,
 }
 
@@ -154,11 +156,13 @@ impl Image {
             &mut locks,
         )?;
         let guard_head = opts.write && layers[0].probed && layers[0].format == Format::Raw;
+        let zstd = layers.iter().any(Layer::zstd);
         Ok(Self {
             access,
             layers,
             read_only: !opts.write,
             guard_head,
+            zstd,
             _locks: locks,
         })
     }
@@ -550,7 +554,7 @@ impl Block for Image {
                 return self.read_with_tail(bufs, offset, file_end);
             }
         }
-        if self.layers.iter().any(Layer::zstd) {
+        if self.zstd {
             return self.read_through_zstd(bufs, offset);
         }
         let (v, _guard) = IoVectorMut::from_volatile_slice(bufs);

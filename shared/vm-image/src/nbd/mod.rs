@@ -218,18 +218,8 @@ impl Client {
         }
         let part = (self.max_request as usize).min(READ_PART);
         let mut conn = self.lock()?;
-        if buf.len() <= part {
-            let n = buf.len() as u32;
-            return conn.call(
-                |c, handle| c.read_reply(handle, offset, buf),
-                |s, h| wire::send_request(s, 0, wire::CMD_READ, h, offset, n),
-            );
-        }
         let r = conn.read_in_flight(buf, offset, part);
-        if matches!(r, Err(Error::Io(_) | Error::Protocol(_))) {
-            conn.broken = true;
-        }
-        r
+        conn.settle(r)
     }
 
     /// The status of the range starting at `offset`: one extent, of at
@@ -309,6 +299,13 @@ impl Conn {
             return Err(e.into());
         }
         let r = reply(self, handle);
+        self.settle(r)
+    }
+
+    /// A request's outcome: a protocol error or a broken stream marks the
+    /// connection broken (a server that hung up is said so); an error the
+    /// server reported cleanly leaves it usable.
+    fn settle<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
         match r {
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 self.broken = true;
@@ -419,46 +416,6 @@ impl Conn {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// The reply to a read of `buf.len()` bytes at `offset`.
-    fn read_reply(&mut self, handle: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let mut failure = None;
-        let mut covered = 0u64;
-        // Chunks may leave gaps only on error; zero first so nothing
-        // stale from the caller's buffer survives a short server.
-        buf.fill(0);
-        loop {
-            match wire::reply_head(&mut self.stream, handle)? {
-                ReplyHead::Simple { error: 0 } => {
-                    self.stream.read_exact(buf)?;
-                    return Ok(());
-                }
-                ReplyHead::Simple { error } => return Err(wire::server_error(error, "")),
-                ReplyHead::Chunk { flags, kind, len } => {
-                    match Self::read_chunk(&mut self.stream, kind, len, offset, buf) {
-                        Ok(n) => covered += n,
-                        Err(e @ Error::Server(_)) => {
-                            failure.get_or_insert(e);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    if flags & wire::REPLY_FLAG_DONE != 0 {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if covered != buf.len() as u64 {
-            return Err(Error::Protocol(format!(
-                "read reply covered {covered} of {} bytes",
-                buf.len()
-            )));
-        }
-        Ok(())
     }
 
     /// One chunk of a read reply; the bytes it covered.

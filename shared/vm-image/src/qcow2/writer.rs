@@ -190,7 +190,7 @@ impl Qcow2Writer {
         self.header.crypt_method = super::header::CRYPT_AES;
     }
 
-    fn refuse_luks(&self) -> io::Result<()> {
+    fn refuse_encrypted(&self) -> io::Result<()> {
         if self.header.crypt_method != 0 {
             return Err(invalid(
                 "encrypted images are made empty only (no preallocation, no data yet)",
@@ -393,7 +393,7 @@ impl Qcow2Writer {
     /// first L2 table takes the table's old cluster: so here too (for one
     /// L2 table; QEMU places more after all the data).
     pub fn finish_preallocated(mut self, whole: bool) -> io::Result<Result<File, Self>> {
-        self.refuse_luks()?;
+        self.refuse_encrypted()?;
         let cs = self.cs();
         let per_block = cs * 8 / u64::from(self.header.refcount_bits());
         let l1_entries = self.l1.len() as u64;
@@ -477,7 +477,7 @@ impl Qcow2Writer {
             || self.l1.iter().any(|&e| e != 0)
             || used > per_block
         {
-            self.refuse_luks()?;
+            self.refuse_encrypted()?;
             return Ok(Err(self));
         }
         let block_device =
@@ -511,7 +511,7 @@ impl Qcow2Writer {
     /// Writes the remaining L2 table, refcounts, L1 and header. The caller
     /// fsyncs (or not, for `-t unsafe`).
     pub fn finish(mut self) -> io::Result<File> {
-        self.refuse_luks()?;
+        self.refuse_encrypted()?;
         self.flush_l2()?;
         self.align_next();
         let cs = self.cs();

@@ -122,7 +122,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     if let Some(e) = &o.refused {
         bail!("{name}: {e}");
     }
-    if let Some(e) = data_file_refusal(&o) {
+    if let Some(e) = qcow2_refusal(&o) {
         bail!("{name}: {e}");
     }
     // With an external data file the guest's clusters go there, at their
@@ -175,7 +175,7 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
 
 /// What QEMU refuses about `data_file`, `data_file_raw` and a compression
 /// type the compat level lacks, in its words.
-fn data_file_refusal(o: &options::FormatOptions) -> Option<&'static str> {
+fn qcow2_refusal(o: &options::FormatOptions) -> Option<&'static str> {
     let q = &o.qcow2;
     if q.data_file_raw && q.data_file.is_none() {
         Some("data-file-raw requires data-file")

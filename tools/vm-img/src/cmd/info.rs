@@ -36,29 +36,27 @@ pub fn run(a: &InfoArgs) -> Result<i32> {
         // A qcow2 image read through NBD or a quorum (named, or probed
         // over NBD): what its header says.
         let named = located.format_over_protocol().map(str::to_string);
-        if matches!(named.as_deref(), None | Some("qcow2"))
+        let i = if matches!(named.as_deref(), None | Some("qcow2"))
             && matches!(located, Located::Nbd { .. } | Located::Quorum { .. })
         {
-            let raw = Input::open_located(
-                located.clone().as_raw(),
-                &a.filename,
-                a.force_share,
-                &secrets,
-            )?;
+            let raw = Input::open_located(located.as_raw(), &a.filename, a.force_share, &secrets)?;
             if let Some(v) = describe_over(&raw, &a.filename, named.is_some())? {
                 infos.push(v);
                 return Ok(print(a, infos));
             }
-        }
+            // Probed, and not a qcow2: the raw disk already open.
+            raw
+        } else {
+            Input::open(
+                &a.filename,
+                a.common.format.as_deref(),
+                a.common.image_opts,
+                a.force_share,
+                &secrets,
+            )?
+        };
         // An NBD export or the null device: a raw disk with a size, and
         // no file to measure (qemu-img's "disk size: unavailable").
-        let i = Input::open(
-            &a.filename,
-            a.common.format.as_deref(),
-            a.common.image_opts,
-            a.force_share,
-            &secrets,
-        )?;
         let mut v = json!({
             "virtual-size": i.size(),
             "filename": i.display(&a.filename),

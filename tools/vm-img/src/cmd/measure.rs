@@ -64,10 +64,10 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
         }
         None => None,
     };
+    // (Both, or neither, were refused above.)
     let (required, fully, bitmaps) = match (&a.size, located.as_ref()) {
-        (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
         (None, None) => bail!("Either --size N or one filename must be specified."),
-        (Some(text), None) => {
+        (Some(text), _) => {
             let size = parse_size(text, BareNumber::Bytes)
                 .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
             if size > i64::MAX as u64 {

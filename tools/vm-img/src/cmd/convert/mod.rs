@@ -201,10 +201,10 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         if o.qcow2.backing_format.is_none() {
             bail!("Use of backing file requires explicit backing format");
         }
-        if !a.no_create {
-            check_backing(&a.output, &o.qcow2)?;
-        }
     }
+    // Where the new output's backing file ends (it must open, as qemu-img
+    // opens it; -n returned above).
+    let backed = backing_end(&a.output, &o.qcow2)?;
     let prealloc = o.prealloc.filter(|&p| p != Prealloc::Off);
     if let Some(p) = prealloc {
         // As qemu-img: an image made preallocated, the data written into it.
@@ -254,10 +254,6 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
                 ..o.qcow2.clone()
             };
             let w = Qcow2Writer::new(out.file.try_clone()?, &opts).with_context(what)?;
-            let backed = opts
-                .backing_file
-                .as_deref()
-                .map(|b| backing_end(&a.output, b, opts.backing_format.as_deref()));
             // -S 0: zeroes are written as data, as qemu-img writes them.
             let full = sparse.is_none();
             let w = if a.compress {
@@ -277,24 +273,26 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The new output's backing file must open, as qemu-img opens it (a
-/// local file, relative to the output's folder; an NBD export or the null
-/// device is read only as the copy needs it).
-fn check_backing(
+/// Where the new output's backing file ends, which the output reads as
+/// zeroes past (`None`: no backing file). A local file must open, as
+/// qemu-img opens it (relative to the output's folder); an NBD export or
+/// the null device counts as the whole disk (nothing skipped).
+fn backing_end(
     output: &std::path::Path,
     o: &vm_image::qcow2::writer::CreateOptions,
-) -> Result<()> {
-    let (Some(name), Some(format)) = (&o.backing_file, &o.backing_format) else {
-        return Ok(());
+) -> Result<Option<u64>> {
+    let Some(name) = &o.backing_file else {
+        return Ok(None);
     };
+    let format = o.backing_format.as_deref();
     if !matches!(
-        crate::input::locate(std::path::Path::new(name), Some(format), false)?,
+        crate::input::locate(std::path::Path::new(name), format, false)?,
         crate::input::Located::File { .. }
     ) {
-        return Ok(());
+        return Ok(Some(u64::MAX));
     }
     let path = vm_image::resolve_backing(output, name);
-    util::open_read(&path, Some(format), true).map_err(|e| {
+    let img = util::open_read(&path, format, true).map_err(|e| {
         anyhow::anyhow!(
             "Could not open '{}': Could not open backing file: Could not open '{}': {}",
             output.display(),
@@ -302,14 +300,7 @@ fn check_backing(
             e.root_cause()
         )
     })?;
-    Ok(())
-}
-
-/// Where the output's backing file (-B) ends, which the output reads as
-/// zeroes past; the whole disk when it cannot be opened (nothing skipped).
-fn backing_end(output: &std::path::Path, name: &str, format: Option<&str>) -> u64 {
-    let path = vm_image::resolve_backing(output, name);
-    util::open_read(&path, format, true).map_or(u64::MAX, |img| img.size())
+    Ok(Some(img.size()))
 }
 
 /// Where `-l`'s copy of the source goes: beside the output, unless the
