@@ -16,7 +16,9 @@ pub enum Error {
     Corrupt { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Unsupported { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
+    /// Another process holds or refuses to share a lock the open needs;
+    /// `message` says which (`Failed to get "write" lock`).
+    #[error("{path}: {message}: is another process using the image?")]
     Locked { path: PathBuf, message: String },
     #[error("could not open backing file: {path}: {message}")]
     Backing { path: PathBuf, message: String },

@@ -146,7 +146,7 @@ impl ImageLock {
                 return Err(Error::Locked {
                     path: path.into(),
                     message: format!(
-                        "Failed to get \"{}\" lock: is another process using the image?",
+                        "Failed to get \"{}\" lock",
                         p.name()
                     ),
                 });
@@ -157,7 +157,7 @@ impl ImageLock {
                 return Err(Error::Locked {
                     path: path.into(),
                     message: format!(
-                        "Failed to get shared \"{}\" lock: is another process using the image?",
+                        "Failed to get shared \"{}\" lock",
                         p.name()
                     ),
                 });

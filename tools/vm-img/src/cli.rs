@@ -202,7 +202,7 @@ impl CreateArgs {
     pub fn file(&self) -> anyhow::Result<&std::path::Path> {
         self.filename
             .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("Expecting image file name"))
+            .ok_or_else(|| crate::hint::try_help("Expecting image file name").into())
     }
 }
 
@@ -607,7 +607,7 @@ pub struct MeasureArgs {
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Measure an empty image of this virtual size instead of FILENAME.
-    #[arg(long = "size", value_name = "SIZE")]
+    #[arg(long = "size", value_name = "SIZE", allow_hyphen_values = true)]
     pub size: Option<String>,
     #[arg(long = "output", value_enum, default_value = "human")]
     pub output: OutputFormat,

@@ -16,10 +16,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use vm_image::crypto::luks;
 use vm_image::qcow2::meta::Meta;
 use vm_image::Format;
-use vm_spec::{parse_size, BareNumber};
 
 use crate::cli::CreateArgs;
-use crate::cmd::options::{self, FormatOptions, Prealloc};
+use crate::cmd::options::{FormatOptions, Prealloc};
 use crate::secrets::Secrets;
 use crate::util::AtomicOutput;
 
@@ -76,7 +75,7 @@ pub fn qcow2_encryption(
 /// `create -f luks`: a LUKS header, then the (encrypted) disk.
 pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
     let name = a.file()?.display().to_string();
-    let o = options::parse_for_create(&a.options)?;
+    let (o, size) = crate::cmd::create::options_and_size(a, &name)?;
     if let Some(k) = o.encrypt.first_prefixed.as_deref() {
         bail!("Invalid parameter '{k}'");
     }
@@ -86,21 +85,20 @@ pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
     if o.cluster_size_given || o.compat.is_some() || o.qcow2.data_file.is_some() {
         bail!("{name}: Invalid parameter for format 'luks' (size, preallocation and the LUKS options only)");
     }
-    let size = match &a.size {
-        Some(s) => parse_size(s, BareNumber::Bytes)
-            .map_err(|e| anyhow!("Invalid image size specified. {e}"))?,
-        None => o
-            .size
-            .ok_or_else(|| anyhow!("Image creation needs a size parameter"))?,
-    };
+    let size = size.ok_or_else(|| anyhow!("Image creation needs a size parameter"))?;
     let size = size.div_ceil(512).saturating_mul(512);
     if !a.common.quiet {
         let mut s = format!("Formatting '{name}', fmt=luks size={size}");
         s += &o.encrypt.describe("");
-        if let Some(p) = o.prealloc {
-            let _ = write!(s, " preallocation={}", p.as_str());
+        let shown = (o.refused_prealloc.clone())
+            .or_else(|| o.prealloc.map(|p| p.as_str().to_string()));
+        if let Some(p) = shown {
+            let _ = write!(s, " preallocation={p}");
         }
         println!("{s}");
+    }
+    if let Some(e) = &o.refused {
+        bail!("{name}: {e}");
     }
     if o.prealloc.is_some_and(|p| p != Prealloc::Off) {
         bail!("{name}: preallocation of a LUKS image is not supported yet");

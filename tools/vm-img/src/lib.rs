@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod encryption;
+pub mod hint;
 pub mod input;
 pub mod json;
 pub mod prealloc;
@@ -87,9 +88,85 @@ pub fn run(cli: &Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            error_line(one_line(&e));
+            report(&e);
             error_code
         }
+    }
+}
+
+/// qemu-img's own words for the usage errors it has words for (an option
+/// the subcommand does not take, file names missing or too many), so
+/// scripts matching them keep working; `None` leaves the error to clap.
+/// `args` is the command line, for the subcommand's name.
+pub fn usage_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let program = program_name();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    // The message, and whether qemu-img adds where to read more.
+    let (message, try_help) = match (e.kind(), e.get(ContextKind::InvalidArg)) {
+        (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) if arg.starts_with('-') => {
+            (format!("unrecognized option '{arg}'"), true)
+        }
+        (ErrorKind::UnknownArgument, _) => file_names_error(sub, false)?,
+        (ErrorKind::InvalidValue, Some(ContextValue::String(arg))) if arg.starts_with("--output") => {
+            ("--output must be used with human or json as argument.".into(), false)
+        }
+        (ErrorKind::MissingRequiredArgument, Some(ContextValue::Strings(missing))) => {
+            if sub == "amend" && missing.iter().any(|m| m.starts_with("-o")) {
+                ("Must specify options (-o)".into(), true)
+            } else if missing.iter().any(|m| m.starts_with('<')) {
+                file_names_error(sub, true)?
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    let mut text = format!("{program}: {message}\n");
+    if try_help {
+        for line in hint::try_help("").lines(&program) {
+            text += &line;
+            text.push('\n');
+        }
+    }
+    Some(text)
+}
+
+/// What qemu-img says when a subcommand gets too many file names, or
+/// (`missing`) too few, and whether it adds where to read more.
+fn file_names_error(sub: &str, missing: bool) -> Option<(String, bool)> {
+    let (message, try_help) = match sub {
+        "info" | "check" | "commit" | "map" | "snapshot" | "rebase" | "bench" => {
+            ("Expecting one image file name", true)
+        }
+        "amend" => ("Expecting one image file name", false),
+        "measure" => ("At most one filename argument is allowed.", false),
+        "resize" if missing => ("Not enough arguments", true),
+        "resize" => ("Expecting image file name and size", true),
+        "compare" => ("Expecting two image file names", true),
+        "bitmap" => ("Expecting filename and bitmap name", false),
+        _ => return None,
+    };
+    Some((message.to_string(), try_help))
+}
+
+/// Writes an error as qemu-img does: its line, then any hint qemu-img
+/// gives with it on the lines after.
+pub fn report(e: &anyhow::Error) {
+    let mut line = one_line(e);
+    let mut hint = hint::find(e).cloned().unwrap_or_default();
+    if let Some((without, lock)) = hint::lock_conflict(e, &line) {
+        line = without;
+        hint.push(lock);
+    }
+    error_line(line);
+    for l in hint.lines(&program_name()) {
+        eprintln!("{l}");
     }
 }
 

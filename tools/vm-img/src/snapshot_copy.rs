@@ -7,7 +7,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use vm_image::qcow2;
 
 /// The snapshot `-l` names: `snapshot.id=ID`, `snapshot.name=NAME`, both,
@@ -15,12 +15,14 @@ use vm_image::qcow2;
 fn wanted(param: &str, snaps: &[qcow2::meta::Snapshot]) -> Result<String> {
     let (mut id, mut name) = (None, None);
     let items = crate::input::names::option_items(param);
+    check_param(param)?;
     if param.starts_with("snapshot.") {
         for item in &items {
             match item.split_once('=') {
                 Some(("snapshot.id", v)) => id = Some(v),
                 Some(("snapshot.name", v)) => name = Some(v),
-                _ => bail!("Invalid snapshot parameter '{item}'"),
+                // check_param refused any other key.
+                _ => {}
             }
         }
     }
@@ -33,6 +35,28 @@ fn wanted(param: &str, snaps: &[qcow2::meta::Snapshot]) -> Result<String> {
     found
         .map(|s| s.id.clone())
         .ok_or_else(|| anyhow!("Failed to load snapshot: Can't find snapshot"))
+}
+
+/// Checks a `-l` argument as qemu-img does while reading its options,
+/// before it looks at anything else: the option form takes only
+/// `snapshot.id` and `snapshot.name`.
+pub fn check_param(param: &str) -> Result<()> {
+    if !param.starts_with("snapshot.") {
+        return Ok(());
+    }
+    for item in crate::input::names::option_items(param) {
+        let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
+        if !matches!(key, "snapshot.id" | "snapshot.name") || !item.contains('=') {
+            return Err(crate::hint::Hinted::new(
+                format!("Invalid parameter '{key}'"),
+                vec![crate::hint::Line::Prefixed(format!(
+                    "Failed in parsing snapshot param '{param}'"
+                ))],
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A copy of `source` at snapshot `param`, removed on drop.
@@ -61,7 +85,7 @@ impl SnapshotCopy {
             .with_context(|| format!("Could not create '{}'", path.display()))?;
         let copy = Self { path };
         let mut src = std::fs::File::open(source)
-            .with_context(|| format!("Could not open '{}'", source.display()))?;
+            .map_err(|e| crate::util::could_not_open(&source, e))?;
         std::io::copy(&mut src, &mut dst)
             .with_context(|| format!("Could not copy '{}'", source.display()))?;
         drop(dst);

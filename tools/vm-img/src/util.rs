@@ -27,7 +27,18 @@ pub fn output_format(name: &str) -> Result<Format> {
     if READ_ONLY_FORMATS.contains(&name) {
         bail!("Format driver '{name}' does not support image creation");
     }
-    name.parse().map_err(|m: String| anyhow!(m))
+    name.parse().map_err(|m: String| format_refused(name, m))
+}
+
+/// A format name vm-img does not make or read: in qemu-img's words where
+/// QEMU has no such driver either, naming the formats we have where it is
+/// one of QEMU's (vmdk, vdi...).
+pub fn format_refused(name: &str, ours: String) -> anyhow::Error {
+    if QEMU_DRIVERS.contains(&name) {
+        anyhow!(ours)
+    } else {
+        anyhow!("Unknown file format '{name}'")
+    }
 }
 
 /// QEMU 7.2's block drivers: what `rebase -u -F` may record as a backing
@@ -116,7 +127,33 @@ pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result
         lock: !force_share,
         ..OpenOptions::default()
     };
-    Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))
+    Image::open(path, &opts).map_err(|e| could_not_open(path, e))
+}
+
+/// qemu-img's error for an image that does not open: `Could not open
+/// 'NAME': ` before the cause. Where the file itself did not open, QEMU's
+/// file layer says `Could not open 'NAME': ` too, so qemu-img names the
+/// file twice; so does this.
+pub fn could_not_open(path: &Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e = e.into();
+    // The file's own open failed: an I/O error about this path, or a bare
+    // one (std's open).
+    let source = match e.downcast_ref::<vm_image::Error>() {
+        Some(vm_image::Error::Io { path: p, source }) if p == path => Some(source),
+        Some(_) => None,
+        None => e.downcast_ref::<io::Error>(),
+    };
+    if let Some(source) = source.filter(|s| {
+        matches!(
+            s.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+        )
+    }) {
+        let name = path.display();
+        return anyhow::Error::new(io::Error::new(source.kind(), source.to_string()))
+            .context(format!("Could not open '{name}': Could not open '{name}'"));
+    }
+    e.context(format!("Could not open '{}'", path.display()))
 }
 
 /// qemu-img's human sizes: three significant digits and a binary unit,
@@ -178,8 +215,15 @@ impl AtomicOutput {
         // Replacing an image that a VM or another tool is using would leave
         // it on the old file while the user thinks it has the new one.
         if path.exists() {
-            vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write)
-                .with_context(|| format!("Could not create '{}'", path.display()))?;
+            // A lock held elsewhere is said after the file's name, as
+            // qemu-img says it; other failures to open it are creating's.
+            vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write).map_err(
+                |e| match e {
+                    vm_image::Error::Locked { .. } => anyhow::Error::new(e),
+                    e => anyhow::Error::new(e)
+                        .context(format!("Could not create '{}'", path.display())),
+                },
+            )?;
         }
         let special = fs::metadata(path)
             .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
@@ -191,7 +235,7 @@ impl AtomicOutput {
         if special {
             let file = o
                 .open(path)
-                .with_context(|| format!("Could not open '{}'", path.display()))?;
+                .map_err(|e| could_not_open(&path, e))?;
             return Ok(Self {
                 file,
                 final_path: path.into(),
@@ -431,15 +475,14 @@ pub fn lock_for_edit(
     path: &Path,
     format: Option<vm_image::Format>,
 ) -> Result<(vm_image::lock::ImageLock, vm_image::Image)> {
-    let what = || format!("Could not open '{}'", path.display());
     let lock = vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write)
-        .with_context(what)?;
+        .map_err(|e| could_not_open(path, e))?;
     let opts = vm_image::OpenOptions {
         format,
         lock: false,
         backing: false,
         ..vm_image::OpenOptions::default()
     };
-    let img = vm_image::Image::open(path, &opts).with_context(what)?;
+    let img = vm_image::Image::open(path, &opts).map_err(|e| could_not_open(path, e))?;
     Ok((lock, img))
 }

@@ -85,7 +85,7 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         let fmt = match a.common.format.as_deref() {
             Some(f) => f.to_string(),
             None => util::open_read(filename, None, true)
-                .with_context(|| format!("Could not open '{}'", filename.display()))?
+                .map_err(|e| crate::util::could_not_open(&filename, e))?
                 .format()
                 .as_str()
                 .to_string(),
@@ -119,18 +119,20 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
              (use compat=1.1 or greater)"
         );
     }
+    // As qemu-img since QEMU 6.0: the backing file is rebase's to change;
+    // naming the one the image has (file and format both) is no change.
+    if (c.backing_file.is_some() || c.backing_fmt.is_some())
+        && (c.backing_file != header.backing_file || c.backing_fmt != header.backing_format)
+    {
+        return Err(crate::hint::Hinted::plain(
+            "Cannot amend the backing file",
+            "You can use 'qemu-img rebase' instead.",
+        )
+        .into());
+    }
     let fail = |what: &str| format!("Error while amending options: {what}");
     if version > header.version {
         amend::set_version(path, version).with_context(|| fail("upgrade"))?;
-    }
-    if c.backing_file.is_some() || c.backing_fmt.is_some() {
-        let name = c.backing_file.clone().or(header.backing_file.clone());
-        let fmt = c.backing_fmt.clone().or(header.backing_format.clone());
-        if name.is_none() {
-            bail!("Cannot amend the backing file");
-        }
-        vm_image::qcow2::set_backing(path, name.as_deref(), fmt.as_deref())
-            .context("Could not change the backing file")?;
     }
     if let Some(on) = c.lazy_refcounts {
         amend::set_lazy_refcounts(path, on).map_err(|e| anyhow!(e))?;

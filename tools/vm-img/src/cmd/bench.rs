@@ -14,6 +14,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use vm_image::lock::{ImageLock, LockMode};
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{parse_size, BareNumber};
 
@@ -94,7 +95,10 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
         }
     }
     if a.force_share && a.write {
-        bail!("--force-share is for read tests only (a shared image is opened read-only)");
+        bail!(
+            "Could not open '{}': force-share=on can only be used with read-only images",
+            a.filename.display()
+        );
     }
     Ok(Plan {
         count,
@@ -139,13 +143,22 @@ pub fn run(a: &BenchArgs) -> Result<i32> {
     let (path, format, locking) =
         util::target_with_locking(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     let what = || format!("Could not open '{}'", a.filename.display());
-    let opts = OpenOptions {
+    let mut opts = OpenOptions {
         format: util::parse_format(format.as_deref())?,
         write: a.write,
         lock: locking && !a.force_share,
         direct: p.direct,
         backing: true,
         ..OpenOptions::default()
+    };
+    // A write test holds the write lock from before its L2 tables are made
+    // to its end (the opens under it take none: a second lock of ours
+    // would meet the first).
+    let _lock = if a.write && opts.lock {
+        opts.lock = false;
+        Some(ImageLock::acquire(&path, LockMode::Write).map_err(|e| util::could_not_open(&path, e))?)
+    } else {
+        None
     };
     if a.write {
         // Every L2 table the writes need, made in the crash-safe order

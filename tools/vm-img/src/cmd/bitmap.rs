@@ -60,7 +60,7 @@ pub fn run(a: &BitmapArgs) -> Result<i32> {
         );
     }
     let mut ed =
-        Editor::open(path).with_context(|| format!("Could not open '{}'", path.display()))?;
+        Editor::open(path).map_err(|e| crate::util::could_not_open(&path, e))?;
     // -b naming this very image reads from the bitmaps being edited.
     let same = a.source_file.as_deref().is_some_and(|s| same_file(s, path));
     for action in &a.actions {
@@ -122,7 +122,7 @@ fn source_bits(file: &Path, format: Option<&str>, name: &str) -> Result<Bits> {
         ..OpenOptions::default()
     };
     let img =
-        Image::open(file, &opts).with_context(|| format!("Could not open '{}'", file.display()))?;
+        Image::open(file, &opts).map_err(|e| util::could_not_open(file, e))?;
     if img.format() != Format::Qcow2 {
         bail!("Dirty bitmap '{name}' not found");
     }

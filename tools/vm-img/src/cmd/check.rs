@@ -34,7 +34,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         };
         Some(
             ImageLock::acquire(path, mode)
-                .with_context(|| format!("Could not open '{}'", path.display()))?,
+                .map_err(|e| crate::util::could_not_open(&path, e))?,
         )
     };
     let format = match util::parse_format(format.as_deref())? {
@@ -51,13 +51,13 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         .read(true)
         .write(repair != Repair::None)
         .open(path)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
+        .map_err(|e| crate::util::could_not_open(&path, e))?;
     let open = if repair == Repair::None {
         Meta::open_for_check
     } else {
         Meta::open_for_repair
     };
-    let meta = open(path, file).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let meta = open(path, file).map_err(|e| crate::util::could_not_open(&path, e))?;
     // A missing or broken backing file means the image cannot be checked
     // (exit 1), as with qemu-img. The image's own tables are ours to judge.
     if let Some(name) = &meta.header.backing_file {
@@ -191,6 +191,6 @@ fn probe(path: &std::path::Path) -> Result<Format> {
     let mut magic = [0u8; 4];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut magic))
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
+        .map_err(|e| crate::util::could_not_open(&path, e))?;
     Ok(Format::probe(&magic[..n]))
 }

@@ -26,7 +26,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
             ..OpenOptions::default()
         },
     )
-    .with_context(|| format!("Could not open '{}'", path.display()))?;
+    .map_err(|e| crate::util::could_not_open(&path, e))?;
     if top.layers().len() < 2 {
         bail!("Image '{}' does not have a backing file", path.display());
     }
@@ -49,7 +49,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         };
         locks.push(
             ImageLock::acquire(&l.path, mode)
-                .with_context(|| format!("Could not open '{}'", l.path.display()))?,
+                .map_err(|e| crate::util::could_not_open(&l.path, e))?,
         );
     }
     let base_layer = &top.layers()[base_depth];

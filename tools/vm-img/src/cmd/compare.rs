@@ -158,7 +158,7 @@ fn say(a: &CompareArgs, msg: &str) {
 }
 
 fn fail(e: &anyhow::Error, code: i32) -> i32 {
-    crate::error_line(crate::one_line(e));
+    crate::report(e);
     code
 }
 

@@ -11,6 +11,7 @@ use vm_spec::{parse_size, BareNumber};
 
 use super::options::{self, Prealloc};
 use crate::cli::CreateArgs;
+use crate::hint;
 use crate::input::{self, Input, Located};
 use crate::secrets::Secrets;
 use crate::util::{self, AtomicOutput};
@@ -50,21 +51,14 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
     } else {
         fmt.as_str()
     };
-    let mut o = options::parse_for_create(&a.options)?;
+    let name = filename.display().to_string();
+    let (mut o, mut size) = options_and_size(a, &name)?;
     if let Some(b) = &a.backing {
         o.qcow2.backing_file = Some(b.clone());
     }
     if let Some(f) = &a.backing_format {
         o.qcow2.backing_format = Some(f.clone());
     }
-    let mut size = match &a.size {
-        Some(s) => Some(
-            parse_size(s, BareNumber::Bytes)
-                .map_err(|e| anyhow!("Invalid image size specified. {e}"))?,
-        ),
-        None => o.size,
-    };
-    let name = filename.display().to_string();
     // `file:NAME` and `json:{...}` name a local file; the Formatting line
     // and errors keep the name as given.
     let (path, _) = util::target(filename, None, false)?;
@@ -77,6 +71,9 @@ pub fn run(a: &CreateArgs) -> Result<i32> {
         }
     }
     crate::encryption::qcow2_encryption(&name, fmt, &mut o, &secrets)?;
+    if o.qcow2.backing_file.as_deref() == Some("") {
+        bail!("{name}: Expected backing file name, got empty string");
+    }
     if let Some(b) = o.qcow2.backing_file.clone() {
         let Some(bfmt) = o.qcow2.backing_format.clone() else {
             bail!("{name}: Backing file specified without backing format");
@@ -277,13 +274,36 @@ fn next_hole(file: &std::fs::File, from: u64, end: u64) -> Option<(u64, u64)> {
     Some((hole as u64, stop))
 }
 
+/// The `-o` options and the size, checked in qemu-img's order: the size
+/// argument first, then the options (their errors name the file), then
+/// that the size was given once.
+pub fn options_and_size(
+    a: &CreateArgs,
+    name: &str,
+) -> Result<(options::FormatOptions, Option<u64>)> {
+    let positional = match &a.size {
+        Some(s) => Some(parse_size(s, BareNumber::Bytes).map_err(|_| hint::invalid_size())?),
+        None => None,
+    };
+    let o = options::parse_for_create(&a.options).with_context(|| name.to_string())?;
+    if positional.is_some() && o.size.is_some() {
+        bail!("{name}: The image size must be specified only once");
+    }
+    let size = positional.or(o.size);
+    Ok((o, size))
+}
+
 fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Prealloc) -> String {
-    let prealloc = p.as_str();
+    // A mode QEMU refuses is shown as given, before it says no.
+    let prealloc = o
+        .refused_prealloc
+        .clone()
+        .or_else(|| o.prealloc.map(|_| p.as_str().to_string()));
     if fmt != "qcow2" {
         let mut s = format!("Formatting '{name}', fmt={fmt} size={size}");
         nocow(&mut s, o);
-        if o.prealloc.is_some() {
-            let _ = write!(s, " preallocation={prealloc}");
+        if let Some(p) = &prealloc {
+            let _ = write!(s, " preallocation={p}");
         }
         hint(&mut s, o);
         return s;
@@ -299,8 +319,8 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
         o.refused_cluster_size
             .unwrap_or(1u64 << o.qcow2.cluster_bits)
     );
-    if o.prealloc.is_some() {
-        let _ = write!(s, " preallocation={prealloc}");
+    if let Some(p) = &prealloc {
+        let _ = write!(s, " preallocation={p}");
     }
     let _ = write!(
         s,

@@ -91,7 +91,7 @@ pub fn run(a: &DdArgs) -> Result<i32> {
             ..OpenOptions::default()
         },
     )
-    .with_context(|| format!("Could not open '{}'", op.output.display()))?;
+    .map_err(|e| crate::util::could_not_open(&op.output, e))?;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < len {

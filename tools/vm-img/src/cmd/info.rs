@@ -17,6 +17,7 @@ use crate::util::{self, human_size};
 pub fn run(a: &InfoArgs) -> Result<i32> {
     let mut infos = Vec::new();
     let secrets = crate::secrets::Secrets::parse(&a.objects)?;
+    input::names::share_conflict(&a.filename, a.common.image_opts, a.force_share)?;
     let mut located = input::locate(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     // blkdebug over a local image: info reads no data, so no rule fires;
     // the image is described under the name given.
@@ -138,7 +139,7 @@ fn print(a: &InfoArgs, mut infos: Vec<Value>) -> i32 {
 pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<Value> {
     if format == Some("luks") || (format.is_none() && util::is_luks(path)) {
         return describe_luks(path, force_share)
-            .with_context(|| format!("Could not open '{}'", path.display()));
+            .map_err(|e| crate::util::could_not_open(&path, e));
     }
     let opts = OpenOptions {
         format: util::parse_format(format)?,
@@ -151,13 +152,9 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         // Only what the data path refuses (never a lock held elsewhere).
         Err(e @ (vm_image::Error::Corrupt { .. } | vm_image::Error::Unsupported { .. })) => {
             header_only(path, &opts)
-                .ok_or(e)
-                .with_context(|| format!("Could not open '{}'", path.display()))?
+                .ok_or_else(|| util::could_not_open(path, e))?
         }
-        Err(e) => {
-            return Err(anyhow::Error::new(e))
-                .with_context(|| format!("Could not open '{}'", path.display()))
-        }
+        Err(e) => return Err(util::could_not_open(path, e)),
     };
     let mut m = Map::new();
     m.insert("filename".into(), json!(path.display().to_string()));
@@ -193,12 +190,12 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             data.insert(
                 "encrypt".into(),
                 encrypt_json(path, h)
-                    .with_context(|| format!("Could not open '{}'", path.display()))?,
+                    .map_err(|e| crate::util::could_not_open(&path, e))?,
             );
         }
         if h.version >= 3 {
             let list = bitmaps::list(meta(path)?)
-                .with_context(|| format!("Could not open '{}'", path.display()))?;
+                .map_err(|e| crate::util::could_not_open(&path, e))?;
             if !list.is_empty() {
                 data.insert("bitmaps".into(), list.iter().map(bitmap_json).collect());
             }

@@ -3,7 +3,7 @@
 //! clusters that hold data (all of them with preallocation=falloc/full);
 //! for raw, the virtual size.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use vm_image::qcow2::bitmaps;
 use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format};
@@ -16,6 +16,9 @@ use crate::util;
 pub fn run(a: &MeasureArgs) -> Result<i32> {
     // qemu-img's order of complaints.
     super::option_help::check_lists(&a.options)?;
+    if let Some(param) = &a.snapshot {
+        crate::snapshot_copy::check_param(param)?;
+    }
     match (&a.filename, &a.size) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
         (None, _) if a.image_opts || a.format.is_some() || a.snapshot.is_some() => {
@@ -24,7 +27,8 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
         (None, None) => bail!("Either --size N or one filename must be specified."),
         _ => {}
     }
-    let out_fmt: Format = a.output_format.parse().map_err(|m: String| anyhow!(m))?;
+    let out_fmt: Format = (a.output_format.parse())
+        .map_err(|m: String| util::format_refused(&a.output_format, m))?;
     crate::secrets::Secrets::parse(&a.objects)?;
     let o = options::parse(&a.options)?;
     // The image named, or for -l a copy of it at the snapshot (removed
@@ -68,8 +72,8 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
     let (required, fully, bitmaps) = match (&a.size, located.as_ref()) {
         (None, None) => bail!("Either --size N or one filename must be specified."),
         (Some(text), _) => {
-            let size = parse_size(text, BareNumber::Bytes)
-                .map_err(|e| anyhow!("Invalid image size specified. {e}"))?;
+            let size =
+                parse_size(text, BareNumber::Bytes).map_err(|_| crate::hint::invalid_size())?;
             if size > i64::MAX as u64 {
                 bail!(
                     "Invalid image size specified. Must be between 0 and {}.",

@@ -50,6 +50,7 @@ pub struct FormatOptions {
     /// them before saying no).
     pub refused_cluster_size: Option<u64>,
     pub refused_refcount_bits: Option<String>,
+    pub refused_prealloc: Option<String>,
     /// The file's extent size hint (QEMU's file layer; XFS heeds it).
     pub extent_size_hint: Option<u64>,
     /// `compat` as given (create's Formatting line repeats it).
@@ -181,6 +182,11 @@ fn encrypt_key(k: &str) -> Option<(&str, bool)> {
     }
 }
 
+/// QEMU's words for a value its option type does not have.
+fn value_refused(key: &str, v: &str) -> String {
+    format!("Parameter '{key}' does not accept value '{v}'")
+}
+
 fn on_off(k: &str, v: &str) -> Result<bool> {
     match v {
         "on" | "true" | "yes" => Ok(true),
@@ -195,7 +201,8 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         "backing_fmt" => o.qcow2.backing_format = Some(v.to_string()),
         "size" => {
             o.size = Some(
-                parse_size(v, BareNumber::Bytes).map_err(|e| anyhow!("Parameter 'size': {e}"))?,
+                parse_size(v, BareNumber::Bytes)
+                    .map_err(|_| crate::hint::invalid_size_option())?,
             );
         }
         "cluster_size" => {
@@ -210,9 +217,16 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             }
             o.qcow2.cluster_bits = cs.trailing_zeros();
         }
-        "preallocation" => {
-            o.prealloc = Some(Prealloc::parse(v)?);
-        }
+        "preallocation" => match Prealloc::parse(v) {
+            Ok(p) => o.prealloc = Some(p),
+            // QEMU's option types refuse it, after create's Formatting
+            // line (which shows it).
+            Err(_) => {
+                o.refused_prealloc = Some(v.to_string());
+                o.refused
+                    .get_or_insert_with(|| value_refused("preallocation", v));
+            }
+        },
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
         "nocow" => o.nocow = Some(on_off(k, v)?),
         "data_file" => o.qcow2.data_file = Some(v.to_string()),
@@ -227,11 +241,14 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         }
         "compat" => {
             o.compat = Some(v.to_string());
-            o.qcow2.version = match v {
-                "0.10" | "v2" => 2,
-                "1.1" | "v3" => 3,
-                _ => bail!("Invalid compatibility level: '{v}'"),
-            };
+            match v {
+                "0.10" | "v2" => o.qcow2.version = 2,
+                "1.1" | "v3" => o.qcow2.version = 3,
+                // QEMU calls the option `version` inside.
+                _ => {
+                    o.refused.get_or_insert_with(|| value_refused("version", v));
+                }
+            }
         }
         "refcount_bits" => match v.parse::<u32>() {
             Ok(bits) if bits.is_power_of_two() && bits <= 64 => {
@@ -282,9 +299,8 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
                 "zlib" => CompressionType::Zlib,
                 "zstd" => CompressionType::Zstd,
                 _ => {
-                    o.refused = Some(format!(
-                        "Parameter 'compression-type' does not accept value '{v}'"
-                    ));
+                    o.refused
+                        .get_or_insert_with(|| value_refused("compression-type", v));
                     return Ok(());
                 }
             };

@@ -19,7 +19,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     let _lock = if locking {
         Some(
             ImageLock::acquire(path, LockMode::Write)
-                .with_context(|| format!("Could not open '{}'", path.display()))?,
+                .map_err(|e| util::could_not_open(path, e))?,
         )
     } else {
         None
@@ -35,7 +35,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     };
     let bitmaps = util::KeptBitmaps::load(path)?;
     let mut img =
-        Image::open(path, &opts).with_context(|| format!("Could not open '{}'", path.display()))?;
+        Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
     let current = img.size();
     let new = change
         .apply(current)
@@ -66,7 +66,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .with_context(|| format!("Could not open '{}'", path.display()))?;
+            .map_err(|e| crate::util::could_not_open(&path, e))?;
         crate::prealloc::grow(&file, current, new, prealloc)?;
         if current == 0 && prealloc == Prealloc::Off {
             crate::prealloc::first_block(&file, new)?;

@@ -83,7 +83,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
 
 pub(crate) fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
     let file = std::fs::File::open(path)
-        .with_context(|| format!("Could not open '{}'", path.display()))?;
+        .map_err(|e| crate::util::could_not_open(&path, e))?;
     let meta = Meta::open(path, file)?;
     Ok(meta.snapshots()?)
 }

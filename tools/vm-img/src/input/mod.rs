@@ -47,6 +47,7 @@ impl Input {
         force_share: bool,
         secrets: &Secrets,
     ) -> Result<Self> {
+        names::share_conflict(name, image_opts, force_share)?;
         Self::open_located(
             locate(name, format, image_opts)?,
             name,
@@ -209,6 +210,11 @@ impl Input {
             Self::Encrypted(e) => e.path().display().to_string(),
             Self::Debug(d) => d.name().to_string(),
             Self::Nbd(c) => c.address().uri(),
+            // QEMU names a null device with no option beyond its size by
+            // its protocol alone, however it was given.
+            Self::Null {
+                read_zeroes: false, ..
+            } => "null-co://".to_string(),
             Self::Quorum(_) | Self::Null { .. } => given.display().to_string(),
         }
     }

@@ -315,11 +315,28 @@ fn null_options(text: &str, opts: &[(String, String)]) -> Result<Located> {
                     _ => bail!("'{text}': read-zeroes must be true or false"),
                 };
             }
-            "latency-ns" | "node-name" | "read-only" => {}
+            "latency-ns" | "node-name" | "read-only" | "force-share" => {}
             other => bail!("'{text}': option '{other}' is not supported for null-co"),
         }
     }
     Ok(Located::Null { size, read_zeroes })
+}
+
+/// `-U` with `--image-opts` that say `force-share=off` asks for two
+/// things at once: refused, as qemu-img refuses it.
+pub fn share_conflict(name: &Path, image_opts: bool, force_share: bool) -> Result<()> {
+    if image_opts && force_share {
+        let text = name.to_string_lossy();
+        let off = option_items(&text).iter().any(|item| {
+            item.split_once('=').is_some_and(|(k, v)| {
+                k.trim() == "force-share" && matches!(v.trim(), "off" | "false" | "no")
+            })
+        });
+        if off {
+            bail!("--force-share/-U conflicts with image options");
+        }
+    }
+    Ok(())
 }
 
 /// A local image's path and format (the format given in the name takes

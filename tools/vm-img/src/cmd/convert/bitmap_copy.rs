@@ -38,11 +38,14 @@ pub(super) fn source_bitmaps(
                 ));
                 continue;
             }
-            bail!(
-                "Cannot copy inconsistent bitmap '{}'; try --skip-broken-bitmaps, or use \
-                 'vm-img bitmap --remove' to delete it",
-                bm.name()
-            );
+            return Err(crate::hint::Hinted::plain(
+                format!("Cannot copy inconsistent bitmap '{}'", bm.name()),
+                format!(
+                    "Try --skip-broken-bitmaps, or use '{} bitmap --remove' to delete it",
+                    crate::program_name()
+                ),
+            )
+            .into());
         }
         let bits = bitmaps::load(&meta, &bm)?;
         out.push((bm, bits));

@@ -36,7 +36,7 @@ pub(super) fn into_existing(
         ..vm_image::OpenOptions::default()
     };
     let mut dst = Image::open(output, &opts)
-        .with_context(|| format!("Could not open '{}'", output.display()))?;
+        .map_err(|e| crate::util::could_not_open(&output, e))?;
     if dst.size() < size {
         bail!("output file is smaller than input file");
     }

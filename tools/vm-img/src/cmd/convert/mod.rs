@@ -66,6 +66,9 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     // The output's format first: qemu-img refuses one it cannot make
     // before it looks at the source.
     let out_fmt = util::output_format(&a.output_format)?;
+    if let Some(param) = &a.snapshot {
+        crate::snapshot_copy::check_param(param)?;
+    }
     let first = &a.sources[0];
     let secrets = crate::secrets::Secrets::parse(&a.objects)?;
     let open = |p: &std::path::Path| {
@@ -188,7 +191,7 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         kept.store(&[(0, size)])?;
         if !bitmaps.is_empty() {
             let _lock = ImageLock::acquire(&a.output, LockMode::Write)
-                .with_context(|| format!("Could not open '{}'", a.output.display()))?;
+                .map_err(|e| crate::util::could_not_open(&a.output, e))?;
             copy_bitmaps(&a.output, &bitmaps)?;
         }
         bar.finish();
@@ -215,7 +218,14 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
             bail!("preallocation with -c or a backing file is not supported");
         }
     }
-    let out = AtomicOutput::create(&a.output, false)?;
+    // qemu-img's words for failing to make the output.
+    let out = AtomicOutput::create(&a.output, false).with_context(|| {
+        format!(
+            "{}: error while converting {}",
+            a.output.display(),
+            out_fmt.as_str()
+        )
+    })?;
     if o.nocow == Some(true) {
         crate::prealloc::no_copy_on_write(&out.file);
     }

@@ -1,0 +1,139 @@
+//! Errors qemu-img follows with a hint: a line or two saying what to do
+//! about them (`Is another process using the image [FILE]?`, `You can use
+//! 'qemu-img rebase' instead.`). The error stays the one line DESIGN.md
+//! asks for, and the hint goes on the lines after it, as qemu-img prints
+//! it, so scripts and QEMU's iotests that read qemu-img's stderr read
+//! ours alike (docs/vm-img.md, "Choices").
+
+use std::fmt;
+
+/// One line of a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// Printed as it is (QEMU's `error_append_hint`).
+    Plain(String),
+    /// Printed after the program's name, like the error line (where
+    /// qemu-img reports a sentence over two `error_report` calls).
+    Prefixed(String),
+}
+
+/// An error and its hint. Its `Display` is the error alone, so the usual
+/// one-line rendering (with any context in front) is unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hinted {
+    message: String,
+    hint: Vec<Line>,
+}
+
+impl Hinted {
+    pub fn new(message: impl Into<String>, hint: Vec<Line>) -> Self {
+        Self {
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// An error followed by one plain hint line.
+    pub fn plain(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(message, vec![Line::Plain(hint.into())])
+    }
+
+    pub fn push(&mut self, line: Line) {
+        self.hint.push(line);
+    }
+
+    /// The hint's lines as printed, each `program: ` first where it is
+    /// prefixed.
+    pub fn lines(&self, program: &str) -> Vec<String> {
+        self.hint
+            .iter()
+            .map(|l| match l {
+                Line::Plain(s) => s.clone(),
+                Line::Prefixed(s) => format!("{program}: {s}"),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// The hint somewhere in an error's chain of causes, if any.
+pub fn find(e: &anyhow::Error) -> Option<&Hinted> {
+    e.chain().find_map(|c| c.downcast_ref::<Hinted>())
+}
+
+/// A usage error, with qemu-img's pointer to `--help` after it.
+pub fn try_help(message: impl Into<String>) -> Hinted {
+    Hinted::plain(
+        message,
+        format!("Try '{} --help' for more information", crate::program_name()),
+    )
+}
+
+/// Where the error is a lock another process holds: the error line
+/// without vm-image's question at its end, and qemu-img's hint naming
+/// the image instead.
+pub fn lock_conflict(e: &anyhow::Error, line: &str) -> Option<(String, Line)> {
+    let path = e.chain().find_map(|c| match c.downcast_ref::<vm_image::Error>() {
+        Some(vm_image::Error::Locked { path, .. }) => Some(path),
+        _ => None,
+    })?;
+    Some((
+        line.replacen(": is another process using the image?", "", 1),
+        Line::Plain(format!(
+            "Is another process using the image [{}]?",
+            path.display()
+        )),
+    ))
+}
+
+/// qemu-img's error for a size it cannot read (create's and measure's
+/// size argument): one sentence over two error lines.
+pub fn invalid_size() -> Hinted {
+    Hinted::new(
+        "Invalid image size specified. You may use k, M, G, T, P or E suffixes for",
+        vec![Line::Prefixed(
+            "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.".into(),
+        )],
+    )
+}
+
+/// qemu-img's error for a `size` option it cannot read.
+pub fn invalid_size_option() -> Hinted {
+    Hinted::new(
+        "Parameter 'size' expects a non-negative number below 2^64",
+        vec![
+            Line::Plain(
+                "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-"
+                    .into(),
+            ),
+            Line::Plain("and exabytes, respectively.".into()),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn hint_is_found_under_context_and_kept_off_the_error_line() {
+        let e = Err::<(), _>(Hinted::plain("Cannot amend the backing file", "Use rebase."))
+            .context("t.qcow2")
+            .unwrap_err();
+        assert_eq!(crate::one_line(&e), "t.qcow2: Cannot amend the backing file");
+        assert_eq!(find(&e).unwrap().lines("qemu-img"), vec!["Use rebase."]);
+        assert_eq!(
+            invalid_size().lines("vm-img")[0],
+            "vm-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+        );
+        assert!(find(&anyhow::anyhow!("plain")).is_none());
+    }
+}
