@@ -31,8 +31,63 @@ pub enum Error {
          for a write or a VM); record it with: vm-img rebase -u -F FMT -b '{backing}' '{image}'"
     )]
     UnrecordedBackingFormat { image: PathBuf, backing: String },
+    /// A snapshot table QEMU will not open and `check -r all` repairs.
+    #[error("{path}: {}", fault.message())]
+    SnapshotTable { path: PathBuf, fault: TableFault },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What is wrong with a snapshot table that a repair can mend, in QEMU's
+/// terms (its limits: 65536 entries, 1 KiB of extra data per entry, 64 MiB
+/// of table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFault {
+    /// More entries than QEMU allows; `overhanging` are past the limit.
+    TooMany { overhanging: u32 },
+    /// Entry `entry` carries more extra data than QEMU keeps.
+    TooMuchExtra { entry: usize },
+    /// The entries from the `overhanging`-th last on lie past 64 MiB.
+    TooBig { overhanging: u32 },
+}
+
+impl TableFault {
+    /// QEMU's words when an open meets it.
+    pub fn message(&self) -> String {
+        match self {
+            Self::TooMany { .. } => "Snapshot table too large".into(),
+            Self::TooMuchExtra { entry } => {
+                format!("Too much extra metadata in snapshot table entry {entry}")
+            }
+            Self::TooBig { .. } => "Snapshot table is too big".into(),
+        }
+    }
+
+    /// QEMU's words when `check` meets it (after the program's name).
+    pub fn check_message(&self) -> String {
+        match self {
+            Self::TooMany { .. } => "ERROR snapshot table too large".into(),
+            _ => format!(
+                "ERROR failed to read the snapshot table: {}",
+                self.message()
+            ),
+        }
+    }
+
+    /// What `check -r all` does about it ("You can ... with check -r all").
+    pub fn remedy(&self) -> String {
+        match self {
+            Self::TooMuchExtra { .. } => "force-remove this extra metadata".into(),
+            Self::TooMany { overhanging } | Self::TooBig { overhanging } => {
+                format!("force-remove all {overhanging} overhanging snapshots")
+            }
+        }
+    }
+
+    /// Whether QEMU names the remedy when an open (not a check) fails.
+    pub fn remedy_on_open(&self) -> bool {
+        !matches!(self, Self::TooMany { .. })
+    }
 }
 
 impl Error {

@@ -145,10 +145,7 @@ impl ImageLock {
             if held_by_others(&file, SHARED_BASE + p as i64).map_err(io_err)? {
                 return Err(Error::Locked {
                     path: path.into(),
-                    message: format!(
-                        "Failed to get \"{}\" lock",
-                        p.name()
-                    ),
+                    message: format!("Failed to get \"{}\" lock", p.name()),
                 });
             }
         }
@@ -156,10 +153,7 @@ impl ImageLock {
             if held_by_others(&file, PERM_BASE + p as i64).map_err(io_err)? {
                 return Err(Error::Locked {
                     path: path.into(),
-                    message: format!(
-                        "Failed to get shared \"{}\" lock",
-                        p.name()
-                    ),
+                    message: format!("Failed to get shared \"{}\" lock", p.name()),
                 });
             }
         }

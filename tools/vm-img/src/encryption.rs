@@ -90,8 +90,8 @@ pub fn luks_file(a: &CreateArgs, secrets: &Secrets) -> Result<i32> {
     if !a.common.quiet {
         let mut s = format!("Formatting '{name}', fmt=luks size={size}");
         s += &o.encrypt.describe("");
-        let shown = (o.refused_prealloc.clone())
-            .or_else(|| o.prealloc.map(|p| p.as_str().to_string()));
+        let shown =
+            (o.refused_prealloc.clone()).or_else(|| o.prealloc.map(|p| p.as_str().to_string()));
         if let Some(p) = shown {
             let _ = write!(s, " preallocation={p}");
         }

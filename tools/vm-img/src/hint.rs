@@ -72,7 +72,10 @@ pub fn find(e: &anyhow::Error) -> Option<&Hinted> {
 pub fn try_help(message: impl Into<String>) -> Hinted {
     Hinted::plain(
         message,
-        format!("Try '{} --help' for more information", crate::program_name()),
+        format!(
+            "Try '{} --help' for more information",
+            crate::program_name()
+        ),
     )
 }
 
@@ -80,10 +83,12 @@ pub fn try_help(message: impl Into<String>) -> Hinted {
 /// without vm-image's question at its end, and qemu-img's hint naming
 /// the image instead.
 pub fn lock_conflict(e: &anyhow::Error, line: &str) -> Option<(String, Line)> {
-    let path = e.chain().find_map(|c| match c.downcast_ref::<vm_image::Error>() {
-        Some(vm_image::Error::Locked { path, .. }) => Some(path),
-        _ => None,
-    })?;
+    let path = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<vm_image::Error>() {
+            Some(vm_image::Error::Locked { path, .. }) => Some(path),
+            _ => None,
+        })?;
     Some((
         line.replacen(": is another process using the image?", "", 1),
         Line::Plain(format!(
@@ -91,6 +96,24 @@ pub fn lock_conflict(e: &anyhow::Error, line: &str) -> Option<(String, Line)> {
             path.display()
         )),
     ))
+}
+
+/// qemu-img's pointer to the repair of a snapshot table it will not open.
+pub fn table_remedy(fault: &vm_image::TableFault) -> Line {
+    Line::Plain(format!(
+        "You can {} with {} check -r all",
+        fault.remedy(),
+        crate::program_name()
+    ))
+}
+
+/// The snapshot-table fault somewhere in an error's causes.
+pub fn table_fault(e: &anyhow::Error) -> Option<vm_image::TableFault> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<vm_image::Error>() {
+            Some(vm_image::Error::SnapshotTable { fault, .. }) => Some(*fault),
+            _ => None,
+        })
 }
 
 /// qemu-img's error for a size it cannot read (create's and measure's
@@ -110,8 +133,7 @@ pub fn invalid_size_option() -> Hinted {
         "Parameter 'size' expects a non-negative number below 2^64",
         vec![
             Line::Plain(
-                "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-"
-                    .into(),
+                "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-".into(),
             ),
             Line::Plain("and exabytes, respectively.".into()),
         ],
@@ -125,10 +147,16 @@ mod tests {
 
     #[test]
     fn hint_is_found_under_context_and_kept_off_the_error_line() {
-        let e = Err::<(), _>(Hinted::plain("Cannot amend the backing file", "Use rebase."))
-            .context("t.qcow2")
-            .unwrap_err();
-        assert_eq!(crate::one_line(&e), "t.qcow2: Cannot amend the backing file");
+        let e = Err::<(), _>(Hinted::plain(
+            "Cannot amend the backing file",
+            "Use rebase.",
+        ))
+        .context("t.qcow2")
+        .unwrap_err();
+        assert_eq!(
+            crate::one_line(&e),
+            "t.qcow2: Cannot amend the backing file"
+        );
         assert_eq!(find(&e).unwrap().lines("qemu-img"), vec!["Use rebase."]);
         assert_eq!(
             invalid_size().lines("vm-img")[0],

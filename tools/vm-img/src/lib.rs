@@ -113,8 +113,13 @@ pub fn usage_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
             (format!("unrecognized option '{arg}'"), true)
         }
         (ErrorKind::UnknownArgument, _) => file_names_error(sub, false)?,
-        (ErrorKind::InvalidValue, Some(ContextValue::String(arg))) if arg.starts_with("--output") => {
-            ("--output must be used with human or json as argument.".into(), false)
+        (ErrorKind::InvalidValue, Some(ContextValue::String(arg)))
+            if arg.starts_with("--output") =>
+        {
+            (
+                "--output must be used with human or json as argument.".into(),
+                false,
+            )
         }
         (ErrorKind::MissingRequiredArgument, Some(ContextValue::Strings(missing))) => {
             if sub == "amend" && missing.iter().any(|m| m.starts_with("-o")) {
@@ -163,6 +168,9 @@ pub fn report(e: &anyhow::Error) {
     if let Some((without, lock)) = hint::lock_conflict(e, &line) {
         line = without;
         hint.push(lock);
+    }
+    if let Some(fault) = hint::table_fault(e).filter(vm_image::TableFault::remedy_on_open) {
+        hint.push(hint::table_remedy(&fault));
     }
     error_line(line);
     for l in hint.lines(&program_name()) {

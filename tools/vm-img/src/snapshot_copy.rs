@@ -84,8 +84,8 @@ impl SnapshotCopy {
             .open(&path)
             .with_context(|| format!("Could not create '{}'", path.display()))?;
         let copy = Self { path };
-        let mut src = std::fs::File::open(source)
-            .map_err(|e| crate::util::could_not_open(&source, e))?;
+        let mut src =
+            std::fs::File::open(source).map_err(|e| crate::util::could_not_open(source, e))?;
         std::io::copy(&mut src, &mut dst)
             .with_context(|| format!("Could not copy '{}'", source.display()))?;
         drop(dst);

@@ -233,9 +233,7 @@ impl AtomicOutput {
             o.custom_flags(libc::O_DIRECT);
         }
         if special {
-            let file = o
-                .open(path)
-                .map_err(|e| could_not_open(&path, e))?;
+            let file = o.open(path).map_err(|e| could_not_open(path, e))?;
             return Ok(Self {
                 file,
                 final_path: path.into(),

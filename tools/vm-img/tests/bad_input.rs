@@ -144,7 +144,7 @@ fn header_fields_out_of_range() {
             "too many snapshots",
             60,
             &u32::MAX.to_be_bytes(),
-            "snapshots",
+            "Snapshot table too large",
         ),
         ("bad version", 4, &7u32.to_be_bytes(), "version"),
         ("unknown encryption", 32, &3u32.to_be_bytes(), "encryption"),

@@ -40,8 +40,24 @@ fn create_errors_read_as_qemu_img_s() {
         &["create", "-f", "qcow2", "-o", "size=foobar", "t.qcow2"],
         &["create", "-f", "qcow2", "-o", "size=10M", "t.qcow2", "20M"],
         // Values the format's options refuse, after the Formatting line.
-        &["create", "-f", "qcow2", "-o", "compat=0.42", "t.qcow2", "64M"],
-        &["create", "-f", "qcow2", "-o", "preallocation=1234", "t.qcow2", "64M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.42",
+            "t.qcow2",
+            "64M",
+        ],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=1234",
+            "t.qcow2",
+            "64M",
+        ],
         &["create", "-f", "qcow2", "-b", "", "t.qcow2", "1M"],
     ] {
         same_as_qemu_img(d.0.path(), &none, args);
@@ -60,7 +76,15 @@ fn amend_leaves_the_backing_file_to_rebase() {
         }
         qemu_ok(&["create", "-q", "-f", "qcow2", &d.s("b.qcow2"), "1M"]);
         qemu_ok(&[
-            "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", &d.s("t.qcow2"),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "b.qcow2",
+            "-F",
+            "qcow2",
+            &d.s("t.qcow2"),
         ]);
     };
     for opts in [
@@ -111,7 +135,12 @@ fn usage_errors_read_as_qemu_img_s() {
         &["info", "missing.qcow2"],
         &["check", "missing.qcow2"],
         &["amend", "-o", "lazy_refcounts=on", "missing.qcow2"],
-        &["info", "-U", "--image-opts", "driver=null-co,force-share=off"],
+        &[
+            "info",
+            "-U",
+            "--image-opts",
+            "driver=null-co,force-share=off",
+        ],
     ] {
         same_as_qemu_img(d.0.path(), &setup, args);
     }

@@ -266,6 +266,80 @@ fn repairs_match_qemu_img_byte_for_byte() {
     repairs_like_qemu_img(&d, &p, "rebuilt-table-placement");
 }
 
+/// Snapshot tables past QEMU's limits: a plain open and a check refuse
+/// them with qemu-img's words (and how to repair), `check -r all` cuts
+/// them back exactly as qemu-img does.
+#[test]
+fn snapshot_tables_past_qemu_s_limits_are_cut_back_like_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("t.qcow2");
+    let s = p.to_str().unwrap().to_string();
+    let refused_alike = |what: &str| {
+        for args in [&["info", &s][..], &["check", &s]] {
+            let (vc, vo, ve) = run(args);
+            let (qc, qo, qe) = qemu_img(args);
+            assert_eq!(
+                (vc, vo, ve.replace("vm-img", "qemu-img")),
+                (qc, qo, qe),
+                "{what}: {args:?}"
+            );
+        }
+    };
+    // 64 KiB of extra data in the last of four entries: it spills into
+    // the next cluster, which has no refcount (a rebuild as well).
+    let _ = std::fs::remove_file(&p);
+    qemu_ok(&["create", "-q", "-f", "qcow2", &s, "64M"]);
+    qemu_io(&p, "qcow2", &["write -P 7 0 128k"]);
+    for n in ["a", "b", "c", "d"] {
+        qemu_ok(&["snapshot", "-c", n, &s]);
+    }
+    let mut at = be64(&p, 64);
+    for _ in 0..3 {
+        let mut fixed = [0u8; 40];
+        std::fs::File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut fixed, at)
+            .unwrap();
+        let extra = u64::from(u32::from_be_bytes(fixed[36..40].try_into().unwrap()));
+        let id = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
+        let name = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+        at += (40 + extra + id + name).div_ceil(8) * 8;
+    }
+    patch(&p, at + 36, &0x1_0000u32.to_be_bytes());
+    refused_alike("too much extra data");
+    repairs_like_qemu_img(&d, &p, "extra-data");
+    // More entries than 65536 (v2: all-zero entries are valid there), one
+    // of those left out with an L1 and an L2 table of its own.
+    let _ = std::fs::remove_file(&p);
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        &s,
+        "64M",
+    ]);
+    patch(&p, 64, &0x10_0000u64.to_be_bytes());
+    patch(&p, 60, &0x2_0000u32.to_be_bytes());
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0x10_0000 + 40 * 0x2_0000).unwrap();
+    patch(&p, 0x10_0000 + 40 * 0x1_0000, &0xe_0000u64.to_be_bytes());
+    patch(&p, 0x10_0000 + 40 * 0x1_0000 + 8, &1u32.to_be_bytes());
+    patch(&p, 0xe_0000, &0x8000_0000_000f_0000u64.to_be_bytes());
+    // Refcounts for all of it (one block covers 2 GiB here).
+    let block = be64(&p, be64(&p, 48)) & MASK;
+    for c in 0xe..(0x10_0000u64 + 40 * 0x2_0000).div_ceil(0x1_0000) {
+        patch(&p, block + 2 * c, &1u16.to_be_bytes());
+    }
+    refused_alike("too many snapshots");
+    repairs_like_qemu_img(&d, &p, "too-many");
+}
+
 #[test]
 fn info_describes_an_image_marked_corrupt() {
     if !have("qemu-img") {

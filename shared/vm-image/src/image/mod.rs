@@ -315,6 +315,7 @@ fn open_layer(
     let header = match format {
         Format::Qcow2 => {
             let h = Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?;
+            h.check_snapshot_count(path)?;
             if h.crypt_method != 0 {
                 return Err(Error::unsupported(
                     path,

@@ -98,7 +98,7 @@ pub fn set_version(path: &Path, version: u32) -> Result<()> {
         return Ok(());
     }
     if version > old {
-        super::snapshot::rewrite_table(path)?;
+        super::snapshot::rewrite_table(path, &meta.snapshots()?)?;
         let meta = Meta::open_rw(path)?;
         let mut h = meta.header.clone();
         h.version = 3;

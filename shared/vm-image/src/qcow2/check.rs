@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 
 use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFFSET_MASK};
-use super::meta::{decode_refblock, encode_refcount, L2Entry, Meta};
+use super::meta::{decode_refblock, encode_refcount, L2Entry, Meta, SnapshotTable};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,12 +236,21 @@ impl Counter<'_> {
 /// structure is rebuilt (`-r all`); then the COPIED flags are checked. The
 /// file must be open for writing when `repair` is not [`Repair::None`].
 pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
-    // v3 snapshot entries need both sizes in their extra data; a repair
-    // rewrites the table (after the refcounts, as qemu-img).
+    // The snapshot table first, as QEMU reads it: a table past QEMU's
+    // limits fails the check, unless `-r all` cuts it back.
+    let table = meta.snapshot_table(repair == Repair::All)?;
+    if table.overhanging > 0 {
+        // The header's count at once (QEMU writes it before the refcounts
+        // are counted, so what was left out shows as leaks).
+        let count = table.snapshots.len() as u32;
+        meta.file
+            .write_all_at(&count.to_be_bytes(), 60)
+            .map_err(|e| Error::io(&meta.path, e))?;
+        sync(meta)?;
+    }
+    // v3 snapshot entries need both sizes in their extra data.
     let incomplete: Vec<usize> = if meta.header.version >= 3 {
-        meta.snapshots()?
-            .iter()
-            .enumerate()
+        (table.snapshots.iter().enumerate())
             .filter(|(_, s)| s.extra_len < 16)
             .map(|(i, _)| i)
             .collect()
@@ -253,25 +262,29 @@ pub fn check(meta: &Meta, repair: Repair) -> Result<CheckReport> {
     } else {
         "ERROR"
     };
-    let early: Vec<String> = incomplete
-        .iter()
-        .map(|i| format!("{word} snapshot table entry {i} is incomplete"))
+    let early: Vec<String> = (table.messages.iter().cloned())
+        .chain(
+            (incomplete.iter()).map(|i| format!("{word} snapshot table entry {i} is incomplete")),
+        )
         .collect();
-    let mut report = check_refcounts(meta, repair)?;
+    let mut report = check_refcounts(meta, repair, &table)?;
     report.messages.splice(0..0, early);
-    if incomplete.is_empty() {
+    report.corruptions_fixed += table.overhanging;
+    // Entries to write anew (after the refcounts, as qemu-img).
+    let mend = table.extra_dropped + incomplete.len() as u64;
+    if mend == 0 {
         return Ok(report);
     }
     if repair == Repair::All {
-        super::snapshot::rewrite_table(&meta.path)?;
-        report.corruptions_fixed += incomplete.len() as u64;
+        super::snapshot::rewrite_table(&meta.path, &table.snapshots)?;
+        report.corruptions_fixed += mend;
     } else {
-        report.corruptions += incomplete.len() as u64;
+        report.corruptions += mend;
     }
     Ok(report)
 }
 
-fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
+fn check_refcounts(meta: &Meta, repair: Repair, table: &SnapshotTable) -> Result<CheckReport> {
     let grown = if repair == Repair::All {
         refblocks_past_end(meta)
     } else {
@@ -289,7 +302,7 @@ fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
     } else {
         meta
     };
-    let (counts, mut report, mut rebuild) = count(meta, repair)?;
+    let (counts, mut report, mut rebuild) = count(meta, repair, table)?;
     report.messages.splice(0..0, grown.messages);
     report.corruptions += grown.corruptions;
     report.corruptions_fixed += grown.fixed;
@@ -306,7 +319,7 @@ fn check_refcounts(meta: &Meta, repair: Repair) -> Result<CheckReport> {
             .map_err(|e| Error::io(&meta.path, e))?;
         let fresh_meta = Meta::open(&meta.path, file)?;
         // The old refcount structures are now leaks: free them.
-        let (counts, walked, _) = count(&fresh_meta, Repair::None)?;
+        let (counts, walked, _) = count(&fresh_meta, Repair::None, table)?;
         let mut pass = CheckReport {
             messages: std::mem::take(&mut report.messages),
             ..CheckReport::default()
@@ -436,13 +449,17 @@ fn sync(meta: &Meta) -> Result<()> {
 
 /// Every cluster's references, as `check` counts them.
 pub fn reference_counts(meta: &Meta) -> Result<Vec<u32>> {
-    Ok(count(meta, Repair::None)?.0)
+    Ok(count(meta, Repair::None, &meta.snapshot_table(false)?)?.0)
 }
 
 /// Counts every reference to every cluster of the file (tables, data,
 /// snapshots, bitmaps, the refcount structure itself), with the
 /// allocation statistics and the problems found on the way.
-fn count(meta: &Meta, repair: Repair) -> Result<(Vec<u32>, CheckReport, bool)> {
+fn count(
+    meta: &Meta,
+    repair: Repair,
+    table: &SnapshotTable,
+) -> Result<(Vec<u32>, CheckReport, bool)> {
     let cs = meta.cluster_size();
     let nb_clusters = meta.file_len.div_ceil(cs);
     if nb_clusters > (1 << 32) {
@@ -468,12 +485,10 @@ fn count(meta: &Meta, repair: Repair) -> Result<(Vec<u32>, CheckReport, bool)> {
         u64::from(meta.header.l1_size) * 8,
     );
     c.walk_l1(&meta.l1, true)?;
-    let snapshots = meta.snapshots()?;
-    if !snapshots.is_empty() {
-        let table_len: u64 = snapshots.iter().map(|s| s.entry_len).sum();
-        c.add("snapshot table", meta.header.snapshots_offset, table_len);
+    if !table.snapshots.is_empty() {
+        c.add("snapshot table", meta.header.snapshots_offset, table.size);
     }
-    for s in &snapshots {
+    for s in &table.snapshots {
         if !c.aligned("snapshot L1 table", s.l1_table_offset) {
             continue;
         }

@@ -11,6 +11,10 @@ pub const MAX_CLUSTER_BITS: u32 = 21;
 pub const MAX_L1_BYTES: u64 = 32 << 20;
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 pub const MAX_SNAPSHOTS: u32 = 65536;
+/// QEMU's cap on the snapshot table's size.
+pub const MAX_SNAPSHOT_TABLE_BYTES: u64 = 1024 * MAX_SNAPSHOTS as u64;
+/// QEMU's cap on a snapshot entry's extra data.
+pub const MAX_SNAPSHOT_EXTRA: u64 = 1024;
 /// QEMU's limit on the virtual size (2^63 - 512 rounded to clusters): beyond
 /// what any L1 table can map anyway.
 pub const MAX_VIRTUAL_SIZE: u64 = 1 << 62;
@@ -116,6 +120,20 @@ impl Header {
     pub fn lazy_refcounts(&self) -> bool {
         self.compatible_features & COMPAT_LAZY_REFCOUNTS != 0
     }
+    /// QEMU's limit on the number of snapshots, as an open checks it
+    /// (`check -r all` mends a table past it).
+    pub fn check_snapshot_count(&self, path: &std::path::Path) -> crate::Result<()> {
+        if self.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(crate::Error::SnapshotTable {
+                path: path.to_path_buf(),
+                fault: crate::TableFault::TooMany {
+                    overhanging: self.nb_snapshots - MAX_SNAPSHOTS,
+                },
+            });
+        }
+        Ok(())
+    }
+
     pub fn dirty(&self) -> bool {
         self.incompatible_features & INCOMPAT_DIRTY != 0
     }
@@ -275,9 +293,6 @@ impl Header {
             cs,
             file_len,
         )?;
-        if h.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(format!("too many snapshots ({})", h.nb_snapshots));
-        }
         if h.nb_snapshots > 0 {
             check_table("snapshot table", h.snapshots_offset, 0, cs, file_len)?;
         }

@@ -9,8 +9,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::header::{Header, COMPRESSED, OFFSET_MASK, ZERO};
-use crate::{Error, Result};
+use super::header::{
+    Header, COMPRESSED, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
+    MAX_SNAPSHOT_TABLE_BYTES as MAX_TABLE_BYTES, OFFSET_MASK, ZERO,
+};
+use crate::{Error, Result, TableFault};
 
 /// What one L2 entry says about one guest cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +133,10 @@ impl Meta {
         // Lenient: tables past the end are judged by `check`, not here.
         let limit = if lenient { u64::MAX } else { file_len };
         let header = Header::parse(&first, limit).map_err(|m| Error::corrupt(path, m))?;
+        // Check and repair read the table themselves (and mend this).
+        if leniency == Leniency::None {
+            header.check_snapshot_count(path)?;
+        }
         if header.refcount_table_clusters == 0 && leniency == Leniency::None {
             return Err(Error::corrupt(path, "image has no refcount table"));
         }
@@ -269,50 +276,98 @@ impl Meta {
 
     /// Reads the snapshot table.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let mut out = Vec::new();
-        let mut at = self.header.snapshots_offset;
-        let bad = |m: &str| Error::corrupt(&self.path, format!("snapshot table: {m}"));
-        for _ in 0..self.header.nb_snapshots {
-            let mut fixed = [0u8; 40];
-            if at.checked_add(40).is_none_or(|e| e > self.file_len) {
-                return Err(bad("entry past the end of the image"));
+        Ok(self.snapshot_table(false)?.snapshots)
+    }
+
+    /// Reads the snapshot table as QEMU does. A table past QEMU's limits
+    /// (65536 entries, 1 KiB of extra data in an entry, 64 MiB in all) is
+    /// [`Error::SnapshotTable`]; with `repair` it is read as `check -r all`
+    /// mends it instead: entries past a limit left out, extra data cut to
+    /// 1 KiB, and each step said in QEMU's words.
+    pub fn snapshot_table(&self, repair: bool) -> Result<SnapshotTable> {
+        let fault = |fault| Error::SnapshotTable {
+            path: self.path.clone(),
+            fault,
+        };
+        let mut table = SnapshotTable::default();
+        let mut count = self.header.nb_snapshots;
+        if count > MAX_SNAPSHOTS {
+            let overhanging = count - MAX_SNAPSHOTS;
+            if !repair {
+                return Err(fault(TableFault::TooMany { overhanging }));
             }
-            read_exact_at(&self.file, &self.path, &mut fixed, at)?;
+            table
+                .messages
+                .push(format!("Discarding {overhanging} overhanging snapshots"));
+            table.overhanging += u64::from(overhanging);
+            count = MAX_SNAPSHOTS;
+        }
+        let start = self.header.snapshots_offset;
+        let mut at = start;
+        // QEMU's running length, with extra data as kept.
+        let mut length = 0u64;
+        let bad = |m: &str| Error::corrupt(&self.path, format!("snapshot table: {m}"));
+        for i in 0..count as usize {
+            let mut fixed = [0u8; 40];
+            self.read_zero_filled(&mut fixed, at)?;
             let u32at = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
             let u64at = |o: usize| u64::from_be_bytes(fixed[o..o + 8].try_into().expect("8"));
             let id_len = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
             let name_len = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
             let extra_len = u64::from(u32at(36));
-            if extra_len > 1024 {
-                return Err(bad("extra data is too large"));
+            let mut kept_extra = extra_len;
+            if extra_len > MAX_EXTRA {
+                if !repair {
+                    return Err(fault(TableFault::TooMuchExtra { entry: i }));
+                }
+                table.messages.push(format!(
+                    "Discarding too much extra metadata in snapshot table entry {i} \
+                     ({extra_len} > {MAX_EXTRA})"
+                ));
+                table.extra_dropped += 1;
+                kept_extra = MAX_EXTRA;
             }
             let var_len = extra_len + id_len + name_len;
-            if (at + 40)
-                .checked_add(var_len)
-                .is_none_or(|e| e > self.file_len)
-            {
-                return Err(bad("entry past the end of the image"));
+            length = length.div_ceil(8) * 8 + 40 + kept_extra + id_len + name_len;
+            if length > MAX_TABLE_BYTES {
+                let overhanging = count - i as u32;
+                if !repair {
+                    return Err(fault(TableFault::TooBig { overhanging }));
+                }
+                table.messages.push(format!(
+                    "Discarding {overhanging} overhanging snapshots (snapshot table is too big)"
+                ));
+                table.overhanging += u64::from(overhanging);
+                break;
             }
-            let mut var = vec![0u8; var_len as usize];
-            read_exact_at(&self.file, &self.path, &mut var, at + 40)?;
-            let extra = &var[..extra_len as usize];
+            // The extra data QEMU keeps (the rest is skipped), then the
+            // ID and the name.
+            let mut extra = vec![0u8; kept_extra as usize];
+            self.read_zero_filled(&mut extra, at + 40)?;
+            let mut names = vec![0u8; (id_len + name_len) as usize];
+            self.read_zero_filled(&mut names, at + 40 + extra_len)?;
             let ex64 = |o: usize| {
                 extra
                     .get(o..o + 8)
                     .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
             };
-            let id = &var[extra_len as usize..(extra_len + id_len) as usize];
-            let name = &var[(extra_len + id_len) as usize..];
+            // C strings in QEMU: each ends at its first NUL.
+            let c_str = |b: &[u8]| {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                String::from_utf8_lossy(&b[..end]).into_owned()
+            };
+            let id = c_str(&names[..id_len as usize]);
+            let name = c_str(&names[id_len as usize..]);
             let l1_size = u32at(8);
             if u64::from(l1_size) * 8 > super::header::MAX_L1_BYTES {
                 return Err(bad("snapshot L1 table is too large"));
             }
             let entry_len = (40 + var_len).div_ceil(8) * 8;
-            out.push(Snapshot {
+            table.snapshots.push(Snapshot {
                 l1_table_offset: u64at(0),
                 l1_size,
-                id: String::from_utf8_lossy(id).into_owned(),
-                name: String::from_utf8_lossy(name).into_owned(),
+                id,
+                name,
                 date_sec: u32at(16),
                 date_nsec: u32at(20),
                 vm_clock_nsec: u64at(24),
@@ -322,10 +377,46 @@ impl Meta {
                 extra_len: extra_len as u32,
                 entry_len,
             });
-            at += entry_len;
+            // The next entry starts 8-aligned; the table ends where the
+            // last entry does.
+            at += 40 + var_len;
+            table.size = at - start;
+            at = at.div_ceil(8) * 8;
         }
-        Ok(out)
+        if table.snapshots.is_empty() {
+            table.size = 0;
+        }
+        Ok(table)
     }
+}
+
+impl Meta {
+    /// Reads `buf` at `at`, as zeroes where the file ends before it (as
+    /// QEMU reads a table past the end of its file). The buffers are
+    /// bounded by the entry's 16-bit lengths and the 1 KiB of extra data
+    /// kept, whatever the header says.
+    fn read_zero_filled(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        buf.fill(0);
+        let Some(n) = self.file_len.checked_sub(at) else {
+            return Ok(());
+        };
+        let n = n.min(buf.len() as u64) as usize;
+        read_exact_at(&self.file, &self.path, &mut buf[..n], at)
+    }
+}
+
+/// A snapshot table as read (see [`Meta::snapshot_table`]).
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotTable {
+    pub snapshots: Vec<Snapshot>,
+    /// Bytes from the table's start to the end of its last entry read.
+    pub size: u64,
+    /// A repair's reading: what it left out or cut, in QEMU's words.
+    pub messages: Vec<String>,
+    /// Entries whose extra data was cut to 1 KiB.
+    pub extra_dropped: u64,
+    /// Entries left out past a limit.
+    pub overhanging: u64,
 }
 
 /// Decodes a refcount block of `2^order`-bit entries.

@@ -17,13 +17,14 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::header::{COPIED, INCOMPAT_DATA_FILE, MAX_SNAPSHOTS, OFFSET_MASK};
+use super::header::{
+    COPIED, INCOMPAT_DATA_FILE, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
+    MAX_SNAPSHOT_TABLE_BYTES as MAX_TABLE_BYTES, OFFSET_MASK,
+};
 use super::meta::{read_exact_at, L2Entry, Meta, Snapshot};
 use super::refcounts::Refcounts;
 use crate::{Error, Result};
 
-/// QEMU's cap on the snapshot table's size.
-const MAX_TABLE_BYTES: u64 = 1024 * MAX_SNAPSHOTS as u64;
 /// QEMU keeps at most 255 bytes of a snapshot's name.
 const MAX_NAME: usize = 255;
 /// Extra data we write: VM state size (64-bit), disk size, icount.
@@ -161,19 +162,29 @@ pub fn delete(path: &Path, name: &str) -> Result<()> {
 /// Writes the snapshot table anew, each entry as QEMU writes it (see
 /// `raw_table`): what an upgrade to compat=1.1 does, whose readers want
 /// the disk size in every entry.
-pub fn rewrite_table(path: &Path) -> Result<()> {
+pub fn rewrite_table(path: &Path, snaps: &[Snapshot]) -> Result<()> {
     let meta = open(path)?;
-    let snaps = meta.snapshots()?;
     if snaps.is_empty() {
         return Ok(());
     }
     let mut rc = Refcounts::new(&meta);
-    let table = raw_table(&meta, &snaps)?;
+    let table = raw_table(&meta, snaps)?;
     let entries: Vec<&[u8]> = table.iter().map(Vec::as_slice).collect();
     let (at, _) = write_snapshot_table(&meta, &mut rc, &entries)?;
     rc.flush(&meta)?;
     set_snapshot_table(&meta, entries.len() as u32, at)?;
-    free_old_table(&meta, &mut rc, &snaps)
+    free_old_table(&meta, &mut rc, snaps)?;
+    // The old table's clusters go back to the file system, as QEMU
+    // discards them when it rewrites a table.
+    let cs = meta.cluster_size();
+    let len: u64 = snaps.iter().map(|s| s.entry_len).sum();
+    let old = meta.header.snapshots_offset;
+    for c in old / cs..(old + len).div_ceil(cs) {
+        if rc.get(&meta, c * cs)? == 0 {
+            super::punch(&meta.file, c * cs, cs);
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot named `name`: by ID first, then by name (as QEMU looks).
@@ -239,34 +250,48 @@ fn snapshot_l1(meta: &Meta, sn: &Snapshot) -> Result<Vec<u64>> {
 /// size, the disk size, taken as today's when it was not recorded, and no
 /// icount), and unknown extra data beyond them is kept.
 fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
+    // Parts of an entry, as zeroes where the file ends first (as QEMU
+    // reads them); each part is bounded (40 bytes, 1 KiB of extra data, a
+    // 16-bit length), whatever the entry claims.
+    let read = |len: usize, at: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let n = (meta.file_len.saturating_sub(at)).min(len as u64) as usize;
+        read_exact_at(&meta.file, &meta.path, &mut buf[..n], at)?;
+        Ok(buf)
+    };
     let mut at = meta.header.snapshots_offset;
     let mut out = Vec::with_capacity(snaps.len());
     for s in snaps {
-        let len = s.entry_len.min(meta.file_len.saturating_sub(at));
-        let mut raw = vec![0u8; len as usize];
-        read_exact_at(&meta.file, &meta.path, &mut raw, at)?;
-        raw.resize(s.entry_len as usize, 0);
-        at += s.entry_len;
+        let fixed = read(40, at)?;
         // Lengths from the entry itself: the parsed ID and name went
         // through a lossy UTF-8 decode and may be longer than the bytes.
-        let extra_len = u32::from_be_bytes(raw[36..40].try_into().expect("4")) as usize;
-        let id_len = usize::from(u16::from_be_bytes([raw[12], raw[13]]));
-        let name_len = usize::from(u16::from_be_bytes([raw[14], raw[15]]));
-        let var = &raw[40..];
-        let extra = &var[..extra_len];
-        let names = &var[extra_len..extra_len + id_len + name_len];
-        let mut e = raw[..40].to_vec();
-        e[36..40].copy_from_slice(&(extra_len.max(EXTRA_LEN) as u32).to_be_bytes());
+        let extra_len = u64::from(u32::from_be_bytes(fixed[36..40].try_into().expect("4")));
+        let id_len = usize::from(u16::from_be_bytes([fixed[12], fixed[13]]));
+        let name_len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+        // Extra data past QEMU's 1 KiB is dropped (check -r all).
+        let extra = read(extra_len.min(MAX_EXTRA) as usize, at + 40)?;
+        let names = read(id_len + name_len, at + 40 + extra_len)?;
+        at += s.entry_len;
+        // The ID and the name as QEMU holds them: C strings, each ending
+        // at its first NUL.
+        let c_str = |b: &[u8]| b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())].to_vec();
+        let id = c_str(&names[..id_len]);
+        let name = c_str(&names[id_len..]);
+        let mut e = fixed;
+        e[12..14].copy_from_slice(&(id.len() as u16).to_be_bytes());
+        e[14..16].copy_from_slice(&(name.len() as u16).to_be_bytes());
+        e[36..40].copy_from_slice(&(extra.len().max(EXTRA_LEN) as u32).to_be_bytes());
         e.extend_from_slice(&s.vm_state_size.to_be_bytes());
         e.extend_from_slice(&s.disk_size.unwrap_or(meta.header.size).to_be_bytes());
         let icount = extra
             .get(16..24)
             .map_or(u64::MAX, |b| u64::from_be_bytes(b.try_into().expect("8")));
         e.extend_from_slice(&icount.to_be_bytes());
-        if extra_len > EXTRA_LEN {
+        if extra.len() > EXTRA_LEN {
             e.extend_from_slice(&extra[EXTRA_LEN..]);
         }
-        e.extend_from_slice(names);
+        e.extend_from_slice(&id);
+        e.extend_from_slice(&name);
         e.resize(e.len().div_ceil(8) * 8, 0);
         out.push(e);
     }

@@ -85,7 +85,7 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         let fmt = match a.common.format.as_deref() {
             Some(f) => f.to_string(),
             None => util::open_read(filename, None, true)
-                .map_err(|e| crate::util::could_not_open(&filename, e))?
+                .map_err(|e| crate::util::could_not_open(filename, e))?
                 .format()
                 .as_str()
                 .to_string(),

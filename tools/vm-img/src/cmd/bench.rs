@@ -156,7 +156,10 @@ pub fn run(a: &BenchArgs) -> Result<i32> {
     // would meet the first).
     let _lock = if a.write && opts.lock {
         opts.lock = false;
-        Some(ImageLock::acquire(&path, LockMode::Write).map_err(|e| util::could_not_open(&path, e))?)
+        Some(
+            ImageLock::acquire(&path, LockMode::Write)
+                .map_err(|e| util::could_not_open(&path, e))?,
+        )
     } else {
         None
     };

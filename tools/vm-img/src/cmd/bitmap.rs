@@ -59,8 +59,7 @@ pub fn run(a: &BitmapArgs) -> Result<i32> {
             fmt.as_str()
         );
     }
-    let mut ed =
-        Editor::open(path).map_err(|e| crate::util::could_not_open(&path, e))?;
+    let mut ed = Editor::open(path).map_err(|e| crate::util::could_not_open(path, e))?;
     // -b naming this very image reads from the bitmaps being edited.
     let same = a.source_file.as_deref().is_some_and(|s| same_file(s, path));
     for action in &a.actions {
@@ -121,8 +120,7 @@ fn source_bits(file: &Path, format: Option<&str>, name: &str) -> Result<Bits> {
         backing: false,
         ..OpenOptions::default()
     };
-    let img =
-        Image::open(file, &opts).map_err(|e| util::could_not_open(file, e))?;
+    let img = Image::open(file, &opts).map_err(|e| util::could_not_open(file, e))?;
     if img.format() != Format::Qcow2 {
         bail!("Dirty bitmap '{name}' not found");
     }

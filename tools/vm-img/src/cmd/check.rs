@@ -32,10 +32,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         } else {
             LockMode::Write
         };
-        Some(
-            ImageLock::acquire(path, mode)
-                .map_err(|e| crate::util::could_not_open(&path, e))?,
-        )
+        Some(ImageLock::acquire(path, mode).map_err(|e| crate::util::could_not_open(path, e))?)
     };
     let format = match util::parse_format(format.as_deref())? {
         Some(f) => f,
@@ -51,13 +48,13 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         .read(true)
         .write(repair != Repair::None)
         .open(path)
-        .map_err(|e| crate::util::could_not_open(&path, e))?;
+        .map_err(|e| crate::util::could_not_open(path, e))?;
     let open = if repair == Repair::None {
         Meta::open_for_check
     } else {
         Meta::open_for_repair
     };
-    let meta = open(path, file).map_err(|e| crate::util::could_not_open(&path, e))?;
+    let meta = open(path, file).map_err(|e| crate::util::could_not_open(path, e))?;
     // A missing or broken backing file means the image cannot be checked
     // (exit 1), as with qemu-img. The image's own tables are ours to judge.
     if let Some(name) = &meta.header.backing_file {
@@ -77,7 +74,22 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         Image::open(&bpath, &opts)
             .with_context(|| format!("Could not open backing file '{}'", bpath.display()))?;
     }
-    let first = check(&meta, repair).map_err(|e| anyhow!(e))?;
+    let first = match check(&meta, repair) {
+        Ok(r) => r,
+        // A snapshot table past QEMU's limits fails the check, in
+        // qemu-img's words, with how to repair it.
+        Err(vm_image::Error::SnapshotTable { fault, .. }) => {
+            crate::error_line(fault.check_message());
+            for line in crate::hint::Hinted::new("", vec![crate::hint::table_remedy(&fault)])
+                .lines(&crate::program_name())
+            {
+                eprintln!("{line}");
+            }
+            crate::error_line("Check failed: File too large");
+            return Ok(1);
+        }
+        Err(e) => return Err(anyhow!(e)),
+    };
     let report = if repair != Repair::None && (first.leaks_fixed > 0 || first.corruptions_fixed > 0)
     {
         // What the repairing pass found and did, before the re-check's own.
@@ -191,6 +203,6 @@ fn probe(path: &std::path::Path) -> Result<Format> {
     let mut magic = [0u8; 4];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut magic))
-        .map_err(|e| crate::util::could_not_open(&path, e))?;
+        .map_err(|e| crate::util::could_not_open(path, e))?;
     Ok(Format::probe(&magic[..n]))
 }

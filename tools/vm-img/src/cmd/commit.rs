@@ -26,7 +26,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
             ..OpenOptions::default()
         },
     )
-    .map_err(|e| crate::util::could_not_open(&path, e))?;
+    .map_err(|e| crate::util::could_not_open(path, e))?;
     if top.layers().len() < 2 {
         bail!("Image '{}' does not have a backing file", path.display());
     }

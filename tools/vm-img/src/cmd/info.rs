@@ -138,8 +138,7 @@ fn print(a: &InfoArgs, mut infos: Vec<Value>) -> i32 {
 /// One image's description, without opening its backing file (as qemu-img).
 pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<Value> {
     if format == Some("luks") || (format.is_none() && util::is_luks(path)) {
-        return describe_luks(path, force_share)
-            .map_err(|e| crate::util::could_not_open(&path, e));
+        return describe_luks(path, force_share).map_err(|e| crate::util::could_not_open(path, e));
     }
     let opts = OpenOptions {
         format: util::parse_format(format)?,
@@ -151,8 +150,7 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         Ok(img) => (img.format(), img.size(), img.header().cloned()),
         // Only what the data path refuses (never a lock held elsewhere).
         Err(e @ (vm_image::Error::Corrupt { .. } | vm_image::Error::Unsupported { .. })) => {
-            header_only(path, &opts)
-                .ok_or_else(|| util::could_not_open(path, e))?
+            header_only(path, &opts).ok_or_else(|| util::could_not_open(path, e))?
         }
         Err(e) => return Err(util::could_not_open(path, e)),
     };
@@ -189,13 +187,12 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
             m.insert("encrypted".into(), json!(true));
             data.insert(
                 "encrypt".into(),
-                encrypt_json(path, h)
-                    .map_err(|e| crate::util::could_not_open(&path, e))?,
+                encrypt_json(path, h).map_err(|e| crate::util::could_not_open(path, e))?,
             );
         }
         if h.version >= 3 {
-            let list = bitmaps::list(meta(path)?)
-                .map_err(|e| crate::util::could_not_open(&path, e))?;
+            let list =
+                bitmaps::list(meta(path)?).map_err(|e| crate::util::could_not_open(path, e))?;
             if !list.is_empty() {
                 data.insert("bitmaps".into(), list.iter().map(bitmap_json).collect());
             }
@@ -206,7 +203,8 @@ pub fn describe(path: &Path, format: Option<&str>, force_share: bool) -> Result<
         );
         if h.nb_snapshots > 0 {
             let snaps: Vec<Value> = meta(path)?
-                .snapshots()?
+                .snapshots()
+                .map_err(|e| util::could_not_open(path, e))?
                 .iter()
                 .map(super::snapshot::to_json)
                 .collect();

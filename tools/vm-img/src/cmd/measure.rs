@@ -27,8 +27,8 @@ pub fn run(a: &MeasureArgs) -> Result<i32> {
         (None, None) => bail!("Either --size N or one filename must be specified."),
         _ => {}
     }
-    let out_fmt: Format = (a.output_format.parse())
-        .map_err(|m: String| util::format_refused(&a.output_format, m))?;
+    let out_fmt: Format =
+        (a.output_format.parse()).map_err(|m: String| util::format_refused(&a.output_format, m))?;
     crate::secrets::Secrets::parse(&a.objects)?;
     let o = options::parse(&a.options)?;
     // The image named, or for -l a copy of it at the snapshot (removed

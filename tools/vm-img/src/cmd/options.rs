@@ -201,8 +201,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
         "backing_fmt" => o.qcow2.backing_format = Some(v.to_string()),
         "size" => {
             o.size = Some(
-                parse_size(v, BareNumber::Bytes)
-                    .map_err(|_| crate::hint::invalid_size_option())?,
+                parse_size(v, BareNumber::Bytes).map_err(|_| crate::hint::invalid_size_option())?,
             );
         }
         "cluster_size" => {
@@ -217,16 +216,17 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
             }
             o.qcow2.cluster_bits = cs.trailing_zeros();
         }
-        "preallocation" => match Prealloc::parse(v) {
-            Ok(p) => o.prealloc = Some(p),
-            // QEMU's option types refuse it, after create's Formatting
-            // line (which shows it).
-            Err(_) => {
+        "preallocation" => {
+            if let Ok(p) = Prealloc::parse(v) {
+                o.prealloc = Some(p);
+            } else {
+                // QEMU's option types refuse it, after create's Formatting
+                // line (which shows it).
                 o.refused_prealloc = Some(v.to_string());
                 o.refused
                     .get_or_insert_with(|| value_refused("preallocation", v));
             }
-        },
+        }
         "lazy_refcounts" => o.qcow2.lazy_refcounts = on_off(k, v)?,
         "nocow" => o.nocow = Some(on_off(k, v)?),
         "data_file" => o.qcow2.data_file = Some(v.to_string()),

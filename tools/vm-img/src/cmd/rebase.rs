@@ -34,8 +34,8 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
             .as_deref()
             .map(util::recorded_format)
             .transpose()?;
-        let _lock = ImageLock::acquire(path, LockMode::Write)
-            .map_err(|e| util::could_not_open(path, e))?;
+        let _lock =
+            ImageLock::acquire(path, LockMode::Write).map_err(|e| util::could_not_open(path, e))?;
         // Only the header changes: a header our own parser takes is
         // enough (the data path may refuse one, e.g. with two backing
         // format extensions, which this rewrite repairs).
@@ -50,8 +50,8 @@ pub fn run(a: &RebaseArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut new_fmt = util::parse_format(a.backing_format.as_deref())?;
-    let _lock = ImageLock::acquire(path, LockMode::Write)
-        .map_err(|e| util::could_not_open(path, e))?;
+    let _lock =
+        ImageLock::acquire(path, LockMode::Write).map_err(|e| util::could_not_open(path, e))?;
     // Clusters we may copy in are the ones the image does not have yet.
     let probe = open_qcow2(path, fmt, false, true)?;
     let ranges: Vec<(u64, u64)> = probe
@@ -173,8 +173,7 @@ fn open_qcow2(path: &Path, format: Option<Format>, write: bool, backing: bool) -
         backing,
         ..OpenOptions::default()
     };
-    let img =
-        Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
+    let img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
     if img.format() != Format::Qcow2 {
         bail!(
             "Could not change the backing file of '{}': raw images have none",

@@ -17,10 +17,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     let path = &path;
     // Held across the resize and the refcount clean-up after a shrink.
     let _lock = if locking {
-        Some(
-            ImageLock::acquire(path, LockMode::Write)
-                .map_err(|e| util::could_not_open(path, e))?,
-        )
+        Some(ImageLock::acquire(path, LockMode::Write).map_err(|e| util::could_not_open(path, e))?)
     } else {
         None
     };
@@ -34,8 +31,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         ..OpenOptions::default()
     };
     let bitmaps = util::KeptBitmaps::load(path)?;
-    let mut img =
-        Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
+    let mut img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
     let current = img.size();
     let new = change
         .apply(current)
@@ -66,7 +62,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| crate::util::could_not_open(&path, e))?;
+            .map_err(|e| crate::util::could_not_open(path, e))?;
         crate::prealloc::grow(&file, current, new, prealloc)?;
         if current == 0 && prealloc == Prealloc::Off {
             crate::prealloc::first_block(&file, new)?;

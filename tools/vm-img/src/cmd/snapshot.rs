@@ -82,8 +82,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
 }
 
 pub(crate) fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| crate::util::could_not_open(&path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| crate::util::could_not_open(path, e))?;
     let meta = Meta::open(path, file)?;
     Ok(meta.snapshots()?)
 }
@@ -130,8 +129,9 @@ pub fn table(snaps: &[Value]) -> String {
         let _ = writeln!(
             out,
             "{:<9} {:<16} {:>8}{:>20}{:>13}{:>11}",
-            t("id"),
-            t("name"),
+            // qemu-img's listing keeps 127 bytes of an ID, 255 of a name.
+            clip(t("id"), 127),
+            clip(t("name"), 255),
             util::human_size(g("vm-state-size")),
             vm_spec::text::date_time(g("date-sec")),
             clock,
@@ -142,4 +142,13 @@ pub fn table(snaps: &[Value]) -> String {
         );
     }
     out
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

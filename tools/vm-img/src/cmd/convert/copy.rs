@@ -35,8 +35,7 @@ pub(super) fn into_existing(
         write: true,
         ..vm_image::OpenOptions::default()
     };
-    let mut dst = Image::open(output, &opts)
-        .map_err(|e| crate::util::could_not_open(&output, e))?;
+    let mut dst = Image::open(output, &opts).map_err(|e| crate::util::could_not_open(output, e))?;
     if dst.size() < size {
         bail!("output file is smaller than input file");
     }
