@@ -340,6 +340,45 @@ fn snapshot_tables_past_qemu_s_limits_are_cut_back_like_qemu_img() {
     repairs_like_qemu_img(&d, &p, "too-many");
 }
 
+/// A snapshot entry whose L1 table is misaligned or too large: check
+/// reports it, leaves its tables uncounted and goes on, as qemu-img does;
+/// applying or deleting it is refused in QEMU's words.
+#[test]
+fn a_bad_snapshot_entry_is_reported_and_the_check_goes_on() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = image(&d);
+    let s = p.to_str().unwrap();
+    qemu_ok(&["snapshot", "-c", "test", s]);
+    let entry = be64(&p, 64);
+    let l1 = be64(&p, entry);
+    let good = std::fs::read(&p).unwrap();
+    for (what, at, bytes) in [
+        ("misaligned", entry, (l1 + 0x200).to_be_bytes().to_vec()),
+        (
+            "too large",
+            entry + 8,
+            0x1000_0000u32.to_be_bytes().to_vec(),
+        ),
+    ] {
+        std::fs::write(&p, &good).unwrap();
+        patch(&p, at, &bytes);
+        let (vc, vo, ve) = run(&["check", s]);
+        let (qc, qo, qe) = qemu_img(&["check", s]);
+        assert_eq!(
+            (vc, vo, ve.replace("vm-img", "qemu-img")),
+            (qc, qo, qe),
+            "{what}"
+        );
+        assert_eq!(vc, 2, "{what}: a corruption");
+        let (code, _, err) = run(&["snapshot", "-d", "test", s]);
+        assert_eq!(code, 1, "{what}");
+        assert!(err.contains("Snapshot L1 table"), "{what}: {err}");
+    }
+}
+
 #[test]
 fn info_describes_an_image_marked_corrupt() {
     if !have("qemu-img") {

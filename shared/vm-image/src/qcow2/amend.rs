@@ -153,7 +153,7 @@ fn expand_zero_clusters(meta: &Meta) -> Result<()> {
     let mut tables = BTreeSet::new();
     let mut l1s = vec![meta.l1.clone()];
     for s in meta.snapshots()? {
-        l1s.push(meta.read_table(s.l1_table_offset, u64::from(s.l1_size))?);
+        l1s.push(meta.snapshot_l1(&s)?);
     }
     for l1 in &l1s {
         for &e in l1 {

@@ -306,7 +306,6 @@ impl Meta {
         let mut at = start;
         // QEMU's running length, with extra data as kept.
         let mut length = 0u64;
-        let bad = |m: &str| Error::corrupt(&self.path, format!("snapshot table: {m}"));
         for i in 0..count as usize {
             let mut fixed = [0u8; 40];
             self.read_zero_filled(&mut fixed, at)?;
@@ -358,10 +357,9 @@ impl Meta {
             };
             let id = c_str(&names[..id_len as usize]);
             let name = c_str(&names[id_len as usize..]);
+            // Its L1 table is checked where it is read (`snapshot_l1`):
+            // check reports a bad one and goes on.
             let l1_size = u32at(8);
-            if u64::from(l1_size) * 8 > super::header::MAX_L1_BYTES {
-                return Err(bad("snapshot L1 table is too large"));
-            }
             let entry_len = (40 + var_len).div_ceil(8) * 8;
             table.snapshots.push(Snapshot {
                 l1_table_offset: u64at(0),
@@ -391,6 +389,19 @@ impl Meta {
 }
 
 impl Meta {
+    /// A snapshot's L1 table, checked as QEMU checks it before use (an
+    /// aligned offset, at most 32 MiB).
+    pub fn snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+        // QEMU's words, which name no file (the command's do).
+        if s.l1_table_offset % self.cluster_size() != 0 {
+            return Err(Error::Invalid("Snapshot L1 table offset invalid".into()));
+        }
+        if u64::from(s.l1_size) * 8 > super::header::MAX_L1_BYTES {
+            return Err(Error::Invalid("Snapshot L1 table too large".into()));
+        }
+        self.read_table(s.l1_table_offset, u64::from(s.l1_size))
+    }
+
     /// Reads `buf` at `at`, as zeroes where the file ends before it (as
     /// QEMU reads a table past the end of its file). The buffers are
     /// bounded by the entry's 16-bit lengths and the 1 KiB of extra data

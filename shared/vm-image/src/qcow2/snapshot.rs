@@ -236,13 +236,7 @@ fn write_table(meta: &Meta, at: u64, entries: &[u64]) -> Result<()> {
 
 /// The snapshot's L1 table, checked as QEMU checks it before use.
 fn snapshot_l1(meta: &Meta, sn: &Snapshot) -> Result<Vec<u64>> {
-    if sn.l1_size > 0 && sn.l1_table_offset % meta.cluster_size() != 0 {
-        return Err(Error::corrupt(
-            &meta.path,
-            format!("snapshot '{}': L1 table offset is not aligned", sn.id),
-        ));
-    }
-    meta.read_table(sn.l1_table_offset, u64::from(sn.l1_size))
+    meta.snapshot_l1(sn)
 }
 
 /// Each snapshot's entry as QEMU rewrites it: as it was, except that
