@@ -347,3 +347,52 @@ fn convert_l_reads_a_snapshot_and_leaves_the_source_alone() {
         "the source is untouched"
     );
 }
+
+/// A 512-byte-cluster image whose one-cluster refcount table covers just
+/// 8 MiB: snapshots and a bitmap that need refcount blocks past it grow
+/// the table (a larger one elsewhere, the header moved to it, the old one
+/// freed), and everything stays clean and readable.
+#[test]
+fn edits_past_the_refcount_table_grow_it() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("t.qcow2");
+    let s = p.to_str().unwrap();
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        s,
+        "64M",
+    ]);
+    qemu_io(&p, "qcow2", &["write -P 7 0 8000k"]);
+    let clusters = |p: &std::path::Path| {
+        let mut b = [0u8; 4];
+        std::fs::File::open(p)
+            .unwrap()
+            .read_exact_at(&mut b, 56)
+            .unwrap();
+        u32::from_be_bytes(b)
+    };
+    assert_eq!(clusters(&p), 1, "the table starts full");
+    for n in ["a", "b", "c", "d"] {
+        ok(&["snapshot", "-c", n, s]);
+        qemu_clean(&p);
+    }
+    assert!(clusters(&p) > 1, "the table grew");
+    ok(&["bitmap", "--add", s, "b0"]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["write -P 9 0 64k"]);
+    ok(&["snapshot", "-a", "b", s]);
+    qemu_clean(&p);
+    qemu_io(&p, "qcow2", &["read -P 7 0 8000k"]);
+    ok(&["snapshot", "-d", "a", s]);
+    qemu_clean(&p);
+    let list = qemu_ok(&["snapshot", "-l", s]);
+    assert!(list.contains(" d ") && !list.contains(" a "), "{list}");
+}

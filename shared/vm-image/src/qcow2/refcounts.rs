@@ -33,6 +33,10 @@ pub struct Refcounts {
     /// every cluster is free. (The file itself ends where the last write
     /// does, as with QEMU: a table may end inside its cluster.)
     alloc_end: u64,
+    /// Where the refcount table is, and its length in clusters (moved when
+    /// a flush grows it).
+    table_at: u64,
+    table_clusters: u64,
 }
 
 impl Refcounts {
@@ -52,7 +56,15 @@ impl Refcounts {
             dirty: BTreeSet::new(),
             free_hint: 0,
             alloc_end: 0,
+            table_at: meta.header.refcount_table_offset,
+            table_clusters: u64::from(meta.header.refcount_table_clusters),
         }
+    }
+
+    /// The refcount table's offset and length in clusters, for a caller
+    /// that writes the whole header after a flush (which may have moved it).
+    pub fn table_location(&self) -> (u64, u32) {
+        (self.table_at, self.table_clusters as u32)
     }
 
     fn block(&mut self, meta: &Meta, b: u64) -> Result<&mut Vec<u64>> {
@@ -135,25 +147,83 @@ impl Refcounts {
     }
 
     /// Writes the changed counts to the file, adding refcount blocks where
-    /// needed, and syncs (see the module comment for the order).
+    /// needed, and syncs (see the module comment for the order). A block
+    /// the refcount table has no entry for grows the table, as QEMU grows
+    /// it: a larger one is written elsewhere, the header moves to it in one
+    /// write, and the old one is freed.
     pub fn flush(&mut self, meta: &Meta) -> Result<()> {
-        // New blocks count themselves, possibly in other new blocks.
+        // New blocks count themselves, possibly in other new blocks; a new
+        // table counts itself too.
         let mut new_blocks = Vec::new();
+        let old_table = (self.table_at, self.table_clusters);
+        let mut moved = false;
         while let Some(&b) = self
             .dirty
             .iter()
             .find(|&&b| self.table.get(b as usize).copied().unwrap_or(0) == 0)
         {
             if b as usize >= self.table.len() {
-                return Err(Error::unsupported(
-                    &meta.path,
-                    "the refcount table is full (growing it is not supported yet)",
-                ));
+                self.grow_table(meta, b, &mut moved)?;
+                continue;
             }
             let at = self.alloc(meta, self.cs)?;
             self.table[b as usize] = at;
             new_blocks.push(b);
         }
+        let io = |e| Error::io(&meta.path, e);
+        self.write_blocks(meta)?;
+        if moved {
+            let raw: Vec<u8> = self.table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            meta.file.write_all_at(&raw, self.table_at).map_err(io)?;
+            meta.file.sync_all().map_err(io)?;
+            let mut h = [0u8; 12];
+            h[..8].copy_from_slice(&self.table_at.to_be_bytes());
+            h[8..].copy_from_slice(&(self.table_clusters as u32).to_be_bytes());
+            meta.file.write_all_at(&h, 48).map_err(io)?;
+            meta.file.sync_all().map_err(io)?;
+            // Nothing points at the old table now.
+            for k in 0..old_table.1 {
+                self.add(meta, old_table.0 + k * self.cs, -1)?;
+            }
+            self.write_blocks(meta)?;
+        } else if !new_blocks.is_empty() {
+            for &b in &new_blocks {
+                let at = self.table_at + b * 8;
+                meta.file
+                    .write_all_at(&self.table[b as usize].to_be_bytes(), at)
+                    .map_err(io)?;
+            }
+            meta.file.sync_all().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Makes room in the refcount table for block `b`: a table half again
+    /// as large (at least large enough), in new clusters. A second growth
+    /// in one flush frees the first new table.
+    fn grow_table(&mut self, meta: &Meta, b: u64, moved: &mut bool) -> Result<()> {
+        let need = ((b + 1) * 8).div_ceil(self.cs);
+        let clusters = need.max(self.table_clusters + self.table_clusters.div_ceil(2));
+        if clusters * self.cs > super::header::MAX_REFTABLE_BYTES {
+            return Err(Error::unsupported(
+                &meta.path,
+                "the refcount table would grow past 8 MiB",
+            ));
+        }
+        if *moved {
+            for k in 0..self.table_clusters {
+                self.add(meta, self.table_at + k * self.cs, -1)?;
+            }
+        }
+        self.table.resize((clusters * self.cs / 8) as usize, 0);
+        self.table_at = self.alloc(meta, clusters * self.cs)?;
+        self.table_clusters = clusters;
+        *moved = true;
+        Ok(())
+    }
+
+    /// Writes every changed block where the table says it is, and syncs.
+    fn write_blocks(&mut self, meta: &Meta) -> Result<()> {
         let io = |e| Error::io(&meta.path, e);
         let mut buf = vec![0u8; self.cs as usize];
         for &b in &self.dirty {
@@ -168,15 +238,6 @@ impl Refcounts {
                 .map_err(io)?;
         }
         meta.file.sync_all().map_err(io)?;
-        if !new_blocks.is_empty() {
-            for &b in &new_blocks {
-                let at = meta.header.refcount_table_offset + b * 8;
-                meta.file
-                    .write_all_at(&self.table[b as usize].to_be_bytes(), at)
-                    .map_err(io)?;
-            }
-            meta.file.sync_all().map_err(io)?;
-        }
         self.dirty.clear();
         Ok(())
     }

@@ -317,6 +317,8 @@ impl Editor {
             );
             h.autoclear_features |= AUTOCLEAR_BITMAPS;
         }
+        // A flush that grew the refcount table moved it.
+        (h.refcount_table_offset, h.refcount_table_clusters) = rc.table_location();
         write_header(meta, &h)?;
         // Nothing points at the old clusters any more.
         let metadata = meta.metadata_clusters();
