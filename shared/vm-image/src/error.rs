@@ -18,7 +18,7 @@ pub enum Error {
     Unsupported { path: PathBuf, message: String },
     /// Another process holds or refuses to share a lock the open needs;
     /// `message` says which (`Failed to get "write" lock`).
-    #[error("{path}: {message}: is another process using the image?")]
+    #[error("{path}: {message}: {LOCK_QUESTION}")]
     Locked { path: PathBuf, message: String },
     #[error("could not open backing file: {path}: {message}")]
     Backing { path: PathBuf, message: String },
@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// What a lock error asks after saying which lock (a tool that words the
+/// question its own way strips it).
+pub const LOCK_QUESTION: &str = "is another process using the image?";
 
 /// What is wrong with a snapshot table that a repair can mend, in QEMU's
 /// terms (its limits: 65536 entries, 1 KiB of extra data per entry, 64 MiB

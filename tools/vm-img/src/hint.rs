@@ -17,6 +17,16 @@ pub enum Line {
     Prefixed(String),
 }
 
+impl Line {
+    /// The line as printed: `program: ` first where it is prefixed.
+    pub fn text(&self, program: &str) -> String {
+        match self {
+            Self::Plain(s) => s.clone(),
+            Self::Prefixed(s) => format!("{program}: {s}"),
+        }
+    }
+}
+
 /// An error and its hint. Its `Display` is the error alone, so the usual
 /// one-line rendering (with any context in front) is unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,20 +48,9 @@ impl Hinted {
         Self::new(message, vec![Line::Plain(hint.into())])
     }
 
-    pub fn push(&mut self, line: Line) {
-        self.hint.push(line);
-    }
-
-    /// The hint's lines as printed, each `program: ` first where it is
-    /// prefixed.
+    /// The hint's lines as printed.
     pub fn lines(&self, program: &str) -> Vec<String> {
-        self.hint
-            .iter()
-            .map(|l| match l {
-                Line::Plain(s) => s.clone(),
-                Line::Prefixed(s) => format!("{program}: {s}"),
-            })
-            .collect()
+        self.hint.iter().map(|l| l.text(program)).collect()
     }
 }
 
@@ -63,38 +62,43 @@ impl fmt::Display for Hinted {
 
 impl std::error::Error for Hinted {}
 
-/// The hint somewhere in an error's chain of causes, if any.
-pub fn find(e: &anyhow::Error) -> Option<&Hinted> {
-    e.chain().find_map(|c| c.downcast_ref::<Hinted>())
+/// The error line and the hint lines qemu-img gives for `e`: a hint the
+/// error carries, and those qemu-img adds to image errors (a lock held
+/// elsewhere names the image in place of vm-image's question; a snapshot
+/// table says how check repairs it).
+pub fn render(e: &anyhow::Error, program: &str) -> (String, Vec<String>) {
+    let mut line = crate::one_line(e);
+    let mut hint: Vec<Line> = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Hinted>())
+        .map(|h| h.hint.clone())
+        .unwrap_or_default();
+    match e.chain().find_map(|c| c.downcast_ref::<vm_image::Error>()) {
+        Some(vm_image::Error::Locked { path, .. }) => {
+            line = line.replacen(&format!(": {}", vm_image::LOCK_QUESTION), "", 1);
+            hint.push(Line::Plain(format!(
+                "Is another process using the image [{}]?",
+                path.display()
+            )));
+        }
+        Some(vm_image::Error::SnapshotTable { fault, .. }) if fault.remedy_on_open() => {
+            hint.push(table_remedy(fault));
+        }
+        _ => {}
+    }
+    (line, hint.iter().map(|l| l.text(program)).collect())
 }
 
 /// A usage error, with qemu-img's pointer to `--help` after it.
 pub fn try_help(message: impl Into<String>) -> Hinted {
-    Hinted::plain(
-        message,
-        format!(
-            "Try '{} --help' for more information",
-            crate::program_name()
-        ),
-    )
+    Hinted::new(message, vec![try_help_line()])
 }
 
-/// Where the error is a lock another process holds: the error line
-/// without vm-image's question at its end, and qemu-img's hint naming
-/// the image instead.
-pub fn lock_conflict(e: &anyhow::Error, line: &str) -> Option<(String, Line)> {
-    let path = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<vm_image::Error>() {
-            Some(vm_image::Error::Locked { path, .. }) => Some(path),
-            _ => None,
-        })?;
-    Some((
-        line.replacen(": is another process using the image?", "", 1),
-        Line::Plain(format!(
-            "Is another process using the image [{}]?",
-            path.display()
-        )),
+/// qemu-img's pointer to `--help` after a usage error.
+pub fn try_help_line() -> Line {
+    Line::Plain(format!(
+        "Try '{} --help' for more information",
+        crate::program_name()
     ))
 }
 
@@ -105,15 +109,6 @@ pub fn table_remedy(fault: &vm_image::TableFault) -> Line {
         fault.remedy(),
         crate::program_name()
     ))
-}
-
-/// The snapshot-table fault somewhere in an error's causes.
-pub fn table_fault(e: &anyhow::Error) -> Option<vm_image::TableFault> {
-    e.chain()
-        .find_map(|c| match c.downcast_ref::<vm_image::Error>() {
-            Some(vm_image::Error::SnapshotTable { fault, .. }) => Some(*fault),
-            _ => None,
-        })
 }
 
 /// qemu-img's error for a size it cannot read (create's and measure's
@@ -154,14 +149,16 @@ mod tests {
         .context("t.qcow2")
         .unwrap_err();
         assert_eq!(
-            crate::one_line(&e),
-            "t.qcow2: Cannot amend the backing file"
+            render(&e, "qemu-img"),
+            (
+                "t.qcow2: Cannot amend the backing file".to_string(),
+                vec!["Use rebase.".to_string()]
+            )
         );
-        assert_eq!(find(&e).unwrap().lines("qemu-img"), vec!["Use rebase."]);
         assert_eq!(
             invalid_size().lines("vm-img")[0],
             "vm-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         );
-        assert!(find(&anyhow::anyhow!("plain")).is_none());
+        assert!(render(&anyhow::anyhow!("plain"), "p").1.is_empty());
     }
 }

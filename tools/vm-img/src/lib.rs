@@ -134,10 +134,8 @@ pub fn usage_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
     };
     let mut text = format!("{program}: {message}\n");
     if try_help {
-        for line in hint::try_help("").lines(&program) {
-            text += &line;
-            text.push('\n');
-        }
+        text += &hint::try_help_line().text(&program);
+        text.push('\n');
     }
     Some(text)
 }
@@ -163,17 +161,9 @@ fn file_names_error(sub: &str, missing: bool) -> Option<(String, bool)> {
 /// Writes an error as qemu-img does: its line, then any hint qemu-img
 /// gives with it on the lines after.
 pub fn report(e: &anyhow::Error) {
-    let mut line = one_line(e);
-    let mut hint = hint::find(e).cloned().unwrap_or_default();
-    if let Some((without, lock)) = hint::lock_conflict(e, &line) {
-        line = without;
-        hint.push(lock);
-    }
-    if let Some(fault) = hint::table_fault(e).filter(vm_image::TableFault::remedy_on_open) {
-        hint.push(hint::table_remedy(&fault));
-    }
+    let (line, hint) = hint::render(e, &program_name());
     error_line(line);
-    for l in hint.lines(&program_name()) {
+    for l in hint {
         eprintln!("{l}");
     }
 }

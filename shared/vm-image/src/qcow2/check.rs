@@ -5,8 +5,8 @@
 
 use std::os::unix::fs::FileExt;
 
-use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_MASK};
-use super::meta::{decode_refblock, encode_refcount, L2Entry, Meta, SnapshotTable};
+use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFFSET_MASK};
+use super::meta::{decode_refblock, encode_refcount, L1Fault, L2Entry, Meta, SnapshotTable};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,16 +491,13 @@ fn count(
     for s in &table.snapshots {
         // A bad entry is a corruption, and its tables go uncounted (so
         // what only it used shows as leaked), in qemu-img's words.
-        let bad = if s.l1_table_offset % cs != 0 {
-            Some(format!(
+        let bad = meta.snapshot_l1_fault(s).map(|f| match f {
+            L1Fault::Misaligned => format!(
                 "l1_offset={:#x}: L1 table is not cluster aligned",
                 s.l1_table_offset
-            ))
-        } else if u64::from(s.l1_size) * 8 > MAX_L1_BYTES {
-            Some(format!("l1_size={:#x}: L1 table is too large", s.l1_size))
-        } else {
-            None
-        };
+            ),
+            L1Fault::TooLarge => format!("l1_size={:#x}: L1 table is too large", s.l1_size),
+        });
         if let Some(what) = bad {
             c.report.corruptions += 1;
             c.report.messages.push(format!(

@@ -350,13 +350,9 @@ impl Meta {
                     .get(o..o + 8)
                     .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
             };
-            // C strings in QEMU: each ends at its first NUL.
-            let c_str = |b: &[u8]| {
-                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            };
-            let id = c_str(&names[..id_len as usize]);
-            let name = c_str(&names[id_len as usize..]);
+            let text = |b: &[u8]| String::from_utf8_lossy(c_str(b)).into_owned();
+            let id = text(&names[..id_len as usize]);
+            let name = text(&names[id_len as usize..]);
             // Its L1 table is checked where it is read (`snapshot_l1`):
             // check reports a bad one and goes on.
             let l1_size = u32at(8);
@@ -389,17 +385,28 @@ impl Meta {
 }
 
 impl Meta {
-    /// A snapshot's L1 table, checked as QEMU checks it before use (an
-    /// aligned offset, at most 32 MiB).
-    pub fn snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
-        // QEMU's words, which name no file (the command's do).
+    /// What QEMU finds wrong with a snapshot's L1 table before it reads
+    /// it: the offset must be aligned, the table at most 32 MiB.
+    pub fn snapshot_l1_fault(&self, s: &Snapshot) -> Option<L1Fault> {
         if s.l1_table_offset % self.cluster_size() != 0 {
-            return Err(Error::Invalid("Snapshot L1 table offset invalid".into()));
+            Some(L1Fault::Misaligned)
+        } else if u64::from(s.l1_size) * 8 > super::header::MAX_L1_BYTES {
+            Some(L1Fault::TooLarge)
+        } else {
+            None
         }
-        if u64::from(s.l1_size) * 8 > super::header::MAX_L1_BYTES {
-            return Err(Error::Invalid("Snapshot L1 table too large".into()));
+    }
+
+    /// A snapshot's L1 table, refused in QEMU's words (which name no file:
+    /// the command's do) where `snapshot_l1_fault` finds one.
+    pub fn snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+        match self.snapshot_l1_fault(s) {
+            Some(L1Fault::Misaligned) => {
+                Err(Error::Invalid("Snapshot L1 table offset invalid".into()))
+            }
+            Some(L1Fault::TooLarge) => Err(Error::Invalid("Snapshot L1 table too large".into())),
+            None => self.read_table(s.l1_table_offset, u64::from(s.l1_size)),
         }
-        self.read_table(s.l1_table_offset, u64::from(s.l1_size))
     }
 
     /// Reads `buf` at `at`, as zeroes where the file ends before it (as
@@ -414,6 +421,19 @@ impl Meta {
         let n = n.min(buf.len() as u64) as usize;
         read_exact_at(&self.file, &self.path, &mut buf[..n], at)
     }
+}
+
+/// A snapshot's ID or name as QEMU holds it: a C string, which ends at
+/// its first NUL.
+pub(crate) fn c_str(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
+/// See [`Meta::snapshot_l1_fault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L1Fault {
+    Misaligned,
+    TooLarge,
 }
 
 /// A snapshot table as read (see [`Meta::snapshot_table`]).

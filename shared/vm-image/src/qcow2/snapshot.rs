@@ -21,7 +21,7 @@ use super::header::{
     COPIED, INCOMPAT_DATA_FILE, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
     MAX_SNAPSHOT_TABLE_BYTES as MAX_TABLE_BYTES, OFFSET_MASK,
 };
-use super::meta::{read_exact_at, L2Entry, Meta, Snapshot};
+use super::meta::{c_str, read_exact_at, L2Entry, Meta, Snapshot};
 use super::refcounts::Refcounts;
 use crate::{Error, Result};
 
@@ -71,7 +71,7 @@ pub fn create(path: &Path, name: &str, date: (u32, u32)) -> Result<String> {
     fix_copied(&meta, &mut rc, meta.header.l1_table_offset, &mut l1)?;
     sync(&meta)?;
     set_snapshot_table(&meta, all.len() as u32, at)?;
-    free_old_table(&meta, &mut rc, &snaps)?;
+    free_old_table(&meta, &mut rc, &snaps, false)?;
     Ok(id)
 }
 
@@ -150,7 +150,7 @@ pub fn delete(path: &Path, name: &str) -> Result<()> {
     let (at, _) = write_snapshot_table(&meta, &mut rc, &kept)?;
     rc.flush(&meta)?;
     set_snapshot_table(&meta, kept.len() as u32, at)?;
-    free_old_table(&meta, &mut rc, &snaps)?;
+    free_old_table(&meta, &mut rc, &snaps, false)?;
     add_tree(&meta, &mut rc, &sn_l1, -1)?;
     free_range(&meta, &mut rc, sn.l1_table_offset, sn_l1.len() as u64 * 8)?;
     rc.flush(&meta)?;
@@ -173,18 +173,9 @@ pub fn rewrite_table(path: &Path, snaps: &[Snapshot]) -> Result<()> {
     let (at, _) = write_snapshot_table(&meta, &mut rc, &entries)?;
     rc.flush(&meta)?;
     set_snapshot_table(&meta, entries.len() as u32, at)?;
-    free_old_table(&meta, &mut rc, snaps)?;
     // The old table's clusters go back to the file system, as QEMU
     // discards them when it rewrites a table.
-    let cs = meta.cluster_size();
-    let len: u64 = snaps.iter().map(|s| s.entry_len).sum();
-    let old = meta.header.snapshots_offset;
-    for c in old / cs..(old + len).div_ceil(cs) {
-        if rc.get(&meta, c * cs)? == 0 {
-            super::punch(&meta.file, c * cs, cs);
-        }
-    }
-    Ok(())
+    free_old_table(&meta, &mut rc, snaps, true)
 }
 
 /// The snapshot named `name`: by ID first, then by name (as QEMU looks).
@@ -266,9 +257,6 @@ fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
         let extra = read(extra_len.min(MAX_EXTRA) as usize, at + 40)?;
         let names = read(id_len + name_len, at + 40 + extra_len)?;
         at += s.entry_len;
-        // The ID and the name as QEMU holds them: C strings, each ending
-        // at its first NUL.
-        let c_str = |b: &[u8]| b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())].to_vec();
         let id = c_str(&names[..id_len]);
         let name = c_str(&names[id_len..]);
         let mut e = fixed;
@@ -284,8 +272,8 @@ fn raw_table(meta: &Meta, snaps: &[Snapshot]) -> Result<Vec<Vec<u8>>> {
         if extra.len() > EXTRA_LEN {
             e.extend_from_slice(&extra[EXTRA_LEN..]);
         }
-        e.extend_from_slice(&id);
-        e.extend_from_slice(&name);
+        e.extend_from_slice(id);
+        e.extend_from_slice(name);
         e.resize(e.len().div_ceil(8) * 8, 0);
         out.push(e);
     }
@@ -365,11 +353,24 @@ fn set_snapshot_table(meta: &Meta, count: u32, at: u64) -> Result<()> {
     sync(meta)
 }
 
-/// Frees the table the header pointed at before, once it no longer does.
-fn free_old_table(meta: &Meta, rc: &mut Refcounts, snaps: &[Snapshot]) -> Result<()> {
-    let len: u64 = snaps.iter().map(|s| s.entry_len).sum();
-    free_range(meta, rc, meta.header.snapshots_offset, len)?;
-    rc.flush(meta)
+/// Frees the table the header pointed at before, once it no longer does;
+/// with `punch`, the clusters that count nothing now are punched out.
+fn free_old_table(meta: &Meta, rc: &mut Refcounts, snaps: &[Snapshot], punch: bool) -> Result<()> {
+    let (at, len) = (
+        meta.header.snapshots_offset,
+        snaps.iter().map(|s| s.entry_len).sum::<u64>(),
+    );
+    free_range(meta, rc, at, len)?;
+    rc.flush(meta)?;
+    if punch && len > 0 && at != 0 {
+        let cs = meta.cluster_size();
+        for c in at / cs..(at + len).div_ceil(cs) {
+            if rc.get(meta, c * cs)? == 0 {
+                super::punch(&meta.file, c * cs, cs);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn free_range(meta: &Meta, rc: &mut Refcounts, at: u64, len: u64) -> Result<()> {

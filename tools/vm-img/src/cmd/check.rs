@@ -80,11 +80,8 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         // qemu-img's words, with how to repair it.
         Err(vm_image::Error::SnapshotTable { fault, .. }) => {
             crate::error_line(fault.check_message());
-            for line in crate::hint::Hinted::new("", vec![crate::hint::table_remedy(&fault)])
-                .lines(&crate::program_name())
-            {
-                eprintln!("{line}");
-            }
+            let remedy = crate::hint::table_remedy(&fault);
+            eprintln!("{}", remedy.text(&crate::program_name()));
             crate::error_line("Check failed: File too large");
             return Ok(1);
         }
