@@ -47,7 +47,13 @@ impl Hierarchy {
     /// controller wins: a hybrid setup usually leaves v2 without
     /// controllers (v1, as here), but one may hand cpu and cpuset to v2
     /// while memory stays on v1 (v2, memory unused).
+    ///
+    /// `VMTOOLS_CGROUP_LAYOUT=v2` picks the v2 mount even where it offers no
+    /// cpu controller: on a hybrid host (this project's development
+    /// machine) that measures and tests v2 placement, which costs the same
+    /// with or without the controllers.
     pub fn detect() -> Option<Self> {
+        let forced = std::env::var_os("VMTOOLS_CGROUP_LAYOUT").is_some_and(|v| v == "v2");
         let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
         let (mut cpu, mut cpuset, mut memory, mut v2) = (None, None, None, None);
         for line in info.lines() {
@@ -77,7 +83,7 @@ impl Hierarchy {
             fs::read_to_string(root.join("cgroup.controllers"))
                 .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
         });
-        if cpu.is_none() && v2_has_cpu {
+        if (cpu.is_none() && v2_has_cpu) || (forced && v2.is_some()) {
             return v2.map(Self::V2);
         }
         if cpu.is_some() || cpuset.is_some() || memory.is_some() {
@@ -224,6 +230,9 @@ impl VmCgroup {
     /// lock, so without an RCU grace period (4-17 ms each on the
     /// development host); v2 must move the whole process into the domain
     /// (`cgroup.procs`) first, which waits for one grace period.
+    ///
+    /// A process born in the group (see [`VmCgroup::dir`]) skips that
+    /// write.
     pub fn enter(&self) -> Result<(), CgroupError> {
         match &self.hierarchy {
             Hierarchy::V1 { .. } => {
@@ -231,13 +240,57 @@ impl VmCgroup {
                     write(&m.join("tasks"), "0")?;
                 }
             }
-            Hierarchy::V2(_) => {
+            Hierarchy::V2(root) => {
                 for g in &self.thread_groups {
-                    write(&g.join("cgroup.procs"), "0")?;
+                    if v2_group_of("self", root).as_deref() != Some(g.as_path()) {
+                        write(&g.join("cgroup.procs"), "0")?;
+                    }
                 }
             }
         }
         self.attach_self("emulator")
+    }
+
+    /// The VM group of a v2 hierarchy as a directory descriptor, for a
+    /// child cloned into it (`CLONE_INTO_CGROUP`); None on v1.
+    pub fn dir(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
+        let Hierarchy::V2(_) = self.hierarchy else {
+            return None;
+        };
+        let g = self.thread_groups.first()?;
+        Some(
+            fs::File::open(g)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(err(g)),
+        )
+    }
+
+    /// The v2 VM group this process was born in (a child of
+    /// [`VmCgroup::dir`]), if `group` names it: checked against the
+    /// kernel's word, /proc/self/cgroup, not taken on trust.
+    pub fn born_in(group: &Path) -> Option<Self> {
+        let hierarchy = Hierarchy::detect()?;
+        let Hierarchy::V2(root) = &hierarchy else {
+            return None;
+        };
+        if v2_group_of("self", root).as_deref() != Some(group) {
+            return None;
+        }
+        Some(Self {
+            thread_groups: vec![group.to_path_buf()],
+            hierarchy,
+            memory_group: None,
+        })
+    }
+
+    /// Removes the v2 groups once no process is left in them (a launcher
+    /// whose child failed before its teardown could); best effort.
+    pub fn remove_if_empty(&self) {
+        for g in &self.thread_groups {
+            if !populated(g) {
+                remove_group(g);
+            }
+        }
     }
 
     /// Undoes [`VmCgroup::enter`] for a VM that failed to start: moves the
@@ -346,12 +399,31 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
             else {
                 continue;
             };
-            if alive(pid) {
+            // A v2 group is named for the process that made it, which
+            // may have exited while the VM it launched runs on.
+            if alive(pid) || (top.join("cgroup.events").exists() && populated(&e.path())) {
                 continue;
             }
             remove_group(&e.path());
         }
     }
+}
+
+/// The `vmtools/<name>.<n>` group that a process (`self` or a pid) or
+/// its main thread is in on the v2 hierarchy at `root`, from
+/// /proc/PID/cgroup (`0::/vmtools/<name>.<n>/emulator` once placed).
+fn v2_group_of(pid: &str, root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (top, group) = (parts.next()?, parts.next()?);
+    (top == "vmtools" && !group.is_empty() && group != "..").then(|| root.join(top).join(group))
+}
+
+/// Whether a v2 group or any group below it has a process in it.
+fn populated(group: &Path) -> bool {
+    fs::read_to_string(group.join("cgroup.events"))
+        .map_or(true, |e| e.lines().any(|l| l == "populated 1"))
 }
 
 /// Removes a VM's group, children first; best effort (the kernel refuses
@@ -397,10 +469,23 @@ fn read_trim(p: &Path) -> Result<String, CgroupError> {
 }
 
 impl VmCgroup {
-    /// The groups of a running VM (`<name>.<pid>`), if they exist.
+    /// The groups of a running VM, if they exist: `<name>.<pid>` on v1;
+    /// on v2 the group the process is in, which is named for the process
+    /// that launched it (`<name>.<launcher pid>`).
     pub fn find(vm: &str, pid: u32) -> Option<Self> {
         let hierarchy = Hierarchy::detect()?;
-        let name = group_name(vm, pid);
+        let mut name = group_name(vm, pid);
+        if let Hierarchy::V2(root) = &hierarchy {
+            let of_vm = v2_group_of(&pid.to_string(), root).filter(|g| {
+                g.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.rsplit_once('.'))
+                    .is_some_and(|(n, p)| n == vm && p.parse::<u32>().is_ok())
+            });
+            if let Some(g) = of_vm.and_then(|g| g.file_name().map(std::borrow::ToOwned::to_owned)) {
+                name = g.to_string_lossy().into_owned();
+            }
+        }
         let (thread_groups, memory_group) = match &hierarchy {
             Hierarchy::V1 {
                 cpu,

@@ -3,5 +3,6 @@
 pub mod affinity;
 pub mod capabilities;
 pub mod cgroup;
+pub mod launch;
 pub mod netlink;
 pub mod tap;

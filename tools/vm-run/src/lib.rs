@@ -9,6 +9,7 @@ pub mod console;
 pub mod disks;
 mod fds;
 mod jobs;
+mod launch;
 pub mod migrate;
 pub mod monitor;
 pub mod nets;
@@ -28,7 +29,7 @@ pub fn run(cli: &Cli) -> i32 {
     let j = cli.json;
     let result = match &cli.command {
         Command::Start(a) => cmd::start::run(a, j),
-        Command::Serve => return cmd::start::serve().unwrap_or(1),
+        Command::Serve => cmd::start::serve(),
         Command::Define { spec } => cmd::define::define(spec, j),
         Command::Undefine(v) => cmd::define::undefine(&v.vm),
         Command::Edit(v) => cmd::define::edit(&v.vm),

@@ -78,13 +78,14 @@ pub enum RestoreSource {
 /// Runs `spec` to the end. `detached` picks the console default and
 /// `ready` (a pipe) receives the VmState line once the guest runs.
 /// With `restore` the machine starts from the saved file instead of
-/// booting.
+/// booting. `born`: the cgroup a launcher started this process in.
 pub fn run(
     spec: VmSpec,
     detached: bool,
     console: Option<PathBuf>,
     ready: Option<File>,
     restore: Option<RestoreFrom>,
+    born: Option<VmCgroup>,
 ) -> Result<i32> {
     spec.require_supported("vm-run", SUPPORTED)
         .map_err(|e| anyhow!("{e}"))?;
@@ -126,7 +127,7 @@ pub fn run(
     // Into the cgroup before any other thread exists, so every thread
     // starts in the VM's groups; the machine's threads then move
     // themselves into theirs.
-    let cgroup = enter_cgroup(&spec);
+    let cgroup = enter_cgroup(&spec, born);
     let paused = restore.as_ref().is_some_and(|r| r.paused);
     let how = match restore.as_ref().map(|r| &r.source) {
         Some(RestoreSource::File(_)) => "restored",

@@ -30,21 +30,33 @@ impl Threads {
 }
 
 /// Makes the VM's cgroup (`emulator`, `vcpuN` and `iothreadN` groups,
-/// after removing dead VMs' groups), moves this process in with its
-/// main thread in `emulator`, and applies the spec's shares and quotas.
-/// Without cgroups (or the right to make them) the VM runs unplaced, with
-/// a line in its log.
-pub(crate) fn enter_cgroup(spec: &VmSpec) -> Option<Arc<VmCgroup>> {
-    let h = Hierarchy::detect()?;
+/// after removing dead VMs' groups), named for this process.
+pub(crate) fn make_cgroup(
+    h: Hierarchy,
+    spec: &VmSpec,
+) -> Result<VmCgroup, vm_host::cgroup::CgroupError> {
     vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
     let vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
-    let made = VmCgroup::create(
+    VmCgroup::create(
         h,
         &spec.name.to_string(),
         std::process::id(),
         vcpus,
         spec.iothreads,
     )
+}
+
+/// Moves this process into the VM's cgroup (made here, or by the
+/// launcher that started this process in it: `born`) with its main
+/// thread in `emulator`, and applies the spec's shares and quotas.
+/// Without cgroups (or the right to make them) the VM runs unplaced, with
+/// a line in its log.
+pub(crate) fn enter_cgroup(spec: &VmSpec, born: Option<VmCgroup>) -> Option<Arc<VmCgroup>> {
+    let vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
+    let made = match born {
+        Some(cg) => Ok(cg),
+        None => make_cgroup(Hierarchy::detect()?, spec),
+    }
     .and_then(|cg| cg.enter().map(|()| cg));
     match made {
         Ok(cg) => {

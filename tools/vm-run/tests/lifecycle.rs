@@ -75,10 +75,11 @@ fn detached_lifecycle() {
     // each vCPU thread in its vcpuN group.
     let cgroup_of =
         |t: u64| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/cgroup")).unwrap();
-    let group = format!("/vmtools/hb.{pid}");
+    let mut group = format!("/vmtools/hb.{pid}");
     match cpu_hierarchy() {
-        Some(Hierarchy::V2(_)) => {
-            // One hierarchy: the VM's group with threaded children.
+        Some(Hierarchy::V2(root)) => {
+            // One hierarchy: the VM's group with threaded children, named
+            // for the launcher that started the VM process in it.
             let line = |t: u64| {
                 cgroup_of(t)
                     .lines()
@@ -86,6 +87,11 @@ fn detached_lifecycle() {
                     .unwrap_or_default()
                     .to_string()
             };
+            let found = vm_host::cgroup::VmCgroup::find("hb", pid as u32).expect("found");
+            let dir = found.thread_groups[0].strip_prefix(&root).unwrap();
+            group = format!("/{}", dir.display());
+            let launcher: u32 = group.rsplit_once('.').unwrap().1.parse().unwrap();
+            assert_ne!(u64::from(launcher), pid, "born in the launcher's group");
             assert_eq!(line(pid), format!("0::{group}/emulator"));
             assert_eq!(line(tid), format!("0::{group}/vcpu1"));
         }
@@ -702,9 +708,122 @@ fn a_vms_cgroups_go_with_it() {
         !groups_of("cgbg").is_empty(),
         "the running VM has its groups"
     );
+    // v1: named for the VM process; v2: for the launcher that started
+    // the VM process in its group, which vm-pin finds from the process.
+    let named = vm_host::cgroup::VmCgroup::find("cgbg", pid as u32).expect("found");
     assert!(groups_of("cgbg")
         .iter()
-        .all(|g| g.ends_with(format!("cgbg.{pid}"))));
+        .all(|g| named.thread_groups[0].ends_with(g.file_name().unwrap())));
     assert_eq!(e.vm_run(&["kill", "cgbg"]).0, 0);
     gone("cgbg");
+}
+
+/// On cgroup v2 a foreground vm-run starts the VM process inside the VM's
+/// group (a move into a v2 group waits for an RCU grace period) and stays
+/// the process users signal: TERM is passed on, the VM's exit code is its
+/// own, and a launcher killed outright takes its VM with it. Runs where
+/// vm-run places VMs on v2: a v2 host, or `VMTOOLS_CGROUP_LAYOUT=v2` on a
+/// hybrid one (scripts/cgroup-v2 runs it so).
+#[test]
+fn a_foreground_vm_on_cgroup_v2_is_born_in_its_group() {
+    let Some(Hierarchy::V2(root)) = Hierarchy::detect() else {
+        eprintln!("SKIP (v2 launcher): vm-run does not place VMs on cgroup v2 here");
+        return;
+    };
+    if !have_kvm() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env::new();
+    let s = e.spec("born", "heartbeat", &serde_json::json!({"vcpus": 2}));
+    let start = || {
+        e.cmd()
+            .args(["start", &s])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The VM process's pid, once its state says it runs.
+    let vm_pid = || {
+        let t0 = Instant::now();
+        loop {
+            let (code, out, _) = e.vm_run(&["state", "born"]);
+            if code == 0 && out.contains("running") {
+                let st = json(&e.vm_run(&["status", "born"]).1);
+                return st["pid"].as_u64().unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "never ran: {out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let line = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            .unwrap_or_default()
+    };
+    let gone = |group: &Path| {
+        let t0 = Instant::now();
+        while group.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{group:?} left behind"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let launcher = start();
+    let l = launcher.id();
+    let pid = vm_pid();
+    assert_ne!(pid, u64::from(l), "the VM runs in a child of the launcher");
+    let group = root.join(format!("vmtools/born.{l}"));
+    assert_eq!(line(pid), format!("/vmtools/born.{l}/emulator"));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, l, "{stat}");
+    // A second start of the name fails as before: one line, exit 1, and
+    // its launcher leaves no group of its own.
+    let (code, _, err) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 1, "{err}");
+    assert!(error_line(&err).contains("already running"), "{err}");
+    assert_eq!(groups_of("born").len(), 1, "{:?}", groups_of("born"));
+    // TERM to the launcher reaches the VM, which stops; the launcher exits
+    // with the VM's code (0), and the groups go.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(l as i32, libc::SIGTERM) };
+    let (code, _, err) = decode(&launcher.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        vm_control::Liveness::of(pid as u32),
+        vm_control::Liveness::Dead
+    );
+    gone(&group);
+    // A launcher killed outright takes its VM with it.
+    let mut launcher = start();
+    let pid = vm_pid();
+    launcher.kill().unwrap();
+    let _ = launcher.wait();
+    let t0 = Instant::now();
+    while vm_control::Liveness::of(pid as u32) == vm_control::Liveness::Alive {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the VM outlived its launcher"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gone(&root.join(format!("vmtools/born.{}", launcher.id())));
+    // The guest's own exit code comes through the launcher.
+    let s = e.spec("borncrash", "crash", &serde_json::json!({}));
+    let (code, out, _) = e.vm_run(&["start", &s]);
+    assert_eq!(code, 3, "a crash under on_crash=destroy exits 3: {out}");
 }

@@ -4,15 +4,14 @@
 //! printing the VM's state.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_spec::{VmSpec, VmState};
 
 use crate::cli::StartArgs;
-use crate::{monitor, output};
+use crate::{launch, monitor, output};
 
 pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
     let (spec, restore) = match (&a.restore, a.incoming) {
@@ -24,9 +23,15 @@ pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
         ),
     };
     if !a.detach {
-        return monitor::run(spec, false, a.console.clone(), None, restore);
+        if let Some(cg) = launch::v2_group(&spec) {
+            match launch::foreground(&spec, a.console.as_deref(), restore.as_ref(), &cg) {
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => cg.remove_if_empty(),
+                r => return r.context("starting the VM process"),
+            }
+        }
+        return monitor::run(spec, false, a.console.clone(), None, restore, None);
     }
-    detach(&spec, a.console.clone(), json, restore.as_ref())
+    detach(&spec, a.console.as_deref(), json, restore.as_ref())
 }
 
 /// The spec a restore runs: the saved one, or `--spec`, under `--name`.
@@ -101,12 +106,9 @@ fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::Rest
     ))
 }
 
-/// Where the detached VM process finds an incoming migration's stream.
-const INCOMING_FD: i32 = 3;
-
 fn detach(
     spec: &VmSpec,
-    console: Option<PathBuf>,
+    console: Option<&Path>,
     json: bool,
     restore: Option<&monitor::RestoreFrom>,
 ) -> Result<i32> {
@@ -126,70 +128,43 @@ fn detach(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("finding vm-run's own executable")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
-    if let Some(c) = console {
-        cmd.env("VMTOOLS_SERVE_CONSOLE", c);
-    }
-    let mut stream_fd = None;
-    if let Some(r) = restore {
-        match &r.source {
-            monitor::RestoreSource::File(p) => {
-                cmd.env("VMTOOLS_SERVE_RESTORE", p);
-            }
-            monitor::RestoreSource::Stream(c, disks) => {
-                cmd.env("VMTOOLS_SERVE_INCOMING", INCOMING_FD.to_string());
-                cmd.env(
-                    "VMTOOLS_SERVE_INCOMING_DISKS",
-                    serde_json::to_string(disks)?,
-                );
-                stream_fd = Some(std::os::fd::AsRawFd::as_raw_fd(c));
-            }
-        }
-        if r.paused {
-            cmd.env("VMTOOLS_SERVE_PAUSED", "1");
+    let (spec_r, mut spec_w) = vm_host::launch::pipe().context("pipe")?;
+    let (ready_r, ready_w) = vm_host::launch::pipe().context("pipe")?;
+    let serve = launch::Serve::new(console, restore, false)?;
+    let cg = launch::v2_group(spec);
+    let mut pid = None;
+    if let Some(cg) = &cg {
+        let fds = [(spec_r.as_fd(), 0), (ready_w.as_fd(), 1), (log.as_fd(), 2)];
+        match serve.spawn_into(cg, &fds, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => cg.remove_if_empty(),
+            r => pid = Some(r.context("starting the VM process")?),
         }
     }
-    // SAFETY: in the child before exec: setsid detaches it from our
-    // session and terminal, and the stream's descriptor is put at
-    // INCOMING_FD without close-on-exec. Only async-signal-safe calls,
-    // on descriptors the child has; no memory of ours is touched.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setsid();
-            if let Some(fd) = stream_fd {
-                let r = if fd == INCOMING_FD {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, INCOMING_FD)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting the VM process")?;
-    {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(serde_json::to_string(spec)?.as_bytes())?;
-    }
+    let pid = match pid {
+        Some(p) => p,
+        None => serve.spawn(spec_r, ready_w, log)?,
+    };
+    // Our copies of the child's ends are closed (moved or dropped), so a
+    // child that dies reads as end of file.
+    spec_w.write_all(serde_json::to_string(spec)?.as_bytes())?;
+    drop(spec_w);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    if let Some(msg) = line.strip_prefix("ERROR ") {
+    BufReader::new(ready_r).read_line(&mut line)?;
+    let failed = |why: String| -> Result<i32> {
+        if let Some(cg) = &cg {
+            cg.remove_if_empty();
+        }
         // The VM process cleared what it made once it held the folder; a
         // folder another VM holds (the start that won a race) stays.
-        let _ = child.wait();
         vm_control::remove_if_dead(&dir)?;
-        return Err(anyhow!("{}", msg.trim()));
+        Err(anyhow!("{why}"))
+    };
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        launch::reap(pid);
+        return failed(msg.trim().to_string());
     }
     if line.trim().is_empty() {
-        let _ = child.wait();
+        launch::reap(pid);
         let mut why = String::new();
         std::fs::File::open(&log_path)
             .and_then(|mut f| f.read_to_string(&mut why))
@@ -200,8 +175,7 @@ fn detach(
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no reason given");
         let last = last.split_once("error: ").map_or(last, |(_, m)| m);
-        vm_control::remove_if_dead(&dir)?;
-        return Err(anyhow!("the VM did not start: {last}"));
+        return failed(format!("the VM did not start: {last}"));
     }
     let state = VmState::from_json(line.trim())
         .map_err(|e| anyhow!("bad state from the VM process: {e}"))?;
@@ -209,25 +183,37 @@ fn detach(
     Ok(0)
 }
 
-/// The background VM process: the spec arrives on stdin, the state line
-/// goes to stdout once the guest runs.
+/// The VM process a launcher started: the spec arrives on stdin (fd 4 in
+/// the foreground, where stdin is the console's), and a detached one
+/// writes its state line to stdout once the guest runs. Errors go to
+/// stderr (a detached VM's vm.log) as any command's do.
 pub fn serve() -> Result<i32> {
+    let foreground = std::env::var_os(launch::ENV_FOREGROUND).is_some();
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text)?;
+    if foreground {
+        // SAFETY: the launcher put the spec's pipe at this number for this
+        // process alone.
+        let mut f =
+            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(launch::SPEC_FD) };
+        f.read_to_string(&mut text)?;
+    } else {
+        std::io::stdin().read_to_string(&mut text)?;
+    }
     let spec = VmSpec::from_json(&text).map_err(|e| anyhow!("{e}"))?;
-    let console = std::env::var_os("VMTOOLS_SERVE_CONSOLE").map(PathBuf::from);
-    let paused = std::env::var_os("VMTOOLS_SERVE_PAUSED").is_some();
-    let restore = if let Some(p) = std::env::var_os("VMTOOLS_SERVE_RESTORE") {
+    let console = std::env::var_os(launch::ENV_CONSOLE).map(PathBuf::from);
+    let paused = std::env::var_os(launch::ENV_PAUSED).is_some();
+    let restore = if let Some(p) = std::env::var_os(launch::ENV_RESTORE) {
         Some(monitor::RestoreFrom {
             source: monitor::RestoreSource::File(PathBuf::from(p)),
             paused,
         })
-    } else if std::env::var_os("VMTOOLS_SERVE_INCOMING").is_some() {
-        // SAFETY: `start --detach` put the stream at INCOMING_FD for this
+    } else if std::env::var_os(launch::ENV_INCOMING).is_some() {
+        // SAFETY: the launcher put the stream at INCOMING_FD for this
         // process alone.
-        let fd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(INCOMING_FD) };
-        let disks = std::env::var("VMTOOLS_SERVE_INCOMING_DISKS").unwrap_or_default();
+        let fd = unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(launch::INCOMING_FD)
+        };
+        let disks = std::env::var(launch::ENV_INCOMING_DISKS).unwrap_or_default();
         let disks = serde_json::from_str(&disks).context("the incoming disks")?;
         Some(monitor::RestoreFrom {
             source: monitor::RestoreSource::Stream(crate::migrate::Conn::from_fd(fd)?, disks),
@@ -236,6 +222,12 @@ pub fn serve() -> Result<i32> {
     } else {
         None
     };
+    // The group the launcher made, if this process really is in it.
+    let born = std::env::var_os(launch::ENV_CGROUP)
+        .and_then(|g| vm_host::cgroup::VmCgroup::born_in(std::path::Path::new(&g)));
+    if foreground {
+        return monitor::run(spec, false, console, None, restore, born);
+    }
     // SAFETY: dup-ing our stdout keeps the readiness pipe; the original fd
     // 1 is then pointed at /dev/null so nothing else writes into the pipe.
     let ready = unsafe {
@@ -254,11 +246,9 @@ pub fn serve() -> Result<i32> {
     // A second handle on the pipe reports a failure before readiness to
     // the waiting `start --detach` (after it, nobody reads: EPIPE is fine).
     let mut report = ready.try_clone().context("dup")?;
-    let r = monitor::run(spec, true, console, Some(ready), restore);
+    let r = monitor::run(spec, true, console, Some(ready), restore, born);
     if let Err(e) = &r {
-        let msg = crate::one_line(e);
-        eprintln!("vm-run: error: {msg}");
-        let _ = report.write_all(format!("ERROR {msg}\n").as_bytes());
+        let _ = report.write_all(format!("ERROR {}\n", crate::one_line(e)).as_bytes());
     }
     r
 }

@@ -118,6 +118,15 @@ impl Conn {
     }
 }
 
+impl std::os::fd::AsFd for Conn {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Unix(s) => s.as_fd(),
+            Self::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
 impl AsRawFd for Conn {
     fn as_raw_fd(&self) -> RawFd {
         match self {

@@ -1,0 +1,254 @@
+//! Starting the VM process.
+//!
+//! On cgroup v2 the launcher (`vm-run start`) makes the VM's group and
+//! clones `vm-run serve` into it (vm_host::launch): a process that moves
+//! into a v2 group waits for an RCU grace period (5-20 ms on the
+//! development host), one born there does not. In the foreground the
+//! launcher stays the process users signal: it forwards TERM, INT and HUP
+//! and exits as the VM does. On v1, where a thread moves itself without
+//! that wait, a foreground VM runs in the launcher's process and a
+//! detached one in a plain child, as before.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use vm_host::cgroup::{Hierarchy, VmCgroup};
+use vm_spec::VmSpec;
+
+use crate::monitor::{RestoreFrom, RestoreSource};
+
+/// What `vm-run serve` is told through its environment.
+pub(crate) const ENV_FOREGROUND: &str = "VMTOOLS_SERVE_FOREGROUND";
+pub(crate) const ENV_CONSOLE: &str = "VMTOOLS_SERVE_CONSOLE";
+pub(crate) const ENV_PAUSED: &str = "VMTOOLS_SERVE_PAUSED";
+pub(crate) const ENV_RESTORE: &str = "VMTOOLS_SERVE_RESTORE";
+pub(crate) const ENV_INCOMING: &str = "VMTOOLS_SERVE_INCOMING";
+pub(crate) const ENV_INCOMING_DISKS: &str = "VMTOOLS_SERVE_INCOMING_DISKS";
+pub(crate) const ENV_CGROUP: &str = "VMTOOLS_SERVE_CGROUP";
+/// Where `vm-run serve` finds an incoming migration's stream.
+pub(crate) const INCOMING_FD: RawFd = 3;
+/// Where a foreground `vm-run serve` reads its spec (its stdin is the
+/// console's).
+pub(crate) const SPEC_FD: RawFd = 4;
+
+/// The VM's group, made by the launcher, on v2 only. None on v1, and
+/// where the group cannot be made: the VM process then tries itself and
+/// logs why it runs unplaced.
+pub(crate) fn v2_group(spec: &VmSpec) -> Option<VmCgroup> {
+    let h = Hierarchy::detect()?;
+    if !matches!(h, Hierarchy::V2(_)) {
+        return None;
+    }
+    crate::placement::make_cgroup(h, spec).ok()
+}
+
+/// The `vm-run serve` to start: its environment and the stream it takes.
+pub(crate) struct Serve<'a> {
+    env: Vec<(&'static str, OsString)>,
+    stream: Option<BorrowedFd<'a>>,
+}
+
+impl<'a> Serve<'a> {
+    pub(crate) fn new(
+        console: Option<&Path>,
+        restore: Option<&'a RestoreFrom>,
+        foreground: bool,
+    ) -> Result<Self> {
+        let mut env = Vec::new();
+        let mut stream = None;
+        if foreground {
+            env.push((ENV_FOREGROUND, OsString::from("1")));
+        }
+        if let Some(c) = console {
+            env.push((ENV_CONSOLE, c.as_os_str().to_owned()));
+        }
+        if let Some(r) = restore {
+            match &r.source {
+                RestoreSource::File(p) => env.push((ENV_RESTORE, p.as_os_str().to_owned())),
+                RestoreSource::Stream(c, disks) => {
+                    env.push((ENV_INCOMING, OsString::from(INCOMING_FD.to_string())));
+                    env.push((ENV_INCOMING_DISKS, serde_json::to_string(disks)?.into()));
+                    stream = Some(c.as_fd());
+                }
+            }
+            if r.paused {
+                env.push((ENV_PAUSED, OsString::from("1")));
+            }
+        }
+        Ok(Self { env, stream })
+    }
+
+    /// Starts it in the VM's v2 group with `fds` at their numbers (and the
+    /// stream at INCOMING_FD); `Unsupported` where the kernel cannot.
+    pub(crate) fn spawn_into(
+        &self,
+        cg: &VmCgroup,
+        fds: &[(BorrowedFd<'_>, RawFd)],
+        detached: bool,
+    ) -> io::Result<libc::pid_t> {
+        let dir = cg
+            .dir()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a v2 group"))?
+            .map_err(io::Error::other)?;
+        let group = cg.thread_groups.first().map(|g| g.as_os_str().to_owned());
+        let mut env: Vec<(&str, &OsStr)> =
+            self.env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        if let Some(g) = &group {
+            env.push((ENV_CGROUP, g.as_os_str()));
+        }
+        let mut all = fds.to_vec();
+        all.extend(self.stream.map(|s| (s, INCOMING_FD)));
+        let how = vm_host::launch::Spawn {
+            env,
+            fds: all,
+            setsid: detached,
+            // A foreground VM stops with a launcher that was killed.
+            parent_death: (!detached).then_some(libc::SIGTERM),
+        };
+        let exe = std::env::current_exe()?;
+        vm_host::launch::spawn_into(dir.as_fd(), &exe, &[OsStr::new("serve")], &how)
+    }
+
+    /// Starts it detached where no v2 group is used: a plain child in its
+    /// own session.
+    pub(crate) fn spawn(&self, spec: File, ready: File, log: File) -> Result<libc::pid_t> {
+        let exe = std::env::current_exe().context("finding vm-run's own executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .stdin(Stdio::from(spec))
+            .stdout(Stdio::from(ready))
+            .stderr(Stdio::from(log))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let stream_fd = self.stream.map(|s| s.as_raw_fd());
+        // SAFETY: in the child before exec: setsid detaches it from our
+        // session and terminal, and the stream's descriptor is put at
+        // INCOMING_FD without close-on-exec. Only async-signal-safe calls,
+        // on descriptors the child has; no memory of ours is touched.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if let Some(fd) = stream_fd {
+                    let r = if fd == INCOMING_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, INCOMING_FD)
+                    };
+                    if r < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting the VM process")?;
+        // The pipes' ends move into `cmd`; dropping it closes our copies.
+        drop(cmd);
+        Ok(child.id() as libc::pid_t)
+    }
+}
+
+/// A foreground VM on v2: `vm-run serve` in the VM's group with this
+/// process's stdio, while this process forwards the stop signals a user
+/// sends it and exits as the VM process does. `Unsupported` where the
+/// kernel cannot start a child in a group.
+pub(crate) fn foreground(
+    spec: &VmSpec,
+    console: Option<&Path>,
+    restore: Option<&RestoreFrom>,
+    cg: &VmCgroup,
+) -> io::Result<i32> {
+    let serve = Serve::new(console, restore, true).map_err(io::Error::other)?;
+    let (spec_r, mut spec_w) = vm_host::launch::pipe()?;
+    let forwarded = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD];
+    // Blocked before the child exists, so none is missed; the child
+    // starts with none blocked.
+    let set = sigset(&forwarded);
+    // SAFETY: the set lives for the call.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+    let pid = serve.spawn_into(cg, &[(spec_r.as_fd(), SPEC_FD)], false);
+    drop(spec_r);
+    let pid = match pid {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: as above.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut())
+            };
+            return Err(e);
+        }
+    };
+    // A child that died first is seen below; its exit is what counts.
+    let _ = spec_w.write_all(serde_json::to_string(spec)?.as_bytes());
+    drop(spec_w);
+    let status = forward_until_exit(pid, &set);
+    cg.remove_if_empty();
+    Ok(exit_code(status))
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set lives for the calls; the signals are valid.
+    unsafe {
+        libc::sigemptyset(&raw mut set);
+        for &s in signals {
+            libc::sigaddset(&raw mut set, s);
+        }
+    }
+    set
+}
+
+/// Waits for `pid`, passing on TERM, INT and HUP that someone sent this
+/// process. Those the terminal sends (Ctrl-C, hangup) reach the whole
+/// foreground process group, the VM included, and are not sent twice.
+fn forward_until_exit(pid: libc::pid_t, set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        // SAFETY: siginfo_t is plain data that sigwaitinfo fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the set and info live for the call.
+        let sig = unsafe { libc::sigwaitinfo(set, &raw mut info) };
+        if sig == libc::SIGCHLD || sig < 0 {
+            let mut status = 0;
+            // SAFETY: reaps our own child if it has ended.
+            let r = unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+            if r == pid
+                || (r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
+            {
+                return status;
+            }
+        } else if info.si_code != libc::SI_KERNEL {
+            // SAFETY: signals our own child, which is alive (not reaped).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// The VM process's exit as ours: its code, or for a death by a signal
+/// the same death (a shell then reports it as it would have).
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: default disposition, unblocked, then raised: this
+        // process ends as its child did.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let set = sigset(&[sig]);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+        return 128 + sig;
+    }
+    libc::WEXITSTATUS(status)
+}
+
+/// Waits for a child that failed to start its VM.
+pub(crate) fn reap(pid: libc::pid_t) {
+    // SAFETY: waits for our own child; the status is not needed.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+}
