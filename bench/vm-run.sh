@@ -21,7 +21,7 @@ vm=${VM_RUN:-$root/target/x86_64-unknown-linux-gnu/release/vm-run}
 guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf -newer "$root/tests/guest/guest/main.c" | head -1)
 [ -n "$guest" ] || guest=$(find "$root/target/x86_64-unknown-linux-gnu/release/build" -name guest.elf | head -1)
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed"; exit 0; }
-command -v python3 >/dev/null || { echo "SKIP: python3 (for getrusage) is not installed"; exit 0; }
+command -v python3 >/dev/null || { echo "SKIP: python3 (for wait4) is not installed"; exit 0; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/hello.json" <<JSON

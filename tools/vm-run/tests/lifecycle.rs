@@ -778,7 +778,7 @@ fn a_foreground_vm_on_cgroup_v2_is_born_in_its_group() {
     let l = launcher.id();
     let pid = vm_pid();
     assert_ne!(pid, u64::from(l), "the VM runs in a child of the launcher");
-    let group = root.join(format!("vmtools/born.{l}"));
+    assert!(root.join(format!("vmtools/born.{l}/vcpu1")).is_dir());
     assert_eq!(line(pid), format!("/vmtools/born.{l}/emulator"));
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let ppid: u32 = stat
@@ -797,17 +797,23 @@ fn a_foreground_vm_on_cgroup_v2_is_born_in_its_group() {
     assert_eq!(code, 1, "{err}");
     assert!(error_line(&err).contains("already running"), "{err}");
     assert_eq!(groups_of("born").len(), 1, "{:?}", groups_of("born"));
-    // TERM to the launcher reaches the VM, which stops; the launcher exits
-    // with the VM's code (0), and the groups go.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(l as i32, libc::SIGTERM) };
-    let (code, _, err) = decode(&launcher.wait_with_output().unwrap());
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        vm_control::Liveness::of(pid as u32),
-        vm_control::Liveness::Dead
-    );
-    gone(&group);
+    // TERM, INT and HUP sent to the launcher reach the VM, which stops;
+    // the launcher exits with the VM's code (0), and the groups go.
+    let mut launcher = Some(launcher);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let child = launcher.take().unwrap_or_else(start);
+        let pid = vm_pid();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let group = root.join(format!("vmtools/born.{}", child.id()));
+        let (code, _, err) = decode(&child.wait_with_output().unwrap());
+        assert_eq!(code, 0, "signal {sig}: {err}");
+        assert_eq!(
+            vm_control::Liveness::of(pid as u32),
+            vm_control::Liveness::Dead
+        );
+        gone(&group);
+    }
     // A launcher killed outright takes its VM with it.
     let mut launcher = start();
     let pid = vm_pid();
