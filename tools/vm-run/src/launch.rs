@@ -7,7 +7,8 @@
 //! launcher stays the process users signal: it forwards TERM, INT and HUP
 //! and exits as the VM does. On v1, where a thread moves itself without
 //! that wait, a foreground VM runs in the launcher's process and a
-//! detached one in a plain child, as before.
+//! detached one in a fork of it, which goes on without exec: it already
+//! has the spec and the checked saved file.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -245,6 +246,61 @@ fn exit_code(status: libc::c_int) -> i32 {
         return 128 + sig;
     }
     libc::WEXITSTATUS(status)
+}
+
+/// Whether this process has one thread, so that a fork of it may go on
+/// running Rust without exec.
+pub(crate) fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l == "Threads:\t1"))
+}
+
+/// Points stdin and stdout at /dev/null (a detached VM process's).
+pub(crate) fn stdio_to_null() {
+    // SAFETY: opens /dev/null and duplicates it onto 0 and 1; plain
+    // descriptor calls.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+}
+
+/// The child of `start --detach`'s fork on v1: the detached VM process,
+/// in a session of its own with stderr in `log`. It never returns.
+pub(crate) fn serve_forked(
+    spec: VmSpec,
+    console: Option<&Path>,
+    restore: Option<RestoreFrom>,
+    ready_r: File,
+    ready: File,
+    log: File,
+) -> ! {
+    drop(ready_r);
+    // SAFETY: setsid and dup2 on descriptors this process owns.
+    unsafe {
+        libc::setsid();
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    drop(log);
+    stdio_to_null();
+    let code = match crate::cmd::start::serve_detached(
+        spec,
+        console.map(Path::to_path_buf),
+        restore,
+        None,
+        ready,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vm-run: error: {}", crate::one_line(&e));
+            1
+        }
+    };
+    std::process::exit(code)
 }
 
 /// Waits for a child that failed to start its VM.

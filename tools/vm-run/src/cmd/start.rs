@@ -31,7 +31,7 @@ pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
         }
         return monitor::run(spec, false, a.console.clone(), None, restore, None);
     }
-    detach(&spec, a.console.as_deref(), json, restore.as_ref())
+    detach(&spec, a.console.as_deref(), json, restore)
 }
 
 /// The spec a restore runs: the saved one, or `--spec`, under `--name`.
@@ -110,7 +110,7 @@ fn detach(
     spec: &VmSpec,
     console: Option<&Path>,
     json: bool,
-    restore: Option<&monitor::RestoreFrom>,
+    restore: Option<monitor::RestoreFrom>,
 ) -> Result<i32> {
     let name = spec.name.to_string();
     // A quick answer for the common case; the VM process's own lock on
@@ -128,26 +128,47 @@ fn detach(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let (spec_r, mut spec_w) = vm_host::launch::pipe().context("pipe")?;
     let (ready_r, ready_w) = vm_host::launch::pipe().context("pipe")?;
-    let serve = launch::Serve::new(console, restore, false)?;
     let cg = launch::v2_group(spec);
-    let mut pid = None;
-    if let Some(cg) = &cg {
-        let fds = [(spec_r.as_fd(), 0), (ready_w.as_fd(), 1), (log.as_fd(), 2)];
-        match serve.spawn_into(cg, &fds, true) {
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => cg.remove_if_empty(),
-            r => pid = Some(r.context("starting the VM process")?),
+    let pid = if cg.is_none() && launch::single_threaded() {
+        // v1: a fork of this process is the VM process, with the spec and
+        // the checked file it has already read.
+        // SAFETY: this process has one thread, so the child's copy of it
+        // is whole (no lock held by a thread that is not there).
+        match unsafe { libc::fork() } {
+            0 => launch::serve_forked(spec.clone(), console, restore, ready_r, ready_w, log),
+            -1 => return Err(std::io::Error::last_os_error()).context("starting the VM process"),
+            pid => {
+                // Our copy of the child's end closed, so a child that dies
+                // reads as end of file.
+                drop(ready_w);
+                pid
+            }
         }
-    }
-    let pid = match pid {
-        Some(p) => p,
-        None => serve.spawn(spec_r, ready_w, log)?,
+    } else {
+        let (spec_r, mut spec_w) = vm_host::launch::pipe().context("pipe")?;
+        let serve = launch::Serve::new(console, restore.as_ref(), false)?;
+        let mut pid = None;
+        if let Some(cg) = &cg {
+            let fds = [(spec_r.as_fd(), 0), (ready_w.as_fd(), 1), (log.as_fd(), 2)];
+            match serve.spawn_into(cg, &fds, true) {
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => cg.remove_if_empty(),
+                r => pid = Some(r.context("starting the VM process")?),
+            }
+        }
+        // Our copies of the child's ends close (dropped here or moved into
+        // the spawn), so a child that dies reads as end of file.
+        let pid = match pid {
+            Some(p) => {
+                drop((spec_r, ready_w));
+                p
+            }
+            None => serve.spawn(spec_r, ready_w, log)?,
+        };
+        spec_w.write_all(serde_json::to_string(spec)?.as_bytes())?;
+        pid
     };
-    // Our copies of the child's ends are closed (moved or dropped), so a
-    // child that dies reads as end of file.
-    spec_w.write_all(serde_json::to_string(spec)?.as_bytes())?;
-    drop(spec_w);
+    drop(restore);
     let mut line = String::new();
     BufReader::new(ready_r).read_line(&mut line)?;
     let failed = |why: String| -> Result<i32> {
@@ -229,20 +250,26 @@ pub fn serve() -> Result<i32> {
         return monitor::run(spec, false, console, None, restore, born);
     }
     // SAFETY: dup-ing our stdout keeps the readiness pipe; the original fd
-    // 1 is then pointed at /dev/null so nothing else writes into the pipe.
-    let ready = unsafe {
-        let fd = libc::dup(1);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("dup");
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::close(null);
-        }
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    };
+    // 1 then points at /dev/null so nothing else writes into the pipe.
+    let fd = unsafe { libc::dup(1) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("dup");
+    }
+    // SAFETY: `fd` was just returned to us.
+    let ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    launch::stdio_to_null();
+    serve_detached(spec, console, restore, born, ready)
+}
+
+/// A detached VM process from here on: the state line (or `ERROR` and the
+/// reason) goes to `ready`, which `start --detach` reads.
+pub(crate) fn serve_detached(
+    spec: VmSpec,
+    console: Option<PathBuf>,
+    restore: Option<monitor::RestoreFrom>,
+    born: Option<vm_host::cgroup::VmCgroup>,
+    ready: std::fs::File,
+) -> Result<i32> {
     // A second handle on the pipe reports a failure before readiness to
     // the waiting `start --detach` (after it, nobody reads: EPIPE is fine).
     let mut report = ready.try_clone().context("dup")?;

@@ -1,7 +1,8 @@
 //! `vm-snap restore FILE` (virsh restore): vm-run starts the VM from the
 //! file, detached, and this returns once it runs, printing its state as
-//! `vm-run start --detach` does.
+//! `vm-run start --detach` does (vm-run is exec'd in this process).
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -44,6 +45,8 @@ pub fn run(o: &Options<'_>) -> Result<i32> {
     for n in o.nics {
         cmd.arg("--nic").arg(n);
     }
-    let status = cmd.status().context("running vm-run")?;
-    Ok(status.code().unwrap_or(1))
+    // vm-run takes this process's place: its output and exit code are the
+    // restore's, and no process waits in between.
+    let e = cmd.exec();
+    Err(e).context("running vm-run")
 }
