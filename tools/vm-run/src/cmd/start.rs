@@ -1,7 +1,8 @@
-//! `vm-run start`: in the foreground the VM lives in this process; with
-//! --detach a copy of vm-run serves it in the background (its own session,
-//! stderr to vm.log) and this process returns once the guest runs,
-//! printing the VM's state.
+//! `vm-run start`: in the foreground the VM lives in this process (on
+//! cgroup v2 in a child born in its cgroup, see launch.rs); with --detach
+//! a fork of this process, or on v2 `vm-run serve`, runs it in the
+//! background (its own session, stderr to vm.log) and this process
+//! returns once the guest runs, printing the VM's state.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
