@@ -588,3 +588,35 @@ fn a_vm_without_a_cgroup_gets_one_line_and_keeps_its_placement() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(allowed(pid, t0), "0");
 }
+
+/// state.json is a file in the VM's folder: a thread id forged into it
+/// (here this test's own thread) is not pinned, nor shown as the vCPU's.
+#[test]
+fn thread_ids_from_state_json_are_checked_against_the_vm_process() {
+    if !usable() {
+        return;
+    }
+    let _l = kvm_lock();
+    let e = Env(tempfile::tempdir().unwrap());
+    let (code, out, err) = e.vm_run(&["start", "--detach", &e.spec("pinned")]);
+    assert_eq!(code, 0, "{err}");
+    let mut st = json(&out);
+    let pid = st["pid"].as_u64().unwrap();
+    let real = st["vcpu_threads"][1].as_u64().unwrap();
+    let me = u64::from(std::process::id());
+    let mine = allowed(me, me);
+    // The VM's own vcpu1 named as vcpu0, and a thread of another process.
+    st["vcpu_threads"] = serde_json::json!([real, me]);
+    let path = e.0.path().join("run/pinned/state.json");
+    std::fs::write(&path, st.to_string()).unwrap();
+    for id in ["0", "1"] {
+        let (code, _, err) = e.pin(&["vcpu", "pinned", id, "0"]);
+        assert_eq!(code, 1, "vcpu {id}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("no thread for vCPU {id}")), "{err}");
+    }
+    let (code, _, err) = e.pin(&["vcpu", "pinned"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(allowed(me, me), mine, "our own thread was not pinned");
+    assert_eq!(allowed(pid, real), online(), "nor the misnamed vCPU thread");
+}

@@ -29,11 +29,19 @@ impl Kind {
             Self::Iothread => 1..spec.iothreads + 1,
         }
     }
+    /// The thread that runs vCPU or iothread `id`. state.json is a file,
+    /// so the id it lists is taken only if the kernel says it is a thread
+    /// of the VM's (verified) process with that job's name.
     fn tid(self, st: &VmState, id: u32) -> Option<u32> {
-        match self {
-            Self::Vcpu => st.vcpu_threads.get(id as usize).copied(),
-            Self::Iothread => st.iothread_threads.get(id as usize - 1).copied(),
-        }
+        let (tid, name) = match self {
+            Self::Vcpu => (st.vcpu_threads.get(id as usize)?, format!("vcpu{id}")),
+            Self::Iothread => (
+                st.iothread_threads.get((id as usize).checked_sub(1)?)?,
+                format!("iothread{id}"),
+            ),
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", st.pid)).ok()?;
+        (comm.trim_end() == name).then_some(*tid)
     }
     fn pins(self, t: &CpuTune) -> &BTreeMap<u32, CpuList> {
         match self {
