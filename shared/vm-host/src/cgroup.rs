@@ -391,6 +391,7 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
         let Ok(entries) = fs::read_dir(&top) else {
             continue;
         };
+        let v2 = top.join("cgroup.events").exists();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let Some(pid) = name
@@ -401,7 +402,7 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
             };
             // A v2 group is named for the process that made it, which
             // may have exited while the VM it launched runs on.
-            if alive(pid) || (top.join("cgroup.events").exists() && populated(&e.path())) {
+            if alive(pid) || (v2 && populated(&e.path())) {
                 continue;
             }
             remove_group(&e.path());
@@ -414,10 +415,16 @@ pub fn remove_stale(hierarchy: &Hierarchy, alive: impl Fn(u32) -> bool) {
 /// /proc/PID/cgroup (`0::/vmtools/<name>.<n>/emulator` once placed).
 fn v2_group_of(pid: &str, root: &Path) -> Option<PathBuf> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    vm_group_in(&text, root)
+}
+
+/// The `vmtools/<group>` part of a /proc/PID/cgroup text's v2 line.
+fn vm_group_in(text: &str, root: &Path) -> Option<PathBuf> {
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut parts = path.trim_start_matches('/').split('/');
+    let mut parts = path.strip_prefix('/')?.split('/');
     let (top, group) = (parts.next()?, parts.next()?);
-    (top == "vmtools" && !group.is_empty() && group != "..").then(|| root.join(top).join(group))
+    (top == "vmtools" && !group.is_empty() && group != "." && group != "..")
+        .then(|| root.join(top).join(group))
 }
 
 /// Whether a v2 group or any group below it has a process in it.
@@ -676,6 +683,35 @@ impl VmCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /proc/PID/cgroup names a VM's v2 group only as `vmtools/<group>`
+    /// right under the root; anything else, or a path that climbs, is not.
+    #[test]
+    fn a_vm_group_is_read_from_proc_cgroup_and_nothing_else() {
+        let root = Path::new("/sys/fs/cgroup");
+        let g = |t: &str| vm_group_in(t, root);
+        assert_eq!(
+            g("0::/vmtools/web.42/emulator\n"),
+            Some(root.join("vmtools/web.42"))
+        );
+        assert_eq!(
+            g("1:cpu:/x\n0::/vmtools/web.42\n"),
+            Some(root.join("vmtools/web.42"))
+        );
+        for hostile in [
+            "",
+            "0::/\n",
+            "0::/vmtools\n",
+            "0::/vmtools/\n",
+            "0::/vmtools/..\n",
+            "0::/vmtools/.\n",
+            "0::/other/web.42\n",
+            "0::vmtools/web.42\n",
+            "4:memory:/vmtools/web.42\n",
+        ] {
+            assert_eq!(g(hostile), None, "{hostile:?}");
+        }
+    }
 
     #[test]
     fn weights_keep_the_defaults_and_round_trip() {

@@ -1,4 +1,4 @@
-//! Starting a program as a child that is born in a cgroup.
+//! Starting a program as a child, born in a cgroup where one is given.
 //!
 //! Moving a process into a cgroup v2 group (`cgroup.procs`) takes the
 //! kernel's global threadgroup lock for writing, which waits for an RCU
@@ -61,13 +61,13 @@ fn last_error<T>() -> io::Result<T> {
     Err(io::Error::last_os_error())
 }
 
-/// Runs `exe args...` as a child born in the cgroup `cgroup` (a directory
-/// descriptor of a v2 group) and returns its pid once exec succeeded. The
-/// child starts with no signal blocked, whatever this process blocks.
-/// Kernels without clone3's cgroup flag fail with `Unsupported`, so the
-/// caller can fall back to a plain start.
-pub fn spawn_into(
-    cgroup: BorrowedFd<'_>,
+/// Runs `exe args...` as a child, born in the cgroup `cgroup` where one is
+/// given (a directory descriptor of a v2 group), and returns its pid once
+/// exec succeeded. The child starts with no signal blocked, whatever this
+/// process blocks. Kernels without clone3's cgroup flag fail with
+/// `Unsupported`, so the caller can start it without a group.
+pub fn spawn(
+    cgroup: Option<BorrowedFd<'_>>,
     exe: &Path,
     args: &[&OsStr],
     how: &Spawn<'_>,
@@ -134,7 +134,11 @@ pub fn spawn_into(
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let args = libc::clone_args {
-        flags: CLONE_INTO_CGROUP,
+        flags: if cgroup.is_some() {
+            CLONE_INTO_CGROUP
+        } else {
+            0
+        },
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -144,17 +148,22 @@ pub fn spawn_into(
         tls: 0,
         set_tid: 0,
         set_tid_size: 0,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
     };
     // SAFETY: clone3 without CLONE_VM gives the child a copy of this
-    // process, as fork does. The child runs only async-signal-safe system
-    // calls on memory prepared above, then execve or _exit.
+    // process, as fork does. The child runs only
+    // async-signal-safe system calls on memory prepared above, then
+    // execve or _exit.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            std::ptr::from_ref(&args),
-            std::mem::size_of::<libc::clone_args>(),
-        )
+        if cgroup.is_some() {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::from_ref(&args),
+                std::mem::size_of::<libc::clone_args>(),
+            )
+        } else {
+            libc::c_long::from(libc::fork())
+        }
     };
     if pid == 0 {
         // SAFETY: in the child; see above.

@@ -14,11 +14,9 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use vm_host::cgroup::{Hierarchy, VmCgroup};
 use vm_spec::VmSpec;
 
@@ -85,19 +83,26 @@ impl<'a> Serve<'a> {
         Ok(Self { env, stream })
     }
 
-    /// Starts it in the VM's v2 group with `fds` at their numbers (and the
-    /// stream at INCOMING_FD); `Unsupported` where the kernel cannot.
-    pub(crate) fn spawn_into(
+    /// Starts it with `fds` at their numbers (and the stream at
+    /// INCOMING_FD), in the VM's v2 group where one is given:
+    /// `Unsupported` where the kernel cannot start a child in a group.
+    pub(crate) fn spawn(
         &self,
-        cg: &VmCgroup,
+        cg: Option<&VmCgroup>,
         fds: &[(BorrowedFd<'_>, RawFd)],
         detached: bool,
     ) -> io::Result<libc::pid_t> {
-        let dir = cg
-            .dir()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a v2 group"))?
-            .map_err(io::Error::other)?;
-        let group = cg.thread_groups.first().map(|g| g.as_os_str().to_owned());
+        let dir = match cg {
+            Some(cg) => Some(
+                cg.dir()
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a v2 group"))?
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
+        let group = cg
+            .and_then(|cg| cg.thread_groups.first())
+            .map(|g| g.as_os_str().to_owned());
         let mut env: Vec<(&str, &OsStr)> =
             self.env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
         if let Some(g) = &group {
@@ -113,44 +118,12 @@ impl<'a> Serve<'a> {
             parent_death: (!detached).then_some(libc::SIGTERM),
         };
         let exe = std::env::current_exe()?;
-        vm_host::launch::spawn_into(dir.as_fd(), &exe, &[OsStr::new("serve")], &how)
-    }
-
-    /// Starts it detached where no v2 group is used: a plain child in its
-    /// own session.
-    pub(crate) fn spawn(&self, spec: File, ready: File, log: File) -> Result<libc::pid_t> {
-        let exe = std::env::current_exe().context("finding vm-run's own executable")?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .stdin(Stdio::from(spec))
-            .stdout(Stdio::from(ready))
-            .stderr(Stdio::from(log))
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let stream_fd = self.stream.map(|s| s.as_raw_fd());
-        // SAFETY: in the child before exec: setsid detaches it from our
-        // session and terminal, and the stream's descriptor is put at
-        // INCOMING_FD without close-on-exec. Only async-signal-safe calls,
-        // on descriptors the child has; no memory of ours is touched.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if let Some(fd) = stream_fd {
-                    let r = if fd == INCOMING_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, INCOMING_FD)
-                    };
-                    if r < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("starting the VM process")?;
-        // The pipes' ends move into `cmd`; dropping it closes our copies.
-        drop(cmd);
-        Ok(child.id() as libc::pid_t)
+        vm_host::launch::spawn(
+            dir.as_ref().map(AsFd::as_fd),
+            &exe,
+            &[OsStr::new("serve")],
+            &how,
+        )
     }
 }
 
@@ -172,7 +145,7 @@ pub(crate) fn foreground(
     let set = sigset(&forwarded);
     // SAFETY: the set lives for the call.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-    let pid = serve.spawn_into(cg, &[(spec_r.as_fd(), SPEC_FD)], false);
+    let pid = serve.spawn(Some(cg), &[(spec_r.as_fd(), SPEC_FD)], false);
     drop(spec_r);
     let pid = match pid {
         Ok(p) => p,

@@ -149,23 +149,21 @@ fn detach(
     } else {
         let (spec_r, mut spec_w) = vm_host::launch::pipe().context("pipe")?;
         let serve = launch::Serve::new(console, restore.as_ref(), false)?;
-        let mut pid = None;
-        if let Some(cg) = &cg {
-            let fds = [(spec_r.as_fd(), 0), (ready_w.as_fd(), 1), (log.as_fd(), 2)];
-            match serve.spawn_into(cg, &fds, true) {
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => cg.remove_if_empty(),
-                r => pid = Some(r.context("starting the VM process")?),
+        let fds = [(spec_r.as_fd(), 0), (ready_w.as_fd(), 1), (log.as_fd(), 2)];
+        let pid = match serve.spawn(cg.as_ref(), &fds, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported && cg.is_some() => {
+                // The VM process then moves into a group of its own.
+                if let Some(cg) = &cg {
+                    cg.remove_if_empty();
+                }
+                serve.spawn(None, &fds, true)
             }
+            r => r,
         }
-        // Our copies of the child's ends close (dropped here or moved into
-        // the spawn), so a child that dies reads as end of file.
-        let pid = match pid {
-            Some(p) => {
-                drop((spec_r, ready_w));
-                p
-            }
-            None => serve.spawn(spec_r, ready_w, log)?,
-        };
+        .context("starting the VM process")?;
+        // Our copies of the child's ends close, so a child that dies reads
+        // as end of file.
+        drop((spec_r, ready_w, log));
         spec_w.write_all(serde_json::to_string(spec)?.as_bytes())?;
         pid
     };
