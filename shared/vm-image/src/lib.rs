@@ -8,6 +8,7 @@ mod error;
 mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 mod image;
 pub mod lock;
 pub mod nbd;

@@ -380,16 +380,16 @@ fn json_file_and_image_opts_names() {
     assert_eq!(code, 1);
     assert_one_line(&err, "ssh in json:");
     assert!(err.contains("driver 'ssh' is not supported"), "{err}");
-    // Reading a qcow2 over NBD is refused before anything connects (no
-    // name lookup); info alone reads its header (tests/nbd.rs).
+    // A format other than raw and qcow2 over NBD is refused before
+    // anything connects (no name lookup).
     let (code, _, err) = run(&[
         "map",
-        "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"nbd\",\"host\":\"x\"}}",
+        "json:{\"driver\":\"vmdk\",\"file\":{\"driver\":\"nbd\",\"host\":\"x\"}}",
     ]);
     assert_eq!(code, 1);
-    assert_one_line(&err, "qcow2 over nbd:");
+    assert_one_line(&err, "vmdk over nbd:");
     assert!(
-        err.contains("format 'qcow2' over NBD is not supported"),
+        err.contains("format 'vmdk' over NBD is not supported"),
         "{err}"
     );
     let (code, _, err) = run(&["info", "json:{not json"]);

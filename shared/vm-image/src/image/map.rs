@@ -105,7 +105,7 @@ impl Image {
                     let info = &self.layers[depth.min(self.layers.len() - 1)];
                     let in_data_file = info.header.as_ref().is_some_and(Header::has_data_file);
                     if info.format == Format::Raw {
-                        let (is_data, run) = data_or_hole(&info.file, offset, len);
+                        let (is_data, run) = data_or_hole(info.file.as_file(), offset, len);
                         return Ok(Extent {
                             zero: !is_data,
                             data: is_data,
@@ -118,11 +118,11 @@ impl Image {
                     // says zero, and still data.
                     // Past the file's end (a file cut short) it stays data,
                     // as qemu-img reports it.
-                    let past_end = super::file_len(&info.file).is_ok_and(|end| offset >= end);
+                    let past_end = info.file.size().is_ok_and(|end| offset >= end);
                     let (written, run) = if in_data_file || past_end {
                         (true, len)
                     } else {
-                        data_or_hole(&info.file, offset, len)
+                        data_or_hole(info.file.as_file(), offset, len)
                     };
                     return Ok(Extent {
                         zero: !written,
@@ -189,8 +189,12 @@ impl Image {
 }
 
 /// For a file: whether `offset` starts data or a hole, and how long that
-/// run is (at most `len`), from SEEK_DATA / SEEK_HOLE.
-fn data_or_hole(f: &File, offset: u64, len: u64) -> (bool, u64) {
+/// run is (at most `len`), from SEEK_DATA / SEEK_HOLE. An export's holes
+/// are not looked for: all of it is data.
+fn data_or_hole(f: Option<&File>, offset: u64, len: u64) -> (bool, u64) {
+    let Some(f) = f else {
+        return (true, len);
+    };
     let fd = f.as_raw_fd();
     let Ok(off) = i64::try_from(offset) else {
         return (true, len);

@@ -3,7 +3,6 @@
 //! chain are ours, so every layer is checked and locked before imago sees it.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,6 +15,7 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, StorageOpen
 use vm_memory::VolatileSlice;
 
 use crate::block::{Alignment, Block};
+use crate::host::Host;
 use crate::lock::{ImageLock, LockMode};
 use crate::qcow2::header::{CompressionType, Header};
 use crate::qcow2::meta::{L2Entry, Meta};
@@ -23,6 +23,7 @@ use crate::{Error, Format, Result};
 
 mod files;
 mod map;
+mod nbd_storage;
 mod raw_tail;
 mod storage;
 mod zstd;
@@ -72,8 +73,9 @@ pub struct Layer {
     pub header: Option<Header>,
     /// The format was guessed from the content, not given or recorded.
     pub probed: bool,
-    /// Our own descriptor, for SEEK_DATA and the file's size.
-    pub file: File,
+    /// Our own descriptor (for SEEK_DATA and the file's size), or the
+    /// export holding the layer.
+    pub file: Host,
     /// qcow2 tables, read on first need (map's zero clusters).
     meta: OnceLock<Option<Meta>>,
 }
@@ -83,7 +85,7 @@ impl Layer {
     pub fn size(&self) -> u64 {
         match &self.header {
             Some(h) => h.size,
-            None => file_len(&self.file).unwrap_or(0),
+            None => self.file.size().unwrap_or(0),
         }
     }
 
@@ -312,29 +314,7 @@ fn open_layer(
     let (head, len) = read_head(path)?;
     let probed = format.is_none();
     let format = format.unwrap_or_else(|| Format::probe(&head));
-    let header = match format {
-        Format::Qcow2 => {
-            let h = Header::parse(&head, len).map_err(|m| Error::corrupt(path, m))?;
-            h.check_snapshot_count(path)?;
-            if h.crypt_method != 0 {
-                return Err(Error::unsupported(
-                    path,
-                    "the image is encrypted: vm-img reads it given its password \
-                     (--object secret,id=ID,data=... --image-opts \
-                     driver=qcow2,file.filename=PATH,encrypt.key-secret=ID); \
-                     nothing else opens it yet",
-                ));
-            }
-            if h.refcount_table_clusters == 0 {
-                return Err(Error::corrupt(
-                    path,
-                    "image has no refcount table (check -r all builds one)",
-                ));
-            }
-            Some(h)
-        }
-        Format::Raw => None,
-    };
+    let header = layer_header(path, format, &head, len)?;
     let file = open_file(path, write, opts.direct)?;
     let own = file.try_clone().map_err(|e| Error::io(path, e))?;
     let storage_opts = StorageOpenOptions::new()
@@ -360,7 +340,7 @@ fn open_layer(
         format,
         header,
         probed,
-        file: own,
+        file: Host::File(own),
         meta: OnceLock::new(),
     });
     match format {
@@ -426,6 +406,32 @@ fn open_layer(
             Ok(FormatAccess::new(q))
         }
     }
+}
+
+/// A layer's qcow2 header from its first bytes (`None` for raw), refused
+/// where imago must not open it.
+fn layer_header(path: &Path, format: Format, head: &[u8], len: u64) -> Result<Option<Header>> {
+    if format == Format::Raw {
+        return Ok(None);
+    }
+    let h = Header::parse(head, len).map_err(|m| Error::corrupt(path, m))?;
+    h.check_snapshot_count(path)?;
+    if h.crypt_method != 0 {
+        return Err(Error::unsupported(
+            path,
+            "the image is encrypted: vm-img reads it given its password \
+             (--object secret,id=ID,data=... --image-opts \
+             driver=qcow2,file.filename=PATH,encrypt.key-secret=ID); \
+             nothing else opens it yet",
+        ));
+    }
+    if h.refcount_table_clusters == 0 {
+        return Err(Error::corrupt(
+            path,
+            "image has no refcount table (check -r all builds one)",
+        ));
+    }
+    Ok(Some(h))
 }
 
 /// Opens the external data file a qcow2 header names, locked as its image

@@ -17,6 +17,7 @@ use imago::storage::drivers::CommonStorageHelper;
 use imago::storage::PreallocateMode;
 use imago::Storage;
 
+use super::nbd_storage::NbdStorage;
 use crate::qcow2::header::INCOMPAT_COMPRESSION;
 
 /// The header byte holding the compression-type bit: the low byte of the
@@ -26,15 +27,39 @@ const FEATURE_BIT: u8 = INCOMPAT_COMPRESSION as u8;
 
 #[derive(Debug)]
 pub struct LayerFile {
-    inner: ImagoFile,
+    inner: Inner,
     /// Hide the compression-type bit from imago (a zstd qcow2 layer).
     hide_compression_bit: bool,
+}
+
+/// A local file, or an NBD export holding the layer.
+#[derive(Debug)]
+enum Inner {
+    File(ImagoFile),
+    Nbd(NbdStorage),
+}
+
+/// Runs the same call on whichever storage the layer has.
+macro_rules! each {
+    ($inner:expr, $s:ident => $call:expr) => {
+        match $inner {
+            Inner::File($s) => $call,
+            Inner::Nbd($s) => $call,
+        }
+    };
 }
 
 impl LayerFile {
     pub fn new(inner: ImagoFile, hide_compression_bit: bool) -> Self {
         Self {
-            inner,
+            inner: Inner::File(inner),
+            hide_compression_bit,
+        }
+    }
+
+    pub fn nbd(inner: NbdStorage, hide_compression_bit: bool) -> Self {
+        Self {
+            inner: Inner::Nbd(inner),
             hide_compression_bit,
         }
     }
@@ -46,52 +71,52 @@ impl LayerFile {
 
 impl fmt::Display for LayerFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        each!(&self.inner, s => fmt::Display::fmt(s, f))
     }
 }
 
 impl Storage for LayerFile {
     fn mem_align(&self) -> usize {
-        self.inner.mem_align()
+        each!(&self.inner, s => s.mem_align())
     }
 
     fn req_align(&self) -> usize {
-        self.inner.req_align()
+        each!(&self.inner, s => s.req_align())
     }
 
     fn zero_align(&self) -> usize {
-        self.inner.zero_align()
+        each!(&self.inner, s => s.zero_align())
     }
 
     fn discard_align(&self) -> usize {
-        self.inner.discard_align()
+        each!(&self.inner, s => s.discard_align())
     }
 
     fn size(&self) -> io::Result<u64> {
-        self.inner.size()
+        each!(&self.inner, s => s.size())
     }
 
     fn resolve_relative_path<P: AsRef<Path>>(&self, relative: P) -> io::Result<PathBuf> {
-        self.inner.resolve_relative_path(relative)
+        each!(&self.inner, s => s.resolve_relative_path(relative))
     }
 
     fn get_filename(&self) -> Option<PathBuf> {
-        self.inner.get_filename()
+        each!(&self.inner, s => s.get_filename())
     }
 
     unsafe fn pure_readv(&self, mut bufv: IoVectorMut<'_>, offset: u64) -> io::Result<()> {
         if !self.touches_feature_byte(offset, bufv.len()) {
             // SAFETY: the caller's request, passed on unchanged; it keeps
             // the alignment and exclusivity the caller promised.
-            return unsafe { self.inner.pure_readv(bufv, offset) };
+            return unsafe { each!(&self.inner, s => s.pure_readv(bufv, offset)) };
         }
         // A header read: into a buffer of our own (aligned as the file
         // needs), with the bit cleared, then copied out.
         let len = usize::try_from(bufv.len()).map_err(io::Error::other)?;
-        let mut own = IoBuffer::new(len, self.inner.mem_align())?;
+        let mut own = IoBuffer::new(len, each!(&self.inner, s => s.mem_align()))?;
         // SAFETY: same range and alignment as the caller's request, into a
         // buffer aligned to the file's memory alignment that only we hold.
-        unsafe { self.inner.pure_readv(IoVectorMut::from(&mut own), offset)? };
+        unsafe { each!(&self.inner, s => s.pure_readv(IoVectorMut::from(&mut own), offset))? };
         let bytes = own.as_mut().into_slice();
         bytes[(FEATURE_BYTE - offset) as usize] &= !FEATURE_BIT;
         bufv.copy_from_slice(bytes);
@@ -101,56 +126,56 @@ impl Storage for LayerFile {
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
         if !self.touches_feature_byte(offset, bufv.len()) {
             // SAFETY: the caller's request, passed on unchanged.
-            return unsafe { self.inner.pure_writev(bufv, offset) };
+            return unsafe { each!(&self.inner, s => s.pure_writev(bufv, offset)) };
         }
         // A header write: the bit imago never saw goes back in.
         let len = usize::try_from(bufv.len()).map_err(io::Error::other)?;
-        let mut own = IoBuffer::new(len, self.inner.mem_align())?;
+        let mut own = IoBuffer::new(len, each!(&self.inner, s => s.mem_align()))?;
         bufv.copy_into_slice(own.as_mut().into_slice());
         own.as_mut().into_slice()[(FEATURE_BYTE - offset) as usize] |= FEATURE_BIT;
         // SAFETY: same range and alignment as the caller's request, from
         // an aligned buffer only we hold.
-        unsafe { self.inner.pure_writev(IoVector::from(&own), offset) }
+        unsafe { each!(&self.inner, s => s.pure_writev(IoVector::from(&own), offset)) }
     }
 
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // SAFETY: passed on unchanged. imago zeroes data and tables, never
         // the header's first cluster.
-        unsafe { self.inner.pure_write_zeroes(offset, length) }
+        unsafe { each!(&self.inner, s => s.pure_write_zeroes(offset, length)) }
     }
 
     unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // SAFETY: passed on unchanged (as pure_write_zeroes).
-        unsafe { self.inner.pure_write_allocated_zeroes(offset, length) }
+        unsafe { each!(&self.inner, s => s.pure_write_allocated_zeroes(offset, length)) }
     }
 
     unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
         // SAFETY: passed on unchanged.
-        unsafe { self.inner.pure_discard(offset, length) }
+        unsafe { each!(&self.inner, s => s.pure_discard(offset, length)) }
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
+        each!(&self.inner, s => s.flush())
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.inner.sync()
+        each!(&self.inner, s => s.sync())
     }
 
     fn settle_writes(&self) -> io::Result<()> {
-        self.inner.settle_writes()
+        each!(&self.inner, s => s.settle_writes())
     }
 
     unsafe fn invalidate_cache(&self) -> io::Result<()> {
         // SAFETY: passed on unchanged; the caller keeps its promise.
-        unsafe { self.inner.invalidate_cache() }
+        unsafe { each!(&self.inner, s => s.invalidate_cache()) }
     }
 
     fn get_storage_helper(&self) -> &CommonStorageHelper {
-        self.inner.get_storage_helper()
+        each!(&self.inner, s => s.get_storage_helper())
     }
 
     fn resize(&self, new_size: u64, prealloc_mode: PreallocateMode) -> io::Result<()> {
-        self.inner.resize(new_size, prealloc_mode)
+        each!(&self.inner, s => s.resize(new_size, prealloc_mode))
     }
 }

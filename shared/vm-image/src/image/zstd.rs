@@ -5,7 +5,6 @@
 //! everything else is imago's.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use imago::io_buffers::IoVectorMut;
 use imago::{FormatAccess, ShallowMapping};
@@ -65,7 +64,7 @@ impl Layer {
         };
         // A compressed cluster spans at most two clusters' worth of
         // sectors (the entry's own limit); the file must hold all of it.
-        let file_len = super::file_len(&self.file)?;
+        let file_len = self.file.size()?;
         if len > 2 * cs || host.saturating_add(len) > file_len {
             return Err(bad(format!(
                 "compressed cluster at 0x{host:x} (+{len}) lies outside the image"

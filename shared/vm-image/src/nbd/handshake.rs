@@ -11,6 +11,8 @@ pub(super) struct ExportInfo {
     pub size: u64,
     pub min_block: u32,
     pub max_block: u32,
+    /// The transmission flags (NBD_FLAG_*: read-only, what it accepts).
+    pub flags: u16,
 }
 
 /// The fixed newstyle handshake: structured replies, the metadata
@@ -76,6 +78,7 @@ pub(super) fn handshake(s: &mut Stream, a: &Address) -> Result<(Option<u32>, Exp
                     wire::INFO_EXPORT if d.len() == 10 => {
                         let mut r = d;
                         info.size = get_u64(&mut r)?;
+                        info.flags = get_u16(&mut r)?;
                         have_export = true;
                     }
                     wire::INFO_BLOCK_SIZE if d.len() == 12 => {
@@ -101,6 +104,10 @@ pub(super) fn handshake(s: &mut Stream, a: &Address) -> Result<(Option<u32>, Exp
                 )))
             }
         }
+    }
+    if info.flags & wire::FLAG_HAS_FLAGS == 0 {
+        // Without this bit the other flags mean nothing.
+        info.flags = 0;
     }
     if !have_export {
         return Err(Error::Protocol(

@@ -1,8 +1,9 @@
-//! A read-only NBD client: what vm-img needs to read an export that
+//! An NBD client: what vm-img needs to read and write an export that
 //! qemu-nbd, qemu-storage-daemon or nbdkit serves (`info`, `map`,
-//! `compare`, `convert` from it). One connection; a large read goes out
-//! as several requests in flight at once (the server works on the next
-//! while this side takes in the last), block status one at a time.
+//! `compare`, `check`, `convert` from and into it). One connection; a
+//! large read or write goes out as several requests in flight at once
+//! (the server works on the next while this side takes in the last),
+//! block status one at a time.
 //!
 //! The server is not trusted: every length it sends is capped before
 //! anything is allocated, a reply must answer a request in flight and
@@ -13,6 +14,7 @@
 mod address;
 mod handshake;
 mod wire;
+mod write;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -167,6 +169,8 @@ pub struct Client {
     max_request: u32,
     /// The server's smallest request size (1 when it names none).
     min_block: u32,
+    /// The export's transmission flags (read-only, what it accepts).
+    flags: u16,
 }
 
 impl Client {
@@ -199,6 +203,7 @@ impl Client {
             context,
             max_request,
             min_block: info.min_block.max(1),
+            flags: info.flags,
         })
     }
 
@@ -295,8 +300,7 @@ impl Conn {
         let handle = self.next_handle;
         self.next_handle += 1;
         if let Err(e) = send(&mut self.stream, handle) {
-            self.broken = true;
-            return Err(e.into());
+            return self.settle(Err(e.into()));
         }
         let r = reply(self, handle);
         self.settle(r)
@@ -307,7 +311,14 @@ impl Conn {
     /// server reported cleanly leaves it usable.
     fn settle<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
         match r {
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 self.broken = true;
                 Err(Error::Protocol("the server closed the connection".into()))
             }

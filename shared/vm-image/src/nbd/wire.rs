@@ -33,9 +33,20 @@ pub const INFO_EXPORT: u16 = 0;
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
 pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+/// Transmission flags (NBD_FLAG_*, from NBD_INFO_EXPORT).
+pub const FLAG_HAS_FLAGS: u16 = 1;
+pub const FLAG_READ_ONLY: u16 = 1 << 1;
+pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 
 pub const REPLY_FLAG_DONE: u16 = 1;
 pub const REPLY_TYPE_NONE: u16 = 0;
@@ -121,7 +132,7 @@ pub fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A transmission request (no payload: we only read).
+/// A transmission request without payload (all but writes).
 pub fn send_request(
     w: &mut impl Write,
     flags: u16,
@@ -138,6 +149,26 @@ pub fn send_request(
     m[16..24].copy_from_slice(&offset.to_be_bytes());
     m[24..28].copy_from_slice(&len.to_be_bytes());
     w.write_all(&m)?;
+    w.flush()
+}
+
+/// A write request and its payload, in one send when small.
+pub fn send_write(w: &mut impl Write, handle: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(data.len()).map_err(io::Error::other)?;
+    let mut m = Vec::with_capacity(28 + data.len().min(64 << 10));
+    m.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    m.extend_from_slice(&0u16.to_be_bytes());
+    m.extend_from_slice(&CMD_WRITE.to_be_bytes());
+    m.extend_from_slice(&handle.to_be_bytes());
+    m.extend_from_slice(&offset.to_be_bytes());
+    m.extend_from_slice(&len.to_be_bytes());
+    if data.len() <= 64 << 10 {
+        m.extend_from_slice(data);
+        w.write_all(&m)?;
+    } else {
+        w.write_all(&m)?;
+        w.write_all(data)?;
+    }
     w.flush()
 }
 

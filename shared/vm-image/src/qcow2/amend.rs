@@ -9,7 +9,6 @@
 //! header itself is rewritten in one write of its first cluster.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::check::{check, Repair};

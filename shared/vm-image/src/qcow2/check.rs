@@ -3,8 +3,6 @@
 //! repair leaks (stored > real) and, with `all`, under-counted clusters and
 //! wrong COPIED flags.
 
-use std::os::unix::fs::FileExt;
-
 use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFFSET_MASK};
 use super::meta::{decode_refblock, encode_refcount, L1Fault, L2Entry, Meta, SnapshotTable};
 use crate::{Error, Result};
@@ -678,7 +676,7 @@ fn compare_refcounts(
         }
         // Freed clusters go from the disk too, as QEMU discards them.
         for at in freed.drain(..) {
-            super::punch(&meta.file, at, cs);
+            meta.file.punch(at, cs);
         }
     }
     // Clusters past the last refcount block have no refcount at all.

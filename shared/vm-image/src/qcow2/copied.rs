@@ -2,8 +2,6 @@
 //! whether its cluster is the active image's alone (refcount 1), and
 //! `check -r` sets the flags right.
 
-use std::os::unix::fs::FileExt;
-
 use super::check::{CheckReport, Repair};
 use super::header::{COPIED, OFFSET_MASK};
 use super::meta::{L2Entry, Meta};

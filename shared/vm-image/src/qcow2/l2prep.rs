@@ -9,7 +9,6 @@
 //! imago then finds every table it needs already in place.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{COPIED, OFFSET_MASK};

@@ -5,14 +5,13 @@
 //! from the file is checked against the file before it is used, and no
 //! allocation is sized from a field the header check did not bound.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::header::{
     Header, COMPRESSED, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
     MAX_SNAPSHOT_TABLE_BYTES as MAX_TABLE_BYTES, OFFSET_MASK, ZERO,
 };
+use crate::host::Host;
 use crate::{Error, Result, TableFault};
 
 /// What one L2 entry says about one guest cluster.
@@ -52,7 +51,7 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Meta {
     pub path: PathBuf,
-    pub file: File,
+    pub file: Host,
     pub file_len: u64,
     pub header: Header,
     pub l1: Vec<u64>,
@@ -96,14 +95,14 @@ enum Leniency {
 
 impl Meta {
     /// Reads and checks the header, L1 table and refcount table of `file`.
-    pub fn open(path: &Path, file: File) -> Result<Self> {
-        Self::open_with(path, file, Leniency::None)
+    pub fn open(path: &Path, file: impl Into<Host>) -> Result<Self> {
+        Self::open_with(path, file.into(), Leniency::None)
     }
 
     /// As `open`, for `check -r`: an image with no refcount table at all
     /// opens (with none), so the repair can build one.
-    pub fn open_for_repair(path: &Path, file: File) -> Result<Self> {
-        Self::open_with(path, file, Leniency::NoReftable)
+    pub fn open_for_repair(path: &Path, file: impl Into<Host>) -> Result<Self> {
+        Self::open_with(path, file.into(), Leniency::NoReftable)
     }
 
     /// Opens `path` for reading and writing and reads its tables: what
@@ -121,13 +120,13 @@ impl Meta {
     /// file reads as empty instead of failing: `check` then counts what it
     /// cannot find as corruption (exit 2, as qemu-img), where `open` would
     /// say the image cannot be checked at all.
-    pub fn open_for_check(path: &Path, file: File) -> Result<Self> {
-        Self::open_with(path, file, Leniency::Check)
+    pub fn open_for_check(path: &Path, file: impl Into<Host>) -> Result<Self> {
+        Self::open_with(path, file.into(), Leniency::Check)
     }
 
-    fn open_with(path: &Path, file: File, leniency: Leniency) -> Result<Self> {
+    fn open_with(path: &Path, file: Host, leniency: Leniency) -> Result<Self> {
         let lenient = leniency == Leniency::Check;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let file_len = file.size().map_err(|e| Error::io(path, e))?;
         let mut first = vec![0u8; (file_len.min(2 << 20)) as usize];
         read_exact_at(&file, path, &mut first, 0)?;
         // Lenient: tables past the end are judged by `check`, not here.
@@ -486,7 +485,7 @@ pub fn encode_refcount(buf: &mut [u8], order: u32, index: usize, value: u64) {
     }
 }
 
-pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+pub fn read_exact_at(file: &Host, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::corrupt(

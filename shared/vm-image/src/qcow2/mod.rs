@@ -15,7 +15,6 @@ pub mod shrink;
 pub mod snapshot;
 pub mod writer;
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -29,26 +28,6 @@ pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Res
     h.backing_file = name.map(str::to_string);
     h.backing_format = name.and(format).map(str::to_string);
     write_header(&meta, &h)
-}
-
-/// Gives a freed cluster's space back to the host file system, as QEMU
-/// discards what it frees; where that is not possible the cluster merely
-/// keeps its old bytes.
-pub(crate) fn punch(file: &std::fs::File, at: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
-        return;
-    };
-    // SAFETY: fallocate on a descriptor we own, with plain integers; it
-    // touches no memory of ours.
-    unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            len,
-        );
-    }
 }
 
 /// Rewrites the header cluster from `h` (one write) and syncs.

@@ -10,7 +10,6 @@
 //! clusters' counts (flushed and synced), then the L2 entries that point
 //! at them (synced). A crash in between leaves leaked clusters at worst.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{COPIED, OFFSET_MASK, ZERO};
@@ -138,7 +137,7 @@ fn map_clusters(path: &Path, from: u64, to: u64) -> Result<()> {
         // Nothing is written there yet: the file must still cover the run
         // (as QEMU extends it), or reads and later sizes come up short.
         let end = start + wanted.len() as u64 * cs;
-        if meta.file.metadata().map_err(io)?.len() < end {
+        if meta.file.size().map_err(io)? < end {
             meta.file.set_len(end).map_err(io)?;
         }
         let zero = if meta.header.version >= 3 && meta.header.backing_file.is_some() {

@@ -11,7 +11,6 @@
 //! clusters are leaks, which the check that follows frees.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 
 use super::header::MAX_REFTABLE_BYTES;
 use super::meta::{encode_refcount, Meta};

@@ -11,7 +11,6 @@
 //! what an edit touches, not what a hostile refcount table claims.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::FileExt;
 
 use super::header::OFFSET_MASK;
 use super::meta::{encode_refcount, Meta};

@@ -3,7 +3,6 @@
 //! refcount blocks that count nothing any more. `qemu-img check` and
 //! QEMU's iotests expect both gone.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{COPIED, OFFSET_MASK};
@@ -46,7 +45,7 @@ fn give_back_free_space(path: &Path) -> Result<()> {
         meta.file.set_len(end).map_err(|e| Error::io(path, e))?;
     }
     for (start, n) in free_runs.into_iter().filter(|&(s, _)| s < last_used) {
-        super::punch(&meta.file, start * cs, n * cs);
+        meta.file.punch(start * cs, n * cs);
     }
     meta.file.sync_all().map_err(|e| Error::io(path, e))
 }

@@ -14,7 +14,6 @@
 //! leaves at most leaked clusters, which `check -r leaks` frees. The caller
 //! holds the image's write lock.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{
@@ -366,7 +365,7 @@ fn free_old_table(meta: &Meta, rc: &mut Refcounts, snaps: &[Snapshot], punch: bo
         let cs = meta.cluster_size();
         for c in at / cs..(at + len).div_ceil(cs) {
             if rc.get(meta, c * cs)? == 0 {
-                super::punch(&meta.file, c * cs, cs);
+                meta.file.punch(c * cs, cs);
             }
         }
     }

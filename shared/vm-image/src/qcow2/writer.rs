@@ -7,15 +7,14 @@
 //! where compressed clusters share a host cluster. The caller writes into a
 //! temporary file and renames it once `finish` and an fsync succeed.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use super::header::{
     CompressionType, Header, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSED, COPIED,
     INCOMPAT_DATA_FILE, ZERO,
 };
 use super::meta::encode_refcount;
+use crate::host::Host;
 
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
@@ -55,7 +54,7 @@ impl Default for CreateOptions {
 
 #[derive(Debug)]
 pub struct Qcow2Writer {
-    file: File,
+    file: Host,
     header: Header,
     /// Next free byte; cluster-aligned except while packing compressed data.
     next: u64,
@@ -72,8 +71,10 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 }
 
 impl Qcow2Writer {
-    /// Starts an image in `file`, which should be empty.
-    pub fn new(file: File, o: &CreateOptions) -> io::Result<Self> {
+    /// Starts an image in `file` (a file, which should be empty, or an NBD
+    /// export, whose old bytes every table written here covers).
+    pub fn new(file: impl Into<Host>, o: &CreateOptions) -> io::Result<Self> {
+        let file = file.into();
         if !(9..=21).contains(&o.cluster_bits) {
             return Err(invalid(
                 "Cluster size must be a power of two between 512 and 2048k",
@@ -392,7 +393,7 @@ impl Qcow2Writer {
     /// refcount table past the L1 table to cover the whole file, and the
     /// first L2 table takes the table's old cluster: so here too (for one
     /// L2 table; QEMU places more after all the data).
-    pub fn finish_preallocated(mut self, whole: bool) -> io::Result<Result<File, Self>> {
+    pub fn finish_preallocated(mut self, whole: bool) -> io::Result<Result<Host, Self>> {
         self.refuse_encrypted()?;
         let cs = self.cs();
         let per_block = cs * 8 / u64::from(self.header.refcount_bits());
@@ -448,7 +449,7 @@ impl Qcow2Writer {
         }
         self.file.write_all_at(&l1, 3 * cs)?;
         self.write_head(reftable_at, total, 3 * cs)?;
-        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+        if !self.file.keeps_size()? {
             self.file.set_len(total * cs)?;
         }
         Ok(Ok(self.file))
@@ -462,7 +463,7 @@ impl Qcow2Writer {
     /// the writer back when the layout does not apply (data was written,
     /// or the L1 table outgrows one refcount block, as with tiny clusters
     /// and huge disks); `finish` lays that out its own way.
-    pub fn finish_empty(mut self) -> io::Result<Result<File, Self>> {
+    pub fn finish_empty(mut self) -> io::Result<Result<Host, Self>> {
         let cs = self.cs();
         let per_block = cs * 8 / u64::from(self.header.refcount_bits());
         let l1_bytes = self.l1.len() as u64 * 8;
@@ -480,8 +481,7 @@ impl Qcow2Writer {
             self.refuse_encrypted()?;
             return Ok(Err(self));
         }
-        let block_device =
-            std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type());
+        let keeps_size = self.file.keeps_size()?;
         if let Some(area) = self.luks.take() {
             let mut clusters = area;
             let len = clusters.len() as u64;
@@ -497,7 +497,7 @@ impl Qcow2Writer {
                 self.file
                     .write_all_at(&vec![0u8; l1_bytes as usize], 3 * cs)?;
             }
-        } else if !block_device {
+        } else if !keeps_size {
             // The L1 table is all zeroes: the file's end makes it.
             self.file.set_len(3 * cs + l1_bytes)?;
         } else if l1_bytes > 0 {
@@ -510,7 +510,7 @@ impl Qcow2Writer {
 
     /// Writes the remaining L2 table, refcounts, L1 and header. The caller
     /// fsyncs (or not, for `-t unsafe`).
-    pub fn finish(mut self) -> io::Result<File> {
+    pub fn finish(mut self) -> io::Result<Host> {
         self.refuse_encrypted()?;
         self.flush_l2()?;
         self.align_next();
@@ -571,7 +571,7 @@ impl Qcow2Writer {
         self.file.write_all_at(&h, 0)?;
         // A block device keeps its size (the image ends where its metadata
         // says); a file ends at the last cluster.
-        if !std::os::unix::fs::FileTypeExt::is_block_device(&self.file.metadata()?.file_type()) {
+        if !self.file.keeps_size()? {
             self.file.set_len(rt_start + rt * cs)?;
         }
         Ok(self.file)

@@ -2,28 +2,36 @@
 //! only, 63 no check for this format (qemu-img's codes).
 
 use std::fs::OpenOptions as FsOpen;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Map, Value};
 use vm_image::lock::{ImageLock, LockMode};
+use vm_image::nbd::{Address, Client};
 use vm_image::qcow2::check::{check, CheckReport, Repair};
 use vm_image::qcow2::meta::Meta;
 use vm_image::{resolve_backing, Format, Image, OpenOptions};
 
 use crate::cli::{CheckArgs, OutputFormat, RepairMode};
+use crate::input::Located;
 use crate::util;
 
 pub const NO_CHECK: i32 = 63;
 
 pub fn run(a: &CheckArgs) -> Result<i32> {
-    let (path, format) =
-        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
-    let path = &path;
     let repair = match a.repair {
         None => Repair::None,
         Some(RepairMode::Leaks) => Repair::Leaks,
         Some(RepairMode::All) => Repair::All,
     };
+    let named = a.common.format.as_deref();
+    if let Located::Nbd { address, format } =
+        crate::input::locate(&a.filename, named, a.common.image_opts)?
+    {
+        return over_nbd(a, &address, format.as_deref(), repair);
+    }
+    let (path, format) = util::target(&a.filename, named, a.common.image_opts)?;
+    let path = &path;
     let _lock = if a.force_share {
         None
     } else {
@@ -74,7 +82,64 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         Image::open(&bpath, &opts)
             .with_context(|| format!("Could not open backing file '{}'", bpath.display()))?;
     }
-    let first = match check(&meta, repair) {
+    check_and_report(a, &meta, repair, || {
+        let file = FsOpen::new().read(true).open(path)?;
+        Ok(Meta::open(path, file)?)
+    })
+}
+
+/// A qcow2 image inside an NBD export, checked (and repaired) through it.
+/// It is opened alone: an image that names a backing file is not checked,
+/// as qemu-img cannot check one whose backing file does not open.
+fn over_nbd(a: &CheckArgs, address: &Address, format: Option<&str>, repair: Repair) -> Result<i32> {
+    let uri = address.uri();
+    let path = std::path::PathBuf::from(&uri);
+    let client = Client::connect(address).map_err(|e| util::could_not_open(&path, e))?;
+    let format = match util::parse_format(format)? {
+        Some(f) => f,
+        None => crate::input::probe_export(&client, &uri)?,
+    };
+    if format != Format::Qcow2 {
+        crate::error_line("This image format does not support checks");
+        return Ok(NO_CHECK);
+    }
+    if repair != Repair::None && client.read_only() {
+        return Err(util::could_not_open(
+            &path,
+            anyhow!("the NBD export is read-only"),
+        ));
+    }
+    let client = Arc::new(client);
+    let open = if repair == Repair::None {
+        Meta::open_for_check
+    } else {
+        Meta::open_for_repair
+    };
+    let meta = open(&path, Arc::clone(&client)).map_err(|e| util::could_not_open(&path, e))?;
+    if meta.header.backing_file.is_some() {
+        return Err(util::could_not_open(
+            &path,
+            anyhow!(
+                "the image inside the NBD export has a backing file, which is not opened \
+                 through an export"
+            ),
+        ));
+    }
+    check_and_report(a, &meta, repair, || {
+        Ok(Meta::open(&path, Arc::clone(&client))?)
+    })
+}
+
+/// Checks (and repairs) `meta`'s image, then checks it again through
+/// `reopen` after a repair, and prints the result as asked.
+fn check_and_report(
+    a: &CheckArgs,
+    meta: &Meta,
+    repair: Repair,
+    reopen: impl Fn() -> Result<Meta>,
+) -> Result<i32> {
+    let path = &meta.path;
+    let first = match check(meta, repair) {
         Ok(r) => r,
         // A snapshot table past QEMU's limits fails the check, in
         // qemu-img's words, with how to repair it.
@@ -99,8 +164,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
                 first.leaks_fixed, first.corruptions_fixed
             );
         }
-        let file = FsOpen::new().read(true).open(path)?;
-        let meta = Meta::open(path, file)?;
+        let meta = reopen()?;
         let mut again = check(&meta, Repair::None).map_err(|e| anyhow!(e))?;
         again.leaks_fixed = first.leaks_fixed;
         again.corruptions_fixed = first.corruptions_fixed;

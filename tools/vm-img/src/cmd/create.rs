@@ -223,15 +223,13 @@ pub(crate) fn write_image(
             } else {
                 w.finish_preallocated(matches!(prealloc, Prealloc::Falloc | Prealloc::Full))?
             };
-            match laid_out {
-                Ok(file) => file,
-                Err(mut w) => {
-                    if prealloc != Prealloc::Off {
-                        w.preallocate_metadata()?;
-                    }
-                    w.finish()?
+            if let Err(mut w) = laid_out {
+                if prealloc != Prealloc::Off {
+                    w.preallocate_metadata()?;
                 }
+                w.finish()?;
             }
+            out.file.try_clone()?
         }
     };
     // For qcow2, the data area the metadata preallocation mapped, which

@@ -1,8 +1,8 @@
 //! What the reading commands (map, convert, compare) read: an image
 //! chain of local files, an NBD export, the null device, or a quorum of
-//! any of them. Only local
-//! images have layers, headers and snapshots; the others are one raw
-//! disk with block status.
+//! any of them. A raw export, the null device and a quorum are one raw
+//! disk with block status; a qcow2 inside an export is an image of one
+//! layer (its backing file is not opened through the export).
 
 pub mod blkdebug;
 pub mod names;
@@ -93,13 +93,31 @@ impl Input {
                 let uri = address.uri();
                 // A format named over the export is refused before any
                 // connection is made.
-                if let Some(f) = format.as_deref().filter(|&f| f != "raw") {
-                    bail!("'{uri}': format '{f}' over NBD is not supported (only raw exports are read)");
-                }
+                let named = match format.as_deref() {
+                    None => None,
+                    Some(f) => Some(f.parse::<Format>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "'{uri}': format '{f}' over NBD is not supported (raw and qcow2 are)"
+                        )
+                    })?),
+                };
                 let client =
                     Client::connect(&address).with_context(|| format!("Could not open '{uri}'"))?;
-                raw_only(&client, format.as_deref(), &uri)?;
-                Ok(Self::Nbd(client))
+                let format = match named {
+                    Some(f) => f,
+                    None => probe_export(&client, &uri)?,
+                };
+                if format == Format::Raw {
+                    // Read as itself: block status says where its data is.
+                    return Ok(Self::Nbd(client));
+                }
+                let opts = vm_image::OpenOptions {
+                    format: Some(format),
+                    ..vm_image::OpenOptions::default()
+                };
+                Image::open_nbd(std::sync::Arc::new(client), &opts)
+                    .map(Self::Image)
+                    .with_context(|| format!("Could not open '{uri}'"))
             }
             Located::Null { size, read_zeroes } => Ok(Self::Null { size, read_zeroes }),
             Located::Debug { inner, rules } => {
@@ -220,20 +238,12 @@ impl Input {
     }
 }
 
-/// An export is read as a raw disk: a qcow2 (or other format) inside one
-/// needs the format layer over NBD, which vm-img does not have yet.
-fn raw_only(client: &Client, format: Option<&str>, uri: &str) -> Result<()> {
-    let probed = if let Some(f) = format {
-        f.to_string()
-    } else {
-        let mut head = vec![0u8; client.size().min(512) as usize];
-        client
-            .read_at(&mut head, 0)
-            .with_context(|| format!("Could not read '{uri}'"))?;
-        Format::probe(&head).as_str().to_string()
-    };
-    if probed != "raw" {
-        bail!("'{uri}': format '{probed}' over NBD is not supported (only raw exports are read)");
-    }
-    Ok(())
+/// The format of what an export holds, guessed from its first sector
+/// (vm-img's reading commands guess a local file's the same way).
+pub fn probe_export(client: &Client, uri: &str) -> Result<Format> {
+    let mut head = vec![0u8; client.size().min(512) as usize];
+    client
+        .read_at(&mut head, 0)
+        .with_context(|| format!("Could not read '{uri}'"))?;
+    Ok(Format::probe(&head))
 }

@@ -363,7 +363,7 @@ pub fn target_with_locking(
             ..
         } => Ok((path, format, locking)),
         Located::Nbd { .. } => bail!(
-            "'{}': this command opens local files only (info, map, compare and convert read NBD exports)",
+            "'{}': this command opens local files only (info, map, compare, check and convert open NBD exports)",
             name.display()
         ),
         Located::Null { .. } => bail!(

@@ -2,8 +2,11 @@
 //! (the independent judge) on real files.
 #![allow(dead_code)]
 
+pub mod fake_nbd;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn vm_img() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vm-img"))
@@ -116,4 +119,47 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A qemu-nbd serving one image on a unix socket to one client after
+/// another (`args` before the image: read-only, format, ...), killed on
+/// drop.
+pub struct NbdServer {
+    child: Child,
+    pub uri: String,
+    pub socket: String,
+}
+
+impl NbdServer {
+    pub fn start(d: &Dir, img: &str, args: &[&str]) -> Self {
+        let socket = d.s("nbd.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("qemu-nbd")
+            .args(["-k", &socket, "-x", "exp", "-t"])
+            .args(args)
+            .arg(img)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd runs");
+        let t0 = Instant::now();
+        while !Path::new(&socket).exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "qemu-nbd did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            uri: format!("nbd+unix:///exp?socket={socket}"),
+            socket,
+        }
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -85,7 +85,7 @@ pub(crate) fn hello_disks(m: &Machine, copy: &[usize]) -> Vec<HelloDisk> {
                     .image
                     .layers()
                     .iter()
-                    .filter_map(|l| l.file.metadata().ok())
+                    .filter_map(|l| l.file.as_file()?.metadata().ok())
                     .map(|md| (md.dev(), md.ino()))
                     .collect(),
             }),

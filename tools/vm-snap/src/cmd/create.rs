@@ -265,8 +265,7 @@ fn make_overlay(p: &Plan) -> Result<File> {
         backing_format: Some(format_name(p.format).into()),
         ..CreateOptions::default()
     };
-    let f = Qcow2Writer::new(f, &o)?.finish()?;
-    f.sync_all()?;
+    Qcow2Writer::new(f.try_clone()?, &o)?.finish()?.sync_all()?;
     if let Some(dir) = p.overlay.parent() {
         File::open(dir).and_then(|d| d.sync_all()).ok();
     }

@@ -1,7 +1,6 @@
 //! Edits of an image's bitmaps, applied in memory and written in one step
 //! (the order is in the module comment of `bitmaps`).
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{
@@ -349,7 +348,7 @@ impl Editor {
         // Freed bits go from the disk too, as QEMU discards them.
         for at in data {
             if rc.get(meta, at)? == 0 {
-                super::super::punch(&meta.file, at, cs);
+                meta.file.punch(at, cs);
             }
         }
         Ok(())

@@ -35,7 +35,21 @@ pub(super) fn into_existing(
         write: true,
         ..vm_image::OpenOptions::default()
     };
-    let mut dst = Image::open(output, &opts).map_err(|e| crate::util::could_not_open(output, e))?;
+    let dst = Image::open(output, &opts).map_err(|e| crate::util::could_not_open(output, e))?;
+    into_image(src, dst, size, bar, syncs, skip_zeroes)
+}
+
+/// As `into_existing`, into an image already open for writing (a local
+/// one, or one inside an NBD export).
+pub(super) fn into_image(
+    src: &Sources,
+    mut dst: Image,
+    size: u64,
+    bar: &mut Progress,
+    syncs: bool,
+    skip_zeroes: bool,
+) -> Result<()> {
+    let output = dst.path().to_path_buf();
     if dst.size() < size {
         bail!("output file is smaller than input file");
     }

@@ -11,11 +11,12 @@ use vm_image::{Block, Format};
 
 mod bitmap_copy;
 mod copy;
+mod into_nbd;
 
 use bitmap_copy::{copy_bitmaps, source_bitmaps};
 use copy::{into_existing, over_backing, to_qcow2, to_qcow2_compressed, to_raw};
 
-use super::options::{self, Prealloc};
+use super::options::{self, FormatOptions, Prealloc};
 use crate::cli::ConvertArgs;
 use crate::input::Input;
 use crate::progress::Progress;
@@ -171,6 +172,18 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
         Vec::new()
     };
     let mut bar = Progress::over_data(a.progress && !a.quiet, &src, size)?;
+    if let Some(address) = nbd_output(&a.output)? {
+        let plan = into_nbd::Plan {
+            src: &src,
+            out_fmt,
+            options: &o,
+            size,
+            sparse,
+            copies_bitmaps: !bitmaps.is_empty(),
+        };
+        into_nbd::run(a, &address, &plan, &mut bar)?;
+        return Ok(0);
+    }
     if a.no_create {
         // -B names the backing file of an image to be made: with -n there
         // is none, and qemu-img ignores it.
@@ -281,6 +294,18 @@ pub fn run(a: &ConvertArgs) -> Result<i32> {
     bar.finish();
     out.commit(a.cache.syncs())?;
     Ok(0)
+}
+
+/// The export an output name points at, when it names one.
+fn nbd_output(output: &std::path::Path) -> Result<Option<vm_image::nbd::Address>> {
+    let text = output.to_string_lossy();
+    if !vm_image::nbd::Address::is_nbd_name(&text) && !text.starts_with("json:") {
+        return Ok(None);
+    }
+    match crate::input::locate(output, None, false)? {
+        crate::input::Located::Nbd { address, .. } => Ok(Some(address)),
+        _ => Ok(None),
+    }
 }
 
 /// Where the new output's backing file ends, which the output reads as
