@@ -129,4 +129,17 @@ if command -v qemu-nbd >/dev/null; then
   case_run "convert from NBD (1 GiB allocated)" outn.raw \
     "$vm" convert -O raw "$uri" outn.raw -- qemu-img convert -t writeback -O raw "$uri" outn.raw
   kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || true
+  # A writable export of 2 GiB (a sparse file) written into: the disk
+  # itself (raw), and a qcow2 laid inside it.
+  rm -f export.img; truncate -s 2G export.img
+  qemu-nbd -k "$work/nbdw.sock" -x exp -t -f raw export.img &
+  nbd_pid=$!
+  for _ in $(seq 100); do [ -S "$work/nbdw.sock" ] && break; sleep 0.05; done
+  uri="nbd+unix:///exp?socket=$work/nbdw.sock"
+  case_run "convert into NBD, raw (1 GiB)" none \
+    "$vm" convert -O raw src.raw "$uri" -- qemu-img convert -t writeback -O raw src.raw "$uri"
+  case_run "convert into NBD, qcow2 (1 GiB)" none \
+    "$vm" convert -O qcow2 src.raw "$uri" -- qemu-img convert -t writeback -O qcow2 src.raw "$uri"
+  kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || true
+  rm -f export.img
 fi

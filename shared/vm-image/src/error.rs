@@ -36,6 +36,21 @@ pub enum Error {
     SnapshotTable { path: PathBuf, fault: TableFault },
     #[error("{0}")]
     Invalid(String),
+    /// Freeing a deleted snapshot's clusters failed once the table no
+    /// longer named it: they stay as leaks (`check -r leaks` frees them),
+    /// as with QEMU.
+    #[error("Failed to free the cluster and L1 table: {}", os_text(.0))]
+    FreeFailed(io::Error),
+}
+
+/// An I/O error's words without Rust's "(os error N)" tail, as QEMU
+/// prints strerror.
+pub fn os_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 /// What a lock error asks after saying which lock (a tool that words the

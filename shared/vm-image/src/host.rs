@@ -16,6 +16,25 @@ use crate::nbd::Client;
 pub enum Host {
     File(File),
     Nbd(Arc<Client>),
+    /// Another host with faults injected (vm-img's blkdebug).
+    Debug(Box<Host>, Arc<dyn Faults>),
+}
+
+/// A kind of I/O request, as fault injection tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    Discard,
+    Flush,
+}
+
+/// Fault injection under the qcow2 code: the events of QEMU's blkdebug
+/// list it reaches (`cluster_free`, ...), and each request before it is
+/// made, which fails where a rule says so.
+pub trait Faults: Send + Sync + std::fmt::Debug {
+    fn event(&self, name: &str);
+    fn check(&self, kind: IoKind, offset: u64, len: u64) -> io::Result<()>;
 }
 
 impl From<File> for Host {
@@ -35,6 +54,10 @@ impl Host {
         match self {
             Self::File(f) => f.read_exact_at(buf, offset),
             Self::Nbd(c) => Ok(c.read_at(buf, offset)?),
+            Self::Debug(h, faults) => {
+                faults.check(IoKind::Read, offset, buf.len() as u64)?;
+                h.read_exact_at(buf, offset)
+            }
         }
     }
 
@@ -42,6 +65,19 @@ impl Host {
         match self {
             Self::File(f) => f.write_all_at(buf, offset),
             Self::Nbd(c) => Ok(c.write_at(buf, offset)?),
+            Self::Debug(h, faults) => {
+                faults.check(IoKind::Write, offset, buf.len() as u64)?;
+                h.write_all_at(buf, offset)
+            }
+        }
+    }
+
+    /// Tells fault injection the qcow2 code reached `event` (nothing
+    /// happens without it).
+    pub fn event(&self, event: &str) {
+        if let Self::Debug(h, faults) = self {
+            faults.event(event);
+            h.event(event);
         }
     }
 
@@ -50,6 +86,7 @@ impl Host {
         match self {
             Self::File(f) => crate::image::file_len(f),
             Self::Nbd(c) => Ok(c.size()),
+            Self::Debug(h, _) => h.size(),
         }
     }
 
@@ -60,6 +97,7 @@ impl Host {
         match self {
             Self::File(f) => Ok(f.metadata()?.file_type().is_block_device()),
             Self::Nbd(_) => Ok(true),
+            Self::Debug(h, _) => h.keeps_size(),
         }
     }
 
@@ -74,6 +112,10 @@ impl Host {
                 io::ErrorKind::InvalidInput,
                 "Cannot grow NBD nodes",
             )),
+            Self::Debug(h, faults) => {
+                faults.check(IoKind::Write, len, 0)?;
+                h.set_len(len)
+            }
         }
     }
 
@@ -82,6 +124,10 @@ impl Host {
         match self {
             Self::File(f) => f.sync_all(),
             Self::Nbd(c) => Ok(c.flush()?),
+            Self::Debug(h, faults) => {
+                faults.check(IoKind::Flush, 0, 0)?;
+                h.sync_all()
+            }
         }
     }
 
@@ -89,6 +135,7 @@ impl Host {
         match self {
             Self::File(f) => f.try_clone().map(Self::File),
             Self::Nbd(c) => Ok(Self::Nbd(Arc::clone(c))),
+            Self::Debug(h, faults) => Ok(Self::Debug(Box::new(h.try_clone()?), Arc::clone(faults))),
         }
     }
 
@@ -116,6 +163,11 @@ impl Host {
             Self::Nbd(c) => {
                 let _ = c.trim(at, len);
             }
+            Self::Debug(h, faults) => {
+                if faults.check(IoKind::Discard, at, len).is_ok() {
+                    h.punch(at, len);
+                }
+            }
         }
     }
 
@@ -124,6 +176,7 @@ impl Host {
         match self {
             Self::File(f) => Some(f),
             Self::Nbd(_) => None,
+            Self::Debug(h, _) => h.as_file(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod qcow2;
 pub mod tracked;
 
 pub use block::{Alignment, Block};
-pub use error::{Error, Result, TableFault, LOCK_QUESTION};
+pub use error::{os_text, Error, Result, TableFault, LOCK_QUESTION};
 pub use format::Format;
 pub use image::{
     file_len, open_image_file, resolve_backing, same_file, Extent, Image, Layer, OpenOptions,

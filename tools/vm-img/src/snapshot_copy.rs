@@ -96,7 +96,7 @@ impl SnapshotCopy {
             qcow2::set_backing(&copy.path, Some(&abs.to_string_lossy()), fmt)?;
         }
         // Errors name the source, which the user gave, not the copy.
-        qcow2::snapshot::apply(&copy.path, &id).map_err(|e| {
+        qcow2::snapshot::apply(&copy.path, &id, None).map_err(|e| {
             let msg = e.to_string().replace(
                 &copy.path.display().to_string(),
                 &source.display().to_string(),

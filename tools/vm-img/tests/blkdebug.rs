@@ -1,7 +1,7 @@
-//! QEMU's blkdebug for the reading commands: the same names, rules and
-//! errors make vm-img say and write what qemu-img says and writes
-//! (convert --salvage's warnings, compare's read error and exit code), a
-//! blkdebug backing name is sized through it, and what vm-img does not
+//! QEMU's blkdebug: the same names, rules and errors make vm-img say and
+//! write what qemu-img says and writes (convert --salvage's warnings,
+//! compare's read error and exit code, a snapshot edit failed half way),
+//! a blkdebug backing name is sized through it, and what vm-img does not
 //! model is refused in one line.
 
 mod common;
@@ -155,4 +155,85 @@ fn compare_and_create_through_blkdebug_as_qemu_img() {
         let (code, _, err) = run(&args);
         assert_eq!((code, err.lines().count()), (1, 1), "{args:?}: {err}");
     }
+}
+
+/// snapshot -d through blkdebug, as QEMU's iotest 217 fails it: once the
+/// first cluster is being freed every request fails. Both tools, on copies
+/// of one image, say the same, leave the same leaks (the snapshot is gone
+/// from the table, its clusters still counted), and the same repair
+/// mends them. A rule on an event the edit never reaches changes nothing,
+/// and one failing every write from the start leaves the image as it was.
+#[test]
+fn snapshot_edits_through_blkdebug_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let base = d.s("base.qcow2");
+    qemu_ok(&["create", "-q", "-f", "qcow2", &base, "64M"]);
+    qemu_io(&d.path("base.qcow2"), "qcow2", &["write -P 3 0 64k"]);
+    qemu_ok(&["snapshot", "-c", "foo", &base]);
+    let conf = d.path("blkdebug.conf");
+    let copies = |tag: &str| {
+        let (a, b) = (
+            d.s(&format!("ours-{tag}.qcow2")),
+            d.s(&format!("theirs-{tag}.qcow2")),
+        );
+        std::fs::copy(&base, &a).unwrap();
+        std::fs::copy(&base, &b).unwrap();
+        (a, b)
+    };
+
+    std::fs::write(
+        &conf,
+        "[inject-error]\nevent = \"cluster_free\"\nerrno = \"5\"\n",
+    )
+    .unwrap();
+    let (ours, theirs) = copies("free");
+    let debug = |img: &str| format!("blkdebug:{}:{img}", conf.display());
+    let (code, _, err) = run(&["snapshot", "-d", "foo", &debug(&ours)]);
+    let (qcode, _, qerr) = qemu_img(&["snapshot", "-d", "foo", &debug(&theirs)]);
+    assert_eq!(code, qcode, "{err}");
+    assert_eq!(code, 1);
+    let without_program = |e: &str| e.replace("vm-img: ", "").replace("qemu-img: ", "");
+    assert_eq!(without_program(&err), without_program(&qerr));
+    assert!(
+        err.contains("Failed to free the cluster and L1 table"),
+        "{err}"
+    );
+    // The same leaks, found the same way by both tools.
+    for img in [&ours, &theirs] {
+        let (code, out, err) = qemu_img(&["check", img]);
+        assert_eq!(code, 3, "{out}{err}");
+        assert!(err.contains("Leaked cluster"), "{err}");
+        assert_eq!(ok(&["snapshot", "-l", img]), "");
+    }
+    let leaks = |img: &str| qemu_img(&["check", img]).2;
+    assert_eq!(leaks(&ours), leaks(&theirs));
+    let (code, out, err) = run(&["check", "-r", "leaks", &ours]);
+    assert_eq!(code, 0, "{out}{err}");
+    qemu_clean(&d.path("ours-free.qcow2"));
+
+    // An event snapshot -d never reaches: the rule never fires.
+    std::fs::write(&conf, "[inject-error]\nevent = \"l1_grow_alloc_table\"\n").unwrap();
+    let (ours, _) = copies("quiet");
+    ok(&["snapshot", "-d", "foo", &debug(&ours)]);
+    assert_eq!(ok(&["snapshot", "-l", &ours]), "");
+    qemu_clean(std::path::Path::new(&ours));
+
+    // Every write failing from the start: nothing changes.
+    std::fs::write(
+        &conf,
+        "[inject-error]\nevent = \"none\"\niotype = \"write\"\n",
+    )
+    .unwrap();
+    let (ours, _) = copies("none");
+    let before = std::fs::read(&ours).unwrap();
+    let (code, _, err) = run(&["snapshot", "-c", "bar", &debug(&ours)]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        std::fs::read(&ours).unwrap() == before,
+        "the image is untouched"
+    );
 }

@@ -15,6 +15,7 @@
 //! holds the image's write lock.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::header::{
     COPIED, INCOMPAT_DATA_FILE, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
@@ -22,6 +23,7 @@ use super::header::{
 };
 use super::meta::{c_str, read_exact_at, L2Entry, Meta, Snapshot};
 use super::refcounts::Refcounts;
+use crate::host::{Faults, Host};
 use crate::{Error, Result};
 
 /// QEMU keeps at most 255 bytes of a snapshot's name.
@@ -31,8 +33,13 @@ const EXTRA_LEN: usize = 24;
 
 /// Takes a snapshot of the image's current state under `name`, dated
 /// `date` (seconds and nanoseconds since the epoch); returns its ID.
-pub fn create(path: &Path, name: &str, date: (u32, u32)) -> Result<String> {
-    let meta = open(path)?;
+pub fn create(
+    path: &Path,
+    name: &str,
+    date: (u32, u32),
+    faults: Option<&Arc<dyn Faults>>,
+) -> Result<String> {
+    let meta = open(path, faults)?;
     let snaps = meta.snapshots()?;
     if snaps.len() >= MAX_SNAPSHOTS as usize {
         return Err(Error::unsupported(path, "too many snapshots"));
@@ -75,8 +82,8 @@ pub fn create(path: &Path, name: &str, date: (u32, u32)) -> Result<String> {
 }
 
 /// Reverts the active image to snapshot `name` (an ID, else a name).
-pub fn apply(path: &Path, name: &str) -> Result<()> {
-    let meta = open(path)?;
+pub fn apply(path: &Path, name: &str, faults: Option<&Arc<dyn Faults>>) -> Result<()> {
+    let meta = open(path, faults)?;
     let snaps = meta.snapshots()?;
     let sn = find(&snaps, name)
         .map(|i| &snaps[i])
@@ -132,8 +139,8 @@ pub fn apply(path: &Path, name: &str) -> Result<()> {
 }
 
 /// Deletes snapshot `name` (an ID, else a name) and frees what only it used.
-pub fn delete(path: &Path, name: &str) -> Result<()> {
-    let meta = open(path)?;
+pub fn delete(path: &Path, name: &str, faults: Option<&Arc<dyn Faults>>) -> Result<()> {
+    let meta = open(path, faults)?;
     let snaps = meta.snapshots()?;
     let index = find(&snaps, name).ok_or_else(|| not_found(path, "snapshot not found"))?;
     let sn = &snaps[index];
@@ -149,10 +156,17 @@ pub fn delete(path: &Path, name: &str) -> Result<()> {
     let (at, _) = write_snapshot_table(&meta, &mut rc, &kept)?;
     rc.flush(&meta)?;
     set_snapshot_table(&meta, kept.len() as u32, at)?;
-    free_old_table(&meta, &mut rc, &snaps, false)?;
-    add_tree(&meta, &mut rc, &sn_l1, -1)?;
-    free_range(&meta, &mut rc, sn.l1_table_offset, sn_l1.len() as u64 * 8)?;
-    rc.flush(&meta)?;
+    // From here the snapshot is gone: what fails to be freed is leaked.
+    let freed = free_old_table(&meta, &mut rc, &snaps, false)
+        .and_then(|()| add_tree(&meta, &mut rc, &sn_l1, -1))
+        .and_then(|()| free_range(&meta, &mut rc, sn.l1_table_offset, sn_l1.len() as u64 * 8))
+        .and_then(|()| rc.flush(&meta));
+    if let Err(e) = freed {
+        return Err(match e {
+            Error::Io { source, .. } => Error::FreeFailed(source),
+            other => other,
+        });
+    }
     let mut l1 = meta.l1.clone();
     fix_copied(&meta, &mut rc, meta.header.l1_table_offset, &mut l1)?;
     sync(&meta)
@@ -162,7 +176,7 @@ pub fn delete(path: &Path, name: &str) -> Result<()> {
 /// `raw_table`): what an upgrade to compat=1.1 does, whose readers want
 /// the disk size in every entry.
 pub fn rewrite_table(path: &Path, snaps: &[Snapshot]) -> Result<()> {
-    let meta = open(path)?;
+    let meta = open(path, None)?;
     if snaps.is_empty() {
         return Ok(());
     }
@@ -189,8 +203,19 @@ fn not_found(_path: &Path, message: &str) -> Error {
     Error::Invalid(message.to_string())
 }
 
-fn open(path: &Path) -> Result<Meta> {
-    let meta = Meta::open_rw(path)?;
+/// Opens `path` for an edit, with `faults` injected under it if given.
+fn open(path: &Path, faults: Option<&Arc<dyn Faults>>) -> Result<Meta> {
+    let meta = match faults {
+        None => Meta::open_rw(path)?,
+        Some(f) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            Meta::open(path, Host::Debug(Box::new(file.into()), Arc::clone(f)))?
+        }
+    };
     let h = &meta.header;
     if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
         return Err(Error::unsupported(
@@ -376,6 +401,8 @@ fn free_range(meta: &Meta, rc: &mut Refcounts, at: u64, len: u64) -> Result<()> 
     if len == 0 || at == 0 {
         return Ok(());
     }
+    // QEMU's qcow2_free_clusters, which blkdebug's rules can hook.
+    meta.file.event("cluster_free");
     let cs = meta.cluster_size();
     for c in at / cs..(at + len).div_ceil(cs) {
         rc.add(meta, c * cs, -1)?;

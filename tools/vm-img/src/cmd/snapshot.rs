@@ -2,16 +2,19 @@
 //! taken (-c), applied (-a) and deleted (-d) as qemu-img does.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use vm_image::host::Faults;
 use vm_image::qcow2::meta::{Meta, Snapshot};
 use vm_image::qcow2::snapshot;
 use vm_image::Format;
 
 use crate::cli::SnapshotArgs;
+use crate::input::{blkdebug, locate, Located};
 use crate::util;
 
 enum Action<'a> {
@@ -22,8 +25,12 @@ enum Action<'a> {
 }
 
 pub fn run(a: &SnapshotArgs) -> Result<i32> {
-    let (path, format_name) =
-        util::target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
+    let EditTarget {
+        path,
+        format: format_name,
+        faults,
+    } = edit_target(a)?;
+    let faults = faults.as_ref();
     let path = &path;
     let action = match (&a.create, &a.apply, &a.delete) {
         (Some(n), _, _) => Action::Create(n),
@@ -56,7 +63,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             let date = (now.as_secs() as u32, now.subsec_micros() * 1000);
-            snapshot::create(path, name, date)
+            snapshot::create(path, name, date, faults)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("Could not create snapshot '{name}'"))?;
         }
@@ -64,7 +71,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
             if !qcow2 {
                 bail!("Could not apply snapshot '{name}': Block driver does not support snapshots");
             }
-            snapshot::apply(path, name)
+            snapshot::apply(path, name, faults)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("Could not apply snapshot '{name}'"))?;
         }
@@ -72,13 +79,48 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
             if !qcow2 {
                 bail!("Could not delete snapshot '{name}': snapshot not found");
             }
-            snapshot::delete(path, name)
-                .map_err(|e| anyhow!(e))
+            snapshot::delete(path, name, faults)
+                .map_err(|e| {
+                    // QEMU says which step failed on a line of its own.
+                    if let vm_image::Error::FreeFailed(io) = &e {
+                        eprintln!("qcow2_free_clusters failed: {}", vm_image::os_text(io));
+                    }
+                    anyhow!(e)
+                })
                 .with_context(|| format!("Could not delete snapshot '{name}'"))?;
         }
         Action::List => unreachable!("listed above"),
     }
     Ok(0)
+}
+
+/// The image an edit writes, and blkdebug's rules over it where the name
+/// says so (`blkdebug:CONFIG:FILE`, as QEMU's iotests fail snapshot edits).
+struct EditTarget {
+    path: PathBuf,
+    format: Option<String>,
+    faults: Option<Arc<dyn Faults>>,
+}
+
+fn edit_target(a: &SnapshotArgs) -> Result<EditTarget> {
+    let named = a.common.format.as_deref();
+    if let Located::Debug { inner, rules } = locate(&a.filename, named, a.common.image_opts)? {
+        if let Located::File { path, format, .. } = *inner {
+            blkdebug::check_placement(&rules, format.as_deref())?;
+            let faults: Arc<dyn Faults> = blkdebug::Engine::new(rules);
+            return Ok(EditTarget {
+                path,
+                format,
+                faults: Some(faults),
+            });
+        }
+    }
+    let (path, format) = util::target(&a.filename, named, a.common.image_opts)?;
+    Ok(EditTarget {
+        path,
+        format,
+        faults: None,
+    })
 }
 
 pub(crate) fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {

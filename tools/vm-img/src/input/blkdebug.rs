@@ -1,37 +1,42 @@
-//! QEMU's blkdebug driver for the reading commands: errors injected into
-//! an image's reads and block status, as scripts test their error paths
-//! with (`blkdebug:CONFIG:FILE`, or `driver=blkdebug` with `image`,
-//! `inject-error` and `set-state` options).
+//! QEMU's blkdebug driver: errors injected into an image's requests, as
+//! scripts test their error paths with (`blkdebug:CONFIG:FILE`, or
+//! `driver=blkdebug` with `image`, `inject-error` and `set-state`
+//! options).
 //!
-//! What is modelled is what a read can meet: the `none` event (a rule
-//! active from the start) and `read_aio` (fired by every data read); the
-//! `read` and `block-status` I/O types; `errno`, `sector`, `once` and
-//! rule states. Every other event belongs to writes QEMU's drivers make,
-//! which the reading commands never do, so rules on them never fire, as
-//! in QEMU for the same command. Writing through blkdebug, and a
-//! `sector` under a format other than raw (a host sector, which vm-img
-//! does not see), are refused.
+//! The reading commands read through [`Debug`]: the `none` event (a rule
+//! active from the start) and `read_aio` (fired by every data read), the
+//! `read` and `block-status` I/O types. `snapshot` edits through the same
+//! rules ([`Engine`] as vm-image's `Faults`), where the qcow2 code fires
+//! the events QEMU's does on the way (`cluster_free`) and every metadata
+//! request is checked. A rule on an event nothing here fires never
+//! fires, as in QEMU for a command that does not reach it. `errno`,
+//! `sector`, `once` and rule states are taken. A `sector` under a format
+//! other than raw (a host sector, which vm-img does not see) is refused.
 
+use std::collections::HashSet;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Result};
+use vm_image::host::{Faults, IoKind};
 use vm_image::Extent;
 
 use super::Input;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IoType {
-    Read,
-    BlockStatus,
-}
+/// The I/O types a rule can name, as bits.
+const READ: u8 = 1;
+const WRITE: u8 = 1 << 1;
+const WRITE_ZEROES: u8 = 1 << 2;
+const DISCARD: u8 = 1 << 3;
+const FLUSH: u8 = 1 << 4;
+const BLOCK_STATUS: u8 = 1 << 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// `none`, `read_aio`, or another event (never fired here).
+    /// `none`, or the event that activates the rule.
     event: String,
-    reads: bool,
-    block_status: bool,
+    /// The I/O types it fails (QEMU's default: all but block status).
+    iotypes: u8,
     errno: i32,
     sector: Option<u64>,
     once: bool,
@@ -108,12 +113,15 @@ impl Rules {
             });
             return Ok(());
         }
-        let (reads, block_status) = match get("iotype").map(|v| v.trim_matches('"')) {
+        let iotypes = match get("iotype").map(|v| v.trim_matches('"')) {
             // QEMU's default: every data request, block status not among them.
-            None | Some("read") => (true, false),
-            Some("block-status") => (false, true),
-            // Never met by a command that only reads.
-            Some("write" | "write-zeroes" | "discard" | "flush") => (false, false),
+            None => READ | WRITE | WRITE_ZEROES | DISCARD | FLUSH,
+            Some("read") => READ,
+            Some("write") => WRITE,
+            Some("write-zeroes") => WRITE_ZEROES,
+            Some("discard") => DISCARD,
+            Some("flush") => FLUSH,
+            Some("block-status") => BLOCK_STATUS,
             Some(t) => bail!("blkdebug: unknown iotype '{t}'"),
         };
         let errno = get("errno").map_or(Ok(5), |v| number("errno", v))?;
@@ -127,8 +135,7 @@ impl Rules {
         };
         self.inject.push(Rule {
             event,
-            reads,
-            block_status,
+            iotypes,
             errno,
             sector,
             once: get("once").map_or(Ok(false), |v| boolean("once", v))?,
@@ -237,11 +244,9 @@ pub fn from_options(
     Ok((rules, image))
 }
 
-/// The wrapped input and the rules' live state.
+/// The rules' live state: the state number, and the events that fired.
 #[derive(Debug)]
-pub struct Debug {
-    pub inner: Input,
-    name: String,
+pub struct Engine {
     live: Mutex<Live>,
 }
 
@@ -250,8 +255,87 @@ struct Live {
     rules: Vec<Rule>,
     set_state: Vec<SetState>,
     state: u64,
-    /// `read_aio` has fired.
-    read_aio: bool,
+    fired: HashSet<String>,
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Arc<Self> {
+        Arc::new(Self {
+            live: Mutex::new(Live {
+                rules: rules.inject,
+                set_state: rules.set_state,
+                state: 1,
+                fired: HashSet::new(),
+            }),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `event` happened: its rules are active from now on, and a
+    /// set-state rule for it moves the state.
+    pub fn fire(&self, event: &str) {
+        let mut live = self.live();
+        live.fired.insert(event.to_string());
+        let state = live.state;
+        if let Some(s) = live
+            .set_state
+            .iter()
+            .find(|s| s.event == event && (s.state == 0 || s.state == state))
+        {
+            live.state = s.new_state;
+        }
+    }
+
+    /// The error a request of type `kind` (one of the I/O type bits)
+    /// meets, if a rule says so.
+    fn meet(&self, kind: u8, pos: u64, len: u64) -> io::Result<()> {
+        let mut live = self.live();
+        let state = live.state;
+        let hit = live.rules.iter().position(|r| {
+            let active = r.event == "none" || live.fired.contains(&r.event);
+            let covers = r
+                .sector
+                .is_none_or(|s| pos / 512 <= s && s < (pos + len.max(1)).div_ceil(512));
+            active && r.iotypes & kind != 0 && covers && (r.state == 0 || r.state == state)
+        });
+        let Some(i) = hit else {
+            return Ok(());
+        };
+        let errno = live.rules[i].errno;
+        if live.rules[i].once {
+            live.rules.remove(i);
+        }
+        Err(io::Error::from_raw_os_error(errno))
+    }
+}
+
+impl Faults for Engine {
+    fn event(&self, name: &str) {
+        self.fire(name);
+    }
+
+    fn check(&self, kind: IoKind, offset: u64, len: u64) -> io::Result<()> {
+        let bit = match kind {
+            IoKind::Read => READ,
+            IoKind::Write => WRITE,
+            IoKind::Discard => DISCARD,
+            IoKind::Flush => FLUSH,
+        };
+        self.meet(bit, offset, len)
+    }
+}
+
+/// The wrapped input, read through the rules.
+#[derive(Debug)]
+pub struct Debug {
+    pub inner: Input,
+    name: String,
+    engine: Arc<Engine>,
 }
 
 impl Debug {
@@ -275,12 +359,7 @@ impl Debug {
         Ok(Self {
             inner,
             name,
-            live: Mutex::new(Live {
-                rules: rules.inject,
-                set_state: rules.set_state,
-                state: 1,
-                read_aio: false,
-            }),
+            engine: Engine::new(rules),
         })
     }
 
@@ -288,52 +367,15 @@ impl Debug {
         &self.name
     }
 
-    /// The error a request meets, if a rule says so.
-    fn check(&self, kind: IoType, pos: u64, len: u64) -> io::Result<()> {
-        let mut live = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if kind == IoType::Read {
-            live.read_aio = true;
-            let state = live.state;
-            if let Some(s) = live
-                .set_state
-                .iter()
-                .find(|s| s.event == "read_aio" && (s.state == 0 || s.state == state))
-            {
-                live.state = s.new_state;
-            }
-        }
-        let (state, read_aio) = (live.state, live.read_aio);
-        let hit = live.rules.iter().position(|r| {
-            let active = r.event == "none" || (r.event == "read_aio" && read_aio);
-            let kind_ok = match kind {
-                IoType::Read => r.reads,
-                IoType::BlockStatus => r.block_status,
-            };
-            let covers = r
-                .sector
-                .is_none_or(|s| pos / 512 <= s && s < (pos + len.max(1)).div_ceil(512));
-            active && kind_ok && covers && (r.state == 0 || r.state == state)
-        });
-        let Some(i) = hit else {
-            return Ok(());
-        };
-        let errno = live.rules[i].errno;
-        if live.rules[i].once {
-            live.rules.remove(i);
-        }
-        Err(io::Error::from_raw_os_error(errno))
-    }
-
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        self.check(IoType::Read, pos, buf.len() as u64)?;
+        // A data read fires read_aio first, as QEMU's format drivers do.
+        self.engine.fire("read_aio");
+        self.engine.meet(READ, pos, buf.len() as u64)?;
         self.inner.read_at(buf, pos)
     }
 
     pub fn map(&self, start: u64, len: u64) -> io::Result<Vec<Extent>> {
-        self.check(IoType::BlockStatus, start, len)?;
+        self.engine.meet(BLOCK_STATUS, start, len)?;
         self.inner.map(start, len)
     }
 }
@@ -379,7 +421,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(r.inject.len(), 2);
-        assert!(r.inject[0].block_status && !r.inject[0].reads);
+        assert_eq!(r.inject[0].iotypes, BLOCK_STATUS);
         assert_eq!(r.inject[0].sector, Some(32784));
         assert_eq!(r.inject[1].errno, 28);
         for bad in [
