@@ -237,3 +237,76 @@ fn snapshot_edits_through_blkdebug_as_qemu_img() {
         "the image is untouched"
     );
 }
+
+/// commit empties its overlay as qemu-img does (the same bytes, on copies
+/// of one chain), and through blkdebug fails it at each step QEMU's
+/// iotest 098 fails it: one line, the guest's data safe in the base, and
+/// an image the next `check -r all` mends.
+#[test]
+fn commit_empties_as_qemu_img_even_when_it_fails() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    // One folder per chain, the same names in each: the overlays record
+    // their backing file's name.
+    let chain = |tag: &str| {
+        std::fs::create_dir(d.path(tag)).unwrap();
+        let base = d.s(&format!("{tag}/t.base"));
+        let top = d.s(&format!("{tag}/t.qcow2"));
+        qemu_ok(&["create", "-q", "-f", "qcow2", &base, "64M"]);
+        qemu_io(std::path::Path::new(&base), "qcow2", &["write -P 1 0 1M"]);
+        qemu_ok(&[
+            "create", "-q", "-f", "qcow2", "-b", "t.base", "-F", "qcow2", &top, "64M",
+        ]);
+        qemu_io(std::path::Path::new(&top), "qcow2", &["write -P 2 512k 1M"]);
+        (base, top)
+    };
+    let (_, ours) = chain("ours");
+    let (_, theirs) = chain("theirs");
+    ok(&["commit", &ours]);
+    qemu_ok(&["commit", &theirs]);
+    let (a, b) = (
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap(),
+    );
+    let first = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        a.len() == b.len() && first.is_none(),
+        "the emptied overlays differ: {} and {} bytes, first at {first:?}",
+        a.len(),
+        b.len()
+    );
+    let conf = d.path("blkdebug.conf");
+    for event in [
+        "l1_update",
+        "empty_image_prepare",
+        "reftable_update",
+        "refblock_alloc",
+    ] {
+        std::fs::write(&conf, format!("[inject-error]\nevent = \"{event}\"\n")).unwrap();
+        let (base, top) = chain(event);
+        let name = format!("blkdebug:{}:{top}", conf.display());
+        let (code, _, err) = run(&["commit", &name]);
+        assert_eq!(code, 1, "{event}: {err}");
+        assert_eq!(err.lines().count(), 1, "{event}: {err}");
+        assert!(
+            err.contains(&format!("Failed to empty {name}: Input/output error")),
+            "{err}"
+        );
+        // The data is in the base already.
+        qemu_io(
+            std::path::Path::new(&base),
+            "qcow2",
+            &["read -P 1 0 512k", "read -P 2 512k 1M"],
+        );
+        let (code, _, err) = run(&["check", "-r", "all", &top]);
+        assert_eq!(code, 0, "{event}: {err}");
+        qemu_clean(std::path::Path::new(&top));
+        qemu_io(
+            std::path::Path::new(&top),
+            "qcow2",
+            &["read -P 1 0 512k", "read -P 2 512k 1M"],
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod bitmaps;
 pub mod check;
 pub mod compress;
 mod copied;
+pub mod empty;
 pub mod header;
 pub mod meta;
 pub mod prealloc;

@@ -5,10 +5,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::empty::make_empty;
 use vm_image::qcow2::l2prep::prepare_l2_tables;
 use vm_image::{Block, Format, Image, OpenOptions};
 
 use crate::cli::CommitArgs;
+use crate::input::edit_target;
 use crate::progress::Progress;
 use crate::util;
 
@@ -16,8 +18,10 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
     if a.common.image_opts {
         bail!("--image-opts is not supported by commit yet");
     }
-    let path = &a.filename;
-    let fmt = util::parse_format(a.common.format.as_deref())?;
+    // blkdebug's rules apply to the emptying, as QEMU's iotests fail it.
+    let target = edit_target(&a.filename, a.common.format.as_deref(), false)?;
+    let path = &target.path;
+    let fmt = util::parse_format(target.format.as_deref())?;
     let top = Image::open(
         path,
         &OpenOptions {
@@ -52,6 +56,7 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
                 .map_err(|e| crate::util::could_not_open(&l.path, e))?,
         );
     }
+    let top_format = top.format();
     let base_layer = &top.layers()[base_depth];
     let size = top.size();
     // The ranges we are about to write into the base.
@@ -92,21 +97,29 @@ pub fn run(a: &CommitArgs) -> Result<i32> {
         // Emptying changes no data the guest sees (the base holds it now):
         // nothing is marked, as with qemu-img.
         let top_bitmaps = util::KeptBitmaps::load(path)?;
-        let mut t = Image::open(
-            path,
-            &OpenOptions {
-                format: fmt,
-                write: true,
-                lock: false,
-                backing: false,
-                ..OpenOptions::default()
-            },
-        )?;
-        let size = t.size();
-        t.discard_to_backing(0, size)
-            .and_then(|()| if a.cache.syncs() { t.sync() } else { t.flush() })
-            .with_context(|| format!("Could not empty '{}'", path.display()))?;
-        drop(t);
+        let failed =
+            |e: &dyn std::fmt::Display| anyhow!("Failed to empty {}: {e}", a.filename.display());
+        let emptied = top_format == Format::Qcow2
+            && make_empty(path, target.faults.as_ref()).map_err(|e| match e {
+                vm_image::Error::Io { source, .. } => failed(&vm_image::os_text(&source)),
+                other => failed(&other),
+            })?;
+        if !emptied {
+            let mut t = Image::open(
+                path,
+                &OpenOptions {
+                    format: fmt,
+                    write: true,
+                    lock: false,
+                    backing: false,
+                    ..OpenOptions::default()
+                },
+            )?;
+            let size = t.size();
+            t.discard_to_backing(0, size)
+                .and_then(|()| if a.cache.syncs() { t.sync() } else { t.flush() })
+                .map_err(|e| failed(&vm_image::os_text(&e)))?;
+        }
         top_bitmaps.store(&[])?;
     }
     bar.finish();

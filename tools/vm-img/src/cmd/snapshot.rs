@@ -2,19 +2,17 @@
 //! taken (-c), applied (-a) and deleted (-d) as qemu-img does.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use vm_image::host::Faults;
 use vm_image::qcow2::meta::{Meta, Snapshot};
 use vm_image::qcow2::snapshot;
 use vm_image::Format;
 
 use crate::cli::SnapshotArgs;
-use crate::input::{blkdebug, locate, Located};
+use crate::input::{edit_target, EditTarget};
 use crate::util;
 
 enum Action<'a> {
@@ -29,7 +27,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
         path,
         format: format_name,
         faults,
-    } = edit_target(a)?;
+    } = edit_target(&a.filename, a.common.format.as_deref(), a.common.image_opts)?;
     let faults = faults.as_ref();
     let path = &path;
     let action = match (&a.create, &a.apply, &a.delete) {
@@ -92,35 +90,6 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
         Action::List => unreachable!("listed above"),
     }
     Ok(0)
-}
-
-/// The image an edit writes, and blkdebug's rules over it where the name
-/// says so (`blkdebug:CONFIG:FILE`, as QEMU's iotests fail snapshot edits).
-struct EditTarget {
-    path: PathBuf,
-    format: Option<String>,
-    faults: Option<Arc<dyn Faults>>,
-}
-
-fn edit_target(a: &SnapshotArgs) -> Result<EditTarget> {
-    let named = a.common.format.as_deref();
-    if let Located::Debug { inner, rules } = locate(&a.filename, named, a.common.image_opts)? {
-        if let Located::File { path, format, .. } = *inner {
-            blkdebug::check_placement(&rules, format.as_deref())?;
-            let faults: Arc<dyn Faults> = blkdebug::Engine::new(rules);
-            return Ok(EditTarget {
-                path,
-                format,
-                faults: Some(faults),
-            });
-        }
-    }
-    let (path, format) = util::target(&a.filename, named, a.common.image_opts)?;
-    Ok(EditTarget {
-        path,
-        format,
-        faults: None,
-    })
 }
 
 pub(crate) fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {

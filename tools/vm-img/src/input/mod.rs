@@ -9,10 +9,12 @@ pub mod names;
 pub mod quorum;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vm_image::crypto::EncryptedImage;
+use vm_image::host::Faults;
 use vm_image::nbd::Client;
 use vm_image::{Block, Extent, Format, Image};
 
@@ -236,6 +238,35 @@ impl Input {
             Self::Quorum(_) | Self::Null { .. } => given.display().to_string(),
         }
     }
+}
+
+/// The image an edit writes, and blkdebug's rules over it where the name
+/// says so (`blkdebug:CONFIG:FILE`, as QEMU's iotests fail edits).
+#[derive(Debug)]
+pub struct EditTarget {
+    pub path: PathBuf,
+    pub format: Option<String>,
+    pub faults: Option<Arc<dyn Faults>>,
+}
+
+pub fn edit_target(name: &Path, format: Option<&str>, image_opts: bool) -> Result<EditTarget> {
+    if let Located::Debug { inner, rules } = locate(name, format, image_opts)? {
+        if let Located::File { path, format, .. } = *inner {
+            blkdebug::check_placement(&rules, format.as_deref())?;
+            let faults: Arc<dyn Faults> = blkdebug::Engine::new(rules);
+            return Ok(EditTarget {
+                path,
+                format,
+                faults: Some(faults),
+            });
+        }
+    }
+    let (path, format) = target(name, format, image_opts)?;
+    Ok(EditTarget {
+        path,
+        format,
+        faults: None,
+    })
 }
 
 /// The format of what an export holds, guessed from its first sector
