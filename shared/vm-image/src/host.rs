@@ -25,6 +25,7 @@ pub enum Host {
 pub enum IoKind {
     Read,
     Write,
+    WriteZeroes,
     Discard,
     Flush,
 }

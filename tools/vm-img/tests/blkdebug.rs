@@ -310,3 +310,45 @@ fn commit_empties_as_qemu_img_even_when_it_fails() {
         );
     }
 }
+
+/// A backing file named through blkdebug in a `json:` name (single
+/// quotes, as QEMU writes them): the chain opens through it, and commit's
+/// writes into it meet its rules, as QEMU's iotest 020 fails a commit.
+/// Both tools say the same; without a rule the commit goes through.
+#[test]
+fn commit_into_a_base_named_through_blkdebug() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let make = |tag: &str, rules: &str| {
+        let base = d.s(&format!("{tag}.base"));
+        let top = d.s(&format!("{tag}.qcow2"));
+        qemu_ok(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+        let name = format!(
+            "json:{{'driver': 'qcow2', 'file': {{'driver': 'blkdebug', 'inject-error': \
+             [{rules}], 'image': {{'driver': 'file', 'filename': '{base}'}}}}}}"
+        );
+        qemu_ok(&[
+            "create", "-q", "-f", "qcow2", "-b", &name, "-F", "qcow2", &top, "1M",
+        ]);
+        qemu_io(std::path::Path::new(&top), "qcow2", &["write -P 7 0 64k"]);
+        (base, top)
+    };
+    let enospc = "{'event': 'write_aio', 'errno': 28, 'once': true}";
+    let (_, ours) = make("ours", enospc);
+    let (_, theirs) = make("theirs", enospc);
+    let (code, _, err) = run(&["commit", &ours]);
+    let (qcode, _, qerr) = qemu_img(&["commit", &theirs]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    assert_eq!(code, qcode);
+    assert_eq!(err.replace("vm-img: ", ""), qerr.replace("qemu-img: ", ""));
+    assert!(
+        err.contains("Block job failed: No space left on device"),
+        "{err}"
+    );
+    // A rule that never fires: the data reaches the base.
+    let (base, top) = make("quiet", "{'event': 'l1_grow_alloc_table', 'errno': 28}");
+    ok(&["commit", &top]);
+    qemu_io(std::path::Path::new(&base), "qcow2", &["read -P 7 0 64k"]);
+}

@@ -298,6 +298,7 @@ impl CommitJob {
                     direct: d.cache.direct(),
                     backing: true,
                     probe_backing: false,
+                    faults: None,
                 },
             )
             .context("reopening the disk after the rebase")?;
@@ -343,6 +344,7 @@ fn open_base(path: &Path, format: Format, direct: bool) -> Result<Image> {
             direct,
             backing: true,
             probe_backing: false,
+            faults: None,
         },
     )
     .with_context(|| format!("cannot open {} for writing", path.display()))
@@ -360,6 +362,7 @@ fn open_read(path: &Path, format: Format) -> Result<Image> {
             direct: false,
             backing: true,
             probe_backing: false,
+            faults: None,
         },
     )
     .with_context(|| format!("cannot open {}", path.display()))

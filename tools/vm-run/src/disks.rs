@@ -84,6 +84,7 @@ impl OpenDisk {
                 direct: d.cache.direct(),
                 backing: true,
                 probe_backing: false,
+                faults: None,
             },
         )
         .with_context(|| format!("cannot open {}", path.display()))?;
@@ -253,6 +254,7 @@ fn open(d: &Disk) -> Result<OpenDisk> {
             backing: true,
             // DESIGN.md: a VM's formats are never guessed, at any depth.
             probe_backing: false,
+            faults: None,
         },
     )
     .with_context(|| format!("cannot open {}", path.display()))?;

@@ -38,14 +38,54 @@ fn local_file(name: &str) -> Option<String> {
     if let Some(path) = name.strip_prefix("file:") {
         return Some(path.to_string());
     }
-    let v: serde_json::Value = serde_json::from_str(name.strip_prefix("json:")?).ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&double_quoted(name.strip_prefix("json:")?)).ok()?;
     // A format over a local file, as QEMU writes one:
-    // {"driver": "qcow2", "file": {"driver": "file", "filename": P}}.
-    let file = v.get("file")?;
+    // {"driver": "qcow2", "file": {"driver": "file", "filename": P}},
+    // or over blkdebug over one (its faults are the tool's to apply).
+    let mut file = v.get("file")?;
+    if file.get("driver").is_some_and(|d| d == "blkdebug") {
+        file = file.get("image")?;
+        if let Some(path) = file.as_str() {
+            return Some(path.to_string());
+        }
+    }
     if file.get("driver").is_some_and(|d| d != "file") {
         return None;
     }
     file.get("filename")?.as_str().map(str::to_string)
+}
+
+/// QEMU's JSON takes strings in single quotes too (its iotests write
+/// them so): those become standard double-quoted strings.
+fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push('"');
+            }
+            (Some(q), _) if c == q => {
+                quote = None;
+                out.push('"');
+            }
+            (Some(_), '\\') => match chars.next() {
+                // An escaped single quote needs no escape in double quotes.
+                Some('\'') => out.push('\''),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            (Some('\''), '"') => out.push_str("\\\""),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Opens an image file: a regular file or a block device only. A FIFO or a
@@ -100,4 +140,29 @@ pub fn file_len(f: &File) -> io::Result<u64> {
         return Ok(md.len());
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_backing_names_as_qemu_takes_them() {
+        let single = "json:{'driver': 'qcow2', 'file': {'driver': 'file', 'filename': '/a/b'}}";
+        assert_eq!(local_file(single).as_deref(), Some("/a/b"));
+        let debug = "json:{'driver': 'qcow2', 'file': {'driver': 'blkdebug', 'inject-error': \
+                     [{'event': 'write_aio', 'once': true}], 'image': {'driver': 'file', \
+                     'filename': 'x\\'y\"z'}}}";
+        assert_eq!(local_file(debug).as_deref(), Some("x'y\"z"));
+        let bare = r#"json:{"driver": "raw", "file": {"driver": "blkdebug", "image": "/c"}}"#;
+        assert_eq!(local_file(bare).as_deref(), Some("/c"));
+        // Another protocol, or no file at all, names no local file.
+        assert_eq!(
+            local_file("json:{'file': {'driver': 'nbd', 'path': '/s'}}"),
+            None
+        );
+        assert_eq!(local_file("json:{'driver': 'qcow2'}"), None);
+        assert_eq!(local_file("json:{'unterminated"), None);
+        assert_eq!(local_file("file:/d").as_deref(), Some("/d"));
+    }
 }

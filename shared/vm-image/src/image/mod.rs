@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -15,7 +15,7 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, StorageOpen
 use vm_memory::VolatileSlice;
 
 use crate::block::{Alignment, Block};
-use crate::host::Host;
+use crate::host::{Faults, Host};
 use crate::lock::{ImageLock, LockMode};
 use crate::qcow2::header::{CompressionType, Header};
 use crate::qcow2::meta::{L2Entry, Meta};
@@ -50,6 +50,10 @@ pub struct OpenOptions {
     /// read-only opens probe: an open for writing refuses such a chain,
     /// whatever this says (see [`Error::UnrecordedBackingFormat`]).
     pub probe_backing: bool,
+    /// Faults injected under the top layer (vm-img's blkdebug): every
+    /// request its storage gets meets them, and data reads and writes fire
+    /// `read_aio` and `write_aio` first, as QEMU's format drivers do.
+    pub faults: Option<Arc<dyn Faults>>,
 }
 
 impl Default for OpenOptions {
@@ -61,6 +65,7 @@ impl Default for OpenOptions {
             direct: false,
             backing: true,
             probe_backing: true,
+            faults: None,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct Image {
     guard_head: bool,
     /// Some layer compresses with zstd: reads walk the mappings (zstd.rs).
     zstd: bool,
+    /// The top layer's injected faults (see [`OpenOptions::faults`]).
+    faults: Option<Arc<dyn Faults>>,
     _locks: Vec<ImageLock>,
 }
 
@@ -165,6 +172,7 @@ impl Image {
             read_only: !opts.write,
             guard_head,
             zstd,
+            faults: opts.faults.clone(),
             _locks: locks,
         })
     }
@@ -327,7 +335,8 @@ fn open_layer(
     let storage = LayerFile::new(
         ImagoFile::from_open_file(file, storage_opts).map_err(|e| Error::io(path, e))?,
         zstd,
-    );
+    )
+    .with_faults(if top { opts.faults.clone() } else { None });
     let backing_name = header.as_ref().and_then(|h| h.backing_file.clone());
     let backing_fmt = header.as_ref().and_then(|h| h.backing_format.clone());
     // Some(name) when the guest's clusters live in an external data file.
@@ -370,6 +379,7 @@ fn open_layer(
                     };
                     let sub = OpenOptions {
                         write: false,
+                        faults: None,
                         ..opts.clone()
                     };
                     Some(
@@ -471,6 +481,13 @@ fn open_data_file(
 }
 
 impl Image {
+    /// Tells injected faults a data request is on its way.
+    fn fire(&self, event: &str) {
+        if let Some(f) = &self.faults {
+            f.event(event);
+        }
+    }
+
     /// Refuses requests that reach past the end of the disk (imago would
     /// read zeroes there; a guest must get an error).
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -552,6 +569,7 @@ impl Block for Image {
 
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
         self.check_range(offset, total_len(bufs))?;
+        self.fire("read_aio");
         // imago asserts on an empty vector; a request for nothing is done.
         if total_len(bufs) == 0 {
             return Ok(());
@@ -582,6 +600,7 @@ impl Block for Image {
         if self.guard_head && offset < HEAD_GUARD {
             guard_head(bufs, offset)?;
         }
+        self.fire("write_aio");
         self.grow_for_write(offset + total_len(bufs))?;
         let (v, _guard) = IoVector::from_volatile_slice(bufs);
         self.access.writev(v, offset)

@@ -99,6 +99,7 @@ impl Image {
             read_only: !opts.write,
             guard_head: opts.write && probed && format == Format::Raw,
             zstd,
+            faults: None,
             _locks: Vec::new(),
         })
     }

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoBuffer, IoVector, IoVectorMut};
@@ -18,6 +19,7 @@ use imago::storage::PreallocateMode;
 use imago::Storage;
 
 use super::nbd_storage::NbdStorage;
+use crate::host::{Faults, IoKind};
 use crate::qcow2::header::INCOMPAT_COMPRESSION;
 
 /// The header byte holding the compression-type bit: the low byte of the
@@ -30,6 +32,8 @@ pub struct LayerFile {
     inner: Inner,
     /// Hide the compression-type bit from imago (a zstd qcow2 layer).
     hide_compression_bit: bool,
+    /// Faults injected into every request (vm-img's blkdebug).
+    faults: Option<Arc<dyn Faults>>,
 }
 
 /// A local file, or an NBD export holding the layer.
@@ -54,6 +58,7 @@ impl LayerFile {
         Self {
             inner: Inner::File(inner),
             hide_compression_bit,
+            faults: None,
         }
     }
 
@@ -61,6 +66,20 @@ impl LayerFile {
         Self {
             inner: Inner::Nbd(inner),
             hide_compression_bit,
+            faults: None,
+        }
+    }
+
+    /// Every request first meets `faults`.
+    pub fn with_faults(mut self, faults: Option<Arc<dyn Faults>>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    fn meet(&self, kind: IoKind, offset: u64, len: u64) -> io::Result<()> {
+        match &self.faults {
+            Some(f) => f.check(kind, offset, len),
+            None => Ok(()),
         }
     }
 
@@ -105,6 +124,7 @@ impl Storage for LayerFile {
     }
 
     unsafe fn pure_readv(&self, mut bufv: IoVectorMut<'_>, offset: u64) -> io::Result<()> {
+        self.meet(IoKind::Read, offset, bufv.len())?;
         if !self.touches_feature_byte(offset, bufv.len()) {
             // SAFETY: the caller's request, passed on unchanged; it keeps
             // the alignment and exclusivity the caller promised.
@@ -124,6 +144,7 @@ impl Storage for LayerFile {
     }
 
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
+        self.meet(IoKind::Write, offset, bufv.len())?;
         if !self.touches_feature_byte(offset, bufv.len()) {
             // SAFETY: the caller's request, passed on unchanged.
             return unsafe { each!(&self.inner, s => s.pure_writev(bufv, offset)) };
@@ -139,26 +160,31 @@ impl Storage for LayerFile {
     }
 
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.meet(IoKind::WriteZeroes, offset, length)?;
         // SAFETY: passed on unchanged. imago zeroes data and tables, never
         // the header's first cluster.
         unsafe { each!(&self.inner, s => s.pure_write_zeroes(offset, length)) }
     }
 
     unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.meet(IoKind::WriteZeroes, offset, length)?;
         // SAFETY: passed on unchanged (as pure_write_zeroes).
         unsafe { each!(&self.inner, s => s.pure_write_allocated_zeroes(offset, length)) }
     }
 
     unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.meet(IoKind::Discard, offset, length)?;
         // SAFETY: passed on unchanged.
         unsafe { each!(&self.inner, s => s.pure_discard(offset, length)) }
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.meet(IoKind::Flush, 0, 0)?;
         each!(&self.inner, s => s.flush())
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.meet(IoKind::Flush, 0, 0)?;
         each!(&self.inner, s => s.sync())
     }
 

@@ -323,6 +323,7 @@ impl Faults for Engine {
         let bit = match kind {
             IoKind::Read => READ,
             IoKind::Write => WRITE,
+            IoKind::WriteZeroes => WRITE_ZEROES,
             IoKind::Discard => DISCARD,
             IoKind::Flush => FLUSH,
         };

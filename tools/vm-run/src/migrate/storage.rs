@@ -278,6 +278,7 @@ pub(crate) fn check(spec: &VmSpec, disks: &[HelloDisk]) -> Result<()> {
                 direct: false,
                 backing: false,
                 probe_backing: false,
+                faults: None,
             },
         )
         .map_err(|e| anyhow!("disk {}: {}: {e}", h.id, p.display()))?

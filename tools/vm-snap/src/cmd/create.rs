@@ -248,6 +248,7 @@ fn make_overlay(p: &Plan) -> Result<File> {
             direct: false,
             backing: false,
             probe_backing: false,
+            faults: None,
         },
     )?;
     let size = top.size();

@@ -192,6 +192,7 @@ fn backing_of(image: &Path) -> Option<PathBuf> {
             direct: false,
             backing: false,
             probe_backing: false,
+            faults: None,
         },
     )
     .ok()?;
@@ -251,6 +252,7 @@ fn offline(s: &Step) -> Result<vm_control::CommitReport> {
             direct: false,
             backing: true,
             probe_backing: false,
+            faults: None,
         },
     )
     .with_context(|| d.overlay.display().to_string())?;
@@ -279,6 +281,7 @@ fn offline(s: &Step) -> Result<vm_control::CommitReport> {
             direct: false,
             backing: true,
             probe_backing: false,
+            faults: None,
         },
     )
     .with_context(|| d.base.display().to_string())?;

@@ -118,6 +118,7 @@ fn fresh_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<()> {
             direct: false,
             backing: false,
             probe_backing: false,
+            faults: None,
         },
     )?;
     let size = img.size();
