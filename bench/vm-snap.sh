@@ -12,6 +12,12 @@
 #   vm-snap restore, to running   vs  QEMU: -incoming "exec:cat FILE", then
 #                                     cont, until query-status says running
 #
+# With FIRECRACKER naming a firecracker binary, the same guest is also
+# filled, saved and restored by it (API: pause, /snapshot/create of a full
+# snapshot, which is not fsynced either; a fresh process, /snapshot/load
+# with resume_vm, timed from its start until the load returns), in rows
+# marked "vs Firecracker" whose second column is Firecracker's.
+#
 # Ratios below 1.0 mean vm-snap is faster. Timings are wall clock in ms;
 # take the ratios, not the absolute figures, on a loaded or nested host.
 #
@@ -93,6 +99,66 @@ else:
     print(json.dumps({"restore_ms": round(ms, 1)}))
 PY
 
+# Firecracker through its API socket: boot, save (pause, full snapshot)
+# and restore (a fresh process, load and resume), one JSON line each.
+cat >"$work/fc.py" <<'PY'
+import http.client, json, os, socket, subprocess, sys, time
+
+class Conn(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=900)
+        self.unix = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(self.unix)
+
+def api(sock, method, url, body):
+    for _ in range(5000):
+        try:
+            c = Conn(sock)
+            c.request(method, url, json.dumps(body), {"Content-Type": "application/json"})
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            time.sleep(0.001)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status >= 300:
+        sys.exit(f"firecracker {method} {url}: {r.status} {data.decode(errors='replace')}")
+
+what, sock = sys.argv[1], sys.argv[2]
+if what == "boot":
+    guest, mb, cmdline = sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    api(sock, "PUT", "/boot-source", {"kernel_image_path": guest, "boot_args": cmdline})
+    api(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mb})
+    api(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+elif what == "save":
+    t0 = time.monotonic()
+    api(sock, "PATCH", "/vm", {"state": "Paused"})
+    api(sock, "PUT", "/snapshot/create",
+        {"snapshot_type": "Full", "snapshot_path": sys.argv[3], "mem_file_path": sys.argv[4]})
+    print(json.dumps({"save_ms": round((time.monotonic() - t0) * 1000, 1)}))
+else:
+    state, mem, fc = sys.argv[3], sys.argv[4], sys.argv[5]
+    t0 = time.monotonic()
+    p = subprocess.Popen([fc, "--api-sock", sock],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api(sock, "PUT", "/snapshot/load",
+        {"snapshot_path": state, "mem_backend": {"backend_type": "File", "backend_path": mem},
+         "resume_vm": True})
+    ms = (time.monotonic() - t0) * 1000
+    p.kill()
+    p.wait()
+    print(json.dumps({"restore_ms": round(ms, 1)}))
+PY
+fc=${FIRECRACKER:-}
+if [ -z "$fc" ]; then
+  echo "Firecracker: not run (FIRECRACKER names no binary)"
+elif [ ! -x "$fc" ]; then
+  echo "Firecracker: not run ($fc is not an executable)"
+  fc=
+fi
+
 # The cgroup layout: on a hybrid host (cpu on v1, an empty v2 mount) the
 # restore is also timed with the VM placed on the v2 mount.
 hybrid_v2=
@@ -166,4 +232,25 @@ JSON
   [ "$restore_v2" = - ] || printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "restore, v2 (ms)" "$restore_v2" "$q_restore" "$(ratio "$restore_v2" "$q_restore")"
   printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "file on disk (KiB)" "$ours_kib" "$qemu_kib" "$(ratio "$ours_kib" "$qemu_kib")"
   echo "  vm-snap save records: $fast"
+
+  if [ -n "$fc" ]; then
+    # Firecracker: fill, save (pause, full snapshot), restore.
+    rm -f "$work/fc.sock" "$work/fc.console" "$work/fc.state" "$work/fc.mem"
+    "$fc" --api-sock "$work/fc.sock" >"$work/fc.console" 2>&1 &
+    fc_pid=$!
+    python3 "$work/fc.py" boot "$work/fc.sock" "$guest" "$mb" "mode=fill mb=$fill"
+    wait_for "$work/fc.console" filled
+    fsave=$(python3 "$work/fc.py" save "$work/fc.sock" "$work/fc.state" "$work/fc.mem")
+    kill "$fc_pid"; wait "$fc_pid" 2>/dev/null || true
+    fc_kib=$(du -k -c "$work/fc.state" "$work/fc.mem" | tail -1 | cut -f1)
+    sleep 2
+    rm -f "$work/fc.sock"
+    frestore=$(python3 "$work/fc.py" restore "$work/fc.sock" "$work/fc.state" "$work/fc.mem" "$fc")
+    rm -f "$work/fc.state" "$work/fc.mem"
+    f_save=$(echo "$fsave" | field save_ms)
+    f_restore=$(echo "$frestore" | field restore_ms)
+    printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "save vs Firecracker (ms)" "$s_fast" "$f_save" "$(ratio "$s_fast" "$f_save")"
+    printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "restore vs Firecracker (ms)" "$restore1" "$f_restore" "$(ratio "$restore1" "$f_restore")"
+    printf '%-8s %-28s %10s %10s %8s\n' "${mb}M" "files vs Firecracker (KiB)" "$ours_kib" "$fc_kib" "$(ratio "$ours_kib" "$fc_kib")"
+  fi
 done
