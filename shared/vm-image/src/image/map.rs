@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 
 use imago::FormatAccess;
 
+use super::ext_l2::ExtMap;
 use super::{Extent, Image, LayerFile};
 use crate::block::Block;
 use crate::qcow2::header::Header;
@@ -101,7 +102,46 @@ impl Image {
             let (m, len) = layer.get_shallow_mapping(off, max)?;
             let len = len.min(max);
             match m {
-                imago::ShallowMapping::Raw { offset, .. } => {
+                imago::ShallowMapping::Raw {
+                    storage, offset, ..
+                } => {
+                    // A layer with extended L2 entries: its view says.
+                    if let Some(view) = storage.ext_view() {
+                        let (kind, run) = view.mapping(offset, len)?;
+                        let e = match kind {
+                            ExtMap::Data { host } => Extent {
+                                data: true,
+                                offset: Some(host),
+                                ..mk(depth, run)
+                            },
+                            ExtMap::Zero { host } => Extent {
+                                zero: true,
+                                offset: host,
+                                ..mk(depth, run)
+                            },
+                            ExtMap::Compressed => Extent {
+                                data: true,
+                                compressed: true,
+                                ..mk(depth, run)
+                            },
+                            ExtMap::Backing { host } => match view.backing() {
+                                Some(b) => {
+                                    layer = b;
+                                    off = offset;
+                                    max = run;
+                                    depth += 1;
+                                    continue;
+                                }
+                                None => Extent {
+                                    present: false,
+                                    zero: true,
+                                    offset: host,
+                                    ..mk(depth, run)
+                                },
+                            },
+                        };
+                        return Ok(e);
+                    }
                     let info = &self.layers[depth.min(self.layers.len() - 1)];
                     let in_data_file = info.header.as_ref().is_some_and(Header::has_data_file);
                     if info.format == Format::Raw {

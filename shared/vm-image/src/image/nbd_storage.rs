@@ -19,8 +19,9 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
 
+use super::open::layer_header;
 use super::storage::LayerFile;
-use super::{layer_header, Image, Layer, OpenOptions};
+use super::{Image, Layer, OpenOptions};
 use crate::host::Host;
 use crate::nbd::Client;
 use crate::qcow2::header::CompressionType;

@@ -18,6 +18,7 @@ use imago::storage::drivers::CommonStorageHelper;
 use imago::storage::PreallocateMode;
 use imago::Storage;
 
+use super::ext_l2::ExtView;
 use super::nbd_storage::NbdStorage;
 use crate::host::{Faults, IoKind};
 use crate::qcow2::header::INCOMPAT_COMPRESSION;
@@ -36,11 +37,13 @@ pub struct LayerFile {
     faults: Option<Arc<dyn Faults>>,
 }
 
-/// A local file, or an NBD export holding the layer.
+/// A local file, an NBD export holding the layer, or the decoded disk of
+/// an image with extended L2 entries.
 #[derive(Debug)]
 enum Inner {
     File(ImagoFile),
     Nbd(NbdStorage),
+    Ext(Box<ExtView>),
 }
 
 /// Runs the same call on whichever storage the layer has.
@@ -49,6 +52,7 @@ macro_rules! each {
         match $inner {
             Inner::File($s) => $call,
             Inner::Nbd($s) => $call,
+            Inner::Ext($s) => $call,
         }
     };
 }
@@ -67,6 +71,22 @@ impl LayerFile {
             inner: Inner::Nbd(inner),
             hide_compression_bit,
             faults: None,
+        }
+    }
+
+    pub fn ext(inner: ExtView) -> Self {
+        Self {
+            inner: Inner::Ext(Box::new(inner)),
+            hide_compression_bit: false,
+            faults: None,
+        }
+    }
+
+    /// The decoded disk, for a layer with extended L2 entries.
+    pub fn ext_view(&self) -> Option<&ExtView> {
+        match &self.inner {
+            Inner::Ext(v) => Some(v),
+            _ => None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::io;
 
 use super::header::{
     CompressionType, Header, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSED, COPIED,
-    INCOMPAT_DATA_FILE, ZERO,
+    INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, ZERO,
 };
 use super::meta::encode_refcount;
 use crate::host::Host;
@@ -33,7 +33,14 @@ pub struct CreateOptions {
     pub data_file_raw: bool,
     /// How compressed clusters are compressed (zstd needs version 3).
     pub compression_type: CompressionType,
+    /// L2 entries with subcluster bitmaps (`extended_l2=on`; version 3,
+    /// clusters of 16 KiB at least).
+    pub extended_l2: bool,
 }
+
+/// Subcluster bitmaps: all 32 allocated, all 32 zero.
+const ALL_ALLOCATED: u64 = 0xffff_ffff;
+const ALL_ZERO: u64 = 0xffff_ffff << 32;
 
 impl Default for CreateOptions {
     fn default() -> Self {
@@ -48,6 +55,7 @@ impl Default for CreateOptions {
             data_file: None,
             data_file_raw: false,
             compression_type: CompressionType::Zlib,
+            extended_l2: false,
         }
     }
 }
@@ -112,7 +120,7 @@ impl Qcow2Writer {
                 INCOMPAT_DATA_FILE
             } else {
                 0
-            },
+            } | if o.extended_l2 { INCOMPAT_EXTL2 } else { 0 },
             compatible_features: if o.lazy_refcounts {
                 COMPAT_LAZY_REFCOUNTS
             } else {
@@ -134,6 +142,16 @@ impl Qcow2Writer {
         if o.compression_type != CompressionType::Zlib && o.version < 3 {
             return Err(invalid(
                 "Non-zlib compression type is only supported with compatibility level 1.1 and above",
+            ));
+        }
+        if o.extended_l2 && o.version < 3 {
+            return Err(invalid(
+                "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+            ));
+        }
+        if o.extended_l2 && o.cluster_bits < 14 {
+            return Err(invalid(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
             ));
         }
         if o.data_file.is_some() && o.version < 3 {
@@ -245,18 +263,32 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    /// The L2 slot for `guest`, flushing the previous table when the stream
-    /// crosses into a new one.
-    fn l2_slot(&mut self, guest: u64) -> io::Result<&mut u64> {
+    /// The L2 entry for `guest`: its descriptor, and with extended L2
+    /// entries its subcluster bitmap too. The previous table is flushed
+    /// when the stream crosses into a new one.
+    fn l2_slot(&mut self, guest: u64) -> io::Result<&mut [u64]> {
         let per_l2 = self.header.l2_entries();
+        let words = (self.header.l2_entry_size() / 8) as usize;
         let l1_idx = (guest / per_l2) as usize;
         if self.l2.as_ref().is_some_and(|(i, _)| *i != l1_idx) {
             self.flush_l2()?;
         }
         let (_, table) = self
             .l2
-            .get_or_insert_with(|| (l1_idx, vec![0u64; per_l2 as usize]));
-        Ok(&mut table[(guest % per_l2) as usize])
+            .get_or_insert_with(|| (l1_idx, vec![0u64; per_l2 as usize * words]));
+        let at = (guest % per_l2) as usize * words;
+        Ok(&mut table[at..at + words])
+    }
+
+    /// Sets `guest`'s entry: `desc`, and where entries are extended the
+    /// subcluster bitmap `bitmap`.
+    fn set_entry(&mut self, guest: u64, desc: u64, bitmap: u64) -> io::Result<()> {
+        let slot = self.l2_slot(guest)?;
+        slot[0] = desc;
+        if let Some(b) = slot.get_mut(1) {
+            *b = bitmap;
+        }
+        Ok(())
     }
 
     fn flush_l2(&mut self) -> io::Result<()> {
@@ -291,7 +323,7 @@ impl Qcow2Writer {
             let hi = ((i + run) * cs).min(data.len() as u64) as usize;
             self.file.write_all_at(&data[lo..hi], host)?;
             for k in 0..run {
-                *self.l2_slot(guest + k)? = (host + k * cs) | COPIED;
+                self.set_entry(guest + k, (host + k * cs) | COPIED, ALL_ALLOCATED)?;
             }
             i += run;
         }
@@ -317,7 +349,8 @@ impl Qcow2Writer {
         self.reference(off, cdata.len() as u64);
         self.next = off + cdata.len() as u64;
         let shift = 62 - (cb - 8);
-        *self.l2_slot(guest)? = COMPRESSED | ((sectors - 1) << shift) | off;
+        // A compressed cluster's bitmap is 0.
+        self.set_entry(guest, COMPRESSED | ((sectors - 1) << shift) | off, 0)?;
         Ok(())
     }
 
@@ -328,13 +361,22 @@ impl Qcow2Writer {
             return Err(invalid("zero clusters need compat=1.1"));
         }
         self.check_order(guest)?;
-        *self.l2_slot(guest)? = ZERO;
-        Ok(())
+        if self.header.extended_l2() {
+            // Every subcluster zero; the descriptor's own zero bit is not
+            // used with extended entries.
+            return self.set_entry(guest, 0, ALL_ZERO);
+        }
+        self.set_entry(guest, ZERO, 0)
     }
 
     /// Allocates host clusters for every guest cluster without writing them
     /// (preallocation=metadata; the file stays sparse).
     pub fn preallocate_metadata(&mut self) -> io::Result<()> {
+        if self.header.extended_l2() {
+            return Err(invalid(
+                "preallocation of an image with extended L2 entries is not supported yet",
+            ));
+        }
         let cs = self.cs();
         let n = self.header.size.div_ceil(cs);
         let per_l2 = self.header.l2_entries();
@@ -352,7 +394,7 @@ impl Qcow2Writer {
                 self.alloc_clusters(run)
             };
             for k in 0..run {
-                *self.l2_slot(g + k)? = (host + k * cs) | COPIED;
+                self.set_entry(g + k, (host + k * cs) | COPIED, 0)?;
             }
             g += run;
         }

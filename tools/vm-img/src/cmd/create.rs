@@ -313,9 +313,10 @@ fn describe(name: &str, fmt: &str, size: u64, o: &options::FormatOptions, p: Pre
     s += &o.encrypt.describe("encrypt.");
     let _ = write!(
         s,
-        " cluster_size={} extended_l2=off",
+        " cluster_size={} extended_l2={}",
         o.refused_cluster_size
-            .unwrap_or(1u64 << o.qcow2.cluster_bits)
+            .unwrap_or(1u64 << o.qcow2.cluster_bits),
+        if o.qcow2.extended_l2 { "on" } else { "off" }
     );
     if let Some(p) = &prealloc {
         let _ = write!(s, " preallocation={p}");

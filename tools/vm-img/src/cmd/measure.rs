@@ -167,9 +167,23 @@ fn data_clusters(img: &vm_image::Image, size: u64, cs: u64) -> Result<u64> {
 /// `size` of which `data` bytes of clusters are written.
 fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> Result<(u64, u64)> {
     let cs = 1u64 << o.qcow2.cluster_bits;
+    // Extended L2 entries: 16 bytes each, as qemu-img measures them.
+    let entry = if o.qcow2.extended_l2 {
+        if o.qcow2.version < 3 {
+            bail!("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)");
+        }
+        if cs < 16384 {
+            bail!(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
+            );
+        }
+        16
+    } else {
+        8
+    };
     // QEMU's bound: the L1 table (one entry per L2 table) fits 32 MiB,
     // which also keeps every sum below from overflowing.
-    let l2_tables = size.div_ceil(cs).div_ceil(cs / 8);
+    let l2_tables = size.div_ceil(cs).div_ceil(cs / entry);
     if l2_tables.saturating_mul(8) > 32 << 20 {
         bail!("The image size is too large (try using a larger cluster size)");
     }
@@ -181,7 +195,7 @@ fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> Result<(u64, u64)>
         }
         _ => 0,
     };
-    let fully = luks + prealloc_size(virtual_size, cs, o.qcow2.refcount_order);
+    let fully = luks + prealloc_size(virtual_size, cs, o.qcow2.refcount_order, entry);
     let data = match o.prealloc {
         Some(Prealloc::Full | Prealloc::Falloc) => virtual_size,
         _ => data,
@@ -189,13 +203,13 @@ fn qcow2(o: &options::FormatOptions, size: u64, data: u64) -> Result<(u64, u64)>
     Ok((fully - virtual_size + data, fully))
 }
 
-/// Every byte of a fully allocated image: header, L2 and L1 tables,
-/// refcount structure, data.
-fn prealloc_size(size: u64, cs: u64, refcount_order: u32) -> u64 {
+/// Every byte of a fully allocated image: header, L2 tables (of `entry`
+/// bytes an entry) and L1 tables, refcount structure, data.
+fn prealloc_size(size: u64, cs: u64, refcount_order: u32, entry: u64) -> u64 {
     let mut meta = cs;
-    let l2_entries = (size / cs).div_ceil(cs / 8) * (cs / 8);
-    meta += l2_entries * 8;
-    let l1_entries = (l2_entries * 8 / cs).div_ceil(cs / 8) * (cs / 8);
+    let l2_entries = (size / cs).div_ceil(cs / entry) * (cs / entry);
+    meta += l2_entries * entry;
+    let l1_entries = (l2_entries * entry / cs).div_ceil(cs / 8) * (cs / 8);
     meta += l1_entries * 8;
     meta += refcount_metadata((meta + size) / cs, cs, refcount_order);
     meta + size

@@ -261,11 +261,7 @@ fn apply(o: &mut FormatOptions, k: &str, v: &str) -> Result<()> {
                     Some("Refcount width must be a power of two and may not exceed 64 bits".into());
             }
         },
-        "extended_l2" => {
-            if on_off(k, v)? {
-                bail!("extended_l2=on is not supported");
-            }
-        }
+        "extended_l2" => o.qcow2.extended_l2 = on_off(k, v)?,
         "encryption" => o.encrypt.legacy = Some(on_off(k, v)?),
         _ if encrypt_key(k).is_some() => {
             let (bare, prefixed) = encrypt_key(k).expect("checked");

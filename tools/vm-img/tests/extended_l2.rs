@@ -1,0 +1,265 @@
+//! qcow2 images with extended L2 entries (`extended_l2=on`: 32
+//! subclusters a cluster, each allocated, zero, or the backing file's).
+//! qemu-img and qemu-io make and write them; vm-img reads them as
+//! qemu-img does (map, convert, compare, as a backing file too), makes
+//! the same images with create and convert, measures them the same, and
+//! refuses in one line what it cannot do yet (writing into one) and
+//! entries that contradict themselves.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+
+/// qemu-io writes that leave every kind of subcluster: partial and whole
+/// data, zeroes, compressed clusters, and untouched ones over the base.
+const WRITES: &[&str] = &[
+    "write -P 1 0 3k",
+    "write -P 2 5k 1k",
+    "write -z 64k 64k",
+    "write -P 3 130k 1k",
+    "write -z 200k 4k",
+    "write -c -P 4 1M 64k",
+    "write -P 5 2047k 2k",
+];
+
+fn ext_image(d: &Dir, name: &str, extra: &str, backing: Option<&str>) -> String {
+    let img = d.s(name);
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-o"];
+    let opts = format!("extended_l2=on{extra}");
+    args.push(&opts);
+    if let Some(b) = backing {
+        args.extend(["-b", b, "-F", "raw"]);
+    }
+    args.extend([img.as_str(), "4M"]);
+    qemu_ok(&args);
+    qemu_io(&d.path(name), "qcow2", WRITES);
+    img
+}
+
+/// Both tools' stdout, and the raw images they convert to, required equal.
+fn reads_the_same(d: &Dir, img: &str, tag: &str) {
+    // The human map stops at a compressed cluster, for both tools.
+    for args in [vec!["map", img], vec!["map", "--output=json", img]] {
+        let (code, out, err) = run(&args);
+        let (qcode, qout, qerr) = qemu_img(&args);
+        assert_eq!((code, out), (qcode, qout), "{args:?}: {err}");
+        assert_eq!(
+            err.replace("vm-img: ", ""),
+            qerr.replace("qemu-img: ", ""),
+            "{args:?}"
+        );
+    }
+    let (ours, theirs) = (
+        d.s(&format!("{tag}.ours.raw")),
+        d.s(&format!("{tag}.theirs.raw")),
+    );
+    ok(&["convert", "-O", "raw", img, &ours]);
+    qemu_ok(&["convert", "-O", "raw", img, &theirs]);
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "{tag}: the disks differ"
+    );
+    assert_eq!(ok(&["compare", img, &theirs]), "Images are identical.\n");
+}
+
+#[test]
+fn images_with_extended_l2_entries_read_as_qemu_img_reads_them() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let base = d.s("base.raw");
+    qemu_ok(&["create", "-q", "-f", "raw", &base, "4M"]);
+    qemu_io(&d.path("base.raw"), "raw", &["write -P 9 0 4M"]);
+    reads_the_same(&d, &ext_image(&d, "alone.qcow2", "", None), "alone");
+    reads_the_same(
+        &d,
+        &ext_image(&d, "over.qcow2", "", Some("base.raw")),
+        "over",
+    );
+    let zstd = ext_image(
+        &d,
+        "zstd.qcow2",
+        ",compression_type=zstd,cluster_size=16k",
+        None,
+    );
+    reads_the_same(&d, &zstd, "zstd");
+    // An overlay without extended entries over one with them.
+    let top = d.s("top.qcow2");
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "over.qcow2",
+        "-F",
+        "qcow2",
+        &top,
+        "4M",
+    ]);
+    qemu_io(
+        &d.path("top.qcow2"),
+        "qcow2",
+        &["write -P 6 4k 8k", "write -z 1M 4k"],
+    );
+    reads_the_same(&d, &top, "top");
+}
+
+#[test]
+fn create_measure_and_convert_make_what_qemu_img_makes() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    for (i, opts) in [
+        "extended_l2=on",
+        "extended_l2=on,cluster_size=16k,refcount_bits=1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (ours, theirs) = (d.s(&format!("c{i}.ours")), d.s(&format!("c{i}.theirs")));
+        ok(&["create", "-q", "-f", "qcow2", "-o", opts, &ours, "1G"]);
+        qemu_ok(&["create", "-q", "-f", "qcow2", "-o", opts, &theirs, "1G"]);
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+            "{opts}: create differs"
+        );
+    }
+    let without_program = |e: &str| e.split_once(": ").map(|(_, r)| r.to_string());
+    for bad in [
+        "extended_l2=on,cluster_size=8k",
+        "extended_l2=on,compat=0.10",
+    ] {
+        let p = d.s("bad.qcow2");
+        let (code, _, err) = run(&["create", "-q", "-f", "qcow2", "-o", bad, &p, "1M"]);
+        let (qcode, _, qerr) = qemu_img(&["create", "-q", "-f", "qcow2", "-o", bad, &p, "1M"]);
+        assert_eq!((code, qcode), (1, 1), "{bad}: {err}");
+        assert_eq!(without_program(&err), without_program(&qerr), "{bad}");
+    }
+    let base = d.s("base.raw");
+    qemu_ok(&["create", "-q", "-f", "raw", &base, "4M"]);
+    qemu_io(&d.path("base.raw"), "raw", &["write -P 9 0 4M"]);
+    let src = ext_image(&d, "src.qcow2", "", Some("base.raw"));
+    for args in [
+        vec![
+            "measure",
+            "--size",
+            "512M",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+        ],
+        vec![
+            "measure",
+            "--size",
+            "64G",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=16k,extended_l2=on",
+        ],
+        vec!["measure", "-O", "qcow2", "-o", "extended_l2=on", &src],
+    ] {
+        assert_eq!(ok(&args), qemu_ok(&args), "{args:?}");
+    }
+    // Into new images with extended entries: plain, compressed, and over
+    // a backing file (zero clusters hiding it): clean, and the same disk.
+    for (i, extra) in [&[][..], &["-c"][..], &["-B", "base.raw", "-F", "raw"][..]]
+        .iter()
+        .enumerate()
+    {
+        let out = d.s(&format!("out{i}.qcow2"));
+        let mut args = vec!["convert", "-O", "qcow2", "-o", "extended_l2=on"];
+        args.extend_from_slice(extra);
+        args.extend([src.as_str(), out.as_str()]);
+        ok(&args);
+        qemu_clean(Path::new(&out));
+        qemu_same(Path::new(&src), Path::new(&out));
+        assert!(ok(&["info", &out]).contains("extended l2: true"));
+    }
+}
+
+#[test]
+fn what_cannot_be_done_yet_and_contradictions_get_one_line() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let img = ext_image(&d, "w.qcow2", "", None);
+    let one_line = |args: &[&str], says: &str| {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    // Writing into one is refused, before anything is written.
+    let before = std::fs::read(&img).unwrap();
+    one_line(&["resize", &img, "8M"], "extended L2 entries");
+    let top = d.s("top.qcow2");
+    qemu_ok(&[
+        "create", "-q", "-f", "qcow2", "-b", "w.qcow2", "-F", "qcow2", &top, "4M",
+    ]);
+    qemu_io(&d.path("top.qcow2"), "qcow2", &["write -P 7 0 64k"]);
+    one_line(&["commit", &top], "extended L2 entries");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the image is untouched"
+    );
+
+    // Entries that contradict themselves: refused when read, never
+    // guessed. The first L2 table is the one after the L1 table here.
+    let l2 = {
+        let f = std::fs::File::open(&img).unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 40).unwrap();
+        let l1 = u64::from_be_bytes(b);
+        f.read_exact_at(&mut b, l1).unwrap();
+        u64::from_be_bytes(b) & 0x00ff_ffff_ffff_fe00
+    };
+    let poke = |name: &str, at: u64, bytes: &[u8]| {
+        let p = d.path(name);
+        std::fs::copy(&img, &p).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(bytes, at).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let out = d.s("out.raw");
+    // Subcluster 0 of cluster 0 both allocated and zero.
+    let both = poke(
+        "both.qcow2",
+        l2 + 8,
+        &0x0000_0001_0000_0001u64.to_be_bytes(),
+    );
+    one_line(
+        &["convert", "-O", "raw", &both, &out],
+        "both allocated and zero",
+    );
+    // Allocated subclusters in a cluster with no host cluster (cluster 3).
+    let nowhere = poke("nowhere.qcow2", l2 + 3 * 16 + 8, &1u64.to_be_bytes());
+    one_line(
+        &["convert", "-O", "raw", &nowhere, &out],
+        "allocated in no valid cluster",
+    );
+    // An L2 table past the end of the file.
+    let l1_at = {
+        let f = std::fs::File::open(&img).unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 40).unwrap();
+        u64::from_be_bytes(b)
+    };
+    let past = poke(
+        "past.qcow2",
+        l1_at,
+        &(1u64 << 63 | 0x10_0000_0000).to_be_bytes(),
+    );
+    one_line(
+        &["convert", "-O", "raw", &past, &out],
+        "past the end of the image",
+    );
+}
