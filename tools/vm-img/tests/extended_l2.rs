@@ -141,6 +141,12 @@ fn create_measure_and_convert_make_what_qemu_img_makes() {
         assert_eq!((code, qcode), (1, 1), "{bad}: {err}");
         assert_eq!(without_program(&err), without_program(&qerr), "{bad}");
     }
+    // amend cannot turn them on or off: qemu-img's two lines.
+    let c0 = d.s("c0.ours");
+    let (code, _, err) = run(&["amend", "-o", "extended_l2=off", &c0]);
+    let (qcode, _, qerr) = qemu_img(&["amend", "-o", "extended_l2=off", &c0]);
+    assert_eq!((code, qcode), (1, 1), "{err}");
+    assert_eq!(err.replace("vm-img: ", ""), qerr.replace("qemu-img: ", ""));
     let base = d.s("base.raw");
     qemu_ok(&["create", "-q", "-f", "raw", &base, "4M"]);
     qemu_io(&d.path("base.raw"), "raw", &["write -P 9 0 4M"]);

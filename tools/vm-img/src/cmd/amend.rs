@@ -59,6 +59,16 @@ fn parse(opts: &[String]) -> Result<Changes> {
                 }
                 "backing_file" => c.backing_file = Some(v.to_string()),
                 "backing_fmt" => c.backing_fmt = Some(v.to_string()),
+                // qemu-img's two lines for an option only create takes.
+                other if super::option_help::qcow2_creation_option(other) => {
+                    return Err(crate::hint::Hinted::new(
+                        format!("Invalid parameter '{other}'"),
+                        vec![crate::hint::Line::Plain(
+                            "This option is only supported for image creation".into(),
+                        )],
+                    )
+                    .into())
+                }
                 other => bail!(
                     "Invalid parameter '{other}' (amend takes compat, lazy_refcounts, \
                      refcount_bits, size, backing_file and backing_fmt)"

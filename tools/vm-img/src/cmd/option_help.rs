@@ -203,6 +203,12 @@ fn list(out: &mut String, opts: &[Opt]) {
     }
 }
 
+/// Whether `name` is one of qcow2's creation options (amend says so of
+/// one it cannot change, as qemu-img does).
+pub fn qcow2_creation_option(name: &str) -> bool {
+    QCOW2.iter().any(|(n, _, _)| *n == name)
+}
+
 /// create's and convert's listing for format `fmt`; `with_file` when the
 /// target file is named (its protocol's options join the format's).
 pub fn creation(fmt: &str, with_file: bool) -> Result<String> {
