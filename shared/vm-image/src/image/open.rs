@@ -79,8 +79,6 @@ pub(super) fn open_layer(
             Some("writing to it is not supported yet (convert it to an image without them)")
         } else if h.has_data_file() {
             Some("with an external data file it is not supported")
-        } else if opts.direct {
-            Some("O_DIRECT reads of it are not supported")
         } else {
             None
         };
@@ -174,10 +172,9 @@ pub(super) fn open_layer(
             };
             if let Some(h) = layers[index].header.clone().filter(Header::extended_l2) {
                 // Shown to imago as a raw disk over the decoded view.
-                let file = layers[index]
-                    .file
-                    .try_clone()
-                    .map_err(|e| Error::io(path, e))?;
+                // Buffered even under O_DIRECT: the view reads subclusters
+                // and table entries at any alignment (a read-only layer).
+                let file = Host::File(open_file(path, false, false)?);
                 let view = ExtView::open(file, h, backing)
                     .map_err(|e| Error::corrupt(path, e.to_string()))?;
                 let raw = Raw::builder(LayerFile::ext(view))
