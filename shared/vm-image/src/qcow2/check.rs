@@ -84,9 +84,16 @@ impl Counter<'_> {
     /// (the repair file is open for writing).
     fn zero_entry(&mut self, l2_off: u64, i: usize) -> Result<()> {
         let at = l2_off + i as u64 * self.meta.header.l2_entry_size();
+        // An extended entry keeps its bitmap (its zero bits say zero); the
+        // descriptor loses the cluster, as QEMU's repair writes it.
+        let desc = if self.meta.header.extended_l2() {
+            0
+        } else {
+            super::header::ZERO
+        };
         self.meta
             .file
-            .write_all_at(&super::header::ZERO.to_be_bytes(), at)
+            .write_all_at(&desc.to_be_bytes(), at)
             .map_err(|e| Error::io(&self.meta.path, e))
     }
 

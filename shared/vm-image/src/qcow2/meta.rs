@@ -223,12 +223,18 @@ impl Meta {
             ));
         }
         let raw = self.read_table(offset, self.cluster_size() / 8)?;
-        let step = (self.header.l2_entry_size() / 8) as usize;
-        Ok(raw
-            .iter()
-            .step_by(step)
-            .map(|&e| self.decode_l2(e))
-            .collect())
+        Ok(self.decode_table(&raw))
+    }
+
+    /// A table's entries; extended ones are judged with their bitmaps.
+    fn decode_table(&self, raw: &[u64]) -> Vec<L2Entry> {
+        if self.header.extended_l2() {
+            raw.chunks_exact(2)
+                .map(|e| decode_extended(&self.header, e[0], e[1]))
+                .collect()
+        } else {
+            raw.iter().map(|&e| self.decode_l2(e)).collect()
+        }
     }
 
     /// As `read_l2`, for `check`: a table that starts inside the file but
@@ -242,12 +248,7 @@ impl Meta {
         let mut buf = vec![0u8; cs as usize];
         let avail = (self.file_len - offset).min(cs) as usize;
         read_exact_at(&self.file, &self.path, &mut buf[..avail], offset)?;
-        let step = (self.header.l2_entry_size() / 8) as usize;
-        Ok(be64s(&buf)
-            .iter()
-            .step_by(step)
-            .map(|&e| self.decode_l2(e))
-            .collect())
+        Ok(self.decode_table(&be64s(&buf)))
     }
 
     /// Decodes one standard L2 entry (the first word of an extended one).
@@ -500,6 +501,25 @@ pub fn read_exact_at(file: &Host, path: &Path, buf: &mut [u8], offset: u64) -> R
 
 /// Decodes one standard L2 entry (the first word of an extended one) of
 /// an image with header `h`.
+/// An extended L2 entry: a cluster with a host cluster but no allocated
+/// subcluster is a preallocated zero cluster (QEMU's ZERO_ALLOC); the
+/// descriptor's own zero bit means nothing there.
+pub fn decode_extended(h: &Header, desc: u64, bitmap: u64) -> L2Entry {
+    if desc & COMPRESSED != 0 {
+        return decode_l2(h, desc);
+    }
+    let host = desc & OFFSET_MASK;
+    match (host, bitmap & 0xffff_ffff != 0) {
+        (0, _) if bitmap >> 32 != 0 => L2Entry::Zero { host: None },
+        (0, _) => L2Entry::Unallocated,
+        (h, false) => L2Entry::Zero { host: Some(h) },
+        (h, true) => L2Entry::Data {
+            host: h,
+            copied: desc & super::header::COPIED != 0,
+        },
+    }
+}
+
 pub fn decode_l2(h: &Header, e: u64) -> L2Entry {
     if e & COMPRESSED != 0 {
         let cb = h.cluster_bits;

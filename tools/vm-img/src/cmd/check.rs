@@ -154,20 +154,26 @@ fn check_and_report(
     };
     let report = if repair != Repair::None && (first.leaks_fixed > 0 || first.corruptions_fixed > 0)
     {
-        // What the repairing pass found and did, before the re-check's own.
+        // What the repairing pass found and did, then the re-check's own
+        // findings, all on stderr before the summary on stdout: qemu-img's
+        // stdout is a buffered stream, so that is the order its output
+        // reaches a pipe (and QEMU's iotests) in.
         for line in &first.messages {
             eprintln!("{line}");
-        }
-        if !a.common.quiet && a.output == OutputFormat::Human {
-            println!(
-                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
-                first.leaks_fixed, first.corruptions_fixed
-            );
         }
         let meta = reopen()?;
         let mut again = check(&meta, Repair::None).map_err(|e| anyhow!(e))?;
         again.leaks_fixed = first.leaks_fixed;
         again.corruptions_fixed = first.corruptions_fixed;
+        if !a.common.quiet && a.output == OutputFormat::Human {
+            for line in again.messages.drain(..) {
+                eprintln!("{line}");
+            }
+            println!(
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
+                first.leaks_fixed, first.corruptions_fixed
+            );
+        }
         again
     } else {
         first
