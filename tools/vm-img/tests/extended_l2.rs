@@ -2,9 +2,9 @@
 //! subclusters a cluster, each allocated, zero, or the backing file's).
 //! qemu-img and qemu-io make and write them; vm-img reads them as
 //! qemu-img does (map, convert, compare, as a backing file too), makes
-//! the same images with create and convert, measures them the same, and
-//! refuses in one line what it cannot do yet (writing into one) and
-//! entries that contradict themselves.
+//! the same images with create and convert, measures, checks, repairs and
+//! resizes them as qemu-img does, and refuses in one line what it cannot
+//! do yet (writing data into one) and entries that contradict themselves.
 
 mod common;
 
@@ -204,9 +204,8 @@ fn what_cannot_be_done_yet_and_contradictions_get_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     };
-    // Writing into one is refused, before anything is written.
+    // Writing data into one is refused, before anything is written.
     let before = std::fs::read(&img).unwrap();
-    one_line(&["resize", &img, "8M"], "extended L2 entries");
     let top = d.s("top.qcow2");
     qemu_ok(&[
         "create", "-q", "-f", "qcow2", "-b", "w.qcow2", "-F", "qcow2", &top, "4M",
@@ -331,4 +330,104 @@ fn check_judges_and_repairs_extended_entries_as_qemu_img() {
             "{tag}"
         );
     }
+}
+
+/// resize of an image with extended L2 entries, against qemu-img doing
+/// the same to a copy: grown over a longer backing file (the old end cut
+/// inside a subcluster, with each preallocation), shrunk and grown back,
+/// and grown far enough that the L1 table moves. Each time both images
+/// check clean and hold the same disk.
+#[test]
+fn resize_edits_extended_entries_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let base = d.s("base.raw");
+    qemu_ok(&["create", "-q", "-f", "raw", &base, "1M"]);
+    qemu_io(&d.path("base.raw"), "raw", &["write -q -P 0xff 0 1M"]);
+    let both = |tag: &str, backing: bool, size: &str, writes: &[&str]| {
+        let pair: Vec<String> = ["ours", "theirs"]
+            .iter()
+            .map(|who| {
+                let img = d.s(&format!("{tag}.{who}.qcow2"));
+                let mut args = vec!["create", "-q", "-f", "qcow2", "-o", "extended_l2=on"];
+                if backing {
+                    args.extend(["-b", "base.raw", "-F", "raw"]);
+                }
+                args.extend([img.as_str(), size]);
+                qemu_ok(&args);
+                qemu_io(Path::new(&img), "qcow2", writes);
+                img
+            })
+            .collect();
+        (pair[0].clone(), pair[1].clone())
+    };
+    let same = |ours: &str, theirs: &str, what: &str| {
+        qemu_clean(Path::new(ours));
+        qemu_same(Path::new(ours), Path::new(theirs));
+        assert_eq!(
+            qemu_ok(&["info", ours])
+                .lines()
+                .find(|l| l.starts_with("virtual size")),
+            qemu_ok(&["info", theirs])
+                .lines()
+                .find(|l| l.starts_with("virtual size")),
+            "{what}"
+        );
+    };
+    for prealloc in ["off", "metadata", "falloc", "full"] {
+        let (ours, theirs) = both(prealloc, true, "503k", &["write -q -P 1 500k 2k"]);
+        let p = format!("--preallocation={prealloc}");
+        ok(&["resize", &p, &ours, "1013k"]);
+        qemu_ok(&["resize", &p, &theirs, "1013k"]);
+        same(&ours, &theirs, prealloc);
+        // The backing file does not show through past the old end.
+        qemu_io(
+            Path::new(&ours),
+            "qcow2",
+            &[
+                "read -q -P 0xff 0 500k",
+                "read -q -P 1 500k 2k",
+                "read -q -P 0 503k 510k",
+            ],
+        );
+    }
+    for backing in [true, false] {
+        let tag = if backing { "shrink-backed" } else { "shrink" };
+        let (ours, theirs) = both(
+            tag,
+            backing,
+            "1M",
+            &["write -q -P 2 0 96k", "write -q -z 96k 64k"],
+        );
+        for args in [vec!["resize", "--shrink"], vec!["resize"]] {
+            let size = if args.len() == 2 { "64k" } else { "1M" };
+            let mut a = args.clone();
+            a.extend([ours.as_str(), size]);
+            ok(&a);
+            let mut q = args.clone();
+            q.extend([theirs.as_str(), size]);
+            qemu_ok(&q);
+            same(&ours, &theirs, tag);
+        }
+    }
+    // Far enough that the L1 table outgrows its cluster and moves.
+    let (ours, theirs) = both("far", false, "1M", &["write -q -P 3 0 64k"]);
+    ok(&["resize", &ours, "3T"]);
+    qemu_ok(&["resize", &theirs, "3T"]);
+    qemu_clean(Path::new(&ours));
+    qemu_io(
+        Path::new(&ours),
+        "qcow2",
+        &["read -q -P 3 0 64k", "read -q -P 0 64k 64k"],
+    );
+    assert_eq!(
+        qemu_ok(&["info", &ours])
+            .lines()
+            .find(|l| l.starts_with("virtual size")),
+        qemu_ok(&["info", &theirs])
+            .lines()
+            .find(|l| l.starts_with("virtual size"))
+    );
 }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod compress;
 mod copied;
 pub mod empty;
+pub mod ext_resize;
 pub mod header;
 pub mod meta;
 pub mod prealloc;

@@ -41,7 +41,7 @@ pub fn preallocate_metadata(path: &Path, from: u64, to: u64) -> Result<()> {
 /// Makes L2 table `index` if the image has none there: at the first free
 /// cluster (QEMU's first fit), zeroed and counted and synced before the L1
 /// entry names it. An existing entry must not name the image's own tables.
-fn new_l2_table(path: &Path, index: u64) -> Result<()> {
+pub(crate) fn new_l2_table(path: &Path, index: u64) -> Result<()> {
     let meta = Meta::open_rw(path)?;
     let Some(&entry) = meta.l1.get(index as usize) else {
         return Err(Error::corrupt(

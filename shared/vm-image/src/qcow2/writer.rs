@@ -372,11 +372,6 @@ impl Qcow2Writer {
     /// Allocates host clusters for every guest cluster without writing them
     /// (preallocation=metadata; the file stays sparse).
     pub fn preallocate_metadata(&mut self) -> io::Result<()> {
-        if self.header.extended_l2() {
-            return Err(invalid(
-                "preallocation of an image with extended L2 entries is not supported yet",
-            ));
-        }
         let cs = self.cs();
         let n = self.header.size.div_ceil(cs);
         let per_l2 = self.header.l2_entries();
@@ -393,6 +388,8 @@ impl Qcow2Writer {
             } else {
                 self.alloc_clusters(run)
             };
+            // Extended entries keep an empty bitmap, as QEMU's preallocation
+            // leaves them: the cluster is mapped, no subcluster allocated.
             for k in 0..run {
                 self.set_entry(g + k, (host + k * cs) | COPIED, 0)?;
             }

@@ -1,7 +1,11 @@
 //! `vm-img resize`: absolute or relative sizes; shrinking needs --shrink.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+
 use vm_image::lock::{ImageLock, LockMode};
+use vm_image::qcow2::ext_resize;
+use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{BareNumber, SizeChange};
 
@@ -31,6 +35,14 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         ..OpenOptions::default()
     };
     let bitmaps = util::KeptBitmaps::load(path)?;
+    if extended_l2(path, opts.format) {
+        resize_extended(a, path, &change)?;
+        bitmaps.store(&[])?;
+        if !a.common.quiet {
+            println!("Image resized.");
+        }
+        return Ok(0);
+    }
     let mut img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
     let current = img.size();
     let new = change
@@ -92,6 +104,61 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         println!("Image resized.");
     }
     Ok(0)
+}
+
+/// Whether `path` is a qcow2 image with extended L2 entries (imago opens
+/// none for writing; `resize_extended` edits its tables instead).
+fn extended_l2(path: &Path, format: Option<Format>) -> bool {
+    format != Some(Format::Raw)
+        && std::fs::File::open(path)
+            .ok()
+            .and_then(|f| Meta::open(path, f).ok())
+            .is_some_and(|m| m.header.extended_l2())
+}
+
+/// resize of an image with extended L2 entries, with qemu-img's checks.
+fn resize_extended(a: &ResizeArgs, path: &Path, change: &SizeChange) -> Result<()> {
+    // The chain, read-only: its size, the backing file's length, and the
+    // bytes a cut subcluster keeps.
+    let opts = OpenOptions {
+        format: Some(Format::Qcow2),
+        lock: false,
+        ..OpenOptions::default()
+    };
+    let img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
+    let current = img.size();
+    let new = change
+        .apply(current)
+        .ok_or_else(|| anyhow!("New image size must be positive"))?;
+    if new == 0 && *change != SizeChange::Absolute(0) {
+        bail!("New image size must be positive");
+    }
+    if new < current && !a.shrink {
+        bail!(
+            "Use the --shrink option to perform a shrink operation (data past the new end is lost)"
+        );
+    }
+    if new % 512 != 0 {
+        bail!("The new size must be a multiple of 512");
+    }
+    let prealloc = match preallocation(a.preallocation.as_deref(), Format::Qcow2, new < current)? {
+        Prealloc::Off => ext_resize::Prealloc::Off,
+        Prealloc::Metadata => ext_resize::Prealloc::Metadata,
+        Prealloc::Falloc | Prealloc::Full => ext_resize::Prealloc::Data,
+    };
+    let read = |buf: &mut [u8], at: u64| img.read_at(buf, at);
+    let backing = img.layers().get(1).map(|b| ext_resize::Backing {
+        len: b.size(),
+        read: &read,
+    });
+    let what = || format!("Error resizing image '{}'", path.display());
+    match new.cmp(&current) {
+        std::cmp::Ordering::Greater => {
+            ext_resize::grow(path, new, prealloc, backing.as_ref()).with_context(what)
+        }
+        std::cmp::Ordering::Less => ext_resize::shrink(path, new).with_context(what),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
 }
 
 /// `--preallocation`, checked as qemu-img checks it.
