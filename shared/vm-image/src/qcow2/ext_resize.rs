@@ -18,7 +18,7 @@ use std::io;
 use std::path::Path;
 
 use super::header::{COMPRESSED, COPIED, OFFSET_MASK};
-use super::meta::{decode_extended, L2Entry, Meta};
+use super::meta::{decode_extended, Meta};
 use super::refcounts::Refcounts;
 use crate::{Error, Result};
 
@@ -95,17 +95,7 @@ pub fn shrink(path: &Path, new: u64) -> Result<()> {
     meta.file.sync_all().map_err(io)?;
     let mut rc = Refcounts::new(&meta);
     for e in freed {
-        match e {
-            L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
-                rc.add(&meta, host, -1)?;
-            }
-            L2Entry::Compressed { host, len } => {
-                for c in host / cs..=(host + len.max(1) - 1) / cs {
-                    rc.add(&meta, c * cs, -1)?;
-                }
-            }
-            L2Entry::Zero { host: None } | L2Entry::Unallocated => {}
-        }
+        super::shrink::release(&meta, &mut rc, e)?;
     }
     rc.flush(&meta)?;
     write_sync(&meta, SIZE_AT, &new.to_be_bytes())?;

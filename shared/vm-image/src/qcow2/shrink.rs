@@ -84,25 +84,31 @@ fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
         // one on every cluster it maps (snapshots count the same way).
         if meta.cluster_in_file(l2) {
             for &raw in meta.read_table(l2, cs / 8)?.iter().step_by(step) {
-                match meta.decode_l2(raw & !COPIED) {
-                    // Clusters of an external data file are not refcounted.
-                    L2Entry::Data { .. } | L2Entry::Zero { host: Some(_) }
-                        if meta.header.has_data_file() => {}
-                    L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
-                        rc.add(&meta, host, -1)?;
-                    }
-                    L2Entry::Compressed { host, len } => {
-                        for c in host / cs..=(host + len.max(1) - 1) / cs {
-                            rc.add(&meta, c * cs, -1)?;
-                        }
-                    }
-                    L2Entry::Zero { host: None } | L2Entry::Unallocated => {}
-                }
+                release(&meta, &mut rc, meta.decode_l2(raw & !COPIED))?;
             }
         }
         rc.add(&meta, l2, -1)?;
     }
     rc.flush(&meta)
+}
+
+/// Drops the count an L2 entry holds on what it maps (the clusters of an
+/// external data file are not refcounted).
+pub(super) fn release(meta: &Meta, rc: &mut Refcounts, entry: L2Entry) -> Result<()> {
+    let cs = meta.cluster_size();
+    match entry {
+        L2Entry::Data { .. } | L2Entry::Zero { host: Some(_) } if meta.header.has_data_file() => {}
+        L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
+            rc.add(meta, host, -1)?;
+        }
+        L2Entry::Compressed { host, len } => {
+            for c in host / cs..=(host + len.max(1) - 1) / cs {
+                rc.add(meta, c * cs, -1)?;
+            }
+        }
+        L2Entry::Zero { host: None } | L2Entry::Unallocated => {}
+    }
+    Ok(())
 }
 
 /// Frees the refcount blocks that count nothing but themselves, as QEMU
