@@ -395,3 +395,69 @@ fn info_describes_an_image_marked_corrupt() {
     assert_eq!(got, want);
     assert!(got.contains("\"corrupt\": true"), "{got}");
 }
+
+/// A cluster with more references than the image's refcount width can
+/// count (QEMU's iotest 112 makes one): check reports the overflow as
+/// qemu-img does and repair cannot mend it; amend to a wider width keeps
+/// the stored counts, so the next repair fixes the count and the copied
+/// flags. A width too narrow for a stored count, and a downgrade of an
+/// image whose width is not 16, are refused in qemu-img's words. Both
+/// tools run on copies of each image and must say the same.
+#[test]
+fn refcount_overflow_and_width_changes_as_qemu_img() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("one.qcow2");
+    let img = p.to_str().unwrap();
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "refcount_bits=1",
+        img,
+        "64M",
+    ]);
+    qemu_io(&p, "qcow2", &["write 0 64k"]);
+    // The second L2 entry names the first one's cluster too.
+    let l2 = be64(&p, be64(&p, 40)) & MASK;
+    let first = be64(&p, l2);
+    patch(&p, l2 + 8, &first.to_be_bytes());
+    let step = |tag: &str, args: &[&str]| {
+        let copy = d.s(&format!("{tag}.theirs.qcow2"));
+        let ours = d.s(&format!("{tag}.ours.qcow2"));
+        std::fs::copy(&p, &copy).unwrap();
+        std::fs::copy(&p, &ours).unwrap();
+        let (code, out, err) = run(&[args, &[ours.as_str()]].concat());
+        let (qcode, qout, qerr) = qemu_img(&[args, &[copy.as_str()]].concat());
+        assert_eq!((code, &out), (qcode, &qout), "{tag}: {err}");
+        assert_eq!(
+            err.replace("vm-img: ", ""),
+            qerr.replace("qemu-img: ", ""),
+            "{tag}"
+        );
+        (ours, code)
+    };
+    let (_, code) = step("check", &["check"]);
+    assert_eq!(code, 2);
+    let (_, code) = step("repair", &["check", "-r", "all"]);
+    assert_eq!(code, 2, "an overflow is not repaired");
+    // Wider: the stored count (1) is kept, and repair then fixes it.
+    let (wide, _) = step("wide", &["amend", "-o", "refcount_bits=2"]);
+    std::fs::copy(&wide, &p).unwrap();
+    let (fixed, code) = step("fixed", &["check", "-r", "all"]);
+    assert_eq!(code, 0);
+    qemu_clean(Path::new(&fixed));
+    // Narrower than a stored count of 2: refused.
+    std::fs::copy(&fixed, &p).unwrap();
+    let (_, code) = step("narrow", &["amend", "-o", "refcount_bits=1"]);
+    assert_eq!(code, 1);
+    // compat=0.10 with a width of 2: refused, in the right one of two ways.
+    let (_, code) = step("downgrade", &["amend", "-o", "compat=0.10"]);
+    assert_eq!(code, 1);
+    let (_, code) = step("both", &["amend", "-o", "refcount_bits=32,compat=0.10"]);
+    assert_eq!(code, 1);
+}

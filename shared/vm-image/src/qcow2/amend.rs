@@ -76,8 +76,25 @@ pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
              (use compat=1.1 or greater)",
         ));
     }
-    let counts = super::check::reference_counts(&meta)?;
-    let (table, clusters) = super::rebuild::write_structure(&meta, &counts, order)?;
+    // The counts the image stores, carried over as they are (as QEMU
+    // carries them): an inconsistency stays for `check` to report and
+    // repair, rather than being mended here unseen.
+    let counts = stored_counts(&meta)?;
+    let max = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    if let Some(c) = counts.iter().position(|&n| n > max) {
+        return Err(Error::Invalid(format!(
+            "Cannot decrease refcount entry width to {} bits: Cluster at offset 0x{:x} has a \
+             refcount of {}",
+            1u32 << order,
+            c as u64 * meta.cluster_size(),
+            counts[c]
+        )));
+    }
+    let (table, clusters) = super::rebuild::write_counts(&meta, counts, order)?;
     let mut h = meta.header.clone();
     h.refcount_order = order;
     h.refcount_table_offset = table;
@@ -87,6 +104,27 @@ pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
     let meta = Meta::open_rw(path)?;
     check(&meta, Repair::Leaks)?;
     Ok(())
+}
+
+/// Every cluster's count as the refcount structure stores it.
+fn stored_counts(meta: &Meta) -> Result<Vec<u64>> {
+    let per_block = meta.refblock_entries() as usize;
+    let mut counts = Vec::new();
+    for (b, &entry) in meta.reftable.iter().enumerate() {
+        let at = entry & super::header::OFFSET_MASK;
+        if at == 0 {
+            continue;
+        }
+        let block = meta.read_refblock(at)?;
+        let first = b * per_block;
+        if let Some(last) = block.iter().rposition(|&n| n != 0) {
+            if counts.len() < first + last + 1 {
+                counts.resize(first + last + 1, 0);
+            }
+            counts[first..=first + last].copy_from_slice(&block[..=last]);
+        }
+    }
+    Ok(counts)
 }
 
 /// Changes the compatibility level: 3 (1.1) or 2 (0.10).

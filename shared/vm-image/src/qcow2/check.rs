@@ -64,9 +64,29 @@ impl Counter<'_> {
         if self.counts.len() <= last as usize {
             self.counts.resize(last as usize + 1, 0);
         }
+        // A reference more than the image's refcount width can count is
+        // an error of its own, as qemu-img reports it (and not counted).
+        let order = self.meta.header.refcount_order;
+        let max = if order >= 5 {
+            u32::MAX
+        } else {
+            (1u32 << (1u32 << order)) - 1
+        };
         for c in first..=last {
             let n = &mut self.counts[c as usize];
-            *n = n.saturating_add(1);
+            if *n >= max {
+                self.report.corruptions += 1;
+                self.report
+                    .messages
+                    .push(format!("ERROR: overflow cluster offset=0x{:x}", c * cs));
+                self.report.messages.push(
+                    "Use qemu-img amend to increase the refcount entry width or qemu-img convert \
+                     to create a clean copy if the image cannot be opened for writing"
+                        .into(),
+                );
+                continue;
+            }
+            *n += 1;
         }
     }
 
@@ -450,11 +470,6 @@ fn mark_clean(meta: &Meta, report: &CheckReport) -> Result<()> {
 
 fn sync(meta: &Meta) -> Result<()> {
     meta.file.sync_all().map_err(|e| Error::io(&meta.path, e))
-}
-
-/// Every cluster's references, as `check` counts them.
-pub fn reference_counts(meta: &Meta) -> Result<Vec<u32>> {
-    Ok(count(meta, Repair::None, &meta.snapshot_table(false)?)?.0)
 }
 
 /// Counts every reference to every cluster of the file (tables, data,

@@ -76,12 +76,13 @@ pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
 }
 
 /// Writes a complete refcount structure of `2^order`-bit counts for
-/// `counts` into free clusters and syncs; returns the new table's offset
-/// and length in clusters, for the caller to put in the header.
-pub fn write_structure(meta: &Meta, counts: &[u32], order: u32) -> Result<(u64, u32)> {
+/// `counts` (each checked to fit the width) into free clusters and syncs;
+/// returns the new table's offset and length in clusters, for the caller
+/// to put in the header.
+pub fn write_counts(meta: &Meta, counts: Vec<u64>, order: u32) -> Result<(u64, u32)> {
     let cs = meta.cluster_size();
     let per_block = cs * 8 / (1u64 << order);
-    let mut counts = widened(meta, counts, order)?;
+    let mut counts = counts;
     // Blocks for every range with a count in it, then a table for them; a
     // new block or table may land in a range that had none: repeat.
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();

@@ -117,6 +117,11 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
     drop(img);
     let version = c.version.unwrap_or(header.version);
     let order = c.refcount_order.unwrap_or(header.refcount_order);
+    // qemu-img's two words for it: a width change asked together with the
+    // downgrade, or the downgrade of an image whose width stays.
+    if version < 3 && order != 4 && order == header.refcount_order {
+        bail!("compat=0.10 requires refcount_bits=16");
+    }
     if version < 3 && order != 4 {
         bail!(
             "Refcount widths other than 16 bits require compatibility level 1.1 or above \
