@@ -115,6 +115,16 @@ pub fn is_luks(path: &Path) -> bool {
 /// file is never probed as raw (its ciphertext would be taken for the
 /// disk): it is read only with its password.
 pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result<Image> {
+    open_read_with(path, format, force_share, false)
+}
+
+/// As `open_read`, with O_DIRECT where `direct` (`cache.direct=on`).
+pub fn open_read_with(
+    path: &Path,
+    format: Option<&str>,
+    force_share: bool,
+    direct: bool,
+) -> Result<Image> {
     if format.is_none() && is_luks(path) {
         bail!(
             "'{}' is a LUKS image: it is read with its password (--object secret,id=ID,data=... \
@@ -125,6 +135,7 @@ pub fn open_read(path: &Path, format: Option<&str>, force_share: bool) -> Result
     let opts = OpenOptions {
         format: parse_format(format)?,
         lock: !force_share,
+        direct,
         ..OpenOptions::default()
     };
     Image::open(path, &opts).map_err(|e| could_not_open(path, e))

@@ -31,3 +31,32 @@ fn zero_clusters_with_and_without_a_host_cluster_stay_apart() {
     assert_eq!(ours, qemu_ok(&args));
     assert!(ours.lines().count() >= 5, "{ours}");
 }
+
+/// `cache.direct=on` (QEMU's iotest 253): a raw file whose size is not a
+/// whole sector, with data up to its end, maps as qemu-img maps it under
+/// O_DIRECT (the cut last sector takes the data's status), and converts
+/// to the same bytes.
+#[test]
+fn a_cut_last_sector_under_o_direct_maps_as_qemu_img() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("cut.raw");
+    let mut bytes = vec![0u8; (1 << 20) - 1];
+    let tail = bytes.len() - (64 << 10) + 1;
+    bytes[tail..].fill(0x5a);
+    bytes[..4096].fill(1);
+    std::fs::write(&p, &bytes).unwrap();
+    let opts = format!(
+        "driver=raw,file.driver=file,file.filename={},cache.direct=on",
+        p.display()
+    );
+    let args = ["map", "--output=json", "--image-opts", &opts];
+    assert_eq!(ok(&args), qemu_ok(&args));
+    let out = d.s("out.raw");
+    ok(&["convert", "--image-opts", &opts, "-O", "raw", &out]);
+    let mut want = bytes.clone();
+    want.push(0);
+    assert!(std::fs::read(&out).unwrap() == want);
+}

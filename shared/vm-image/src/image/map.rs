@@ -77,7 +77,16 @@ impl Image {
             pos += e.length;
             Extent::push_merged(&mut out, e);
         }
-        if let Some(t) = tail {
+        if let Some(mut t) = tail {
+            // Under O_DIRECT, QEMU's block status comes in whole requests:
+            // the cut last sector takes the status of what lies before it.
+            if let Some(last) = out
+                .last()
+                .filter(|l| self.direct && l.start + l.length == t.start)
+            {
+                t.data = last.data;
+                t.zero = last.zero;
+            }
             Extent::push_merged(&mut out, t);
         }
         Ok(out)

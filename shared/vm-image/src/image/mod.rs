@@ -127,6 +127,8 @@ pub struct Image {
     zstd: bool,
     /// The top layer's injected faults (see [`OpenOptions::faults`]).
     faults: Option<Arc<dyn Faults>>,
+    /// Opened with O_DIRECT (block status then comes in whole requests).
+    direct: bool,
     _locks: Vec<ImageLock>,
 }
 
@@ -172,6 +174,7 @@ impl Image {
             guard_head,
             zstd,
             faults: opts.faults.clone(),
+            direct: opts.direct,
             _locks: locks,
         })
     }

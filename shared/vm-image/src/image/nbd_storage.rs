@@ -101,6 +101,7 @@ impl Image {
             guard_head: opts.write && probed && format == Format::Raw,
             zstd,
             faults: None,
+            direct: false,
             _locks: Vec::new(),
         })
     }

@@ -71,6 +71,7 @@ impl Input {
                 format,
                 locking,
                 key_secret,
+                direct,
             } => {
                 let what = || format!("Could not open '{}'", path.display());
                 let luks = format.as_deref() == Some("luks");
@@ -87,8 +88,13 @@ impl Input {
                     None if luks => {
                         bail!("{}: Parameter 'key-secret' is required for cipher", what())
                     }
-                    None => util::open_read(&path, format.as_deref(), force_share || !locking)
-                        .map(Self::Image),
+                    None => util::open_read_with(
+                        &path,
+                        format.as_deref(),
+                        force_share || !locking,
+                        direct,
+                    )
+                    .map(Self::Image),
                 }
             }
             Located::Nbd { address, format } => {

@@ -25,6 +25,8 @@ pub enum Located {
         /// The `--object secret` id an encrypted image's password is
         /// (`encrypt.key-secret` for qcow2, `key-secret` for luks).
         key_secret: Option<String>,
+        /// `cache.direct=on`: opened with O_DIRECT.
+        direct: bool,
     },
     Nbd {
         address: Address,
@@ -93,6 +95,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             format: format.map(str::to_string),
             locking: true,
             key_secret: None,
+            direct: false,
         });
     } else if let Some(rest) = text.strip_prefix("blkdebug:") {
         // blkdebug:[CONFIG]:FILE, the format (-f) over it.
@@ -113,6 +116,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
                 format: format.map(str::to_string),
                 locking: true,
                 key_secret: None,
+                direct: false,
             }),
             rules,
         });
@@ -132,6 +136,7 @@ pub fn locate(name: &Path, format: Option<&str>, image_opts: bool) -> Result<Loc
             format: format.map(str::to_string),
             locking: true,
             key_secret: None,
+            direct: false,
         });
     };
     from_options(&text, format.map(str::to_string), opts)
@@ -178,14 +183,12 @@ fn from_options(
                     None if k == "file" => protocol = v,
                     None if k == "filename" => popts.push((k, v)),
                     None if k == "encrypt.key-secret" || k == "key-secret" => key_secret = Some(v),
+                    // The file inherits the format node's cache mode.
+                    None if k == "cache.direct" => popts.push((k, v)),
                     // Options that change nothing about what is read.
                     None if matches!(
                         k.as_str(),
-                        "cache.direct"
-                            | "cache.no-flush"
-                            | "read-only"
-                            | "force-share"
-                            | "node-name"
+                        "cache.no-flush" | "read-only" | "force-share" | "node-name"
                     ) => {}
                     None => bail!("'{text}': option '{k}' is not supported"),
                 }
@@ -208,12 +211,14 @@ fn from_options(
                     path,
                     locking,
                     key_secret: k,
+                    direct,
                     ..
                 } => Located::File {
                     path,
                     format: format.clone(),
                     locking,
                     key_secret: k.or(key_secret),
+                    direct,
                 },
                 _ => bail!("'{text}': blkdebug under a format must wrap a local file"),
             };
@@ -237,13 +242,14 @@ fn file_options(
 ) -> Result<Located> {
     let mut path = None;
     let mut locking = true;
+    let mut direct = false;
     for (k, v) in opts {
         match k.as_str() {
             "filename" => path = Some(PathBuf::from(v)),
             "locking" => locking = !matches!(v.as_str(), "off" | "false"),
+            "cache.direct" => direct = matches!(v.as_str(), "on" | "true"),
             // Options that change nothing about what is read.
-            "aio" | "node-name" | "cache.direct" | "cache.no-flush" | "read-only"
-            | "force-share" => {}
+            "aio" | "node-name" | "cache.no-flush" | "read-only" | "force-share" => {}
             other => bail!("'{text}': option '{other}' is not supported"),
         }
     }
@@ -253,6 +259,7 @@ fn file_options(
         format,
         locking,
         key_secret,
+        direct,
     })
 }
 
