@@ -106,23 +106,22 @@ pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
     Ok(())
 }
 
-/// Every cluster's count as the refcount structure stores it.
+/// Every cluster's count as the refcount structure stores it, for the
+/// clusters of the file (a count past its end names nothing, and a
+/// hostile table must not size our memory).
 fn stored_counts(meta: &Meta) -> Result<Vec<u64>> {
     let per_block = meta.refblock_entries() as usize;
-    let mut counts = Vec::new();
+    let clusters = meta.file_len.div_ceil(meta.cluster_size()) as usize;
+    let mut counts = vec![0u64; clusters];
     for (b, &entry) in meta.reftable.iter().enumerate() {
         let at = entry & super::header::OFFSET_MASK;
-        if at == 0 {
+        let first = b.saturating_mul(per_block);
+        if at == 0 || first >= clusters {
             continue;
         }
         let block = meta.read_refblock(at)?;
-        let first = b * per_block;
-        if let Some(last) = block.iter().rposition(|&n| n != 0) {
-            if counts.len() < first + last + 1 {
-                counts.resize(first + last + 1, 0);
-            }
-            counts[first..=first + last].copy_from_slice(&block[..=last]);
-        }
+        let n = block.len().min(clusters - first);
+        counts[first..first + n].copy_from_slice(&block[..n]);
     }
     Ok(counts)
 }
