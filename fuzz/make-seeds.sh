@@ -26,3 +26,7 @@ io -c 'write -P 0x66 0 2k' rc1.qcow2
 q create -q -f qcow2 -o cluster_size=512,lazy_refcounts=on lazy.qcow2 512k
 io -c 'write -P 0x67 0 2k' lazy.qcow2
 q create -q -f qcow2 -o cluster_size=512 -u -b base.raw -F raw backed.qcow2 1M
+# Extended L2 entries: clusters of 16 KiB at least; data, zero and
+# compressed subclusters.
+q create -q -f qcow2 -o extended_l2=on,cluster_size=16k extended_l2.qcow2 256k
+io -c 'write -P 1 0 1k' -c 'write -z 16k 4k' -c 'write -c -P 2 32k 16k' -c 'write -P 3 50k 1k' extended_l2.qcow2
