@@ -178,6 +178,13 @@ fn forged_compressed_clusters_are_refused() {
         "1M",
     ]);
     qemu_io(&d.path("z.qcow2"), "qcow2", &["write -c -P 5 0 64k"]);
+    // Unforged first: the compressed cluster ends the file inside its
+    // last sector, as QEMU writes it, and reads as qemu-img reads it.
+    assert_ne!(std::fs::metadata(&img).unwrap().len() % 512, 0);
+    let (ours, theirs) = (d.s("ours.raw"), d.s("theirs.raw"));
+    ok(&["convert", "-O", "raw", &img, &ours]);
+    qemu_ok(&["convert", "-O", "raw", &img, &theirs]);
+    assert!(std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap());
     // The one compressed cluster's L2 entry: first entry of the L2 table
     // the first L1 entry names.
     let f = std::fs::OpenOptions::new()

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,8 +26,8 @@ use imago::{FormatAccess, Storage};
 
 use super::storage::LayerFile;
 use crate::host::Host;
-use crate::qcow2::compress::zstd_decompress_cluster;
-use crate::qcow2::header::{CompressionType, Header, COMPRESSED, OFFSET_MASK};
+use crate::qcow2::compress::read_compressed;
+use crate::qcow2::header::{Header, COMPRESSED, OFFSET_MASK};
 use crate::qcow2::meta::{decode_l2, L2Entry};
 
 const SUBCLUSTERS: u64 = 32;
@@ -240,30 +240,11 @@ impl ExtView {
         if let Some((_, bytes)) = last.as_ref().filter(|(c, _)| *c == cluster) {
             return Ok(Arc::clone(bytes));
         }
-        let cs = self.cs();
         let (desc, _) = self.entry(cluster)?;
         let L2Entry::Compressed { host, len } = decode_l2(&self.header, desc) else {
             return Err(corrupt(format!("cluster {cluster} is not compressed")));
         };
-        if len > 2 * cs || host >= self.file_len {
-            return Err(corrupt(format!(
-                "compressed cluster at 0x{host:x} (+{len}) lies outside the image"
-            )));
-        }
-        // Its last sector may be cut short by the end of the file (QEMU
-        // writes only the compressed bytes).
-        let len = len.min(self.file_len - host);
-        let mut compressed = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut compressed, host)?;
-        let mut out = vec![0u8; cs as usize];
-        match self.header.compression_type {
-            CompressionType::Zstd => zstd_decompress_cluster(&compressed, &mut out)?,
-            // Raw deflate; what follows the stream in its last sector is
-            // not part of it.
-            CompressionType::Zlib => flate2::read::DeflateDecoder::new(&compressed[..])
-                .read_exact(&mut out)
-                .map_err(|e| corrupt(format!("compressed cluster at 0x{host:x}: {e}")))?,
-        }
+        let out = read_compressed(&self.file, &self.header, self.file_len, (host, len))?;
         let out = Arc::new(out);
         *last = Some((cluster, Arc::clone(&out)));
         Ok(out)

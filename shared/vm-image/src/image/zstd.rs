@@ -11,7 +11,7 @@ use imago::{FormatAccess, ShallowMapping};
 use vm_memory::VolatileSlice;
 
 use super::{Image, Layer, LayerFile};
-use crate::qcow2::compress::zstd_decompress_cluster;
+use crate::qcow2::compress::read_compressed;
 use crate::qcow2::header::{CompressionType, Header, OFFSET_MASK};
 use crate::qcow2::meta::{decode_l2, L2Entry};
 
@@ -62,19 +62,8 @@ impl Layer {
                 "the cluster at guest offset {guest} is no longer compressed"
             )));
         };
-        // A compressed cluster spans at most two clusters' worth of
-        // sectors (the entry's own limit); the file must hold all of it.
-        let file_len = self.file.size()?;
-        if len > 2 * cs || host.saturating_add(len) > file_len {
-            return Err(bad(format!(
-                "compressed cluster at 0x{host:x} (+{len}) lies outside the image"
-            )));
-        }
-        let mut compressed = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut compressed, host)?;
-        let mut out = vec![0u8; cs as usize];
-        zstd_decompress_cluster(&compressed, &mut out).map_err(|e| bad(e.to_string()))?;
-        Ok(out)
+        read_compressed(&self.file, h, self.file.size()?, (host, len))
+            .map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -6,7 +6,8 @@ use std::io::{self, Read};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use super::header::CompressionType;
+use super::header::{CompressionType, Header};
+use crate::host::Host;
 
 /// The largest zstd window a compressed cluster may ask for: QEMU's
 /// clusters are at most 2 MiB, and a frame's window never needs to be
@@ -30,6 +31,44 @@ pub fn compress_cluster(data: &[u8], kind: CompressionType) -> Option<Vec<u8>> {
         CompressionType::Zstd => zstd::bulk::compress(data, 3).ok()?,
     };
     (out.len() < data.len() - 1).then_some(out)
+}
+
+/// Reads and inflates the compressed cluster an L2 entry names (`host`
+/// and `len` as `meta::decode_l2` gives them) from `file`, `file_len`
+/// bytes long. The entry is the image's, so hostile: it may span at most
+/// two clusters' worth of sectors and must start inside the file. Its last
+/// sector may be cut by the end of the file: QEMU writes only the
+/// compressed bytes, and reads past the end as zeroes.
+pub fn read_compressed(
+    file: &Host,
+    header: &Header,
+    file_len: u64,
+    (host, len): (u64, u64),
+) -> io::Result<Vec<u8>> {
+    let cs = header.cluster_size();
+    if len > 2 * cs || host >= file_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("compressed cluster at 0x{host:x} (+{len}) lies outside the image"),
+        ));
+    }
+    let mut compressed = vec![0u8; len.min(file_len - host) as usize];
+    file.read_exact_at(&mut compressed, host)?;
+    let mut out = vec![0u8; cs as usize];
+    match header.compression_type {
+        CompressionType::Zstd => zstd_decompress_cluster(&compressed, &mut out)?,
+        // Raw deflate; what follows the stream in its last sector is not
+        // part of it.
+        CompressionType::Zlib => flate2::read::DeflateDecoder::new(&compressed[..])
+            .read_exact(&mut out)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("compressed cluster at 0x{host:x}: {e}"),
+                )
+            })?,
+    }
+    Ok(out)
 }
 
 /// Decompresses one zstd-compressed cluster into `out` (its whole size).
