@@ -182,23 +182,10 @@ fn entry(meta: &Meta, c: u64) -> Result<Option<(u64, u64, u64)>> {
     Ok(Some((at, pair[0], pair[1])))
 }
 
-/// Guest cluster `c`'s entry, its L2 table made first where it has none.
-fn entry_or_table(path: &Path, c: u64) -> Result<(Meta, u64, u64, u64)> {
-    let meta = open(path)?;
-    if let Some((at, desc, bitmap)) = entry(&meta, c)? {
-        return Ok((meta, at, desc, bitmap));
-    }
-    super::prealloc::new_l2_table(path, c / meta.header.l2_entries())?;
-    let meta = open(path)?;
-    let (at, desc, bitmap) = entry(&meta, c)?
-        .ok_or_else(|| Error::corrupt(path, "an L2 table is missing after making it"))?;
-    Ok((meta, at, desc, bitmap))
-}
-
 /// Runs `edit` on the entry (descriptor, bitmap) of every cluster in
 /// `[from, to)`, one L2 table at a time (made where there is none): the
 /// table is read once, and written back and synced once if it changed,
-/// after `edit`'s new clusters are counted.
+/// after `edit`'s new clusters are counted and its writes synced.
 fn edit_entries(
     path: &Path,
     from: u64,
@@ -232,7 +219,10 @@ fn edit_entries(
             (table[i], table[i + 1]) = e;
         }
         if table != before {
+            // What the entries will name (new counts, data written by
+            // `edit`) is on disk before they name it.
             rc.flush(&meta)?;
+            meta.file.sync_all().map_err(|e| Error::io(path, e))?;
             let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
             write_sync(&meta, l2, &bytes)?;
         }
@@ -274,46 +264,38 @@ fn compressed_end(path: &Path) -> Error {
 /// The subcluster the old end `old` cuts: what it read up to `old` (its
 /// own data, or the backing file's), zeroes after, written as data.
 fn cut_subcluster(path: &Path, old: u64, backing: &Backing) -> Result<()> {
-    let (meta, at, desc, bitmap) = entry_or_table(path, old / open(path)?.cluster_size())?;
-    let cs = meta.cluster_size();
+    let cs = open(path)?.cluster_size();
     let sub = cs / SUBCLUSTERS;
     let s = (old % cs) / sub;
     let start = (old / sub) * sub;
-    let io = |e| Error::io(path, e);
-    if desc & COMPRESSED != 0 {
-        return Err(compressed_end(path));
-    }
-    let host = desc & OFFSET_MASK;
-    if bitmap & (1 << s) != 0 {
-        // Its own data: only the part past the old end is zeroed.
-        let zeroes = vec![0u8; (start + sub - old) as usize];
-        return meta
-            .file
-            .write_all_at(&zeroes, host + (old - (old / cs) * cs))
-            .and_then(|()| meta.file.sync_all())
-            .map_err(io);
-    }
-    if bitmap & (1 << (32 + s)) != 0 {
-        return Ok(());
-    }
-    let mut data = vec![0u8; sub as usize];
-    let keep = backing.len.min(old).saturating_sub(start) as usize;
-    (backing.read)(&mut data[..keep], start).map_err(io)?;
-    let host = if host == 0 {
-        let mut rc = Refcounts::new(&meta);
-        let h = rc.alloc(&meta, cs)?;
-        rc.flush(&meta)?;
-        h
-    } else {
-        host
-    };
-    meta.file
-        .write_all_at(&data, host + s * sub)
-        .and_then(|()| meta.file.sync_all())
-        .map_err(io)?;
-    let mut pair = (host | COPIED).to_be_bytes().to_vec();
-    pair.extend_from_slice(&(bitmap | (1 << s)).to_be_bytes());
-    write_sync(&meta, at, &pair)
+    edit_entries(
+        path,
+        old / cs,
+        old / cs + 1,
+        |meta, rc, _, (desc, bitmap)| {
+            let io = |e| Error::io(path, e);
+            if *desc & COMPRESSED != 0 {
+                return Err(compressed_end(path));
+            }
+            let host = *desc & OFFSET_MASK;
+            if *bitmap & (1 << s) != 0 {
+                // Its own data: only the part past the old end is zeroed.
+                let zeroes = vec![0u8; (start + sub - old) as usize];
+                return meta.file.write_all_at(&zeroes, host + old % cs).map_err(io);
+            }
+            if *bitmap & (1 << (32 + s)) != 0 {
+                return Ok(());
+            }
+            let mut data = vec![0u8; sub as usize];
+            let keep = backing.len.min(old).saturating_sub(start) as usize;
+            (backing.read)(&mut data[..keep], start).map_err(io)?;
+            let host = if host == 0 { rc.alloc(meta, cs)? } else { host };
+            meta.file.write_all_at(&data, host + s * sub).map_err(io)?;
+            *desc = host | COPIED;
+            *bitmap |= 1 << s;
+            Ok(())
+        },
+    )
 }
 
 /// Maps a host cluster for each cluster of `[from, to)` that has none;
