@@ -461,3 +461,40 @@ fn refcount_overflow_and_width_changes_as_qemu_img() {
     let (_, code) = step("both", &["amend", "-o", "refcount_bits=32,compat=0.10"]);
     assert_eq!(code, 1);
 }
+
+/// amend to a new refcount width reads the stored counts: a refcount
+/// table entry far past the file's clusters (naming a real block) must
+/// not size what amend allocates. Run with 1 GiB of address space, the
+/// forged table would have it allocate 2 GiB.
+#[test]
+fn a_forged_refcount_table_entry_does_not_size_amend() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("far.qcow2");
+    let img = p.to_str().unwrap();
+    qemu_ok(&["create", "-q", "-f", "qcow2", img, "64M"]);
+    qemu_io(&p, "qcow2", &["write -P 1 0 64k"]);
+    let table = be64(&p, 48);
+    let block = be64(&p, table);
+    // Entry 8000 covers clusters from 8000 * 32768 on.
+    patch(&p, table + 8000 * 8, &block.to_be_bytes());
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 1048576; exec '{}' amend -o refcount_bits=64 '{img}'",
+            env!("CARGO_BIN_EXE_vm-img")
+        ))
+        .output()
+        .unwrap();
+    let (code, _, err) = decode(&out);
+    assert!(code == 0 || code == 1, "{code}: {err}");
+    assert!(err.lines().count() <= 1, "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
+    // The data is untouched either way.
+    qemu_io(&p, "qcow2", &["read -P 1 0 64k"]);
+}
