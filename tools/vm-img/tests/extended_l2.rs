@@ -267,6 +267,27 @@ fn what_cannot_be_done_yet_and_contradictions_get_one_line() {
         &["convert", "-O", "raw", &past, &out],
         "past the end of the image",
     );
+    // An L2 table forged onto the refcount table: resize (grow with
+    // preallocation, shrink) refuses it before changing anything.
+    let reftable = {
+        let f = std::fs::File::open(&img).unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 48).unwrap();
+        u64::from_be_bytes(b)
+    };
+    for (i, args) in [["--preallocation=metadata", "8M"], ["--shrink", "1M"]]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("over{i}.qcow2");
+        let over = poke(&name, l1_at, &(1u64 << 63 | reftable).to_be_bytes());
+        let before = std::fs::read(&over).unwrap();
+        one_line(&["resize", args[0], &over, args[1]], "over metadata");
+        assert!(
+            std::fs::read(&over).unwrap() == before,
+            "{args:?} changed it"
+        );
+    }
 }
 
 /// check and `check -r all` of an extended entry whose cluster offset is

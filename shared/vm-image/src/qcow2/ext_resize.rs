@@ -55,6 +55,11 @@ impl std::fmt::Debug for Backing<'_> {
 pub fn grow(path: &Path, new: u64, prealloc: Prealloc, backing: Option<&Backing>) -> Result<()> {
     let meta = open(path)?;
     let old = meta.header.size;
+    // Every table the grow may edit is checked before anything changes.
+    let span = meta.cluster_size() * meta.header.l2_entries();
+    for index in old / span..new.div_ceil(span) {
+        table_at(&meta, index)?;
+    }
     grow_l1(&meta, new)?;
     write_sync(&meta, SIZE_AT, &new.to_be_bytes())?;
     let cs = meta.cluster_size();
@@ -160,14 +165,10 @@ fn grow_l1(meta: &Meta, new: u64) -> Result<()> {
     Ok(())
 }
 
-/// Guest cluster `c`'s entry: where it is, descriptor and bitmap (`None`
-/// without an L2 table).
-fn entry(meta: &Meta, c: u64) -> Result<Option<(u64, u64, u64)>> {
-    let per_l2 = meta.header.l2_entries();
-    let Some(&l1e) = meta.l1.get((c / per_l2) as usize) else {
-        return Ok(None);
-    };
-    let l2 = l1e & OFFSET_MASK;
+/// L2 table `index`'s offset (`None` where the L1 table names none),
+/// checked to be a whole cluster of the file that is not metadata.
+fn table_at(meta: &Meta, index: u64) -> Result<Option<u64>> {
+    let l2 = meta.l1.get(index as usize).map_or(0, |e| e & OFFSET_MASK);
     if l2 == 0 {
         return Ok(None);
     }
@@ -177,6 +178,16 @@ fn entry(meta: &Meta, c: u64) -> Result<Option<(u64, u64, u64)>> {
             format!("L2 table at 0x{l2:x} is unaligned, past the end or over metadata"),
         ));
     }
+    Ok(Some(l2))
+}
+
+/// Guest cluster `c`'s entry: where it is, descriptor and bitmap (`None`
+/// without an L2 table).
+fn entry(meta: &Meta, c: u64) -> Result<Option<(u64, u64, u64)>> {
+    let per_l2 = meta.header.l2_entries();
+    let Some(l2) = table_at(meta, c / per_l2)? else {
+        return Ok(None);
+    };
     let at = l2 + (c % per_l2) * 16;
     let pair = meta.read_table(at, 2)?;
     Ok(Some((at, pair[0], pair[1])))
@@ -202,13 +213,8 @@ fn edit_entries(
         let end = ((index + 1) * per_l2).min(to);
         super::prealloc::new_l2_table(path, index)?;
         let meta = open(path)?;
-        let l2 = meta.l1.get(index as usize).map_or(0, |e| e & OFFSET_MASK);
-        if !meta.cluster_in_file(l2) || meta.metadata_clusters().contains(l2) {
-            return Err(Error::corrupt(
-                path,
-                format!("L2 table at 0x{l2:x} is unaligned, past the end or over metadata"),
-            ));
-        }
+        let l2 = table_at(&meta, index)?
+            .ok_or_else(|| Error::corrupt(path, "an L2 table is missing after making it"))?;
         let mut table = meta.read_table(l2, cs / 8)?;
         let before = table.clone();
         let mut rc = Refcounts::new(&meta);
