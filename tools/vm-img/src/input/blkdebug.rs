@@ -280,7 +280,9 @@ impl Engine {
     /// set-state rule for it moves the state.
     pub fn fire(&self, event: &str) {
         let mut live = self.live();
-        live.fired.insert(event.to_string());
+        if !live.fired.contains(event) {
+            live.fired.insert(event.to_string());
+        }
         let state = live.state;
         if let Some(s) = live
             .set_state
