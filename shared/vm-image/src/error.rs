@@ -34,6 +34,11 @@ pub enum Error {
     /// A snapshot table QEMU will not open and `check -r all` repairs.
     #[error("{path}: {}", fault.message())]
     SnapshotTable { path: PathBuf, fault: TableFault },
+    /// A change met metadata that cannot be right and set the image's
+    /// corrupt bit before touching anything else (`qcow2::corrupt`): only
+    /// `check -r` clears it. `what` is QEMU's account of the fault.
+    #[error("{path}: image marked corrupt: {what}")]
+    MarkedCorrupt { path: PathBuf, what: String },
     #[error("{0}")]
     Invalid(String),
     /// Freeing a deleted snapshot's clusters failed once the table no

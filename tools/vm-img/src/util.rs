@@ -477,6 +477,33 @@ impl KeptBitmaps {
     }
 }
 
+/// qemu-img's report of a change that met corrupt metadata and marked the
+/// image corrupt: QEMU's notice line now, and the error (`what` failed with
+/// an I/O error) to return. Other errors pass through unchanged.
+pub fn marked_corrupt(e: vm_image::Error, what: &str) -> anyhow::Error {
+    match e {
+        vm_image::Error::MarkedCorrupt { what: fault, .. } => {
+            eprintln!(
+                "qcow2: Marking image as corrupt: {fault}; further corruption events will be \
+                 suppressed"
+            );
+            anyhow::anyhow!("{what}: Input/output error")
+        }
+        e => anyhow::Error::from(e),
+    }
+}
+
+/// The format from the magic alone, for images too broken to open (check)
+/// or whose metadata the command checks as it goes (amend).
+pub fn probe_magic(path: &Path) -> Result<vm_image::Format> {
+    use std::io::Read;
+    let mut magic = [0u8; 512];
+    let n = std::fs::File::open(path)
+        .and_then(|f| f.take(512).read(&mut magic))
+        .map_err(|e| could_not_open(path, e))?;
+    Ok(vm_image::Format::probe(&magic[..n]))
+}
+
 /// Takes the write lock of an image to be edited in place, then opens it
 /// (without its backing chain) to learn its format and header; the lock
 /// lasts as long as the returned guard.

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::check::{check, Repair};
+use super::corrupt::{self, hex};
 use super::header::{
     COMPAT_LAZY_REFCOUNTS, COPIED, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY, OFFSET_MASK, ZERO,
 };
@@ -179,6 +180,71 @@ pub fn set_version(path: &Path, version: u32) -> Result<()> {
     write_header(&meta, &h)
 }
 
+/// The L2 tables of the active and the snapshots' L1 tables, once each,
+/// after checking what the expansion will write: a table or a preallocated
+/// zero cluster off its cluster boundary, or a zero cluster lying on the
+/// image's metadata, marks the image corrupt (QEMU's words) before anything
+/// is written, where zeroing it would overwrite whatever lies there.
+fn checked_tables(meta: &Meta) -> Result<BTreeSet<u64>> {
+    let cs = meta.cluster_size();
+    let step = (meta.header.l2_entry_size() / 8) as usize;
+    let mut l1s = vec![meta.l1.clone()];
+    for s in meta.snapshots()? {
+        l1s.push(meta.snapshot_l1(&s)?);
+    }
+    let mut tables = BTreeSet::new();
+    for l1 in &l1s {
+        for (i, &e) in l1.iter().enumerate() {
+            let l2 = e & OFFSET_MASK;
+            if l2 % cs != 0 {
+                return Err(corrupt::mark(
+                    meta,
+                    format!(
+                        "L2 table offset {} unaligned (L1 index: {})",
+                        hex(l2),
+                        hex(i as u64)
+                    ),
+                ));
+            }
+            if l2 != 0 && meta.cluster_in_file(l2) {
+                tables.insert(l2);
+            }
+        }
+    }
+    let metadata = meta.metadata_clusters();
+    for &l2 in &tables {
+        let table = meta.read_table(l2, cs / 8)?;
+        for (i, &raw) in table.iter().step_by(step).enumerate() {
+            let L2Entry::Zero { host: Some(host) } = meta.decode_l2(raw) else {
+                continue;
+            };
+            let overlap = metadata.kind(host).or_else(|| {
+                tables
+                    .contains(&(host / cs * cs))
+                    .then_some("active L2 table")
+            });
+            if host % cs != 0 {
+                return Err(corrupt::mark(
+                    meta,
+                    format!(
+                        "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                        hex(host),
+                        hex(l2),
+                        hex(i as u64)
+                    ),
+                ));
+            }
+            if let Some(kind) = overlap {
+                return Err(corrupt::mark(
+                    meta,
+                    format!("Preventing invalid write on metadata (overlaps with {kind})"),
+                ));
+            }
+        }
+    }
+    Ok(tables)
+}
+
 /// Gives every zero cluster (a v3 feature) data clusters of zeroes, in the
 /// active tables and the snapshots': a preallocated one is zeroed and
 /// kept; one without is left unallocated where nothing lies below, or gets
@@ -186,19 +252,7 @@ pub fn set_version(path: &Path, version: u32) -> Result<()> {
 fn expand_zero_clusters(meta: &Meta) -> Result<()> {
     let cs = meta.cluster_size();
     let step = (meta.header.l2_entry_size() / 8) as usize;
-    let mut tables = BTreeSet::new();
-    let mut l1s = vec![meta.l1.clone()];
-    for s in meta.snapshots()? {
-        l1s.push(meta.snapshot_l1(&s)?);
-    }
-    for l1 in &l1s {
-        for &e in l1 {
-            let l2 = e & OFFSET_MASK;
-            if l2 != 0 && meta.cluster_in_file(l2) {
-                tables.insert(l2);
-            }
-        }
-    }
+    let tables = checked_tables(meta)?;
     let backed = meta.header.backing_file.is_some();
     let zeroes = vec![0u8; cs as usize];
     let io = |e| Error::io(&meta.path, e);

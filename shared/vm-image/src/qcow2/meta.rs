@@ -71,9 +71,25 @@ pub struct MetadataClusters {
 impl MetadataClusters {
     /// Whether the cluster holding `offset` is one of them.
     pub fn contains(&self, offset: u64) -> bool {
+        self.kind(offset).is_some()
+    }
+
+    /// Which of them the cluster holding `offset` is, in the words of
+    /// QEMU's overlap check.
+    pub fn kind(&self, offset: u64) -> Option<&'static str> {
         let c = offset / self.cs;
         let within = |(a, b): (u64, u64)| c >= a && c < b;
-        c == 0 || within(self.l1) || within(self.reftable) || self.refblocks.contains(&c)
+        if c == 0 {
+            Some("qcow2_header")
+        } else if within(self.l1) {
+            Some("active L1 table")
+        } else if within(self.reftable) {
+            Some("refcount table")
+        } else if self.refblocks.contains(&c) {
+            Some("refcount block")
+        } else {
+            None
+        }
     }
 }
 

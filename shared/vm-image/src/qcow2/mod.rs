@@ -6,6 +6,7 @@ pub mod bitmaps;
 pub mod check;
 pub mod compress;
 mod copied;
+pub mod corrupt;
 pub mod empty;
 pub mod ext_resize;
 pub mod header;

@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 
 use vm_image::qcow2::amend;
+use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{parse_size, BareNumber};
 
@@ -106,15 +107,24 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
     let c = parse(&a.options)?;
     let (path, format) = util::target(filename, a.common.format.as_deref(), a.common.image_opts)?;
     let path = &path;
-    let (_lock, img) = util::lock_for_edit(path, util::parse_format(format.as_deref())?)?;
-    if img.format() != Format::Qcow2 {
+    let _lock = vm_image::lock::ImageLock::acquire(path, vm_image::lock::LockMode::Write)
+        .map_err(|e| util::could_not_open(path, e))?;
+    let format = match util::parse_format(format.as_deref())? {
+        Some(f) => f,
+        None => util::probe_magic(path)?,
+    };
+    if format != Format::Qcow2 {
         bail!(
             "Format driver '{}' does not support option amendment",
-            img.format().as_str()
+            format.as_str()
         );
     }
-    let header = img.header().cloned().expect("a qcow2 image has a header");
-    drop(img);
+    // The header alone: the tables are checked by the changes that walk
+    // them, which mark the image corrupt where QEMU does.
+    let header = std::fs::File::open(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| Ok(Meta::open(path, f)?.header))
+        .map_err(|e| util::could_not_open(path, e))?;
     let version = c.version.unwrap_or(header.version);
     let order = c.refcount_order.unwrap_or(header.refcount_order);
     // qemu-img's two words for it: a width change asked together with the
@@ -175,7 +185,8 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         amend::set_refcount_order(path, order).map_err(|e| anyhow!(e))?;
     }
     if version < header.version {
-        amend::set_version(path, version).map_err(|e| anyhow!(e))?;
+        amend::set_version(path, version)
+            .map_err(|e| util::marked_corrupt(e, "Failed to turn zero into data clusters"))?;
     }
     Ok(0)
 }

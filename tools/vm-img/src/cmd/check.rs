@@ -46,7 +46,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         Some(f) => f,
         None => util::open_read(path, None, true)
             .map(|i| i.format())
-            .or_else(|_| probe(path))?,
+            .or_else(|_| crate::util::probe_magic(path))?,
     };
     if format != Format::Qcow2 {
         crate::error_line("This image format does not support checks");
@@ -262,14 +262,4 @@ fn print_human(r: &CheckReport) {
         );
     }
     println!("Image end offset: {}", r.image_end_offset);
-}
-
-/// The format from the magic alone, for images too broken to open.
-fn probe(path: &std::path::Path) -> Result<Format> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(|e| crate::util::could_not_open(path, e))?;
-    Ok(Format::probe(&magic[..n]))
 }

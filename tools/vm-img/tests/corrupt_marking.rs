@@ -1,0 +1,128 @@
+//! Changes that meet metadata which cannot be right (a table or a cluster
+//! off its cluster boundary, a zero cluster lying on the image's own
+//! tables) stop before they write anything, set the image's corrupt bit as
+//! QEMU does, and say what they found in QEMU's words. qemu-img is the
+//! judge of the bit and of the repair that clears it.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+
+/// Where vm-img's (and qemu-img's) new 64 MiB image keeps its L1 table.
+const L1: u64 = 0x3_0000;
+/// The incompatible-features field of a v3 header, and its corrupt bit.
+const FEATURES: u64 = 72;
+const CORRUPT: u64 = 1 << 1;
+
+fn be64(path: &Path, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    u64::from_be_bytes(b)
+}
+
+fn poke(path: &Path, at: u64, value: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&value.to_be_bytes(), at).unwrap();
+}
+
+/// A 64 MiB qcow2 whose first cluster holds 64 KiB of 0x55, and the
+/// offset of its first L2 table.
+fn image(d: &Dir) -> (std::path::PathBuf, u64) {
+    let p = d.path("c.qcow2");
+    ok(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "64M"]);
+    qemu_io(&p, "qcow2", &["write -P 0x55 0 64k"]);
+    assert_eq!(be64(&p, 40), L1, "the L1 table moved: update the test");
+    let l2 = be64(&p, L1) & 0x00ff_ffff_ffff_fe00;
+    (p, l2)
+}
+
+/// Runs amend's downgrade on `img`, which must fail naming `fault`, leave
+/// every byte but the corrupt bit as it was, and leave the bit set.
+fn downgrade_refused(img: &Path, fault: &str) {
+    let before = std::fs::read(img).unwrap();
+    let (code, _, err) = run(&["amend", "-o", "compat=0.10", img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "qcow2: Marking image as corrupt: {fault}; further corruption events will be \
+                 suppressed"
+            )
+            .as_str(),
+            "vm-img: Failed to turn zero into data clusters: Input/output error",
+        ],
+    );
+    let mut after = std::fs::read(img).unwrap();
+    assert_eq!(be64(img, FEATURES) & CORRUPT, CORRUPT);
+    after[FEATURES as usize + 7] &= !(CORRUPT as u8);
+    assert!(before == after, "amend changed more than the corrupt bit");
+    assert!(qemu_ok(&["info", img.to_str().unwrap()]).contains("corrupt: true"));
+}
+
+#[test]
+fn downgrade_stops_at_an_unaligned_preallocated_zero_cluster() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img and qemu-io are needed");
+        return;
+    }
+    let d = Dir::new();
+    let (img, l2) = image(&d);
+    // Zeroing this "cluster" would write 64 KiB at 0x52a00, across
+    // whatever lies there.
+    poke(&img, l2, (1 << 63) | 0x5_2a00 | 1);
+    downgrade_refused(
+        &img,
+        &format!("Cluster allocation offset 0x52a00 unaligned (L2 offset: {l2:#x}, L2 index: 0)"),
+    );
+    // check -r mends the entry and clears the bit; then the downgrade runs.
+    let i = img.to_str().unwrap();
+    let (code, out, _) = run(&["check", "-r", "all", i]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(be64(&img, FEATURES) & CORRUPT, 0);
+    ok(&["amend", "-o", "compat=0.10", i]);
+    qemu_clean(&img);
+}
+
+#[test]
+fn downgrade_does_not_zero_the_l1_table() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img and qemu-io are needed");
+        return;
+    }
+    let d = Dir::new();
+    let (img, l2) = image(&d);
+    // A preallocated zero cluster "at" the L1 table: aligned, in the file,
+    // and zeroing it would unmap every cluster of the image.
+    poke(&img, l2, (1 << 63) | L1 | 1);
+    downgrade_refused(
+        &img,
+        "Preventing invalid write on metadata (overlaps with active L1 table)",
+    );
+    // One on the L2 table itself.
+    let (img, l2) = image(&d);
+    poke(&img, l2 + 8, (1 << 63) | l2 | 1);
+    downgrade_refused(
+        &img,
+        "Preventing invalid write on metadata (overlaps with active L2 table)",
+    );
+}
+
+#[test]
+fn downgrade_stops_at_an_unaligned_l2_table() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img and qemu-io are needed");
+        return;
+    }
+    let d = Dir::new();
+    let (img, _) = image(&d);
+    poke(&img, L1, (1 << 63) | 0x4_2a00);
+    downgrade_refused(&img, "L2 table offset 0x42a00 unaligned (L1 index: 0)");
+}
