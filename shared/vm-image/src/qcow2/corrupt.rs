@@ -22,7 +22,8 @@ pub fn mark(meta: &Meta, what: impl Into<String>) -> Error {
     }
 }
 
-fn set_bit(meta: &Meta) -> Result<()> {
+/// Sets the corrupt bit alone (a v3 header's), and syncs.
+pub fn set_bit(meta: &Meta) -> Result<()> {
     if meta.header.version < 3 {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use super::corrupt::{self, hex};
 use super::header::{COPIED, OFFSET_MASK};
 use super::meta::{L2Entry, Meta};
 use super::refcounts::Refcounts;
@@ -18,6 +19,80 @@ pub fn release_past_end(path: &Path) -> Result<()> {
     drop_l2_tables_past_end(path)?;
     drop_empty_blocks(path)?;
     give_back_free_space(path)
+}
+
+/// What a shrink checks before it changes anything: the refcount-table
+/// entries QEMU's shrink trips over, met as QEMU meets them, so the image
+/// ends as qemu-img leaves it (and `check -r` finds it so).
+///
+/// An entry off its cluster boundary marks the image corrupt and nothing
+/// changes. An entry naming a block past the end of the file (a block that
+/// counts nothing) is dropped from the table; freeing the block then needs
+/// the block that counts it, and where none does, or it does not count the
+/// block once, the image is marked corrupt and the shrink stops there, its
+/// size unchanged. The caller holds the image's write lock.
+pub fn check_refblocks(path: &Path) -> Result<()> {
+    let meta = Meta::open_rw(path)?;
+    let cs = meta.cluster_size();
+    let entries = || meta.reftable.iter().map(|e| e & OFFSET_MASK).enumerate();
+    if let Some((_, off)) = entries().find(|&(_, o)| o % cs != 0) {
+        return Err(corrupt::mark(
+            &meta,
+            format!(
+                "Cannot get entry from refcount block cache: Offset {} is unaligned",
+                hex(off)
+            ),
+        ));
+    }
+    let outside: Vec<(usize, u64)> = entries()
+        .filter(|&(_, o)| o != 0 && !meta.cluster_in_file(o))
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let io = |e| Error::io(path, e);
+    for &(i, _) in &outside {
+        meta.file
+            .write_all_at(
+                &0u64.to_be_bytes(),
+                meta.header.refcount_table_offset + i as u64 * 8,
+            )
+            .map_err(io)?;
+    }
+    meta.file.sync_all().map_err(io)?;
+    let per_block = meta.refblock_entries();
+    let mut rc = Refcounts::new(&meta);
+    for &(_, off) in &outside {
+        let index = off / cs / per_block;
+        let covering = usize::try_from(index)
+            .ok()
+            .and_then(|i| meta.reftable.get(i))
+            .map_or(0, |e| e & OFFSET_MASK);
+        if covering == 0 || outside.iter().any(|&(_, o)| o == covering) {
+            return Err(corrupt::mark(
+                &meta,
+                format!(
+                    "Refblock at {} is not covered by the refcount structures",
+                    hex(off)
+                ),
+            ));
+        }
+        let count = rc.get(&meta, off)?;
+        if count != 1 {
+            return Err(corrupt::mark(
+                &meta,
+                format!(
+                    "Invalid refcount: refblock offset {}, reftable index {index}, block offset \
+                     {}, refcount {}",
+                    hex(covering),
+                    hex(off),
+                    hex(count)
+                ),
+            ));
+        }
+        rc.add(&meta, off, -1)?;
+    }
+    rc.flush(&meta)
 }
 
 /// As QEMU after a shrink: the file ends after its last cluster in use,

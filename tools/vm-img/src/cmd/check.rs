@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Map, Value};
 use vm_image::lock::{ImageLock, LockMode};
 use vm_image::nbd::{Address, Client};
-use vm_image::qcow2::check::{check, CheckReport, Repair};
+use vm_image::qcow2::check::{check, CheckReport, Repair, Signal};
 use vm_image::qcow2::meta::Meta;
 use vm_image::{resolve_backing, Format, Image, OpenOptions};
 
@@ -161,6 +161,15 @@ fn check_and_report(
         for line in &first.messages {
             eprintln!("{line}");
         }
+        if first.signalled == Signal::Marked {
+            // The repair marked the image corrupt: qemu-img's double check
+            // then fails on its unusable image, and so does ours.
+            if !a.common.quiet && a.output == OutputFormat::Human {
+                summary(&first);
+            }
+            crate::error_line("Check failed: No medium found");
+            return Ok(1);
+        }
         let meta = reopen()?;
         let mut again = check(&meta, Repair::None).map_err(|e| anyhow!(e))?;
         again.leaks_fixed = first.leaks_fixed;
@@ -169,15 +178,22 @@ fn check_and_report(
             for line in again.messages.drain(..) {
                 eprintln!("{line}");
             }
-            println!(
-                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
-                first.leaks_fixed, first.corruptions_fixed
-            );
+            summary(&first);
         }
         again
     } else {
         first
     };
+    if a.output == OutputFormat::Human && !a.common.quiet {
+        for line in &report.messages {
+            eprintln!("{line}");
+        }
+    }
+    // qemu-img's last word when a part could not be checked, on stderr;
+    // it reaches a pipe before the report on its buffered stdout.
+    if report.check_errors > 0 {
+        crate::error_line("Check failed");
+    }
     match a.output {
         OutputFormat::Json => println!("{}", crate::json::pretty(&to_json(&report, path, "qcow2"))),
         OutputFormat::Human => {
@@ -187,6 +203,15 @@ fn check_and_report(
         }
     }
     Ok(exit_code(&report))
+}
+
+/// What a repair fixed, before the check that follows it.
+fn summary(r: &CheckReport) {
+    println!(
+        "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    \
+         {} corruptions\n\nDouble checking the fixed image now...",
+        r.leaks_fixed, r.corruptions_fixed
+    );
 }
 
 fn exit_code(r: &CheckReport) -> i32 {
@@ -224,10 +249,8 @@ fn to_json(r: &CheckReport, path: &std::path::Path, format: &str) -> Value {
     Value::Object(m)
 }
 
+/// The report's stdout part (its messages went to stderr first).
 fn print_human(r: &CheckReport) {
-    for line in &r.messages {
-        eprintln!("{line}");
-    }
     if r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0 {
         println!("No errors were found on the image.");
     } else {
@@ -241,6 +264,12 @@ fn print_human(r: &CheckReport) {
             println!(
                 "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.",
                 r.leaks
+            );
+        }
+        if r.check_errors > 0 {
+            println!(
+                "\n{} internal errors have occurred during the check.",
+                r.check_errors
             );
         }
     }

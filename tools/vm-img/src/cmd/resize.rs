@@ -43,6 +43,22 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    if a.shrink && opts.format != Some(Format::Raw) {
+        // A qcow2 shrink meets its refcount table's faults as QEMU's does,
+        // before anything changes (an unaligned entry also stops the open).
+        let shrinking = std::fs::File::open(path)
+            .ok()
+            .and_then(|f| Meta::open(path, f).ok())
+            .is_some_and(|m| {
+                change
+                    .apply(m.header.size)
+                    .is_some_and(|n| n < m.header.size)
+            });
+        if shrinking {
+            vm_image::qcow2::shrink::check_refblocks(path)
+                .map_err(|e| util::marked_corrupt(e, "Failed to discard unused refblocks"))?;
+        }
+    }
     let mut img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;
     let current = img.size();
     let new = change

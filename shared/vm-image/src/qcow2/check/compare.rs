@@ -1,10 +1,35 @@
 //! The comparing half of a check: the stored refcounts against the
 //! counted references, fixing what a repair may fix in place.
 
-use super::{CheckReport, Repair};
+use super::{CheckReport, Repair, Signal};
+use crate::qcow2::corrupt::{self, hex};
 use crate::qcow2::header::OFFSET_MASK;
 use crate::qcow2::meta::{decode_refblock, encode_refcount, Meta};
 use crate::{Error, Result};
+
+/// How a comparison runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pass {
+    /// What it fixes.
+    pub fix: Repair,
+    /// Whether the image is open for writing (a corruption event then
+    /// marks it corrupt).
+    pub writable: bool,
+    /// Says what it would fix without writing it (the image was marked
+    /// corrupt: QEMU's repair can no longer write its fixes).
+    pub dry: bool,
+}
+
+impl Pass {
+    /// A comparison that fixes nothing.
+    pub fn look(writable: bool) -> Self {
+        Self {
+            fix: Repair::None,
+            writable,
+            dry: false,
+        }
+    }
+}
 
 /// Compares stored refcounts with the counted references. Leaks are fixed
 /// with any repair, under-counts with `All`; a cluster in use with no
@@ -13,10 +38,11 @@ use crate::{Error, Result};
 pub(super) fn compare_refcounts(
     meta: &Meta,
     counts: &[u32],
-    repair: Repair,
+    pass: Pass,
     report: &mut CheckReport,
     rebuild: &mut bool,
 ) -> Result<()> {
+    let repair = pass.fix;
     let cs = meta.cluster_size();
     let per_block = meta.refblock_entries();
     let order = meta.header.refcount_order;
@@ -37,6 +63,28 @@ pub(super) fn compare_refcounts(
     for (bi, &rbe) in meta.reftable.iter().enumerate() {
         let first = bi as u64 * per_block;
         let block_off = rbe & OFFSET_MASK;
+        if block_off % cs != 0 {
+            // QEMU cannot read such a block: one corruption event, then an
+            // I/O error for every cluster of the file it would describe.
+            signal(
+                meta,
+                pass.writable,
+                report,
+                &format!(
+                    "Refblock offset {} unaligned (reftable index: {})",
+                    hex(block_off),
+                    hex(bi as u64)
+                ),
+            )?;
+            for cl in first..(first + per_block).min(nb_clusters) {
+                report.check_errors += 1;
+                report.messages.push(format!(
+                    "Can't get refcount for cluster {cl}: Input/output error"
+                ));
+            }
+            unrecorded_block = true;
+            continue;
+        }
         if block_off == 0 || !meta.cluster_in_file(block_off) {
             // Every cluster this block should describe is unrecorded.
             for cl in first..(first + per_block).min(nb_clusters) {
@@ -105,6 +153,9 @@ pub(super) fn compare_refcounts(
                 report.corruptions += 1;
             }
         }
+        if pass.dry {
+            continue;
+        }
         if dirty {
             meta.file
                 .write_all_at(&raw, block_off)
@@ -125,6 +176,29 @@ pub(super) fn compare_refcounts(
     }
     if unrecorded_block {
         *rebuild = true;
+    }
+    Ok(())
+}
+
+/// QEMU's corruption event, said once per check: with the image open for
+/// writing, its corrupt bit is set first.
+fn signal(meta: &Meta, writable: bool, report: &mut CheckReport, what: &str) -> Result<()> {
+    if report.signalled != Signal::None {
+        return Ok(());
+    }
+    if writable {
+        corrupt::set_bit(meta)?;
+        report.messages.push(format!(
+            "qcow2: Marking image as corrupt: {what}; further corruption events will be \
+             suppressed"
+        ));
+        report.signalled = Signal::Marked;
+    } else {
+        report.messages.push(format!(
+            "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be \
+             suppressed"
+        ));
+        report.signalled = Signal::Said;
     }
     Ok(())
 }

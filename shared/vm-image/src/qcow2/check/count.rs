@@ -321,7 +321,17 @@ pub(super) fn count(
             }
             continue;
         }
-        if off != 0 && c.aligned("refcount block", off) {
+        if off % cs != 0 {
+            // qemu-img's words; its refcounts are unreadable (compare says
+            // so per cluster) and only a new structure mends it.
+            c.report.corruptions += 1;
+            c.report.messages.push(format!(
+                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            ));
+            c.rebuild = true;
+            continue;
+        }
+        if off != 0 {
             c.add("refcount block", off, cs);
             // Anything else pointing at a refcount block (a data cluster
             // mapped onto it) makes the structure unusable: rebuild.
@@ -343,9 +353,17 @@ pub(super) fn count(
         rebuild,
         ..
     } = c;
-    report.image_end_offset = counts
-        .iter()
-        .rposition(|&n| n > 0)
-        .map_or(cs, |i| (i as u64 + 1) * cs);
+    // Past the last cluster in use, leaving out those whose refcount block
+    // cannot be read (qemu-img's image end only counts what it compared).
+    let per_block = meta.refblock_entries();
+    let unreadable = |c: usize| {
+        usize::try_from(c as u64 / per_block)
+            .ok()
+            .and_then(|b| meta.reftable.get(b))
+            .is_some_and(|e| (e & OFFSET_MASK) % cs != 0)
+    };
+    report.image_end_offset = (counts.iter().enumerate().rev())
+        .find(|&(c, &n)| n > 0 && !unreadable(c))
+        .map_or(cs, |(c, _)| (c as u64 + 1) * cs);
     Ok((counts, report, rebuild))
 }

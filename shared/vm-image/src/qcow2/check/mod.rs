@@ -9,7 +9,7 @@ mod count;
 use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY, OFFSET_MASK};
 use super::meta::{Meta, SnapshotTable};
 use crate::{Error, Result};
-use compare::compare_refcounts;
+use compare::{compare_refcounts, Pass};
 use count::count;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,24 @@ pub struct CheckReport {
     pub image_end_offset: u64,
     /// One line per problem, in qemu-img's words.
     pub messages: Vec<String>,
+    /// Whether the check met a refcount block it cannot read (one off its
+    /// cluster boundary) and so said the image is corrupt; see [`Signal`].
+    pub signalled: Signal,
+}
+
+/// QEMU's corruption event during a check: said once, and when the image
+/// is open for writing (a repair), its corrupt bit is set and the repair
+/// ends after the rebuild of the refcount structure, as qemu-img's does:
+/// the old structure's clusters stay leaked and the check fails (`No
+/// medium found`) until the next `check -r` frees them and clears the bit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Signal {
+    #[default]
+    None,
+    /// Said, nothing written (a check without repair).
+    Said,
+    /// Said, and the corrupt bit set.
+    Marked,
 }
 
 /// Runs the check, and repairs when asked, in qemu-img's order and words:
@@ -115,7 +133,14 @@ fn check_refcounts(meta: &Meta, repair: Repair, table: &SnapshotTable) -> Result
     report.corruptions_fixed += grown.fixed;
     rebuild |= grown.rebuild;
     let pre = report.clone();
-    compare_refcounts(meta, &counts, Repair::None, &mut report, &mut rebuild)?;
+    let writable = repair != Repair::None;
+    compare_refcounts(
+        meta,
+        &counts,
+        Pass::look(writable),
+        &mut report,
+        &mut rebuild,
+    )?;
     if rebuild && repair == Repair::All {
         report.messages.push("Rebuilding refcount structure".into());
         let old = report.clone();
@@ -133,13 +158,20 @@ fn check_refcounts(meta: &Meta, repair: Repair, table: &SnapshotTable) -> Result
         };
         pass.messages.extend(walked.messages.iter().cloned());
         let mut still = false;
-        compare_refcounts(&fresh_meta, &counts, Repair::Leaks, &mut pass, &mut still)?;
+        let marked = report.signalled == Signal::Marked;
+        let fix = Pass {
+            fix: Repair::Leaks,
+            writable,
+            dry: marked,
+        };
+        compare_refcounts(&fresh_meta, &counts, fix, &mut pass, &mut still)?;
         if still {
             pass.messages
                 .push("ERROR rebuilt refcount structure is still broken".into());
         }
         report = CheckReport {
             messages: pass.messages,
+            signalled: report.signalled,
             ..walked
         };
         // What was fixed before the rebuild (a refcount block the file
@@ -148,6 +180,13 @@ fn check_refcounts(meta: &Meta, repair: Repair, table: &SnapshotTable) -> Result
             old.corruptions_fixed + old.corruptions.saturating_sub(report.corruptions);
         report.leaks_fixed += old.leaks.saturating_sub(report.leaks);
         report.leaks += pass.leaks;
+        if marked {
+            // Nothing more is written: the corrupt bit stays, as QEMU's
+            // repair leaves it once its image has become unusable.
+            crate::qcow2::copied::check_copied(&fresh_meta, Repair::None, &mut report)?;
+            sync(&fresh_meta)?;
+            return Ok(report);
+        }
         crate::qcow2::copied::check_copied(&fresh_meta, repair, &mut report)?;
         mark_clean(&fresh_meta, &report)?;
         sync(&fresh_meta)?;
@@ -166,7 +205,12 @@ fn check_refcounts(meta: &Meta, repair: Repair, table: &SnapshotTable) -> Result
                 messages: std::mem::take(&mut report.messages),
                 ..pre
             };
-            compare_refcounts(meta, &counts, repair, &mut report, &mut rebuild)?;
+            let fix = Pass {
+                fix: repair,
+                writable,
+                dry: false,
+            };
+            compare_refcounts(meta, &counts, fix, &mut report, &mut rebuild)?;
         }
     }
     crate::qcow2::copied::check_copied(meta, repair, &mut report)?;
