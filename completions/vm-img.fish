@@ -180,7 +180,7 @@ complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s o -d 'Options to
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s t -d 'Cache mode (accepted for compatibility; amend always syncs)' -r
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s q -l quiet -d 'Quiet: no progress or informational messages'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l image-opts -d 'FILENAME is an option list (driver=qcow2,file.filename=PATH), as qemu-img\'s --image-opts; only the file protocol is supported'
-complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s p -d 'Show progress (accepted; amend prints none yet)'
+complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s p -d 'Show progress (qemu-img\'s steps for a refcount width change; 0 and 100% for the rest)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -l force -d 'Allow changes that may lose data (accepted for compatibility)'
 complete -c vm-img -n "__fish_vm_img_using_subcommand amend" -s h -l help -d 'Print help'
 complete -c vm-img -n "__fish_vm_img_using_subcommand bitmap" -s f -l format -d 'Image format (raw, qcow2); probed from the contents when left out' -r

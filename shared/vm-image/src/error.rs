@@ -34,6 +34,18 @@ pub enum Error {
     /// A snapshot table QEMU will not open and `check -r all` repairs.
     #[error("{path}: {}", fault.message())]
     SnapshotTable { path: PathBuf, fault: TableFault },
+    /// A snapshot's L1 table QEMU will not use (`L1Fault` has its words
+    /// and the errno QEMU fails with after saying them).
+    #[error("{}", .0.message())]
+    SnapshotL1(crate::qcow2::meta::L1Fault),
+    /// A fault QEMU reports by its errno number alone (qemu-img's snapshot
+    /// says `-N (text)`): `errno` is that number, `message` what it was.
+    #[error("{path}: {message}")]
+    Errno {
+        path: PathBuf,
+        errno: i32,
+        message: String,
+    },
     /// A change met metadata that cannot be right and set the image's
     /// corrupt bit before touching anything else (`qcow2::corrupt`): only
     /// `check -r` clears it. `what` is QEMU's account of the fault.
@@ -130,6 +142,13 @@ impl Error {
     pub(crate) fn unsupported(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Unsupported {
             path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn errno(path: impl Into<PathBuf>, errno: i32, message: impl Into<String>) -> Self {
+        Self::Errno {
+            path: path.into(),
+            errno,
             message: message.into(),
         }
     }

@@ -628,7 +628,8 @@ pub struct AmendArgs {
     /// lazy_refcounts, refcount_bits, size, backing_file, backing_fmt.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append, required = true)]
     pub options: Vec<String>,
-    /// Show progress (accepted; amend prints none yet).
+    /// Show progress (qemu-img's steps for a refcount width change; 0 and
+    /// 100% for the rest).
     #[arg(short = 'p')]
     pub progress: bool,
     /// Cache mode (accepted for compatibility; amend always syncs).

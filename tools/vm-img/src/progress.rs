@@ -86,6 +86,19 @@ impl Progress {
         }
     }
 
+    /// `fraction` (0 to 1) of the work is done: printed, as qemu-img's
+    /// progress prints, when it has moved a whole percent either way, and
+    /// at 0 and 100%.
+    pub fn fraction(&mut self, fraction: f64) {
+        let now = (100.0 * fraction).clamp(0.0, 100.0);
+        #[allow(clippy::float_cmp)] // the ends are exact
+        let end = now == 0.0 || now == 100.0;
+        if end || now > self.last + 1.0 || now < self.last - 1.0 {
+            self.last = now;
+            self.print(now);
+        }
+    }
+
     /// The end: 100% once more, then the line ends.
     pub fn finish(&self) {
         self.done();

@@ -477,17 +477,23 @@ impl KeptBitmaps {
     }
 }
 
-/// qemu-img's report of a change that met corrupt metadata and marked the
-/// image corrupt: QEMU's notice line now, and the error (`what` failed with
-/// an I/O error) to return. Other errors pass through unchanged.
-pub fn marked_corrupt(e: vm_image::Error, what: &str) -> anyhow::Error {
+/// qemu-img's report of a step that failed inside QEMU's qcow2 code: what
+/// that code says first (a corruption it marked, a snapshot L1 table it
+/// will not use), then `what` failed with the errno it returned. Other
+/// errors pass through unchanged.
+pub fn qcow2_failure(e: vm_image::Error, what: &str) -> anyhow::Error {
+    let errno = |n: i32| vm_image::os_text(&std::io::Error::from_raw_os_error(n));
     match e {
         vm_image::Error::MarkedCorrupt { what: fault, .. } => {
             eprintln!(
                 "qcow2: Marking image as corrupt: {fault}; further corruption events will be \
                  suppressed"
             );
-            anyhow::anyhow!("{what}: Input/output error")
+            anyhow::anyhow!("{what}: {}", errno(libc::EIO))
+        }
+        vm_image::Error::SnapshotL1(fault) => {
+            crate::error_line(fault.message());
+            anyhow::anyhow!("{what}: {}", errno(fault.errno()))
         }
         e => anyhow::Error::from(e),
     }

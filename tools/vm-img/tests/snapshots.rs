@@ -396,3 +396,86 @@ fn edits_past_the_refcount_table_grow_it() {
     let list = qemu_ok(&["snapshot", "-l", s]);
     assert!(list.contains(" d ") && !list.contains(" a "), "{list}");
 }
+
+fn poke64(path: &std::path::Path, at: u64, value: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&value.to_be_bytes(), at).unwrap();
+}
+
+fn header64(path: &std::path::Path, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    u64::from_be_bytes(b)
+}
+
+/// Where snapshot -c, -a and amend fail inside QEMU's qcow2 code, vm-img
+/// says what qemu-img says (errno numbers, two lines where QEMU reports
+/// twice) and leaves the image as qemu-img leaves it: a refcount that
+/// would overflow leaks the L1 table's copy (iotest 112), a bad snapshot
+/// L1 table stops apply and the downgrade (080), a full snapshot table and
+/// a table naming a cluster no refcount block counts are refused (080).
+#[test]
+fn snapshot_failures_are_qemu_imgs() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img and qemu-io are needed");
+        return;
+    }
+    let d = Dir::new();
+    let p = d.path("f.qcow2");
+    let s = p.to_str().unwrap();
+    // One bit of refcount: the first snapshot cannot count its clusters.
+    qemu_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "refcount_bits=1",
+        s,
+        "64M",
+    ]);
+    qemu_io(&p, "qcow2", &["write 0 512"]);
+    let snap_c = ["snapshot", "-c", "foo", "IMG"];
+    same_as_qemu_img(&d, &p, &[&snap_c, &["check", "IMG"]], true);
+    // A snapshot whose L1 table is off its cluster boundary, then too big.
+    for (field, value) in [(0u64, 0x40_0200u64), (8, 0x1000_0000_0000_0000)] {
+        qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
+        qemu_io(&p, "qcow2", &["write 0 512"]);
+        qemu_ok(&["snapshot", "-c", "test", s]);
+        let table = header64(&p, 64);
+        if field == 0 {
+            poke64(&p, table, value);
+        } else {
+            // The L1 size is the 32-bit field after the offset.
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(&0x1000_0000u32.to_be_bytes(), table + 8)
+                .unwrap();
+        }
+        same_as_qemu_img(
+            &d,
+            &p,
+            &[
+                &["snapshot", "-a", "test", "IMG"],
+                &["amend", "-o", "compat=0.10", "IMG"],
+                &["snapshot", "-d", "test", "IMG"],
+            ],
+            true,
+        );
+    }
+    // A header counting 65536 snapshots, its table past the file's end.
+    qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
+    poke64(&p, 64, 0x100_0000);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&65536u32.to_be_bytes(), 60).unwrap();
+    same_as_qemu_img(&d, &p, &[&["snapshot", "-c", "test", "IMG"]], true);
+    // An L2 entry naming a cluster at 1 TiB, which no refcount block
+    // counts (qemu-img also adds the block before it gives up).
+    qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
+    qemu_io(&p, "qcow2", &["write 0 512"]);
+    let l2 = header64(&p, header64(&p, 40)) & 0x00ff_ffff_ffff_fe00;
+    poke64(&p, l2, 0x8000_00ff_ffff_0000);
+    same_as_qemu_img(&d, &p, &[&["snapshot", "-c", "test", "IMG"]], false);
+}

@@ -66,7 +66,13 @@ pub fn set_lazy_refcounts(path: &Path, on: bool) -> Result<()> {
 
 /// Changes the refcount width to `2^order` bits: a new refcount structure
 /// of that width is written, then the header switches to it.
-pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
+///
+/// `progress` hears the fraction done at the points QEMU reports it: each
+/// walk over the old refcount table (one per placing pass of the new
+/// structure, at least two, then one writing it), entry by entry, out of
+/// the walks known so far (so it steps back when a pass is added, as
+/// qemu-img's does).
+pub fn set_refcount_order(path: &Path, order: u32, progress: &mut dyn FnMut(f64)) -> Result<()> {
     let meta = make_clean(path)?;
     if meta.header.refcount_order == order {
         return Ok(());
@@ -95,7 +101,18 @@ pub fn set_refcount_order(path: &Path, order: u32) -> Result<()> {
             counts[c]
         )));
     }
-    let (table, clusters) = super::rebuild::write_counts(&meta, counts, order)?;
+    let entries = (meta.reftable.len() as u64).max(1);
+    let mut walk = |w: u64, total: u64| {
+        for i in 0..=entries {
+            progress((w * entries + i) as f64 / (total * entries) as f64);
+        }
+    };
+    let mut passes = 0;
+    let (table, clusters) = super::rebuild::write_counts(&meta, counts, order, &mut |w| {
+        walk(w, (w + 2).max(3));
+        passes = w + 1;
+    })?;
+    walk(passes, passes + 1);
     let mut h = meta.header.clone();
     h.refcount_order = order;
     h.refcount_table_offset = table;

@@ -417,10 +417,7 @@ impl Meta {
     /// the command's do) where `snapshot_l1_fault` finds one.
     pub fn snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
         match self.snapshot_l1_fault(s) {
-            Some(L1Fault::Misaligned) => {
-                Err(Error::Invalid("Snapshot L1 table offset invalid".into()))
-            }
-            Some(L1Fault::TooLarge) => Err(Error::Invalid("Snapshot L1 table too large".into())),
+            Some(fault) => Err(Error::SnapshotL1(fault)),
             None => self.read_table(s.l1_table_offset, u64::from(s.l1_size)),
         }
     }
@@ -450,6 +447,24 @@ pub(crate) fn c_str(b: &[u8]) -> &[u8] {
 pub enum L1Fault {
     Misaligned,
     TooLarge,
+}
+
+impl L1Fault {
+    /// QEMU's words for it.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Misaligned => "Snapshot L1 table offset invalid",
+            Self::TooLarge => "Snapshot L1 table too large",
+        }
+    }
+
+    /// The errno QEMU's snapshot code fails with after saying it.
+    pub fn errno(self) -> i32 {
+        match self {
+            Self::Misaligned => libc::EINVAL,
+            Self::TooLarge => libc::EFBIG,
+        }
+    }
 }
 
 /// A snapshot table as read (see [`Meta::snapshot_table`]).

@@ -78,8 +78,14 @@ pub fn rebuild(meta: &Meta, counts: &[u32]) -> Result<()> {
 /// Writes a complete refcount structure of `2^order`-bit counts for
 /// `counts` (each checked to fit the width) into free clusters and syncs;
 /// returns the new table's offset and length in clusters, for the caller
-/// to put in the header.
-pub fn write_counts(meta: &Meta, counts: Vec<u64>, order: u32) -> Result<(u64, u32)> {
+/// to put in the header. `on_pass` hears of each placing pass (0, 1, ...)
+/// as it ends, the last being the one that found nothing more to place.
+pub fn write_counts(
+    meta: &Meta,
+    counts: Vec<u64>,
+    order: u32,
+    on_pass: &mut dyn FnMut(u64),
+) -> Result<(u64, u32)> {
     let cs = meta.cluster_size();
     let per_block = cs * 8 / (1u64 << order);
     let mut counts = counts;
@@ -87,7 +93,7 @@ pub fn write_counts(meta: &Meta, counts: Vec<u64>, order: u32) -> Result<(u64, u
     // new block or table may land in a range that had none: repeat.
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
     let mut table: Option<(u64, u64)> = None;
-    loop {
+    for pass in 0.. {
         let mut changed = false;
         let ranges = (counts.len() as u64).div_ceil(per_block);
         for b in 0..ranges {
@@ -116,6 +122,7 @@ pub fn write_counts(meta: &Meta, counts: Vec<u64>, order: u32) -> Result<(u64, u
             table = Some((alloc(&mut counts, clusters), clusters));
             changed = true;
         }
+        on_pass(pass);
         if !changed {
             break;
         }

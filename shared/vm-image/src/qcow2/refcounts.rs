@@ -60,6 +60,17 @@ impl Refcounts {
         }
     }
 
+    /// Whether a refcount block (on disk, or added by this edit) counts
+    /// the cluster at `offset`.
+    pub fn has_block(&self, offset: u64) -> bool {
+        let b = offset / self.cs / self.per_block;
+        self.blocks.contains_key(&b)
+            || usize::try_from(b)
+                .ok()
+                .and_then(|i| self.table.get(i))
+                .is_some_and(|&at| at != 0)
+    }
+
     /// The refcount table's offset and length in clusters, for a caller
     /// that writes the whole header after a flush (which may have moved it).
     pub fn table_location(&self) -> (u64, u32) {
@@ -95,8 +106,9 @@ impl Refcounts {
             .checked_add_signed(delta)
             .filter(|&v| v <= max)
             .ok_or_else(|| {
-                Error::corrupt(
+                Error::errno(
                     &meta.path,
+                    libc::EINVAL,
                     format!(
                         "refcount of cluster {c} cannot go from {} by {delta} \
                          (refcount_bits allows {max})",
@@ -204,8 +216,9 @@ impl Refcounts {
         let need = ((b + 1) * 8).div_ceil(self.cs);
         let clusters = need.max(self.table_clusters + self.table_clusters.div_ceil(2));
         if clusters * self.cs > super::header::MAX_REFTABLE_BYTES {
-            return Err(Error::unsupported(
+            return Err(Error::errno(
                 &meta.path,
+                libc::EFBIG,
                 "the refcount table would grow past 8 MiB",
             ));
         }

@@ -42,18 +42,35 @@ pub fn create(
     let meta = open(path, faults)?;
     let snaps = meta.snapshots()?;
     if snaps.len() >= MAX_SNAPSHOTS as usize {
-        return Err(Error::unsupported(path, "too many snapshots"));
+        return Err(too_many(path));
     }
-    let mut rc = Refcounts::new(&meta);
     let table = raw_table(&meta, &snaps)?;
+    // QEMU's order: the copy of the L1 table is allocated, written and
+    // counted first; a failure raising the counts below leaves it leaked
+    // (`check -r leaks` frees it), as qemu-img leaves it.
+    let mut rc = Refcounts::new(&meta);
     let l1_copy = if meta.l1.is_empty() {
         0
     } else {
         let at = rc.alloc(&meta, meta.l1.len() as u64 * 8)?;
+        rc.flush(&meta)?;
         write_table(&meta, at, &meta.l1)?;
+        sync(&meta)?;
         at
     };
-    add_tree(&meta, &mut rc, &meta.l1, 1)?;
+    // The flush may have moved the refcount table.
+    let meta = if rc.table_location()
+        == (
+            meta.header.refcount_table_offset,
+            meta.header.refcount_table_clusters,
+        ) {
+        meta
+    } else {
+        let m = open(path, faults)?;
+        rc = Refcounts::new(&m);
+        m
+    };
+    add_tree(&meta, &mut rc, &meta.l1, 1, true)?;
     let id = next_id(&snaps);
     let mut cut = name.len().min(MAX_NAME);
     while !name.is_char_boundary(cut) {
@@ -107,7 +124,7 @@ pub fn apply(path: &Path, name: &str, faults: Option<&Arc<dyn Faults>>) -> Resul
     };
     // What the snapshot references gains the active image as a user
     // before the active L1 table points at it.
-    add_tree(&meta, &mut rc, &sn_l1, 1)?;
+    add_tree(&meta, &mut rc, &sn_l1, 1, false)?;
     rc.flush(&meta)?;
     write_table(&meta, l1_at, &l1)?;
     sync(&meta)?;
@@ -124,7 +141,7 @@ pub fn apply(path: &Path, name: &str, faults: Option<&Arc<dyn Faults>>) -> Resul
         sync(&meta)?;
     }
     // Only now does the old active state lose its user.
-    add_tree(&meta, &mut rc, &meta.l1, -1)?;
+    add_tree(&meta, &mut rc, &meta.l1, -1, false)?;
     if moved {
         free_range(
             &meta,
@@ -158,7 +175,7 @@ pub fn delete(path: &Path, name: &str, faults: Option<&Arc<dyn Faults>>) -> Resu
     set_snapshot_table(&meta, kept.len() as u32, at)?;
     // From here the snapshot is gone: what fails to be freed is leaked.
     let freed = free_old_table(&meta, &mut rc, &snaps, false)
-        .and_then(|()| add_tree(&meta, &mut rc, &sn_l1, -1))
+        .and_then(|()| add_tree(&meta, &mut rc, &sn_l1, -1, false))
         .and_then(|()| free_range(&meta, &mut rc, sn.l1_table_offset, sn_l1.len() as u64 * 8))
         .and_then(|()| rc.flush(&meta));
     if let Err(e) = freed {
@@ -425,14 +442,40 @@ fn l2_at(meta: &Meta, entry: u64) -> Result<Option<u64>> {
     Ok(Some(at))
 }
 
+/// QEMU's refusal of a snapshot past its limit on their number.
+pub fn too_many(path: &Path) -> Error {
+    Error::errno(path, libc::EFBIG, "too many snapshots")
+}
+
 /// Adds `delta` to the count of every L2 table `l1` names and of every host
 /// cluster those tables' entries use (once per entry, as QEMU counts).
-fn add_tree(meta: &Meta, rc: &mut Refcounts, l1: &[u64], delta: i64) -> Result<()> {
+///
+/// `counted` (a snapshot's creation) refuses a cluster that no refcount
+/// block counts (in a sound image every cluster in use has one), as QEMU
+/// fails on it: its count adds the block and gives up (EAGAIN), or finds
+/// the refcount table would have to grow past its limit (EFBIG).
+fn add_tree(meta: &Meta, rc: &mut Refcounts, l1: &[u64], delta: i64, counted: bool) -> Result<()> {
     let cs = meta.cluster_size();
     let step = (meta.header.l2_entry_size() / 8) as usize;
+    let add = |rc: &mut Refcounts, at: u64| -> Result<()> {
+        if counted && !rc.has_block(at) {
+            let blocks = at / cs / meta.refblock_entries() + 1;
+            let errno = if blocks.saturating_mul(8) > super::header::MAX_REFTABLE_BYTES {
+                libc::EFBIG
+            } else {
+                libc::EAGAIN
+            };
+            return Err(Error::errno(
+                &meta.path,
+                errno,
+                format!("cluster 0x{at:x} has no refcount block"),
+            ));
+        }
+        rc.add(meta, at, delta)
+    };
     for &e in l1 {
         let Some(l2) = l2_at(meta, e)? else { continue };
-        rc.add(meta, l2, delta)?;
+        add(rc, l2)?;
         for &raw in meta.read_table(l2, cs / 8)?.iter().step_by(step) {
             match meta.decode_l2(raw) {
                 L2Entry::Data { host, .. } | L2Entry::Zero { host: Some(host) } => {
@@ -442,11 +485,11 @@ fn add_tree(meta: &Meta, rc: &mut Refcounts, l1: &[u64], delta: i64) -> Result<(
                             format!("cluster offset 0x{host:x} is not aligned"),
                         ));
                     }
-                    rc.add(meta, host, delta)?;
+                    add(rc, host)?;
                 }
                 L2Entry::Compressed { host, len } => {
                     for c in host / cs..=(host + len.max(1) - 1) / cs {
-                        rc.add(meta, c * cs, delta)?;
+                        add(rc, c * cs)?;
                     }
                 }
                 L2Entry::Zero { host: None } | L2Entry::Unallocated => {}

@@ -156,6 +156,9 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         .into());
     }
     let fail = |what: &str| format!("Error while amending options: {what}");
+    // qemu-img's -p: 0% now, the refcount width change's walks, 100% at
+    // the end.
+    let mut progress = crate::progress::Progress::new(a.progress, 0);
     if version > header.version {
         amend::set_version(path, version).with_context(|| fail("upgrade"))?;
     }
@@ -182,11 +185,13 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         bitmaps.store(&[])?;
     }
     if order != header.refcount_order {
-        amend::set_refcount_order(path, order).map_err(|e| anyhow!(e))?;
+        amend::set_refcount_order(path, order, &mut |f| progress.fraction(f))
+            .map_err(|e| anyhow!(e))?;
     }
     if version < header.version {
         amend::set_version(path, version)
-            .map_err(|e| util::marked_corrupt(e, "Failed to turn zero into data clusters"))?;
+            .map_err(|e| util::qcow2_failure(e, "Failed to turn zero into data clusters"))?;
     }
+    progress.finish();
     Ok(0)
 }

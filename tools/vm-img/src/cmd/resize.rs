@@ -56,7 +56,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
             });
         if shrinking {
             vm_image::qcow2::shrink::check_refblocks(path)
-                .map_err(|e| util::marked_corrupt(e, "Failed to discard unused refblocks"))?;
+                .map_err(|e| util::qcow2_failure(e, "Failed to discard unused refblocks"))?;
         }
     }
     let mut img = Image::open(path, &opts).map_err(|e| util::could_not_open(path, e))?;

@@ -49,6 +49,18 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
     if a.force_share {
         bail!("force-share=on can only be used with read-only images");
     }
+    if let Action::Create(name) = action {
+        // QEMU's first refusal, before it reads the table: a header that
+        // already counts its limit of snapshots (its table may lie past
+        // the end of the file, which QEMU reads as zeroes and vm-image
+        // refuses to open).
+        if full_table(path) {
+            bail!(
+                "Could not create snapshot '{name}': {}",
+                errno_text(&snapshot::too_many(path))
+            );
+        }
+    }
     let (_lock, img) = util::lock_for_edit(path, format)?;
     let qcow2 = img.format() == Format::Qcow2;
     drop(img);
@@ -62,7 +74,11 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
                 .unwrap_or_default();
             let date = (now.as_secs() as u32, now.subsec_micros() * 1000);
             snapshot::create(path, name, date, faults)
-                .map_err(|e| anyhow!(e))
+                .map_err(|e| match e {
+                    // qemu-img says these by their number.
+                    vm_image::Error::Errno { .. } => anyhow!(errno_text(&e)),
+                    e => anyhow!(e),
+                })
                 .with_context(|| format!("Could not create snapshot '{name}'"))?;
         }
         Action::Apply(name) => {
@@ -70,7 +86,7 @@ pub fn run(a: &SnapshotArgs) -> Result<i32> {
                 bail!("Could not apply snapshot '{name}': Block driver does not support snapshots");
             }
             snapshot::apply(path, name, faults)
-                .map_err(|e| anyhow!(e))
+                .map_err(|e| util::qcow2_failure(e, "Failed to load snapshot"))
                 .with_context(|| format!("Could not apply snapshot '{name}'"))?;
         }
         Action::Delete(name) => {
@@ -162,4 +178,28 @@ fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// An errno error as qemu-img prints it: `-N (text)`.
+fn errno_text(e: &vm_image::Error) -> String {
+    match e {
+        vm_image::Error::Errno { errno, .. } => format!(
+            "-{errno} ({})",
+            vm_image::os_text(&std::io::Error::from_raw_os_error(*errno))
+        ),
+        e => e.to_string(),
+    }
+}
+
+/// Whether `path` is a qcow2 image whose header already counts QEMU's
+/// limit of snapshots (read from the header's fixed fields alone).
+fn full_table(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 64];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut h, 0))
+        .is_ok()
+        && h[..4] == *b"QFI\xfb"
+        && u32::from_be_bytes([h[60], h[61], h[62], h[63]])
+            >= vm_image::qcow2::header::MAX_SNAPSHOTS
 }

@@ -163,3 +163,46 @@ impl Drop for NbdServer {
         let _ = self.child.wait();
     }
 }
+
+/// Runs each command on a copy of `img` (`IMG` in it) with vm-img and with
+/// qemu-img, in turn: each must say the same (stdout, stderr with the
+/// program's name aside, exit code), and with `identical` the two files
+/// must end byte for byte the same (without it, the image's end is not
+/// compared). Returns vm-img's copy.
+pub fn same_as_qemu_img(d: &Dir, img: &Path, commands: &[&[&str]], identical: bool) -> PathBuf {
+    let ours = d.path("ours.qcow2");
+    let theirs = d.path("theirs.qcow2");
+    std::fs::copy(img, &ours).unwrap();
+    std::fs::copy(img, &theirs).unwrap();
+    let with = |cmd: &[&str], p: &Path| -> Vec<String> {
+        (cmd.iter())
+            .map(|s| s.replace("IMG", p.to_str().unwrap()))
+            .collect()
+    };
+    for cmd in commands {
+        let a = with(cmd, &ours);
+        let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let b = with(cmd, &theirs);
+        let (qcode, qout, qerr) = qemu_img(&b.iter().map(String::as_str).collect::<Vec<_>>());
+        let names = |s: &str, p: &Path| {
+            (s.replace(p.to_str().unwrap(), "IMG").lines())
+                .filter(|l| identical || !l.starts_with("Image end offset"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            (
+                code,
+                names(&out, &ours),
+                names(&err, &ours).replace("vm-img:", "qemu-img:")
+            ),
+            (qcode, names(&qout, &theirs), names(&qerr, &theirs)),
+            "{cmd:?}"
+        );
+    }
+    assert!(
+        !identical || std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "the images differ after {commands:?}"
+    );
+    ours
+}
