@@ -525,6 +525,18 @@ pub fn lock_for_edit(
         backing: false,
         ..vm_image::OpenOptions::default()
     };
+    // To be edited: an image marked corrupt is refused as QEMU refuses to
+    // open it for writing (before imago's open, which has its own words).
+    let corrupt = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| vm_image::qcow2::meta::Meta::open(path, f).ok())
+        .is_some_and(|m| m.header.corrupt());
+    if corrupt && format != Some(vm_image::Format::Raw) {
+        return Err(could_not_open(
+            path,
+            vm_image::qcow2::corrupt::refuse_write(path),
+        ));
+    }
     let img = vm_image::Image::open(path, &opts).map_err(|e| could_not_open(path, e))?;
     Ok((lock, img))
 }

@@ -210,3 +210,42 @@ fn a_shrink_meets_refcount_blocks_nothing_covers_as_qemu_img_does() {
         qemu_clean(&ours);
     }
 }
+
+#[test]
+fn an_image_marked_corrupt_is_not_edited_until_repaired() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: qemu-img and qemu-io are needed");
+        return;
+    }
+    let d = Dir::new();
+    let (img, l2) = image(&d);
+    poke(&img, l2, (1 << 63) | 0x5_2a00 | 1);
+    downgrade_refused(
+        &img,
+        &format!("Cluster allocation offset 0x52a00 unaligned (L2 offset: {l2:#x}, L2 index: 0)"),
+    );
+    // Each edit is refused in qemu-img's words, and nothing changes.
+    same_as_qemu_img(
+        &d,
+        &img,
+        &[
+            &["amend", "-o", "lazy_refcounts=on", "IMG"],
+            &["resize", "IMG", "128M"],
+            &["snapshot", "-c", "s1", "IMG"],
+            &["bitmap", "--add", "IMG", "b0"],
+        ],
+        true,
+    );
+    let before = std::fs::read(&img).unwrap();
+    let i = img.to_str().unwrap();
+    let (code, _, err) = run(&["rebase", "-u", "-b", "", i]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("qcow2: Image is corrupt; cannot be opened read/write"),
+        "{err}"
+    );
+    assert!(
+        before == std::fs::read(&img).unwrap(),
+        "rebase -u changed the image"
+    );
+}

@@ -73,6 +73,9 @@ pub(super) fn open_layer(
     let probed = format.is_none();
     let format = format.unwrap_or_else(|| Format::probe(&head));
     let header = layer_header(path, format, &head, len)?;
+    if write && header.as_ref().is_some_and(Header::corrupt) {
+        return Err(crate::qcow2::corrupt::refuse_write(path));
+    }
     if let Some(h) = header.as_ref().filter(|h| h.extended_l2()) {
         // ext_l2.rs reads these; nothing writes them yet.
         let why = if write {

@@ -6,6 +6,8 @@
 
 use super::header::INCOMPAT_CORRUPT;
 use super::meta::Meta;
+use std::path::Path;
+
 use crate::{Error, Result};
 
 /// Sets the corrupt bit (a v3 header's; a v2 header has nowhere to keep it)
@@ -42,4 +44,10 @@ pub fn hex(v: u64) -> String {
     } else {
         format!("{v:#x}")
     }
+}
+
+/// QEMU's refusal to open an image marked corrupt for writing: only
+/// `check -r` writes into it.
+pub fn refuse_write(path: &Path) -> Error {
+    Error::corrupt(path, "qcow2: Image is corrupt; cannot be opened read/write")
 }

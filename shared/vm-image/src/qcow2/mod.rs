@@ -27,6 +27,9 @@ use crate::{Error, Result};
 /// backing file. The caller holds the image's write lock.
 pub fn set_backing(path: &Path, name: Option<&str>, format: Option<&str>) -> Result<()> {
     let meta = meta::Meta::open_rw(path)?;
+    if meta.header.corrupt() {
+        return Err(corrupt::refuse_write(path));
+    }
     let mut h = meta.header.clone();
     h.backing_file = name.map(str::to_string);
     h.backing_format = name.and(format).map(str::to_string);

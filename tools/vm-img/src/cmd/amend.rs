@@ -125,6 +125,12 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
         .map_err(anyhow::Error::from)
         .and_then(|f| Ok(Meta::open(path, f)?.header))
         .map_err(|e| util::could_not_open(path, e))?;
+    if header.corrupt() {
+        return Err(util::could_not_open(
+            path,
+            vm_image::qcow2::corrupt::refuse_write(path),
+        ));
+    }
     let version = c.version.unwrap_or(header.version);
     let order = c.refcount_order.unwrap_or(header.refcount_order);
     // qemu-img's two words for it: a width change asked together with the

@@ -378,8 +378,8 @@ pub fn target_with_locking(
             name.display()
         ),
         Located::Debug { .. } => bail!(
-            "'{}': this command opens local files only (blkdebug is read by info, map, compare \
-             and convert)",
+            "'{}': this command opens local files only (blkdebug is taken by info, map, \
+             compare, convert, commit and snapshot)",
             name.display()
         ),
         Located::Quorum { .. } => bail!(
