@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::*;
@@ -16,20 +15,6 @@ const L1: u64 = 0x3_0000;
 /// The incompatible-features field of a v3 header, and its corrupt bit.
 const FEATURES: u64 = 72;
 const CORRUPT: u64 = 1 << 1;
-
-fn be64(path: &Path, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    u64::from_be_bytes(b)
-}
-
-fn poke(path: &Path, at: u64, value: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(&value.to_be_bytes(), at).unwrap();
-}
 
 /// A 64 MiB qcow2 whose first cluster holds 64 KiB of 0x55, and the
 /// offset of its first L2 table.
@@ -67,6 +52,19 @@ fn downgrade_refused(img: &Path, fault: &str) {
     assert!(qemu_ok(&["info", img.to_str().unwrap()]).contains("corrupt: true"));
 }
 
+/// An image whose downgrade met a preallocated zero cluster at 0x52a00
+/// (zeroing it would write 64 KiB across whatever lies there), refused and
+/// marked corrupt.
+fn marked_by_downgrade(d: &Dir) -> std::path::PathBuf {
+    let (img, l2) = image(d);
+    poke64(&img, l2, (1 << 63) | 0x5_2a00 | 1);
+    downgrade_refused(
+        &img,
+        &format!("Cluster allocation offset 0x52a00 unaligned (L2 offset: {l2:#x}, L2 index: 0)"),
+    );
+    img
+}
+
 #[test]
 fn downgrade_stops_at_an_unaligned_preallocated_zero_cluster() {
     if !have("qemu-img") || !have("qemu-io") {
@@ -74,14 +72,7 @@ fn downgrade_stops_at_an_unaligned_preallocated_zero_cluster() {
         return;
     }
     let d = Dir::new();
-    let (img, l2) = image(&d);
-    // Zeroing this "cluster" would write 64 KiB at 0x52a00, across
-    // whatever lies there.
-    poke(&img, l2, (1 << 63) | 0x5_2a00 | 1);
-    downgrade_refused(
-        &img,
-        &format!("Cluster allocation offset 0x52a00 unaligned (L2 offset: {l2:#x}, L2 index: 0)"),
-    );
+    let img = marked_by_downgrade(&d);
     // check -r mends the entry and clears the bit; then the downgrade runs.
     let i = img.to_str().unwrap();
     let (code, out, _) = run(&["check", "-r", "all", i]);
@@ -101,14 +92,14 @@ fn downgrade_does_not_zero_the_l1_table() {
     let (img, l2) = image(&d);
     // A preallocated zero cluster "at" the L1 table: aligned, in the file,
     // and zeroing it would unmap every cluster of the image.
-    poke(&img, l2, (1 << 63) | L1 | 1);
+    poke64(&img, l2, (1 << 63) | L1 | 1);
     downgrade_refused(
         &img,
         "Preventing invalid write on metadata (overlaps with active L1 table)",
     );
     // One on the L2 table itself.
     let (img, l2) = image(&d);
-    poke(&img, l2 + 8, (1 << 63) | l2 | 1);
+    poke64(&img, l2 + 8, (1 << 63) | l2 | 1);
     downgrade_refused(
         &img,
         "Preventing invalid write on metadata (overlaps with active L2 table)",
@@ -123,7 +114,7 @@ fn downgrade_stops_at_an_unaligned_l2_table() {
     }
     let d = Dir::new();
     let (img, _) = image(&d);
-    poke(&img, L1, (1 << 63) | 0x4_2a00);
+    poke64(&img, L1, (1 << 63) | 0x4_2a00);
     downgrade_refused(&img, "L2 table offset 0x42a00 unaligned (L1 index: 0)");
 }
 
@@ -142,7 +133,7 @@ fn an_unaligned_refcount_block_is_checked_and_repaired_as_qemu_img_does() {
     let p = d.path("u.qcow2");
     ok(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "64M"]);
     qemu_io(&p, "qcow2", &["write -P 0x3c 0 128k"]);
-    poke(&p, reftable(&p), 0x2a00);
+    poke64(&p, reftable(&p), 0x2a00);
     // A check reads nothing it cannot; a repair rebuilds the refcounts,
     // marks the image corrupt and fails; the second one frees the old
     // structure and clears the bit.
@@ -188,7 +179,7 @@ fn a_shrink_meets_refcount_blocks_nothing_covers_as_qemu_img_does() {
             "64M",
         ]);
         for &(i, v) in entries {
-            poke(&p, reftable(&p) + 8 * i, v);
+            poke64(&p, reftable(&p) + 8 * i, v);
         }
         // The shrink fails with the size kept; the repairs mend the rest.
         let ours = same_as_qemu_img(
@@ -218,12 +209,7 @@ fn an_image_marked_corrupt_is_not_edited_until_repaired() {
         return;
     }
     let d = Dir::new();
-    let (img, l2) = image(&d);
-    poke(&img, l2, (1 << 63) | 0x5_2a00 | 1);
-    downgrade_refused(
-        &img,
-        &format!("Cluster allocation offset 0x52a00 unaligned (L2 offset: {l2:#x}, L2 index: 0)"),
-    );
+    let img = marked_by_downgrade(&d);
     // Each edit is refused in qemu-img's words, and nothing changes.
     same_as_qemu_img(
         &d,

@@ -397,20 +397,6 @@ fn edits_past_the_refcount_table_grow_it() {
     assert!(list.contains(" d ") && !list.contains(" a "), "{list}");
 }
 
-fn poke64(path: &std::path::Path, at: u64, value: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(&value.to_be_bytes(), at).unwrap();
-}
-
-fn header64(path: &std::path::Path, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    u64::from_be_bytes(b)
-}
-
 /// Where snapshot -c, -a and amend fail inside QEMU's qcow2 code, vm-img
 /// says what qemu-img says (errno numbers, two lines where QEMU reports
 /// twice) and leaves the image as qemu-img leaves it: a refcount that
@@ -445,7 +431,7 @@ fn snapshot_failures_are_qemu_imgs() {
         qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
         qemu_io(&p, "qcow2", &["write 0 512"]);
         qemu_ok(&["snapshot", "-c", "test", s]);
-        let table = header64(&p, 64);
+        let table = be64(&p, 64);
         if field == 0 {
             poke64(&p, table, value);
         } else {
@@ -475,7 +461,7 @@ fn snapshot_failures_are_qemu_imgs() {
     // counts (qemu-img also adds the block before it gives up).
     qemu_ok(&["create", "-q", "-f", "qcow2", s, "64M"]);
     qemu_io(&p, "qcow2", &["write 0 512"]);
-    let l2 = header64(&p, header64(&p, 40)) & 0x00ff_ffff_ffff_fe00;
+    let l2 = be64(&p, be64(&p, 40)) & 0x00ff_ffff_ffff_fe00;
     poke64(&p, l2, 0x8000_00ff_ffff_0000);
     same_as_qemu_img(&d, &p, &[&["snapshot", "-c", "test", "IMG"]], false);
 }

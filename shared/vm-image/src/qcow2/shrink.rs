@@ -50,16 +50,11 @@ pub fn check_refblocks(path: &Path) -> Result<()> {
     if outside.is_empty() {
         return Ok(());
     }
-    let io = |e| Error::io(path, e);
-    for &(i, _) in &outside {
-        meta.file
-            .write_all_at(
-                &0u64.to_be_bytes(),
-                meta.header.refcount_table_offset + i as u64 * 8,
-            )
-            .map_err(io)?;
-    }
-    meta.file.sync_all().map_err(io)?;
+    clear_entries(
+        &meta,
+        meta.header.refcount_table_offset,
+        outside.iter().map(|&(i, _)| i as u64),
+    )?;
     let per_block = meta.refblock_entries();
     let mut rc = Refcounts::new(&meta);
     for &(_, off) in &outside {
@@ -142,16 +137,11 @@ fn drop_l2_tables_past_end(path: &Path) -> Result<()> {
     if gone.is_empty() {
         return Ok(());
     }
-    let io = |e| Error::io(path, e);
-    for &(i, _) in &gone {
-        meta.file
-            .write_all_at(
-                &0u64.to_be_bytes(),
-                meta.header.l1_table_offset + i as u64 * 8,
-            )
-            .map_err(io)?;
-    }
-    meta.file.sync_all().map_err(io)?;
+    clear_entries(
+        &meta,
+        meta.header.l1_table_offset,
+        gone.iter().map(|&(i, _)| i as u64),
+    )?;
     let mut rc = Refcounts::new(&meta);
     let step = (meta.header.l2_entry_size() / 8) as usize;
     for &(_, l2) in &gone {
@@ -214,16 +204,11 @@ fn drop_empty_blocks(path: &Path) -> Result<usize> {
     if empty.is_empty() {
         return Ok(0);
     }
-    let io = |e| Error::io(path, e);
-    for &(b, _, _) in &empty {
-        meta.file
-            .write_all_at(
-                &0u64.to_be_bytes(),
-                meta.header.refcount_table_offset + b * 8,
-            )
-            .map_err(io)?;
-    }
-    meta.file.sync_all().map_err(io)?;
+    clear_entries(
+        &meta,
+        meta.header.refcount_table_offset,
+        empty.iter().map(|&(b, _, _)| b),
+    )?;
     // A block counted in another block still holds a count there (the
     // table Refcounts reads still lists the dropped blocks: none of them is
     // the block that counts another).
@@ -239,4 +224,16 @@ fn drop_empty_blocks(path: &Path) -> Result<usize> {
         rc.flush(&meta)?;
     }
     Ok(empty.len())
+}
+
+/// Zeroes the listed entries of the table at `table` (an L1 or refcount
+/// table), then syncs, before anything they named loses its count.
+fn clear_entries(meta: &Meta, table: u64, entries: impl Iterator<Item = u64>) -> Result<()> {
+    let io = |e| Error::io(&meta.path, e);
+    for i in entries {
+        meta.file
+            .write_all_at(&0u64.to_be_bytes(), table + i * 8)
+            .map_err(io)?;
+    }
+    meta.file.sync_all().map_err(io)
 }

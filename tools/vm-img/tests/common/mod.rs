@@ -206,3 +206,22 @@ pub fn same_as_qemu_img(d: &Dir, img: &Path, commands: &[&[&str]], identical: bo
     );
     ours
 }
+
+/// The big-endian 64-bit value at `at` in a file (a qcow2 header field or
+/// table entry).
+pub fn be64(path: &Path, at: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    u64::from_be_bytes(b)
+}
+
+/// Writes `value` big-endian at `at` in a file (forging a field or entry).
+pub fn poke64(path: &Path, at: u64, value: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&value.to_be_bytes(), at).unwrap();
+}
