@@ -11,6 +11,7 @@ use super::header::{
     Header, COMPRESSED, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA as MAX_EXTRA,
     MAX_SNAPSHOT_TABLE_BYTES as MAX_TABLE_BYTES, OFFSET_MASK, ZERO,
 };
+pub use super::overlap::MetadataClusters;
 use crate::host::Host;
 use crate::{Error, Result, TableFault};
 
@@ -56,41 +57,6 @@ pub struct Meta {
     pub header: Header,
     pub l1: Vec<u64>,
     pub reftable: Vec<u64>,
-}
-
-/// See [`Meta::metadata_clusters`].
-#[derive(Debug)]
-pub struct MetadataClusters {
-    cs: u64,
-    /// Cluster ranges, first to last (exclusive).
-    l1: (u64, u64),
-    reftable: (u64, u64),
-    refblocks: std::collections::HashSet<u64>,
-}
-
-impl MetadataClusters {
-    /// Whether the cluster holding `offset` is one of them.
-    pub fn contains(&self, offset: u64) -> bool {
-        self.kind(offset).is_some()
-    }
-
-    /// Which of them the cluster holding `offset` is, in the words of
-    /// QEMU's overlap check.
-    pub fn kind(&self, offset: u64) -> Option<&'static str> {
-        let c = offset / self.cs;
-        let within = |(a, b): (u64, u64)| c >= a && c < b;
-        if c == 0 {
-            Some("qcow2_header")
-        } else if within(self.l1) {
-            Some("active L1 table")
-        } else if within(self.reftable) {
-            Some("refcount table")
-        } else if self.refblocks.contains(&c) {
-            Some("refcount block")
-        } else {
-            None
-        }
-    }
 }
 
 fn be64s(buf: &[u8]) -> Vec<u64> {
@@ -212,22 +178,7 @@ impl Meta {
     /// be (QEMU's metadata overlap check). Built once per edit, so a check
     /// per table costs a lookup.
     pub fn metadata_clusters(&self) -> MetadataClusters {
-        let cs = self.cluster_size();
-        let span = |start: u64, bytes: u64| (start / cs, (start / cs) + bytes.div_ceil(cs));
-        MetadataClusters {
-            cs,
-            l1: span(self.header.l1_table_offset, self.l1.len() as u64 * 8),
-            reftable: span(
-                self.header.refcount_table_offset,
-                u64::from(self.header.refcount_table_clusters) * cs,
-            ),
-            refblocks: self
-                .reftable
-                .iter()
-                .map(|e| (e & super::header::OFFSET_MASK) / cs)
-                .filter(|&c| c != 0)
-                .collect(),
-        }
+        MetadataClusters::of(self)
     }
 
     /// Reads the L2 table at `offset` as decoded entries.

@@ -11,6 +11,7 @@ pub mod empty;
 pub mod ext_resize;
 pub mod header;
 pub mod meta;
+pub mod overlap;
 pub mod prealloc;
 pub mod rebuild;
 pub mod refcounts;
