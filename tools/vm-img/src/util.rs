@@ -482,32 +482,64 @@ impl KeptBitmaps {
 /// will not use), then `what` failed with the errno it returned. Other
 /// errors pass through unchanged.
 pub fn qcow2_failure(e: vm_image::Error, what: &str) -> anyhow::Error {
-    let errno = |n: i32| vm_image::os_text(&std::io::Error::from_raw_os_error(n));
     match e {
         vm_image::Error::MarkedCorrupt { what: fault, .. } => {
             eprintln!(
                 "qcow2: Marking image as corrupt: {fault}; further corruption events will be \
                  suppressed"
             );
-            anyhow::anyhow!("{what}: {}", errno(libc::EIO))
+            anyhow::anyhow!("{what}: {}", strerror(libc::EIO))
         }
         vm_image::Error::SnapshotL1(fault) => {
             crate::error_line(fault.message());
-            anyhow::anyhow!("{what}: {}", errno(fault.errno()))
+            anyhow::anyhow!("{what}: {}", strerror(fault.errno()))
         }
         e => anyhow::Error::from(e),
     }
 }
 
+/// An errno's words, as C's strerror gives them (what QEMU prints).
+pub fn strerror(errno: i32) -> String {
+    vm_image::os_text(&io::Error::from_raw_os_error(errno))
+}
+
 /// The format from the magic alone, for images too broken to open (check)
-/// or whose metadata the command checks as it goes (amend).
+/// or whose metadata the command checks as it goes (amend). Opened as
+/// every image is: a FIFO or other special file is refused, not waited on.
 pub fn probe_magic(path: &Path) -> Result<vm_image::Format> {
     use std::io::Read;
     let mut magic = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|f| f.take(512).read(&mut magic))
+    let n = vm_image::open_image_file(path, false, false)
+        .map_err(|e| could_not_open(path, e))?
+        .take(512)
+        .read(&mut magic)
         .map_err(|e| could_not_open(path, e))?;
     Ok(vm_image::Format::probe(&magic[..n]))
+}
+
+/// A qcow2 image's header (with its L1 and refcount tables' places
+/// checked), read through the same checked open as every image.
+pub fn read_qcow2_header(path: &Path) -> vm_image::Result<vm_image::qcow2::header::Header> {
+    let f = vm_image::open_image_file(path, false, false)?;
+    Ok(vm_image::qcow2::meta::Meta::open(path, f)?.header)
+}
+
+/// As [`read_qcow2_header`], `None` where the file is not a qcow2 image
+/// that parses.
+pub fn qcow2_header(path: &Path) -> Option<vm_image::qcow2::header::Header> {
+    read_qcow2_header(path).ok()
+}
+
+/// QEMU's refusal of an edit to an image marked corrupt (only `check -r`
+/// writes into one).
+pub fn refuse_corrupt(path: &Path, header: &vm_image::qcow2::header::Header) -> Result<()> {
+    if header.corrupt() {
+        return Err(could_not_open(
+            path,
+            vm_image::qcow2::corrupt::refuse_write(path),
+        ));
+    }
+    Ok(())
 }
 
 /// Takes the write lock of an image to be edited in place, then opens it
@@ -527,15 +559,10 @@ pub fn lock_for_edit(
     };
     // To be edited: an image marked corrupt is refused as QEMU refuses to
     // open it for writing (before imago's open, which has its own words).
-    let corrupt = std::fs::File::open(path)
-        .ok()
-        .and_then(|f| vm_image::qcow2::meta::Meta::open(path, f).ok())
-        .is_some_and(|m| m.header.corrupt());
-    if corrupt && format != Some(vm_image::Format::Raw) {
-        return Err(could_not_open(
-            path,
-            vm_image::qcow2::corrupt::refuse_write(path),
-        ));
+    if format != Some(vm_image::Format::Raw) {
+        if let Some(h) = qcow2_header(path) {
+            refuse_corrupt(path, &h)?;
+        }
     }
     let img = vm_image::Image::open(path, &opts).map_err(|e| could_not_open(path, e))?;
     Ok((lock, img))

@@ -183,6 +183,10 @@ fn a_fifo_is_refused_not_waited_on() {
         vec!["map", f],
         vec!["convert", "-O", "raw", f, &d.s("out.raw")],
         vec!["resize", f, "1M"],
+        vec!["resize", "--shrink", f, "1M"],
+        vec!["snapshot", "-c", "s", f],
+        vec!["amend", "-o", "compat=0.10", f],
+        vec!["bitmap", "--add", f, "b"],
     ] {
         let t0 = Instant::now();
         let mut child = vm_img()

@@ -13,15 +13,6 @@ use common::*;
 /// The host-offset bits of an L1 or L2 entry.
 const MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
-fn be64(path: &Path, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    u64::from_be_bytes(b)
-}
-
 fn patch(path: &Path, at: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, at).unwrap();

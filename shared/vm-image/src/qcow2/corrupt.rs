@@ -4,10 +4,10 @@
 //! (QEMU, and vm-image's opens for writing) until `check -r` has mended the
 //! image, so a half-understood image is not written into further.
 
-use super::header::INCOMPAT_CORRUPT;
-use super::meta::Meta;
 use std::path::Path;
 
+use super::header::INCOMPAT_CORRUPT;
+use super::meta::Meta;
 use crate::{Error, Result};
 
 /// Sets the corrupt bit (a v3 header's; a v2 header has nowhere to keep it)

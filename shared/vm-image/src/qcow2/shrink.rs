@@ -56,6 +56,9 @@ pub fn check_refblocks(path: &Path) -> Result<()> {
         outside.iter().map(|&(i, _)| i as u64),
     )?;
     let per_block = meta.refblock_entries();
+    // A hostile table may hold a million such entries: looked up, not
+    // searched.
+    let gone: std::collections::HashSet<u64> = outside.iter().map(|&(_, o)| o).collect();
     let mut rc = Refcounts::new(&meta);
     for &(_, off) in &outside {
         let index = off / cs / per_block;
@@ -63,7 +66,7 @@ pub fn check_refblocks(path: &Path) -> Result<()> {
             .ok()
             .and_then(|i| meta.reftable.get(i))
             .map_or(0, |e| e & OFFSET_MASK);
-        if covering == 0 || outside.iter().any(|&(_, o)| o == covering) {
+        if covering == 0 || gone.contains(&covering) {
             return Err(corrupt::mark(
                 &meta,
                 format!(

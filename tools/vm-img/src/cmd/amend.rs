@@ -6,7 +6,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 
 use vm_image::qcow2::amend;
-use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{parse_size, BareNumber};
 
@@ -121,16 +120,8 @@ pub fn run(a: &AmendArgs) -> Result<i32> {
     }
     // The header alone: the tables are checked by the changes that walk
     // them, which mark the image corrupt where QEMU does.
-    let header = std::fs::File::open(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|f| Ok(Meta::open(path, f)?.header))
-        .map_err(|e| util::could_not_open(path, e))?;
-    if header.corrupt() {
-        return Err(util::could_not_open(
-            path,
-            vm_image::qcow2::corrupt::refuse_write(path),
-        ));
-    }
+    let header = util::read_qcow2_header(path).map_err(|e| util::could_not_open(path, e))?;
+    util::refuse_corrupt(path, &header)?;
     let version = c.version.unwrap_or(header.version);
     let order = c.refcount_order.unwrap_or(header.refcount_order);
     // qemu-img's two words for it: a width change asked together with the

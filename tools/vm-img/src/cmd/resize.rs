@@ -5,7 +5,6 @@ use std::path::Path;
 
 use vm_image::lock::{ImageLock, LockMode};
 use vm_image::qcow2::ext_resize;
-use vm_image::qcow2::meta::Meta;
 use vm_image::{Block, Format, Image, OpenOptions};
 use vm_spec::{BareNumber, SizeChange};
 
@@ -46,14 +45,8 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
     if a.shrink && opts.format != Some(Format::Raw) {
         // A qcow2 shrink meets its refcount table's faults as QEMU's does,
         // before anything changes (an unaligned entry also stops the open).
-        let shrinking = std::fs::File::open(path)
-            .ok()
-            .and_then(|f| Meta::open(path, f).ok())
-            .is_some_and(|m| {
-                change
-                    .apply(m.header.size)
-                    .is_some_and(|n| n < m.header.size)
-            });
+        let shrinking = util::qcow2_header(path)
+            .is_some_and(|h| change.apply(h.size).is_some_and(|n| n < h.size));
         if shrinking {
             vm_image::qcow2::shrink::check_refblocks(path)
                 .map_err(|e| util::qcow2_failure(e, "Failed to discard unused refblocks"))?;
@@ -125,11 +118,7 @@ pub fn run(a: &ResizeArgs) -> Result<i32> {
 /// Whether `path` is a qcow2 image with extended L2 entries (imago opens
 /// none for writing; `resize_extended` edits its tables instead).
 fn extended_l2(path: &Path, format: Option<Format>) -> bool {
-    format != Some(Format::Raw)
-        && std::fs::File::open(path)
-            .ok()
-            .and_then(|f| Meta::open(path, f).ok())
-            .is_some_and(|m| m.header.extended_l2())
+    format != Some(Format::Raw) && util::qcow2_header(path).is_some_and(|h| h.extended_l2())
 }
 
 /// resize of an image with extended L2 entries, with qemu-img's checks.

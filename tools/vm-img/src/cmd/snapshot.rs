@@ -183,23 +183,19 @@ fn clip(s: &str, max: usize) -> &str {
 /// An errno error as qemu-img prints it: `-N (text)`.
 fn errno_text(e: &vm_image::Error) -> String {
     match e {
-        vm_image::Error::Errno { errno, .. } => format!(
-            "-{errno} ({})",
-            vm_image::os_text(&std::io::Error::from_raw_os_error(*errno))
-        ),
+        vm_image::Error::Errno { errno, .. } => format!("-{errno} ({})", util::strerror(*errno)),
         e => e.to_string(),
     }
 }
 
 /// Whether `path` is a qcow2 image whose header already counts QEMU's
-/// limit of snapshots (read from the header's fixed fields alone).
+/// limit of snapshots (read from the header's fixed fields alone, through
+/// the checked open: a FIFO is not waited on).
 fn full_table(path: &Path) -> bool {
     use std::os::unix::fs::FileExt;
+    use vm_image::qcow2::header::{MAGIC, MAX_SNAPSHOTS};
     let mut h = [0u8; 64];
-    std::fs::File::open(path)
-        .and_then(|f| f.read_exact_at(&mut h, 0))
-        .is_ok()
-        && h[..4] == *b"QFI\xfb"
-        && u32::from_be_bytes([h[60], h[61], h[62], h[63]])
-            >= vm_image::qcow2::header::MAX_SNAPSHOTS
+    vm_image::open_image_file(path, false, false).is_ok_and(|f| f.read_exact_at(&mut h, 0).is_ok())
+        && u32::from_be_bytes([h[0], h[1], h[2], h[3]]) == MAGIC
+        && u32::from_be_bytes([h[60], h[61], h[62], h[63]]) >= MAX_SNAPSHOTS
 }
