@@ -65,6 +65,10 @@ impl RunDir {
             bin,
         }
     }
+    /// The folder the tools are run from.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

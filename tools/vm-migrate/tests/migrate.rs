@@ -89,6 +89,38 @@ fn migrate_over_unix_tcp_and_exec() {
     assert_eq!(json(&out)["status"], "completed");
     assert_eq!(env.running(), ["d"]);
     goes_on(&env, "c", "d");
+
+    // A migrated guest's memory is anonymous (no memfd, whose holes say
+    // what was never written): saved and restored, it still goes on with
+    // every page it had.
+    let snap = env.bin().join("vm-snap");
+    assert!(
+        snap.is_file(),
+        "build vm-snap first (cargo build -p vm-snap)"
+    );
+    let file = env.path("d.save");
+    let (code, _, err) = env.run("vm-snap", &["save", "d", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let saved = env.console("d");
+    std::fs::remove_file(env.console_path("d")).unwrap();
+    let console = env.console_path("d");
+    let (code, _, err) = env.run(
+        "vm-snap",
+        &[
+            "restore",
+            "--console",
+            console.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let last = *test_guest::rundir::counts_in(&saved, "round ")
+        .last()
+        .unwrap();
+    env.wait_count("d", "round ", last + 3);
+    let both = saved + &env.console("d");
+    assert!(!both.contains("MEMORY ERROR"), "{both}");
+    contiguous(&both, "round ");
     env.vm_run(&["kill", "d"]);
 }
 

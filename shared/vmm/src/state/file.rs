@@ -164,7 +164,8 @@ impl DirectIo {
 
 /// Writes the VM into `file` (empty, opened for writing): the caller has
 /// paused it. `memfd` is the descriptor behind guest memory when there is
-/// one: its holes (pages never touched) are skipped without reading them.
+/// one. Pages never touched (a memfd's holes, anonymous pages never
+/// mapped) are skipped without reading them.
 /// With `fsync` the file is on stable storage when this returns.
 pub fn write(
     file: &File,
@@ -178,7 +179,6 @@ pub fn write(
     let io = |what: &'static str| Error::io(format!("saved file: {what}"));
     let mut runs = Vec::new();
     let mut at = align_up(PAGE + state.len() as u64);
-    let mut memfd_at = 0u64;
     let mut regions = Vec::new();
     for region in mem.iter() {
         runs.push(MemoryRun {
@@ -186,8 +186,7 @@ pub fn write(
             len: region.len(),
             file_offset: at,
         });
-        regions.push((region, memfd_at));
-        memfd_at += region.len();
+        regions.push(region);
         at = align_up(at + region.len());
     }
     if runs.len() > MAX_RUNS {
@@ -206,7 +205,7 @@ pub fn write(
     // on the development machine). Anything refused falls back to
     // buffered writes; the state, trailer and header always go buffered.
     let mut direct = DirectIo::enable(file);
-    for (run, (region, memfd_off)) in runs.iter().zip(&regions) {
+    for (run, region) in runs.iter().zip(&regions) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| Error::Memory(e.to_string()))?;
@@ -214,13 +213,7 @@ pub fn write(
         // keeps while it exists; its vCPUs and device loops are paused, so
         // nothing writes it while this slice is read.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), region.len() as usize) };
-        let extents = match memfd {
-            Some(f) => crate::memory::data_extents(f, *memfd_off, memfd_off + region.len())
-                .into_iter()
-                .map(|(a, b)| (a - memfd_off, b - memfd_off))
-                .collect(),
-            None => vec![(0, region.len())],
-        };
+        let extents = crate::memory::region_extents(region, memfd);
         for (start, end) in extents {
             let mut page = start;
             while page < end {

@@ -104,8 +104,9 @@ pub struct Vm {
     /// dirty-page tracker).
     machine: Arc<VmFd>,
     mem: GuestMemory,
-    /// The memfd behind guest memory, or the saved file it was mapped from.
-    mem_file: File,
+    /// The memfd behind guest memory, or the saved file it was mapped
+    /// from; none for anonymous memory (a migration's destination).
+    mem_file: Option<File>,
     /// `mem_file` is a memfd holding all of guest memory.
     memfd: bool,
     vcpus: Vec<Vcpu>,
@@ -419,7 +420,7 @@ impl Vm {
     /// Guest memory, and the memfd behind it when it has one (a restored
     /// VM's memory is a private mapping of its saved file instead).
     pub fn memory(&self) -> (&GuestMemory, Option<&File>) {
-        (&self.mem, self.memfd.then_some(&self.mem_file))
+        (&self.mem, self.mem_file.as_ref().filter(|_| self.memfd))
     }
 
     /// A descriptor that becomes readable when a vCPU event is pending
@@ -563,8 +564,8 @@ impl Vm {
         // SAFETY: the VM descriptor stays open while `self` lives, and the
         // borrow ends before `self` is consumed below.
         let vm_fd = unsafe { BorrowedFd::borrow_raw(self.machine.as_raw_fd()) };
-        let handles = [vm_fd, self.mem_file.as_fd()]
-            .iter()
+        let handles = std::iter::once(vm_fd)
+            .chain(self.mem_file.as_ref().map(AsFd::as_fd))
             .filter_map(|fd| fd.try_clone_to_owned().ok())
             .collect();
         self.destroy();

@@ -26,35 +26,39 @@ pub struct Restore<'a> {
 pub enum RestoreMemory {
     /// Mapped privately from a saved file.
     File(memory::Saved),
-    /// Filled by a migration's stream: the memory and its memfd, made by
-    /// [`memory::create_with`] for this spec (and bound to its NUMA nodes
-    /// before the first page arrived).
-    Received(GuestMemory, File),
+    /// Filled by a migration's stream: the memory, made by
+    /// [`memory::create_anonymous`] for this spec (or by
+    /// [`memory::create_with`], with its memfd, for huge pages), and bound
+    /// to its NUMA nodes before the first page arrived.
+    Received(GuestMemory, Option<File>),
 }
 
 /// Guest memory for a machine: new, mapped from a saved file, or the
-/// memory a migration filled. Also says whether a memfd holding all of
-/// guest memory is behind it.
+/// memory a migration filled, with the file behind it (none for
+/// anonymous memory). Also says whether that file is a memfd holding all
+/// of guest memory.
 pub(super) fn guest_memory(
     cfg: &VmConfig,
     from: Option<&RestoreMemory>,
-) -> Result<(GuestMemory, File, bool)> {
+) -> Result<(GuestMemory, Option<File>, bool)> {
     Ok(match from {
         Some(RestoreMemory::File(from)) => {
             let (m, f) = memory::restore(&cfg.name, cfg.memory, cfg.hugepages, from)?;
-            (m, f, cfg.hugepages.is_some())
+            (m, Some(f), cfg.hugepages.is_some())
         }
         Some(RestoreMemory::Received(m, f)) => {
             migrate::check_layout(m, cfg.memory)?;
-            (
-                m.clone(),
-                f.try_clone().map_err(Error::io("guest memory"))?,
-                true,
-            )
+            let f = f
+                .as_ref()
+                .map(File::try_clone)
+                .transpose()
+                .map_err(Error::io("guest memory"))?;
+            let memfd = f.is_some();
+            (m.clone(), f, memfd)
         }
         None => {
             let (m, f) = memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
-            (m, f, true)
+            (m, Some(f), true)
         }
     })
 }

@@ -7,13 +7,11 @@
 //! source hears it and the partial VM is discarded.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm::memory::GuestMemory;
-use vmm::state::stream::{Hello, Reader, Record, Reply, MAX_RECORD};
+use vmm::state::stream::{Hello, Reader, Record, Reply};
 use vmm::state::MachineState;
 
 use super::storage::Targets;
@@ -58,15 +56,24 @@ fn read_hello(conn: &mut Conn) -> Result<Hello> {
 }
 
 /// In the VM process: guest memory for `size` bytes, `ready`, then every
-/// record up to the end. Returns the state and the filled memory.
+/// record up to the end. Returns the state and the filled memory (with
+/// its memfd for huge pages).
 /// Disk contents land in `disks` (storage migration), synced once the
 /// end has arrived.
 pub(crate) fn receive(
     conn: &mut Conn,
     cfg: &vmm::VmConfig,
     disks: &mut Targets,
-) -> Result<(MachineState, GuestMemory, File)> {
-    let (mem, memfd) = vmm::memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
+) -> Result<(MachineState, GuestMemory, Option<File>)> {
+    // Normal pages: anonymous memory with huge pages advised, which the
+    // stream fills in one copy (docs/vm-migrate.md, "Destination memory").
+    // Huge pages from the pool stay a hugetlbfs memfd.
+    let (mem, memfd) = if cfg.hugepages.is_some() {
+        let (m, f) = vmm::memory::create_with(&cfg.name, cfg.memory, cfg.hugepages)?;
+        (m, Some(f))
+    } else {
+        (vmm::memory::create_anonymous(cfg.memory)?, None)
+    };
     if let Some((policy, nodes)) = &cfg.numa {
         // Bound before the first page lands, so pages are placed there.
         vmm::memory::bind(&mem, *policy, nodes)?;
@@ -94,27 +101,8 @@ pub(crate) fn receive(
             std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len)
         }))
     };
-    // Without hugepages, pages are written into the memfd rather than
-    // through the mapping: shmem then allocates each page without
-    // zeroing it first (a whole-page write fills it), which a fault on
-    // the mapping does not spare. hugetlbfs has no write(): its pages
-    // land through the mapping.
-    let by_write = cfg.hugepages.is_none();
-    let mut scratch = vec![0u8; if by_write { MAX_RECORD as usize } else { 0 }];
     let state = loop {
-        let record = if by_write {
-            reader.next_record_in(&mut scratch)?
-        } else {
-            reader.next_record_into(&mut place)?
-        };
-        match record {
-            Record::PagesPlaced { gpa, len } if by_write => {
-                let at = file_offset(&mem, gpa, len)?;
-                memfd
-                    .write_all_at(&scratch[..len as usize], at)
-                    .map_err(|e| anyhow!("writing guest memory at {gpa:#x}: {e}"))?;
-                records += 1;
-            }
+        match reader.next_record_into(&mut place)? {
             Record::PagesPlaced { .. } => records += 1,
             Record::Pages { gpa, data } => {
                 in_memory(&mem, gpa, data.len() as u64)?;
@@ -127,11 +115,6 @@ pub(crate) fn receive(
                     .checked_mul(4096)
                     .ok_or_else(|| anyhow!("a zeroed range too long"))?;
                 in_memory(&mem, gpa, len)?;
-                if by_write {
-                    punch(&memfd, file_offset(&mem, gpa, len)?, len)?;
-                    records += 1;
-                    continue;
-                }
                 let mut at = 0;
                 while at < len {
                     let n = (len - at).min(zero.len() as u64);
@@ -201,44 +184,6 @@ pub(crate) fn announce(conn: &mut Conn, built: Result<vmm::Vm>, paused: bool) ->
     Ok(vm)
 }
 
-/// Where `[gpa, gpa + len)` is in the memfd behind guest memory; the
-/// range must be wholly in one region.
-fn file_offset(mem: &GuestMemory, gpa: u64, len: u64) -> Result<u64> {
-    in_memory(mem, gpa, len)?;
-    let r = mem
-        .find_region(GuestAddress(gpa))
-        .ok_or_else(|| anyhow!("a page record outside guest memory ({gpa:#x})"))?;
-    let inside = gpa - r.start_addr().0;
-    if inside + len > r.len() {
-        bail!("a page record across two memory regions ({gpa:#x} + {len})");
-    }
-    let base = r
-        .file_offset()
-        .ok_or_else(|| anyhow!("guest memory without its file"))?
-        .start();
-    Ok(base + inside)
-}
-
-/// Frees the memfd's pages in a range, which then read as zero.
-fn punch(memfd: &File, at: u64, len: u64) -> Result<()> {
-    let (Ok(off), Ok(n)) = (i64::try_from(at), i64::try_from(len)) else {
-        bail!("a zeroed range too long");
-    };
-    // SAFETY: fallocate on our own memfd; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            memfd.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            n,
-        )
-    };
-    if r < 0 {
-        bail!("zeroing guest memory: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Refuses a range that is not wholly in guest RAM.
 fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
     let ok = usize::try_from(len)
@@ -248,27 +193,4 @@ fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
         bail!("a page record outside guest memory ({gpa:#x} + {len})");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pages written into the memfd show through guest memory's mapping,
-    /// and a punched range reads as zero there again.
-    #[test]
-    fn written_and_punched_pages_show_in_guest_memory() {
-        let (mem, memfd) = vmm::memory::create("recv-test", 4 << 20).unwrap();
-        let page = vec![0x5au8; 8192];
-        let at = file_offset(&mem, 0x10_0000, 8192).unwrap();
-        memfd.write_all_at(&page, at).unwrap();
-        let mut back = vec![0u8; 8192];
-        mem.read_slice(&mut back, GuestAddress(0x10_0000)).unwrap();
-        assert_eq!(back, page);
-        punch(&memfd, at, 4096).unwrap();
-        mem.read_slice(&mut back, GuestAddress(0x10_0000)).unwrap();
-        assert!(back[..4096].iter().all(|&b| b == 0));
-        assert!(back[4096..].iter().all(|&b| b == 0x5a));
-        assert!(file_offset(&mem, (4 << 20) - 4096, 8192).is_err());
-    }
 }
