@@ -27,12 +27,16 @@
 # times a warm touch; which hop meets such memory was chance, and decided
 # the medians (hops of 79 to 715 ms for the same 256 MiB).
 #
+# After each size, a floor: one TCP stream over loopback carrying that
+# many MiB into fresh huge-page memory, with no tool and no checksum. A
+# migration over one stream cannot be faster than that.
+#
 # Ratios below 1.0 mean vm-migrate is faster. Times are wall clock in ms.
 #
 #   bench/vm-migrate.sh [MiB ...]    (default: 256 1024; the fill runs in
 #                                    the guest, about 100 s per GiB on a
 #                                    nested host, once per tool and case)
-#   DOWNTIME=30 (ms, default)
+#   DOWNTIME=30 (ms, default), HOPS=3, WARM=1
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 sizes=("$@")
@@ -101,6 +105,45 @@ warm_up() {
   [ "$warm" = 0 ] || python3 "$work/warm.py" "$1"
 }
 
+# The floor under either tool: one TCP stream over loopback carrying the
+# bytes into fresh anonymous memory with huge pages advised, no tool and
+# no checksum; each run warmed like a hop, the median of 5 in ms.
+cat >"$work/floor.py" <<'PY'
+import mmap, os, socket, subprocess, sys, time
+n = int(sys.argv[1]) << 20
+runs = []
+for _ in range(5):
+    subprocess.run([sys.executable, sys.argv[2], str((n >> 20) + 64)], check=True)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    if os.fork() == 0:
+        s = socket.create_connection(ls.getsockname())
+        chunk = b"\x5a" * (1 << 20)
+        for _ in range(n >> 20):
+            s.sendall(chunk)
+        s.close()
+        os._exit(0)
+    c, _ = ls.accept()
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_HUGEPAGE)
+    view = memoryview(m)
+    t0 = time.monotonic()
+    got = 0
+    while got < n:
+        k = c.recv_into(view[got:], n - got)
+        if k == 0:
+            break
+        got += k
+    runs.append((time.monotonic() - t0) * 1000)
+    os.wait()
+    view.release()
+    m.close()
+    c.close()
+    ls.close()
+print(round(sorted(runs)[2]))
+PY
+
 printf '%-7s %-6s %22s %22s %12s\n' "memory" "guest" "vm-migrate total/down" "QEMU total/down" "total ratio"
 for mb in "${sizes[@]}"; do
   for kind in idle dirty; do
@@ -165,4 +208,5 @@ JSON
     printf '%-7s %-6s %22s %22s %12s\n' "${mb}M" "$kind" "$o_total / $o_down" "$qcol" "$ratio"
     echo "  hops: vm-migrate ${o_totals[*]} ms; QEMU ${q_totals[*]:-} ms"
   done
+  echo "  floor: one loopback TCP stream, no tool, ${mb} MiB: $(python3 "$work/floor.py" "$mb" "$work/warm.py") ms"
 done
