@@ -22,6 +22,18 @@ pub fn host_memory() -> u64 {
     (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
 }
 
+/// Refuses a guest larger than the host's RAM.
+fn fits_host(size: u64) -> Result<()> {
+    let available = host_memory();
+    if size > available {
+        return Err(Error::MemoryTooLarge {
+            requested: size,
+            available,
+        });
+    }
+    Ok(())
+}
+
 /// Free pages in the host's pool of `page`-byte huge pages.
 pub fn free_hugepages(page: u64) -> u64 {
     let path = format!(
@@ -67,13 +79,7 @@ pub fn create_with(name: &str, size: u64, hugepages: Option<u64>) -> Result<(Gue
 /// takes huge pages under the default `enabled=madvise`, as QEMU's RAM
 /// does. Untouched pages read as zero; [`region_extents`] finds the rest.
 pub fn create_anonymous(size: u64) -> Result<GuestMemory> {
-    let available = host_memory();
-    if size > available {
-        return Err(Error::MemoryTooLarge {
-            requested: size,
-            available,
-        });
-    }
+    fits_host(size)?;
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
@@ -101,13 +107,7 @@ pub fn create(name: &str, size: u64) -> Result<(GuestMemory, File)> {
 }
 
 fn create_inner(name: &str, size: u64, hugepages: Option<u64>) -> Result<(GuestMemory, File)> {
-    let available = host_memory();
-    if size > available {
-        return Err(Error::MemoryTooLarge {
-            requested: size,
-            available,
-        });
-    }
+    fits_host(size)?;
     let cname =
         CString::new(format!("vmtools-{name}")).map_err(|e| Error::Memory(e.to_string()))?;
     let flags = match hugepages {

@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record, recv};
-use test_guest::rundir::{contiguous, json, RunDir};
+use test_guest::rundir::{contiguous, counts_in, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
 
 /// The memory-checking guest goes on at the destination from where it
 /// was: its rounds continue one by one across both consoles, and none
 /// reports a memory error.
 fn goes_on(env: &RunDir, from: &str, to: &str) {
-    let last = *env.counts(from, "round ").last().unwrap();
+    goes_on_after(env, env.console(from), to);
+}
+
+/// As [`goes_on`], from what the guest printed before (`before`).
+fn goes_on_after(env: &RunDir, before: String, to: &str) {
+    let last = *counts_in(&before, "round ").last().unwrap();
     env.wait_count(to, "round ", last + 3);
-    let both = env.console(from) + &env.console(to);
+    let both = before + &env.console(to);
     assert!(!both.contains("MEMORY ERROR"), "{both}");
     contiguous(&both, "round ");
 }
@@ -114,13 +119,7 @@ fn migrate_over_unix_tcp_and_exec() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let last = *test_guest::rundir::counts_in(&saved, "round ")
-        .last()
-        .unwrap();
-    env.wait_count("d", "round ", last + 3);
-    let both = saved + &env.console("d");
-    assert!(!both.contains("MEMORY ERROR"), "{both}");
-    contiguous(&both, "round ");
+    goes_on_after(&env, saved, "d");
     env.vm_run(&["kill", "d"]);
 }
 

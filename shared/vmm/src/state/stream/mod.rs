@@ -321,19 +321,6 @@ impl<R: Read> Reader<R> {
         self.next_record_into(&mut |_, _| Ok(None))
     }
 
-    /// As [`Reader::next_record`], but a page record's data is read into
-    /// `scratch` (returned as [`Record::PagesPlaced`], its bytes at the
-    /// start of `scratch`) when it fits, saving an allocation per record.
-    pub fn next_record_in(&mut self, scratch: &mut [u8]) -> Result<Record> {
-        let (at, cap) = (scratch.as_mut_ptr(), scratch.len());
-        self.next_record_into(&mut |_, len| {
-            // SAFETY: `scratch` is borrowed mutably for this call, and
-            // the reader uses the one slice handed out here only until it
-            // returns; nothing else reads or writes `scratch` meanwhile.
-            Ok((len <= cap).then(|| unsafe { std::slice::from_raw_parts_mut(at, len) }))
-        })
-    }
-
     /// As [`Reader::next_record`], but a page record's data goes straight
     /// where `place(gpa, len)` says (guest memory on the destination),
     /// saving two copies; `None` reads it into a vector as usual. The
