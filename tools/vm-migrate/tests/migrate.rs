@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record, recv};
+use common::{
+    env, feed_hostile, finish, flushed_sectors_hold, listening, page_record, record, recv,
+};
 use test_guest::rundir::{contiguous, counts_in, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
 
@@ -542,8 +544,8 @@ fn between_two_network_namespaces() {
 /// with the tests' own CRC, so a hostile stream can be made by hand.
 /// Hostile sources: a destination fed a stream made by hand (a spec that
 /// does not parse, CPU features this host lacks, pages and zeroed ranges
-/// outside guest memory, a state that is not one, an end before the
-/// state, a second hello) answers with an error line, exits non-zero and
+/// outside guest memory, a torn page that never comes again whole, a
+/// state that is not one, an end before the state, a second hello) answers with an error line, exits non-zero and
 /// leaves no VM behind.
 #[test]
 fn hostile_streams_start_nothing() {
@@ -561,10 +563,15 @@ fn hostile_streams_start_nothing() {
         record(1, h.to_string().as_bytes())
     };
     let pages = |gpa: u64, n: usize| {
-        let mut p = gpa.to_le_bytes().to_vec();
-        p.extend_from_slice(&vec![0x5a; 4096 * n]);
-        record(2, &p)
+        page_record(
+            gpa,
+            &vec![0x5a; 4096 * n],
+            &vec![test_guest::crc32(&[0x5a; 4096]); n],
+        )
     };
+    // Two pages, the second of which does not match its checksum, as if
+    // the guest wrote it while the source read it.
+    let torn = |gpa: u64| page_record(gpa, &[0x5a; 8192], &[test_guest::crc32(&[0x5a; 4096]), 0]);
     let zeroes = |gpa: u64, pages: u64| {
         let mut p = gpa.to_le_bytes().to_vec();
         p.extend_from_slice(&pages.to_le_bytes());
@@ -627,6 +634,18 @@ fn hostile_streams_start_nothing() {
             [good.clone(), zeroes(1 << 40, 1)].concat(),
             true,
             "outside guest memory",
+        ),
+        (
+            "a torn page never sent whole",
+            [
+                good.clone(),
+                torn(0x1000),
+                pages(0x3000, 1),
+                record(4, b"{}"),
+            ]
+            .concat(),
+            true,
+            "at 0x2000 failed its checksum",
         ),
         (
             "a state that is not one",

@@ -55,6 +55,23 @@ pub fn record(kind: u32, payload: &[u8]) -> Vec<u8> {
     r
 }
 
+/// A page record made by hand: its checksum covers kind, length, address
+/// and each page's own CRC-32 (`sums`, one per page of `data`).
+pub fn page_record(gpa: u64, data: &[u8], sums: &[u32]) -> Vec<u8> {
+    let len = (8 + 4 * sums.len() + data.len()) as u64;
+    let mut summed = 2u32.to_le_bytes().to_vec();
+    summed.extend_from_slice(&len.to_le_bytes());
+    summed.extend_from_slice(&gpa.to_le_bytes());
+    for s in sums {
+        summed.extend_from_slice(&s.to_le_bytes());
+    }
+    let mut r = 2u32.to_le_bytes().to_vec();
+    r.extend_from_slice(&test_guest::crc32(&summed).to_le_bytes());
+    r.extend_from_slice(&summed[4..]);
+    r.extend_from_slice(data);
+    r
+}
+
 /// Feeds a stream made by hand (`body`: the records after the header) to
 /// a real `vm-migrate recv` (with `args`), which must answer `ready`
 /// first when `ready` says so, then an error line naming `expect`, exit
@@ -83,7 +100,7 @@ pub fn feed_hostile(
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut stream = b"VMTMIGR\n".to_vec();
-    stream.extend_from_slice(&1u32.to_le_bytes());
+    stream.extend_from_slice(&2u32.to_le_bytes());
     stream.extend_from_slice(&0u32.to_le_bytes());
     stream.extend_from_slice(body);
     // The destination may stop reading at the first bad record; the

@@ -152,6 +152,12 @@ impl Write for Conn {
             Self::Tcp(s) => s.write(buf),
         }
     }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.write_vectored(bufs),
+            Self::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Unix(s) => s.flush(),

@@ -101,13 +101,26 @@ pub(crate) fn receive(
             std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len)
         }))
     };
+    // Pages that arrived torn and have not yet come again whole.
+    let mut owed = Owed::default();
     let state = loop {
         match reader.next_record_into(&mut place)? {
-            Record::PagesPlaced { .. } => records += 1,
+            Record::PagesPlaced { gpa, len } => {
+                owed.clear(gpa, len);
+                records += 1;
+            }
+            Record::PagesTorn { gpa, len, torn } => {
+                owed.clear(gpa, len);
+                for page in torn {
+                    owed.set(page, 4096);
+                }
+                records += 1;
+            }
             Record::Pages { gpa, data } => {
                 in_memory(&mem, gpa, data.len() as u64)?;
                 mem.write_slice(&data, GuestAddress(gpa))
                     .map_err(|e| anyhow!("writing guest memory at {gpa:#x}: {e}"))?;
+                owed.clear(gpa, data.len() as u64);
                 records += 1;
             }
             Record::Zeroes { gpa, pages } => {
@@ -122,9 +135,16 @@ pub(crate) fn receive(
                         .map_err(|e| anyhow!("zeroing guest memory: {e}"))?;
                     at += n;
                 }
+                owed.clear(gpa, len);
                 records += 1;
             }
             Record::State(json) => {
+                // The state follows the last copy of every page.
+                if let Some(gpa) = owed.first() {
+                    bail!(
+                        "the page at {gpa:#x} failed its checksum, and no whole copy came after it"
+                    );
+                }
                 let state: MachineState = serde_json::from_slice(&json)
                     .map_err(|e| anyhow!("the machine's state: {e}"))?;
                 break state;
@@ -184,6 +204,58 @@ pub(crate) fn announce(conn: &mut Conn, built: Result<vmm::Vm>, paused: bool) ->
     Ok(vm)
 }
 
+/// Guest pages whose latest copy arrived torn (it changed while the
+/// source read it, or was damaged on the way), by page number. Each
+/// must come again whole before the state: the source's dirty log
+/// resends a page the guest wrote, and a page no one wrote never tears.
+#[derive(Debug, Default)]
+struct Owed {
+    bits: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Owed {
+    const PAGE: u64 = 4096;
+
+    /// Marks `[gpa, gpa + len)` owed (already checked to lie in memory).
+    /// A later torn copy owes again what a whole one had paid.
+    fn set(&mut self, gpa: u64, len: u64) {
+        for p in gpa / Self::PAGE..(gpa + len).div_ceil(Self::PAGE) {
+            *self.bits.entry(p / 64).or_default() |= 1 << (p % 64);
+        }
+    }
+
+    /// A whole copy of `[gpa, gpa + len)` arrived.
+    fn clear(&mut self, gpa: u64, len: u64) {
+        // Nothing owed is the common case: a lookup per record, no more.
+        if self.bits.is_empty() {
+            return;
+        }
+        let (first, end) = (gpa / Self::PAGE, (gpa + len).div_ceil(Self::PAGE));
+        let words: Vec<u64> = self
+            .bits
+            .range(first / 64..=(end - 1) / 64)
+            .map(|(&w, _)| w)
+            .collect();
+        for w in words {
+            let Some(bits) = self.bits.get_mut(&w) else {
+                continue;
+            };
+            for p in (w * 64).max(first)..((w + 1) * 64).min(end) {
+                *bits &= !(1 << (p % 64));
+            }
+            if *bits == 0 {
+                self.bits.remove(&w);
+            }
+        }
+    }
+
+    /// The address of the lowest page still owed.
+    fn first(&self) -> Option<u64> {
+        let (&w, &bits) = self.bits.iter().next()?;
+        Some((w * 64 + u64::from(bits.trailing_zeros())) * Self::PAGE)
+    }
+}
+
 /// Refuses a range that is not wholly in guest RAM.
 fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
     let ok = usize::try_from(len)
@@ -193,4 +265,30 @@ fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
         bail!("a page record outside guest memory ({gpa:#x} + {len})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Owed;
+
+    #[test]
+    fn owed_pages_are_paid_by_any_whole_copy() {
+        let mut o = Owed::default();
+        assert_eq!(o.first(), None);
+        // A torn run of 256 pages across two words, paid in two parts
+        // that do not line up with it.
+        o.set(0x10_0000, 256 * 4096);
+        assert_eq!(o.first(), Some(0x10_0000));
+        o.clear(0x0f_f000, 10 * 4096);
+        assert_eq!(o.first(), Some(0x10_9000));
+        o.clear(0x10_9000, 246 * 4096);
+        assert_eq!(o.first(), Some(0x1f_f000));
+        // A later torn copy owes again what a whole one had paid.
+        o.set(0x10_0000, 4096);
+        assert_eq!(o.first(), Some(0x10_0000));
+        o.clear(0x10_0000, 4096);
+        o.clear(0x1f_f000, 4096);
+        assert_eq!(o.first(), None);
+        assert!(o.bits.is_empty());
+    }
 }

@@ -5,6 +5,15 @@
 //! then the machine's state and `end`. Every record is checked before it
 //! is used, and its length is bounded, so a damaged or hostile stream
 //! fails with one error rather than an allocation or a wrong page.
+//!
+//! Each page of a page record has a checksum of its own; the record's
+//! checksum covers its head, its address and those sums, not the data.
+//! The source reads pages while the guest runs and may be writing them,
+//! so a page can change between its sum and its send: it arrives torn.
+//! Its address is still sure, and the dirty log sends that page again
+//! in a later round, so a destination may hold a torn page as owed
+//! ([`Record::PagesTorn`]) and refuse the stream only if no whole copy
+//! follows (docs/vm-migrate.md, "Pages sent as the guest writes them").
 //! The replies that go the other way are JSON lines ([`Reply`]).
 
 use std::io::{self, Read, Write};
@@ -14,11 +23,15 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"VMTMIGR\n";
-pub const VERSION: u32 = 1;
+/// Version 2: page records carry a checksum per page.
+pub const VERSION: u32 = 2;
 /// The largest record: a run of pages (or a disk range) of 4 MiB, or the
 /// state (which holds every MSR of every vCPU: well under this).
 pub const MAX_RECORD: u64 = 8 << 20;
 const PAGE: usize = 4096;
+/// A page record's payload is its address, then a CRC-32 per page, then
+/// the pages: each page costs this much.
+const PAGE_AND_SUM: u64 = PAGE as u64 + 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -128,6 +141,15 @@ pub enum Record {
         gpa: u64,
         len: u64,
     },
+    /// As `PagesPlaced`, but the pages at `torn` (addresses) failed their
+    /// own checksums (the head, address and sums did not): what landed
+    /// there is not what the source summed. Only a reader that will see
+    /// those pages sent again may go on.
+    PagesTorn {
+        gpa: u64,
+        len: u64,
+        torn: Vec<u64>,
+    },
     /// `pages` pages from `gpa` on read as zero.
     Zeroes {
         gpa: u64,
@@ -199,6 +221,8 @@ impl Reply {
 pub struct Writer<W: Write> {
     w: W,
     pub bytes: u64,
+    /// A page record's sums, kept between records.
+    sums: Vec<u8>,
 }
 
 impl<W: Write> Writer<W> {
@@ -208,19 +232,42 @@ impl<W: Write> Writer<W> {
         h.extend_from_slice(&VERSION.to_le_bytes());
         h.extend_from_slice(&0u32.to_le_bytes());
         w.write_all(&h)?;
-        Ok(Self { w, bytes: 16 })
+        Ok(Self {
+            w,
+            bytes: 16,
+            sums: Vec::new(),
+        })
     }
 
     fn record(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.record_with_body(kind, parts, &[])
+    }
+
+    /// A record whose checksum covers `parts` but not `body`, which
+    /// follows them (a page record's data, summed apart).
+    fn record_with_body(&mut self, kind: Kind, parts: &[&[u8]], body: &[u8]) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + body.len();
         let mut head = [0u8; 16];
         head[0..4].copy_from_slice(&(kind as u32).to_le_bytes());
         head[8..16].copy_from_slice(&(len as u64).to_le_bytes());
         let crc = record_crc(&head, parts);
         head[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.w.write_all(&head)?;
-        for p in parts {
-            self.w.write_all(p)?;
+        // One vectored write: a page record then leaves in one send
+        // rather than a small one for its head and a large one for its
+        // data.
+        let mut slices: Vec<io::IoSlice> = std::iter::once(&head[..])
+            .chain(parts.iter().copied())
+            .chain(std::iter::once(body))
+            .map(io::IoSlice::new)
+            .collect();
+        let mut bufs = &mut slices[..];
+        while !bufs.is_empty() {
+            match self.w.write_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         self.bytes += 16 + len as u64;
         Ok(())
@@ -231,9 +278,18 @@ impl<W: Write> Writer<W> {
         self.record(Kind::Hello, &[&json])
     }
 
-    /// `data` is whole pages, at most [`MAX_RECORD`] - 8 bytes.
+    /// `data` is whole pages, at most 2045 (a record's limit). It may be
+    /// guest memory the guest is writing: a page written meanwhile then
+    /// arrives torn (see the module's text), never at a wrong address.
     pub fn pages(&mut self, gpa: u64, data: &[u8]) -> io::Result<()> {
-        self.record(Kind::Pages, &[&gpa.to_le_bytes(), data])
+        let mut sums = std::mem::take(&mut self.sums);
+        sums.clear();
+        for page in data.chunks(PAGE) {
+            sums.extend_from_slice(&crc32fast::hash(page).to_le_bytes());
+        }
+        let r = self.record_with_body(Kind::Pages, &[&gpa.to_le_bytes(), &sums], data);
+        self.sums = sums;
+        r
     }
 
     pub fn zeroes(&mut self, gpa: u64, pages: u64) -> io::Result<()> {
@@ -287,6 +343,8 @@ impl<W: Write> Writer<W> {
 pub struct Reader<R: Read> {
     r: R,
     pub bytes: u64,
+    /// A page record's address and sums, kept between records.
+    prefix: Vec<u8>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -305,16 +363,22 @@ impl<R: Read> Reader<R> {
         if v > VERSION {
             return Err(Error::StreamVersion(v));
         }
-        if v == 0 {
-            return Err(bad("version 0"));
+        if v < VERSION {
+            return Err(bad(format!(
+                "version {v}, from an older vmtools (this one reads version {VERSION})"
+            )));
         }
-        Ok(Self { r, bytes: 16 })
+        Ok(Self::resume(r))
     }
 
     /// Goes on reading a stream whose header another reader checked
     /// (the foreground start read the hello; the VM process reads on).
     pub fn resume(r: R) -> Self {
-        Self { r, bytes: 16 }
+        Self {
+            r,
+            bytes: 16,
+            prefix: Vec::new(),
+        }
     }
 
     pub fn next_record(&mut self) -> Result<Record> {
@@ -323,9 +387,11 @@ impl<R: Read> Reader<R> {
 
     /// As [`Reader::next_record`], but a page record's data goes straight
     /// where `place(gpa, len)` says (guest memory on the destination),
-    /// saving two copies; `None` reads it into a vector as usual. The
-    /// checksum is checked after the data has landed: on a mismatch the
-    /// caller must discard what it placed.
+    /// saving two copies; `None` reads it into a vector as usual.
+    /// `place` is called only once the record's head and address have
+    /// passed their checksum. Each page's own checksum is checked after it
+    /// has landed: on a mismatch the record is [`Record::PagesTorn`], and
+    /// the pages it names must be sent again before they count.
     pub fn next_record_into<'m>(
         &mut self,
         place: &mut dyn FnMut(u64, usize) -> Result<Option<&'m mut [u8]>>,
@@ -342,33 +408,81 @@ impl<R: Read> Reader<R> {
                 "a record of {len} bytes (at most {MAX_RECORD})"
             )));
         }
-        if kind == Kind::Pages && len > 8 {
-            let mut at = [0u8; 8];
-            read_all(&mut self.r, &mut at, "a record's payload")?;
-            let gpa = u64::from_le_bytes(at);
-            let n = (len - 8) as usize;
-            if n % PAGE != 0 || gpa % PAGE as u64 != 0 {
-                return Err(bad("a page record that is not whole, aligned pages"));
-            }
-            if let Some(dst) = place(gpa, n)? {
-                if dst.len() != n {
-                    return Err(bad("a page record's place has the wrong size"));
-                }
-                read_all(&mut self.r, dst, "a record's payload")?;
-                if record_crc(&head, &[&at, dst]) != crc {
-                    return Err(bad(format!("a {kind:?} record fails its checksum")));
-                }
-                self.bytes += 16 + len;
-                return Ok(Record::PagesPlaced { gpa, len: n as u64 });
-            }
-            let mut payload = vec![0u8; len as usize];
-            payload[..8].copy_from_slice(&at);
-            read_all(&mut self.r, &mut payload[8..], "a record's payload")?;
-            return self.finish(kind, crc, &head, payload);
+        if kind == Kind::Pages {
+            return self.pages(&head, crc, len, place);
         }
         let mut payload = vec![0u8; len as usize];
         read_all(&mut self.r, &mut payload, "a record's payload")?;
         self.finish(kind, crc, &head, payload)
+    }
+
+    /// A page record: its head, address and sums are checked before its
+    /// data is read, so `place` never sees an address the source did not
+    /// send.
+    fn pages<'m>(
+        &mut self,
+        head: &[u8; 16],
+        crc: u32,
+        len: u64,
+        place: &mut dyn FnMut(u64, usize) -> Result<Option<&'m mut [u8]>>,
+    ) -> Result<Record> {
+        let pages = len.saturating_sub(8) / PAGE_AND_SUM;
+        if pages == 0 || 8 + pages * PAGE_AND_SUM != len {
+            return Err(bad("a page record that is not whole pages"));
+        }
+        let mut prefix = std::mem::take(&mut self.prefix);
+        prefix.resize(8 + 4 * pages as usize, 0);
+        let r = self.pages_after(head, crc, &mut prefix, place);
+        self.prefix = prefix;
+        r
+    }
+
+    fn pages_after<'m>(
+        &mut self,
+        head: &[u8; 16],
+        crc: u32,
+        prefix: &mut [u8],
+        place: &mut dyn FnMut(u64, usize) -> Result<Option<&'m mut [u8]>>,
+    ) -> Result<Record> {
+        read_all(&mut self.r, prefix, "a record's payload")?;
+        if record_crc(head, &[prefix]) != crc {
+            return Err(bad("a Pages record fails its checksum"));
+        }
+        let gpa = u64::from_le_bytes(prefix[0..8].try_into().expect("8 bytes"));
+        if gpa % PAGE as u64 != 0 {
+            return Err(bad("a page record that is not page-aligned"));
+        }
+        let sums = &prefix[8..];
+        let n = sums.len() / 4 * PAGE;
+        self.bytes += 16 + prefix.len() as u64 + n as u64;
+        // The address of each page whose data is not what was summed.
+        let torn = |data: &[u8]| -> Vec<u64> {
+            data.chunks(PAGE)
+                .zip(sums.chunks(4))
+                .enumerate()
+                .filter(|(_, (page, sum))| crc32fast::hash(page).to_le_bytes() != **sum)
+                .map(|(i, _)| gpa + (i * PAGE) as u64)
+                .collect()
+        };
+        if let Some(dst) = place(gpa, n)? {
+            if dst.len() != n {
+                return Err(bad("a page record's place has the wrong size"));
+            }
+            read_all(&mut self.r, dst, "a record's payload")?;
+            let len = n as u64;
+            let torn = torn(dst);
+            return Ok(if torn.is_empty() {
+                Record::PagesPlaced { gpa, len }
+            } else {
+                Record::PagesTorn { gpa, len, torn }
+            });
+        }
+        let mut data = vec![0u8; n];
+        read_all(&mut self.r, &mut data, "a record's payload")?;
+        if !torn(&data).is_empty() {
+            return Err(bad("a Pages record's data fails its checksum"));
+        }
+        Ok(Record::Pages { gpa, data })
     }
 
     /// Checks a whole record's payload and makes it a [`Record`].
@@ -393,14 +507,8 @@ impl<R: Read> Reader<R> {
             Kind::Hello => Record::Hello(Box::new(
                 serde_json::from_slice(&payload).map_err(|e| bad(format!("hello: {e}")))?,
             )),
-            Kind::Pages => {
-                let gpa = u64_at(&payload, 0)?;
-                let data = payload.split_off(8);
-                if data.is_empty() || data.len() % PAGE != 0 || gpa % PAGE as u64 != 0 {
-                    return Err(bad("a page record that is not whole, aligned pages"));
-                }
-                Record::Pages { gpa, data }
-            }
+            // Read by `Reader::pages`, never here.
+            Kind::Pages => return Err(bad("a Pages record out of place")),
             Kind::Zeroes => {
                 if payload.len() != 16 {
                     return Err(bad("a zeroes record of the wrong size"));

@@ -58,12 +58,12 @@ fn records_round_trip() {
 }
 
 /// Reads a stream to its end with pages placed in `mem`; the bytes
-/// placed.
-fn read_placed(d: &[u8], mem: &mut [u8]) -> Result<u64> {
+/// placed in records with no torn page, and the torn pages.
+fn read_placed(d: &[u8], mem: &mut [u8]) -> Result<(u64, Vec<u64>)> {
     let base = mem.as_mut_ptr();
     let size = mem.len();
     let mut r = Reader::new(d)?;
-    let mut placed = 0;
+    let (mut placed, mut torn) = (0, Vec::new());
     loop {
         let rec = r.next_record_into(&mut |gpa, len| {
             assert!(gpa as usize + len <= size);
@@ -75,7 +75,8 @@ fn read_placed(d: &[u8], mem: &mut [u8]) -> Result<u64> {
         })?;
         match rec {
             Record::PagesPlaced { len, .. } => placed += len,
-            Record::End(_) => return Ok(placed),
+            Record::PagesTorn { torn: t, .. } => torn.extend(t),
+            Record::End(_) => return Ok((placed, torn)),
             _ => {}
         }
     }
@@ -85,14 +86,26 @@ fn read_placed(d: &[u8], mem: &mut [u8]) -> Result<u64> {
 fn placed_pages_are_checked_too() {
     let s = sample();
     let mut mem = vec![0u8; 0x10000];
-    assert_eq!(read_placed(&s, &mut mem).unwrap(), 8192);
+    assert_eq!(read_placed(&s, &mut mem).unwrap(), (8192, vec![]));
     assert!(mem[0x1000..0x3000].iter().all(|&b| b == 7));
-    // A flipped bit in the placed data (after the hello, the page
-    // record's head and its address) is caught once it has landed.
+    // A flipped bit in the second page's placed data (after the hello,
+    // the page record's head, its address and two sums) is caught once
+    // it has landed: that page is torn, with its address still sure.
     let hello_end = 16 + 16 + u64::from_le_bytes(s[24..32].try_into().unwrap()) as usize;
     let mut d = s.clone();
-    d[hello_end + 16 + 8 + 100] ^= 1;
-    assert!(matches!(read_placed(&d, &mut mem), Err(Error::Stream(m)) if m.contains("checksum")));
+    d[hello_end + 16 + 16 + 4096 + 100] ^= 1;
+    assert_eq!(read_placed(&d, &mut mem).unwrap(), (0, vec![0x2000]));
+    // Read without a place, the same record is refused.
+    let mut r = Reader::new(&d[..]).unwrap();
+    r.next_record().unwrap();
+    assert!(matches!(r.next_record(), Err(Error::Stream(m)) if m.contains("checksum")));
+    // A flipped bit in its address is refused before anything lands.
+    let mut d = s.clone();
+    d[hello_end + 16 + 1] ^= 1;
+    let mut r = Reader::new(&d[..]).unwrap();
+    r.next_record().unwrap();
+    let rec = r.next_record_into(&mut |_, _| panic!("placed a record whose head is damaged"));
+    assert!(matches!(rec, Err(Error::Stream(m)) if m.contains("checksum")));
 }
 
 #[test]
@@ -123,9 +136,13 @@ fn damaged_streams_are_refused() {
         }
     }
     let mut future = s.clone();
-    future[8] = 2;
+    future[8] = 3;
     assert!(matches!(
         Reader::new(&future[..]),
-        Err(Error::StreamVersion(2))
+        Err(Error::StreamVersion(3))
     ));
+    // Version 1 page records had one checksum over address and data.
+    let mut old = s.clone();
+    old[8] = 1;
+    assert!(matches!(Reader::new(&old[..]), Err(Error::Stream(m)) if m.contains("older")));
 }
