@@ -207,6 +207,7 @@ JSON
     fi
     printf '%-7s %-6s %22s %22s %12s\n' "${mb}M" "$kind" "$o_total / $o_down" "$qcol" "$ratio"
     echo "  hops: vm-migrate ${o_totals[*]} ms; QEMU ${q_totals[*]:-} ms"
+    echo "  downtimes: vm-migrate ${o_downs[*]} ms; QEMU ${q_downs[*]:-} ms"
   done
   echo "  floor: one loopback TCP stream, no tool, ${mb} MiB: $(python3 "$work/floor.py" "$mb" "$work/warm.py") ms"
 done
