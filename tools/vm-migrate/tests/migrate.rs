@@ -344,8 +344,9 @@ fn failures_leave_the_source_running() {
     assert!(err.contains("no room"), "{err}");
     still_runs("refused");
 
-    // A byte flipped on the way, past the hello: the real destination
-    // refuses the record and keeps nothing.
+    // A byte flipped on the way, past the hello, in a page the guest
+    // does not write again: the real destination holds that page owed,
+    // refuses the stream when the state comes first, and keeps nothing.
     let mut r = recv(&env, "tcp:127.0.0.1:0", "b");
     let real = listening(&mut r);
     let proxy = env.path("proxy.sock");

@@ -31,7 +31,7 @@ pub const MAX_RECORD: u64 = 8 << 20;
 const PAGE: usize = 4096;
 /// A page record's payload is its address, then a CRC-32 per page, then
 /// the pages: each page costs this much.
-const PAGE_AND_SUM: u64 = PAGE as u64 + 4;
+pub(crate) const PAGE_AND_SUM: u64 = PAGE as u64 + 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -554,7 +554,7 @@ impl<R: Read> Reader<R> {
 /// A record's checksum: over its kind and length (the head's bytes 0..4
 /// and 8..16: a flipped kind must not turn one record into another) and
 /// its payload, in parts.
-fn record_crc(head: &[u8; 16], payload: &[&[u8]]) -> u32 {
+pub(crate) fn record_crc(head: &[u8; 16], payload: &[&[u8]]) -> u32 {
     let mut sum = crc32fast::Hasher::new();
     sum.update(&head[0..4]);
     sum.update(&head[8..16]);

@@ -1,7 +1,9 @@
 //! virtio-blk driven by guest-controlled bytes, for the fuzz target
 //! (fuzz/fuzz_targets/virtio_blk.rs), the replay test and unit tests: a
 //! queue laid out in a small guest memory, served by the real device over
-//! a disk in a vector.
+//! a disk in a vector. [`stream`] is the migration stream's harness.
+
+pub mod stream;
 
 use std::io;
 use std::sync::{Arc, Mutex};
