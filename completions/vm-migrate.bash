@@ -203,7 +203,7 @@ _vm__migrate() {
             return 0
             ;;
         vm__subcmd__migrate__subcmd__send)
-            opts="-q -h --max-downtime --bandwidth --auto-converge --timeout --copy-storage-all --migrate-disks --quiet --help"
+            opts="-q -h --max-downtime --bandwidth --auto-converge --timeout --copy-storage-all --migrate-disks --streams --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -222,6 +222,10 @@ _vm__migrate() {
                     return 0
                     ;;
                 --migrate-disks)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

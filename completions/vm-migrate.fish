@@ -35,6 +35,7 @@ complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l max-downt
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l bandwidth -d 'A cap on the rate, in MiB/s (virsh migrate-setspeed); default: unlimited' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l timeout -d 'After this many seconds, pause and finish whatever is left' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l migrate-disks -d 'Non-shared storage for these disks only (by id, comma-separated); the others are on shared storage' -r
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l streams -d 'Connections that carry guest memory side by side over tcp: or unix:, each with a thread at either end (QEMU\'s multifd-channels); worth it where both hosts have cores to spare. Default 1; exec: always uses one' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l auto-converge -d 'Hold the vCPUs back while the rounds do not shrink'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l copy-storage-all -d 'Non-shared storage: every writable disk\'s contents go along, into images the destination has made with the same size (its --disk names them)'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s q -l quiet -d 'No progress bar, even on a terminal'

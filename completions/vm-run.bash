@@ -611,7 +611,7 @@ _vm__run() {
             return 0
             ;;
         vm__subcmd__run__subcmd__start)
-            opts="-d -h --restore --incoming --paused --name --spec --disk --nic --detach --console --json --help"
+            opts="-d -h --restore --incoming --incoming-listener --paused --name --spec --disk --nic --detach --console --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -622,6 +622,10 @@ _vm__run() {
                     return 0
                     ;;
                 --incoming)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --incoming-listener)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

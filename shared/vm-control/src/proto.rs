@@ -49,9 +49,10 @@ pub enum Request {
         overlay: std::path::PathBuf,
         base: std::path::PathBuf,
     },
-    /// Live migration: send the VM into the connection that comes with
-    /// the request (SCM_RIGHTS; a socket, read for the destination's
-    /// replies). The reply comes when it is over: the VM ends once the
+    /// Live migration: send the VM into the connections that come with
+    /// the request (SCM_RIGHTS; sockets, 1 to 16: the first carries the
+    /// hello and is read for the destination's replies, the others only
+    /// guest memory). The reply comes when it is over: the VM ends once the
     /// destination says it runs, and runs on here on any failure.
     MigrateSend {
         #[serde(default)]

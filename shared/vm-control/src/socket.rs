@@ -108,17 +108,22 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
 }
 
 /// Descriptors passed with one message at most (SCM_RIGHTS).
-const MAX_FDS: usize = 4;
+const MAX_FDS: usize = 16;
 
 /// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one message.
 pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors");
+    if fds.len() > MAX_FDS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS} descriptors in one message"),
+        ));
+    }
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr().cast_mut().cast(),
         iov_len: bytes.len(),
     };
     // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
+    let mut control = [0u64; 16];
     // SAFETY: a zeroed msghdr is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
@@ -130,7 +135,7 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::i
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;
         // SAFETY: msg_control points at `control`, at least `space` bytes
-        // (64 bytes hold 4 descriptors), so the first header and its data
+        // (128 bytes hold 16 descriptors), so the first header and its data
         // fit; we write exactly CMSG_LEN(data_len) bytes.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&raw const msg);
@@ -174,7 +179,7 @@ pub fn recv_with_fds(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut control = [0u64; 8];
+    let mut control = [0u64; 16];
     // SAFETY: a zeroed msghdr is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;

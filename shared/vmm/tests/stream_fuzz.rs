@@ -22,6 +22,8 @@ fn sample() -> Vec<u8> {
         spec: serde_json::json!({"name": "a"}),
         cpuid: vec![],
         disks: vec![],
+        streams: 1,
+        token: String::new(),
     })
     .unwrap();
     w.pages(0x1000, &[7u8; 8192]).unwrap();

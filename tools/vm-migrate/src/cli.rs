@@ -71,6 +71,12 @@ pub struct SendArgs {
     /// the others are on shared storage.
     #[arg(long, value_name = "ID,...", value_delimiter = ',')]
     pub migrate_disks: Vec<String>,
+    /// Connections that carry guest memory side by side over tcp: or
+    /// unix:, each with a thread at either end (QEMU's multifd-channels);
+    /// worth it where both hosts have cores to spare. Default 1; exec:
+    /// always uses one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub streams: Option<u32>,
     /// No progress bar, even on a terminal.
     #[arg(short, long)]
     pub quiet: bool,

@@ -1,6 +1,8 @@
 //! The transports, named as QEMU names them: `tcp:HOST:PORT`, `unix:PATH`
 //! and `exec:COMMAND` to send; `tcp:`, `unix:` or `-` (stdin and stdout)
-//! to receive. Either way vm-run gets one connected stream socket.
+//! to receive. Either way vm-run gets one connected stream socket, and
+//! over tcp: and unix: the listener too, for a source that sends over
+//! several streams.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -74,10 +76,20 @@ pub fn connect(t: &Target) -> Result<(OwnedFd, Option<Child>)> {
     }
 }
 
+/// What the receiving side waited for: the first connection, the
+/// listener (tcp: and unix:) where the source's further streams will
+/// connect, and the relay thread of `-`.
+#[derive(Debug)]
+pub struct Accepted {
+    pub conn: OwnedFd,
+    pub listener: Option<OwnedFd>,
+    pub relay: Option<std::thread::JoinHandle<()>>,
+}
+
 /// The receiving side: waits for one connection. `-` relays stdin and
 /// stdout through a socket pair (its relay thread ends when the far end
 /// closes), since vm-run takes one socket.
-pub fn accept(target: &Target) -> Result<(OwnedFd, Option<std::thread::JoinHandle<()>>)> {
+pub fn accept(target: &Target) -> Result<Accepted> {
     match target {
         Target::Tcp(addr) => {
             let listener =
@@ -85,16 +97,26 @@ pub fn accept(target: &Target) -> Result<(OwnedFd, Option<std::thread::JoinHandl
             let local = listener.local_addr()?;
             eprintln!("vm-migrate: listening on tcp:{local}");
             let (conn, _) = listener.accept()?;
-            Ok((OwnedFd::from(conn), None))
+            Ok(Accepted {
+                conn: OwnedFd::from(conn),
+                listener: Some(OwnedFd::from(listener)),
+                relay: None,
+            })
         }
         Target::Unix(path) => {
             let listener =
                 UnixListener::bind(path).with_context(|| format!("unix:{}", path.display()))?;
             eprintln!("vm-migrate: listening on unix:{}", path.display());
             let accepted = listener.accept();
-            let _ = std::fs::remove_file(path);
+            if accepted.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
             let (conn, _) = accepted?;
-            Ok((OwnedFd::from(conn), None))
+            Ok(Accepted {
+                conn: OwnedFd::from(conn),
+                listener: Some(OwnedFd::from(listener)),
+                relay: None,
+            })
         }
         Target::Stdio => {
             let (ours, theirs) = UnixStream::pair()?;
@@ -116,7 +138,11 @@ pub fn accept(target: &Target) -> Result<(OwnedFd, Option<std::thread::JoinHandl
                     }
                 }
             });
-            Ok((OwnedFd::from(theirs), Some(relay)))
+            Ok(Accepted {
+                conn: OwnedFd::from(theirs),
+                listener: None,
+                relay: Some(relay),
+            })
         }
         Target::Exec(_) => bail!("exec: is for sending"),
     }

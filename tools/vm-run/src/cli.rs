@@ -133,6 +133,12 @@ pub struct StartArgs {
     /// the machine come from the source.
     #[arg(long, value_name = "FD", conflicts_with = "vm")]
     pub incoming: Option<i32>,
+    /// With --incoming: a listening socket on this inherited descriptor,
+    /// where the source's further streams connect when it sends over
+    /// several (vm-migrate send --streams); each must show the hello's
+    /// token, and any other connection is closed.
+    #[arg(long, value_name = "FD", requires = "incoming")]
+    pub incoming_listener: Option<i32>,
     /// With --restore or --incoming: stay paused until `vm-run resume`.
     #[arg(long, requires = "resumed")]
     pub paused: bool,

@@ -29,12 +29,17 @@ pub(crate) const ENV_PAUSED: &str = "VMTOOLS_SERVE_PAUSED";
 pub(crate) const ENV_RESTORE: &str = "VMTOOLS_SERVE_RESTORE";
 pub(crate) const ENV_INCOMING: &str = "VMTOOLS_SERVE_INCOMING";
 pub(crate) const ENV_INCOMING_DISKS: &str = "VMTOOLS_SERVE_INCOMING_DISKS";
+/// How many streams an incoming migration has (when more than one).
+pub(crate) const ENV_INCOMING_STREAMS: &str = "VMTOOLS_SERVE_INCOMING_STREAMS";
 pub(crate) const ENV_CGROUP: &str = "VMTOOLS_SERVE_CGROUP";
 /// Where `vm-run serve` finds an incoming migration's stream.
 pub(crate) const INCOMING_FD: RawFd = 3;
 /// Where a foreground `vm-run serve` reads its spec (its stdin is the
 /// console's).
 pub(crate) const SPEC_FD: RawFd = 4;
+/// Where `vm-run serve` finds an incoming migration's further streams:
+/// stream k (from 1) at `MORE_STREAMS_FD + k - 1`.
+pub(crate) const MORE_STREAMS_FD: RawFd = 10;
 
 /// The VM's group, made by the launcher, on v2 only. None on v1, and
 /// where the group cannot be made: the VM process then tries itself and
@@ -50,7 +55,8 @@ pub(crate) fn v2_group(spec: &VmSpec) -> Option<VmCgroup> {
 /// The `vm-run serve` to start: its environment and the stream it takes.
 pub(crate) struct Serve<'a> {
     env: Vec<(&'static str, OsString)>,
-    stream: Option<BorrowedFd<'a>>,
+    /// An incoming migration's streams, in order.
+    streams: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> Serve<'a> {
@@ -60,7 +66,7 @@ impl<'a> Serve<'a> {
         foreground: bool,
     ) -> Result<Self> {
         let mut env = Vec::new();
-        let mut stream = None;
+        let mut streams = Vec::new();
         if foreground {
             env.push((ENV_FOREGROUND, OsString::from("1")));
         }
@@ -73,18 +79,21 @@ impl<'a> Serve<'a> {
                 RestoreSource::Stream(c, disks) => {
                     env.push((ENV_INCOMING, OsString::from(INCOMING_FD.to_string())));
                     env.push((ENV_INCOMING_DISKS, serde_json::to_string(disks)?.into()));
-                    stream = Some(c.as_fd());
+                    if c.len() > 1 {
+                        env.push((ENV_INCOMING_STREAMS, c.len().to_string().into()));
+                    }
+                    streams = c.iter().map(AsFd::as_fd).collect();
                 }
             }
             if r.paused {
                 env.push((ENV_PAUSED, OsString::from("1")));
             }
         }
-        Ok(Self { env, stream })
+        Ok(Self { env, streams })
     }
 
-    /// Starts it with `fds` at their numbers (and the stream at
-    /// INCOMING_FD), in the VM's v2 group where one is given:
+    /// Starts it with `fds` at their numbers (and the streams at
+    /// INCOMING_FD and MORE_STREAMS_FD on), in the VM's v2 group where one is given:
     /// `Unsupported` where the kernel cannot start a child in a group.
     pub(crate) fn spawn(
         &self,
@@ -109,7 +118,14 @@ impl<'a> Serve<'a> {
             env.push((ENV_CGROUP, g.as_os_str()));
         }
         let mut all = fds.to_vec();
-        all.extend(self.stream.map(|s| (s, INCOMING_FD)));
+        all.extend(self.streams.iter().zip(0..).map(|(&s, k)| {
+            let at = if k == 0 {
+                INCOMING_FD
+            } else {
+                MORE_STREAMS_FD + k - 1
+            };
+            (s, at)
+        }));
         let how = vm_host::launch::Spawn {
             env,
             fds: all,

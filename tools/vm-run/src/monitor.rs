@@ -70,9 +70,13 @@ pub struct RestoreFrom {
 pub enum RestoreSource {
     /// A saved-VM file.
     File(PathBuf),
-    /// A migration stream whose hello was read (`vm-run start --incoming`),
+    /// A migration's streams, the first of which had its hello read
+    /// (`vm-run start --incoming`) and the others their joins, in order,
     /// and the hello's disks (which of them arrive in the stream).
-    Stream(crate::migrate::Conn, Vec<vmm::state::stream::HelloDisk>),
+    Stream(
+        Vec<crate::migrate::Conn>,
+        Vec<vmm::state::stream::HelloDisk>,
+    ),
 }
 
 /// Runs `spec` to the end. `detached` picks the console default and
@@ -286,19 +290,19 @@ impl Machine {
         restore: Option<RestoreFrom>,
     ) -> Result<Self> {
         if let Some(RestoreFrom {
-            source: RestoreSource::Stream(mut conn, hello_disks),
+            source: RestoreSource::Stream(mut conns, hello_disks),
             paused,
         }) = restore
         {
             let mut opened = None;
-            let arrive = (&mut conn, hello_disks.as_slice());
+            let arrive = (conns.as_mut_slice(), hello_disks.as_slice());
             let built = Self::incoming(&spec, &console, &endpoint, cgroup.as_ref(), arrive).map(
                 |(vm, disks, nets)| {
                     opened = Some((disks, nets));
                     vm
                 },
             );
-            let vm = crate::migrate::recv::announce(&mut conn, built, paused)?;
+            let vm = crate::migrate::recv::announce(&mut conns[0], built, paused)?;
             let (disks, nets) = opened.expect("the machine was built");
             return Ok(Self::assemble(
                 spec, console, endpoint, cgroup, vm, disks, nets,
@@ -349,7 +353,10 @@ impl Machine {
         console: &Console,
         endpoint: &Endpoint,
         cgroup: Option<&Arc<VmCgroup>>,
-        (conn, hello): (&mut crate::migrate::Conn, &[vmm::state::stream::HelloDisk]),
+        (conns, hello): (
+            &mut [crate::migrate::Conn],
+            &[vmm::state::stream::HelloDisk],
+        ),
     ) -> Result<(Vm, Vec<OpenDisk>, Vec<OpenNet>)> {
         let memory_only = Self::config(spec, &[], &[], cgroup)?;
         let copied = |id: &str| hello.iter().any(|h| h.copy && h.id == id);
@@ -366,7 +373,7 @@ impl Machine {
             .map(|o| o.as_ref().map(|d: &OpenDisk| d.image.clone()))
             .collect();
         let mut targets = crate::migrate::storage::Targets::new(hello, spec, &images);
-        let (state, mem, memfd) = crate::migrate::recv::receive(conn, &memory_only, &mut targets)?;
+        let (state, mem, memfd) = crate::migrate::recv::receive(conns, &memory_only, &mut targets)?;
         let disks = spec
             .disks
             .iter()

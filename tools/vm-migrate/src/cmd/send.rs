@@ -15,6 +15,12 @@ use vm_control::{MigrateOptions, Request, Session};
 use crate::cli::SendArgs;
 use crate::transport::{self, Target};
 
+/// One stream unless --streams says more, as QEMU (multifd is off by
+/// default): on the 2-core development host a migration over loopback
+/// already keeps both cores busy with one, and two were no faster
+/// (docs/vm-migrate.md, "Several streams").
+const DEFAULT_STREAMS: u32 = 1;
+
 pub fn run(a: &SendArgs) -> Result<i32> {
     let target: Target = a.to.parse()?;
     if target == Target::Stdio {
@@ -29,19 +35,34 @@ pub fn run(a: &SendArgs) -> Result<i32> {
         disks: a.migrate_disks.clone(),
         copy_storage_all: a.copy_storage_all && a.migrate_disks.is_empty(),
     };
+    let streams = match (&target, a.streams) {
+        (Target::Exec(_), Some(n)) if n > 1 => bail!("exec: carries one stream (--streams 1)"),
+        (Target::Exec(_), _) => 1,
+        (_, n) => n.unwrap_or(DEFAULT_STREAMS),
+    };
     let (conn, child) = transport::connect(&target)?;
+    // The further streams connect now, while the destination has only
+    // started to read the first: they wait in its listener's queue.
+    let mut more = Vec::new();
+    for _ in 1..streams {
+        more.push(transport::connect(&target)?.0);
+    }
+    let fds: Vec<_> = std::iter::once(&conn)
+        .chain(&more)
+        .map(AsRawFd::as_raw_fd)
+        .collect();
     let done = Arc::new(AtomicBool::new(false));
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
         let (done, sock) = (Arc::clone(&done), sock.clone());
         std::thread::spawn(move || progress(&sock, &done))
     });
-    let reply =
-        Session::connect(&sock)?.call(&Request::MigrateSend { options }, &[conn.as_raw_fd()], None);
+    let reply = Session::connect(&sock)?.call(&Request::MigrateSend { options }, &fds, None);
     done.store(true, Ordering::Relaxed);
     if let Some(b) = bar {
         let _ = b.join();
     }
     drop(conn);
+    drop(more);
     if let Some(mut c) = child {
         let _ = c.wait();
     }

@@ -72,23 +72,23 @@ fn local_spec(a: &StartArgs, arrived: VmSpec) -> Result<VmSpec> {
 /// An incoming migration: the hello is read and checked here, before the
 /// VM's folder or process exists; the VM process reads the rest.
 fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::RestoreFrom>)> {
-    // SAFETY: F_GETFD only asks whether the number is an open descriptor.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("--incoming {fd}: not an open descriptor");
-    }
-    // SAFETY: the descriptor is open (checked above) and was handed to
-    // this process to own; nothing else here uses it.
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut conn = crate::migrate::Conn::from_fd(owned)?;
+    let mut conn = crate::migrate::Conn::from_fd(inherited(fd, "--incoming")?)?;
+    let listener = match a.incoming_listener {
+        Some(l) if l == fd => Err(anyhow!(
+            "--incoming-listener {l}: the stream's own descriptor"
+        )),
+        l => l.map(|l| inherited(l, "--incoming-listener")).transpose(),
+    };
     let hello = crate::migrate::recv::hello(&mut conn)?;
-    let spec = VmSpec::from_json(&hello.spec.to_string())
-        .map_err(|e| anyhow!("the arriving spec: {e}"))
-        .and_then(|s| local_spec(a, s))
-        .and_then(|s| {
-            crate::migrate::storage::check(&s, &hello.disks)?;
-            Ok(s)
-        });
-    let spec = match spec {
+    let spec = listener.and_then(|listener| {
+        let spec = VmSpec::from_json(&hello.spec.to_string())
+            .map_err(|e| anyhow!("the arriving spec: {e}"))
+            .and_then(|s| local_spec(a, s))?;
+        crate::migrate::storage::check(&spec, &hello.disks)?;
+        let more = crate::migrate::recv::joins(&hello, listener)?;
+        Ok((spec, more))
+    });
+    let (spec, more) = match spec {
         Ok(s) => s,
         Err(e) => {
             let _ = vmm::state::stream::Reply::Error {
@@ -98,13 +98,26 @@ fn incoming_spec(a: &StartArgs, fd: i32) -> Result<(VmSpec, Option<monitor::Rest
             return Err(e);
         }
     };
+    let mut conns = vec![conn];
+    conns.extend(more);
     Ok((
         spec,
         Some(monitor::RestoreFrom {
-            source: monitor::RestoreSource::Stream(conn, hello.disks),
+            source: monitor::RestoreSource::Stream(conns, hello.disks),
             paused: a.paused,
         }),
     ))
+}
+
+/// Takes a descriptor handed to this process on the command line.
+fn inherited(fd: i32, what: &str) -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("{what} {fd}: not an open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to
+    // this process to own; nothing else here uses it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn detach(
@@ -233,10 +246,25 @@ pub fn serve() -> Result<i32> {
         let fd = unsafe {
             <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(launch::INCOMING_FD)
         };
+        let mut conns = vec![crate::migrate::Conn::from_fd(fd)?];
+        let more: i32 = std::env::var(launch::ENV_INCOMING_STREAMS)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        for k in 1..more.min(crate::migrate::MAX_STREAMS as i32) {
+            // SAFETY: the launcher put stream k at this number for this
+            // process alone.
+            let fd = unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+                    launch::MORE_STREAMS_FD + k - 1,
+                )
+            };
+            conns.push(crate::migrate::Conn::from_fd(fd)?);
+        }
         let disks = std::env::var(launch::ENV_INCOMING_DISKS).unwrap_or_default();
         let disks = serde_json::from_str(&disks).context("the incoming disks")?;
         Some(monitor::RestoreFrom {
-            source: monitor::RestoreSource::Stream(crate::migrate::Conn::from_fd(fd)?, disks),
+            source: monitor::RestoreSource::Stream(conns, disks),
             paused,
         })
     } else {

@@ -1,6 +1,7 @@
 //! Live migration in vm-run: the source's job (the copy runs on its own
 //! thread, `send`) and the destination's side of a start (`recv`).
 
+pub(crate) mod lanes;
 pub(crate) mod recv;
 pub(crate) mod send;
 pub(crate) mod storage;
@@ -51,6 +52,26 @@ fn grow_buffers(fd: RawFd) {
             }
         }
     }
+}
+
+/// The most streams one migration may use (`vm-migrate send --streams`).
+pub(crate) const MAX_STREAMS: usize = 16;
+
+/// A random token for a migration's further streams, hex: only a
+/// connection that shows it joins (a stranger who connects to the
+/// destination's listener first is turned away).
+fn token() -> Result<String> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        bail!("no random bytes for the migration's token");
+    }
+    Ok(b.iter().fold(String::new(), |mut s, x| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{x:02x}");
+        s
+    }))
 }
 
 /// A migration's connection: a unix or TCP socket the tool made.
@@ -108,6 +129,24 @@ impl Conn {
             Self::Unix(s) => Self::Unix(s.try_clone()?),
             Self::Tcp(s) => Self::Tcp(s.try_clone()?),
         })
+    }
+
+    /// Ends both directions, which wakes a thread blocked on it.
+    pub(crate) fn shutdown(&self) {
+        self.shutdown_how(std::net::Shutdown::Both);
+    }
+
+    fn shutdown_how(&self, how: std::net::Shutdown) {
+        let _ = match self {
+            Self::Unix(s) => s.shutdown(how),
+            Self::Tcp(s) => s.shutdown(how),
+        };
+    }
+
+    /// Ends what comes in, which wakes a thread blocked reading it; a
+    /// reply can still be written.
+    pub(crate) fn shutdown_read(&self) {
+        self.shutdown_how(std::net::Shutdown::Read);
     }
 
     pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
@@ -225,11 +264,13 @@ impl MigrateJob {
         fds: Vec<OwnedFd>,
         stream: UnixStream,
     ) -> Result<Self> {
-        let mut fds = fds.into_iter();
-        let (Some(fd), None) = (fds.next(), fds.next()) else {
-            bail!("migrate-send needs exactly one descriptor (the connection)");
-        };
-        let conn = Conn::from_fd(fd)?;
+        if fds.is_empty() || fds.len() > MAX_STREAMS {
+            bail!("migrate-send needs 1 to {MAX_STREAMS} descriptors (the connections)");
+        }
+        let conns = fds
+            .into_iter()
+            .map(Conn::from_fd)
+            .collect::<Result<Vec<_>>>()?;
         if options.max_downtime_ms == 0 {
             bail!("a downtime budget of 0 ms cannot be met");
         }
@@ -238,6 +279,12 @@ impl MigrateJob {
             spec: serde_json::to_value(&m.spec)?,
             cpuid: m.vm().guest_cpuid(),
             disks: storage::hello_disks(m, &copied),
+            streams: conns.len() as u32,
+            token: if conns.len() > 1 {
+                token()?
+            } else {
+                String::new()
+            },
         };
         let progress = Arc::new(Progress::default());
         let done = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -251,7 +298,7 @@ impl MigrateJob {
         let (mem, memfd) = vm.memory();
         let touched = vmm::memory::touched_ranges(mem, memfd);
         let copy = Copy {
-            conn,
+            conns,
             tracker: vm.dirty_tracker(),
             touched,
             disks,

@@ -7,11 +7,14 @@
 //! source hears it and the partial VM is discarded.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm::memory::GuestMemory;
-use vmm::state::stream::{Hello, Reader, Record, Reply};
+use vmm::state::stream::{stream_of, Hello, Reader, Record, Reply};
 use vmm::state::MachineState;
 
 use super::storage::Targets;
@@ -55,13 +58,111 @@ fn read_hello(conn: &mut Conn) -> Result<Hello> {
     Ok(*h)
 }
 
+/// The further streams of a migration the hello says comes over
+/// several (none for one): each connection to `listener` must open with
+/// a join that shows the hello's token and names a stream not yet taken;
+/// any other is closed. Waits at most [`JOIN_WAIT`] in all.
+pub(crate) fn joins(hello: &Hello, listener: Option<OwnedFd>) -> Result<Vec<Conn>> {
+    let n = hello.streams;
+    if n <= 1 {
+        return Ok(Vec::new());
+    }
+    if n as usize > super::MAX_STREAMS {
+        bail!(
+            "the source sends over {n} streams (at most {})",
+            super::MAX_STREAMS
+        );
+    }
+    if hello.token.len() < 32 {
+        bail!("the source's token for its further streams is too short");
+    }
+    let Some(listener) = listener else {
+        bail!(
+            "the source sends over {n} streams and this destination takes one \
+             (vm-migrate send --streams 1, or receive on tcp: or unix:)"
+        );
+    };
+    let deadline = Instant::now() + JOIN_WAIT;
+    let mut got: Vec<Option<Conn>> = (1..n).map(|_| None).collect();
+    let mut strangers = 0;
+    while let Some(missing) = Some(got.iter().filter(|c| c.is_none()).count()).filter(|&m| m > 0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(fd) = accept(&listener, left)? else {
+            bail!(
+                "{missing} of the source's {n} streams did not arrive within {} s",
+                JOIN_WAIT.as_secs()
+            );
+        };
+        let mut conn = Conn::from_fd(fd)?;
+        // A connection that says nothing costs a second at most.
+        conn.set_read_timeout(Some(
+            left.min(Duration::from_secs(1))
+                .max(Duration::from_millis(1)),
+        ))?;
+        let join = Reader::new(&mut conn).and_then(|mut r| r.next_record());
+        match join {
+            Ok(Record::Join(j))
+                if j.token == hello.token
+                    && (1..n).contains(&j.stream)
+                    && got[j.stream as usize - 1].is_none() =>
+            {
+                conn.set_read_timeout(None)?;
+                got[j.stream as usize - 1] = Some(conn);
+            }
+            _ => {
+                strangers += 1;
+                if strangers > 64 {
+                    bail!("too many connections that are not the source's streams");
+                }
+            }
+        }
+    }
+    Ok(got.into_iter().flatten().collect())
+}
+
+/// How long the further streams of a migration may take to join.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// One connection from `listener` within `wait`, or None.
+fn accept(listener: &OwnedFd, wait: Duration) -> Result<Option<OwnedFd>> {
+    let mut p = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one pollfd, which lives for the call.
+    let r = unsafe { libc::poll(&raw mut p, 1, ms) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).context("waiting for the source's streams");
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    // SAFETY: accept4 with no address wanted; the new descriptor is ours.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("taking the source's streams");
+    }
+    // SAFETY: accept4 just returned it to us.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 /// In the VM process: guest memory for `size` bytes, `ready`, then every
-/// record up to the end. Returns the state and the filled memory (with
-/// its memfd for huge pages).
+/// record up to the end, on every stream at once (a thread for each
+/// further stream). Returns the state and the filled memory (with its
+/// memfd for huge pages).
 /// Disk contents land in `disks` (storage migration), synced once the
 /// end has arrived.
 pub(crate) fn receive(
-    conn: &mut Conn,
+    conns: &mut [Conn],
     cfg: &vmm::VmConfig,
     disks: &mut Targets,
 ) -> Result<(MachineState, GuestMemory, Option<File>)> {
@@ -78,84 +179,110 @@ pub(crate) fn receive(
         // Bound before the first page lands, so pages are placed there.
         vmm::memory::bind(&mem, *policy, nodes)?;
     }
-    Reply::Ready.write(conn).context("answering the source")?;
-    let mut reader = Reader::resume(&mut *conn);
-    let mut records = 0u64;
-    let zero = vec![0u8; 1 << 20];
-    // Pages land straight in guest memory. No vCPU exists yet and no
-    // other thread of this process touches guest memory until the machine
-    // is built, so the slice handed to the reader is ours alone; a record
-    // that fails its checksum ends the migration, and the memory with it.
-    let mut place = |gpa: u64, len: usize| -> vmm::Result<Option<&mut [u8]>> {
-        let slice = Some(len)
-            .filter(|&l| mem.check_range(GuestAddress(gpa), l))
-            .and_then(|l| mem.get_slice(GuestAddress(gpa), l).ok())
-            .ok_or_else(|| {
-                vmm::Error::Stream(format!(
-                    "a page record outside guest memory ({gpa:#x} + {len})"
-                ))
-            })?;
-        // SAFETY: see above: the range is in guest RAM (checked) and one
-        // mapping; nothing else reads or writes it while this slice lives.
-        Ok(Some(unsafe {
-            std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len)
-        }))
+    let n = conns.len() as u32;
+    // To wake every stream's thread when one fails.
+    let wake = conns
+        .iter()
+        .map(Conn::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let Some((first, rest)) = conns.split_first_mut() else {
+        bail!("a migration with no stream");
     };
-    // Pages that arrived torn and have not yet come again whole.
-    let mut owed = Owed::default();
+    Reply::Ready.write(first).context("answering the source")?;
+    let mem_ref = &mem;
+    let wake = &wake;
+    // The stream that failed first: the others' errors follow from it.
+    let first_failed = AtomicU32::new(u32::MAX);
+    let failed = |k: u32| {
+        let _ = first_failed.compare_exchange(u32::MAX, k, Ordering::SeqCst, Ordering::SeqCst);
+        stop_reading(wake);
+    };
+    let state = std::thread::scope(|s| {
+        let others: Vec<_> = rest
+            .iter_mut()
+            .zip(1..)
+            .map(|(c, k)| {
+                s.spawn(move || {
+                    let r = further(c, k, n, mem_ref)
+                        .with_context(|| format!("stream {k} of the migration"));
+                    if r.is_err() {
+                        failed(k);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let main = first_stream(first, n, mem_ref, disks);
+        if main.is_err() {
+            failed(0);
+        } else {
+            // Each further stream ends before the first sends the state:
+            // a stream that says no more now is not coming.
+            for c in &wake[1..] {
+                let _ = c.set_read_timeout(Some(JOIN_WAIT));
+            }
+        }
+        let mut joined = Vec::new();
+        for h in others {
+            joined.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a migration stream's thread failed"))),
+            );
+        }
+        match first_failed.load(Ordering::SeqCst) {
+            0 | u32::MAX => {}
+            k => joined.swap_remove(k as usize - 1)?,
+        }
+        let state = main?;
+        joined.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok::<_, anyhow::Error>(state)
+    })?;
+    disks.sync()?;
+    Ok((state, mem, memfd))
+}
+
+/// Wakes every stream's reader after a failure; the first stream stays
+/// open for the error's reply to the source.
+fn stop_reading(streams: &[Conn]) {
+    for (k, c) in streams.iter().enumerate() {
+        if k == 0 {
+            c.shutdown_read();
+        } else {
+            c.shutdown();
+        }
+    }
+}
+
+/// The first stream: pages of its chunks, disk ranges, then the state
+/// and the end.
+fn first_stream(
+    conn: &mut Conn,
+    n: u32,
+    mem: &GuestMemory,
+    disks: &mut Targets,
+) -> Result<MachineState> {
+    let mut reader = Reader::resume(&mut *conn);
+    let mut pages = Pages::new(mem, 0, n);
     let state = loop {
-        match reader.next_record_into(&mut place)? {
-            Record::PagesPlaced { gpa, len } => {
-                owed.clear(gpa, len);
-                records += 1;
-            }
-            Record::PagesTorn { gpa, len, torn } => {
-                owed.clear(gpa, len);
-                for page in torn {
-                    owed.set(page, 4096);
-                }
-                records += 1;
-            }
-            Record::Pages { gpa, data } => {
-                in_memory(&mem, gpa, data.len() as u64)?;
-                mem.write_slice(&data, GuestAddress(gpa))
-                    .map_err(|e| anyhow!("writing guest memory at {gpa:#x}: {e}"))?;
-                owed.clear(gpa, data.len() as u64);
-                records += 1;
-            }
-            Record::Zeroes { gpa, pages } => {
-                let len = pages
-                    .checked_mul(4096)
-                    .ok_or_else(|| anyhow!("a zeroed range too long"))?;
-                in_memory(&mem, gpa, len)?;
-                let mut at = 0;
-                while at < len {
-                    let n = (len - at).min(zero.len() as u64);
-                    mem.write_slice(&zero[..n as usize], GuestAddress(gpa + at))
-                        .map_err(|e| anyhow!("zeroing guest memory: {e}"))?;
-                    at += n;
-                }
-                owed.clear(gpa, len);
-                records += 1;
-            }
-            Record::State(json) => {
+        match pages.next(&mut reader)? {
+            None => {}
+            Some(Record::State(json)) => {
                 // The state follows the last copy of every page.
-                if let Some(gpa) = owed.first() {
-                    bail!(
-                        "the page at {gpa:#x} failed its checksum, and no whole copy came after it"
-                    );
-                }
+                pages.all_whole()?;
                 let state: MachineState = serde_json::from_slice(&json)
                     .map_err(|e| anyhow!("the machine's state: {e}"))?;
                 break state;
             }
-            Record::Hello(_) => bail!("a second hello"),
-            Record::End(_) => bail!("the stream ended before the machine's state"),
-            Record::Disk { disk, offset, data } => disks.write(disk, offset, &data)?,
-            Record::DiskZeroes { disk, offset, len } => disks.zero(disk, offset, len)?,
-            Record::Commit => bail!("a commit before the machine's state"),
+            Some(Record::Hello(_)) => bail!("a second hello"),
+            Some(Record::End(_)) => bail!("the stream ended before the machine's state"),
+            Some(Record::Disk { disk, offset, data }) => disks.write(disk, offset, &data)?,
+            Some(Record::DiskZeroes { disk, offset, len }) => disks.zero(disk, offset, len)?,
+            Some(Record::Commit) => bail!("a commit before the machine's state"),
+            Some(Record::Join(_)) => bail!("a join on the first stream"),
+            Some(r) => bail!("an unexpected record: {r:?}"),
         }
     };
+    let records = pages.records;
     match reader.next_record()? {
         Record::End(e) if e.page_records == records && e.disk_records == disks.records => {}
         Record::End(e) => bail!(
@@ -166,8 +293,146 @@ pub(crate) fn receive(
         ),
         _ => bail!("the machine's state is not followed by the end"),
     }
-    disks.sync()?;
-    Ok((state, mem, memfd))
+    Ok(state)
+}
+
+/// A further stream (`k` of `n`): pages of its chunks, then its end.
+fn further(conn: &mut Conn, k: u32, n: u32, mem: &GuestMemory) -> Result<()> {
+    let mut reader = Reader::resume(&mut *conn);
+    let mut pages = Pages::new(mem, k, n);
+    loop {
+        match pages.next(&mut reader)? {
+            None => {}
+            Some(Record::End(e)) if e.page_records == pages.records && e.disk_records == 0 => {
+                return pages.all_whole();
+            }
+            Some(Record::End(e)) => bail!(
+                "it sent {} page records, and its end says {} page and {} disk records",
+                pages.records,
+                e.page_records,
+                e.disk_records
+            ),
+            Some(r) => bail!("only pages and the end travel here, not {}", kind(&r)),
+        }
+    }
+}
+
+fn kind(r: &Record) -> &'static str {
+    match r {
+        Record::Hello(_) => "a hello",
+        Record::State(_) => "the state",
+        Record::Disk { .. } | Record::DiskZeroes { .. } => "disk records",
+        Record::Commit => "the commit",
+        Record::Join(_) => "a join",
+        _ => "this record",
+    }
+}
+
+/// The pages one stream carries into guest memory: where they may land
+/// (the stream's own chunks when there are several) and which arrived
+/// torn.
+struct Pages<'m> {
+    mem: &'m GuestMemory,
+    stream: u32,
+    streams: u32,
+    records: u64,
+    /// Pages that arrived torn and have not yet come again whole.
+    owed: Owed,
+}
+
+impl<'m> Pages<'m> {
+    fn new(mem: &'m GuestMemory, stream: u32, streams: u32) -> Self {
+        Self {
+            mem,
+            stream,
+            streams,
+            records: 0,
+            owed: Owed::default(),
+        }
+    }
+
+    /// Refuses a range outside guest RAM, or (with several streams) one
+    /// that is not wholly in a chunk of this stream.
+    fn check(&self, gpa: u64, len: u64) -> vmm::Result<()> {
+        let in_ram = usize::try_from(len)
+            .ok()
+            .is_some_and(|l| self.mem.check_range(GuestAddress(gpa), l));
+        if !in_ram {
+            return Err(vmm::Error::Stream(format!(
+                "a page record outside guest memory ({gpa:#x} + {len})"
+            )));
+        }
+        if self.streams > 1 && stream_of(gpa, len, self.streams) != Some(self.stream) {
+            return Err(vmm::Error::Stream(format!(
+                "a page record ({gpa:#x} + {len}) on stream {} that belongs elsewhere",
+                self.stream
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the next record; page records are placed and counted here
+    /// (None), any other is handed back.
+    fn next<R: std::io::Read>(&mut self, reader: &mut Reader<R>) -> Result<Option<Record>> {
+        let mem = self.mem;
+        // Pages land straight in guest memory. No vCPU exists yet, and
+        // each stream's thread writes only its own chunks (checked), so
+        // the slice handed to the reader is ours alone; a record that
+        // fails its checksum ends the migration, and the memory with it.
+        let mut place = |gpa: u64, len: usize| -> vmm::Result<Option<&mut [u8]>> {
+            self.check(gpa, len as u64)?;
+            let slice = mem
+                .get_slice(GuestAddress(gpa), len)
+                .map_err(|e| vmm::Error::Stream(format!("guest memory at {gpa:#x}: {e}")))?;
+            // SAFETY: see above: the range is in guest RAM and one mapping
+            // (checked), and no other thread reads or writes it while this
+            // slice lives.
+            Ok(Some(unsafe {
+                std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len)
+            }))
+        };
+        let rec = reader.next_record_into(&mut place)?;
+        match rec {
+            Record::PagesPlaced { gpa, len } => self.owed.clear(gpa, len),
+            Record::PagesTorn { gpa, len, torn } => {
+                self.owed.clear(gpa, len);
+                for page in torn {
+                    self.owed.set(page, 4096);
+                }
+            }
+            Record::Pages { gpa, data } => {
+                self.check(gpa, data.len() as u64)?;
+                mem.write_slice(&data, GuestAddress(gpa))
+                    .map_err(|e| anyhow!("writing guest memory at {gpa:#x}: {e}"))?;
+                self.owed.clear(gpa, data.len() as u64);
+            }
+            Record::Zeroes { gpa, pages } => {
+                let len = pages
+                    .checked_mul(4096)
+                    .ok_or_else(|| anyhow!("a zeroed range too long"))?;
+                self.check(gpa, len)?;
+                let zero = [0u8; 4096];
+                let mut at = 0;
+                while at < len {
+                    mem.write_slice(&zero, GuestAddress(gpa + at))
+                        .map_err(|e| anyhow!("zeroing guest memory: {e}"))?;
+                    at += 4096;
+                }
+                self.owed.clear(gpa, len);
+            }
+            other => return Ok(Some(other)),
+        }
+        self.records += 1;
+        Ok(None)
+    }
+
+    /// Every page that arrived torn has come again whole.
+    fn all_whole(&self) -> Result<()> {
+        if let Some(gpa) = self.owed.first() {
+            bail!("the page at {gpa:#x} failed its checksum, and no whole copy came after it");
+        }
+        Ok(())
+    }
 }
 
 /// The incoming machine, received and built paused (`built`), is
@@ -254,17 +519,6 @@ impl Owed {
         let (&w, &bits) = self.bits.iter().next()?;
         Some((w * 64 + u64::from(bits.trailing_zeros())) * Self::PAGE)
     }
-}
-
-/// Refuses a range that is not wholly in guest RAM.
-fn in_memory(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {
-    let ok = usize::try_from(len)
-        .ok()
-        .is_some_and(|l| mem.check_range(GuestAddress(gpa), l));
-    if !ok {
-        bail!("a page record outside guest memory ({gpa:#x} + {len})");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,19 +11,17 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use vm_control::{MigrateOptions, MigrationReport};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm::state::stream::{End, Hello, Reply, Writer};
+use vmm::state::stream::{End, Hello, Join, Reply, Writer};
 use vmm::DirtyTracker;
 
+use super::lanes::{self, Lane, Pacer, Pass};
 use super::storage::{Outgoing, Sent};
 use super::Conn;
 use vmm_sys_util::eventfd::EventFd;
 
 const PAGE: u64 = 4096;
-/// Pages per record (1 MiB).
-const RUN: u64 = 256;
 /// Rounds while the guest runs, at most, before the final pause (unless
 /// a timeout says otherwise).
 const MAX_ROUNDS: u32 = 30;
@@ -44,6 +42,8 @@ pub(crate) struct Progress {
     pub(crate) downtime_ms: AtomicU64,
     pub(crate) disk_bytes: AtomicU64,
     pub(crate) cancel: AtomicBool,
+    /// A stream failed: the others stop at their next record.
+    pub(crate) lane_failed: AtomicBool,
     /// The commit is on its way: from here on the guest may run at the
     /// destination, so no failure may resume it here.
     pub(crate) committed: AtomicBool,
@@ -104,7 +104,9 @@ pub(crate) enum FromMain {
 
 /// Everything the copy thread takes with it.
 pub(crate) struct Copy {
-    pub(crate) conn: Conn,
+    /// The migration's streams: the first carries the hello, the disks,
+    /// the state and the end; each carries its share of guest memory.
+    pub(crate) conns: Vec<Conn>,
     pub(crate) tracker: DirtyTracker,
     pub(crate) touched: Vec<(u64, u64)>,
     /// Disks whose contents go along (storage migration).
@@ -115,23 +117,6 @@ pub(crate) struct Copy {
     pub(crate) to_main: Sender<ToMain>,
     pub(crate) wake: EventFd,
     pub(crate) from_main: Receiver<FromMain>,
-}
-
-/// Counts bytes and holds the pace to `--bandwidth`.
-struct Pacer {
-    t0: Instant,
-    cap: Option<f64>,
-}
-
-impl Pacer {
-    fn wait(&self, sent: u64) {
-        if let Some(cap) = self.cap {
-            let due = Duration::from_secs_f64(sent as f64 / cap);
-            if let Some(ahead) = due.checked_sub(self.t0.elapsed()) {
-                std::thread::sleep(ahead);
-            }
-        }
-    }
 }
 
 impl Copy {
@@ -156,10 +141,27 @@ impl Copy {
 
     fn migrate(&self) -> Result<()> {
         let t0 = Instant::now();
-        let mut reader = self.conn.try_clone()?;
+        let mut reader = self.conns[0].try_clone()?;
         reader.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut w = Writer::new(BufWriter::with_capacity(1 << 20, self.conn.try_clone()?))?;
-        let sent = w.hello(&self.hello).and_then(|()| w.flush());
+        let mut lanes = self
+            .conns
+            .iter()
+            .map(Lane::new)
+            .collect::<Result<Vec<_>>>()?;
+        // Further streams open with their join, so the destination can
+        // take them before it answers the hello.
+        for (k, lane) in lanes.iter_mut().enumerate().skip(1) {
+            lane.w
+                .join(&Join {
+                    token: self.hello.token.clone(),
+                    stream: k as u32,
+                })
+                .with_context(|| format!("opening stream {k}"))?;
+        }
+        let sent = lanes[0]
+            .w
+            .hello(&self.hello)
+            .and_then(|()| lanes[0].w.flush());
         // A destination that refuses may close before the hello is all
         // written: its reason is still worth reading.
         match (sent, Reply::read(&mut reader)) {
@@ -171,6 +173,8 @@ impl Copy {
             (Ok(()), Ok(Reply::Ready)) => {}
             (Ok(()), Ok(Reply::Running)) => bail!("the destination answered out of turn"),
         }
+        let opened: u64 = lanes.iter().map(|l| l.w.bytes).sum();
+        self.progress.bytes.store(opened, Ordering::Relaxed);
         let pacer = Pacer {
             t0: Instant::now(),
             cap: self.options.bandwidth_mib.map(|m| (m << 20) as f64),
@@ -178,30 +182,22 @@ impl Copy {
         self.tracker.start().context("starting the dirty log")?;
         self.progress.phase.store(ACTIVE, Ordering::Relaxed);
         let mem = self.tracker.memory();
-        let mut records = 0u64;
-        // Disks first: their contents are most of what moves, and the
-        // guest's writes meanwhile are tracked for the rounds.
+        // Disks first, on the first stream: their contents are most of
+        // what moves, and the guest's writes meanwhile are tracked for
+        // the rounds.
         let mut disk = Sent::default();
         for d in &self.disks {
-            disk += d.send_all(&mut w, &mut |b| self.after_record(b, &pacer))?;
-            self.progress
-                .disk_bytes
-                .store(disk.bytes, Ordering::Relaxed);
+            disk += self.send_disk(&mut lanes[0], &pacer, |w, after| d.send_all(w, after))?;
         }
         let mut pending: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.disks.len()];
-        // The first pass: every page that may hold data; zero pages are
-        // left out (the destination's memory starts zeroed).
-        for &(gpa, len) in &self.touched {
-            self.check_cancel()?;
-            let mut at = gpa;
-            while at < gpa + len {
-                let n = (gpa + len - at).min(RUN * PAGE);
-                records += send_range(&mut w, mem, at, n, true)?;
-                at += n;
-                self.progress.bytes.store(w.bytes, Ordering::Relaxed);
-                pacer.wait(w.bytes);
-            }
-        }
+        // The first pass: every page that may hold data.
+        lanes::send(
+            &mut lanes,
+            mem,
+            Pass::Ranges(&self.touched),
+            &pacer,
+            &self.progress,
+        )?;
         let mut rounds = 1;
         let mut last_round = Instant::now();
         let deadline = self.options.timeout_s.map(|s| t0 + Duration::from_secs(s));
@@ -234,7 +230,8 @@ impl Copy {
             // at the last round's rate, or at half the average before any
             // round: reckoned at the average, a guest dirtying 64 MiB was
             // paused for 45 ms against a budget of 30.
-            let rate = w.bytes as f64 / pacer.t0.elapsed().as_secs_f64().max(1e-3);
+            let sent = self.progress.bytes.load(Ordering::Relaxed);
+            let rate = sent as f64 / pacer.t0.elapsed().as_secs_f64().max(1e-3);
             let rate = round_rate.unwrap_or(rate / 2.0).min(rate);
             let last_copy = Duration::from_secs_f64(left as f64 / rate.max(1.0)) + PAUSE_COST;
             let fits = left == 0 || last_copy <= budget;
@@ -244,11 +241,10 @@ impl Copy {
                 let last = Last {
                     bitmaps,
                     disks: pending,
-                    records,
                     disk,
                     rounds,
                 };
-                return self.finish(&mut w, &mut reader, mem, last);
+                return self.finish(&mut lanes, &mut reader, mem, last);
             }
             if self.options.auto_converge && dirty.saturating_mul(10) > prev_dirty.saturating_mul(9)
             {
@@ -262,27 +258,45 @@ impl Copy {
             }
             prev_dirty = dirty;
             last_round = Instant::now();
-            let sent = w.bytes;
-            records += send_dirty(&mut w, mem, &bitmaps, &pacer, &self.progress)?;
+            lanes::send(
+                &mut lanes,
+                mem,
+                Pass::Dirty(&bitmaps),
+                &pacer,
+                &self.progress,
+            )?;
             let secs = last_round.elapsed().as_secs_f64().max(1e-4);
-            round_rate = Some((w.bytes - sent) as f64 / secs).filter(|&r| r > 0.0);
+            let now = self.progress.bytes.load(Ordering::Relaxed);
+            round_rate = Some((now - sent) as f64 / secs).filter(|&r| r > 0.0);
             for (d, p) in self.disks.iter().zip(pending.iter_mut()) {
-                disk += d.send_ranges(&mut w, p, &mut |b| self.after_record(b, &pacer))?;
+                disk +=
+                    self.send_disk(&mut lanes[0], &pacer, |w, after| d.send_ranges(w, p, after))?;
                 p.clear();
             }
-            self.progress
-                .disk_bytes
-                .store(disk.bytes, Ordering::Relaxed);
             rounds += 1;
             self.progress.rounds.store(rounds, Ordering::Relaxed);
         }
     }
 
-    /// After each disk record: progress, the pace, a cancel.
-    fn after_record(&self, bytes: u64, pacer: &Pacer) -> Result<()> {
-        self.progress.bytes.store(bytes, Ordering::Relaxed);
-        pacer.wait(bytes);
-        self.check_cancel()
+    /// Sends disk records on `lane` with `f`, counting their bytes into
+    /// the progress after each, holding the pace, and heeding a cancel.
+    fn send_disk(
+        &self,
+        lane: &mut Lane,
+        pacer: &Pacer,
+        f: impl FnOnce(&mut Writer<BufWriter<Conn>>, &mut dyn FnMut(u64) -> Result<()>) -> Result<Sent>,
+    ) -> Result<Sent> {
+        let mut seen = lane.w.bytes;
+        let sent = f(&mut lane.w, &mut |b| {
+            let total = self.progress.bytes.fetch_add(b - seen, Ordering::Relaxed) + b - seen;
+            seen = b;
+            pacer.wait(total);
+            self.check_cancel()
+        })?;
+        self.progress
+            .disk_bytes
+            .fetch_add(sent.bytes, Ordering::Relaxed);
+        Ok(sent)
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -293,11 +307,12 @@ impl Copy {
     }
 
     /// The pause: the emulator thread stops the guest and hands over its
-    /// state; the pages written since the last round, the queues' rings,
-    /// the state and the end go; then the destination's word.
+    /// state; the pages written since the last round go on every
+    /// stream, each further stream ends, and the disks' last ranges, the
+    /// state and the end go on the first; then the destination's word.
     fn finish(
         &self,
-        w: &mut Writer<BufWriter<Conn>>,
+        lanes: &mut [Lane],
         reader: &mut Conn,
         mem: &vmm::memory::GuestMemory,
         last_round: Last,
@@ -305,7 +320,6 @@ impl Copy {
         let Last {
             bitmaps: before,
             disks: mut pending,
-            mut records,
             mut disk,
             rounds,
         } = last_round;
@@ -323,27 +337,32 @@ impl Copy {
                 *x |= y;
             }
         }
-        mark_ranges(mem, &mut last, &rings);
+        lanes::mark_ranges(mem, &mut last, &rings);
         let pacer = Pacer {
             t0: Instant::now(),
             cap: None,
         };
-        records += send_dirty(w, mem, &last, &pacer, &self.progress)?;
+        lanes::send(lanes, mem, Pass::Dirty(&last), &pacer, &self.progress)?;
+        let end = |lane: &Lane, disk_records| End {
+            page_records: lane.records,
+            rounds: rounds + 1,
+            disk_records,
+        };
+        for lane in lanes.iter_mut().skip(1) {
+            let e = end(lane, 0);
+            lane.w.end(&e)?;
+        }
+        let w = &mut lanes[0];
         // The queues are drained: every write the guest made is tracked.
         for (d, p) in self.disks.iter().zip(pending.iter_mut()) {
             d.take_dirty(p);
-            disk += d.send_ranges(w, p, &mut |_| Ok(()))?;
+            disk += self.send_disk(w, &pacer, |w, after| d.send_ranges(w, p, after))?;
         }
-        self.progress
-            .disk_bytes
-            .store(disk.bytes, Ordering::Relaxed);
-        w.state(&state)?;
-        w.end(&End {
-            page_records: records,
-            rounds: rounds + 1,
-            disk_records: disk.records,
-        })?;
-        self.progress.bytes.store(w.bytes, Ordering::Relaxed);
+        w.w.state(&state)?;
+        let e = end(w, disk.records);
+        w.w.end(&e)?;
+        let total: u64 = lanes.iter().map(|l| l.w.bytes).sum();
+        self.progress.bytes.store(total, Ordering::Relaxed);
         self.progress.rounds.store(rounds + 1, Ordering::Relaxed);
         match Reply::read(reader)? {
             Reply::Running => {}
@@ -353,7 +372,7 @@ impl Copy {
         // From the commit on, the guest belongs to the destination: it
         // runs there once the commit arrives and then closes the stream.
         self.progress.committed.store(true, Ordering::SeqCst);
-        if let Err(e) = w.commit() {
+        if let Err(e) = lanes[0].w.commit() {
             return Err(anyhow::Error::new(Unsure(format!(
                 "sending the commit: {e}"
             ))));
@@ -379,7 +398,6 @@ impl Copy {
 struct Last {
     bitmaps: Vec<Vec<u64>>,
     disks: Vec<Vec<(u64, u64)>>,
-    records: u64,
     disk: Sent,
     rounds: u32,
 }
@@ -395,96 +413,3 @@ impl std::fmt::Display for Unsure {
 }
 
 impl std::error::Error for Unsure {}
-
-/// Sets the bits of every page that `ranges` touch.
-fn mark_ranges(mem: &vmm::memory::GuestMemory, bitmaps: &mut [Vec<u64>], ranges: &[(u64, u64)]) {
-    for &(gpa, len) in ranges {
-        for (i, r) in mem.iter().enumerate() {
-            for p in vmm::dirty::pages_in(r.start_addr().0, r.len(), gpa, len) {
-                if let Some(w) = bitmaps[i].get_mut((p / 64) as usize) {
-                    *w |= 1 << (p % 64);
-                }
-            }
-        }
-    }
-}
-
-/// Sends each page the bitmaps name, in runs; zero pages as zeroes.
-fn send_dirty(
-    w: &mut Writer<BufWriter<Conn>>,
-    mem: &vmm::memory::GuestMemory,
-    bitmaps: &[Vec<u64>],
-    pacer: &Pacer,
-    progress: &Progress,
-) -> Result<u64> {
-    let mut records = 0;
-    for (r, bits) in mem.iter().zip(bitmaps) {
-        let base = r.start_addr().0;
-        let pages = r.len() / PAGE;
-        let mut p = 0;
-        while p < pages {
-            if bits[(p / 64) as usize] & (1 << (p % 64)) == 0 {
-                // Skip a clean word at once.
-                if p % 64 == 0 && bits[(p / 64) as usize] == 0 {
-                    p += 64;
-                } else {
-                    p += 1;
-                }
-                continue;
-            }
-            let start = p;
-            while p < pages && p - start < RUN && bits[(p / 64) as usize] & (1 << (p % 64)) != 0 {
-                p += 1;
-            }
-            records += send_range(w, mem, base + start * PAGE, (p - start) * PAGE, false)?;
-            progress.bytes.store(w.bytes, Ordering::Relaxed);
-            pacer.wait(w.bytes);
-        }
-    }
-    Ok(records)
-}
-
-/// Sends `[gpa, gpa + len)` (in one memory region) as runs of data pages
-/// and runs of zero pages; with `skip_zero` the zero runs are left out.
-/// Returns the records sent.
-fn send_range(
-    w: &mut Writer<BufWriter<Conn>>,
-    mem: &vmm::memory::GuestMemory,
-    gpa: u64,
-    len: u64,
-    skip_zero: bool,
-) -> Result<u64> {
-    let slice = mem
-        .get_slice(GuestAddress(gpa), len as usize)
-        .map_err(|e| anyhow!("reading guest memory at {gpa:#x}: {e}"))?;
-    // SAFETY: the slice is `len` bytes of one mapped region, which stays
-    // mapped while `mem` is borrowed. The guest may write these bytes
-    // while they are read here (no copy first: it cost a fifth of the
-    // source's time). Such bytes are only summed and sent, and a record
-    // whose data changed between the two arrives torn: the destination
-    // holds those pages owed until the next round, where the dirty log
-    // sends them again; in the final pass the guest is paused.
-    let data = unsafe { std::slice::from_raw_parts(slice.ptr_guard().as_ptr(), len as usize) };
-    let mut records = 0;
-    let mut pages = data
-        .chunks(PAGE as usize)
-        .map(vmm::memory::is_zero)
-        .peekable();
-    let mut start = 0usize;
-    while let Some(zero) = pages.next() {
-        let mut end = start + 1;
-        while pages.next_if_eq(&zero).is_some() {
-            end += 1;
-        }
-        let at = gpa + start as u64 * PAGE;
-        if !zero {
-            w.pages(at, &data[start * PAGE as usize..end * PAGE as usize])?;
-            records += 1;
-        } else if !skip_zero {
-            w.zeroes(at, (end - start) as u64)?;
-            records += 1;
-        }
-        start = end;
-    }
-    Ok(records)
-}

@@ -44,6 +44,7 @@ enum Kind {
     Disk = 6,
     Commit = 7,
     DiskZeroes = 8,
+    Join = 9,
 }
 
 impl Kind {
@@ -57,6 +58,7 @@ impl Kind {
             6 => Self::Disk,
             7 => Self::Commit,
             8 => Self::DiskZeroes,
+            9 => Self::Join,
             _ => return None,
         })
     }
@@ -76,6 +78,58 @@ pub struct Hello {
     /// their index here).
     #[serde(default)]
     pub disks: Vec<HelloDisk>,
+    /// How many connections carry the migration (docs/vm-migrate.md,
+    /// "Several streams"): this one, and `streams - 1` more that each
+    /// open with a [`Join`]. Left out when 1, so a one-stream hello reads
+    /// as before.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub streams: u32,
+    /// What each further stream must show to be taken (random, hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The first record of each further stream of a migration: the hello's
+/// token, and which stream this is (1 up to `streams - 1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    pub token: String,
+    pub stream: u32,
+}
+
+/// Guest memory is cut into chunks of this size, and with several
+/// streams every page of chunk `c` travels on stream `c % streams`, in
+/// every round, and no page record crosses a chunk: two copies of one
+/// page arrive in order, and the threads that write guest memory at the
+/// destination never write the same page.
+pub const CHUNK: u64 = 1 << 20;
+
+/// A page's own checksum in a page record.
+pub fn page_sum(page: &[u8]) -> u32 {
+    crc32fast::hash(page)
+}
+
+/// The [`page_sum`] of a page of zeroes: a page with any other sum is
+/// not zero, so only pages with this one need a look at every byte.
+pub fn zero_page_sum() -> u32 {
+    static SUM: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *SUM.get_or_init(|| page_sum(&[0u8; PAGE]))
+}
+
+/// The stream `[gpa, gpa + len)` must travel on, if it lies in one chunk.
+pub fn stream_of(gpa: u64, len: u64, streams: u32) -> Option<u32> {
+    let last = gpa.checked_add(len.max(1) - 1)?;
+    (gpa / CHUNK == last / CHUNK).then(|| (gpa / CHUNK % u64::from(streams.max(1))) as u32)
 }
 
 /// A disk as the source has it, so the destination can check its own
@@ -174,6 +228,8 @@ pub enum Record {
     /// good, so the guest may run there. Without it the destination
     /// discards its VM, and there are never two running copies.
     Commit,
+    /// A further stream's first record.
+    Join(Join),
 }
 
 /// What the destination answers, one JSON line each: `ready` after the
@@ -285,11 +341,23 @@ impl<W: Write> Writer<W> {
         let mut sums = std::mem::take(&mut self.sums);
         sums.clear();
         for page in data.chunks(PAGE) {
-            sums.extend_from_slice(&crc32fast::hash(page).to_le_bytes());
+            sums.extend_from_slice(&page_sum(page).to_le_bytes());
         }
-        let r = self.record_with_body(Kind::Pages, &[&gpa.to_le_bytes(), &sums], data);
+        let r = self.pages_summed(gpa, data, &sums);
         self.sums = sums;
         r
+    }
+
+    /// As [`Writer::pages`], with each page's [`page_sum`] already taken
+    /// (`sums`: one little-endian u32 per page of `data`).
+    pub fn pages_summed(&mut self, gpa: u64, data: &[u8], sums: &[u8]) -> io::Result<()> {
+        if sums.len() / 4 * PAGE != data.len() || sums.len() % 4 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a page record's sums do not match its pages",
+            ));
+        }
+        self.record_with_body(Kind::Pages, &[&gpa.to_le_bytes(), sums], data)
     }
 
     pub fn zeroes(&mut self, gpa: u64, pages: u64) -> io::Result<()> {
@@ -312,6 +380,14 @@ impl<W: Write> Writer<W> {
                 &len.to_le_bytes(),
             ],
         )
+    }
+
+    /// Opens a further stream (after its header), flushed at once: the
+    /// destination reads it before it answers the hello.
+    pub fn join(&mut self, j: &Join) -> io::Result<()> {
+        let json = serde_json::to_vec(j).map_err(io::Error::other)?;
+        self.record(Kind::Join, &[&json])?;
+        self.w.flush()
     }
 
     pub fn state(&mut self, json: &[u8]) -> io::Result<()> {
@@ -525,6 +601,9 @@ impl<R: Read> Reader<R> {
             Kind::End => {
                 Record::End(serde_json::from_slice(&payload).map_err(|e| bad(format!("end: {e}")))?)
             }
+            Kind::Join => Record::Join(
+                serde_json::from_slice(&payload).map_err(|e| bad(format!("join: {e}")))?,
+            ),
             Kind::Disk => {
                 if payload.len() < 12 {
                     return Err(bad("a short disk record"));

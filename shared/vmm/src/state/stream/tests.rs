@@ -6,6 +6,8 @@ fn sample() -> Vec<u8> {
         spec: serde_json::json!({"name": "a"}),
         cpuid: vec![],
         disks: vec![],
+        streams: 1,
+        token: String::new(),
     })
     .unwrap();
     w.pages(0x1000, &[7u8; 8192]).unwrap();
@@ -145,4 +147,48 @@ fn damaged_streams_are_refused() {
     let mut old = s.clone();
     old[8] = 1;
     assert!(matches!(Reader::new(&old[..]), Err(Error::Stream(m)) if m.contains("older")));
+}
+
+#[test]
+fn a_further_stream_opens_with_its_join() {
+    let mut w = Writer::new(Vec::new()).unwrap();
+    let j = Join {
+        token: "ab12".into(),
+        stream: 3,
+    };
+    w.join(&j).unwrap();
+    let mut r = Reader::new(&w.w[..]).unwrap();
+    match r.next_record().unwrap() {
+        Record::Join(got) => assert_eq!(got, j),
+        other => panic!("{other:?}"),
+    }
+    // A one-stream hello says nothing of streams; a hello for several
+    // says how many, and its token.
+    let mut h = Hello {
+        spec: serde_json::json!({}),
+        cpuid: vec![],
+        disks: vec![],
+        streams: 1,
+        token: String::new(),
+    };
+    let one = serde_json::to_string(&h).unwrap();
+    assert!(!one.contains("streams") && !one.contains("token"), "{one}");
+    h.streams = 2;
+    h.token = "ab12".into();
+    let two: Hello = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+    assert_eq!((two.streams, two.token.as_str()), (2, "ab12"));
+    let old: Hello = serde_json::from_str(&one).unwrap();
+    assert_eq!(old.streams, 1);
+}
+
+#[test]
+fn chunks_name_their_stream() {
+    assert_eq!(stream_of(0, 4096, 2), Some(0));
+    assert_eq!(stream_of(CHUNK, CHUNK, 2), Some(1));
+    assert_eq!(stream_of(3 * CHUNK + 4096, 8192, 2), Some(1));
+    assert_eq!(stream_of(4 * CHUNK - 4096, 4096, 3), Some(0));
+    // Across a chunk's end, or past the end of addresses: no stream.
+    assert_eq!(stream_of(CHUNK - 4096, 8192, 2), None);
+    assert_eq!(stream_of(u64::MAX - 4095, 8192, 2), None);
+    assert_eq!(stream_of(5 * CHUNK, 4096, 1), Some(0));
 }
