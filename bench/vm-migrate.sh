@@ -36,7 +36,8 @@
 #   bench/vm-migrate.sh [MiB ...]    (default: 256 1024; the fill runs in
 #                                    the guest, about 100 s per GiB on a
 #                                    nested host, once per tool and case)
-#   DOWNTIME=30 (ms, default), HOPS=3, WARM=1
+#   DOWNTIME=30 (ms, default), HOPS=3, WARM=1, STREAMS=1 (vm-migrate's
+#   --streams; QEMU stays at its default of one)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 sizes=("$@")
@@ -44,6 +45,7 @@ sizes=("$@")
 budget=${DOWNTIME:-30}
 hops=${HOPS:-3}
 warm=${WARM:-1}
+streams=${STREAMS:-1}
 need qemu-system-x86_64
 need python3
 bench_setup vm-migrate-bench vm-run vm-migrate
@@ -168,7 +170,7 @@ JSON
       until grep -q listening "$work/recv.err" 2>/dev/null; do sleep 0.05; done
       addr=$(sed -n 's/.*listening on //p' "$work/recv.err")
       warm_up "$((mem + 64))"
-      ours=$("$rel/vm-migrate" send "$from" "$addr" --max-downtime "$budget" --quiet)
+      ours=$("$rel/vm-migrate" send "$from" "$addr" --max-downtime "$budget" --streams "$streams" --quiet)
       wait
       o_totals+=("$(echo "$ours" | field total_ms)")
       o_downs+=("$(echo "$ours" | field downtime_ms)")

@@ -4,8 +4,8 @@
 //! under target/ so it can join the corpus.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use test_guest::fuzz::{bounded, guarded, Rng};
 use vm_image::fuzzing::open_and_read;
 
 fn corpus_dir() -> PathBuf {
@@ -25,14 +25,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 }
 
 fn run_guarded(what: &str, data: &[u8]) {
-    let result = std::panic::catch_unwind(|| open_and_read(data));
-    if result.is_err() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-failures");
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("crash-{}", what.replace(['/', ' '], "_")));
-        std::fs::write(&file, data).unwrap();
-        panic!("{what} panicked; input saved as {}", file.display());
-    }
+    guarded("crash", what, data, open_and_read);
 }
 
 #[test]
@@ -41,20 +34,6 @@ fn corpus_replays_without_panics() {
     assert!(c.len() >= 5, "corpus has its seed images");
     for (name, data) in &c {
         run_guarded(name, data);
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 
@@ -99,27 +78,13 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
 
 #[test]
 fn bounded_random_mutations() {
-    let seconds = std::env::var("VMTOOLS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let seed = std::env::var("VMTOOLS_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_1234_u64);
     let c = corpus();
-    let mut rng = Rng(seed | 1);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut runs = 0u64;
-    while Instant::now() < deadline {
+    bounded("images", 10, 0x5eed_1234, |rng, seed, run| {
         let (name, base) = &c[rng.below(c.len())];
         let mut data = base.clone();
         for _ in 0..=rng.below(8) {
-            mutate(&mut rng, &mut data);
+            mutate(rng, &mut data);
         }
-        run_guarded(&format!("seed {seed} run {runs} from {name}"), &data);
-        runs += 1;
-    }
-    eprintln!("fuzz: {runs} mutated images in {seconds} s, seed {seed}");
-    assert!(runs > 0);
+        run_guarded(&format!("seed {seed} run {run} from {name}"), &data);
+    });
 }

@@ -6,8 +6,8 @@
 //! reached. A failing input is saved under target/ to join the corpus.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use test_guest::fuzz::{bounded, guarded, Rng};
 use vmm::fuzzing::stream::{read, MEM_SIZE};
 use vmm::state::stream::{End, Hello, Writer};
 
@@ -44,13 +44,7 @@ fn sample() -> Vec<u8> {
 }
 
 fn run_guarded(what: &str, data: &[u8]) {
-    if std::panic::catch_unwind(|| read(data)).is_err() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-failures");
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("stream-{}", what.replace(['/', ' '], "_")));
-        std::fs::write(&file, data).unwrap();
-        panic!("{what} panicked; input saved as {}", file.display());
-    }
+    guarded("stream", what, data, read);
 }
 
 #[test]
@@ -90,20 +84,6 @@ fn the_sample_is_read_to_its_end() {
     assert_eq!(kinds, 8);
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// One mutation: a byte, a bit, a cut, or a plausible 64-bit field (a
 /// length, an address, a count) at an aligned spot.
 fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
@@ -140,28 +120,14 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
 
 #[test]
 fn bounded_random_mutations() {
-    let seconds = std::env::var("VMTOOLS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let seed = std::env::var("VMTOOLS_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_5eed_u64);
     let base = sample();
-    let mut rng = Rng(seed | 1);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut runs = 0u64;
-    while Instant::now() < deadline {
+    bounded("streams", 5, 0x5eed_5eed, |rng, seed, run| {
         let mut data = base.clone();
         for _ in 0..=rng.below(6) {
-            mutate(&mut rng, &mut data);
+            mutate(rng, &mut data);
         }
         // Mostly sealed; now and then raw, or with the page sums left.
         data[0] = [3, 3, 3, 1, 0][rng.below(5)];
-        run_guarded(&format!("seed {seed} run {runs}"), &data);
-        runs += 1;
-    }
-    eprintln!("fuzz: {runs} mutated streams in {seconds} s, seed {seed}");
-    assert!(runs > 0);
+        run_guarded(&format!("seed {seed} run {run}"), &data);
+    });
 }

@@ -6,6 +6,7 @@
 //! line picks a mode (`mode=hello`, `crash`, `reboot`, `heartbeat`,
 //! `cli-hlt`, and the `blk-*` virtio-blk modes); see `guest/main.c` and `guest/blk.c`.
 
+pub mod fuzz;
 pub mod hostfs;
 pub mod netns;
 pub mod rundir;

@@ -5,14 +5,14 @@
 //! hostile source or a stranger sends on the further streams starts
 //! nothing at the destination.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{env, finish, listening, page_record, record, recv};
+use common::{env, finish, header, listening, page_record, record, recv, refused};
 use test_guest::rundir::{contiguous, counts_in, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
 
@@ -67,13 +67,6 @@ fn three_two_or_one_streams_move_the_guest() {
 }
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn header() -> Vec<u8> {
-    let mut h = b"VMTMIGR\n".to_vec();
-    h.extend_from_slice(&2u32.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h
-}
 
 fn join(token: &str, stream: u32) -> Vec<u8> {
     let j = serde_json::json!({"token": token, "stream": stream});
@@ -130,24 +123,7 @@ fn feed(
     // The first stream stays open: an error on a further stream must be
     // the one reported, not the first stream's end.
     let _ = s.write_all(first);
-    let mut replies = String::new();
-    let _ = s.read_to_string(&mut replies);
-    let mut lines = replies.lines();
-    if ready {
-        assert_eq!(
-            lines.next(),
-            Some("{\"reply\":\"ready\"}"),
-            "{tag}: {replies}"
-        );
-    }
-    let err = lines
-        .next()
-        .unwrap_or_else(|| panic!("{tag}: no error reply: {replies}"));
-    assert!(err.starts_with("{\"reply\":\"error\""), "{tag}: {err}");
-    assert!(err.contains(expect), "{tag}: {err}");
-    let (code, _, rerr) = finish(r);
-    assert_ne!(code, 0, "{tag}: {rerr}");
-    assert!(env.running().is_empty(), "{tag}: a VM was left");
+    refused(env, &mut s, r, ready, tag, expect);
     drop(others);
     assert!(
         t0.elapsed() < Duration::from_secs(25),

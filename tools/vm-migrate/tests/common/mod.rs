@@ -99,14 +99,34 @@ pub fn feed_hostile(
     listening(&mut r);
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut stream = b"VMTMIGR\n".to_vec();
-    stream.extend_from_slice(&2u32.to_le_bytes());
-    stream.extend_from_slice(&0u32.to_le_bytes());
+    let mut stream = header();
     stream.extend_from_slice(body);
     // The destination may stop reading at the first bad record; the
     // end of what is sent is the end of the stream.
     let _ = s.write_all(&stream);
     let _ = s.shutdown(std::net::Shutdown::Write);
+    refused(env, &mut s, r, ready, what, expect);
+}
+
+/// A stream's header, as the source writes it.
+pub fn header() -> Vec<u8> {
+    let mut h = b"VMTMIGR\n".to_vec();
+    h.extend_from_slice(&2u32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h
+}
+
+/// The destination at the far end of `s` (the `vm-migrate recv` `r`)
+/// answers `ready` first when `ready` says so, then an error naming
+/// `expect`; it exits non-zero and leaves no VM behind.
+pub fn refused(
+    env: &RunDir,
+    s: &mut std::os::unix::net::UnixStream,
+    r: Child,
+    ready: bool,
+    what: &str,
+    expect: &str,
+) {
     let mut replies = String::new();
     let _ = s.read_to_string(&mut replies);
     let mut lines = replies.lines();
