@@ -66,6 +66,52 @@ fn three_two_or_one_streams_move_the_guest() {
     env.vm_run(&["kill", "d"]);
 }
 
+/// A cancel while two streams crawl at 1 MiB/s: the send fails with
+/// one line, the destination keeps nothing, and the guest runs on at the
+/// source with its memory whole.
+#[test]
+fn a_cancel_over_two_streams_leaves_the_source_running() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = env();
+    env.start(&env.spec("a", "memcount pages=512", &serde_json::json!({})));
+    env.wait_count("a", "round ", 1);
+    let mut r = recv(&env, "tcp:127.0.0.1:0", "b");
+    let addr = listening(&mut r);
+    let send = env
+        .command("vm-migrate")
+        .args(["send", "a", &addr, "--streams", "2", "--bandwidth", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (code, out, _) = env.run("vm-migrate", &["status", "a"]);
+        if code == 0 && json(&out)["status"] == "active" && json(&out)["bytes"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "never active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, _, err) = env.run("vm-migrate", &["cancel", "a"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = finish(send);
+    assert_eq!(code, 1);
+    assert!(err.contains("cancelled"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_ne!(finish(r).0, 0);
+    assert_eq!(env.running(), ["a"]);
+    let now = *env.counts("a", "round ").last().unwrap();
+    env.wait_count("a", "round ", now + 2);
+    let console = env.console("a");
+    assert!(!console.contains("MEMORY ERROR"), "{console}");
+    contiguous(&console, "round ");
+    env.vm_run(&["kill", "a"]);
+}
+
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn join(token: &str, stream: u32) -> Vec<u8> {
