@@ -9,31 +9,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
 use common::{
-    env, feed_hostile, finish, flushed_sectors_hold, listening, page_record, record, recv,
+    env, feed_hostile, finish, flushed_sectors_hold, goes_on, goes_on_after, listening,
+    page_record, record, recv, wait_for_status,
 };
-use test_guest::rundir::{contiguous, counts_in, json, RunDir};
+use test_guest::rundir::{contiguous, json};
 use test_guest::{have_kvm, kvm_lock};
-
-/// The memory-checking guest goes on at the destination from where it
-/// was: its rounds continue one by one across both consoles, and none
-/// reports a memory error.
-fn goes_on(env: &RunDir, from: &str, to: &str) {
-    goes_on_after(env, env.console(from), to);
-}
-
-/// As [`goes_on`], from what the guest printed before (`before`).
-fn goes_on_after(env: &RunDir, before: String, to: &str) {
-    let last = *counts_in(&before, "round ").last().unwrap();
-    env.wait_count(to, "round ", last + 3);
-    let both = before + &env.console(to);
-    assert!(!both.contains("MEMORY ERROR"), "{both}");
-    contiguous(&both, "round ");
-}
 
 #[test]
 fn migrate_over_unix_tcp_and_exec() {
@@ -418,15 +403,7 @@ fn failures_leave_the_source_running() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (code, out, _) = env.run("vm-migrate", &["status", "a"]);
-        if code == 0 && json(&out)["status"] == "active" {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "never active");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_status(&env, "a", "never active", |s| s["status"] == "active");
     let (code, out, err) = env.run("vm-migrate", &["cancel", "a"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["cancelled"], true);

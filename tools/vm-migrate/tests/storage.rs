@@ -7,9 +7,8 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record};
+use common::{env, feed_hostile, finish, flushed_sectors_hold, listening, record, wait_for_status};
 use test_guest::rundir::{json, RunDir};
 use test_guest::{have_kvm, have_tool, kvm_lock};
 
@@ -112,15 +111,9 @@ fn copy_storage_all_while_the_guest_writes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (code, out, _) = env.run("vm-migrate", &["status", "a"]);
-        if code == 0 && json(&out)["disk_bytes"].as_u64().unwrap() > 0 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no disk bytes sent");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_status(&env, "a", "no disk bytes sent", |s| {
+        s["disk_bytes"].as_u64().unwrap() > 0
+    });
     let (code, _, err) = env.run("vm-migrate", &["cancel", "a"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = finish(send);

@@ -12,19 +12,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{env, finish, header, listening, page_record, record, recv, refused};
-use test_guest::rundir::{contiguous, counts_in, json, RunDir};
+use common::{
+    env, finish, goes_on, header, listening, page_record, record, recv, refused, wait_for_status,
+};
+use test_guest::rundir::{contiguous, json, RunDir};
 use test_guest::{have_kvm, kvm_lock};
-
-/// The guest goes on at `to` from where it was at `from`.
-fn goes_on(env: &RunDir, from: &str, to: &str) {
-    let before = env.console(from);
-    let last = *counts_in(&before, "round ").last().unwrap();
-    env.wait_count(to, "round ", last + 2);
-    let both = before + &env.console(to);
-    assert!(!both.contains("MEMORY ERROR"), "{both}");
-    contiguous(&both, "round ");
-}
 
 #[test]
 fn three_two_or_one_streams_move_the_guest() {
@@ -87,15 +79,9 @@ fn a_cancel_over_two_streams_leaves_the_source_running() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (code, out, _) = env.run("vm-migrate", &["status", "a"]);
-        if code == 0 && json(&out)["status"] == "active" && json(&out)["bytes"].as_u64() > Some(0) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "never active");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_status(&env, "a", "never active", |s| {
+        s["status"] == "active" && s["bytes"].as_u64() > Some(0)
+    });
     let (code, _, err) = env.run("vm-migrate", &["cancel", "a"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = finish(send);
@@ -127,6 +113,14 @@ fn pages(gpa: u64, n: usize) -> Vec<u8> {
     )
 }
 
+/// What a further connection sends.
+enum Other {
+    /// These bytes at once.
+    Sends(Vec<u8>),
+    /// These bytes, one every 100 ms, for as long as it is let.
+    Trickles(Vec<u8>),
+}
+
 /// One hostile case: the first stream opens with a hello for `streams`
 /// streams and `token`, then `first`; each of `more` connects in turn
 /// and sends its bytes. The destination must answer `ready` first when
@@ -138,7 +132,7 @@ fn feed(
     streams: u32,
     token: &str,
     first: &[u8],
-    more: &[Vec<u8>],
+    more: Vec<Other>,
     ready: bool,
     expect: &str,
 ) {
@@ -158,19 +152,35 @@ fn feed(
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let _ = s.write_all(&[header(), record(1, hello.to_string().as_bytes())].concat());
     // In order: the destination takes connections as they queued.
-    let others: Vec<UnixStream> = more
-        .iter()
-        .map(|bytes| {
+    // The connections that sent at once stay open until the end: one
+    // closed early would end its stream before the case's own error.
+    let _open: Vec<UnixStream> = more
+        .into_iter()
+        .filter_map(|other| {
             let mut c = UnixStream::connect(&sock).unwrap();
-            let _ = c.write_all(bytes);
-            c
+            match other {
+                Other::Sends(bytes) => {
+                    let _ = c.write_all(&bytes);
+                    Some(c)
+                }
+                Other::Trickles(bytes) => {
+                    std::thread::spawn(move || {
+                        for b in bytes {
+                            if c.write_all(&[b]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    });
+                    None
+                }
+            }
         })
         .collect();
     // The first stream stays open: an error on a further stream must be
     // the one reported, not the first stream's end.
     let _ = s.write_all(first);
     refused(env, &mut s, r, ready, tag, expect);
-    drop(others);
     assert!(
         t0.elapsed() < Duration::from_secs(25),
         "{tag}: took {:?}",
@@ -198,7 +208,28 @@ fn hostile_further_streams_start_nothing() {
         2,
         TOKEN,
         &pages(1 << 20, 1),
-        &[join("ffffffffffffffffffffffffffffffff", 1), join(TOKEN, 1)],
+        vec![
+            Other::Sends(join("ffffffffffffffffffffffffffffffff", 1)),
+            Other::Sends(join(TOKEN, 1)),
+        ],
+        true,
+        "belongs elsewhere",
+    );
+    // A connection that trickles a join (the right one, padded to 300
+    // bytes: 30 s at its pace) is cut off after its second, and the
+    // join behind it is taken; feed checks the whole case took less
+    // than 25 s.
+    let slow = format!("{{\"token\":\"{TOKEN}\",\"stream\":1{:300}}}", "");
+    feed(
+        &env,
+        "trickled-join",
+        2,
+        TOKEN,
+        &pages(1 << 20, 1),
+        vec![
+            Other::Trickles([header(), record(9, slow.as_bytes())].concat()),
+            Other::Sends(join(TOKEN, 1)),
+        ],
         true,
         "belongs elsewhere",
     );
@@ -209,7 +240,9 @@ fn hostile_further_streams_start_nothing() {
         2,
         TOKEN,
         &[],
-        &[[join(TOKEN, 1), pages((2 << 20) - 4096, 2)].concat()],
+        vec![Other::Sends(
+            [join(TOKEN, 1), pages((2 << 20) - 4096, 2)].concat(),
+        )],
         true,
         "belongs elsewhere",
     );
@@ -220,7 +253,7 @@ fn hostile_further_streams_start_nothing() {
         2,
         TOKEN,
         &[],
-        &[[join(TOKEN, 1), record(4, b"{}")].concat()],
+        vec![Other::Sends([join(TOKEN, 1), record(4, b"{}")].concat())],
         true,
         "only pages and the end travel here",
     );
@@ -231,7 +264,9 @@ fn hostile_further_streams_start_nothing() {
         2,
         TOKEN,
         &[],
-        &[[join(TOKEN, 1), pages(1 << 20, 1), end(2)].concat()],
+        vec![Other::Sends(
+            [join(TOKEN, 1), pages(1 << 20, 1), end(2)].concat(),
+        )],
         true,
         "its end says 2",
     );
@@ -243,14 +278,32 @@ fn hostile_further_streams_start_nothing() {
         3,
         TOKEN,
         &[],
-        &[join(TOKEN, 1), join(TOKEN, 1)],
+        vec![Other::Sends(join(TOKEN, 1)), Other::Sends(join(TOKEN, 1))],
         false,
         "1 of the source's 3 streams did not arrive within 10 s",
     );
     // Refused before anything is taken: a token too short to guard, and
     // more streams than any source uses.
-    feed(&env, "short-token", 2, "ab", &[], &[], false, "too short");
-    feed(&env, "too-many", 99, TOKEN, &[], &[], false, "at most 16");
+    feed(
+        &env,
+        "short-token",
+        2,
+        "ab",
+        &[],
+        vec![],
+        false,
+        "too short",
+    );
+    feed(
+        &env,
+        "too-many",
+        99,
+        TOKEN,
+        &[],
+        vec![],
+        false,
+        "at most 16",
+    );
 }
 
 /// A source that asks for several streams of a destination reading

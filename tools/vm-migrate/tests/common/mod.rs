@@ -6,9 +6,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use test_guest::rundir::RunDir;
+use test_guest::rundir::{contiguous, counts_in, json, RunDir};
 
 pub fn env() -> RunDir {
     RunDir::new(Path::new(env!("CARGO_BIN_EXE_vm-migrate")))
@@ -170,4 +170,39 @@ pub fn flushed_sectors_hold(env: &RunDir, vm: &str, image: &Path) -> Vec<u8> {
         );
     }
     data
+}
+
+/// The memory-checking guest goes on at the destination from where it
+/// was: its rounds continue one by one across both consoles, and none
+/// reports a memory error.
+pub fn goes_on(env: &RunDir, from: &str, to: &str) {
+    goes_on_after(env, env.console(from), to);
+}
+
+/// As [`goes_on`], from what the guest printed before (`before`).
+pub fn goes_on_after(env: &RunDir, before: String, to: &str) {
+    let last = *counts_in(&before, "round ").last().unwrap();
+    env.wait_count(to, "round ", last + 3);
+    let both = before + &env.console(to);
+    assert!(!both.contains("MEMORY ERROR"), "{both}");
+    contiguous(&both, "round ");
+}
+
+/// Waits (20 s at most) until `vm-migrate status VM` shows what `until`
+/// looks for (`what` names it in the failure).
+pub fn wait_for_status(
+    env: &RunDir,
+    vm: &str,
+    what: &str,
+    until: impl Fn(&serde_json::Value) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let (code, out, _) = env.run("vm-migrate", &["status", vm]);
+        if code == 0 && until(&json(&out)) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

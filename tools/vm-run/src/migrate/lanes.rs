@@ -6,7 +6,7 @@
 //! copies of a page arrive in order without a barrier between rounds.
 
 use std::io::BufWriter;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -14,7 +14,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::state::stream::{page_sum, stream_of, zero_page_sum, Writer, CHUNK};
 
 use super::send::Progress;
-use super::Conn;
+use super::{on_every_stream, Conn, Streams};
 
 const PAGE: u64 = 4096;
 
@@ -24,10 +24,10 @@ const PAGE: u64 = 4096;
 pub(crate) struct Lane {
     pub(crate) w: Writer<BufWriter<Conn>>,
     pub(crate) records: u64,
-    /// To wake the other lanes when one fails.
-    conn: Conn,
-    /// A record's page sums, kept between records.
+    /// A record's page sums, and which of its pages are zero, kept
+    /// between records.
     sums: Vec<u8>,
+    zero: Vec<bool>,
 }
 
 impl Lane {
@@ -35,8 +35,8 @@ impl Lane {
         Ok(Self {
             w: Writer::new(BufWriter::with_capacity(1 << 20, conn.try_clone()?))?,
             records: 0,
-            conn: conn.try_clone()?,
             sums: Vec::new(),
+            zero: Vec::new(),
         })
     }
 }
@@ -72,73 +72,70 @@ pub(crate) enum Pass<'a> {
 
 /// Sends one pass over every lane at once, lane 0 on this thread.
 /// `progress.bytes` grows as records go; a cancel or any lane's error
-/// ends the pass, and the others are woken by their sockets' shutdown.
+/// ends the pass. `conns` are the lanes' sockets: a lane that fails shuts
+/// them all at once, as another lane blocked writing to a destination
+/// that reads no more would otherwise hold the pass.
 pub(crate) fn send(
     lanes: &mut [Lane],
+    conns: &[Conn],
     mem: &vmm::memory::GuestMemory,
     pass: Pass<'_>,
     pacer: &Pacer,
     progress: &Progress,
 ) -> Result<()> {
     let n = lanes.len() as u32;
-    // A lane that fails wakes the others at once: one blocked writing to
-    // a destination that reads no more would otherwise hold the pass.
-    let wake = lanes
-        .iter()
-        .map(|l| l.conn.try_clone())
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let wake = &wake;
-    // The lane that failed first: the others' errors follow from it.
-    let first_failed = AtomicU32::new(u32::MAX);
-    let one = |k: u32, lane: &mut Lane| {
-        let r = send_lane(lane, k, n, mem, pass, pacer, progress);
-        if r.is_err() {
-            let _ = first_failed.compare_exchange(u32::MAX, k, Ordering::SeqCst, Ordering::SeqCst);
-            progress.lane_failed.store(true, Ordering::Relaxed);
-            if n > 1 {
-                wake.iter().for_each(Conn::shutdown);
-            }
-        }
-        r
-    };
     let Some((first, rest)) = lanes.split_first_mut() else {
         bail!("a migration with no stream");
     };
-    let mut results = Vec::new();
-    std::thread::scope(|s| {
-        let others: Vec<_> = rest
-            .iter_mut()
-            .zip(1..)
-            .map(|(lane, k)| s.spawn(move || one(k, lane)))
-            .collect();
-        results.push(one(0, first));
-        for h in others {
-            results.push(
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a migration lane failed"))),
-            );
-        }
-    });
-    match first_failed.into_inner() {
-        u32::MAX => results.into_iter().collect(),
-        k => results.swap_remove(k as usize),
-    }
+    let ctx = |k| Ctx {
+        k,
+        n,
+        pacer,
+        progress,
+    };
+    let rest: Vec<_> = rest
+        .iter_mut()
+        .zip(1..)
+        .map(|(lane, k)| move |streams: &Streams| send_lane(lane, mem, pass, &ctx(k), streams))
+        .collect();
+    on_every_stream(
+        |streams| send_lane(first, mem, pass, &ctx(0), streams),
+        rest,
+        || {
+            if n > 1 {
+                conns.iter().for_each(Conn::shutdown);
+            }
+        },
+    )
+}
+
+/// What one lane's part of a pass goes by: which lane of how many, the
+/// pace and the progress.
+struct Ctx<'a> {
+    k: u32,
+    n: u32,
+    pacer: &'a Pacer,
+    progress: &'a Progress,
 }
 
 fn send_lane(
     lane: &mut Lane,
-    k: u32,
-    n: u32,
     mem: &vmm::memory::GuestMemory,
     pass: Pass<'_>,
-    pacer: &Pacer,
-    progress: &Progress,
+    ctx: &Ctx<'_>,
+    streams: &Streams,
 ) -> Result<()> {
+    let Ctx {
+        k,
+        n,
+        pacer,
+        progress,
+    } = *ctx;
     let mut go = |gpa: u64, len: u64, skip_zero: bool| -> Result<()> {
         if progress.cancel.load(Ordering::Relaxed) {
             bail!("cancelled");
         }
-        if progress.lane_failed.load(Ordering::Relaxed) {
+        if streams.failed() {
             bail!("another stream of the migration failed");
         }
         let before = lane.w.bytes;
@@ -262,10 +259,10 @@ fn send_range(
     // sends them again; in the final pass the guest is paused.
     let data = unsafe { std::slice::from_raw_parts(slice.ptr_guard().as_ptr(), len as usize) };
     let page = PAGE as usize;
-    let sums = &mut lane.sums;
+    let (sums, zero) = (&mut lane.sums, &mut lane.zero);
     sums.clear();
+    zero.clear();
     let zero_sum = zero_page_sum();
-    let mut zero = Vec::with_capacity(data.len() / page);
     for p in data.chunks(page) {
         let sum = page_sum(p);
         sums.extend_from_slice(&sum.to_le_bytes());

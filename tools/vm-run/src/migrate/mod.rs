@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +72,79 @@ fn token() -> Result<String> {
         let _ = write!(s, "{x:02x}");
         s
     }))
+}
+
+/// What the threads of a migration's streams share while they run
+/// ([`on_every_stream`]): which stream failed first, if any.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    first_failed: AtomicU32,
+}
+
+impl Streams {
+    /// A stream has failed: the others should stop.
+    pub(crate) fn failed(&self) -> bool {
+        self.first_failed.load(Ordering::Relaxed) != u32::MAX
+    }
+}
+
+/// Runs `first` (stream 0) on this thread and each of `rest` (streams 1
+/// on) on a thread of its own, all at once. A stream that fails calls
+/// `wake`, which shuts the others' sockets: one blocked on a peer that
+/// has stopped would otherwise never end. The error returned is the one
+/// that came first, not those that followed from it.
+pub(crate) fn on_every_stream<A, F>(
+    first: impl FnOnce(&Streams) -> Result<A>,
+    rest: Vec<F>,
+    wake: impl Fn() + Sync,
+) -> Result<A>
+where
+    F: FnOnce(&Streams) -> Result<()> + Send,
+{
+    let streams = Streams {
+        first_failed: AtomicU32::new(u32::MAX),
+    };
+    let failed = |k: u32| {
+        let _ =
+            streams
+                .first_failed
+                .compare_exchange(u32::MAX, k, Ordering::SeqCst, Ordering::SeqCst);
+        wake();
+    };
+    std::thread::scope(|s| {
+        let (streams, failed) = (&streams, &failed);
+        let others: Vec<_> = rest
+            .into_iter()
+            .zip(1u32..)
+            .map(|(f, k)| {
+                s.spawn(move || {
+                    let r = f(streams);
+                    if r.is_err() {
+                        failed(k);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let main = first(streams);
+        if main.is_err() {
+            failed(0);
+        }
+        let mut results: Vec<Result<()>> = others
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a migration stream's thread failed")))
+            })
+            .collect();
+        match streams.first_failed.load(Ordering::SeqCst) {
+            0 | u32::MAX => {}
+            k => results.swap_remove(k as usize - 1)?,
+        }
+        let main = main?;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(main)
+    })
 }
 
 /// A migration's connection: a unix or TCP socket the tool made.

@@ -7,8 +7,8 @@
 //! source hears it and the partial VM is discarded.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,7 +18,7 @@ use vmm::state::stream::{stream_of, Hello, Reader, Record, Reply};
 use vmm::state::MachineState;
 
 use super::storage::Targets;
-use super::Conn;
+use super::{on_every_stream, Conn, Streams};
 
 /// Reads the stream's header and hello, and checks that this host can
 /// take the guest: its KVM offers every CPU feature the guest was given,
@@ -85,7 +85,11 @@ pub(crate) fn joins(hello: &Hello, listener: Option<OwnedFd>) -> Result<Vec<Conn
     let deadline = Instant::now() + JOIN_WAIT;
     let mut got: Vec<Option<Conn>> = (1..n).map(|_| None).collect();
     let mut strangers = 0;
-    while let Some(missing) = Some(got.iter().filter(|c| c.is_none()).count()).filter(|&m| m > 0) {
+    loop {
+        let missing = got.iter().filter(|c| c.is_none()).count();
+        if missing == 0 {
+            break;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(fd) = accept(&listener, left)? else {
             bail!(
@@ -94,13 +98,13 @@ pub(crate) fn joins(hello: &Hello, listener: Option<OwnedFd>) -> Result<Vec<Conn
             );
         };
         let mut conn = Conn::from_fd(fd)?;
-        // A connection that says nothing costs a second at most.
-        conn.set_read_timeout(Some(
-            left.min(Duration::from_secs(1))
-                .max(Duration::from_millis(1)),
-        ))?;
-        let join = Reader::new(&mut conn).and_then(|mut r| r.next_record());
-        match join {
+        // A connection gets a second in all to show its join, however
+        // slowly it sends: the timeout is set again before every read.
+        let until = Until {
+            conn: &mut conn,
+            at: Instant::now() + left.min(Duration::from_secs(1)),
+        };
+        match Reader::new(until).and_then(|mut r| r.next_record()) {
             Ok(Record::Join(j))
                 if j.token == hello.token
                     && (1..n).contains(&j.stream)
@@ -118,6 +122,24 @@ pub(crate) fn joins(hello: &Hello, listener: Option<OwnedFd>) -> Result<Vec<Conn
         }
     }
     Ok(got.into_iter().flatten().collect())
+}
+
+/// Reads `conn` until `at`, in all: each read may wait only for what is
+/// left of the time.
+struct Until<'a> {
+    conn: &'a mut Conn,
+    at: Instant,
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        self.conn.read(buf)
+    }
 }
 
 /// How long the further streams of a migration may take to join.
@@ -189,54 +211,29 @@ pub(crate) fn receive(
         bail!("a migration with no stream");
     };
     Reply::Ready.write(first).context("answering the source")?;
-    let mem_ref = &mem;
-    let wake = &wake;
-    // The stream that failed first: the others' errors follow from it.
-    let first_failed = AtomicU32::new(u32::MAX);
-    let failed = |k: u32| {
-        let _ = first_failed.compare_exchange(u32::MAX, k, Ordering::SeqCst, Ordering::SeqCst);
-        stop_reading(wake);
-    };
-    let state = std::thread::scope(|s| {
-        let others: Vec<_> = rest
-            .iter_mut()
-            .zip(1..)
-            .map(|(c, k)| {
-                s.spawn(move || {
-                    let r = further(c, k, n, mem_ref)
-                        .with_context(|| format!("stream {k} of the migration"));
-                    if r.is_err() {
-                        failed(k);
-                    }
-                    r
-                })
-            })
-            .collect();
-        let main = first_stream(first, n, mem_ref, disks);
-        if main.is_err() {
-            failed(0);
-        } else {
+    let memory = &mem;
+    let rest: Vec<_> = rest
+        .iter_mut()
+        .zip(1..)
+        .map(|(c, k)| {
+            move |_: &Streams| {
+                further(c, k, n, memory).with_context(|| format!("stream {k} of the migration"))
+            }
+        })
+        .collect();
+    let state = on_every_stream(
+        |_| {
+            let state = first_stream(first, n, memory, disks)?;
             // Each further stream ends before the first sends the state:
             // a stream that says no more now is not coming.
             for c in &wake[1..] {
                 let _ = c.set_read_timeout(Some(JOIN_WAIT));
             }
-        }
-        let mut joined = Vec::new();
-        for h in others {
-            joined.push(
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a migration stream's thread failed"))),
-            );
-        }
-        match first_failed.load(Ordering::SeqCst) {
-            0 | u32::MAX => {}
-            k => joined.swap_remove(k as usize - 1)?,
-        }
-        let state = main?;
-        joined.into_iter().collect::<Result<Vec<()>>>()?;
-        Ok::<_, anyhow::Error>(state)
-    })?;
+            Ok(state)
+        },
+        rest,
+        || stop_reading(&wake),
+    )?;
     disks.sync()?;
     Ok((state, mem, memfd))
 }

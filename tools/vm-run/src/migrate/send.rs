@@ -42,8 +42,6 @@ pub(crate) struct Progress {
     pub(crate) downtime_ms: AtomicU64,
     pub(crate) disk_bytes: AtomicU64,
     pub(crate) cancel: AtomicBool,
-    /// A stream failed: the others stop at their next record.
-    pub(crate) lane_failed: AtomicBool,
     /// The commit is on its way: from here on the guest may run at the
     /// destination, so no failure may resume it here.
     pub(crate) committed: AtomicBool,
@@ -193,6 +191,7 @@ impl Copy {
         // The first pass: every page that may hold data.
         lanes::send(
             &mut lanes,
+            &self.conns,
             mem,
             Pass::Ranges(&self.touched),
             &pacer,
@@ -260,6 +259,7 @@ impl Copy {
             last_round = Instant::now();
             lanes::send(
                 &mut lanes,
+                &self.conns,
                 mem,
                 Pass::Dirty(&bitmaps),
                 &pacer,
@@ -342,7 +342,14 @@ impl Copy {
             t0: Instant::now(),
             cap: None,
         };
-        lanes::send(lanes, mem, Pass::Dirty(&last), &pacer, &self.progress)?;
+        lanes::send(
+            lanes,
+            &self.conns,
+            mem,
+            Pass::Dirty(&last),
+            &pacer,
+            &self.progress,
+        )?;
         let end = |lane: &Lane, disk_records| End {
             page_records: lane.records,
             rounds: rounds + 1,
