@@ -81,14 +81,21 @@ pub enum Command {
         #[arg(long)]
         atomic: bool,
     },
-    /// Put a stopped, defined VM's disks back as they were at a snapshot
-    /// (virsh snapshot-revert); later snapshots and later writes are
-    /// discarded.
+    /// Put a defined VM's disks back as they were at a snapshot (virsh
+    /// snapshot-revert); later snapshots and later writes are discarded.
+    /// A running VM is refused unless --force ends it first.
     Revert {
         /// The VM's name.
         vm: String,
         /// The snapshot.
         name: String,
+        /// End the VM first if it runs (virsh destroy): what its guest
+        /// has not written to disk is lost.
+        #[arg(long)]
+        force: bool,
+        /// Boot the VM from its definition once its disks are back.
+        #[arg(long)]
+        running: bool,
     },
     /// Delete a disk snapshot (virsh snapshot-delete): its overlay is
     /// merged into its base (blockcommit) and leaves the chain, live or on

@@ -36,7 +36,17 @@ pub fn run(cli: &Cli) -> i32 {
             atomic: _,
         } => cmd::create::run(vm, name.as_deref(), disk),
         Command::List { vm } => cmd::list::run(vm),
-        Command::Revert { vm, name } => cmd::revert::run(vm, name),
+        Command::Revert {
+            vm,
+            name,
+            force,
+            running,
+        } => cmd::revert::run(&cmd::revert::Options {
+            vm,
+            snap: name,
+            force: *force,
+            running: *running,
+        }),
         Command::Delete { vm, name } => cmd::delete::run(vm, name),
     };
     match result {
