@@ -28,6 +28,9 @@ _vm__migrate() {
             vm__migrate,send)
                 cmd="vm__migrate__subcmd__send"
                 ;;
+            vm__migrate,set)
+                cmd="vm__migrate__subcmd__set"
+                ;;
             vm__migrate,status)
                 cmd="vm__migrate__subcmd__status"
                 ;;
@@ -43,6 +46,9 @@ _vm__migrate() {
             vm__migrate__subcmd__help,send)
                 cmd="vm__migrate__subcmd__help__subcmd__send"
                 ;;
+            vm__migrate__subcmd__help,set)
+                cmd="vm__migrate__subcmd__help__subcmd__set"
+                ;;
             vm__migrate__subcmd__help,status)
                 cmd="vm__migrate__subcmd__help__subcmd__status"
                 ;;
@@ -53,7 +59,7 @@ _vm__migrate() {
 
     case "${cmd}" in
         vm__migrate)
-            opts="-h -V --help --version send recv status cancel help"
+            opts="-h -V --help --version send recv status cancel set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -81,7 +87,7 @@ _vm__migrate() {
             return 0
             ;;
         vm__subcmd__migrate__subcmd__help)
-            opts="send recv status cancel help"
+            opts="send recv status cancel set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,6 +143,20 @@ _vm__migrate() {
             return 0
             ;;
         vm__subcmd__migrate__subcmd__help__subcmd__send)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__migrate__subcmd__help__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -226,6 +246,28 @@ _vm__migrate() {
                     return 0
                     ;;
                 --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vm__subcmd__migrate__subcmd__set)
+            opts="-h --max-downtime --bandwidth --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --max-downtime)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bandwidth)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -30,9 +30,10 @@ complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "send" -d 'Sen
 complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "recv" -d 'Receive a VM: listen, then start it in vm-run once it has arrived whole; prints its state as `vm-run start --detach` does'
 complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "status" -d 'How a migration in progress is doing (virsh domjobinfo)'
 complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "cancel" -d 'Abandon a migration in progress; the VM runs on here (virsh domjobabort)'
+complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "set" -d 'Change the downtime budget or the bandwidth cap of a migration in progress (virsh migrate-setmaxdowntime, migrate-setspeed); prints its progress with the knobs as they now are. `status` shows them too (virsh migrate-getspeed)'
 complete -c vm-migrate -n "__fish_vm_migrate_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l max-downtime -d 'The longest pause for the last copy, in ms (virsh migrate-setmaxdowntime)' -r
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l bandwidth -d 'A cap on the rate, in MiB/s (virsh migrate-setspeed); default: unlimited' -r
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l bandwidth -d 'A cap on the rate, in MiB/s (virsh migrate-setspeed); default: unlimited. `vm-migrate set` changes it while the copy runs' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l timeout -d 'After this many seconds, pause and finish whatever is left' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l migrate-disks -d 'Non-shared storage for these disks only (by id, comma-separated); the others are on shared storage' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l streams -d 'Connections that carry guest memory side by side over tcp: or unix:, each with a thread at either end (QEMU\'s multifd-channels); worth it where both hosts have cores to spare. Default 1; exec: always uses one' -r
@@ -50,8 +51,12 @@ complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -l paused -d
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -s h -l help -d 'Print help'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand status" -s h -l help -d 'Print help'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand cancel" -s h -l help -d 'Print help'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel help" -f -a "send" -d 'Send a running VM to a destination (virsh migrate --live)'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel help" -f -a "recv" -d 'Receive a VM: listen, then start it in vm-run once it has arrived whole; prints its state as `vm-run start --detach` does'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel help" -f -a "status" -d 'How a migration in progress is doing (virsh domjobinfo)'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel help" -f -a "cancel" -d 'Abandon a migration in progress; the VM runs on here (virsh domjobabort)'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand set" -l max-downtime -d 'The longest pause for the last copy, in ms' -r
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand set" -l bandwidth -d 'A cap on the rate in MiB/s, or `unlimited` to lift it' -r
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand set" -s h -l help -d 'Print help'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "send" -d 'Send a running VM to a destination (virsh migrate --live)'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "recv" -d 'Receive a VM: listen, then start it in vm-run once it has arrived whole; prints its state as `vm-run start --detach` does'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "status" -d 'How a migration in progress is doing (virsh domjobinfo)'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "cancel" -d 'Abandon a migration in progress; the VM runs on here (virsh domjobabort)'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "set" -d 'Change the downtime budget or the bandwidth cap of a migration in progress (virsh migrate-setmaxdowntime, migrate-setspeed); prints its progress with the knobs as they now are. `status` shows them too (virsh migrate-getspeed)'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand help; and not __fish_seen_subcommand_from send recv status cancel set help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

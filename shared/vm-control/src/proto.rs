@@ -63,6 +63,17 @@ pub enum Request {
     /// Abandon the migration in progress (virsh domjobabort); the VM runs
     /// on here.
     MigrateCancel,
+    /// Change the knobs of the migration in progress (virsh
+    /// migrate-setmaxdowntime and migrate-setspeed during a job); the
+    /// reply carries the report with the knobs as they now are.
+    MigrateSet {
+        /// The new downtime budget (at least 1 ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_downtime_ms: Option<u64>,
+        /// The new cap in MiB/s; 0 lifts the cap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth_mib: Option<u64>,
+    },
 }
 
 /// A migration's knobs, as virsh names them.
@@ -128,6 +139,13 @@ pub struct MigrationReport {
     /// Of `bytes`, those of disk contents (storage migration).
     #[serde(default)]
     pub disk_bytes: u64,
+    /// The downtime budget in force (migrate-setmaxdowntime).
+    #[serde(default)]
+    pub max_downtime_ms: u64,
+    /// The cap on the rate in force, in MiB/s; none: unlimited
+    /// (migrate-getspeed).
+    #[serde(default)]
+    pub bandwidth_mib: Option<u64>,
 }
 
 /// What a live commit copied and what it cost the guest.
@@ -206,6 +224,7 @@ impl Request {
             Some("snapshot-disks") => &["disks"],
             Some("commit-disk") => &["id", "overlay", "base"],
             Some("migrate-send") => &["options"],
+            Some("migrate-set") => &["max_downtime_ms", "bandwidth_mib"],
             _ => &[],
         };
         if let Some(k) = obj
@@ -326,5 +345,45 @@ mod tests {
             serde_json::to_string(&Reply::err("no")).unwrap(),
             r#"{"ok":false,"error":"no"}"#
         );
+    }
+
+    /// Every request with fields, written whole, reads back the same
+    /// through `parse` (whose table of fields must know them all).
+    #[test]
+    fn requests_with_fields_read_back() {
+        let all = [
+            Request::Shutdown {
+                mode: ShutdownMode::CtrlAltDel,
+            },
+            Request::Save { fsync: false },
+            Request::SnapshotDisks {
+                disks: vec![DiskSnapshot {
+                    id: "vda".into(),
+                    overlay: "/o.qcow2".into(),
+                }],
+            },
+            Request::CommitDisk {
+                id: "vda".into(),
+                overlay: "/o.qcow2".into(),
+                base: "/b.qcow2".into(),
+            },
+            Request::MigrateSend {
+                options: MigrateOptions {
+                    bandwidth_mib: Some(5),
+                    timeout_s: Some(9),
+                    ..MigrateOptions::default()
+                },
+            },
+            Request::MigrateSet {
+                max_downtime_ms: Some(40),
+                bandwidth_mib: Some(0),
+            },
+        ];
+        for r in all {
+            let line = serde_json::to_vec(&r).unwrap();
+            assert_eq!(Request::parse(&line), Ok(r.clone()), "{r:?}");
+        }
+        let e = Request::parse(br#"{"cmd":"migrate-set","options":{}}"#).unwrap_err();
+        assert!(e.contains("unknown field `options`"), "{e}");
     }
 }

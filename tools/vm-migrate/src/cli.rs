@@ -40,6 +40,42 @@ pub enum Command {
         /// The VM's name.
         vm: String,
     },
+    /// Change the downtime budget or the bandwidth cap of a migration in
+    /// progress (virsh migrate-setmaxdowntime, migrate-setspeed); prints
+    /// its progress with the knobs as they now are. `status` shows them
+    /// too (virsh migrate-getspeed).
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("knob").required(true).multiple(true)))]
+pub struct SetArgs {
+    /// The VM's name.
+    pub vm: String,
+    /// The longest pause for the last copy, in ms.
+    #[arg(long, value_name = "MS", group = "knob", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_downtime: Option<u64>,
+    /// A cap on the rate in MiB/s, or `unlimited` to lift it.
+    #[arg(long, value_name = "MIB_S|unlimited", group = "knob", value_parser = parse_cap)]
+    pub bandwidth: Option<Cap>,
+}
+
+/// A bandwidth cap as `set` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    MibPerSec(u64),
+    Unlimited,
+}
+
+fn parse_cap(s: &str) -> Result<Cap, String> {
+    if s == "unlimited" {
+        return Ok(Cap::Unlimited);
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Err("0 moves nothing: give 1 or more, or `unlimited`".into()),
+        Ok(n) => Ok(Cap::MibPerSec(n)),
+        Err(_) => Err("a number of MiB/s, or `unlimited`".into()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -50,11 +86,11 @@ pub struct SendArgs {
     pub to: String,
     /// The longest pause for the last copy, in ms (virsh
     /// migrate-setmaxdowntime).
-    #[arg(long, value_name = "MS", default_value_t = 300)]
+    #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_downtime: u64,
     /// A cap on the rate, in MiB/s (virsh migrate-setspeed); default:
-    /// unlimited.
-    #[arg(long, value_name = "MIB_S")]
+    /// unlimited. `vm-migrate set` changes it while the copy runs.
+    #[arg(long, value_name = "MIB_S", value_parser = clap::value_parser!(u64).range(1..))]
     pub bandwidth: Option<u64>,
     /// Hold the vCPUs back while the rounds do not shrink.
     #[arg(long)]

@@ -15,6 +15,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Recv(a) => cmd::recv::run(a),
         Command::Status { vm } => cmd::status::run(vm),
         Command::Cancel { vm } => cmd::cancel::run(vm),
+        Command::Set(a) => cmd::set::run(a),
     };
     match result {
         Ok(code) => code,

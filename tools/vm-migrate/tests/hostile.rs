@@ -151,8 +151,10 @@ fn hostile_streams_start_nothing() {
 }
 
 /// Hostile `migrate-send` requests on the control socket: no descriptor,
-/// two, a regular file, a datagram socket, a downtime budget of 0. Each
-/// gets an error reply, and the VM runs on with no migration in progress.
+/// two, a regular file, a datagram socket, a downtime budget of 0, a
+/// bandwidth cap of 0 (which once crashed the VM: a division by zero in
+/// the pace); and `migrate-set` with no migration. Each gets an error
+/// reply, and the VM runs on with no migration in progress.
 #[test]
 fn hostile_migrate_requests_change_nothing() {
     if !have_kvm() {
@@ -178,6 +180,10 @@ fn hostile_migrate_requests_change_nothing() {
     let dgram = std::os::unix::net::UnixDatagram::unbound().unwrap();
     let zero = vm_control::MigrateOptions {
         max_downtime_ms: 0,
+        ..vm_control::MigrateOptions::default()
+    };
+    let no_bandwidth = vm_control::MigrateOptions {
+        bandwidth_mib: Some(0),
         ..vm_control::MigrateOptions::default()
     };
     for (what, opts, fds, expect) in [
@@ -206,6 +212,12 @@ fn hostile_migrate_requests_change_nothing() {
             "not a stream socket",
         ),
         ("no downtime", zero, vec![a.as_raw_fd()], "cannot be met"),
+        (
+            "no bandwidth",
+            no_bandwidth,
+            vec![a.as_raw_fd()],
+            "moves nothing",
+        ),
     ] {
         let r = send(opts, &fds);
         assert!(!r.ok, "{what}: accepted");
@@ -219,6 +231,18 @@ fn hostile_migrate_requests_change_nothing() {
         let (_, out, _) = env.vm_run(&["state", "a"]);
         assert!(out.contains("running"), "{what}: {out}");
     }
+    let set = vm_control::Request::MigrateSet {
+        max_downtime_ms: Some(0),
+        bandwidth_mib: Some(0),
+    };
+    let r = vm_control::Session::connect(&sock)
+        .unwrap()
+        .call(&set, &[], Some(Duration::from_secs(30)))
+        .unwrap();
+    assert!(
+        !r.ok && r.error.as_deref() == Some("no migration in progress"),
+        "{r:?}"
+    );
     let now = *env.counts("a", "round ").last().unwrap();
     env.wait_count("a", "round ", now + 2);
     assert!(!env.console("a").contains("MEMORY ERROR"));

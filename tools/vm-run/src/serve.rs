@@ -278,6 +278,25 @@ fn on_request(
             clients::reply(&incoming.stream, &r);
             return Ok(Next::Continue);
         }
+        Ok(Request::MigrateSet {
+            max_downtime_ms,
+            bandwidth_mib,
+        }) => {
+            let r = match &jobs.migrate {
+                Some(j) if !j.stopped => match j.set(*max_downtime_ms, *bandwidth_mib) {
+                    Ok(()) => {
+                        let mut r = Reply::ok(None);
+                        r.migration = Some(j.report());
+                        r
+                    }
+                    Err(e) => Reply::err(crate::one_line(&e)),
+                },
+                Some(_) => Reply::err("the migration is in its last copy: too late to change it"),
+                None => Reply::err("no migration in progress"),
+            };
+            clients::reply(&incoming.stream, &r);
+            return Ok(Next::Continue);
+        }
         Ok(Request::MigrateSend { options }) => {
             let r = if matches!(state.state, RunState::Running | RunState::Paused) {
                 let running = state.state == RunState::Running;
@@ -455,7 +474,8 @@ fn handle(
         | Request::CommitDisk { .. }
         | Request::MigrateSend { .. }
         | Request::MigrateStatus
-        | Request::MigrateCancel => {
+        | Request::MigrateCancel
+        | Request::MigrateSet { .. } => {
             unreachable!("answered in on_request")
         }
     };

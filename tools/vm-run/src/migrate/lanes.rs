@@ -7,12 +7,12 @@
 
 use std::io::BufWriter;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::state::stream::{page_sum, stream_of, zero_page_sum, Writer, CHUNK};
 
+use super::pace::Pacer;
 use super::send::Progress;
 use super::{on_every_stream, Conn, Streams};
 
@@ -41,24 +41,6 @@ impl Lane {
     }
 }
 
-/// Counts bytes and holds the pace to `--bandwidth`, over all lanes.
-#[derive(Debug)]
-pub(crate) struct Pacer {
-    pub(crate) t0: Instant,
-    pub(crate) cap: Option<f64>,
-}
-
-impl Pacer {
-    pub(crate) fn wait(&self, sent: u64) {
-        if let Some(cap) = self.cap {
-            let due = Duration::from_secs_f64(sent as f64 / cap);
-            if let Some(ahead) = due.checked_sub(self.t0.elapsed()) {
-                std::thread::sleep(ahead);
-            }
-        }
-    }
-}
-
 /// What a pass sends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Pass<'a> {
@@ -80,7 +62,7 @@ pub(crate) fn send(
     conns: &[Conn],
     mem: &vmm::memory::GuestMemory,
     pass: Pass<'_>,
-    pacer: &Pacer,
+    pacer: &Pacer<'_>,
     progress: &Progress,
 ) -> Result<()> {
     let n = lanes.len() as u32;
@@ -114,7 +96,7 @@ pub(crate) fn send(
 struct Ctx<'a> {
     k: u32,
     n: u32,
-    pacer: &'a Pacer,
+    pacer: &'a Pacer<'a>,
     progress: &'a Progress,
 }
 

@@ -2,6 +2,7 @@
 //! thread, `send`) and the destination's side of a start (`recv`).
 
 pub(crate) mod lanes;
+pub(crate) mod pace;
 pub(crate) mod recv;
 pub(crate) mod send;
 pub(crate) mod storage;
@@ -328,6 +329,18 @@ pub(crate) fn take_disks_back(m: &mut Machine) -> Result<()> {
     Ok(())
 }
 
+/// Refuses knobs no migration can go by: a downtime budget of 0, or a
+/// cap of 0 MiB/s given at the start (where none means no cap).
+fn check_knobs(max_downtime_ms: Option<u64>, bandwidth_mib: Option<u64>) -> Result<()> {
+    if max_downtime_ms == Some(0) {
+        bail!("a downtime budget of 0 ms cannot be met");
+    }
+    if bandwidth_mib == Some(0) {
+        bail!("a bandwidth cap of 0 MiB/s moves nothing (leave it out for no cap)");
+    }
+    Ok(())
+}
+
 impl MigrateJob {
     /// Starts the copy thread on the connection the tool handed over.
     pub(crate) fn start(
@@ -344,9 +357,7 @@ impl MigrateJob {
             .into_iter()
             .map(Conn::from_fd)
             .collect::<Result<Vec<_>>>()?;
-        if options.max_downtime_ms == 0 {
-            bail!("a downtime budget of 0 ms cannot be met");
-        }
+        check_knobs(Some(options.max_downtime_ms), options.bandwidth_mib)?;
         let copied = storage::chosen(&m.spec, &options)?;
         let hello = Hello {
             spec: serde_json::to_value(&m.spec)?,
@@ -360,6 +371,12 @@ impl MigrateJob {
             },
         };
         let progress = Arc::new(Progress::default());
+        progress
+            .max_downtime_ms
+            .store(options.max_downtime_ms, Ordering::Relaxed);
+        progress
+            .bandwidth_mib
+            .store(options.bandwidth_mib.unwrap_or(0), Ordering::Relaxed);
         let done = EventFd::new(libc::EFD_NONBLOCK)?;
         let wake = done.try_clone()?;
         let (to_main, from_copy) = channel();
@@ -441,6 +458,26 @@ impl MigrateJob {
             m.vm().hold_vcpus(false);
             self.held = false;
         }
+    }
+
+    /// Changes the knobs of the copy under way (`bandwidth_mib` 0 lifts
+    /// the cap); the copy thread heeds them from its next record or round.
+    pub(crate) fn set(
+        &self,
+        max_downtime_ms: Option<u64>,
+        bandwidth_mib: Option<u64>,
+    ) -> Result<()> {
+        if max_downtime_ms.is_none() && bandwidth_mib.is_none() {
+            bail!("nothing to change: give a downtime budget or a bandwidth");
+        }
+        check_knobs(max_downtime_ms, None)?;
+        if let Some(ms) = max_downtime_ms {
+            self.progress.max_downtime_ms.store(ms, Ordering::Relaxed);
+        }
+        if let Some(mib) = bandwidth_mib {
+            self.progress.bandwidth_mib.store(mib, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub(crate) fn cancel(&self) {

@@ -16,7 +16,8 @@ use vm_control::{MigrateOptions, MigrationReport};
 use vmm::state::stream::{End, Hello, Join, Reply, Writer};
 use vmm::DirtyTracker;
 
-use super::lanes::{self, Lane, Pacer, Pass};
+use super::lanes::{self, Lane, Pass};
+use super::pace::Pacer;
 use super::storage::{Outgoing, Sent};
 use super::Conn;
 use vmm_sys_util::eventfd::EventFd;
@@ -41,6 +42,10 @@ pub(crate) struct Progress {
     pub(crate) throttle: AtomicU32,
     pub(crate) downtime_ms: AtomicU64,
     pub(crate) disk_bytes: AtomicU64,
+    /// The knobs, which `vm-migrate set` may change while the copy runs:
+    /// the downtime budget, and the cap in MiB/s (0: none).
+    pub(crate) max_downtime_ms: AtomicU64,
+    pub(crate) bandwidth_mib: AtomicU64,
     pub(crate) cancel: AtomicBool,
     /// The commit is on its way: from here on the guest may run at the
     /// destination, so no failure may resume it here.
@@ -63,6 +68,8 @@ impl Progress {
             remaining: self.remaining.load(Ordering::Relaxed),
             throttle: self.throttle.load(Ordering::Relaxed),
             disk_bytes: self.disk_bytes.load(Ordering::Relaxed),
+            max_downtime_ms: self.max_downtime_ms.load(Ordering::Relaxed),
+            bandwidth_mib: Some(self.bandwidth_mib.load(Ordering::Relaxed)).filter(|&b| b > 0),
         }
     }
 
@@ -121,7 +128,10 @@ impl Copy {
     /// The thread's body; tells the emulator thread how it ended.
     pub(crate) fn run(self) {
         // A bug here must not leave the VM waiting for a migration that
-        // is gone: a panic ends it like an error (the VM runs on).
+        // is gone: where panics unwind (test builds), a panic ends it
+        // like an error and the VM runs on. Release builds abort on a
+        // panic (Cargo.toml), which ends the VM, so nothing here may
+        // panic on what a request gives it (a cap of 0 MiB/s once did).
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.migrate()));
         let msg = match r {
             Ok(Ok(())) => ToMain::Done(Ok(())),
@@ -173,10 +183,7 @@ impl Copy {
         }
         let opened: u64 = lanes.iter().map(|l| l.w.bytes).sum();
         self.progress.bytes.store(opened, Ordering::Relaxed);
-        let pacer = Pacer {
-            t0: Instant::now(),
-            cap: self.options.bandwidth_mib.map(|m| (m << 20) as f64),
-        };
+        let pacer = Pacer::new(&self.progress, opened);
         self.tracker.start().context("starting the dirty log")?;
         self.progress.phase.store(ACTIVE, Ordering::Relaxed);
         let mem = self.tracker.memory();
@@ -200,12 +207,13 @@ impl Copy {
         let mut rounds = 1;
         let mut last_round = Instant::now();
         let deadline = self.options.timeout_s.map(|s| t0 + Duration::from_secs(s));
-        let budget = Duration::from_millis(self.options.max_downtime_ms);
         let mut prev_dirty = u64::MAX;
         // Bytes per second of the last round of dirty pages.
         let mut round_rate: Option<f64> = None;
         loop {
             self.check_cancel()?;
+            let budget =
+                Duration::from_millis(self.progress.max_downtime_ms.load(Ordering::Relaxed));
             let bitmaps = self.tracker.pages()?;
             let dirty: u64 = bitmaps
                 .iter()
@@ -283,7 +291,7 @@ impl Copy {
     fn send_disk(
         &self,
         lane: &mut Lane,
-        pacer: &Pacer,
+        pacer: &Pacer<'_>,
         f: impl FnOnce(&mut Writer<BufWriter<Conn>>, &mut dyn FnMut(u64) -> Result<()>) -> Result<Sent>,
     ) -> Result<Sent> {
         let mut seen = lane.w.bytes;
@@ -338,10 +346,7 @@ impl Copy {
             }
         }
         lanes::mark_ranges(mem, &mut last, &rings);
-        let pacer = Pacer {
-            t0: Instant::now(),
-            cap: None,
-        };
+        let pacer = Pacer::uncapped();
         lanes::send(
             lanes,
             &self.conns,
