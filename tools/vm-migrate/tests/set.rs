@@ -42,7 +42,10 @@ fn set_changes_a_migration_under_way() {
     let addr = listening(&mut r);
     let send = env
         .command("vm-migrate")
+        // A timeout too far off to reckon is no timeout (adding it to
+        // the start once panicked, and a release build aborts on that).
         .args(["send", "a", &addr, "--bandwidth", "1", "--quiet"])
+        .args(["--timeout", &u64::MAX.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

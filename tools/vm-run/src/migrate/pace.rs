@@ -81,7 +81,8 @@ impl<'a> Pacer<'a> {
                 if mib == 0 {
                     return;
                 }
-                let secs = sent.saturating_sub(b.bytes) as f64 / (mib as f64 * f64::from(1u32 << 20));
+                let secs =
+                    sent.saturating_sub(b.bytes) as f64 / (mib as f64 * f64::from(1u32 << 20));
                 Duration::try_from_secs_f64(secs)
                     .unwrap_or(Duration::MAX)
                     .checked_sub(b.at.elapsed())

@@ -206,7 +206,11 @@ impl Copy {
         )?;
         let mut rounds = 1;
         let mut last_round = Instant::now();
-        let deadline = self.options.timeout_s.map(|s| t0 + Duration::from_secs(s));
+        // A timeout too far off to reckon is none (adding it would panic).
+        let deadline = self
+            .options
+            .timeout_s
+            .and_then(|s| t0.checked_add(Duration::from_secs(s)));
         let mut prev_dirty = u64::MAX;
         // Bytes per second of the last round of dirty pages.
         let mut round_rate: Option<f64> = None;
