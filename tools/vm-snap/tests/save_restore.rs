@@ -417,11 +417,6 @@ fn disks_across_save_restore_and_clones() {
     img(&["check", "-q", base.to_str().unwrap()]);
 }
 
-/// Live disk snapshots: every writable disk gets an overlay on its top in
-/// one pause, the guest's flushes go on into the overlays, qemu-img sees
-/// the chain and finds it clean; a snapshot that cannot be made on every
-/// revert of a stopped, defined VM: the disk reads as it did at the
-/// snapshot, later snapshots and their overlays are gone, qemu-img finds
 /// Hostile `save` and `snapshot-disks` requests straight on the control
 /// socket: wrong descriptor counts, a file that is not empty, one opened
 /// read-only, a folder; an overlay path that is not the descriptor's file,

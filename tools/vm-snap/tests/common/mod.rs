@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::path::Path;
+use std::process::Command;
 
 #[allow(unused_imports)]
 pub use test_guest::rundir::{contiguous, decode, json};
@@ -28,4 +29,11 @@ impl Env {
     pub fn tool(&self, exe: &Path) -> std::process::Command {
         self.command(exe.file_name().and_then(|n| n.to_str()).expect("a name"))
     }
+}
+
+/// Runs `prog` and asserts it succeeds; its stdout.
+pub fn ok(prog: &str, args: &[&str]) -> String {
+    let (code, out, err) = decode(&Command::new(prog).args(args).output().unwrap());
+    assert_eq!(code, 0, "{prog} {args:?}: {out}{err}");
+    out
 }
