@@ -54,7 +54,7 @@ complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l spec -d 'With --
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l disk -d 'With --restore or --incoming: disk ID uses PATH (a clone\'s own overlay, say); the format stays the saved one unless given. Repeatable' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l nic -d 'With --restore or --incoming: NIC ID runs on this tap, or a new tap on this bridge (the guest keeps its MAC). Repeatable' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l console -d 'Serial console file for a detached VM (default: console.log in its state folder)' -r -F
-complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'With --restore or --incoming: stay paused until `vm-run resume`'
+complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l paused -d 'Stay paused until `vm-run resume` (virsh start --paused): a booted guest runs no instruction before it, a restored or incoming one goes on from where it was'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s d -l detach -d 'Run in the background; print the VM\'s state once the guest runs'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand start" -s h -l help -d 'Print help'

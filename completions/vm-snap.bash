@@ -299,7 +299,7 @@ _vm__snap() {
             return 0
             ;;
         vm__subcmd__snap__subcmd__revert)
-            opts="-h --force --running --help"
+            opts="-h --force --running --paused --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

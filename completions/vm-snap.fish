@@ -50,6 +50,7 @@ complete -c vm-snap -n "__fish_vm_snap_using_subcommand create" -l atomic -d 'Ac
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand create" -s h -l help -d 'Print help'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand revert" -l force -d 'End the VM first if it runs (virsh destroy): what its guest has not written to disk is lost'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand revert" -l running -d 'Boot the VM from its definition once its disks are back'
+complete -c vm-snap -n "__fish_vm_snap_using_subcommand revert" -l paused -d 'As --running, but the VM waits paused for `vm-run resume`'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand revert" -s h -l help -d 'Print help'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand delete" -s h -l help -d 'Print help'
 complete -c vm-snap -n "__fish_vm_snap_using_subcommand list" -s h -l help -d 'Print help'

@@ -139,8 +139,10 @@ pub struct StartArgs {
     /// token, and any other connection is closed.
     #[arg(long, value_name = "FD", requires = "incoming")]
     pub incoming_listener: Option<i32>,
-    /// With --restore or --incoming: stay paused until `vm-run resume`.
-    #[arg(long, requires = "resumed")]
+    /// Stay paused until `vm-run resume` (virsh start --paused): a booted
+    /// guest runs no instruction before it, a restored or incoming one
+    /// goes on from where it was.
+    #[arg(long)]
     pub paused: bool,
     /// With --restore or --incoming: run under this name (an instant clone
     /// of a saved VM).

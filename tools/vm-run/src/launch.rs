@@ -75,6 +75,7 @@ impl<'a> Serve<'a> {
         }
         if let Some(r) = restore {
             match &r.source {
+                RestoreSource::Boot => {}
                 RestoreSource::File(p) => env.push((ENV_RESTORE, p.as_os_str().to_owned())),
                 RestoreSource::Stream(c, disks) => {
                     env.push((ENV_INCOMING, OsString::from(INCOMING_FD.to_string())));

@@ -58,7 +58,8 @@ pub enum Console {
     Socket(PathBuf),
 }
 
-/// A start from a saved VM or an incoming migration.
+/// A start from a saved VM or an incoming migration, or a boot that
+/// waits paused.
 #[derive(Debug)]
 pub struct RestoreFrom {
     pub source: RestoreSource,
@@ -68,6 +69,9 @@ pub struct RestoreFrom {
 
 #[derive(Debug)]
 pub enum RestoreSource {
+    /// Nothing saved: the kernel boots as usual (`vm-run start --paused`:
+    /// once resumed).
+    Boot,
     /// A saved-VM file.
     File(PathBuf),
     /// A migration's streams, the first of which had its hello read
@@ -136,7 +140,7 @@ pub fn run(
     let how = match restore.as_ref().map(|r| &r.source) {
         Some(RestoreSource::File(_)) => "restored",
         Some(RestoreSource::Stream(..)) => "migrated in",
-        None => "booted",
+        Some(RestoreSource::Boot) | None => "booted",
     };
     let mut machine = match Machine::start(spec, console, endpoint, cgroup.clone(), restore) {
         Ok(m) => m,
@@ -314,6 +318,16 @@ impl Machine {
         let serial = Self::serial(&console, &endpoint)?;
         let vm = match restore {
             None => Vm::start(&cfg, serial)?,
+            Some(RestoreFrom {
+                source: RestoreSource::Boot,
+                paused,
+            }) => {
+                if paused {
+                    Vm::start_paused(&cfg, serial)?
+                } else {
+                    Vm::start(&cfg, serial)?
+                }
+            }
             Some(RestoreFrom {
                 source: RestoreSource::File(path),
                 paused,

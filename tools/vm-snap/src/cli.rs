@@ -96,6 +96,9 @@ pub enum Command {
         /// Boot the VM from its definition once its disks are back.
         #[arg(long)]
         running: bool,
+        /// As --running, but the VM waits paused for `vm-run resume`.
+        #[arg(long, conflicts_with = "running")]
+        paused: bool,
     },
     /// Delete a disk snapshot (virsh snapshot-delete): its overlay is
     /// merged into its base (blockcommit) and leaves the chain, live or on

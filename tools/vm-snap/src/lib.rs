@@ -41,11 +41,18 @@ pub fn run(cli: &Cli) -> i32 {
             name,
             force,
             running,
+            paused,
         } => cmd::revert::run(&cmd::revert::Options {
             vm,
             snap: name,
             force: *force,
-            running: *running,
+            boot: if *paused {
+                Some(cmd::revert::Boot::Paused)
+            } else if *running {
+                Some(cmd::revert::Boot::Running)
+            } else {
+                None
+            },
         }),
         Command::Delete { vm, name } => cmd::delete::run(vm, name),
     };

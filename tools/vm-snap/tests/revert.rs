@@ -106,7 +106,8 @@ fn revert_puts_the_disks_back() {
 
 /// revert of a running VM: refused with one line and the VM runs on;
 /// with --force it is ended first and its disk reads as at the snapshot;
-/// with --running it boots again on the fresh overlay and writes to it.
+/// with --running it boots again on the fresh overlay and writes to it,
+/// and with --paused it boots waiting for a resume.
 #[test]
 fn revert_of_a_running_vm() {
     if !have_kvm() || !test_guest::have_tool("qemu-img", "qemu-img") {
@@ -202,4 +203,19 @@ fn revert_of_a_running_vm() {
     until("the booted guest writes into the fresh overlay", &differs);
     env.vm_run(&["kill", "rv"]);
     ok("qemu-img", &["check", "-q", &p(&s1)]);
+
+    // --paused: booted, but no instruction runs before a resume.
+    std::fs::remove_file(env.console_path("rv")).unwrap();
+    let (code, out, err) = env.snap(&["revert", "rv", "s1", "--paused"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["state"]["state"], "paused", "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(env.console("rv"), "", "the guest ran while paused");
+    assert!(!differs(), "nothing written while paused");
+    let (code, _, err) = env.vm_run(&["resume", "rv"]);
+    assert_eq!(code, 0, "{err}");
+    env.wait_count("rv", "flushed ", 1);
+    env.vm_run(&["kill", "rv"]);
+    let (code, _, err) = env.snap(&["revert", "rv", "s1", "--paused", "--running"]);
+    assert_eq!(code, 2, "{err}");
 }

@@ -169,17 +169,28 @@ fn open_kvm() -> Result<Kvm> {
 impl Vm {
     /// Builds the machine, loads the kernel and starts every vCPU.
     pub fn start(cfg: &VmConfig, serial: SerialOut) -> Result<Self> {
-        Self::build(cfg, serial, None)
+        Self::build(cfg, serial, None, false)
+    }
+
+    /// As [`Vm::start`], with every vCPU held before its first
+    /// instruction until the VM is resumed (virsh start --paused).
+    pub fn start_paused(cfg: &VmConfig, serial: SerialOut) -> Result<Self> {
+        Self::build(cfg, serial, None, true)
     }
 
     /// Builds the machine `from` describes and starts its vCPUs where
     /// they were saved (or paused there). A spec whose devices differ
     /// from the saved ones is refused before any vCPU exists.
     pub fn restore(cfg: &VmConfig, serial: SerialOut, from: Restore<'_>) -> Result<Self> {
-        Self::build(cfg, serial, Some(from))
+        Self::build(cfg, serial, Some(from), false)
     }
 
-    fn build(cfg: &VmConfig, serial: SerialOut, restore: Option<Restore<'_>>) -> Result<Self> {
+    fn build(
+        cfg: &VmConfig,
+        serial: SerialOut,
+        restore: Option<Restore<'_>>,
+        boot_paused: bool,
+    ) -> Result<Self> {
         crate::vcpu::install_kick_handler()
             .map_err(Error::io("installing the vCPU kick handler"))?;
         let kvm = open_kvm()?;
@@ -198,7 +209,7 @@ impl Vm {
                 }
                 (Some((r.state, r.memory)), r.paused)
             }
-            None => (None, false),
+            None => (None, boot_paused),
         };
         let (mem, mem_file, memfd) = restore::guest_memory(cfg, saved.as_ref().map(|(_, m)| m))?;
         if let Some((policy, nodes)) = &cfg.numa {

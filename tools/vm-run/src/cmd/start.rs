@@ -20,7 +20,10 @@ pub fn run(a: &StartArgs, json: bool) -> Result<i32> {
         (None, Some(fd)) => incoming_spec(a, fd)?,
         (None, None) => (
             crate::resolve::load_spec(a.vm.as_deref().unwrap_or("-"))?,
-            None,
+            a.paused.then_some(monitor::RestoreFrom {
+                source: monitor::RestoreSource::Boot,
+                paused: true,
+            }),
         ),
     };
     if !a.detach {
@@ -265,6 +268,11 @@ pub fn serve() -> Result<i32> {
         let disks = serde_json::from_str(&disks).context("the incoming disks")?;
         Some(monitor::RestoreFrom {
             source: monitor::RestoreSource::Stream(conns, disks),
+            paused,
+        })
+    } else if paused {
+        Some(monitor::RestoreFrom {
+            source: monitor::RestoreSource::Boot,
             paused,
         })
     } else {

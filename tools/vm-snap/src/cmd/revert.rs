@@ -4,7 +4,8 @@
 //! empty, on its base; the snapshots taken after it, and what the disks
 //! got since, are discarded, as a revert does. A running VM is refused
 //! unless `--force` says to end it first (what it has not written is
-//! lost, as with virsh destroy); `--running` boots it again afterwards.
+//! lost, as with virsh destroy); `--running` boots it again afterwards,
+//! `--paused` boots it paused.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,7 +25,14 @@ pub struct Options<'a> {
     /// End a running VM first.
     pub force: bool,
     /// Boot the VM from its definition once its disks are back.
-    pub running: bool,
+    pub boot: Option<Boot>,
+}
+
+/// How the VM starts again after a revert (virsh's --running, --paused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    Running,
+    Paused,
 }
 
 pub fn run(o: &Options<'_>) -> Result<i32> {
@@ -52,8 +60,8 @@ pub fn run(o: &Options<'_>) -> Result<i32> {
         "disks": plan.target.disks,
         "stopped": live,
     });
-    if o.running {
-        record["state"] = start(&vm).with_context(|| {
+    if let Some(boot) = o.boot {
+        record["state"] = start(&vm, boot).with_context(|| {
             format!("the disks are back at '{}', but starting VM '{vm}'", o.snap)
         })?;
     }
@@ -178,9 +186,13 @@ fn stop(vm: &str) -> Result<()> {
     Ok(())
 }
 
-/// Boots the VM from its definition, detached; its state as vm-run prints it.
-fn start(vm: &str) -> Result<serde_json::Value> {
-    let out = vm_run(&["start", "--detach", vm])?;
+/// Boots the VM from its definition, detached (and paused, if asked);
+/// its state as vm-run prints it.
+fn start(vm: &str, boot: Boot) -> Result<serde_json::Value> {
+    let out = match boot {
+        Boot::Running => vm_run(&["start", "--detach", vm])?,
+        Boot::Paused => vm_run(&["start", "--detach", "--paused", vm])?,
+    };
     serde_json::from_str(out.trim()).map_err(|e| anyhow!("vm-run printed no state: {e}"))
 }
 
