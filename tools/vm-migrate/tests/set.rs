@@ -1,7 +1,8 @@
 //! `vm-migrate set` on a migration under way (virsh migrate-setspeed and
 //! migrate-setmaxdowntime during a job): `status` shows the knobs (virsh
 //! migrate-getspeed), a copy held to 1 MiB/s finishes soon after its cap
-//! is lifted, and knobs no migration can go by are refused.
+//! is lifted, and knobs no migration can go by are refused, from the
+//! command line and straight on the control socket.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -67,6 +68,38 @@ fn set_changes_a_migration_under_way() {
         "{st}"
     );
     assert_eq!(st["vm"], "a");
+
+    // Straight on the control socket, knobs no migration can go by are
+    // refused while it runs (and change nothing); the largest budget is
+    // taken without harm, and the one before it put back.
+    let sock = env.run_dir().join("a/control.sock");
+    let set = |max_downtime_ms, bandwidth_mib| {
+        let req = vm_control::Request::MigrateSet {
+            max_downtime_ms,
+            bandwidth_mib,
+        };
+        vm_control::Session::connect(&sock)
+            .unwrap()
+            .call(&req, &[], Some(Duration::from_secs(10)))
+            .unwrap()
+    };
+    for (what, ms, expect) in [
+        ("no budget", Some(0), "cannot be met"),
+        ("nothing", None, "nothing to change"),
+    ] {
+        let r = set(ms, None);
+        assert!(!r.ok, "{what}: accepted");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains(expect),
+            "{what}: {r:?}"
+        );
+    }
+    let reply = set(Some(u64::MAX), None);
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.migration.unwrap().max_downtime_ms, u64::MAX);
+    let knobs = set(Some(50), None).migration.unwrap();
+    assert_eq!((knobs.max_downtime_ms, knobs.bandwidth_mib), (50, Some(1)));
+    assert_eq!(knobs.status, "active");
 
     std::thread::sleep(Duration::from_secs(1));
     let (_, out, _) = env.run("vm-migrate", &["status", "a"]);
