@@ -1,7 +1,6 @@
 //! Naming a VM on the command line: its name, the path of its spec or
 //! state file, or `-` for a JSON document (spec or state) on stdin.
 
-use std::io::Read;
 use std::path::Path;
 
 use vm_spec::{VmName, VmSpec, VmState};
@@ -21,13 +20,10 @@ pub fn looks_like_path(s: &str) -> bool {
 /// The name of the VM a reference points at.
 pub fn vm_name(reference: &str) -> Result<String> {
     let text = if reference == "-" {
-        let mut t = String::new();
-        std::io::stdin()
-            .read_to_string(&mut t)
-            .map_err(Error::io("reading stdin"))?;
-        t
+        vm_spec::read_document_from(std::io::stdin().lock()).map_err(Error::io("reading stdin"))?
     } else if looks_like_path(reference) {
-        std::fs::read_to_string(reference).map_err(Error::io(format!("cannot read {reference}")))?
+        vm_spec::read_document(Path::new(reference))
+            .map_err(Error::io(format!("cannot read {reference}")))?
     } else {
         let name: VmName = reference
             .parse()

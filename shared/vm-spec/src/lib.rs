@@ -6,6 +6,7 @@
 //! and names.
 
 mod cpulist;
+mod document;
 mod mac;
 mod name;
 pub mod overrides;
@@ -16,6 +17,7 @@ mod stats;
 pub mod text;
 
 pub use cpulist::{CpuList, CpuListError, MAX_CPUS};
+pub use document::{read_document, read_document_from, MAX_DOCUMENT};
 pub use mac::{MacAddr, MacError, GENERATED_PREFIX};
 pub use name::{check_ifname, IfNameError, NameError, VmName};
 pub use size::{parse_size, BareNumber, Size, SizeChange, SizeError};

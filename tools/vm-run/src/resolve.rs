@@ -1,7 +1,6 @@
 //! Naming a VM: its name, the path of its spec or state file, or `-` for a
 //! JSON document (spec or state) on stdin.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -10,15 +9,13 @@ use vm_spec::{VmName, VmSpec};
 /// A spec with every relative path made absolute.
 pub fn load_spec(reference: &str) -> Result<VmSpec> {
     let (text, base, origin) = if reference == "-" {
-        let mut t = String::new();
-        std::io::stdin()
-            .read_to_string(&mut t)
+        let t = vm_spec::read_document_from(std::io::stdin().lock())
             .context("reading the spec from stdin")?;
         (t, std::env::current_dir()?, "stdin".to_string())
     } else if vm_control::looks_like_path(reference) {
         let p = Path::new(reference);
         let t =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            vm_spec::read_document(p).with_context(|| format!("cannot read {}", p.display()))?;
         let base = p
             .canonicalize()
             .ok()
