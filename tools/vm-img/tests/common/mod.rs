@@ -225,3 +225,13 @@ pub fn poke64(path: &Path, at: u64, value: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&value.to_be_bytes(), at).unwrap();
 }
+
+/// `info --output json` of `img` by qemu-img (`tool` "qemu") or by us.
+pub fn info_json(tool: &str, img: &str) -> serde_json::Value {
+    let out = if tool == "qemu" {
+        qemu_ok(&["info", "--output", "json", img])
+    } else {
+        ok(&["info", "--output", "json", img])
+    };
+    serde_json::from_str(&out).expect("info prints JSON")
+}

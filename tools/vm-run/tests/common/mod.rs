@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -150,4 +152,39 @@ pub fn error_line(err: &str) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "one error line expected: {err}");
     lines[0].to_string()
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test after a minute.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a heartbeat guest, detached; returns its pid.
+pub fn heartbeat(e: &Env, name: &str) -> u32 {
+    let s = e.spec(name, "heartbeat", &serde_json::json!({}));
+    let (code, out, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    e.wait_ticks(name, 1);
+    json(&out)["pid"].as_u64().unwrap() as u32
+}
+
+/// Whether the process runs (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    vm_control::Liveness::of(pid) == vm_control::Liveness::Alive
+}
+
+/// Waits up to 20 s for the process to end; fails the test otherwise.
+pub fn wait_dead(pid: u32) {
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "pid {pid} lives on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
