@@ -107,8 +107,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
     serde_json::from_str(&reply).map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}")))
 }
 
-/// Descriptors passed with one message at most (SCM_RIGHTS).
-const MAX_FDS: usize = 16;
+/// Descriptors passed with one message, or one request, at most
+/// (SCM_RIGHTS).
+pub const MAX_FDS: usize = 16;
 
 /// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one message.
 pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
@@ -169,7 +170,7 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::i
 
 /// Reads what `stream` has into `buf`, taking the descriptors that came
 /// with it (close-on-exec); more than MAX_FDS, or a truncated control
-/// message, closes them all and fails.
+/// message, closes them all and fails with `InvalidInput`.
 pub fn recv_with_fds(
     stream: &UnixStream,
     buf: &mut [u8],
@@ -216,7 +217,10 @@ pub fn recv_with_fds(
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > MAX_FDS {
-        return Err(std::io::Error::other("too many descriptors in one request"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("more than {MAX_FDS} descriptors in one request"),
+        ));
     }
     Ok((n as usize, fds))
 }

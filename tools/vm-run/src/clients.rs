@@ -1,7 +1,7 @@
 //! The control socket's clients, served from the emulator thread's poll
 //! loop without ever blocking it: each connection is read as it becomes
-//! readable, a request line may be 64 KiB at most, a client has 5 seconds
-//! to send it and at most 16 are served at once. A silent or flooding
+//! readable, a request line may be 64 KiB at most (with 16 descriptors),
+//! a client has 5 seconds to send it and at most 16 are served at once. A silent or flooding
 //! client costs the VM nothing but a slot.
 
 use std::io::{ErrorKind, Write};
@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vm_control::{Listener, Reply, Request};
+use vm_control::{Listener, Reply, Request, MAX_FDS};
 
 use crate::timefmt::log;
 
@@ -96,6 +96,15 @@ impl Clients {
                 Ok((n, fds)) => {
                     c.fds.extend(fds);
                     c.buf.extend_from_slice(&chunk[..n]);
+                    if c.fds.len() > MAX_FDS {
+                        // Spread over several messages: the same limit.
+                        let c = self.conns.swap_remove(i);
+                        refuse(
+                            &c.stream,
+                            &format!("more than {MAX_FDS} descriptors in one request"),
+                        );
+                        return None;
+                    }
                     if let Some(end) = c.buf.iter().position(|&b| b == b'\n') {
                         let c = self.conns.swap_remove(i);
                         return Some(Incoming {
@@ -115,6 +124,12 @@ impl Clients {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                    // Too many descriptors in one message.
+                    let c = self.conns.swap_remove(i);
+                    refuse(&c.stream, &e.to_string());
+                    return None;
+                }
                 Err(_) => {
                     self.conns.swap_remove(i);
                     return None;
@@ -141,6 +156,22 @@ impl Clients {
 
 /// Sends one reply line without waiting: a client that does not read
 /// its socket loses its reply, the VM loses nothing.
+/// Answers a bad request and lets the connection go. What else is pending
+/// is read first (and its descriptors closed): closing over unread bytes
+/// would reset the connection, and the client would lose the answer.
+fn refuse(stream: &UnixStream, why: &str) {
+    let mut chunk = [0u8; 4096];
+    let mut left = MAX_REQUEST;
+    while left > 0 {
+        match vm_control::recv_with_fds(stream, &mut chunk) {
+            Ok((n, _)) if n > 0 => left = left.saturating_sub(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    reply(stream, &Reply::err(format!("bad request: {why}")));
+}
+
 pub fn reply(stream: &UnixStream, reply: &Reply) {
     let Ok(mut text) = serde_json::to_string(reply) else {
         return;

@@ -383,6 +383,32 @@ fn control_clients_cannot_stall_the_vm() {
         assert!(r.contains("\"ok\":false") && r.contains(want), "{r}");
     }
     assert!(alive(pid), "the unknown field did not kill the VM");
+    // More than 16 descriptors with one request, spread over messages of
+    // 16 or fewer each, are refused with a line and closed, not piled up.
+    let nulls: Vec<_> = (0..16)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw: Vec<_> = nulls.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = open_fds();
+    let s = connect(&dir);
+    vm_control::send_with_fds(&s, br#"{"cmd":"save""#, &raw).unwrap();
+    vm_control::send_with_fds(&s, b"}\n", &raw[..1]).unwrap();
+    let r = read_reply(&s);
+    assert!(r.contains("more than 16 descriptors"), "{r}");
+    drop(s);
+    let t0 = Instant::now();
+    while open_fds() > before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the VM keeps the descriptors"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // More clients than the VM serves at once: the extra ones are told.
     let many: Vec<_> = (0..20).map(|_| connect(&dir)).collect();
     let r = read_reply(&many[19]);
