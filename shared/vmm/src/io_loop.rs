@@ -47,10 +47,15 @@ enum Handler {
     },
     /// A device's host descriptor (a tap queue), watched edge-triggered:
     /// the device reads until it would block, or until the guest has no
-    /// buffers left (it reads on when the guest adds some).
+    /// buffers left (it reads on when the guest adds some), or for one
+    /// ring's worth: then `again` (watched level-triggered, under the same
+    /// handler) brings the loop back after the other descriptors had their
+    /// turn, so a flood or a guest that keeps adding buffers cannot hold
+    /// the thread.
     Backend {
         device: Arc<Mutex<MmioTransport>>,
         token: usize,
+        again: EventFd,
     },
 }
 
@@ -98,7 +103,17 @@ impl IoLoop {
             fd,
             EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, data),
         )?;
-        self.handlers.push(Handler::Backend { device, token });
+        let again = EventFd::new(libc::EFD_NONBLOCK)?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            again.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, data),
+        )?;
+        self.handlers.push(Handler::Backend {
+            device,
+            token,
+            again,
+        });
         Ok(())
     }
 
@@ -157,8 +172,15 @@ impl IoLoop {
                         let _ = fd.write(1);
                     }
                 }
-                Some(Handler::Backend { device, token }) => {
-                    while lock(device).backend_ready(*token) {}
+                Some(Handler::Backend {
+                    device,
+                    token,
+                    again,
+                }) => {
+                    let _ = again.read();
+                    if lock(device).backend_ready(*token) {
+                        let _ = again.write(1);
+                    }
                 }
                 None => {}
             }

@@ -173,13 +173,21 @@ impl VirtioNet {
     }
 
     /// Moves frames from tap queue `pair` into the guest's RX buffers until
-    /// the tap is empty or the guest has no buffers left.
+    /// the tap is empty, the guest has no buffers left, or one ring's worth
+    /// is done (`more`: a guest that keeps adding buffers, or a flood, must
+    /// not hold the thread that serves everything else).
     fn receive(&self, pair: usize, queue: &mut Queue, mem: &GuestMemory) -> Served {
         let c = &self.counters;
         let mut used = false;
+        let budget = queue.size();
+        let mut served = 0;
         // With no buffers left, frames wait in the tap until the guest adds
         // some (its notification brings us back).
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while served < budget {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            served += 1;
             let head = chain.head_index();
             let bufs = buffers(&chain, mem, true).unwrap_or_default();
             let (iov, cap) = iovecs(&bufs);
@@ -219,7 +227,7 @@ impl VirtioNet {
         }
         Served {
             interrupt: used && queue.needs_notification(mem).unwrap_or(true),
-            more: false,
+            more: served == budget,
         }
     }
 
@@ -443,5 +451,70 @@ impl VirtioDevice for VirtioNet {
             .enumerate()
             .map(|(i, t)| (t.as_raw_fd(), i))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::atomic::AtomicBool;
+
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    const SIZE: u16 = 16;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    /// A guest that keeps offering RX buffers too small for any frame, as
+    /// fast as they come back, cannot hold the thread that serves its
+    /// queues: one pass takes one ring's worth and asks to come back.
+    #[test]
+    fn a_guest_that_keeps_adding_buffers_gets_one_ring_per_pass() {
+        // A datagram socket stands in for the tap: readv and writev alike.
+        let (host, _peer) = UnixDatagram::pair().unwrap();
+        let tap = File::from(OwnedFd::from(host));
+        let mut net = VirtioNet::new(vec![tap], [2, 0, 0, 0, 0, 1], Arc::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = Queue::new(QUEUE_SIZE).unwrap();
+        q.try_set_size(SIZE).unwrap();
+        q.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        q.set_ready(true);
+        // Descriptor 0: 4 bytes, device-writable. Every ring slot is 0.
+        mem.write_obj(0x8000u64, GuestAddress(DESC)).unwrap();
+        mem.write_obj(4u32, GuestAddress(DESC + 8)).unwrap();
+        mem.write_obj(2u16, GuestAddress(DESC + 12)).unwrap();
+        mem.write_obj(SIZE, GuestAddress(AVAIL + 2)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let guest = {
+            let (mem, stop, started) = (mem.clone(), Arc::clone(&stop), Arc::clone(&started));
+            std::thread::spawn(move || {
+                // The guest's side: the ring always full again.
+                started.wait();
+                let t0 = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed().as_secs() < 2 {
+                    let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+                    mem.write_obj(used.wrapping_add(SIZE), GuestAddress(AVAIL + 2))
+                        .unwrap();
+                }
+            })
+        };
+        started.wait();
+        let served = net.process_queue(0, &mut q, &mem);
+        stop.store(true, Ordering::Relaxed);
+        guest.join().unwrap();
+        let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(used, SIZE, "one pass, one ring's worth");
+        assert!(served.more, "asks to be served again");
+        assert_eq!(
+            net.counters.rx_errs.load(Ordering::Relaxed),
+            u64::from(SIZE)
+        );
     }
 }
