@@ -1,8 +1,10 @@
 //! virtio-blk driven by guest-controlled bytes, for the fuzz target
 //! (fuzz/fuzz_targets/virtio_blk.rs), the replay test and unit tests: a
 //! queue laid out in a small guest memory, served by the real device over
-//! a disk in a vector. [`stream`] is the migration stream's harness.
+//! a disk in a vector. [`net`] is virtio-net's harness, [`stream`] the
+//! migration stream's.
 
+pub mod net;
 pub mod stream;
 
 use std::io;
