@@ -23,7 +23,20 @@ impl<R: Read> Reader<R> {
     /// Checks the header.
     pub fn new(mut r: R) -> Result<Self> {
         let mut h = [0u8; 16];
-        read_all(&mut r, &mut h, "the header")?;
+        // Nothing at all is a source that gave up before it began (its
+        // own error says why), not a damaged stream.
+        let first = loop {
+            match r.read(&mut h) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other.map_err(Error::io("reading the header"))?,
+            }
+        };
+        if first == 0 {
+            return Err(bad(
+                "nothing arrived: the source closed the connection before the stream began",
+            ));
+        }
+        read_all(&mut r, &mut h[first..], "the header")?;
         if &h[0..8] != MAGIC {
             return Err(bad("not a vmtools migration stream"));
         }

@@ -113,6 +113,10 @@ fn placed_pages_are_checked_too() {
 #[test]
 fn damaged_streams_are_refused() {
     let s = sample();
+    let empty = Reader::new(&[][..]).err().unwrap().to_string();
+    assert!(empty.contains("nothing arrived"), "{empty}");
+    let short = Reader::new(&s[..5]).err().unwrap().to_string();
+    assert!(short.contains("cut short in the header"), "{short}");
     // Every cut is an error, never a panic or a wrong record.
     for cut in 0..s.len() {
         let Ok(mut r) = Reader::new(&s[..cut]) else {
