@@ -70,6 +70,14 @@ pub fn peer_allowed(stream: &UnixStream) -> bool {
     r == 0 && (cred.uid == me || cred.uid == 0)
 }
 
+/// The VM closed the connection under us (the other errors are EOF).
+fn closed(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Sends one request and reads one reply.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
     let what = || format!("control socket {}", socket.display());
@@ -80,12 +88,6 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
         ))
     };
     // A refused peer sees its connection closed: EPIPE, ECONNRESET or EOF.
-    let closed = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-        )
-    };
     let stream = UnixStream::connect(socket).map_err(Error::io(what()))?;
     stream
         .set_read_timeout(Some(timeout))
@@ -255,20 +257,74 @@ impl Session {
         timeout: Option<Duration>,
     ) -> Result<Reply> {
         let what = || format!("control socket {}", self.socket.display());
+        // A VM that ends meanwhile (another client's save or kill), or
+        // one that refuses us, closes the connection: EOF, ECONNRESET or
+        // EPIPE, whichever the timing gives.
+        let gone = || {
+            Error::Protocol(
+                "the VM closed the connection without a reply (it ended meanwhile, \
+                 or it lets only its owner and root in)"
+                    .into(),
+            )
+        };
         let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push('\n');
-        send_with_fds(&self.stream, line.as_bytes(), fds).map_err(Error::io(what()))?;
+        match send_with_fds(&self.stream, line.as_bytes(), fds) {
+            Err(e) if closed(&e) => return Err(gone()),
+            other => other.map_err(Error::io(what()))?,
+        }
         self.stream
             .set_read_timeout(timeout)
             .map_err(Error::io(what()))?;
         let mut reply = String::new();
         match self.reader.read_line(&mut reply) {
-            Ok(0) => Err(Error::Protocol(
-                "the VM closed the connection without a reply".into(),
-            )),
+            Ok(0) => Err(gone()),
             Ok(_) => serde_json::from_str(&reply)
                 .map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}"))),
+            Err(e) if closed(&e) => Err(gone()),
             Err(e) => Err(Error::io(what())(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A VM that ends with our request unread (another client's save or
+    /// kill) gives one plain line, however the close reaches us.
+    #[test]
+    fn a_vm_that_goes_away_mid_request_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("control.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        for unread in [false, true] {
+            let server = {
+                let listener = listener.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let (s, _) = listener.accept().unwrap();
+                    if unread {
+                        // Closing over unread bytes resets the connection.
+                        std::thread::sleep(Duration::from_millis(100));
+                    } else {
+                        let mut line = String::new();
+                        BufReader::new(&s).read_line(&mut line).unwrap();
+                    }
+                    drop(s);
+                })
+            };
+            let mut session = Session::connect(&sock).unwrap();
+            let e = session
+                .call(&Request::Status, &[], Some(Duration::from_secs(5)))
+                .unwrap_err()
+                .to_string();
+            server.join().unwrap();
+            assert!(
+                e.contains("the VM closed the connection without a reply"),
+                "unread {unread}: {e}"
+            );
         }
     }
 }
