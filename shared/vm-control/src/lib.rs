@@ -35,6 +35,11 @@ pub enum Error {
     /// The VM would not talk to us (the peer check: another user's VM).
     #[error("{0}")]
     Refused(String),
+    /// The VM ended while we were talking to it (another client's save,
+    /// migration or kill), or no VM listens on its socket: it answers no
+    /// more, whether or not its process is still there.
+    #[error("{0}")]
+    Gone(String),
     /// A folder another user could have planted things in.
     #[error("{0}")]
     Untrusted(String),

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,32 +78,63 @@ fn closed(e: &std::io::Error) -> bool {
     )
 }
 
-/// Sends one request and reads one reply.
-pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
-    let what = || format!("control socket {}", socket.display());
-    let refused = || {
+/// Why a VM closed our connection without a reply. It closes at once on
+/// anyone but its owner and root (the peer check), so for those two it can
+/// only have ended meanwhile (another client's save, migration or kill).
+fn closed_on_us(socket: &Path) -> Error {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let ours = match std::fs::metadata(socket) {
+        Ok(m) => m.uid() == me,
+        // Removed: the VM has ended.
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    if me == 0 || ours {
+        Error::Gone(format!(
+            "{}: the VM closed the connection without a reply: it ended meanwhile",
+            socket.display()
+        ))
+    } else {
         Error::Refused(format!(
             "{}: the VM refused the connection (only its owner and root may control it)",
             socket.display()
         ))
-    };
-    // A refused peer sees its connection closed: EPIPE, ECONNRESET or EOF.
-    let stream = UnixStream::connect(socket).map_err(Error::io(what()))?;
+    }
+}
+
+/// Connects to a VM's control socket. No socket, or no listener on it, is
+/// most often a VM that ended since it was looked up.
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            Error::Gone(format!(
+                "{}: no VM listens there (it has ended, or its socket was removed)",
+                socket.display()
+            ))
+        }
+        _ => Error::io(format!("control socket {}", socket.display()))(e),
+    })
+}
+
+/// Sends one request and reads one reply.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
+    let what = || format!("control socket {}", socket.display());
+    let stream = connect(socket)?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(Error::io(what()))?;
     let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
     line.push('\n');
     match (&stream).write_all(line.as_bytes()) {
-        Err(e) if closed(&e) => return Err(refused()),
+        Err(e) if closed(&e) => return Err(closed_on_us(socket)),
         Err(e) => return Err(Error::io(what())(e)),
         Ok(()) => {}
     }
     let mut reply = String::new();
     match BufReader::new(&stream).read_line(&mut reply) {
-        Err(e) if closed(&e) => return Err(refused()),
+        Err(e) if closed(&e) => return Err(closed_on_us(socket)),
         Err(e) => return Err(Error::io(what())(e)),
-        Ok(0) => return Err(refused()),
+        Ok(0) => return Err(closed_on_us(socket)),
         Ok(_) => {}
     }
     serde_json::from_str(&reply).map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}")))
@@ -239,7 +270,7 @@ pub struct Session {
 impl Session {
     pub fn connect(socket: &Path) -> Result<Self> {
         let what = || format!("control socket {}", socket.display());
-        let stream = UnixStream::connect(socket).map_err(Error::io(what()))?;
+        let stream = connect(socket)?;
         let reader = BufReader::new(stream.try_clone().map_err(Error::io(what()))?);
         Ok(Self {
             stream,
@@ -257,20 +288,10 @@ impl Session {
         timeout: Option<Duration>,
     ) -> Result<Reply> {
         let what = || format!("control socket {}", self.socket.display());
-        // A VM that ends meanwhile (another client's save or kill), or
-        // one that refuses us, closes the connection: EOF, ECONNRESET or
-        // EPIPE, whichever the timing gives.
-        let gone = || {
-            Error::Protocol(
-                "the VM closed the connection without a reply (it ended meanwhile, \
-                 or it lets only its owner and root in)"
-                    .into(),
-            )
-        };
         let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push('\n');
         match send_with_fds(&self.stream, line.as_bytes(), fds) {
-            Err(e) if closed(&e) => return Err(gone()),
+            Err(e) if closed(&e) => return Err(closed_on_us(&self.socket)),
             other => other.map_err(Error::io(what()))?,
         }
         self.stream
@@ -278,10 +299,10 @@ impl Session {
             .map_err(Error::io(what()))?;
         let mut reply = String::new();
         match self.reader.read_line(&mut reply) {
-            Ok(0) => Err(gone()),
+            Ok(0) => Err(closed_on_us(&self.socket)),
             Ok(_) => serde_json::from_str(&reply)
                 .map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}"))),
-            Err(e) if closed(&e) => Err(gone()),
+            Err(e) if closed(&e) => Err(closed_on_us(&self.socket)),
             Err(e) => Err(Error::io(what())(e)),
         }
     }
@@ -322,9 +343,17 @@ mod tests {
                 .to_string();
             server.join().unwrap();
             assert!(
-                e.contains("the VM closed the connection without a reply"),
+                e.contains("the VM closed the connection without a reply: it ended meanwhile"),
                 "unread {unread}: {e}"
             );
+        }
+        // A socket nobody listens on, and none at all.
+        drop(listener);
+        for _ in 0..2 {
+            let e = call(&sock, &Request::Status, Duration::from_secs(5)).unwrap_err();
+            assert!(matches!(e, Error::Gone(_)), "{e}");
+            assert!(e.to_string().contains("no VM listens there"), "{e}");
+            let _ = std::fs::remove_file(&sock);
         }
     }
 }

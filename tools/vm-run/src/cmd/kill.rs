@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use vm_control::{Lookup, Request};
 use vm_spec::RunState;
 
-use super::{is_refused, running, send, wait_released, KILL_WAIT};
+use super::{is_gone, is_refused, running, send, wait_released, KILL_WAIT};
 use crate::output;
 
 pub fn kill(vm: &str, json: bool) -> Result<i32> {
@@ -30,6 +30,12 @@ pub fn kill(vm: &str, json: bool) -> Result<i32> {
         }
         // Another user's VM (the peer check said no): leave it alone.
         Err(e) if is_refused(&e) => return Err(e),
+        // It ended meanwhile (another client's save or migration): there
+        // is nothing to kill, and its pid is no longer proof of anything.
+        Err(e) if is_gone(&e) && vm_control::holder(&dir) != Some(st.pid) => {
+            wait_released(&dir, st.pid, KILL_WAIT);
+            bail!("VM '{name}' ended before it could be killed");
+        }
         _ => {
             // The VM does not answer: end the process that provably holds
             // its folder, then clear the folder once nobody holds it.

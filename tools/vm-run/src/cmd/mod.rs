@@ -77,6 +77,14 @@ pub(super) fn is_refused(e: &anyhow::Error) -> bool {
     )
 }
 
+/// The VM ended while we asked it (see `vm_control::Error::Gone`).
+pub(super) fn is_gone(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<vm_control::Error>(),
+        Some(vm_control::Error::Gone(_))
+    )
+}
+
 /// Waits until the VM process `pid` no longer holds `dir` and has ended
 /// (its disks and taps are closed).
 pub(super) fn wait_released(dir: &Path, pid: u32, timeout: Duration) -> bool {
