@@ -40,7 +40,7 @@ complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l streams -
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l auto-converge -d 'Hold the vCPUs back while the rounds do not shrink'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -l copy-storage-all -d 'Non-shared storage: every writable disk\'s contents go along, into images the destination has made with the same size (its --disk names them)'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s q -l quiet -d 'No progress bar, even on a terminal'
-complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s h -l help -d 'Print help'
+complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -l listen -d 'Where to wait: tcp:HOST:PORT (port 0: any free one, printed), unix:PATH, or - for the stream on stdin and the replies on stdout (the far end of an exec: transport)' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -l spec -d 'A spec whose host-local parts (disk paths, console, taps, placement) replace the arriving ones (virsh migrate --xml)' -r
 complete -c vm-migrate -n "__fish_vm_migrate_using_subcommand recv" -l name -d 'Run under this name' -r

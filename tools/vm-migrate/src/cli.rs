@@ -25,6 +25,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send a running VM to a destination (virsh migrate --live).
+    ///
+    /// Ctrl-C (SIGINT), SIGTERM or SIGHUP cancels the migration before its
+    /// last copy, as virsh's does: the VM runs on here.
     Send(SendArgs),
     /// Receive a VM: listen, then start it in vm-run once it has arrived
     /// whole; prints its state as `vm-run start --detach` does.

@@ -51,6 +51,9 @@ pub fn run(a: &SendArgs) -> Result<i32> {
         .chain(&more)
         .map(AsRawFd::as_raw_fd)
         .collect();
+    // After the transport's command (if any) has started: it keeps the
+    // signals as they were.
+    cancel_on_signals(&name, &sock)?;
     let done = Arc::new(AtomicBool::new(false));
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
         let (done, sock) = (Arc::clone(&done), sock.clone());
@@ -89,6 +92,59 @@ pub fn run(a: &SendArgs) -> Result<i32> {
     v["to"] = a.to.clone().into();
     println!("{v}");
     Ok(0)
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP while the copy runs cancels it, as virsh
+/// migrate does: the VM runs on here and the reply says "cancelled". The
+/// signals go to a thread of their own (sigwait). In the last copy it is
+/// too late, and the migration finishes. (Were this process killed
+/// outright, the VM would cancel on its own when the connection closes.)
+fn cancel_on_signals(name: &str, sock: &std::path::Path) -> Result<()> {
+    // SAFETY: a sigset_t is plain data; sigemptyset and sigaddset fill it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` and `old` are valid; the calls only read dispositions
+    // and write into `set` and the calling thread's mask, which every
+    // thread spawned later inherits.
+    unsafe {
+        libc::sigemptyset(&raw mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // A signal the caller ignores stays ignored (nohup, a
+            // background job of a script): blocked, it would be kept for
+            // sigwait instead of dropped.
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &raw mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                continue;
+            }
+            libc::sigaddset(&raw mut set, sig);
+        }
+        let e = libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        if e != 0 {
+            bail!("blocking signals: {}", std::io::Error::from_raw_os_error(e));
+        }
+    }
+    let (name, sock) = (name.to_string(), sock.to_path_buf());
+    std::thread::spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        if unsafe { libc::sigwait(&raw const set, &raw mut sig) } != 0 {
+            return;
+        }
+        // Over the progress line, on a terminal.
+        let clear = if std::io::stderr().is_terminal() {
+            "\r\x1b[K"
+        } else {
+            ""
+        };
+        eprintln!("{clear}vm-migrate: cancelling the migration of '{name}'");
+        match vm_control::call(&sock, &Request::MigrateCancel, Duration::from_secs(10)) {
+            Ok(r) if !r.ok => eprintln!("vm-migrate: {}", r.error.unwrap_or_default()),
+            Err(e) => eprintln!("vm-migrate: {e}"),
+            Ok(_) => {}
+        }
+    });
+    Ok(())
 }
 
 /// One line on stderr, redrawn as the rounds go.

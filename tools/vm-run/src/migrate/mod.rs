@@ -22,6 +22,7 @@ use vmm::state::stream::Hello;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::monitor::Machine;
+use crate::timefmt::log;
 use send::{Copy, FromMain, Progress, ToMain};
 
 /// Socket buffers of two records: with the default (about 200 KiB for a
@@ -282,8 +283,12 @@ impl Write for Conn {
 /// A migration in progress, as the emulator thread sees it.
 #[derive(Debug)]
 pub(crate) struct MigrateJob {
-    /// The tool's control connection: the final reply goes there.
+    /// The tool's control connection: the final reply goes there. It is
+    /// watched too: the tool gone (Ctrl-C, killed) cancels the migration,
+    /// as a save whose tool goes away is abandoned.
     pub(crate) stream: UnixStream,
+    /// The tool has gone away (its connection closed).
+    client_gone: bool,
     pub(crate) progress: Arc<Progress>,
     /// The VM ran when the migration began (it runs again on failure).
     pub(crate) was_running: bool,
@@ -408,6 +413,7 @@ impl MigrateJob {
         }
         Ok(Self {
             stream,
+            client_gone: false,
             progress,
             was_running: running,
             stopped: false,
@@ -428,7 +434,40 @@ impl MigrateJob {
     }
 
     pub(crate) fn fds(&self) -> Vec<RawFd> {
-        vec![self.done.as_raw_fd()]
+        let mut fds = vec![self.done.as_raw_fd()];
+        if !self.client_gone {
+            fds.push(self.stream.as_raw_fd());
+        }
+        fds
+    }
+
+    /// Whether the tool's connection has closed. Bytes it sends (it has
+    /// nothing more to say) are read away.
+    fn client_hung_up(&self) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: recv into our buffer, without blocking.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return true,
+                n if n > 0 => {}
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        std::io::ErrorKind::WouldBlock => return false,
+                        _ => return true,
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn report(&self) -> MigrationReport {
@@ -484,8 +523,18 @@ impl MigrateJob {
         self.progress.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// The copy thread spoke: pause and hand over the state, or the end.
+    /// The copy thread spoke: pause and hand over the state, or the end;
+    /// or the tool went away: cancel, unless the last copy has begun.
     pub(crate) fn on_ready(&mut self, m: &mut Machine) -> MigrateEvent {
+        if !self.client_gone && self.client_hung_up() {
+            self.client_gone = true;
+            if self.stopped {
+                log("the tool that asked for the migration went away; too late to cancel");
+            } else {
+                log("the tool that asked for the migration went away: cancelling");
+                self.cancel();
+            }
+        }
         let _ = self.done.read();
         let mut event = MigrateEvent::Pending;
         while let Ok(msg) = self.from_copy.try_recv() {
