@@ -68,15 +68,19 @@ impl Env {
 }
 
 impl Drop for Env {
-    /// A failed test must not leave VMs running: kill what is left.
+    /// A failed test must not leave VMs running: kill what is left. The
+    /// process is the one that holds each VM's folder (the kernel's lock
+    /// table), never the pid in its state.json, which tests forge: a
+    /// failed forged-pid test once left its VM running, unreachable once
+    /// its folder was deleted, and killed a bystander instead.
     fn drop(&mut self) {
         let Ok(entries) = std::fs::read_dir(self.run_dir()) else {
             return;
         };
         for e in entries.flatten() {
-            if let Ok(st) = vm_control::read_state(&e.path()) {
+            if let Some(pid) = vm_control::holder(&e.path()) {
                 // SAFETY: killing a VM process this test started.
-                unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
     }
