@@ -19,7 +19,9 @@ pub use proto::{
     CommitReport, DiskSnapshot, DiskStats, MigrateOptions, MigrationReport, NetStats, Reply,
     Request, SaveReport, ShutdownMode, SnapshotReport, Stats,
 };
-pub use socket::{call, peer_allowed, recv_with_fds, send_with_fds, Listener, Session, MAX_FDS};
+pub use socket::{
+    call, peer_allowed, recv_with_fds, send_with_fds, too_many_fds, Listener, Session, MAX_FDS,
+};
 pub use vmlock::{holder, remove_if_dead, signal_vm, VmLock};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! that also checks each peer's credentials (SO_PEERCRED), since file
 //! modes alone can be opened up by mistake.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -116,28 +116,9 @@ fn connect(socket: &Path) -> Result<UnixStream> {
     })
 }
 
-/// Sends one request and reads one reply.
+/// Sends one request and reads one reply (a one-request [`Session`]).
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply> {
-    let what = || format!("control socket {}", socket.display());
-    let stream = connect(socket)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(Error::io(what()))?;
-    let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
-    line.push('\n');
-    match (&stream).write_all(line.as_bytes()) {
-        Err(e) if closed(&e) => return Err(closed_on_us(socket)),
-        Err(e) => return Err(Error::io(what())(e)),
-        Ok(()) => {}
-    }
-    let mut reply = String::new();
-    match BufReader::new(&stream).read_line(&mut reply) {
-        Err(e) if closed(&e) => return Err(closed_on_us(socket)),
-        Err(e) => return Err(Error::io(what())(e)),
-        Ok(0) => return Err(closed_on_us(socket)),
-        Ok(_) => {}
-    }
-    serde_json::from_str(&reply).map_err(|e| Error::Protocol(format!("bad reply from the VM: {e}")))
+    Session::connect(socket)?.call(req, &[], Some(timeout))
 }
 
 /// Descriptors passed with one message, or one request, at most
@@ -201,6 +182,15 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::i
     Ok(())
 }
 
+/// A request that came with more than [`MAX_FDS`] descriptors, in one
+/// message or several.
+pub fn too_many_fds() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("more than {MAX_FDS} descriptors in one request"),
+    )
+}
+
 /// Reads what `stream` has into `buf`, taking the descriptors that came
 /// with it (close-on-exec); more than MAX_FDS, or a truncated control
 /// message, closes them all and fails with `InvalidInput`.
@@ -250,10 +240,7 @@ pub fn recv_with_fds(
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > MAX_FDS {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("more than {MAX_FDS} descriptors in one request"),
-        ));
+        return Err(too_many_fds());
     }
     Ok((n as usize, fds))
 }

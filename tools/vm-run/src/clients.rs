@@ -1,8 +1,8 @@
 //! The control socket's clients, served from the emulator thread's poll
 //! loop without ever blocking it: each connection is read as it becomes
 //! readable, a request line may be 64 KiB at most (with 16 descriptors),
-//! a client has 5 seconds to send it and at most 16 are served at once. A silent or flooding
-//! client costs the VM nothing but a slot.
+//! a client has 5 seconds to send it and at most 16 are served at once. A
+//! silent or flooding client costs the VM nothing but a slot.
 
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -99,10 +99,7 @@ impl Clients {
                     if c.fds.len() > MAX_FDS {
                         // Spread over several messages: the same limit.
                         let c = self.conns.swap_remove(i);
-                        refuse(
-                            &c.stream,
-                            &format!("more than {MAX_FDS} descriptors in one request"),
-                        );
+                        refuse(&c.stream, &vm_control::too_many_fds().to_string());
                         return None;
                     }
                     if let Some(end) = c.buf.iter().position(|&b| b == b'\n') {
@@ -115,10 +112,7 @@ impl Clients {
                     }
                     if c.buf.len() > MAX_REQUEST {
                         let c = self.conns.swap_remove(i);
-                        reply(
-                            &c.stream,
-                            &Reply::err(format!("bad request: longer than {MAX_REQUEST} bytes")),
-                        );
+                        refuse(&c.stream, &format!("longer than {MAX_REQUEST} bytes"));
                         return None;
                     }
                 }
@@ -154,11 +148,10 @@ impl Clients {
     }
 }
 
-/// Sends one reply line without waiting: a client that does not read
-/// its socket loses its reply, the VM loses nothing.
 /// Answers a bad request and lets the connection go. What else is pending
-/// is read first (and its descriptors closed): closing over unread bytes
-/// would reset the connection, and the client would lose the answer.
+/// (up to a request's worth) is read first and its descriptors closed:
+/// closing over unread bytes would reset the connection, and the client
+/// would lose the answer.
 fn refuse(stream: &UnixStream, why: &str) {
     let mut chunk = [0u8; 4096];
     let mut left = MAX_REQUEST;
@@ -172,6 +165,8 @@ fn refuse(stream: &UnixStream, why: &str) {
     reply(stream, &Reply::err(format!("bad request: {why}")));
 }
 
+/// Sends one reply line without waiting: a client that does not read
+/// its socket loses its reply, the VM loses nothing.
 pub fn reply(stream: &UnixStream, reply: &Reply) {
     let Ok(mut text) = serde_json::to_string(reply) else {
         return;
