@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -56,6 +57,9 @@ enum Handler {
         device: Arc<Mutex<MmioTransport>>,
         token: usize,
         again: EventFd,
+        /// `again` was written and not yet read: only then is it read,
+        /// so an ordinary wake costs no extra system call.
+        armed: AtomicBool,
     },
 }
 
@@ -113,6 +117,7 @@ impl IoLoop {
             device,
             token,
             again,
+            armed: AtomicBool::new(false),
         });
         Ok(())
     }
@@ -176,10 +181,13 @@ impl IoLoop {
                     device,
                     token,
                     again,
+                    armed,
                 }) => {
-                    let _ = again.read();
-                    if lock(device).backend_ready(*token) {
-                        let _ = again.write(1);
+                    if armed.swap(false, Ordering::Relaxed) {
+                        let _ = again.read();
+                    }
+                    if lock(device).backend_ready(*token) && again.write(1).is_ok() {
+                        armed.store(true, Ordering::Relaxed);
                     }
                 }
                 None => {}

@@ -37,21 +37,6 @@ fn layout(queue: usize, two_pairs: bool, frames: u8) -> Layout {
     }
 }
 
-/// Descriptor `i` of the standard layout.
-fn desc(h: &Harness, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let d = DESC + u64::from(i) * 16;
-    h.mem.write_obj(addr, GuestAddress(d)).unwrap();
-    h.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-    h.mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
-    h.mem.write_obj(next, GuestAddress(d + 14)).unwrap();
-}
-
-/// Offers head 0 once.
-fn offer(h: &Harness) {
-    h.mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
-    h.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
-}
-
 fn used(h: &Harness) -> (u16, u32) {
     (
         h.mem.read_obj(GuestAddress(USED + 2)).unwrap(),
@@ -76,8 +61,8 @@ fn transmit() -> (Layout, Harness) {
     h.mem
         .write_slice(&[0xab; 60], GuestAddress(BUF + HDR as u64))
         .unwrap();
-    desc(&h, 0, BUF, (HDR + 60) as u32, 0, 0);
-    offer(&h);
+    h.set_desc(0, (BUF, (HDR + 60) as u32, 0, 0));
+    h.offer(&[0]);
     (l, h)
 }
 
@@ -86,9 +71,9 @@ fn transmit() -> (Layout, Harness) {
 fn receive() -> (Layout, Harness) {
     let l = layout(0, false, 1);
     let h = Harness::new(&l).unwrap();
-    desc(&h, 0, BUF, 40, WRITE | NEXT, 1);
-    desc(&h, 1, BUF + 0x100, 1500, WRITE, 0);
-    offer(&h);
+    h.set_desc(0, (BUF, 40, WRITE | NEXT, 1));
+    h.set_desc(1, (BUF + 0x100, 1500, WRITE, 0));
+    h.offer(&[0]);
     (l, h)
 }
 
@@ -98,9 +83,9 @@ fn control() -> (Layout, Harness) {
     let h = Harness::new(&l).unwrap();
     h.mem.write_slice(&[4, 0, 2, 0], GuestAddress(BUF)).unwrap();
     h.mem.write_obj(0xffu8, GuestAddress(BUF + 0x10)).unwrap();
-    desc(&h, 0, BUF, 4, NEXT, 1);
-    desc(&h, 1, BUF + 0x10, 1, WRITE, 0);
-    offer(&h);
+    h.set_desc(0, (BUF, 4, NEXT, 1));
+    h.set_desc(1, (BUF + 0x10, 1, WRITE, 0));
+    h.offer(&[0]);
     (l, h)
 }
 
@@ -133,8 +118,7 @@ fn a_frame_each_way_and_a_pairs_set() {
     assert_eq!(ack, 0, "VIRTIO_NET_OK");
     // A third pair does not exist.
     h.mem.write_slice(&[4, 0, 3, 0], GuestAddress(BUF)).unwrap();
-    h.mem.write_obj(0u16, GuestAddress(AVAIL + 6)).unwrap();
-    h.mem.write_obj(2u16, GuestAddress(AVAIL + 2)).unwrap();
+    h.offer(&[0]);
     h.process();
     let ack: u8 = h.mem.read_obj(GuestAddress(BUF + 0x10)).unwrap();
     assert_eq!(ack, 1, "VIRTIO_NET_ERR");
@@ -146,18 +130,18 @@ fn a_frame_each_way_and_a_pairs_set() {
 #[test]
 fn hostile_chains_fail_cleanly() {
     let (_, mut h) = transmit();
-    desc(&h, 0, BUF, (HDR + 60) as u32, WRITE, 0);
+    h.set_desc(0, (BUF, (HDR + 60) as u32, WRITE, 0));
     h.process();
     let (_, mut h2) = receive();
-    desc(&h2, 0, BUF, 4, WRITE, 0);
+    h2.set_desc(0, (BUF, 4, WRITE, 0));
     h2.peers[0].send(&[1; 60]).unwrap();
     h2.frames_arrived();
     let (_, mut h3) = transmit();
-    desc(&h3, 0, MEM_SIZE as u64 - 8, 64, 0, 0);
+    h3.set_desc(0, (MEM_SIZE as u64 - 8, 64, 0, 0));
     h3.process();
     let (_, mut h4) = transmit();
-    desc(&h4, 0, BUF, 16, NEXT, 1);
-    desc(&h4, 1, BUF, 16, NEXT, 0);
+    h4.set_desc(0, (BUF, 16, NEXT, 1));
+    h4.set_desc(1, (BUF, 16, NEXT, 0));
     h4.process();
     for (what, h) in [("direction", &h), ("short", &h2), ("outside", &h3)] {
         assert_eq!(used(h).0, 1, "{what}: the chain was used");

@@ -2,7 +2,8 @@
 //! migration as virsh migrate's does, with one line, and SIGKILL, which no
 //! process can catch, gets the same from the VM itself once the tool's
 //! connection closes. Either way the VM runs on here, no migration is left
-//! in progress, and the destination gives up.
+//! in progress, and the destination gives up. A tool that floods that
+//! connection instead does not hold the VM.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -92,5 +93,49 @@ fn an_interrupted_send_leaves_the_vm_here() {
             .contains("the tool that asked for the migration went away: cancelling"),
         "the VM says why it cancelled"
     );
+
+    // A tool that keeps writing on the connection that asked for the
+    // migration (it has nothing more to say) is read away without
+    // holding the VM: status answers at once; then its close cancels.
+    let mut dest = recv(&env, "tcp:127.0.0.1:0", "d");
+    let addr = listening(&mut dest);
+    let conn = std::net::TcpStream::connect(addr.strip_prefix("tcp:").unwrap()).unwrap();
+    let sock = env.run_dir().join("a/control.sock");
+    let tool = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let req = serde_json::json!({"cmd": "migrate-send", "options": {"bandwidth_mib": 1}});
+    vm_control::send_with_fds(
+        &tool,
+        format!("{req}\n").as_bytes(),
+        &[std::os::fd::AsRawFd::as_raw_fd(&conn)],
+    )
+    .unwrap();
+    drop(conn);
+    wait_for_status(&env, "a", "never active", |s| s["status"] == "active");
+    let writer = {
+        let mut tool = tool.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let junk = vec![b'x'; 64 << 10];
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if std::io::Write::write_all(&mut tool, &junk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let (code, _, err) = env.run("vm-migrate", &["status", "a"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "status took {:?} while the tool wrote",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    writer.join().unwrap();
+    drop(tool);
+    stays_here(&env, dest, "a tool that wrote, then closed");
     assert_eq!(env.vm_run(&["kill", "a"]).0, 0);
 }

@@ -118,16 +118,12 @@ impl Harness {
             "fuzz",
             Arc::clone(&counters),
         );
-        let mut queue = Queue::new(crate::devices::virtio::blk::QUEUE_SIZE).ok()?;
-        queue.try_set_size(size).ok()?;
-        queue.try_set_desc_table_address(GuestAddress(desc)).ok()?;
-        queue.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
-        queue.try_set_used_ring_address(GuestAddress(used)).ok()?;
-        queue.set_ready(true);
-        // The transport checks the same at DRIVER_OK.
-        if !queue.is_valid(&mem) {
-            return None;
-        }
+        let queue = ring(
+            crate::devices::virtio::blk::QUEUE_SIZE,
+            size,
+            [desc, avail, used],
+            &mem,
+        )?;
         Some(Self {
             mem,
             disk,
@@ -143,28 +139,12 @@ impl Harness {
     }
 
     pub fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = DESC + u64::from(index) * 16;
-        let m = &self.mem;
-        m.write_obj(addr, GuestAddress(d)).unwrap();
-        m.write_obj(len, GuestAddress(d + 8)).unwrap();
-        m.write_obj(flags, GuestAddress(d + 12)).unwrap();
-        m.write_obj(next, GuestAddress(d + 14)).unwrap();
+        write_desc(&self.mem, DESC, index, (addr, len, flags, next));
     }
 
     /// Offers `heads` on the available ring (standard layout).
     pub fn offer(&self, heads: &[u16]) {
-        let m = &self.mem;
-        let idx: u16 = m.read_obj(GuestAddress(AVAIL + 2)).unwrap();
-        for (i, h) in heads.iter().enumerate() {
-            let slot = (usize::from(idx) + i) % 64;
-            m.write_obj(*h, GuestAddress(AVAIL + 4 + slot as u64 * 2))
-                .unwrap();
-        }
-        m.write_obj(
-            idx.wrapping_add(heads.len() as u16),
-            GuestAddress(AVAIL + 2),
-        )
-        .unwrap();
+        offer(&self.mem, AVAIL, 64, heads);
     }
 
     /// Serves the queue as a notification would; returns whether the
@@ -200,6 +180,49 @@ impl Harness {
     pub fn used_idx(&self) -> u16 {
         self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
     }
+}
+
+/// A ready queue of `size` entries (at most `max`) with its rings at
+/// `[desc, avail, used]`; `None` when the transport would refuse it.
+pub(crate) fn ring(max: u16, size: u16, at: [u64; 3], mem: &GuestMemory) -> Option<Queue> {
+    let mut queue = Queue::new(max).ok()?;
+    queue.try_set_size(size).ok()?;
+    queue.try_set_desc_table_address(GuestAddress(at[0])).ok()?;
+    queue.try_set_avail_ring_address(GuestAddress(at[1])).ok()?;
+    queue.try_set_used_ring_address(GuestAddress(at[2])).ok()?;
+    queue.set_ready(true);
+    // The transport checks the same at DRIVER_OK.
+    queue.is_valid(mem).then_some(queue)
+}
+
+/// Writes descriptor `index` of the table at `table`: (address, length,
+/// flags, next).
+pub fn write_desc(
+    mem: &GuestMemory,
+    table: u64,
+    index: u16,
+    (addr, len, flags, next): (u64, u32, u16, u16),
+) {
+    let d = table + u64::from(index) * 16;
+    mem.write_obj(addr, GuestAddress(d)).unwrap();
+    mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+    mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+    mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+}
+
+/// Offers `heads` on the available ring at `avail` of a `size`-entry queue.
+pub fn offer(mem: &GuestMemory, avail: u64, size: u16, heads: &[u16]) {
+    let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap();
+    for (i, h) in heads.iter().enumerate() {
+        let slot = (usize::from(idx) + i) % usize::from(size);
+        mem.write_obj(*h, GuestAddress(avail + 4 + slot as u64 * 2))
+            .unwrap();
+    }
+    mem.write_obj(
+        idx.wrapping_add(heads.len() as u16),
+        GuestAddress(avail + 2),
+    )
+    .unwrap();
 }
 
 /// The fuzz entry: the first 8 bytes pick the queue's size, the rings'

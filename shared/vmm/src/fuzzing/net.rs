@@ -81,6 +81,7 @@ pub struct Harness {
     pub peers: Vec<UnixDatagram>,
     pub index: usize,
     pub queue: Queue,
+    layout: Layout,
 }
 
 impl Harness {
@@ -99,20 +100,12 @@ impl Harness {
         let mut net = VirtioNet::new(taps, [2, 0, 0, 0, 0, 1], Arc::clone(&counters)).ok()?;
         let sizes = net.queue_max_sizes().to_vec();
         let index = l.queue % sizes.len();
-        let mut queue = Queue::new(QUEUE_SIZE).ok()?;
-        queue.try_set_size(l.size.min(sizes[index])).ok()?;
-        queue
-            .try_set_desc_table_address(GuestAddress(l.desc))
-            .ok()?;
-        queue
-            .try_set_avail_ring_address(GuestAddress(l.avail))
-            .ok()?;
-        queue.try_set_used_ring_address(GuestAddress(l.used)).ok()?;
-        queue.set_ready(true);
-        // The transport checks the same at DRIVER_OK.
-        if !queue.is_valid(&mem) {
-            return None;
-        }
+        let queue = super::ring(
+            QUEUE_SIZE,
+            l.size.min(sizes[index]),
+            [l.desc, l.avail, l.used],
+            &mem,
+        )?;
         net.activate(net.features());
         Some(Self {
             mem,
@@ -121,7 +114,18 @@ impl Harness {
             peers,
             index,
             queue,
+            layout: *l,
         })
+    }
+
+    /// Writes descriptor `index`: (address, length, flags, next).
+    pub fn set_desc(&self, index: u16, d: (u64, u32, u16, u16)) {
+        super::write_desc(&self.mem, self.layout.desc, index, d);
+    }
+
+    /// Offers `heads` on the available ring.
+    pub fn offer(&self, heads: &[u16]) {
+        super::offer(&self.mem, self.layout.avail, self.queue.size(), heads);
     }
 
     /// Serves the queue as the guest's notification would.

@@ -442,10 +442,12 @@ impl MigrateJob {
     }
 
     /// Whether the tool's connection has closed. Bytes it sends (it has
-    /// nothing more to say) are read away.
+    /// nothing more to say) are read away, a request's worth per call at
+    /// most: a tool that keeps writing cannot hold the emulator thread
+    /// (poll brings us back for the rest).
     fn client_hung_up(&self) -> bool {
-        let mut buf = [0u8; 256];
-        loop {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
             // SAFETY: recv into our buffer, without blocking.
             let n = unsafe {
                 libc::recv(
@@ -468,6 +470,7 @@ impl MigrateJob {
                 }
             }
         }
+        false
     }
 
     pub(crate) fn report(&self) -> MigrationReport {

@@ -456,16 +456,14 @@ impl VirtioDevice for VirtioNet {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::OwnedFd;
-    use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::AtomicBool;
 
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::fuzzing::net::{Harness, Layout};
 
     const SIZE: u16 = 16;
-    const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
@@ -474,26 +472,24 @@ mod tests {
     /// queues: one pass takes one ring's worth and asks to come back.
     #[test]
     fn a_guest_that_keeps_adding_buffers_gets_one_ring_per_pass() {
-        // A datagram socket stands in for the tap: readv and writev alike.
-        let (host, _peer) = UnixDatagram::pair().unwrap();
-        let tap = File::from(OwnedFd::from(host));
-        let mut net = VirtioNet::new(vec![tap], [2, 0, 0, 0, 0, 1], Arc::default()).unwrap();
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let mut q = Queue::new(QUEUE_SIZE).unwrap();
-        q.try_set_size(SIZE).unwrap();
-        q.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-        q.set_ready(true);
-        // Descriptor 0: 4 bytes, device-writable. Every ring slot is 0.
-        mem.write_obj(0x8000u64, GuestAddress(DESC)).unwrap();
-        mem.write_obj(4u32, GuestAddress(DESC + 8)).unwrap();
-        mem.write_obj(2u16, GuestAddress(DESC + 12)).unwrap();
-        mem.write_obj(SIZE, GuestAddress(AVAIL + 2)).unwrap();
+        let mut h = Harness::new(&Layout {
+            size: SIZE,
+            two_pairs: false,
+            queue: 0,
+            desc: 0x1000,
+            avail: AVAIL,
+            used: USED,
+            frames: 0,
+            frame_len: 0,
+        })
+        .unwrap();
+        // Descriptor 0: 4 bytes, device-writable; every ring slot is 0.
+        h.set_desc(0, (0x8000, 4, 2, 0));
+        h.mem.write_obj(SIZE, GuestAddress(AVAIL + 2)).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let started = Arc::new(std::sync::Barrier::new(2));
         let guest = {
-            let (mem, stop, started) = (mem.clone(), Arc::clone(&stop), Arc::clone(&started));
+            let (mem, stop, started) = (h.mem.clone(), Arc::clone(&stop), Arc::clone(&started));
             std::thread::spawn(move || {
                 // The guest's side: the ring always full again.
                 started.wait();
@@ -506,15 +502,12 @@ mod tests {
             })
         };
         started.wait();
-        let served = net.process_queue(0, &mut q, &mem);
+        let served = h.process();
         stop.store(true, Ordering::Relaxed);
         guest.join().unwrap();
-        let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        let used: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
         assert_eq!(used, SIZE, "one pass, one ring's worth");
         assert!(served.more, "asks to be served again");
-        assert_eq!(
-            net.counters.rx_errs.load(Ordering::Relaxed),
-            u64::from(SIZE)
-        );
+        assert_eq!(h.counters.rx_errs.load(Ordering::Relaxed), u64::from(SIZE));
     }
 }
