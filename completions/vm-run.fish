@@ -86,7 +86,7 @@ complete -c vm-run -n "__fish_vm_run_using_subcommand kill" -l json -d 'Print JS
 complete -c vm-run -n "__fish_vm_run_using_subcommand kill" -s h -l help -d 'Print help'
 complete -c vm-run -n "__fish_vm_run_using_subcommand reboot" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand reboot" -s h -l help -d 'Print help'
-complete -c vm-run -n "__fish_vm_run_using_subcommand console" -l until -d 'Return once the console has shown TEXT (exit 0), as a script waits for a prompt; exit 1 if the VM ends first. Input from stdin is sent first. A console file is searched from its start' -r
+complete -c vm-run -n "__fish_vm_run_using_subcommand console" -l until -d 'Return once the console has shown TEXT (exit 0), as a script waits for a prompt; exit 1 if the VM ends first. The output ends with TEXT. Input from stdin is sent first. A console file is searched from its start' -r
 complete -c vm-run -n "__fish_vm_run_using_subcommand console" -l json -d 'Print JSON even on a terminal'
 complete -c vm-run -n "__fish_vm_run_using_subcommand console" -s h -l help -d 'Print help'
 complete -c vm-run -n "__fish_vm_run_using_subcommand wait" -l json -d 'Print JSON even on a terminal'

@@ -92,8 +92,9 @@ pub enum Command {
         #[command(flatten)]
         vm: VmArg,
         /// Return once the console has shown TEXT (exit 0), as a script
-        /// waits for a prompt; exit 1 if the VM ends first. Input from
-        /// stdin is sent first. A console file is searched from its start.
+        /// waits for a prompt; exit 1 if the VM ends first. The output ends
+        /// with TEXT. Input from stdin is sent first. A console file is
+        /// searched from its start.
         #[arg(long, value_name = "TEXT")]
         until: Option<String>,
     },

@@ -268,17 +268,28 @@ impl Until {
         String::from_utf8_lossy(&self.needle).into_owned()
     }
 
-    /// Whether the text has now been seen.
-    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+    /// Where the text ends in `chunk` once it has been seen (what follows
+    /// it is not the script's to see: a shell's next prompt, a terminal
+    /// query), or `None` while it has not.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        let before = self.tail.len();
         self.tail.extend_from_slice(chunk);
         let n = self.needle.len();
-        if n == 0 || self.tail.windows(n).any(|w| w == self.needle.as_slice()) {
-            return true;
+        if n == 0 {
+            return Some(0);
+        }
+        if let Some(at) = self
+            .tail
+            .windows(n)
+            .position(|w| w == self.needle.as_slice())
+        {
+            // The kept tail is shorter than the text, so it ends in `chunk`.
+            return Some(at + n - before);
         }
         // Only a possible start of the text needs keeping.
         let keep = self.tail.len().min(n - 1);
         self.tail.drain(..self.tail.len() - keep);
-        false
+        None
     }
 }
 
@@ -320,10 +331,17 @@ pub fn attach(
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
         while let Ok(n) = r.read(&mut buf) {
-            if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            let found = until.as_mut().and_then(|u| u.feed(&buf[..n]));
+            let shown = found.unwrap_or(n);
+            if n == 0
+                || out
+                    .write_all(&buf[..shown])
+                    .and_then(|()| out.flush())
+                    .is_err()
+            {
                 break;
             }
-            if until.as_mut().is_some_and(|u| u.feed(&buf[..n])) {
+            if found.is_some() {
                 let _ = out_tx.send(Event::Found);
                 return;
             }
@@ -399,14 +417,23 @@ mod tests {
     #[test]
     fn until_finds_a_text_split_over_reads() {
         let mut u = Until::new("login: ");
-        assert!(!u.feed(b"Debian GNU/Linux\r\ndebian lo"));
-        assert!(!u.feed(b"g"));
-        assert!(u.feed(b"in: "));
+        assert_eq!(u.feed(b"Debian GNU/Linux\r\ndebian lo"), None);
+        assert_eq!(u.feed(b"g"), None);
+        assert_eq!(u.feed(b"in: "), Some(4));
         let mut u = Until::new("# ");
-        assert!(!u.feed(b"#"));
-        assert!(!u.feed(b"x#x"), "the text is not in what was shown");
-        assert!(!u.feed(b"#"));
-        assert!(u.feed(b" "), "the kept tail meets the next read");
-        assert!(Until::new("").feed(b""));
+        assert_eq!(u.feed(b"#"), None);
+        assert_eq!(u.feed(b"x#x"), None, "the text is not in what was shown");
+        assert_eq!(u.feed(b"#"), None);
+        assert_eq!(u.feed(b" "), Some(1), "the kept tail meets the next read");
+        assert_eq!(Until::new("").feed(b""), Some(0));
+    }
+
+    #[test]
+    fn until_stops_the_output_at_the_text() {
+        // A shell's prompt followed, in the same read, by its cursor query.
+        let mut u = Until::new("# ");
+        assert_eq!(u.feed(b"data-0001\r\n/root # \x1b[6n"), Some(19));
+        let mut u = Until::new("# ");
+        assert_eq!(u.feed(b"# # "), Some(2), "the first showing ends it");
     }
 }

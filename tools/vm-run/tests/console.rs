@@ -118,7 +118,10 @@ fn console_until_returns_when_the_text_shows() {
     // at most by chance, so both halves are sent apart too.
     let (code, out, err) = console_until(&e, "until", b"hello there", "lo th");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("hello th"), "{out:?}");
+    assert!(
+        out.ends_with("hello th"),
+        "the output ends with the text: {out:?}"
+    );
     assert_eq!(
         vm_control::Liveness::of(pid),
         vm_control::Liveness::Alive,
@@ -135,11 +138,17 @@ fn console_until_returns_when_the_text_shows() {
     wait_for("the VM to end", || {
         vm_control::Liveness::of(pid) == vm_control::Liveness::Dead
     });
-    // A console file is followed from its start until the text shows.
+    // A console file is followed from its start until the text shows, and
+    // what the file holds after the text is not printed.
     let s = e.spec("hb", "heartbeat", &serde_json::json!({}));
-    assert_eq!(e.vm_run(&["start", "--detach", &s]).0, 0);
+    let st = json(&e.vm_run(&["start", "--detach", &s]).1);
+    let file = st["console"].as_str().unwrap().to_owned();
+    wait_for("the third tick", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("tick 3"))
+    });
     let (code, out, err) = console_until(&e, "hb", b"", "tick 2");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("tick 1") && out.contains("tick 2"), "{out:?}");
+    assert!(out.contains("tick 1"), "{out:?}");
+    assert!(out.ends_with("tick 2"), "{out:?}");
     assert_eq!(e.vm_run(&["kill", "hb"]).0, 0);
 }

@@ -40,10 +40,11 @@ fn follow(path: &Path, pid: u32, mut until: Option<Until>) -> Result<i32> {
     loop {
         let n = f.read(&mut buf)?;
         if n > 0 {
-            let wrote = std::io::Write::write_all(&mut out, &buf[..n])
+            let found = until.as_mut().and_then(|u| u.feed(&buf[..n]));
+            let wrote = std::io::Write::write_all(&mut out, &buf[..found.unwrap_or(n)])
                 .and_then(|()| std::io::Write::flush(&mut out));
             match wrote {
-                Ok(()) if until.as_mut().is_some_and(|u| u.feed(&buf[..n])) => return Ok(0),
+                Ok(()) if found.is_some() => return Ok(0),
                 Ok(()) => continue,
                 // The reader went away (`| head`): done, as cat and tail
                 // are, without an error.
