@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -184,6 +185,29 @@ pub fn read_state(dir: &Path) -> Result<VmState> {
     let path = dir.join("state.json");
     let text =
         fs::read_to_string(&path).map_err(Error::io(format!("reading {}", path.display())))?;
+    VmState::from_json(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
+}
+
+/// As [`read_state`], in the open `folder` (which is at `dir`, or was).
+pub(crate) fn read_state_in(folder: &File, dir: &Path) -> Result<VmState> {
+    let path = dir.join("state.json");
+    let what = || format!("reading {}", path.display());
+    // SAFETY: openat reads a NUL-terminated name and returns a new
+    // descriptor, which the File takes.
+    let fd = unsafe {
+        libc::openat(
+            folder.as_raw_fd(),
+            c"state.json".as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::io(what())(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(Error::io(what()))?;
     VmState::from_json(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
 }
 

@@ -3,11 +3,14 @@
 //! keeps up to date; when it is gone, garbled or names another pid, the
 //! VM itself is asked over its control socket.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use vm_spec::VmState;
 
+use crate::dirs::read_state_in;
+use crate::vmlock::{holder_of, open_dir};
 use crate::{call, holder, read_state, vm_dir, Error, Liveness, Request, Result};
 
 /// A VM as the tools find it.
@@ -26,10 +29,55 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn lookup(name: &str) -> Result<Lookup> {
     let dir = vm_dir(name, false)?;
-    let recorded = read_state(&dir);
-    // A holder whose main thread has exited is a VM on its way out (its
-    // other threads still closing): dead to the caller, as before.
-    let live = holder(&dir).filter(|&p| Liveness::of(p) == Liveness::Alive);
+    // A VM that ends removes its folder, then lets go of it, and a new
+    // start of the name may make it again at once: one folder's state and
+    // holder are read, and read again if that folder was removed
+    // meanwhile, so that a VM that ended is never taken for one that died.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        // Open, the folder cannot be swapped for another that reuses its
+        // inode number between the reads.
+        let folder = match open_dir(&dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Lookup::Absent { dir })
+            }
+            // Another user's folder: what its path says.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let live = holder(&dir).filter(|&p| Liveness::of(p) == Liveness::Alive);
+                return settle(name, dir.clone(), read_state(&dir), live);
+            }
+            Err(e) => return Err(Error::io(format!("opening {}", dir.display()))(e)),
+        };
+        let md = folder
+            .metadata()
+            .map_err(Error::io(format!("reading {}", dir.display())))?;
+        let recorded = read_state_in(&folder, &dir);
+        // A holder whose main thread has exited is a VM on its way out
+        // (its other threads still closing): dead to the caller.
+        let live = holder_of(&md).filter(|&p| Liveness::of(p) == Liveness::Alive);
+        // Nobody holds a folder that was removed meanwhile: its VM ended.
+        // Look again, in case the name runs anew; names that keep ending
+        // and starting read as ended.
+        let removed = folder.metadata().map_or(true, |m| m.nlink() == 0);
+        if live.is_none() && removed {
+            if tries < 5 {
+                continue;
+            }
+            return Ok(Lookup::Absent { dir });
+        }
+        return settle(name, dir, recorded, live);
+    }
+}
+
+/// What the reads of [`lookup`] say: the state and holder of one folder.
+fn settle(
+    name: &str,
+    dir: PathBuf,
+    recorded: Result<VmState>,
+    live: Option<u32>,
+) -> Result<Lookup> {
     let Some(pid) = live else {
         return match recorded {
             Ok(state) => Ok(Lookup::Dead { dir, state }),

@@ -19,7 +19,7 @@ pub struct VmLock {
     _file: File,
 }
 
-fn open_dir(dir: &Path) -> std::io::Result<File> {
+pub(crate) fn open_dir(dir: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -76,7 +76,12 @@ impl VmLock {
 /// The pid of the process holding `dir`'s VM lock, from the kernel's lock
 /// table; `None` when no VM process runs there.
 pub fn holder(dir: &Path) -> Option<u32> {
-    let md = std::fs::symlink_metadata(dir).ok()?;
+    holder_of(&std::fs::symlink_metadata(dir).ok()?)
+}
+
+/// As [`holder`], for the folder `md` describes (the one that was at the
+/// path then, whatever is there now).
+pub(crate) fn holder_of(md: &std::fs::Metadata) -> Option<u32> {
     let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
     let want = format!("{major:02x}:{minor:02x}:{}", md.ino());
     let table = std::fs::read_to_string("/proc/locks").ok()?;

@@ -37,6 +37,9 @@ pub enum Error {
     /// A migration stream that is damaged, cut short or not one.
     #[error("migration stream: {0}")]
     Stream(String),
+    /// The source ended the stream on purpose, for this reason.
+    #[error("the source ended the migration: {0}")]
+    SourceGaveUp(String),
     #[error("migration stream: sent by a newer vmtools (version {0}; this one reads up to {v})", v = crate::state::stream::VERSION)]
     StreamVersion(u32),
     #[error("{what}: {source}")]

@@ -52,6 +52,10 @@ fn stays_here(env: &RunDir, dest: Child, what: &str) {
     assert_eq!(env.running(), ["a"], "{what}");
     let (code, _, err) = finish(dest);
     assert_ne!(code, 0, "{what}: the destination gave up: {err}");
+    assert!(
+        err.contains("the source ended the migration: cancelled"),
+        "{what}: {err}"
+    );
     // The guest goes on, its memory checked pass after pass.
     let last = env.counts("a", "touch ").last().copied().unwrap_or(0);
     env.wait_count("a", "touch ", last + 1);

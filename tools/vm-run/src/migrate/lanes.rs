@@ -13,7 +13,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::state::stream::{page_sum, stream_of, zero_page_sum, Writer, CHUNK};
 
 use super::pace::Pacer;
-use super::send::Progress;
+use super::send::{Cancelled, Progress};
 use super::{on_every_stream, Conn, Streams};
 
 const PAGE: u64 = 4096;
@@ -115,7 +115,7 @@ fn send_lane(
     } = *ctx;
     let mut go = |gpa: u64, len: u64, skip_zero: bool| -> Result<()> {
         if progress.cancel.load(Ordering::Relaxed) {
-            bail!("cancelled");
+            return Err(Cancelled.into());
         }
         if streams.failed() {
             bail!("another stream of the migration failed");

@@ -156,6 +156,21 @@ impl Copy {
             .iter()
             .map(Lane::new)
             .collect::<Result<Vec<_>>>()?;
+        let r = self.copy(t0, &mut reader, &mut lanes);
+        // A cancel comes between records: the first stream can still say
+        // so, and the destination reports that rather than a cut stream.
+        // (With several streams, the others were shut at once and the
+        // destination may well hear of those first.)
+        if let Err(e) = &r {
+            if e.is::<Cancelled>() {
+                let _ = lanes[0].w.abort(&Cancelled.to_string());
+            }
+        }
+        r
+    }
+
+    /// The copy, from the joins and the hello to the destination's word.
+    fn copy(&self, t0: Instant, reader: &mut Conn, lanes: &mut [Lane]) -> Result<()> {
         // Further streams open with their join, so the destination can
         // take them before it answers the hello.
         for (k, lane) in lanes.iter_mut().enumerate().skip(1) {
@@ -172,7 +187,7 @@ impl Copy {
             .and_then(|()| lanes[0].w.flush());
         // A destination that refuses may close before the hello is all
         // written: its reason is still worth reading.
-        match (sent, Reply::read(&mut reader)) {
+        match (sent, Reply::read(reader)) {
             (_, Ok(Reply::Error { error })) => bail!("the destination refused: {error}"),
             (Err(e), _) => return Err(anyhow::Error::new(e).context("sending the hello")),
             (Ok(()), Err(e)) => {
@@ -197,7 +212,7 @@ impl Copy {
         let mut pending: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.disks.len()];
         // The first pass: every page that may hold data.
         lanes::send(
-            &mut lanes,
+            lanes,
             &self.conns,
             mem,
             Pass::Ranges(&self.touched),
@@ -255,7 +270,7 @@ impl Copy {
                     disk,
                     rounds,
                 };
-                return self.finish(&mut lanes, &mut reader, mem, last);
+                return self.finish(lanes, reader, mem, last);
             }
             if self.options.auto_converge && dirty.saturating_mul(10) > prev_dirty.saturating_mul(9)
             {
@@ -270,7 +285,7 @@ impl Copy {
             prev_dirty = dirty;
             last_round = Instant::now();
             lanes::send(
-                &mut lanes,
+                lanes,
                 &self.conns,
                 mem,
                 Pass::Dirty(&bitmaps),
@@ -313,7 +328,7 @@ impl Copy {
 
     fn check_cancel(&self) -> Result<()> {
         if self.progress.cancel.load(Ordering::Relaxed) {
-            bail!("cancelled");
+            return Err(Cancelled.into());
         }
         Ok(())
     }
@@ -429,3 +444,16 @@ impl std::fmt::Display for Unsure {
 }
 
 impl std::error::Error for Unsure {}
+
+/// The migration was cancelled (`vm-migrate cancel`, or the tool that
+/// asked for it went away), between two records.
+#[derive(Debug)]
+pub(crate) struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}

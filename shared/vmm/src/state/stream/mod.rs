@@ -15,6 +15,11 @@
 //! ([`Record::PagesTorn`]) and refuse the stream only if no whole copy
 //! follows (docs/vm-migrate.md, "Pages sent as the guest writes them").
 //! The replies that go the other way are JSON lines ([`Reply`]).
+//!
+//! A source that gives up between records (a cancel) says why in an
+//! `abort` record, so the destination reports that rather than a stream
+//! cut short. It needs no new version: a reader that predates it stops at
+//! an unknown record, which also fails the migration.
 
 use std::io::{self, Read, Write};
 
@@ -28,6 +33,8 @@ pub const VERSION: u32 = 2;
 /// The largest record: a run of pages (or a disk range) of 4 MiB, or the
 /// state (which holds every MSR of every vCPU: well under this).
 pub const MAX_RECORD: u64 = 8 << 20;
+/// The longest reason an abort record carries (a longer one is cut).
+pub const MAX_ABORT_REASON: usize = 1024;
 const PAGE: usize = 4096;
 /// A page record's payload is its address, then a CRC-32 per page, then
 /// the pages: each page costs this much.
@@ -45,6 +52,7 @@ enum Kind {
     Commit = 7,
     DiskZeroes = 8,
     Join = 9,
+    Abort = 10,
 }
 
 impl Kind {
@@ -59,6 +67,7 @@ impl Kind {
             7 => Self::Commit,
             8 => Self::DiskZeroes,
             9 => Self::Join,
+            10 => Self::Abort,
             _ => return None,
         })
     }

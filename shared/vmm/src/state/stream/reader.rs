@@ -3,7 +3,9 @@
 
 use std::io::{self, Read};
 
-use super::{record_crc, Kind, Record, MAGIC, MAX_RECORD, PAGE, PAGE_AND_SUM, VERSION};
+use super::{
+    record_crc, Kind, Record, MAGIC, MAX_ABORT_REASON, MAX_RECORD, PAGE, PAGE_AND_SUM, VERSION,
+};
 use crate::{Error, Result};
 
 /// Reads a stream, checking each record.
@@ -206,6 +208,16 @@ impl<R: Read> Reader<R> {
             Kind::End => {
                 Record::End(serde_json::from_slice(&payload).map_err(|e| bad(format!("end: {e}")))?)
             }
+            // What the source says is shown, so it is kept short and
+            // stripped of anything that is not printable.
+            Kind::Abort if payload.len() <= MAX_ABORT_REASON => {
+                let reason: String = String::from_utf8_lossy(&payload)
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                return Err(Error::SourceGaveUp(reason));
+            }
+            Kind::Abort => return Err(bad("an abort record too long")),
             Kind::Join => Record::Join(
                 serde_json::from_slice(&payload).map_err(|e| bad(format!("join: {e}")))?,
             ),

@@ -3,7 +3,9 @@
 
 use std::io::{self, Write};
 
-use super::{page_sum, record_crc, End, Hello, Join, Kind, MAGIC, PAGE, VERSION};
+use super::{
+    page_sum, record_crc, End, Hello, Join, Kind, MAGIC, MAX_ABORT_REASON, PAGE, VERSION,
+};
 
 /// Writes a stream; counts what it sent. Each record is a 16-byte head
 /// (kind, CRC-32 of kind, length and payload, length) and its payload.
@@ -136,6 +138,17 @@ impl<W: Write> Writer<W> {
 
     pub fn commit(&mut self) -> io::Result<()> {
         self.record(Kind::Commit, &[])?;
+        self.w.flush()
+    }
+
+    /// Ends the stream between records, saying why (cut to
+    /// [`MAX_ABORT_REASON`] bytes, on a character's boundary).
+    pub fn abort(&mut self, reason: &str) -> io::Result<()> {
+        let mut end = reason.len().min(MAX_ABORT_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.record(Kind::Abort, &[reason[..end].as_bytes()])?;
         self.w.flush()
     }
 
