@@ -410,7 +410,10 @@ fn failures_leave_the_source_running() {
     // The destination hears it from the stream, not as a cut.
     let (code, _, err) = finish(r);
     assert_ne!(code, 0);
-    assert!(err.contains("the source ended the migration: cancelled"), "{err}");
+    assert!(
+        err.contains("the source ended the migration: cancelled"),
+        "{err}"
+    );
     still_runs("cancelled");
     // No migration to ask about or cancel now.
     let (code, _, err) = env.run("vm-migrate", &["status", "a"]);

@@ -121,7 +121,10 @@ fn copy_storage_all_while_the_guest_writes() {
     assert!(err.contains("cancelled"), "{err}");
     let (code, _, err) = finish(r);
     assert_ne!(code, 0);
-    assert!(err.contains("the source ended the migration: cancelled"), "{err}");
+    assert!(
+        err.contains("the source ended the migration: cancelled"),
+        "{err}"
+    );
     goes_on_here("cancelled");
 
     // The move, arriving paused so the images can be compared as they

@@ -199,35 +199,44 @@ fn chunks_name_their_stream() {
 
 #[test]
 fn an_abort_says_why_the_source_gave_up() {
-    let mut w = Writer::new(Vec::new()).unwrap();
-    w.pages(0x1000, &[7u8; 4096]).unwrap();
-    w.abort("cancelled\n\x1b[2Jby the user").unwrap();
-    let s = w.w;
-    let mut r = Reader::new(&s[..]).unwrap();
-    assert!(matches!(r.next_record().unwrap(), Record::Pages { .. }));
-    let e = r.next_record().unwrap_err().to_string();
+    let mut writer = Writer::new(Vec::new()).unwrap();
+    writer.pages(0x1000, &[7u8; 4096]).unwrap();
+    writer.abort("cancelled\n\x1b[2Jby the user").unwrap();
+    let sent = writer.w;
+    let mut reader = Reader::new(&sent[..]).unwrap();
+    assert!(matches!(
+        reader.next_record().unwrap(),
+        Record::Pages { .. }
+    ));
+    let e = reader.next_record().unwrap_err().to_string();
     // Control characters from the wire never reach a terminal.
-    assert_eq!(e, "the source ended the migration: cancelled  [2Jby the user");
+    assert_eq!(
+        e,
+        "the source ended the migration: cancelled  [2Jby the user"
+    );
     // A long reason is cut on a character's boundary.
-    let mut w = Writer::new(Vec::new()).unwrap();
-    w.abort(&"é".repeat(MAX_ABORT_REASON)).unwrap();
-    let s = w.w;
-    match Reader::new(&s[..]).unwrap().next_record() {
+    let mut writer = Writer::new(Vec::new()).unwrap();
+    writer.abort(&"é".repeat(MAX_ABORT_REASON)).unwrap();
+    let sent = writer.w;
+    match Reader::new(&sent[..]).unwrap().next_record() {
         Err(Error::SourceGaveUp(why)) => {
             assert_eq!(why.chars().count(), MAX_ABORT_REASON / 2);
         }
         other => panic!("{other:?}"),
     }
     // One that a writer would not make (too long) is a damaged stream.
-    let mut s = Writer::new(Vec::new()).unwrap().w;
+    let mut sent = Writer::new(Vec::new()).unwrap().w;
     let reason = vec![b'x'; MAX_ABORT_REASON + 1];
     let mut head = [0u8; 16];
     head[0..4].copy_from_slice(&(Kind::Abort as u32).to_le_bytes());
     head[8..16].copy_from_slice(&(reason.len() as u64).to_le_bytes());
     let crc = record_crc(&head, &[&reason]);
     head[4..8].copy_from_slice(&crc.to_le_bytes());
-    s.extend_from_slice(&head);
-    s.extend_from_slice(&reason);
-    let e = Reader::new(&s[..]).unwrap().next_record().unwrap_err();
-    assert!(matches!(e, Error::Stream(ref m) if m.contains("abort record too long")), "{e}");
+    sent.extend_from_slice(&head);
+    sent.extend_from_slice(&reason);
+    let e = Reader::new(&sent[..]).unwrap().next_record().unwrap_err();
+    assert!(
+        matches!(e, Error::Stream(ref m) if m.contains("abort record too long")),
+        "{e}"
+    );
 }

@@ -3,9 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::{
-    page_sum, record_crc, End, Hello, Join, Kind, MAGIC, MAX_ABORT_REASON, PAGE, VERSION,
-};
+use super::{page_sum, record_crc, End, Hello, Join, Kind, MAGIC, MAX_ABORT_REASON, PAGE, VERSION};
 
 /// Writes a stream; counts what it sent. Each record is a 16-byte head
 /// (kind, CRC-32 of kind, length and payload, length) and its payload.
@@ -148,7 +146,7 @@ impl<W: Write> Writer<W> {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        self.record(Kind::Abort, &[reason[..end].as_bytes()])?;
+        self.record(Kind::Abort, &[&reason.as_bytes()[..end]])?;
         self.w.flush()
     }
 
