@@ -43,6 +43,16 @@ fn sample() -> Vec<u8> {
     s
 }
 
+/// A stream its source gave up on after a page (mode 3).
+fn aborted() -> Vec<u8> {
+    let mut w = Writer::new(Vec::new()).unwrap();
+    w.pages(0x1000, &[7u8; 4096]).unwrap();
+    w.abort("cancelled").unwrap();
+    let mut s = vec![3u8];
+    s.extend_from_slice(w.get_mut());
+    s
+}
+
 fn run_guarded(what: &str, data: &[u8]) {
     guarded("stream", what, data, read);
 }
@@ -57,6 +67,7 @@ fn corpus_replays_without_panics() {
     }
     assert!(n >= 1, "the corpus has its seed");
     run_guarded("the sample", &sample());
+    run_guarded("an aborted stream", &aborted());
 }
 
 /// Writes the sample as the corpus's seed: `cargo test -p vmm --test
@@ -66,6 +77,7 @@ fn corpus_replays_without_panics() {
 fn write_seed() {
     std::fs::create_dir_all(corpus_dir()).unwrap();
     std::fs::write(corpus_dir().join("sample"), sample()).unwrap();
+    std::fs::write(corpus_dir().join("aborted"), aborted()).unwrap();
 }
 
 /// The sample reads whole, every record of it: the mutations start from
