@@ -29,6 +29,14 @@ impl Threads {
     }
 }
 
+/// Removes the groups of VMs whose process is gone: one killed outright
+/// (SIGKILL) could not remove its own.
+pub(crate) fn remove_stale_groups() {
+    if let Some(h) = Hierarchy::detect() {
+        vm_host::cgroup::remove_stale(&h, |pid| Liveness::of(pid) == Liveness::Alive);
+    }
+}
+
 /// Makes the VM's cgroup (`emulator`, `vcpuN` and `iothreadN` groups,
 /// after removing dead VMs' groups), named for this process.
 pub(crate) fn make_cgroup(

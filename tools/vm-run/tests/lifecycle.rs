@@ -230,7 +230,26 @@ fn a_vm_whose_process_died_reads_as_crashed() {
     if let Some(Hierarchy::V1 { cpu: Some(m), .. } | Hierarchy::V2(m)) = cpu_hierarchy() {
         assert!(!m.join(format!("vmtools/doomed.{pid}")).exists());
     }
-    assert_eq!(e.vm_run(&["kill", "doomed"]).0, 0);
+    // Killed outright again, then destroyed (virsh destroy of a VM whose
+    // process is gone): that clears its folder and its groups too.
+    let pid = json(&e.vm_run(&["status", "doomed"]).1)["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    // SAFETY: killing the VM process we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the zombie to be reaped", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let (code, out, err) = e.vm_run(&["kill", "doomed"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["reason"], "destroyed");
+    if let Some(Hierarchy::V1 { cpu: Some(m), .. } | Hierarchy::V2(m)) = cpu_hierarchy() {
+        assert!(!m.join(format!("vmtools/doomed.{pid}")).exists());
+    }
+    assert!(!e.run_dir().join("doomed").exists());
+    let (code, _, err) = e.vm_run(&["status", "doomed"]);
+    assert_eq!(code, 1);
+    assert!(error_line(&err).contains("no VM named 'doomed'"), "{err}");
 }
 
 #[test]

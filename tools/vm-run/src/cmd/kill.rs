@@ -16,6 +16,7 @@ pub fn kill(vm: &str, json: bool) -> Result<i32> {
         Lookup::Dead { dir, mut state } => {
             // Its process is gone: clear what it left, if it is ours.
             vm_control::remove_if_dead(&dir)?;
+            crate::placement::remove_stale_groups();
             state.state = RunState::Shutoff;
             state.reason = "destroyed".into();
             output::print_state(&state, json);
@@ -44,6 +45,9 @@ pub fn kill(vm: &str, json: bool) -> Result<i32> {
                 bail!("VM '{name}' (pid {}) did not end after SIGKILL", st.pid);
             }
             vm_control::remove_if_dead(&dir)?;
+            // Killed outright, it left its groups (as far as the kernel
+            // lets them go before the process is reaped).
+            crate::placement::remove_stale_groups();
         }
     }
     Ok(0)
