@@ -20,6 +20,7 @@ fn main() {
         "main.c",
         "blk.c",
         "net.c",
+        "rng.c",
         "guest.h",
         "start.S",
         "guest.ld",
@@ -50,6 +51,7 @@ fn main() {
     cc("main.c", "main.o");
     cc("blk.c", "blk.o");
     cc("net.c", "net.o");
+    cc("rng.c", "rng.o");
     cc("start.S", "start.o");
     run(Command::new("ld")
         .args([
@@ -65,7 +67,8 @@ fn main() {
         .arg(out.join("start.o"))
         .arg(out.join("main.o"))
         .arg(out.join("blk.o"))
-        .arg(out.join("net.o")));
+        .arg(out.join("net.o"))
+        .arg(out.join("rng.o")));
     let elf = out.join("guest.elf");
     run(Command::new("objcopy")
         .args(["-O", "elf64-x86-64"])

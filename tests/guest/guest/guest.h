@@ -21,8 +21,10 @@ const char *arg(const char *cmdline, const char *key);
 u32 arg_u32(const char *cmdline, const char *key, u32 fallback);
 void end(u8 code) __attribute__((noreturn));
 
-/* The virtio-blk modes (blk.c) and virtio-net modes (net.c). */
+/* The virtio-blk modes (blk.c), virtio-net modes (net.c) and the
+ * virtio-rng mode (rng.c). */
 void blk_mode(const char *mode, const char *cmdline) __attribute__((noreturn));
 void net_mode(const char *mode, const char *cmdline) __attribute__((noreturn));
+void rng_mode(const char *mode, const char *cmdline) __attribute__((noreturn));
 
 #endif

@@ -17,6 +17,7 @@
  *              first): dirties pages fast; "touch N ok" every 16 passes
  *   blk-*      virtio-blk checks (blk.c)
  *   net-*      virtio-net checks (net.c)
+ *   rng-*      virtio-rng checks (rng.c)
  * A run ends with a write to port 0xf4 (QEMU's isa-debug-exit) followed by
  * the i8042 reset, so both QEMU microvm and vm-run stop. */
 
@@ -234,6 +235,8 @@ void guest_main(u32 start_info) {
         blk_mode(mode, cmdline);
     } else if (starts(mode, "net-")) {
         net_mode(mode, cmdline);
+    } else if (starts(mode, "rng-")) {
+        rng_mode(mode, cmdline);
     } else if (starts(mode, "fill")) {
         puts("fill\n");
         fill(cmdline);

@@ -24,7 +24,8 @@ fn migrate_over_unix_tcp_and_exec() {
     }
     let _lock = kvm_lock();
     let env = env();
-    env.start(&env.spec("a", "memcount pages=64", &serde_json::json!({})));
+    // With an entropy device, which must be found at the destination too.
+    env.start(&env.spec("a", "memcount pages=64", &serde_json::json!({"rng": true})));
     env.wait_count("a", "round ", 2);
 
     // unix: a to b

@@ -263,6 +263,7 @@ impl Machine {
             hugepages: spec.hugepages.map(vm_spec::Size::bytes),
             disks: disks.iter().map(|d| d.config.clone()).collect(),
             nets: nets.iter().map(|n| n.config.clone()).collect(),
+            rng: spec.rng,
             iothreads: spec.iothreads,
             thread_hook: cgroup.cloned().map(placement_hook),
         })

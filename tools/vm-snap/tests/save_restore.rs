@@ -59,6 +59,30 @@ fn save_then_restore_goes_on() {
     env.vm_run(&["kill", "hb"]);
 }
 
+/// A guest reading its entropy device (virtio-rng) all along: after a
+/// save and a restore the device goes on answering with fresh bytes.
+#[test]
+fn the_entropy_device_serves_after_a_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    env.start(&env.spec("rng", "rng-loop", &serde_json::json!({"rng": true})));
+    env.wait_count("rng", "entropy ", 2);
+    let file = env.path("rng.save");
+    let (code, _, err) = env.snap(&["save", "rng", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let last = *env.counts("rng", "entropy ").last().unwrap();
+    let (code, out, err) = env.snap(&["restore", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["spec"]["rng"], true, "{out}");
+    env.wait_count("rng", "entropy ", last + 3);
+    let console = env.console("rng");
+    assert!(!console.contains("BAD"), "{console}");
+    env.vm_run(&["kill", "rng"]);
+}
+
 /// Two clones of one file run side by side under their own names, each
 /// going on from the saved count.
 #[test]

@@ -96,6 +96,10 @@ pub struct VmSpec {
     pub serial: Option<Serial>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub iothreads: u32,
+    /// A virtio-rng device the guest reads entropy from (libvirt's
+    /// `<rng model='virtio'>` with /dev/urandom).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rng: bool,
     #[serde(default = "Action::destroy")]
     pub on_poweroff: Action,
     #[serde(default = "Action::restart")]
@@ -111,6 +115,11 @@ pub struct VmSpec {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // as is_zero
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net NICs, after the disks.
     pub nets: Vec<NetConfig>,
+    /// A virtio-rng entropy device, after the NICs.
+    pub rng: bool,
     /// How many iothreads to start (`iothread1`..); disks name theirs.
     pub iothreads: u32,
     /// Run by each vCPU thread and iothread on itself as it starts.

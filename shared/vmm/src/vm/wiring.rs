@@ -11,6 +11,7 @@ use super::VmConfig;
 use crate::devices::virtio::blk::{BlockCounters, VirtioBlk};
 use crate::devices::virtio::mmio::MMIO_WINDOW;
 use crate::devices::virtio::net::{NetCounters, VirtioNet};
+use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{IrqLine, MmioBus, MmioTransport};
 use crate::dirty::DirtyLog;
@@ -33,7 +34,8 @@ pub(super) struct Devices {
 /// A device with its id, the iothread that serves it and its shape.
 type Built = (String, Option<u32>, Box<dyn VirtioDevice>, String);
 
-/// Builds the virtio-blk devices, then the virtio-net ones.
+/// Builds the virtio-blk devices, then the virtio-net ones, then the
+/// entropy device.
 fn build_devices(cfg: &VmConfig, dirty: &Arc<DirtyLog>) -> Result<Vec<Built>> {
     let mut out: Vec<Built> = Vec::new();
     for d in &cfg.disks {
@@ -74,6 +76,10 @@ fn build_devices(cfg: &VmConfig, dirty: &Arc<DirtyLog>) -> Result<Vec<Built>> {
             .with_dirty_log(Arc::clone(dirty));
         let shape = format!("NIC with {} queue pairs", n.taps.len());
         out.push((n.id.clone(), None, Box::new(net), shape));
+    }
+    if cfg.rng {
+        let rng = VirtioRng::new().with_dirty_log(Arc::clone(dirty));
+        out.push(("rng0".into(), None, Box::new(rng), "entropy source".into()));
     }
     Ok(out)
 }

@@ -25,6 +25,7 @@ pub fn config(name: &str, cmdline: &str, vcpus: u8) -> VmConfig {
         hugepages: None,
         disks: Vec::new(),
         nets: Vec::new(),
+        rng: false,
         iothreads: 0,
         thread_hook: None,
     }

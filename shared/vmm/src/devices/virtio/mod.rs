@@ -9,6 +9,7 @@ pub mod blk;
 pub mod blk_request;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 pub mod uring;
 
 use virtio_queue::Queue;
