@@ -376,6 +376,9 @@ const PERIOD_RANGE: std::ops::RangeInclusive<u64> = 1_000..=1_000_000;
 const QUOTA_MAX: i64 = 17_592_186_044_415;
 /// Largest vCPU count: APIC ids are 8 bits in the MP table.
 const MAX_VCPUS: u32 = 255;
+/// Each iothread is a thread and a cgroup of the VM; far more than any
+/// disk layout needs (libvirt setups use a handful).
+const MAX_IOTHREADS: u32 = 64;
 /// Below this no kernel loads (they go at 1 MiB, the boot tables below).
 const MIN_MEMORY: u64 = 2 << 20;
 

@@ -143,6 +143,22 @@ fn topology_must_multiply_to_vcpus() {
     assert!(e.contains("= 2, but vcpus is 4"), "{e}");
     v["cpu"]["topology"]["cores"] = serde_json::json!(4);
     assert!(VmSpec::from_json(&v.to_string()).is_ok());
+    // A product past u64 neither panics nor wraps.
+    v["cpu"]["topology"] = serde_json::json!({"sockets": 4_294_967_295_u32, "cores": 4_294_967_295_u32, "threads": 4_294_967_295_u32});
+    assert!(err_of(&v).contains("but vcpus is 4"));
+}
+
+#[test]
+fn iothreads_are_bounded() {
+    let e = err_of(&with(
+        minimal(),
+        "iothreads",
+        serde_json::json!(4_294_967_295_u32),
+    ));
+    assert!(e.contains("iothreads: must be 0 to 64"), "{e}");
+    assert!(
+        VmSpec::from_json(&with(minimal(), "iothreads", serde_json::json!(64)).to_string()).is_ok()
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    field, CpuConfig, CpuTune, DiskFormat, IoMode, SerialMode, SpecError, VmSpec, MAX_VCPUS,
-    MIN_MEMORY, PERIOD_RANGE, QUOTA_MAX,
+    field, CpuConfig, CpuTune, DiskFormat, IoMode, SerialMode, SpecError, VmSpec, MAX_IOTHREADS,
+    MAX_VCPUS, MIN_MEMORY, PERIOD_RANGE, QUOTA_MAX,
 };
 use crate::{check_ifname, CpuList, Size};
 
@@ -13,6 +13,9 @@ impl VmSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(field("vcpus", format!("must be 1 to {MAX_VCPUS}")));
+        }
+        if self.iothreads > MAX_IOTHREADS {
+            return Err(field("iothreads", format!("must be 0 to {MAX_IOTHREADS}")));
         }
         if self.memory.0 == 0 || self.memory.0 % 4096 != 0 {
             return Err(field("memory", "must be a non-zero multiple of 4KiB"));
@@ -70,14 +73,15 @@ impl VmSpec {
 
     fn validate_cpu(&self, cpu: &CpuConfig) -> Result<(), SpecError> {
         if let Some(t) = cpu.topology {
-            let product = u64::from(t.sockets) * u64::from(t.cores) * u64::from(t.threads);
+            // Three u32s can pass u64: a wrapped product must not match.
+            let product = u128::from(t.sockets) * u128::from(t.cores) * u128::from(t.threads);
             if t.sockets == 0 || t.cores == 0 || t.threads == 0 {
                 return Err(field(
                     "cpu.topology",
                     "sockets, cores and threads must be >= 1",
                 ));
             }
-            if product != u64::from(self.vcpus) {
+            if product != u128::from(self.vcpus) {
                 return Err(field(
                     "cpu.topology",
                     format!(
