@@ -294,7 +294,90 @@ pub(crate) fn serve_forked(
 }
 
 /// Waits for a child that failed to start its VM.
-pub(crate) fn reap(pid: libc::pid_t) {
-    // SAFETY: waits for our own child; the status is not needed.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+/// Waits for our own child; returns its wait status.
+pub(crate) fn reap(pid: libc::pid_t) -> Option<libc::c_int> {
+    let mut status = 0;
+    // SAFETY: waits for our own child and writes its status into `status`,
+    // which lives for the call.
+    let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    (r == pid).then_some(status)
+}
+
+/// Why a VM process that never reported ready ended: the panic or the
+/// failed allocation in its log if there is one, else the log's last
+/// line (its error), and the signal that ended it if one did.
+pub(crate) fn why_not_started(log: &str, status: Option<libc::c_int>) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A panic's message is the line after "panicked at FILE:LINE:".
+    let panic = lines
+        .iter()
+        .position(|l| l.contains("panicked at"))
+        .map(|i| format!("it panicked: {}", lines.get(i + 1).copied().unwrap_or("")));
+    let alloc = lines
+        .iter()
+        .find(|l| l.starts_with("memory allocation of"))
+        .map(|l| format!("it ran out of memory ({l})"));
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("note:") && !l.starts_with("stack backtrace") && !is_frame(l))
+        .map(|l| l.split_once("error: ").map_or(*l, |(_, m)| m).to_string());
+    let mut why = panic
+        .or(alloc)
+        .or(last)
+        .unwrap_or_else(|| "no reason given".into());
+    if let Some(s) = status.filter(|&s| libc::WIFSIGNALED(s)) {
+        let sig = libc::WTERMSIG(s);
+        let name = match sig {
+            libc::SIGABRT => " (SIGABRT)",
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGBUS => " (SIGBUS)",
+            libc::SIGSYS => " (SIGSYS: a system call its seccomp filter refuses)",
+            _ => "",
+        };
+        why = format!("{why}; the VM process ended on signal {sig}{name}");
+    }
+    why
+}
+
+/// A backtrace line: "12: name" or "at file:line".
+fn is_frame(line: &str) -> bool {
+    line.starts_with("at ")
+        || line
+            .split_once(':')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::why_not_started;
+
+    #[test]
+    fn a_vm_that_did_not_start_says_why() {
+        let plain = "2026-12-07T07:00:00Z vm-run: error: disk vda: No such file or directory\n";
+        assert_eq!(
+            why_not_started(plain, None),
+            "disk vda: No such file or directory"
+        );
+        let panic = "\nthread 'main' (7) panicked at src/x.rs:3:5:\nattempt to add with overflow\n\
+                     stack backtrace:\n   0: std::panicking\n             at /rustc/x.rs:1:2\n\
+                     note: Some details are omitted, run with `RUST_BACKTRACE=full`\n";
+        // SIGABRT's wait status: the signal number in the low bits.
+        assert_eq!(
+            why_not_started(panic, Some(libc::SIGABRT)),
+            "it panicked: attempt to add with overflow; the VM process ended on signal 6 (SIGABRT)"
+        );
+        let oom = "memory allocation of 103079215128 bytes failed\nstack backtrace:\n   0: x\n";
+        assert_eq!(
+            why_not_started(oom, None),
+            "it ran out of memory (memory allocation of 103079215128 bytes failed)"
+        );
+        assert!(why_not_started("", Some(libc::SIGSYS)).contains("seccomp"));
+        assert_eq!(why_not_started("", Some(0)), "no reason given");
+    }
 }

@@ -200,18 +200,13 @@ fn detach(
         return failed(msg.trim().to_string());
     }
     if line.trim().is_empty() {
-        launch::reap(pid);
-        let mut why = String::new();
+        let status = launch::reap(pid);
+        let mut log = String::new();
         std::fs::File::open(&log_path)
-            .and_then(|mut f| f.read_to_string(&mut why))
+            .and_then(|mut f| f.read_to_string(&mut log))
             .ok();
-        let last = why
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no reason given");
-        let last = last.split_once("error: ").map_or(last, |(_, m)| m);
-        return failed(format!("the VM did not start: {last}"));
+        let why = launch::why_not_started(&log, status);
+        return failed(format!("the VM did not start: {why}"));
     }
     let state = VmState::from_json(line.trim())
         .map_err(|e| anyhow!("bad state from the VM process: {e}"))?;
