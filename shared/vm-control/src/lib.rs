@@ -7,6 +7,7 @@ mod lookup;
 mod naming;
 mod proto;
 mod socket;
+mod socket_path;
 mod vmlock;
 
 pub use dirs::{
@@ -22,6 +23,7 @@ pub use proto::{
 pub use socket::{
     call, peer_allowed, recv_with_fds, send_with_fds, too_many_fds, Listener, Session, MAX_FDS,
 };
+pub use socket_path::{clear_stale_socket, BoundPath};
 pub use vmlock::{holder, remove_if_dead, signal_vm, VmLock};
 
 #[derive(Debug, thiserror::Error)]

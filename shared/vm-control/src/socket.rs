@@ -9,17 +9,18 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{Error, Reply, Request, Result};
+use crate::{BoundPath, Error, Reply, Request, Result};
 
 #[derive(Debug)]
 pub struct Listener {
     pub inner: UnixListener,
-    path: PathBuf,
+    _path: BoundPath,
 }
 
 impl Listener {
     pub fn bind(path: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(path);
+        crate::clear_stale_socket(path)
+            .map_err(Error::io(format!("binding {}", path.display())))?;
         // Created under a restrictive umask so there is no window in which
         // the socket is open to others.
         // SAFETY: umask only changes this process's file creation mask.
@@ -35,14 +36,8 @@ impl Listener {
             .map_err(Error::io("control socket"))?;
         Ok(Self {
             inner,
-            path: path.to_path_buf(),
+            _path: BoundPath::new(path),
         })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Accepted {
     pub conn: OwnedFd,
     pub listener: Option<OwnedFd>,
     pub relay: Option<std::thread::JoinHandle<()>>,
+    /// A unix listener's path, removed when this goes if it is still the
+    /// socket bound here.
+    pub bound: Option<vm_control::BoundPath>,
 }
 
 /// The receiving side: waits for one connection. `-` relays stdin and
@@ -101,21 +104,22 @@ pub fn accept(target: &Target) -> Result<Accepted> {
                 conn: OwnedFd::from(conn),
                 listener: Some(OwnedFd::from(listener)),
                 relay: None,
+                bound: None,
             })
         }
         Target::Unix(path) => {
             let listener =
                 UnixListener::bind(path).with_context(|| format!("unix:{}", path.display()))?;
+            // Bound here (bind refuses a path that exists), so ours to
+            // remove once done, unless something else is there by then.
+            let bound = vm_control::BoundPath::new(path);
             eprintln!("vm-migrate: listening on unix:{}", path.display());
-            let accepted = listener.accept();
-            if accepted.is_err() {
-                let _ = std::fs::remove_file(path);
-            }
-            let (conn, _) = accepted?;
+            let (conn, _) = listener.accept()?;
             Ok(Accepted {
                 conn: OwnedFd::from(conn),
                 listener: Some(OwnedFd::from(listener)),
                 relay: None,
+                bound: Some(bound),
             })
         }
         Target::Stdio => {
@@ -142,6 +146,7 @@ pub fn accept(target: &Target) -> Result<Accepted> {
                 conn: OwnedFd::from(theirs),
                 listener: None,
                 relay: Some(relay),
+                bound: None,
             })
         }
         Target::Exec(_) => bail!("exec: is for sending"),

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
@@ -30,7 +30,7 @@ pub enum Endpoint {
     },
     Socket {
         listener: UnixListener,
-        path: PathBuf,
+        path: vm_control::BoundPath,
         client: Option<UnixStream>,
         writer: SharedWriter,
     },
@@ -115,7 +115,10 @@ impl Endpoint {
 
     /// A listening console socket at `path` (0600).
     pub fn socket(path: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(path);
+        // A stale socket (a VM that died) gives way; anything else at the
+        // path is the user's and stays.
+        vm_control::clear_stale_socket(path)
+            .with_context(|| format!("console socket {}", path.display()))?;
         // SAFETY: umask only changes this process's creation mask.
         let old = unsafe { libc::umask(0o177) };
         let bound = UnixListener::bind(path);
@@ -125,7 +128,7 @@ impl Endpoint {
         listener.set_nonblocking(true)?;
         Ok(Self::Socket {
             listener,
-            path: path.to_path_buf(),
+            path: vm_control::BoundPath::new(path),
             client: None,
             writer: Arc::new(Mutex::new(None)),
         })
@@ -204,10 +207,8 @@ impl Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
+        // A socket's BoundPath removes it, if it is still ours.
         match self {
-            Self::Socket { path, .. } => {
-                let _ = std::fs::remove_file(path);
-            }
             Self::Pty { _slave: slave, .. } => {
                 // Closing the master hangs the terminal up and discards what
                 // an attached console has not read yet: give it a moment
@@ -223,7 +224,7 @@ impl Drop for Endpoint {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
-            Self::None => {}
+            Self::Socket { .. } | Self::None => {}
         }
     }
 }

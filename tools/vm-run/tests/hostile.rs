@@ -536,3 +536,55 @@ fn specs_and_names_are_read_as_written() {
     assert_eq!(code, 1);
     assert!(error_line(&err).contains("no VM named 'filevm'"), "{err}");
 }
+
+/// A console socket's path that names something else (a typo naming a
+/// disk image, a device node) is refused and left as it was; only a stale
+/// socket, whose VM died, gives way; and a VM removes only its own socket.
+#[test]
+fn a_console_socket_never_replaces_what_is_there() {
+    if !test_guest::have_kvm() {
+        return;
+    }
+    let _l = test_guest::kvm_lock();
+    let e = Env::new();
+    let d = e.dir.path();
+    let file = d.join("disk.img");
+    std::fs::write(&file, b"the user's data").unwrap();
+    let s = e.spec(
+        "sock",
+        "heartbeat",
+        &json!({"serial": {"mode": "socket", "path": file}}),
+    );
+    let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        error_line(&err).contains("exists and is not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"the user's data");
+    nothing_left(&e, "a console path that is a file");
+    // A stale socket gives way; a live one (this VM's) is not taken by a
+    // second VM.
+    let sock = d.join("console.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let s = e.spec(
+        "sock",
+        "heartbeat",
+        &json!({"serial": {"mode": "socket", "path": sock}}),
+    );
+    let (code, _, err) = e.vm_run(&["start", "--detach", &s]);
+    assert_eq!(code, 0, "{err}");
+    let other = e.spec(
+        "sock2",
+        "heartbeat",
+        &json!({"serial": {"mode": "socket", "path": sock}}),
+    );
+    let (code, _, err) = e.vm_run(&["start", "--detach", &other]);
+    assert_eq!(code, 1, "{err}");
+    assert!(error_line(&err).contains("listens on it already"), "{err}");
+    // Put a file where its socket was: the VM ending leaves it.
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"moved in").unwrap();
+    assert_eq!(e.vm_run(&["kill", "sock"]).0, 0);
+    assert_eq!(std::fs::read(&sock).unwrap(), b"moved in");
+}

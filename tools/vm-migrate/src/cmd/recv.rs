@@ -24,6 +24,7 @@ pub fn run(a: &RecvArgs) -> Result<i32> {
         conn,
         listener,
         relay,
+        bound,
     } = transport::accept(&target)?;
     let mut cmd = Command::new(vm_control::sibling_tool("vm-run"));
     cmd.arg("--json")
@@ -90,9 +91,7 @@ pub fn run(a: &RecvArgs) -> Result<i32> {
     // Ours go: the stream's end is now the VM process's alone.
     drop(conn);
     drop(listener);
-    if let Target::Unix(path) = &target {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(bound);
     if let Some(r) = relay {
         // The replies' relay ends when the VM process closes the stream.
         let _ = r.join();
