@@ -175,8 +175,11 @@ pub fn run(
     machine.vm().confine_threads();
     let code = crate::serve::serve(&mut machine, &listener, &dir, &mut state, stop);
     drop(listener);
-    drop(guard);
+    // The console's socket goes before the name is let go: a restore or a
+    // start that follows at once (`vm-snap save`, then `restore`) finds
+    // the path free, not a socket that still listens.
     drop(std::mem::take(&mut machine.endpoint));
+    drop(guard);
     if let Some(vm) = machine.vm.take() {
         let remains = vm.dismantle();
         // Disks and taps close here, before the teardown child is made.

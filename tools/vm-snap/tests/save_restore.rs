@@ -83,6 +83,30 @@ fn the_entropy_device_serves_after_a_restore() {
     env.vm_run(&["kill", "rng"]);
 }
 
+/// A VM with a console socket, saved and restored at once, ten times: the
+/// restored VM takes the same socket path each time (the saved VM lets go
+/// of it before it lets go of its name).
+#[test]
+fn a_console_socket_is_free_for_the_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let _lock = kvm_lock();
+    let env = Env::new();
+    let sock = env.path("c.sock");
+    let extra = serde_json::json!({"serial": {"mode": "socket", "path": sock}});
+    env.start(&env.spec("cs", "heartbeat", &extra));
+    let file = env.path("cs.save");
+    for round in 0..10 {
+        let (code, _, err) = env.snap(&["save", "cs", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let (code, _, err) = env.snap(&["restore", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "round {round}: {err}");
+    }
+    env.vm_run(&["kill", "cs"]);
+    assert!(!sock.exists(), "the last VM removed its socket");
+}
+
 /// Two clones of one file run side by side under their own names, each
 /// going on from the saved count.
 #[test]
