@@ -1,6 +1,6 @@
 /* A polling virtio-blk driver on the virtio-mmio (version 2) transport, and
- * the modes that use it. The device is the first one the command line
- * announces with virtio_mmio.device=SIZE@BASE:IRQ. Interrupts stay off: the
+ * the modes that use it. The device is the first block device (ID 2) the
+ * command line announces (virtio_find). Interrupts stay off: the
  * driver watches the used ring.
  *   blk-read   read `count` sectors from `sector`, print their checksum and
  *              the disk's capacity, read-only flag and serial number
@@ -60,26 +60,10 @@ static void __attribute__((noreturn)) fail(const char *what) {
     end(1);
 }
 
-/* Finds the first virtio-mmio device's base address on the command line. */
-static u32 device_base(const char *cmdline) {
-    const char *v = arg(cmdline, "virtio_mmio.device");
-    if (!v) return 0;
-    while (*v && *v != '@') v++;
-    if (!starts(v, "@0x")) return 0;
-    u32 n = 0;
-    for (v += 3;; v++) {
-        if (*v >= '0' && *v <= '9') n = n * 16 + (u32)(*v - '0');
-        else if (*v >= 'a' && *v <= 'f') n = n * 16 + (u32)(*v - 'a' + 10);
-        else return n;
-    }
-}
-
 static void init(const char *cmdline) {
-    u32 base = device_base(cmdline);
-    if (!base) fail("no virtio_mmio.device on the command line");
+    u32 base = virtio_find(cmdline, 2);
+    if (!base) fail("no virtio-mmio v2 block device on the command line");
     mmio = (volatile u32 *)base;
-    if (rd(0x000) != 0x74726976 || rd(0x004) != 2 || rd(0x008) != 2)
-        fail("not a virtio-mmio v2 block device");
     wr(0x070, 0);
     wr(0x070, 1);                       /* ACKNOWLEDGE */
     wr(0x070, 3);                       /* DRIVER */

@@ -19,6 +19,9 @@ int starts(const char *s, const char *p);
 /* The value of "key=" on the command line, or 0. */
 const char *arg(const char *cmdline, const char *key);
 u32 arg_u32(const char *cmdline, const char *key, u32 fallback);
+/* The base of the first virtio-mmio v2 device with `device_id` among the
+ * virtio_mmio.device=SIZE@BASE:IRQ announcements on the command line, or 0. */
+u32 virtio_find(const char *cmdline, u32 device_id);
 void end(u8 code) __attribute__((noreturn));
 
 /* The virtio-blk modes (blk.c), virtio-net modes (net.c) and the

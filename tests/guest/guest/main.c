@@ -60,6 +60,28 @@ const char *arg(const char *cmdline, const char *key) {
 }
 
 /* Decimal, or hexadecimal after 0x. */
+u32 virtio_find(const char *cmdline, u32 device_id) {
+    for (const char *p = cmdline; p && *p;) {
+        if (starts(p, "virtio_mmio.device=")) {
+            const char *v = p;
+            while (*v && *v != '@' && *v != ' ') v++;
+            if (starts(v, "@0x")) {
+                u32 base = 0;
+                for (v += 3;; v++) {
+                    if (*v >= '0' && *v <= '9') base = base * 16 + (u32)(*v - '0');
+                    else if (*v >= 'a' && *v <= 'f') base = base * 16 + (u32)(*v - 'a' + 10);
+                    else break;
+                }
+                volatile u32 *m = (volatile u32 *)base;
+                if (m[0] == 0x74726976 && m[1] == 2 && m[2] == device_id) return base;
+            }
+        }
+        while (*p && *p != ' ') p++;
+        while (*p == ' ') p++;
+    }
+    return 0;
+}
+
 u32 arg_u32(const char *cmdline, const char *key, u32 fallback) {
     const char *v = arg(cmdline, key);
     u32 n = 0;

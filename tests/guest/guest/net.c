@@ -55,36 +55,6 @@ static void __attribute__((noreturn)) fail(const char *what) {
     end(1);
 }
 
-static u32 hex(const char **p) {
-    u32 n = 0;
-    for (;; (*p)++) {
-        char c = **p;
-        if (c >= '0' && c <= '9') n = n * 16 + (u32)(c - '0');
-        else if (c >= 'a' && c <= 'f') n = n * 16 + (u32)(c - 'a' + 10);
-        else return n;
-    }
-}
-
-/* The first virtio-mmio device with device ID 1 (network). */
-static u32 find_net(const char *cmdline) {
-    const char *p = cmdline;
-    while (p && *p) {
-        if (starts(p, "virtio_mmio.device=")) {
-            const char *v = p;
-            while (*v && *v != '@') v++;
-            if (starts(v, "@0x")) {
-                v += 3;
-                u32 base = hex(&v);
-                volatile u32 *m = (volatile u32 *)base;
-                if (m[0] == 0x74726976 && m[2] == 1) return base;
-            }
-        }
-        while (*p && *p != ' ') p++;
-        while (*p == ' ') p++;
-    }
-    return 0;
-}
-
 static void setup_queue(u32 index, struct vq *q) {
     wr(0x030, index);
     if (rd(0x034) < QSZ) fail("queue too small");
@@ -114,7 +84,7 @@ static int take(struct vq *q, u32 *len) {
 static u32 offloads;
 
 static void init(const char *cmdline) {
-    u32 base = find_net(cmdline);
+    u32 base = virtio_find(cmdline, 1);
     if (!base) fail("no virtio-net device on the command line");
     mmio = (volatile u32 *)base;
     if (rd(0x004) != 2) fail("not a virtio-mmio v2 device");

@@ -1,6 +1,6 @@
 /* A polling virtio-rng driver on the virtio-mmio (version 2) transport, and
- * its mode. The device is the announced virtio-mmio device whose ID is 4
- * (any of the virtio_mmio.device=SIZE@BASE:IRQ on the command line).
+ * its mode. The device is the first entropy device (ID 4) the command line
+ * announces (virtio_find).
  *   rng-read   ask for `bytes` (default 64, at most 4096) twice; print
  *              "rng: got N and M bytes, differ" (or "same", or "zero"
  *              when either is all zeroes)
@@ -37,27 +37,8 @@ static void __attribute__((noreturn)) fail(const char *what) {
     end(1);
 }
 
-/* The base of the first announced virtio-mmio v2 device with ID 4. */
-static u32 find_rng(const char *cmdline) {
-    for (const char *p = cmdline; *p; p++) {
-        if (!starts(p, "virtio_mmio.device=")) continue;
-        const char *v = p;
-        while (*v && *v != '@' && *v != ' ') v++;
-        if (!starts(v, "@0x")) continue;
-        u32 n = 0;
-        for (v += 3;; v++) {
-            if (*v >= '0' && *v <= '9') n = n * 16 + (u32)(*v - '0');
-            else if (*v >= 'a' && *v <= 'f') n = n * 16 + (u32)(*v - 'a' + 10);
-            else break;
-        }
-        volatile u32 *m = (volatile u32 *)n;
-        if (m[0] == 0x74726976 && m[1] == 2 && m[2] == 4) return n;
-    }
-    return 0;
-}
-
 static void init(const char *cmdline) {
-    u32 base = find_rng(cmdline);
+    u32 base = virtio_find(cmdline, 4);
     if (!base) fail("no virtio-rng device");
     mmio = (volatile u32 *)base;
     wr(0x070, 0);
