@@ -12,7 +12,7 @@ pub mod net;
 pub mod rng;
 pub mod uring;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use crate::memory::GuestMemory;
 
@@ -75,6 +75,32 @@ pub struct Served {
     pub interrupt: bool,
     /// The budget ran out with requests left: serve the queue again.
     pub more: bool,
+}
+
+/// Serves up to a ring's worth of `queue`'s chains, one at a time, with
+/// `serve`, which returns how many bytes it wrote into the chain's
+/// buffers (the used length); for devices that finish each request at
+/// once.
+pub(crate) fn serve_each(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) -> Served {
+    let budget = queue.size();
+    let mut served = 0;
+    while served < budget {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
+        served += 1;
+        let head = chain.head_index();
+        let len = serve(chain);
+        let _ = queue.add_used(mem, head, len);
+    }
+    Served {
+        interrupt: served > 0 && queue.needs_notification(mem).unwrap_or(true),
+        more: served == budget,
+    }
 }
 
 /// Copies the part of `config` that `offset..offset + data.len()` covers;

@@ -20,7 +20,7 @@ use vm_host::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 pub use vm_spec::NetStats;
 
-use super::{read_config_bytes, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, serve_each, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::state::devices::DeviceExtra;
@@ -124,14 +124,7 @@ impl VirtioNet {
     /// Sends every frame the guest queued on TX queue `pair`.
     fn transmit(&self, pair: usize, queue: &mut Queue, mem: &GuestMemory) -> Served {
         let c = &self.counters;
-        let budget = queue.size();
-        let mut served = 0;
-        while served < budget {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            served += 1;
-            let head = chain.head_index();
+        serve_each(queue, mem, |chain| {
             match buffers(&chain, mem, false).map(|b| iovecs(&b)) {
                 Some((iov, len)) if len >= NET_HDR_LEN => {
                     match writev(self.taps[pair].as_raw_fd(), &iov) {
@@ -145,12 +138,9 @@ impl VirtioNet {
                 }
                 _ => add(&c.tx_errs, 1),
             }
-            let _ = queue.add_used(mem, head, 0);
-        }
-        Served {
-            interrupt: served > 0 && queue.needs_notification(mem).unwrap_or(true),
-            more: served == budget,
-        }
+            // The device writes nothing into a frame it sends.
+            0
+        })
     }
 
     /// Records the guest pages this device writes in `log`.

@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{serve_each, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 
@@ -123,24 +123,12 @@ impl VirtioDevice for VirtioRng {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> Served {
-        let budget = queue.size();
-        let mut served = 0;
-        while served < budget {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            served += 1;
-            let head = chain.head_index();
+        serve_each(queue, mem, |chain| {
             let buffers = chain
                 .filter(virtio_queue::desc::split::Descriptor::is_write_only)
                 .map(|d| (d.addr(), d.len()));
-            let n = self.fill(buffers, mem);
-            let _ = queue.add_used(mem, head, n);
-        }
-        Served {
-            interrupt: served > 0 && queue.needs_notification(mem).unwrap_or(true),
-            more: served == budget,
-        }
+            self.fill(buffers, mem)
+        })
     }
 }
 
