@@ -185,7 +185,11 @@ pub fn read_state(dir: &Path) -> Result<VmState> {
     let path = dir.join("state.json");
     let text =
         fs::read_to_string(&path).map_err(Error::io(format!("reading {}", path.display())))?;
-    VmState::from_json(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
+    parse_state(&text, &path)
+}
+
+fn parse_state(text: &str, path: &Path) -> Result<VmState> {
+    VmState::from_json(text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
 }
 
 /// As [`read_state`], in the open `folder` (which is at `dir`, or was).
@@ -208,7 +212,7 @@ pub(crate) fn read_state_in(folder: &File, dir: &Path) -> Result<VmState> {
     let mut file = unsafe { File::from_raw_fd(fd) };
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text).map_err(Error::io(what()))?;
-    VmState::from_json(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
+    parse_state(&text, &path)
 }
 
 /// Removes a VM's runtime folder and what is in it.
