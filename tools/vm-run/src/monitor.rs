@@ -164,15 +164,16 @@ pub fn run(
     };
     let mut state = machine.state(&dir, first, how);
     vm_control::write_state(&dir, &state)?;
+    // Last step of setup: from here on, syscalls a VMM never needs fail.
+    // Before the VM says it runs, so that no one sees it unconfined.
+    vmm::seccomp::install_all_threads()?;
+    machine.vm().confine_threads();
     log(&format!("started VM {name} (pid {})", std::process::id()));
     if let Some(mut r) = ready {
         let line = serde_json::to_string(&state)? + "\n";
         r.write_all(line.as_bytes())
             .context("reporting readiness")?;
     }
-    // Last step of setup: from here on, syscalls a VMM never needs fail.
-    vmm::seccomp::install_all_threads()?;
-    machine.vm().confine_threads();
     let code = crate::serve::serve(&mut machine, &listener, &dir, &mut state, stop);
     drop(listener);
     // The console's socket goes before the name is let go: a restore or a
